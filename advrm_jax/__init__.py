@@ -1,0 +1,1 @@
+"""advrm_jax: robust reward models in JAX."""
