@@ -1,0 +1,102 @@
+"""Model configuration shared by every backbone in advrm_jax.
+
+One dataclass describes both families the backbone implements:
+
+* ``llama``: RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP,
+  optional q/k/v biases (Qwen2), tied or untied embeddings.
+* ``gpt2``: learned positions, LayerNorm with bias, GELU (tanh) MLP, biases
+  everywhere, tied embeddings.
+
+The checkpoint importers (``advrm_jax.checkpoints``) build a ``ModelConfig``
+from a Hugging Face config; tests and the synthetic world build small ones
+directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+ARCHITECTURES = ("llama", "gpt2")
+ROPE_TYPES = ("default", "linear", "llama3")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of a decoder-only transformer.
+
+  Frozen (hashable) so it can be a static argument of jitted functions.
+  """
+
+  arch: str = "llama"
+  vocab_size: int = 512
+  d_model: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  head_dim: int = 16
+  d_ff: int = 128
+  max_seq_len: int = 512
+  norm_eps: float = 1e-5
+  rope_theta: float = 10000.0
+  # Rope scaling as (key, value) pairs so the dataclass stays hashable, e.g.
+  # (("rope_type", "llama3"), ("factor", 8.0), ...). Empty means plain RoPE.
+  rope_scaling: tuple[tuple[str, Any], ...] = ()
+  tie_embeddings: bool = True
+  qkv_bias: bool = False
+  # Names of dtypes, not dtype objects, so configs serialise to JSON.
+  param_dtype: str = "float32"
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.arch not in ARCHITECTURES:
+      raise ValueError(f"model.arch: unsupported architecture {self.arch!r}; expected one of {ARCHITECTURES}")
+    for key in ("param_dtype", "dtype"):
+      if getattr(self, key) not in DTYPES:
+        raise ValueError(f"model.{key}: unsupported dtype {getattr(self, key)!r}; expected one of {tuple(DTYPES)}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads ({self.num_kv_heads})")
+    rope = dict(self.rope_scaling)
+    if rope and rope.get("rope_type", "default") not in ROPE_TYPES:
+      raise ValueError(f"model.rope_scaling.rope_type: unsupported {rope.get('rope_type')!r}; expected one of {ROPE_TYPES}")
+
+  @property
+  def jnp_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def jnp_param_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  @property
+  def rope_scaling_dict(self) -> dict[str, Any]:
+    return dict(self.rope_scaling)
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out["rope_scaling"] = dict(self.rope_scaling)
+    return out
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    """Builds a config from a plain mapping (e.g. an ml_collections node).
+
+    Unknown keys are an error naming the key, so a typo in a config file does
+    not silently fall back to a default.
+    """
+    values = dict(values)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"model: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    rope = values.get("rope_scaling") or {}
+    if isinstance(rope, dict) or hasattr(rope, "items"):
+      values["rope_scaling"] = tuple(sorted(dict(rope).items()))
+    return cls(**values)

@@ -1,0 +1,322 @@
+"""Decoder-only transformer backbone (Llama family and GPT-2) in Flax NNX.
+
+Layer parameters are stacked along a leading ``layers`` axis and the forward
+pass is a ``jax.lax.scan`` over layers: compile time stays flat in depth (the
+30-layer SmolLM2 compiles as fast as a 2-layer toy), and the KV cache is a
+plain pytree scanned alongside, so jitted steps stay pure functions of
+``(params, cache)``.
+
+Padding is described by ``input_mask`` (1 on real tokens). Positions default
+to ``cumsum(input_mask) - 1`` so left- and right-padded batches see the same
+positions for the same real tokens, and attention never looks at pad slots.
+
+Every parameter carries logical axis names (``out_sharding`` metadata) that
+``advrm_jax.sharding`` maps to mesh axes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from advrm_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+# Logical axis names used by parameters and activations.
+LAYERS, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP, VOCAB, NORM = (
+    "layers", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "norm")
+
+
+class KVCache(NamedTuple):
+  """Key/value cache for all layers.
+
+  keys, values: [L, B, S, Hkv, Dh]; mask: [B, S] bool, True where a slot holds
+  a real token; index: [] int32, the next slot to write (shared by all rows,
+  which is why the sampler left-aligns prompts to a common end).
+  """
+  keys: Array
+  values: Array
+  mask: Array
+  index: Array
+
+
+class ModelOutput(NamedTuple):
+  logits: Array | None   # [B, T, V] float32 (None when compute_logits=False)
+  hidden: Array          # [B, T, D] final hidden state after the last norm
+  cache: KVCache | None
+
+
+def _param(key, shape, names, dtype, init="normal", std=0.02):
+  if init == "normal":
+    value = std * jax.random.normal(key, shape, jnp.float32)
+  elif init == "ones":
+    value = jnp.ones(shape, jnp.float32)
+  else:
+    value = jnp.zeros(shape, jnp.float32)
+  # eager_sharding=False: logical names are resolved to mesh axes later by
+  # advrm_jax.sharding, never by flax at construction time.
+  return nnx.Param(value.astype(dtype), out_sharding=names, eager_sharding=False)
+
+
+def layer_param_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...], str]]:
+  """Per-layer parameter shapes, logical axes and initialiser (no layer axis)."""
+  d, h, kv, hd, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_ff
+  shapes = {
+      "attn_norm_scale": ((d,), (NORM,), "ones"),
+      "q_kernel": ((d, h, hd), (EMBED, HEADS, HEAD_DIM), "normal"),
+      "k_kernel": ((d, kv, hd), (EMBED, KV_HEADS, HEAD_DIM), "normal"),
+      "v_kernel": ((d, kv, hd), (EMBED, KV_HEADS, HEAD_DIM), "normal"),
+      "o_kernel": ((h, hd, d), (HEADS, HEAD_DIM, EMBED), "normal"),
+      "mlp_norm_scale": ((d,), (NORM,), "ones"),
+  }
+  if cfg.arch == "gpt2" or cfg.qkv_bias:
+    shapes.update({
+        "q_bias": ((h, hd), (HEADS, HEAD_DIM), "zeros"),
+        "k_bias": ((kv, hd), (KV_HEADS, HEAD_DIM), "zeros"),
+        "v_bias": ((kv, hd), (KV_HEADS, HEAD_DIM), "zeros"),
+    })
+  if cfg.arch == "llama":
+    shapes.update({
+        "gate_kernel": ((d, f), (EMBED, MLP), "normal"),
+        "up_kernel": ((d, f), (EMBED, MLP), "normal"),
+        "down_kernel": ((f, d), (MLP, EMBED), "normal"),
+    })
+  else:
+    shapes.update({
+        "attn_norm_bias": ((d,), (NORM,), "zeros"),
+        "mlp_norm_bias": ((d,), (NORM,), "zeros"),
+        "o_bias": ((d,), (EMBED,), "zeros"),
+        "fc_kernel": ((d, f), (EMBED, MLP), "normal"),
+        "fc_bias": ((f,), (MLP,), "zeros"),
+        "proj_kernel": ((f, d), (MLP, EMBED), "normal"),
+        "proj_bias": ((d,), (EMBED,), "zeros"),
+    })
+  return shapes
+
+
+class DecoderLayers(nnx.Module):
+  """All decoder layers' parameters, each stacked along a leading layer axis."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    for name, (shape, names, init) in layer_param_shapes(cfg).items():
+      setattr(self, name, _param(rngs.params(), (cfg.num_layers, *shape), (LAYERS, *names),
+                                 cfg.jnp_param_dtype, init))
+
+  def arrays(self) -> dict[str, Array]:
+    return {name: value[...] for name, value in vars(self).items() if isinstance(value, nnx.Param)}
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer returning logits and final hidden states."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pdt = cfg.jnp_param_dtype
+    self.embed = _param(rngs.params(), (cfg.vocab_size, cfg.d_model), (VOCAB, EMBED), pdt)
+    if cfg.arch == "gpt2":
+      self.pos_embed = _param(rngs.params(), (cfg.max_seq_len, cfg.d_model), (None, EMBED), pdt, std=0.01)
+    self.layers = DecoderLayers(cfg, rngs=rngs)
+    self.final_norm_scale = _param(None, (cfg.d_model,), (NORM,), pdt, "ones")
+    if cfg.arch == "gpt2":
+      self.final_norm_bias = _param(None, (cfg.d_model,), (NORM,), pdt, "zeros")
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs.params(), (cfg.d_model, cfg.vocab_size), (EMBED, VOCAB), pdt)
+
+  def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+    return init_cache(self.cfg, batch_size, max_len)
+
+  def __call__(self, tokens: Array, input_mask: Array | None = None, positions: Array | None = None,
+               cache: KVCache | None = None, compute_logits: bool = True) -> ModelOutput:
+    """Runs the model.
+
+    Args:
+      tokens: [B, T] int32 token ids.
+      input_mask: [B, T] bool/int, 1 on real tokens (default: all real).
+      positions: [B, T] int32 positions (default: derived from the masks).
+      cache: a KVCache to extend; the T tokens are written at slots
+        ``cache.index .. cache.index + T - 1``.
+      compute_logits: skip the LM head (reward and value models only need
+        hidden states).
+    """
+    cfg = self.cfg
+    dtype = cfg.jnp_dtype
+    batch, length = tokens.shape
+    if input_mask is None:
+      input_mask = jnp.ones((batch, length), bool)
+    input_mask = input_mask.astype(bool)
+    running = jnp.cumsum(input_mask.astype(jnp.int32), axis=1) - 1
+
+    if cache is None:
+      if positions is None:
+        positions = jnp.maximum(running, 0)
+      causal = jnp.tril(jnp.ones((length, length), bool))
+      attn_mask = causal[None] & input_mask[:, None, :]
+    else:
+      if positions is None:
+        seen = jnp.sum(cache.mask, axis=1, dtype=jnp.int32)
+        positions = jnp.maximum(seen[:, None] + running, 0)
+      slot_mask = jax.lax.dynamic_update_slice(cache.mask, input_mask, (0, cache.index))
+      slots = jnp.arange(cache.mask.shape[1])
+      query_slots = cache.index + jnp.arange(length)
+      attn_mask = (slots[None, None, :] <= query_slots[None, :, None]) & slot_mask[:, None, :]
+
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)
+    if cfg.arch == "gpt2":
+      x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(dtype)
+      rope = None
+    else:
+      rope = rope_cos_sin(cfg, positions)
+
+    layer_params = self.layers.arrays()
+
+    def layer_step(h, xs):
+      if cache is None:
+        params, kv = xs, None
+      else:
+        params, kv = xs
+      h, new_kv = _decoder_layer(cfg, params, h, attn_mask, rope, kv,
+                                 None if cache is None else cache.index)
+      return h, new_kv
+
+    if cache is None:
+      x, _ = jax.lax.scan(layer_step, x, layer_params)
+      new_cache = None
+    else:
+      x, (keys, values) = jax.lax.scan(layer_step, x, (layer_params, (cache.keys, cache.values)))
+      new_cache = KVCache(keys, values, slot_mask, cache.index + length)
+
+    if cfg.arch == "gpt2":
+      hidden = _layer_norm(x, self.final_norm_scale[...], self.final_norm_bias[...], cfg.norm_eps)
+    else:
+      hidden = _rms_norm(x, self.final_norm_scale[...], cfg.norm_eps)
+
+    logits = None
+    if compute_logits:
+      if cfg.tie_embeddings:
+        head = self.embed[...].astype(dtype).T
+      else:
+        head = self.lm_head[...].astype(dtype)
+      logits = jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+    return ModelOutput(logits, hidden, new_cache)
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> KVCache:
+  shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  return KVCache(
+      keys=jnp.zeros(shape, cfg.jnp_dtype),
+      values=jnp.zeros(shape, cfg.jnp_dtype),
+      mask=jnp.zeros((batch_size, max_len), bool),
+      index=jnp.zeros((), jnp.int32))
+
+
+def _rms_norm(x, scale, eps):
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def _layer_norm(x, scale, bias, eps):
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+  return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> Array:
+  """Inverse frequencies, including the linear and Llama-3 scaling variants."""
+  dim = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  scaling = cfg.rope_scaling_dict
+  rope_type = scaling.get("rope_type", "default")
+  if rope_type == "linear":
+    inv_freq = inv_freq / scaling["factor"]
+  elif rope_type == "llama3":
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv_freq = jnp.where(is_medium, smoothed, scaled)
+  return inv_freq
+
+
+def rope_cos_sin(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
+  """cos/sin tables [B, T, Dh] in the half-split (rotate_half) layout HF uses."""
+  freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def _apply_rope(x, cos, sin):
+  # x: [B, T, H, Dh]; cos/sin: [B, T, Dh]
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+  return out.astype(x.dtype)
+
+
+def _attention(q, k, v, mask):
+  """Grouped-query attention. q: [B,T,H,Dh]; k,v: [B,S,Hkv,Dh]; mask [B,T,S]."""
+  batch, length, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / math.sqrt(head_dim)
+  # A finite floor instead of -inf: fully masked rows (pad queries) give a
+  # harmless uniform average rather than NaN that would poison gradients.
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+  return out.reshape(batch, length, heads, head_dim).astype(v.dtype)
+
+
+def _decoder_layer(cfg: ModelConfig, p: dict[str, Array], x: Array, attn_mask: Array,
+                   rope, kv, cache_index):
+  dtype = x.dtype
+  p = {name: value.astype(dtype) for name, value in p.items()}
+  gpt2 = cfg.arch == "gpt2"
+  if gpt2:
+    h = _layer_norm(x, p["attn_norm_scale"], p["attn_norm_bias"], cfg.norm_eps)
+  else:
+    h = _rms_norm(x, p["attn_norm_scale"], cfg.norm_eps)
+  q = jnp.einsum("btd,dhk->bthk", h, p["q_kernel"])
+  k = jnp.einsum("btd,dhk->bthk", h, p["k_kernel"])
+  v = jnp.einsum("btd,dhk->bthk", h, p["v_kernel"])
+  if "q_bias" in p:
+    q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+  if rope is not None:
+    cos, sin = rope
+    q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+  if kv is not None:
+    cache_k, cache_v = kv
+    k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
+    v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+    new_kv = (k, v)
+  else:
+    new_kv = None
+  attn = _attention(q, k.astype(dtype), v.astype(dtype), attn_mask)
+  out = jnp.einsum("bthk,hkd->btd", attn, p["o_kernel"])
+  if gpt2:
+    out = out + p["o_bias"]
+  x = x + out
+
+  if gpt2:
+    h = _layer_norm(x, p["mlp_norm_scale"], p["mlp_norm_bias"], cfg.norm_eps)
+    h = jax.nn.gelu(h @ p["fc_kernel"] + p["fc_bias"], approximate=True)
+    x = x + h @ p["proj_kernel"] + p["proj_bias"]
+  else:
+    h = _rms_norm(x, p["mlp_norm_scale"], cfg.norm_eps)
+    h = jax.nn.silu(h @ p["gate_kernel"]) * (h @ p["up_kernel"])
+    x = x + h @ p["down_kernel"]
+  return x, new_kv
