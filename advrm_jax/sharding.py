@@ -1,0 +1,151 @@
+"""Device mesh and logical-axis sharding rules, resolved in one place.
+
+Parameters carry logical axis names (``embed``, ``heads``, ``mlp``...) set by
+the model code; this module maps them to the physical mesh axes
+``(data, fsdp, tensor)`` with a list of rules, as in big_vision/MaxText:
+
+* ``data``: pure data parallelism (parameters replicated).
+* ``fsdp``: batch split *and* parameters split along their ``embed`` axis
+  (ZeRO-3 style: XLA all-gathers them inside the step).
+* ``tensor``: Megatron-style split of heads, MLP and vocabulary.
+
+A mesh axis is dropped from a dimension it does not divide (e.g. SmolLM2's
+3 KV heads on tensor=2), so every model runs on every mesh; the parameter is
+then replicated along that axis instead of failing to compile.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from flax import nnx
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# The batch is split over both data-parallel axes.
+BATCH_AXES = ("data", "fsdp")
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("head_dim", None),
+    ("norm", None),
+    ("members", None),
+)
+
+
+class ShardingError(ValueError):
+  """A mesh or batch shape that cannot work, named by config key."""
+
+
+def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds a (data, fsdp, tensor) mesh.
+
+  Args:
+    mesh_shape: sizes of (data, fsdp, tensor); one entry may be -1 meaning
+      "all remaining devices" (config key ``mesh.shape``).
+    devices: devices to use (default: all).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(mesh_shape)
+  if len(shape) != 3:
+    raise ShardingError(f"mesh.shape must have 3 entries (data, fsdp, tensor), got {tuple(mesh_shape)}")
+  if shape.count(-1) > 1:
+    raise ShardingError(f"mesh.shape may contain at most one -1, got {tuple(mesh_shape)}")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if len(devices) % known:
+      raise ShardingError(f"mesh.shape {tuple(mesh_shape)}: {len(devices)} devices are not divisible by {known}")
+    shape[shape.index(-1)] = len(devices) // known
+  if math.prod(shape) > len(devices):
+    raise ShardingError(
+        f"mesh.shape {tuple(mesh_shape)} needs {math.prod(shape)} devices but only {len(devices)} are available "
+        "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+  used = np.asarray(devices[:math.prod(shape)]).reshape(shape)
+  # Auto axes: jit propagates shardings from in/out_shardings; explicit
+  # sharding-in-types (jax 0.10's make_mesh default) is not needed here.
+  return Mesh(used, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+                    rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> P:
+  """Maps logical axis names of one array to a PartitionSpec on ``mesh``."""
+  if not names:
+    return P()
+  rule_map = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for name, dim in zip(names, shape):
+    target = rule_map.get(name) if name is not None else None
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    kept = []
+    for axis in axes:
+      size = mesh.shape[axis]
+      # Skip trivial axes, axes already used by another dimension, and axes
+      # that do not divide what is left of this dimension.
+      if size == 1 or axis in used or dim % (math.prod(mesh.shape[a] for a in kept) * size):
+        continue
+      kept.append(axis)
+    used.update(kept)
+    spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  while spec and spec[-1] is None:
+    spec.pop()
+  return P(*spec)
+
+
+def logical_axes(state: Any) -> Any:
+  """Logical axis names of each Variable in an ``nnx.State`` (pure-dict tree)."""
+  def names(variable):
+    return tuple(variable.get_metadata().get("out_sharding") or ())
+  axes = jax.tree.map(names, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.to_pure_dict(axes) if isinstance(axes, nnx.State) else axes
+
+
+def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh,
+                   rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+  """NamedShardings for a tree of arrays given a parallel tree of axis names."""
+  return jax.tree.map(
+      lambda names, x: NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)),
+      axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading (batch) dimension split over the data-parallel axes."""
+  del ndim  # trailing dims are replicated; P() pads automatically.
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
+  """Raises a ShardingError naming ``key`` when the batch cannot be split."""
+  size = data_parallel_size(mesh)
+  if batch_size % size:
+    raise ShardingError(
+        f"{key}={batch_size} is not divisible by the data-parallel mesh size {size} "
+        f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places a host batch (tree of numpy arrays) split along its first axis."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+
+
+def is_sharded(array: jax.Array) -> bool:
+  """True when the array is split (not fully replicated) across devices."""
+  return not array.sharding.is_fully_replicated

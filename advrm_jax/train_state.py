@@ -1,0 +1,120 @@
+"""Train state, optimizer factory and sharded placement shared by every stage.
+
+Parameters are plain nested dicts of arrays (``nnx.to_pure_dict`` of a
+module's state); the module structure (``nnx.GraphDef``) is static and merged
+back inside jitted steps with ``nnx.merge``. This keeps every step a pure
+function ``(state, batch, rng) -> (state, metrics)`` that jit, vmap (ensemble
+members, seeds) and orbax all treat as an ordinary pytree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from advrm_jax import sharding as shd
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+OPTIMIZER_DEFAULTS = dict(
+    learning_rate=3e-4, schedule="cosine", warmup_steps=0, total_steps=1000,
+    weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8)
+
+
+def make_schedule(learning_rate: float, schedule: str, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """Warm-up then constant / cosine / linear decay (config key ``optimizer.schedule``)."""
+  if schedule == "constant":
+    main = optax.constant_schedule(learning_rate)
+  elif schedule == "cosine":
+    main = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1), alpha=0.1)
+  elif schedule == "linear":
+    main = optax.linear_schedule(learning_rate, 0.1 * learning_rate, max(total_steps - warmup_steps, 1))
+  else:
+    raise ValueError(f"optimizer.schedule: unknown schedule {schedule!r}; expected constant, cosine or linear")
+  if warmup_steps <= 0:
+    return main
+  warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+  return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def make_optimizer(config: Any = None, **overrides) -> optax.GradientTransformation:
+  """AdamW with gradient clipping and a schedule from an ``optimizer`` config node.
+
+  Weight decay applies to matrices only (kernels, embeddings), never to norm
+  scales or biases.
+  """
+  values = dict(OPTIMIZER_DEFAULTS)
+  if config is not None:
+    given = dict(config)
+    unknown = sorted(set(given) - set(OPTIMIZER_DEFAULTS))
+    if unknown:
+      raise ValueError(f"optimizer: unknown key(s) {unknown}; known keys are {sorted(OPTIMIZER_DEFAULTS)}")
+    values.update(given)
+  values.update(overrides)
+  schedule = make_schedule(values["learning_rate"], values["schedule"], values["warmup_steps"],
+                           values["total_steps"])
+  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  chain = []
+  if values["grad_clip"]:
+    chain.append(optax.clip_by_global_norm(values["grad_clip"]))
+  chain.append(optax.adamw(schedule, b1=values["b1"], b2=values["b2"], eps=values["eps"],
+                           weight_decay=values["weight_decay"], mask=decay_mask))
+  return optax.chain(*chain)
+
+
+def split_module(module: nnx.Module) -> tuple[nnx.GraphDef, Any, Any]:
+  """(graphdef, params as a pure dict, logical axis names as a parallel dict)."""
+  graphdef, state = nnx.split(module)
+  return graphdef, nnx.to_pure_dict(state), shd.logical_axes(state)
+
+
+def abstract_module(factory: Callable[[], nnx.Module]) -> tuple[nnx.GraphDef, Any, Any]:
+  """Like split_module but without allocating parameters (``nnx.eval_shape``)."""
+  module = nnx.eval_shape(factory)
+  return split_module(module)
+
+
+def state_shardings(optimizer: optax.GradientTransformation, params: Any, param_axes: Any,
+                    mesh: Mesh, rules=shd.DEFAULT_RULES) -> TrainState:
+  """Shardings of a TrainState: optimizer moments follow their parameters."""
+  param_shardings = shd.tree_shardings(param_axes, params, mesh, rules)
+  opt_shape = jax.eval_shape(optimizer.init, params)
+  opt_shardings = optax.tree_map_params(
+      optimizer, lambda _, sharding: sharding, opt_shape, param_shardings,
+      transform_non_params=lambda _: shd.replicated(mesh))
+  return TrainState(step=shd.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+
+
+def create_train_state(params: Any, param_axes: Any, optimizer: optax.GradientTransformation,
+                       mesh: Mesh, rules=shd.DEFAULT_RULES) -> tuple[TrainState, TrainState]:
+  """Places params on the mesh and initialises the optimizer state sharded.
+
+  Returns (state, shardings); pass ``shardings`` as in/out shardings of the
+  jitted step so nothing is ever resharded implicitly.
+  """
+  shardings = state_shardings(optimizer, params, param_axes, mesh, rules)
+  params = jax.device_put(params, shardings.params)
+  init = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
+                 in_shardings=(shardings.params,), out_shardings=shardings)
+  return init(params), shardings
+
+
+def check_finite(metrics: dict[str, jax.Array], step: int, names: tuple[str, ...] = ("loss",)) -> None:
+  """Stops the run with a message naming the step and quantity on NaN/Inf."""
+  for name in names:
+    if name in metrics:
+      value = float(metrics[name])
+      if not jnp.isfinite(value):
+        raise FloatingPointError(f"non-finite {name}={value} at step {step}; the last checkpoint is kept intact")

@@ -1,0 +1,68 @@
+"""Sharded training: a (2, 2, 2) mesh gives the numbers of one device."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from advrm_jax import sharding as shd
+from advrm_jax.models.config import ModelConfig
+from advrm_jax.models.transformer import Transformer
+from advrm_jax.pipelines.sft import jit_sft_step
+from advrm_jax.train_state import create_train_state, make_optimizer, split_module
+
+CFG = ModelConfig(arch="llama", vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=8, d_ff=64, tie_embeddings=False)
+
+
+def _batch(seed=0, batch=8, length=12):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(1, CFG.vocab_size, (batch, length)).astype(np.int32)
+  lengths = rng.integers(4, length + 1, batch)
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+  loss_mask = mask * (np.arange(length)[None] >= 2)
+  return {"tokens": tokens * mask, "mask": mask, "loss_mask": loss_mask.astype(np.int32)}
+
+
+def _train(mesh, steps=3):
+  graphdef, params, axes = split_module(Transformer(CFG, rngs=nnx.Rngs(0)))
+  optimizer = make_optimizer(learning_rate=1e-2, schedule="constant")
+  state, shardings = create_train_state(params, axes, optimizer, mesh)
+  step = jit_sft_step(graphdef, optimizer, shardings, mesh)
+  losses = []
+  for i in range(steps):
+    state, metrics = step(state, shd.shard_batch(_batch(i), mesh))
+    losses.append(float(metrics["loss"]))
+  return state, losses
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (forced host) devices")
+def test_mesh_222_matches_single_device():
+  single_state, single_losses = _train(shd.make_mesh((1, 1, 1), jax.devices()[:1]))
+  mesh_state, mesh_losses = _train(shd.make_mesh((2, 2, 2)))
+  np.testing.assert_allclose(mesh_losses, single_losses, atol=1e-5, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0),
+               mesh_state.params, single_state.params)
+  # The parameters really are split: embed over fsdp, heads/mlp/vocab over tensor.
+  q = mesh_state.params["layers"]["q_kernel"]
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert q.addressable_shards[0].data.shape == (2, 16, 2, 8)  # [L, D/fsdp, H/tensor, Dh]
+  assert shd.is_sharded(mesh_state.params["lm_head"])
+  mu = mesh_state.opt_state[1][0].mu["layers"]["q_kernel"]
+  assert mu.sharding == q.sharding  # optimizer moments follow their parameters
+  assert not shd.is_sharded(mesh_state.params["final_norm_scale"])
+
+
+def test_logical_rules_drop_non_dividing_axes():
+  mesh = shd.make_mesh((2, 2, 2))
+  # 3 KV heads cannot split over tensor=2: replicated along that axis instead.
+  spec = shd.logical_to_spec(("layers", "embed", "kv_heads", "head_dim"), (30, 576, 3, 64), mesh)
+  assert spec == jax.sharding.PartitionSpec(None, "fsdp")
+  assert shd.logical_to_spec(("batch", None), (8, 5), mesh) == jax.sharding.PartitionSpec(("data", "fsdp"))
+
+
+def test_mesh_and_batch_errors_name_the_key():
+  with pytest.raises(shd.ShardingError, match="mesh.shape"):
+    shd.make_mesh((4, 4, 4))
+  with pytest.raises(shd.ShardingError, match="rm.batch_size=6"):
+    shd.check_batch_divisible(6, shd.make_mesh((2, 2, 2)), "rm.batch_size")
