@@ -1,0 +1,116 @@
+"""Orbax checkpointing: periodic saves, keep-N, resume with abstract targets.
+
+A checkpoint holds the train state (sharded arrays, restored straight onto
+the target shardings) and a small JSON ``meta`` item (data position, config
+digest, anything a stage needs to resume exactly). Restoring checks the saved
+tree against the target first, so a checkpoint from a different model gives
+an error naming the mismatched parameter rather than an orbax traceback; a
+latest checkpoint that cannot be read is reported by path and the previous
+one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint's tree does not match the model being restored."""
+
+
+def _key_name(entry: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _flatten_with_paths(tree: Any) -> dict[str, Any]:
+  """Leaves keyed by a '/'-joined path, the same for dataclasses and the dicts orbax reads back."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(_key_name(e) for e in path): leaf for path, leaf in leaves}
+
+
+class Checkpointer:
+  """Thin wrapper over ``ocp.CheckpointManager`` for one stage's directory."""
+
+  def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 3, save_interval_steps: int = 1):
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict[str, Any] | None = None, force: bool = False) -> bool:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
+    return self.manager.save(step, args=args, force=force)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def _check_matches(self, step: int, target: Any) -> None:
+    saved = self.manager.item_metadata(step)
+    saved_state = saved["state"] if saved is not None and "state" in saved else None
+    if saved_state is None:
+      return
+    saved_flat = _flatten_with_paths(saved_state)
+    target_flat = _flatten_with_paths(target)
+    missing = sorted(set(target_flat) - set(saved_flat))
+    extra = sorted(set(saved_flat) - set(target_flat))
+    if missing or extra:
+      raise CheckpointMismatchError(
+          f"checkpoint {self.directory / str(step)} does not match the model: "
+          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+          f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+    for key, leaf in target_flat.items():
+      saved_shape = tuple(getattr(saved_flat[key], "shape", ()) or ())
+      if hasattr(leaf, "shape") and tuple(leaf.shape) != saved_shape:
+        raise CheckpointMismatchError(
+            f"checkpoint {self.directory / str(step)}: parameter {key} has shape {saved_shape}, "
+            f"the model expects {tuple(leaf.shape)}")
+
+  def restore(self, target: Any, step: int | None = None) -> tuple[int, Any, dict[str, Any]] | None:
+    """Restores onto ``target``'s shapes, dtypes and shardings.
+
+    ``target`` may be real arrays or ``jax.ShapeDtypeStruct``s with
+    shardings. Returns (step, state, meta), or None when there is nothing to
+    restore. Without ``step``, tries the newest checkpoint and falls back to
+    older ones when it cannot be read (reported by path).
+    """
+    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
+    for candidate in steps:
+      try:
+        self._check_matches(candidate, abstract)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint %s is unreadable (%s); trying an older one",
+                        self.directory / str(candidate), e)
+        continue
+      try:
+        restored = self.manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        if step is not None:
+          raise
+        logging.warning("checkpoint %s could not be restored (%s); trying an older one",
+                        self.directory / str(candidate), e)
+        continue
+      return candidate, restored["state"], dict(restored["meta"] or {})
+    return None
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
