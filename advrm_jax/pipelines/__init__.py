@@ -1,0 +1,30 @@
+"""Stages a config strings together (``config.stages``), each resumable.
+
+Stages hand over checkpoints and datasets on disk in WORKDIR/<stage>/, never
+in-memory objects, so any stage can be rerun or resumed on its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import time
+
+from absl import logging
+
+# Stage name -> module exposing ``run(config, workdir)``.
+STAGES = {
+    "sft": "advrm_jax.pipelines.sft",
+}
+
+
+def run_stages(config, workdir: pathlib.Path) -> None:
+  stages = list(config.stages)
+  unknown = [s for s in stages if s not in STAGES]
+  if unknown:
+    raise ValueError(f"config.stages: unknown stage(s) {unknown}; available: {sorted(STAGES)}")
+  for name in stages:
+    start = time.time()
+    logging.info("stage %s: starting", name)
+    importlib.import_module(STAGES[name]).run(config, workdir)
+    logging.info("stage %s: done in %.1fs", name, time.time() - start)

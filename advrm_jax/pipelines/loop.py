@@ -1,0 +1,127 @@
+"""The one training loop every gradient-based stage runs.
+
+It owns what must be identical across stages: resume from the newest
+readable checkpoint, per-step RNG ``fold_in(seed_key, step)`` and batches
+that depend only on the step (so a resumed run reproduces the uninterrupted
+one), NaN/Inf detection naming step and quantity, periodic keep-N
+checkpoints, SIGTERM -> checkpoint and clean exit, and metrics through the
+one MetricWriter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import signal
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from advrm_jax import sharding as shd
+from advrm_jax.checkpoints.orbax_io import Checkpointer
+from advrm_jax.metrics import MetricWriter, plot_metrics
+
+
+class Preempted(SystemExit):
+  """Raised after a SIGTERM-triggered checkpoint so the process exits cleanly."""
+
+  def __init__(self, step: int):
+    super().__init__(0)
+    self.step = step
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag checked between steps (never mid-step)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. inside a notebook worker)
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  num_steps: int
+  log_every: int = 10
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 2
+  seed: int = 0
+
+
+def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Callable,
+               get_batch: Callable[[int], dict[str, np.ndarray]], loop: LoopConfig, mesh: Mesh,
+               eval_fn: Callable[[Any, int], dict[str, Any]] | None = None, eval_every: int = 0,
+               finite_keys: tuple[str, ...] = ("loss",)) -> Any:
+  """Runs ``state, metrics = step_fn(state, batch, rng)`` for loop.num_steps steps.
+
+  Args:
+    name: stage name for the progress line.
+    directory: the stage's work directory (checkpoints/, metrics.jsonl, tb/).
+    state: the initial (sharded) state; also the restore target.
+    step_fn: the jitted pure step.
+    get_batch: host batch for a step (must depend only on the step).
+    loop: step counts and intervals.
+    mesh: the device mesh batches are placed on.
+    eval_fn: optional ``(state, step) -> scalars`` run every ``eval_every``
+      steps and at the end.
+    finite_keys: metrics checked for NaN/Inf every step.
+  Returns the final state.
+  """
+  directory = pathlib.Path(directory)
+  checkpointer = Checkpointer(directory / "checkpoints", max_to_keep=loop.keep_checkpoints)
+  start = 0
+  restored = checkpointer.restore(state)
+  if restored is not None:
+    start, state, _ = restored
+  writer = MetricWriter(directory, total_steps=loop.num_steps, name=name)
+  writer.truncate_after(start)
+  seed_key = jax.random.key(loop.seed)
+  try:
+    with _SigtermFlag() as sigterm:
+      for step in range(start, loop.num_steps):
+        batch = shd.shard_batch(get_batch(step), mesh)
+        state, metrics = step_fn(state, batch, jax.random.fold_in(seed_key, step))
+        done = step + 1
+        host_metrics = None
+        for key in finite_keys:
+          if key in metrics:
+            value = float(metrics[key])
+            if not np.isfinite(value):
+              raise FloatingPointError(
+                  f"[{name}] non-finite {key}={value} at step {done}; stopping. The last good "
+                  f"checkpoint in {directory / 'checkpoints'} is kept intact.")
+        if done % loop.log_every == 0 or done == loop.num_steps:
+          host_metrics = jax.device_get(metrics)
+        if eval_fn is not None and eval_every and done % eval_every == 0 and done != loop.num_steps:
+          host_metrics = dict(host_metrics or jax.device_get(metrics), **eval_fn(state, done))
+        if host_metrics is not None:
+          writer.write_scalars(done, host_metrics)
+        if done % loop.checkpoint_every == 0 or sigterm.raised:
+          checkpointer.save(done, state, {"step": done}, force=True)
+        if sigterm.raised:
+          raise Preempted(done)
+    if eval_fn is not None:
+      writer.write_scalars(loop.num_steps, eval_fn(state, loop.num_steps))
+    if checkpointer.latest_step() != loop.num_steps:
+      checkpointer.save(loop.num_steps, state, {"step": loop.num_steps}, force=True)
+  finally:
+    writer.close()
+    checkpointer.close()  # waits for an in-flight async save: nothing written is lost
+  plot_metrics(writer.jsonl_path, directory / f"{name}_metrics.png", title=name)
+  return state
