@@ -31,7 +31,7 @@ def _train(mesh, steps=3):
   step = jit_sft_step(graphdef, optimizer, shardings, mesh)
   losses = []
   for i in range(steps):
-    state, metrics = step(state, shd.shard_batch(_batch(i), mesh))
+    state, metrics = step(state, shd.shard_batch(_batch(i), mesh), jax.random.key(i))
     losses.append(float(metrics["loss"]))
   return state, losses
 

@@ -114,3 +114,37 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def save_params(path: str | pathlib.Path, params: Any) -> None:
+  """Writes a finished stage's parameters (the artefact later stages load).
+
+  Written to a temporary name and renamed by orbax, so a kill never leaves a
+  half-written artefact behind under the final name.
+  """
+  path = pathlib.Path(path).absolute()
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, params, force=True)
+    checkpointer.wait_until_finished()
+
+
+def load_params(path: str | pathlib.Path, target: Any) -> Any:
+  """Restores parameters saved by ``save_params`` onto ``target``'s shapes/shardings."""
+  path = pathlib.Path(path).absolute()
+  if not path.exists():
+    raise FileNotFoundError(f"parameter checkpoint {path} not found")
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
+  with ocp.StandardCheckpointer() as checkpointer:
+    saved = checkpointer.metadata(path)
+    saved_tree = getattr(saved, "item_metadata", saved)
+    saved_tree = getattr(saved_tree, "tree", saved_tree)
+    saved_flat = _flatten_with_paths(saved_tree)
+    for key, leaf in _flatten_with_paths(abstract).items():
+      if key not in saved_flat:
+        raise CheckpointMismatchError(f"parameter checkpoint {path} has no parameter {key}")
+      shape = tuple(getattr(saved_flat[key], "shape", ()) or ())
+      if shape != tuple(leaf.shape):
+        raise CheckpointMismatchError(
+            f"parameter checkpoint {path}: parameter {key} has shape {shape}, the model expects {tuple(leaf.shape)}")
+    return checkpointer.restore(path, abstract)
