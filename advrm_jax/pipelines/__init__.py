@@ -15,6 +15,8 @@ from absl import logging
 # Stage name -> module exposing ``run(config, workdir)``.
 STAGES = {
     "sft": "advrm_jax.pipelines.sft",
+    "rlhf": "advrm_jax.pipelines.rlhf",
+    "rm": "advrm_jax.pipelines.rm",
 }
 
 

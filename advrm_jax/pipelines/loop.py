@@ -67,7 +67,8 @@ class LoopConfig:
 def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Callable,
                get_batch: Callable[[int], dict[str, np.ndarray]], loop: LoopConfig, mesh: Mesh,
                eval_fn: Callable[[Any, int], dict[str, Any]] | None = None, eval_every: int = 0,
-               finite_keys: tuple[str, ...] = ("loss",)) -> Any:
+               finite_keys: tuple[str, ...] = ("loss",),
+               text_fn: Callable[[dict[str, np.ndarray], int], dict[str, str]] | None = None) -> Any:
   """Runs ``state, metrics = step_fn(state, batch, rng)`` for loop.num_steps steps.
 
   Args:
@@ -81,6 +82,8 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
     eval_fn: optional ``(state, step) -> scalars`` run every ``eval_every``
       steps and at the end.
     finite_keys: metrics checked for NaN/Inf every step.
+    text_fn: turns the step's "samples/..." arrays into texts (sample
+      tables) at every logged step; those arrays are never logged as scalars.
   Returns the final state.
   """
   directory = pathlib.Path(directory)
@@ -101,8 +104,8 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
         host_metrics = None
         for key in finite_keys:
           if key in metrics:
-            value = float(metrics[key])
-            if not np.isfinite(value):
+            value = np.asarray(metrics[key])
+            if not np.all(np.isfinite(value)):
               raise FloatingPointError(
                   f"[{name}] non-finite {key}={value} at step {done}; stopping. The last good "
                   f"checkpoint in {directory / 'checkpoints'} is kept intact.")
@@ -111,17 +114,20 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
         if eval_fn is not None and eval_every and done % eval_every == 0 and done != loop.num_steps:
           host_metrics = dict(host_metrics or jax.device_get(metrics), **eval_fn(state, done))
         if host_metrics is not None:
+          samples = {k: host_metrics.pop(k) for k in list(host_metrics) if k.startswith("samples/")}
+          if text_fn is not None and samples:
+            writer.write_texts(done, text_fn(samples, done))
           writer.write_scalars(done, host_metrics)
         if done % loop.checkpoint_every == 0 or sigterm.raised:
           checkpointer.save(done, state, {"step": done}, force=True)
         if sigterm.raised:
           raise Preempted(done)
-    if eval_fn is not None:
+    if eval_fn is not None and start < loop.num_steps:
       writer.write_scalars(loop.num_steps, eval_fn(state, loop.num_steps))
     if checkpointer.latest_step() != loop.num_steps:
       checkpointer.save(loop.num_steps, state, {"step": loop.num_steps}, force=True)
   finally:
     writer.close()
     checkpointer.close()  # waits for an in-flight async save: nothing written is lost
-  plot_metrics(writer.jsonl_path, directory / f"{name}_metrics.png", title=name)
+  plot_metrics(writer.jsonl_path, directory / "metrics.png", title=name)
   return state

@@ -107,6 +107,10 @@ def run(config, workdir: pathlib.Path) -> None:
   mesh = shd.make_mesh(tuple(config.mesh.shape))
   shd.check_batch_divisible(sft.batch_size, mesh, "sft.batch_size")
   model_config = model_config_from(config)
+  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
+  if model_config.vocab_size != world.VOCAB_SIZE:
+    raise ValueError(f"model.vocab_size={model_config.vocab_size} must equal the synthetic world's vocabulary "
+                     f"size {world.VOCAB_SIZE}")
   max_len = config.world.max_prompt_len + config.world.max_response_len
   if max_len > model_config.max_seq_len:
     raise ValueError(f"world.max_prompt_len + world.max_response_len = {max_len} exceeds "

@@ -12,7 +12,7 @@ never baked into the program as constants.
 * :class:`RewardModelSource`: an RM ensemble with an aggregate (mean,
   worst-case min, uncertainty-weighted mean - c*std / mean - c*var, one member).
 * :class:`AdversarySource`: the Adv-RM adversary's objective
-  ``R1 - lam*R2`` above a per-prompt threshold T(x), ``penalty`` below it.
+  ``R1 - lam*R2`` above a per-prompt threshold T(x), ``R1 + penalty`` below it.
 * :class:`FunctionSource`: any JAX function of the token arrays (e.g. the
   synthetic world's exact gold reward; using it as the training reward is an
   *oracle* baseline and must be labelled as such).
@@ -64,11 +64,10 @@ class RewardModelSource:
 
 @dataclasses.dataclass(frozen=True)
 class AdversarySource:
-  """Adv-RM: ``R1 - lam*R2`` where ``R1 > T(x)``, else ``penalty``.
+  """Adv-RM: the first author's ``r = R1 - lam*R2*1[R1 > T] + penalty*1[R1 <= T]``.
 
   R1 is ensemble member ``target``; R2 aggregates the other members
-  (``r2_kind``: mean or min). Follows the first author's code:
-  ``r = R1 - lam*R2*1[R1 > T] + penalty*1[R1 <= T]`` (lam = 1, penalty = -25).
+  (``r2_kind``: mean, min or max). See ``advrm_jax.adversarial.objective``.
   """
   graphdef: Any
   lam: float = 1.0
@@ -77,16 +76,11 @@ class AdversarySource:
   r2_kind: str = "mean"
 
   def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
+    from advrm_jax.adversarial.objective import adversary_reward  # pylint: disable=import-outside-toplevel
     from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
     scores = reward_scores(self.graphdef, reward_params, rollout.tokens, rollout.mask)  # [K, B]
-    r1 = scores[self.target]
-    others = jnp.delete(scores, self.target, axis=0, assume_unique_indices=True)
-    r2 = jnp.mean(others, axis=0) if self.r2_kind == "mean" else jnp.min(others, axis=0)
-    above = r1 > rollout.threshold
-    reward = jnp.where(above, r1 - self.lam * r2, self.penalty)
-    metrics = {"adv_r1": jnp.mean(r1), "adv_r2": jnp.mean(r2), "adv_above_threshold": jnp.mean(above),
-               "adv_disagreement": jnp.mean(r1 - r2)}
-    return reward, metrics
+    reward, metrics = adversary_reward(scores, rollout.threshold, self.lam, self.penalty, self.target, self.r2_kind)
+    return reward, {f"adv/{k}": v for k, v in metrics.items()}
 
 
 @dataclasses.dataclass(frozen=True)
