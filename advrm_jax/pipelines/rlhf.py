@@ -88,7 +88,10 @@ def _decode_samples(samples: dict[str, np.ndarray], limit: int = 4) -> str:
 def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, config: Any, node: Any,
                  reward_source: Any,
                  reward_params: Any, prompts: dict[str, np.ndarray], num_seeds: int,
-                 gold_fn: Callable | None = synthetic_gold) -> RLState:
+                 gold_fn: Callable | None = synthetic_gold,
+                 text_fn: Callable[[dict[str, np.ndarray], int], dict[str, str]] | None = None,
+                 eval_fn: Callable[[RLState, int], dict[str, Any]] | None = None,
+                 eval_every: int = 0) -> RLState:
   """Trains ``num_seeds`` policies (vmapped) from the SFT reference.
 
   Args:
@@ -103,6 +106,11 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
     prompts: {"tokens", "mask"[, "threshold"]} [N, P] prompt pool.
     num_seeds: policies trained at once (vmapped).
     gold_fn: tracked gold reward (metric only).
+    text_fn: sample tables from the "samples/..." arrays (default: the
+      synthetic world's decoder; other tasks pass their own tokenizer's).
+    eval_fn: optional ``(state, step) -> scalars`` (state with the seed
+      axis), run every ``eval_every`` steps and at the end (see train_loop).
+    eval_every: steps between evaluations (0: only at the end).
   Returns the final state (leading seed axis).
   """
   stage_dir = pathlib.Path(stage_dir)
@@ -147,8 +155,10 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
 
   loop = LoopConfig(num_steps=node.num_steps, log_every=node.log_every, checkpoint_every=node.checkpoint_every,
                     seed=config.seed)
-  state = train_loop(name, stage_dir, state, step_fn, get_batch, loop, mesh,
-                     text_fn=lambda samples, step: {"samples": _decode_samples(samples)})
+  if text_fn is None:
+    text_fn = lambda samples, step: {"samples": _decode_samples(samples)}
+  state = train_loop(name, stage_dir, state, step_fn, get_batch, loop, mesh, eval_fn=eval_fn,
+                     eval_every=eval_every, text_fn=text_fn)
   save_params(stage_dir / "params", state.params["policy"])
   return state
 
