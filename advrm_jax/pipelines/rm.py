@@ -1,0 +1,450 @@
+"""Stage ``rm``: train a reward-model ensemble with Bradley-Terry and evaluate it.
+
+  python -m advrm_jax.main --config configs/rm_hh.py --workdir /tmp/rm_hh
+
+Steps: build the backbone (small from scratch, a Hugging Face checkpoint
+directory, or a GGUF file such as SmolLM2) and its tokenizer; read preference
+pairs (JSONL/JSONL.gz, HH-RLHF format auto-detected) or generate the
+synthetic world's; split train/test by prompt; tokenise to fixed shapes;
+train with the shared ``train_loop`` (orbax checkpoints every
+``rm.checkpoint_every`` steps, resume, metrics, NaN stop); evaluate the test
+split.
+
+Artefacts in ``WORKDIR/rm/``:
+
+* ``rm_meta.json``: what ``load_reward_model`` needs to rebuild the model
+  (backbone config, ensemble kind and size, tokenizer, sequence layout,
+  optimizer config).
+* ``checkpoints/``: orbax train states; the newest holds the final params.
+* ``eval_summary.json``: ``advrm_jax.reward.evaluation.evaluate_scores`` of
+  the test split (and of up to ``rm.eval_train_pairs`` training pairs); on
+  synthetic data also ``test_gold_accuracy``, the accuracy of the exact gold
+  reward against the noisy labels (the ceiling to read RM accuracy against).
+* ``metrics.jsonl``, ``tb/``, PNG plots: training curves.
+
+Later stages load the model with ``load_reward_model(workdir)`` and score
+with ``advrm_jax.reward.model.reward_scores``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import jax
+import numpy as np
+
+from advrm_jax import sharding as shd
+from advrm_jax.checkpoints.orbax_io import Checkpointer
+from advrm_jax.data.batching import tokenize_pairs, train_test_split
+from advrm_jax.data.preferences import read_preferences
+from advrm_jax.models.config import ModelConfig
+from advrm_jax.pipelines.loop import LoopConfig, train_loop
+from advrm_jax.reward import evaluation
+from advrm_jax.reward.data import ByteTokenizer, MemberBatches, synthetic_preference_pairs, tokenizer_spec
+from advrm_jax.reward.losses import jit_bt_step
+from advrm_jax.reward.model import RewardEnsemble, init_reward_model
+from advrm_jax.train_state import (OPTIMIZER_DEFAULTS, TrainState, create_train_state, make_optimizer, split_module,
+                                   state_shardings)
+
+STAGE = "rm"
+META_FILE = "rm_meta.json"
+SUMMARY_FILE = "eval_summary.json"
+
+# Keys each config node may hold; anything else is a typo and an error.
+RM_KEYS = ("ensemble", "num_members", "member_data", "data_seed", "init_seed", "head_seed", "backbone",
+           "tokenizer", "batch_size", "margin", "centering_coef", "optimizer", "num_steps", "log_every",
+           "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batch_size", "eval_train_pairs",
+           "eval", "init_from")
+BACKBONE_KEYS = ("source", "path", "dtype", "param_dtype", "model")
+DATA_KEYS = ("source", "path", "format", "on_error", "max_pairs", "test_fraction", "split_seed",
+             "max_prompt_len", "max_response_len", "padding_side", "on_overlength", "use_chat_template",
+             "add_bos", "synthetic")
+SYNTHETIC_KEYS = ("num_pairs", "beta", "seed")
+EVAL_KEYS = ("std_coef", "ece_bins")
+TOKENIZERS = ("auto", "byte", "word", "backbone")
+BACKBONE_SOURCES = ("scratch", "hf", "gguf")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work, named by its key."""
+
+
+def _check_keys(node: Any, known: tuple[str, ...], where: str) -> None:
+  unknown = sorted(set(node.keys()) - set(known))
+  if unknown:
+    raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+
+
+def _resolve(path: str, workdir: str | pathlib.Path | None = None) -> pathlib.Path:
+  """Relative paths are relative to the repository root (where configs/ lives), then the cwd.
+
+  ``{workdir}`` in a path stands for the run's work dir, so a config can
+  name a file an earlier stage writes (e.g. ``{workdir}/prefs/preferences.jsonl``).
+  """
+  if "{workdir}" in path:
+    if workdir is None:
+      raise ConfigError(f"path {path!r} uses {{workdir}}, which is unknown here")
+    path = path.replace("{workdir}", str(workdir))
+  candidate = pathlib.Path(path).expanduser()
+  if candidate.is_absolute():
+    return candidate
+  repo_root = pathlib.Path(__file__).resolve().parents[2]
+  in_repo = repo_root / candidate
+  return in_repo if in_repo.exists() or not candidate.exists() else candidate
+
+
+# ---------------------------------------------------------------------------
+# Backbone and tokenizer.
+# ---------------------------------------------------------------------------
+
+
+def build_tokenizer(config: Any, backbone_source: str, backbone_path: str) -> Any:
+  """The tokenizer named by ``config.rm.tokenizer`` (see configs/rm_hh.py)."""
+  choice = config.rm.tokenizer
+  if choice not in TOKENIZERS:
+    raise ConfigError(f"rm.tokenizer: unknown tokenizer {choice!r}; expected one of {TOKENIZERS}")
+  if choice == "auto":
+    if config.data.source == "synthetic":
+      choice = "word"
+    elif backbone_source in ("hf", "gguf"):
+      choice = "backbone"
+    else:
+      choice = "byte"
+  if choice == "byte":
+    return ByteTokenizer()
+  if choice == "word":
+    from advrm_jax.data.synthetic_world import WordTokenizer  # pylint: disable=import-outside-toplevel
+    return WordTokenizer(unknown="unk")
+  if backbone_source == "hf":
+    from advrm_jax.checkpoints.hf import load_hf_tokenizer  # pylint: disable=import-outside-toplevel
+    return load_hf_tokenizer(backbone_path)
+  if backbone_source == "gguf":
+    from advrm_jax.checkpoints.gguf import load_gguf_tokenizer  # pylint: disable=import-outside-toplevel
+    from advrm_jax.data.tokenizer import HFTokenizer  # pylint: disable=import-outside-toplevel
+    return HFTokenizer(load_gguf_tokenizer(backbone_path))
+  raise ConfigError("rm.tokenizer='backbone' needs rm.backbone.source 'hf' or 'gguf' (a from-scratch backbone "
+                    "has no tokenizer); use 'byte' or 'word'")
+
+
+def _backbone_path(config: Any) -> str:
+  source, path = config.rm.backbone.source, config.rm.backbone.path
+  if source == "gguf" and not path:
+    from advrm_jax.checkpoints.gguf import find_smollm2_gguf  # pylint: disable=import-outside-toplevel
+    return str(find_smollm2_gguf())
+  if source in ("hf", "gguf"):
+    if not path:
+      raise ConfigError(f"rm.backbone.path: required for rm.backbone.source={source!r}")
+    resolved = _resolve(path)
+    if not resolved.exists():
+      raise ConfigError(f"rm.backbone.path: {resolved} does not exist")
+    return str(resolved)
+  return path
+
+
+def build_backbone(config: Any, tokenizer: Any, sequence_width: int) -> tuple[ModelConfig, Any]:
+  """Backbone config and pretrained params (None for a from-scratch backbone).
+
+  Raises ConfigError naming the key when the model cannot hold the data
+  (vocabulary or sequence length too small).
+  """
+  node = config.rm.backbone
+  source = node.source
+  if source not in BACKBONE_SOURCES:
+    raise ConfigError(f"rm.backbone.source: unknown source {source!r}; expected one of {BACKBONE_SOURCES}")
+  if source == "scratch":
+    values = dict(node.model)
+    if not values.get("vocab_size"):
+      values["vocab_size"] = tokenizer.vocab_size  # 0 means "the tokenizer's"
+    values.update(dtype=node.dtype, param_dtype=node.param_dtype)
+    try:
+      cfg = ModelConfig.from_dict(values)
+    except ValueError as e:
+      raise ConfigError(f"rm.backbone.{e}") from None
+    params = None
+    vocab_key, length_key = "rm.backbone.model.vocab_size", "rm.backbone.model.max_seq_len"
+  else:
+    path = _backbone_path(config)
+    if source == "hf":
+      from advrm_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=import-outside-toplevel
+      cfg, model = load_hf_checkpoint(path, dtype=node.dtype, param_dtype=node.param_dtype)
+    else:
+      from advrm_jax.checkpoints.gguf import read_gguf  # pylint: disable=import-outside-toplevel
+      from advrm_jax.checkpoints.hf import model_from_hf_tensors  # pylint: disable=import-outside-toplevel
+      ckpt = read_gguf(path)
+      cfg, model = model_from_hf_tensors(ckpt.config, ckpt.tensors, dtype=node.dtype, param_dtype=node.param_dtype)
+    params = split_module(model)[1]
+    vocab_key = length_key = f"rm.backbone.path ({path})"
+  if tokenizer.vocab_size > cfg.vocab_size:
+    raise ConfigError(f"{vocab_key}: the model's vocabulary ({cfg.vocab_size}) is smaller than the "
+                      f"tokenizer's ({tokenizer.vocab_size}, rm.tokenizer={config.rm.tokenizer!r})")
+  if sequence_width > cfg.max_seq_len:
+    raise ConfigError(f"data.max_prompt_len + data.max_response_len + 1 = {sequence_width} exceeds "
+                      f"{length_key}: max_seq_len {cfg.max_seq_len}")
+  return cfg, params
+
+
+# ---------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------
+
+
+def load_pairs(config: Any, workdir: str | pathlib.Path | None = None) -> tuple[list[Any], dict[str, Any]]:
+  """Preference pairs from ``config.data`` and a JSON-ready description."""
+  data = config.data
+  if data.source == "synthetic":
+    syn = data.synthetic
+    _check_keys(syn, SYNTHETIC_KEYS, "data.synthetic")
+    pairs = synthetic_preference_pairs(syn.num_pairs, syn.seed, syn.beta)
+    info = {"source": "synthetic", "num_pairs": len(pairs), "beta": syn.beta, "seed": syn.seed}
+  elif data.source == "jsonl":
+    if not data.path:
+      raise ConfigError("data.path: no preference file given; set --config.data.path=/path/to/pairs.jsonl[.gz]")
+    path = _resolve(data.path, workdir)
+    if not path.exists():
+      raise ConfigError(f"data.path: preference file {path} not found; set --config.data.path to a JSONL or "
+                        "JSONL.gz file of {prompt, chosen, rejected} or HH-RLHF {chosen, rejected} records")
+    result = read_preferences(path, format=data.format, on_error=data.on_error)
+    pairs = list(result)
+    stats = result.stats
+    info = {"source": "jsonl", "path": str(path), "format": stats.format, "num_records": stats.num_records,
+            "skipped": dict(stats.skipped)}
+    if stats.num_skipped:
+      logging.warning("rm: skipped %d bad records of %s (data.on_error='skip'): %s; first: %s",
+                      stats.num_skipped, path, dict(stats.skipped), stats.messages[:3])
+  else:
+    raise ConfigError(f"data.source: unknown source {data.source!r}; expected 'jsonl' or 'synthetic'")
+  if data.max_pairs:
+    pairs = pairs[:data.max_pairs]
+  if not pairs:
+    raise ConfigError(f"data: no preference pairs left to train on ({info})")
+  info["num_used"] = len(pairs)
+  return pairs, info
+
+
+def tokenize(config: Any, pairs: list[Any], tokenizer: Any, what: str) -> dict[str, np.ndarray]:
+  data = config.data
+  out = tokenize_pairs(pairs, tokenizer, data.max_prompt_len, data.max_response_len,
+                       padding_side=data.padding_side, use_chat_template=data.use_chat_template,
+                       on_overlength=data.on_overlength, add_bos=data.add_bos)
+  dropped = len(pairs) - out["chosen_tokens"].shape[0]
+  if dropped:
+    logging.warning("rm: %d of %d %s pairs over the length limits were skipped (data.on_overlength='skip')",
+                    dropped, len(pairs), what)
+  return out
+
+
+# ---------------------------------------------------------------------------
+# The stage.
+# ---------------------------------------------------------------------------
+
+
+def _check_config(config: Any) -> None:
+  _check_keys(config.rm, RM_KEYS, "rm")
+  _check_keys(config.rm.backbone, BACKBONE_KEYS, "rm.backbone")
+  _check_keys(config.rm.eval, EVAL_KEYS, "rm.eval")
+  _check_keys(config.data, DATA_KEYS, "data")
+  for key in ("num_members", "batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+              "eval_batch_size"):
+    if config.rm[key] < 1:
+      raise ConfigError(f"rm.{key} must be >= 1, got {config.rm[key]}")
+
+
+def _write_json(path: pathlib.Path, value: Any) -> None:
+  # Write-then-rename: a kill mid-write never leaves a truncated file.
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains and evaluates the RM ensemble; returns the evaluation summary."""
+  _check_config(config)
+  rm_config, data_config = config.rm, config.data
+  stage_dir = pathlib.Path(workdir) / STAGE
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  mesh = shd.make_mesh(tuple(config.mesh.shape))
+  shd.check_batch_divisible(rm_config.batch_size, mesh, "rm.batch_size")
+  shd.check_batch_divisible(rm_config.eval_batch_size, mesh, "rm.eval_batch_size")
+
+  backbone_path = _backbone_path(config)
+  tokenizer = build_tokenizer(config, rm_config.backbone.source, backbone_path)
+  width = data_config.max_prompt_len + data_config.max_response_len + 1
+  model_cfg, backbone_params = build_backbone(config, tokenizer, width)
+
+  pairs, data_info = load_pairs(config, workdir)
+  train_pairs, test_pairs = train_test_split(pairs, data_config.test_fraction, data_config.split_seed)
+  train_data = tokenize(config, train_pairs, tokenizer, "train")
+  test_data = tokenize(config, test_pairs, tokenizer, "test") if test_pairs else None
+  num_train = train_data["chosen_tokens"].shape[0]
+  data_info.update(num_train=num_train, num_test=0 if test_data is None else test_data["chosen_tokens"].shape[0])
+  logging.info("rm: %d train / %d test pairs, tokenizer %r, backbone %s", num_train, data_info["num_test"],
+               tokenizer, model_cfg)
+
+  kind, num_members = rm_config.ensemble, rm_config.num_members
+  graphdef, params, axes = init_reward_model(model_cfg, num_members, kind, seed=rm_config.init_seed,
+                                             head_seed=rm_config.head_seed, backbone_params=backbone_params)
+  del backbone_params
+  if rm_config.get("init_from"):
+    # Continue from a trained ensemble (e.g. the previous adversarial-training
+    # round) instead of a fresh initialisation; the optimizer starts afresh.
+    init_dir = _resolve(rm_config.init_from, workdir)
+    init_graphdef, params, init_meta = load_reward_model(init_dir)
+    same_backbone = init_meta["model"] == json.loads(json.dumps(model_cfg.to_dict()))
+    if (init_meta["ensemble"], init_meta["num_members"]) != (kind, num_members) or not same_backbone:
+      raise ConfigError(f"rm.init_from: {init_dir} holds a {init_meta['num_members']}-member "
+                        f"{init_meta['ensemble']} ensemble of another backbone; this run builds a {num_members}-"
+                        f"member {kind} one of {model_cfg}")
+    del init_graphdef
+    data_info["init_from"] = str(init_dir)
+  optimizer_values = dict(rm_config.optimizer)
+  optimizer = make_optimizer(optimizer_values)
+  state, shardings = create_train_state(params, axes, optimizer, mesh)
+  del params
+  step_fn = jit_bt_step(graphdef, optimizer, shardings, mesh, margin=rm_config.margin,
+                        centering_coef=rm_config.centering_coef)
+  batches = MemberBatches(num_train, rm_config.batch_size, num_members, mode=rm_config.member_data,
+                          per_member_rows=kind == "independent", seed=rm_config.data_seed)
+
+  _write_json(stage_dir / META_FILE, {
+      "model": model_cfg.to_dict(), "ensemble": kind, "num_members": num_members,
+      "tokenizer": dict(tokenizer_spec(tokenizer), kind=rm_config.tokenizer,
+                        backbone_source=rm_config.backbone.source, backbone_path=backbone_path),
+      "sequence": {"max_prompt_len": data_config.max_prompt_len,
+                   "max_response_len": data_config.max_response_len,
+                   "padding_side": data_config.padding_side, "add_bos": data_config.add_bos,
+                   "use_chat_template": data_config.use_chat_template},
+      "optimizer": optimizer_values, "num_steps": rm_config.num_steps, "data": data_info,
+  })
+
+  score_fn = evaluation.make_scorer(graphdef, mesh, shardings.params)
+  eval_config = rm_config.eval
+  last_eval: dict[int, dict[str, Any]] = {}
+
+  def evaluate(params, data):
+    scorer = functools.partial(score_fn, params)
+    chosen, rejected = evaluation.score_pairs(scorer, data, rm_config.eval_batch_size, mesh)
+    return evaluation.evaluate_scores(chosen, rejected, std_coef=eval_config.std_coef,
+                                      num_bins=eval_config.ece_bins)
+
+  def eval_fn(state: TrainState, step: int) -> dict[str, float]:
+    if test_data is None:
+      return {}
+    summary = evaluate(state.params, test_data)
+    last_eval[step] = summary
+    return evaluation.headline_metrics(summary, "test")
+
+  loop = LoopConfig(num_steps=rm_config.num_steps, log_every=rm_config.log_every,
+                    checkpoint_every=rm_config.checkpoint_every, keep_checkpoints=rm_config.keep_checkpoints,
+                    seed=config.seed)
+  state = train_loop(STAGE, stage_dir, state, step_fn, functools.partial(batches.batch, train_data), loop, mesh,
+                     eval_fn=eval_fn, eval_every=rm_config.eval_every)
+
+  train_subset = {k: v[:rm_config.eval_train_pairs] for k, v in train_data.items()}
+  summary = {
+      "step": rm_config.num_steps,
+      "test": last_eval.get(rm_config.num_steps),
+      "test_gold_accuracy": _gold_accuracy(test_pairs, test_data) if data_config.source == "synthetic" else None,
+      "train_subset": evaluate(state.params, train_subset) if rm_config.eval_train_pairs else None,
+      "data": data_info,
+      "ensemble": kind,
+      "num_members": num_members,
+  }
+  _write_json(stage_dir / SUMMARY_FILE, summary)
+  if summary["test"] is not None:
+    logging.info("rm: test accuracy mean-aggregate %.3f, members %s", summary["test"]["accuracy"]["mean"],
+                 [round(v, 3) for k, v in summary["test"]["accuracy"].items() if k.startswith("member_")])
+  return summary
+
+
+def _gold_accuracy(pairs: list[Any], data: dict[str, np.ndarray] | None) -> float | None:
+  """How often the exact gold reward agrees with the (noisy, BT-sampled) labels.
+
+  The ceiling an RM's test accuracy should be read against on synthetic data:
+  a perfect copy of gold scores this, not 1.0.
+  """
+  if data is None:
+    return None
+  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
+  kept = [pairs[i] for i in data["example_indices"]]
+  prompts = [p.prompt for p in kept]
+  chosen_gold = world.score_texts(prompts, [p.chosen for p in kept])
+  rejected_gold = world.score_texts(prompts, [p.rejected for p in kept])
+  return float(evaluation.pairwise_accuracy(chosen_gold, rejected_gold))
+
+
+# ---------------------------------------------------------------------------
+# Loading a trained RM (for later stages).
+# ---------------------------------------------------------------------------
+
+
+def _stage_dir(path: str | pathlib.Path) -> pathlib.Path:
+  path = pathlib.Path(path)
+  for candidate in (path, path / STAGE, path.parent):
+    if (candidate / META_FILE).exists():
+      return candidate
+  raise FileNotFoundError(f"{path}: no {META_FILE} found here or in {path / STAGE}; run the 'rm' stage first")
+
+
+def load_reward_model(path: str | pathlib.Path, mesh: Any = None,
+                      step: int | None = None) -> tuple[nnx.GraphDef, Any, dict[str, Any]]:
+  """Loads a trained ensemble: ``(graphdef, params, meta)``.
+
+  Args:
+    path: the run's WORKDIR, its ``rm/`` directory, or ``rm/checkpoints``.
+    mesh: where to place the params (default: one device). Parameters are
+      sharded by their logical axes.
+    step: checkpoint step (default: the newest readable one).
+
+  Returns:
+    graphdef and params for ``reward_scores``; meta is ``rm_meta.json`` plus
+    ``step`` (the checkpoint restored).
+  """
+  stage_dir = _stage_dir(path)
+  meta = json.loads((stage_dir / META_FILE).read_text())
+  model_cfg = ModelConfig.from_dict(meta["model"])
+  graphdef, abstract_params, axes = split_module(nnx.eval_shape(
+      lambda: RewardEnsemble(model_cfg, meta["num_members"], meta["ensemble"], rngs=nnx.Rngs(0))))
+  if mesh is None:
+    mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  optimizer = make_optimizer({k: v for k, v in meta["optimizer"].items() if k in OPTIMIZER_DEFAULTS})
+  # The checkpoint holds the whole train state: restore it against an
+  # abstract, sharded target (nothing is allocated before the read) and keep
+  # the params.
+  shardings = state_shardings(optimizer, abstract_params, axes, mesh)
+  abstract_state = jax.eval_shape(
+      lambda p: TrainState(np.zeros((), np.int32), p, optimizer.init(p)), abstract_params)
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
+  checkpointer = Checkpointer(stage_dir / "checkpoints")
+  try:
+    restored = checkpointer.restore(target, step=step)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"{stage_dir / 'checkpoints'}: no checkpoint to load; run the 'rm' stage first")
+  restored_step, state, _ = restored
+  return graphdef, state.params, dict(meta, step=restored_step)
+
+
+def load_tokenizer(meta: dict[str, Any]) -> Any:
+  """Rebuilds the tokenizer an RM was trained with, from ``rm_meta.json``."""
+  spec = meta["tokenizer"]
+  name = spec["class"]
+  if name == "ByteTokenizer":
+    return ByteTokenizer()
+  if name == "WordTokenizer":
+    from advrm_jax.data.synthetic_world import WordTokenizer  # pylint: disable=import-outside-toplevel
+    return WordTokenizer(unknown="unk")
+  if spec["backbone_source"] == "hf":
+    from advrm_jax.checkpoints.hf import load_hf_tokenizer  # pylint: disable=import-outside-toplevel
+    return load_hf_tokenizer(spec["backbone_path"])
+  if spec["backbone_source"] == "gguf":
+    from advrm_jax.checkpoints.gguf import load_gguf_tokenizer  # pylint: disable=import-outside-toplevel
+    from advrm_jax.data.tokenizer import HFTokenizer  # pylint: disable=import-outside-toplevel
+    return HFTokenizer(load_gguf_tokenizer(spec["backbone_path"]))
+  raise ValueError(f"{META_FILE}: cannot rebuild tokenizer {spec}")
