@@ -49,11 +49,22 @@ def make_schedule(learning_rate: float, schedule: str, warmup_steps: int, total_
   return optax.join_schedules([warmup, main], [warmup_steps])
 
 
+def _decays(path) -> bool:
+  """Weight decay for weight matrices only, by parameter name.
+
+  Names, not ranks: stacked layers and ensemble members give norm scales and
+  biases a leading axis ([L, D], [K, D]) that a rank test would mistake for a
+  matrix.
+  """
+  name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1]))) if path else ""
+  return name.endswith("kernel") or name in ("embed", "pos_embed", "lm_head")
+
+
 def make_optimizer(config: Any = None, **overrides) -> optax.GradientTransformation:
   """AdamW with gradient clipping and a schedule from an ``optimizer`` config node.
 
-  Weight decay applies to matrices only (kernels, embeddings), never to norm
-  scales or biases.
+  Weight decay applies to weight matrices only (kernels, embeddings), never
+  to norm scales or biases (see ``_decays``).
   """
   values = dict(OPTIMIZER_DEFAULTS)
   if config is not None:
@@ -65,7 +76,7 @@ def make_optimizer(config: Any = None, **overrides) -> optax.GradientTransformat
   values.update(overrides)
   schedule = make_schedule(values["learning_rate"], values["schedule"], values["warmup_steps"],
                            values["total_steps"])
-  decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: _decays(path), params)
   chain = []
   if values["grad_clip"]:
     chain.append(optax.clip_by_global_norm(values["grad_clip"]))
