@@ -363,6 +363,8 @@ def prompt_arrays(problems: Sequence[Problem], width: int = MAX_PROMPT_TOKENS) -
 # ----------------------------------------------------------------------------
 
 
+# Jitted: one compiled program per shape instead of dozens of eager ops.
+@jax.jit
 def response_body(response_tokens: Array, response_mask: Array) -> Array:
   """[B, N] bool: masked tokens strictly before the first masked EOS."""
   tokens = jnp.asarray(response_tokens, jnp.int32)
@@ -381,6 +383,8 @@ def _next(x: Array, fill) -> Array:
   return jnp.concatenate([x[:, 1:], jnp.full_like(x[:, :1], fill)], axis=1)
 
 
+# Jitted: one compiled program per shape instead of dozens of eager ops.
+@jax.jit
 def final_answer(response_tokens: Array, response_mask: Array) -> tuple[Array, Array]:
   """The final answer and its response column.
 
@@ -403,12 +407,16 @@ def final_answer(response_tokens: Array, response_mask: Array) -> tuple[Array, A
   return jnp.where(ok, value, -1), jnp.where(ok, first + 1, -1).astype(jnp.int32)
 
 
+# Jitted: one compiled program per shape instead of dozens of eager ops.
+@jax.jit
 def final_answer_key(response_tokens: Array, response_mask: Array) -> tuple[Array, Array]:
   """EMPO cluster key of a response: (final answer [B] int32, valid [B] bool)."""
   value, _ = final_answer(response_tokens, response_mask)
   return value, value >= 0
 
 
+# Jitted: one compiled program per shape instead of dozens of eager ops.
+@jax.jit
 def intermediate_answers(response_tokens: Array, response_mask: Array) -> dict[str, Array]:
   """Intermediate answers ("now X") at their response columns.
 
@@ -438,6 +446,8 @@ def intermediate_answers(response_tokens: Array, response_mask: Array) -> dict[s
           "step": jnp.where(is_answer, step, -1)}
 
 
+# Jitted: one compiled program per shape instead of dozens of eager ops.
+@jax.jit
 def true_values(prompt_tokens: Array, prompt_mask: Array) -> tuple[Array, Array]:
   """The exact intermediate values of each prompt's program.
 
@@ -478,12 +488,16 @@ def true_values(prompt_tokens: Array, prompt_mask: Array) -> tuple[Array, Array]
   return out, jnp.minimum(n, MAX_OPS)
 
 
+# Jitted: one compiled program per shape instead of dozens of eager ops.
+@jax.jit
 def true_answer(prompt_tokens: Array, prompt_mask: Array) -> Array:
   """[B] int32 exact final answer of each prompt (-1 for a prompt with no operation)."""
   values, n = true_values(prompt_tokens, prompt_mask)
   return jnp.where(n > 0, jnp.take_along_axis(values, jnp.maximum(n - 1, 0)[:, None], axis=1)[:, 0], -1)
 
 
+# Jitted: one compiled program per shape instead of dozens of eager ops.
+@jax.jit
 def correctness_reward(prompt_tokens: Array, prompt_mask: Array, response_tokens: Array,
                        response_mask: Array) -> Array:
   """[B] float32: 1 iff the response's final answer is the exact answer (the labelled reward)."""
@@ -492,6 +506,8 @@ def correctness_reward(prompt_tokens: Array, prompt_mask: Array, response_tokens
   return ((answer == truth) & (truth >= 0)).astype(jnp.float32)
 
 
+# Jitted: one compiled program per shape instead of dozens of eager ops.
+@jax.jit
 def intermediate_labels(prompt_tokens: Array, prompt_mask: Array, response_tokens: Array,
                         response_mask: Array) -> dict[str, Array]:
   """`intermediate_answers` plus "correct" and "candidate" ([B, N] bool).

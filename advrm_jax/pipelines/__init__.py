@@ -17,6 +17,8 @@ STAGES = {
     "sft": "advrm_jax.pipelines.sft",
     "rlhf": "advrm_jax.pipelines.rlhf",
     "rm": "advrm_jax.pipelines.rm",
+    "empo": "advrm_jax.pipelines.empo",
+    "probes": "advrm_jax.pipelines.probes",
 }
 
 

@@ -58,6 +58,7 @@ non-constant; in the loss it still regularises every row, as in GRPO);
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -91,6 +92,7 @@ def _pairwise(equivalent: Callable[[Array, Array], Array], keys: Array) -> Array
   return jnp.all(same.reshape(same.shape[:3] + (-1,)), axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=("equivalent", "no_answer"))
 def greedy_clusters(keys: Array, valid: Array, equivalent: Callable[[Array, Array], Array] = exact_match,
                     no_answer: str = "exclude") -> tuple[Array, Array]:
   """Greedy semantic clustering of each group's responses.
@@ -159,6 +161,7 @@ def entropy_keep_mask(entropy: Array, num_counted: Array, entropy_min: float = 0
   return (entropy >= entropy_min) & (entropy <= entropy_max) & (num_counted >= 1)
 
 
+@functools.partial(jax.jit, static_argnames=("num_samples", "reward", "no_answer", "equivalent"))
 def empo_scores(keys: Array, valid: Array, num_samples: int, reward: str = "prob", no_answer: str = "exclude",
                 entropy_min: float = 0.0, entropy_max: float = math.inf,
                 equivalent: Callable[[Array, Array], Array] = exact_match) -> tuple[Array, dict[str, Array]]:
@@ -263,6 +266,7 @@ def check_rl_config(rl_config: Any, source: SemanticEntropySource, where: str = 
 # ----------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnames=("num_samples", "kind", "no_answer", "equivalent"))
 def semantic_uncertainty(keys: Array, valid: Array, num_samples: int, kind: str = "response",
                          no_answer: str = "exclude",
                          equivalent: Callable[[Array, Array], Array] = exact_match) -> Array:
