@@ -1,0 +1,130 @@
+"""Launchers: XManager job specs of a sweep (dry run, no xmanager needed) and the multi-host env."""
+
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from launch import multihost
+from launch import xm_launch
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_sweep_is_a_product_with_bracket_aware_values():
+  points = xm_launch.expand_sweep(["rm.learning_rate=1e-3,3e-3", "mesh.shape=(-1,1,1),(2,2,2)"])
+  assert points == [
+      {"rm.learning_rate": "1e-3", "mesh.shape": "(-1,1,1)"},
+      {"rm.learning_rate": "1e-3", "mesh.shape": "(2,2,2)"},
+      {"rm.learning_rate": "3e-3", "mesh.shape": "(-1,1,1)"},
+      {"rm.learning_rate": "3e-3", "mesh.shape": "(2,2,2)"},
+  ]
+  assert xm_launch.expand_sweep(["name=a,b|c"]) == [{"name": "a,b"}, {"name": "c"}]
+  assert xm_launch.expand_sweep([]) == [{}]
+
+
+def test_tpu_sweep_specs_and_command_lines():
+  specs = xm_launch.build_job_specs(
+      "configs/synthetic.py:small", "gs://bucket/runs/", sweep=["rm.learning_rate=1e-3,3e-3", "seeds=1,2"],
+      overrides=["config.rm.num_steps=50"], platform="tpu", accelerator="tpu_v4", accelerator_count=8,
+      num_hosts=2, experiment_name="lr sweep")
+  assert len(specs) == 4
+  assert len({s.name for s in specs}) == 4 and len({s.args["workdir"] for s in specs}) == 4
+  first = specs[0]
+  assert first.name == "lr_sweep-000-learning_rate=1e-3-seeds=1"
+  assert first.requirements == {"tpu_v4": 8} and first.platform == "tpu"
+  assert first.sweep_values == {"rm.learning_rate": "1e-3", "seeds": "1"}
+  assert first.argv() == [
+      "python", "-m", "advrm_jax.main", "--config=configs/synthetic.py:small",
+      f"--workdir=gs://bucket/runs/{first.name}", "--config.rm.num_steps=50", "--config.distributed=True",
+      "--config.rm.learning_rate=1e-3", "--config.seeds=1"]
+  assert [s.args["config.seeds"] for s in specs] == ["1", "2", "1", "2"]  # first sweep flag slowest
+  assert [s.args["config.rm.learning_rate"] for s in specs] == ["1e-3", "1e-3", "3e-3", "3e-3"]
+  # The command line is a valid shell line giving back the same argv.
+  assert shlex.split(first.command_line()) == first.argv()
+
+
+def test_local_and_gpu_environment():
+  local, = xm_launch.build_job_specs("configs/rm_hh.py", "/tmp/x")
+  assert local.env == {"JAX_PLATFORMS": "cpu"} and local.requirements == {}
+  assert "distributed" not in " ".join(local.argv())
+  assert local.command_line().startswith("JAX_PLATFORMS=cpu python -m advrm_jax.main --config=configs/rm_hh.py ")
+  gpu, = xm_launch.build_job_specs("configs/rm_hh.py", "/tmp/x", platform="gpu", accelerator="A100",
+                                   accelerator_count=4)
+  assert gpu.requirements == {"a100": 4} and gpu.env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(platform="tpu"), "needs --accelerator"),
+    (dict(platform="tpu", accelerator="a100", accelerator_count=1), "not a TPU type"),
+    (dict(platform="local", accelerator="a100", accelerator_count=1), "takes no --accelerator"),
+    (dict(sweep=["seeds=1,1"]), "distinct"),
+    (dict(sweep=["seeds=1", "seeds=2"]), "swept twice"),
+    (dict(sweep=["seeds=1,2"], overrides=["seeds=3"]), "both give"),
+    (dict(sweep=["not a key=1"]), "--sweep=not a key=1"),
+    (dict(platform="slurm"), "--platform=slurm"),
+])
+def test_bad_flags_are_named(kwargs, match):
+  with pytest.raises(xm_launch.LaunchError, match=match):
+    xm_launch.build_job_specs("configs/rm_hh.py", "/tmp/x", **kwargs)
+
+
+def test_dry_run_cli_prints_the_sweep_without_xmanager(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / "launch" / "xm_launch.py"), "--dry_run", "--config=configs/synthetic.py:small",
+       f"--workdir={tmp_path}", "--set=seeds=1", "--sweep=rm.learning_rate=1e-3,3e-3", "--platform=gpu",
+       "--accelerator=h100", "--accelerator_count=8"],
+      capture_output=True, text=True, env=env, timeout=60, check=False)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert lines[0] == "# 2 job(s)"
+  assert lines[1] == "# advrm-000-learning_rate=1e-3 (gpu {'h100': 8})"
+  assert lines[2] == (f"XLA_PYTHON_CLIENT_PREALLOCATE=false python -m advrm_jax.main "
+                      f"--config=configs/synthetic.py:small --workdir={tmp_path}/advrm-000-learning_rate=1e-3 "
+                      "--config.seeds=1 --config.rm.learning_rate=1e-3")
+  assert lines[4].endswith("--config.rm.learning_rate=3e-3")
+  bad = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "xm_launch.py"), "--dry_run",
+                        "--config=c.py", "--workdir=/tmp/x", "--sweep=seeds"],
+                       capture_output=True, text=True, env=env, timeout=60, check=False)
+  assert bad.returncode == 2 and bad.stderr.strip() == "error: --sweep=seeds: expected KEY=VALUE with a dotted config key"
+
+
+class _RecordingExperiment:
+  """Stands in for an xm experiment: records what would be packaged and added."""
+
+  def __init__(self):
+    self.packaged, self.jobs = [], []
+
+  def package(self, packageables):
+    self.packaged.extend(packageables)
+    return ["executable"] * len(packageables)
+
+  def add(self, job):
+    self.jobs.append(job)
+
+
+def test_specs_become_xm_jobs():
+  pytest.importorskip("xmanager", reason="xmanager is an optional extra (pip install -e '.[xmanager]'); "
+                      "the dry-run tests above cover the job specs without it")
+  specs = xm_launch.build_job_specs("configs/synthetic.py", "/tmp/x", sweep=["seeds=1,2"], platform="tpu",
+                                    accelerator="tpu_v4", accelerator_count=8)
+  experiment = xm_launch.launch_with_xmanager(specs, "test", experiment=_RecordingExperiment())
+  assert len(experiment.packaged) == 1 and len(experiment.jobs) == 2
+  job = experiment.jobs[1]
+  assert job.args["config.seeds"] == "2" and job.name == specs[1].name
+  assert "tpu_v4" in str(job.executor.requirements).lower()
+
+
+def test_multihost_child_environment():
+  env = multihost.process_env(1, 2, 12345, devices_per_process=4,
+                              base_env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_foo=1"})
+  assert env["JAX_COORDINATOR_ADDRESS"] == "localhost:12345"
+  assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("2", "1")
+  assert env["JAX_CPU_COLLECTIVES_IMPLEMENTATION"] == "gloo" and env["JAX_PLATFORMS"] == "cpu"
+  assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=4"
+  with pytest.raises(SystemExit):
+    multihost.main(["--num_processes=2"])  # no command after --
