@@ -1,0 +1,278 @@
+"""Stage `online`: Adv-RM with the adversary and the ensemble trained together.
+
+Beyond the paper: instead of `advrm.num_rounds` rounds of attack -> filter ->
+advtrain, one jitted iteration (``adversarial.online``) updates the adversary
+against the current ensemble, filters its samples into an on-device replay
+buffer and takes Bradley-Terry steps on ordinary + buffered adversarial
+pairs. It starts from the same artefacts as the rounds (the SFT reference,
+the `prefs` data and reference samples, the conventional RM round 0), runs
+through the shared resumable ``train_loop``, and is then judged the way the
+round-based RM is:
+
+* attack success (standard, strict) of a *fresh* adversary, trained with the
+  `attack` stage's settings against the final online RM;
+* in-distribution pair accuracy on the `prefs` held-out pairs (beside the
+  conventional RM's);
+* the compute used: adversary samples and RM pair updates (per member), next
+  to the round-based schedule's from the same config, so the two can be
+  compared at equal budget (``online.num_steps`` etc. are set to match).
+
+Artefacts in WORKDIR/online/: checkpoints/ metrics.jsonl tb/ (the online
+run), rm/ (the final ensemble in the `rm` stage's layout, so
+``load_reward_model`` and `rlhf` read it: run entry ``{"source": "rm",
+"rm_stage": "online/rm", "aggregate": "member", "member": 0}``), attack/ (the
+fresh adversary), summary.json, DONE.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import pathlib
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from advrm_jax import sharding as shd
+from advrm_jax.adversarial import online
+from advrm_jax.adversarial.objective import per_prompt_threshold
+from advrm_jax.checkpoints.orbax_io import Checkpointer
+from advrm_jax.data.batching import epoch_batches
+from advrm_jax.pipelines import advrm, prefs
+from advrm_jax.pipelines.loop import LoopConfig, train_loop
+from advrm_jax.reward import evaluation
+from advrm_jax.rl.engine import init_policy_params, init_rl_state
+from advrm_jax.rl.rewards import AdversarySource
+from advrm_jax.train_state import OPTIMIZER_DEFAULTS, TrainState, make_optimizer
+
+STAGE = "online"
+RM_DIR = "rm"
+NODE_KEYS = ("num_steps", "prompts_per_step", "log_every", "checkpoint_every", "rl", "optimizer", "sampling",
+             "rm_updates", "ordinary_pairs", "adversarial_pairs", "buffer_capacity", "bootstrap", "rm_optimizer")
+# The rlhf run entry for the online RM (add it to config.rlhf.runs).
+RLHF_RUN = {"source": "rm", "rm_stage": "online/rm", "aggregate": "member", "member": 0}
+
+
+def _check_node(node: Any) -> None:
+  unknown = sorted(set(dict(node)) - set(NODE_KEYS))
+  missing = sorted(set(NODE_KEYS) - set(dict(node)))
+  if unknown or missing:
+    raise ValueError(f"online: unknown key(s) {unknown}, missing key(s) {missing}; expected {sorted(NODE_KEYS)}")
+  for key in ("num_steps", "prompts_per_step", "rm_updates", "ordinary_pairs", "buffer_capacity"):
+    if node[key] < 1:
+      raise ValueError(f"online.{key} must be >= 1, got {node[key]}")
+
+
+def online_config_from(config: Any) -> online.OnlineConfig:
+  """The iteration's static options: the objective from `attack`, the filter from `filter`, BT from `rm`."""
+  node = config.online
+  return online.OnlineConfig(
+      lam=config.attack.lam, penalty=config.attack.penalty, target=config.attack.target,
+      r2_kind=config.attack.r2_kind, threshold=config.attack.threshold, uncertainty=config.filter.uncertainty,
+      standardize=config.filter.standardize, z_min=config.filter.z_min, rm_updates=node.rm_updates,
+      adversarial_pairs=node.adversarial_pairs, bootstrap=node.bootstrap, margin=config.rm.margin,
+      centering_coef=config.rm.centering_coef)
+
+
+def compute_budget(config: Any) -> dict[str, Any]:
+  """Adversary samples and RM pair updates (per member) of the online run and of the round schedule."""
+  node = config.online
+  online_budget = {
+      "adversary_samples": node.num_steps * node.prompts_per_step * node.rl.num_samples,
+      "rm_pair_updates": node.num_steps * node.rm_updates * (node.ordinary_pairs + node.adversarial_pairs),
+      "rm_steps": node.num_steps * node.rm_updates,
+  }
+  rounds = advrm.num_rounds(config)
+  # Rounds 0..N-1 train adversaries whose samples feed advtrain; the last
+  # attack (on RM N) only evaluates, like the online stage's fresh attack.
+  round_budget = {
+      "adversary_samples": rounds * config.attack.num_steps * config.attack.prompts_per_step
+                           * config.attack.rl.num_samples * config.num_seeds,
+      "rm_pair_updates": rounds * config.advtrain.num_steps * config.rm.batch_size,
+      "rm_steps": rounds * config.advtrain.num_steps,
+      "num_rounds": rounds,
+  }
+  return {"online": online_budget, "round_based": round_budget}
+
+
+def _ordinary_pairs(config: Any, workdir: pathlib.Path, tokenizer: Any, path: pathlib.Path) -> dict[str, np.ndarray]:
+  """A preference JSONL file tokenized the way the `rm` stage does."""
+  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
+  cfg = copy.deepcopy(config)
+  cfg.data.source, cfg.data.path, cfg.data.max_pairs = "jsonl", str(path), 0
+  pairs, _ = rm_stage.load_pairs(cfg, workdir)
+  return rm_stage.tokenize(cfg, pairs, tokenizer, path.name)
+
+
+def pair_accuracy(graphdef: Any, params: Any, data: dict[str, np.ndarray], mesh: Any,
+                  batch_size: int) -> dict[str, float]:
+  """Held-out pair accuracy: the mean aggregate and each member."""
+  scorer = functools.partial(evaluation.make_scorer(graphdef, mesh), params)
+  chosen, rejected = evaluation.score_pairs(scorer, data, batch_size, mesh)
+  return evaluation.evaluate_scores(chosen, rejected)["accuracy"]
+
+
+def save_reward_model(out: pathlib.Path, rm_state: TrainState, base_meta: dict[str, Any],
+                      optimizer_values: dict[str, Any], extra: dict[str, Any]) -> None:
+  """Writes rm_meta.json + checkpoints/ exactly as the `rm` stage lays them out."""
+  out.mkdir(parents=True, exist_ok=True)
+  meta = {k: v for k, v in base_meta.items() if k != "step"}
+  meta.update(optimizer=optimizer_values, num_steps=int(jax.device_get(rm_state.step)), data=extra)
+  advrm.write_json(out / "rm_meta.json", meta)
+  checkpointer = Checkpointer(out / "checkpoints", max_to_keep=1)
+  try:
+    checkpointer.save(meta["num_steps"], rm_state, {"step": meta["num_steps"]}, force=True)
+  finally:
+    checkpointer.close()
+
+
+def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graphdef: Any, rm_params: Any,
+                 reference: dict[str, np.ndarray]) -> dict[str, Any]:
+  """A new adversary (the `attack` stage's settings) against the final online RM; its attack success."""
+  from advrm_jax.pipelines.attack import success_by_seed  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.rlhf import train_policy  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
+  node = config.attack
+  reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
+  reference_r1 = reference_scores[node.target]
+  threshold = np.asarray(per_prompt_threshold(reference_r1, kind=node.threshold), np.float32)
+  prompts = {"tokens": reference["prompt_tokens"], "mask": reference["prompt_mask"].astype(np.int32),
+             "threshold": threshold}
+  source = AdversarySource(rm_graphdef, lam=node.lam, penalty=node.penalty, target=node.target,
+                           r2_kind=node.r2_kind)
+  num_seeds = config.num_seeds
+  state = train_policy("online/attack", out, workdir / "sft", config, node, source, rm_params, prompts, num_seeds)
+  _, policy_graphdef, _ = load_policy(workdir / "sft")
+  m = node.final_samples_per_prompt
+  num_prompts = reference["prompt_tokens"].shape[0]
+  final = advrm.sample_responses(
+      policy_graphdef, state.params["policy"], np.repeat(reference["prompt_tokens"], m, axis=0),
+      np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 7919 + 1000),
+      advrm.sampling_config(node.sampling), config.prefs.sample_batch_size, num_seeds=num_seeds)
+  final = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in final.items()}
+  seeds = np.repeat(np.arange(num_seeds), num_prompts * m)
+  prompt_index = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
+  r1 = advrm.score_members(rm_graphdef, rm_params, final["prompt_tokens"], final["prompt_mask"],
+                           final["response_tokens"], final["response_mask"])[node.target]
+  gold = advrm.gold_of(final["prompt_tokens"], final["prompt_mask"], final["response_tokens"],
+                       final["response_mask"])
+  success = success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"])
+  return dict(success, standard_mean=float(np.mean(success["standard"])),
+              strict_mean=float(np.mean(success["strict"])), r1_mean=float(r1.mean()), gold_mean=float(gold.mean()),
+              eos_fraction=float(final["has_eos"].mean()), num_steps=node.num_steps)
+
+
+def run(config: Any, workdir: pathlib.Path) -> None:
+  """Stage `online` (module doc): train, save the RM, evaluate, summarise."""
+  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.rlhf import _decode_samples, _node_dict, rl_config_from, synthetic_gold  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
+  from advrm_jax.rl.sampler import SamplingConfig  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  out = workdir / STAGE
+  if advrm.is_done(out):
+    logging.info("online: done, skipping")
+    return
+  if "online" not in config:
+    raise ValueError("config has no `online` node; see configs/synthetic.py")
+  node = config.online
+  _check_node(node)
+  options = online_config_from(config)
+  mesh = shd.make_mesh(tuple(config.mesh.shape))
+  shd.check_batch_divisible(node.prompts_per_step, mesh, "online.prompts_per_step")
+  shd.check_batch_divisible(node.rm_updates * node.ordinary_pairs, mesh, "online.rm_updates x online.ordinary_pairs")
+
+  # Inputs: the same artefacts the round schedule starts from.
+  model_config, policy_graphdef, ref_params = load_policy(workdir / "sft")
+  rm_graphdef, rm_params, rm_meta = rm_stage.load_reward_model(advrm.rm_path(workdir, 0), mesh=mesh)
+  if rm_meta["num_members"] < 2:
+    raise ValueError(f"online: the RM has {rm_meta['num_members']} member; the adversary's R2 needs >= 2")
+  reference = advrm.load_reference(workdir)
+  tokenizer = rm_stage.load_tokenizer(rm_meta)
+  train_pairs = _ordinary_pairs(config, workdir, tokenizer, workdir / prefs.STAGE / prefs.TRAIN_FILE)
+
+  rl_config = rl_config_from(node.rl, "online.rl")
+  sampling = SamplingConfig(**_node_dict(node.sampling, SamplingConfig, "online.sampling"))
+  if sampling.max_new_tokens != reference["response_tokens"].shape[-1]:
+    raise ValueError(f"online.sampling.max_new_tokens={sampling.max_new_tokens} must equal the reference "
+                     f"samples' width {reference['response_tokens'].shape[-1]} (prefs/reference.npz)")
+  policy_optimizer = make_optimizer(node.optimizer, total_steps=node.num_steps)
+  rm_optimizer_values = {k: v for k, v in dict(node.rm_optimizer).items() if k in OPTIMIZER_DEFAULTS}
+  rm_optimizer = make_optimizer(rm_optimizer_values)
+  adversary = init_rl_state(init_policy_params(ref_params, model_config.d_model), policy_optimizer, rl_config)
+  state = online.init_online_state(adversary, rm_params, rm_optimizer, node.buffer_capacity,
+                                   reference["prompt_tokens"].shape[1], sampling.max_new_tokens,
+                                   pad_id=sampling.pad_id)
+  jitted = online.jit_online_iteration(online.make_online_iteration(
+      policy_graphdef, rm_graphdef, policy_optimizer, rm_optimizer, rl_config, sampling, options,
+      gold_fn=synthetic_gold))
+  # The reference policy is an argument of the jitted step (never a baked-in
+  # constant); the loop's step signature is (state, batch, rng).
+  step_fn = lambda state, batch, rng: jitted(state, ref_params, batch, rng)
+
+  num_prompts = reference["prompt_tokens"].shape[0]
+  num_pairs = train_pairs["chosen_tokens"].shape[0]
+  pairs_per_step = node.rm_updates * node.ordinary_pairs
+  if num_prompts < node.prompts_per_step or num_pairs < pairs_per_step:
+    raise ValueError(f"online: {num_prompts} attack prompts / {num_pairs} pairs cannot fill a step of "
+                     f"{node.prompts_per_step} prompts / {pairs_per_step} pairs")
+  pair_keys = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
+
+  def get_batch(step: int) -> dict[str, np.ndarray]:
+    # Depends only on the step, so a resumed run replays the same batches.
+    epoch, index = divmod(step, num_prompts // node.prompts_per_step)
+    rows = epoch_batches(num_prompts, node.prompts_per_step, config.seed + 17, epoch)[index]
+    pair_epoch, pair_index = divmod(step, num_pairs // pairs_per_step)
+    pair_rows = epoch_batches(num_pairs, pairs_per_step, config.seed + 29, pair_epoch)[pair_index]
+    batch = {"prompt_tokens": reference["prompt_tokens"][rows],
+             "prompt_mask": reference["prompt_mask"][rows].astype(np.int32),
+             "reference_tokens": reference["response_tokens"][rows],
+             "reference_mask": reference["response_mask"][rows].astype(bool)}
+    batch.update({k: train_pairs[k][pair_rows] for k in pair_keys})
+    return batch
+
+  loop = LoopConfig(num_steps=node.num_steps, log_every=node.log_every, checkpoint_every=node.checkpoint_every,
+                    seed=config.seed)
+  state = train_loop(STAGE, out, state, step_fn, get_batch, loop, mesh,
+                     text_fn=lambda samples, step: {"samples": _decode_samples(samples)})
+  buffer_stats = {"inserted": int(jax.device_get(state.buffer.count)),
+                  "size": int(np.sum(jax.device_get(state.buffer.valid))), "capacity": node.buffer_capacity}
+  save_reward_model(out / RM_DIR, state.rm, rm_meta, rm_optimizer_values,
+                    {"online": str(out), "init_from": str(advrm.rm_path(workdir, 0)), "buffer": buffer_stats})
+  final_rm_params = state.rm.params
+  del state
+
+  # Judge it as the rounds are judged.
+  test_path = workdir / prefs.STAGE / prefs.TEST_FILE
+  test_pairs = _ordinary_pairs(config, workdir, tokenizer, test_path)
+  eval_batch = config.rm.eval_batch_size
+  accuracy = {"online": pair_accuracy(rm_graphdef, final_rm_params, test_pairs, mesh, eval_batch),
+              "conventional": pair_accuracy(rm_graphdef, rm_params, test_pairs, mesh, eval_batch)}
+  attack = fresh_attack(config, workdir, out / "attack", rm_graphdef, final_rm_params, reference)
+  last_metrics = {}
+  jsonl = out / "metrics.jsonl"
+  if jsonl.exists():
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    last_metrics = {k: v for k, v in (lines[-1] if lines else {}).items() if isinstance(v, (int, float))}
+  summary = {
+      "attack": attack,
+      "in_distribution_accuracy": accuracy,
+      "compute": compute_budget(config),
+      "buffer": buffer_stats,
+      "final_step_metrics": last_metrics,
+      "rm": str(out / RM_DIR),
+      "rlhf_run": RLHF_RUN,
+  }
+  # The round schedule's last attack, when it has run, for a side-by-side.
+  round_summary = advrm.round_dir(workdir, "attack", advrm.num_rounds(config)) / "summary.json"
+  if round_summary.exists():
+    final = json.loads(round_summary.read_text()).get("final", {})
+    summary["round_based_final_attack"] = {"standard": final.get("standard"), "strict": final.get("strict")}
+  advrm.write_json(out / "summary.json", summary)
+  advrm.mark_done(out)
+  logging.info("online: fresh attack success %.1f%% standard / %.1f%% strict; accuracy %.3f (conventional %.3f)",
+               attack["standard_mean"], attack["strict_mean"], accuracy["online"]["mean"],
+               accuracy["conventional"]["mean"])
