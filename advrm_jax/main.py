@@ -9,12 +9,19 @@ r"""advrm_jax entry point.
 for tests). ``--config.a.b=value`` overrides one field; an unknown key or a
 value of the wrong type is an error naming the key. ``config.stages`` lists
 the stages to run, in order; each one resumes from its artefacts in WORKDIR.
+
+Problems with the input (a config key, a data file, a checkpoint, a mesh, a
+diverging loss) end the run with one line ``error: <what and where>`` on
+stderr and exit code 2, not a traceback (``--verbosity=1`` logs the
+traceback too). SIGTERM writes a checkpoint and exits with code 0.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
+import re
+import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -27,23 +34,112 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Exit code of a run stopped by bad input (argparse's convention for usage errors).
+EXIT_BAD_INPUT = 2
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def _fail(message: str) -> None:
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def _override_with_key(argv: list[str], error: Exception) -> str:
+  """Names the ``--config.a.b=v`` override an unknown-key error came from.
+
+  ml_collections reports only the last path component ("'bogus'", maybe with
+  a did-you-mean hint), wrapped in an AttributeError around a KeyError; the
+  override that used it is what the user typed.
+  """
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  message = str(error.args[0]) if error.args else str(error)
+  match = re.match(r"\s*'([^']*)'\s*(.*)", message, re.S)
+  key, hint = (match.group(1), match.group(2).strip()) if match else (message, "")
+  overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  culprits = [o for o in overrides if key in o[len("--config."):].split(".")]
+  where = ", ".join(culprits or overrides) or "--config"
+  return f"{where}: unknown config key {key!r}" + (f" ({hint})" if hint else "")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config-override mistakes as one-line errors.
+
+  absl turns its own flag errors into a message, but ml_collections raises
+  KeyError/AttributeError for an override of an unknown key, which would
+  otherwise escape as a traceback through absl's internals.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+    if "Traceback (most recent call last)" in message:
+      # ml_collections embeds the config file's traceback in the flag error;
+      # its first line (which flag) and last line (what went wrong) say it all.
+      lines = [l for l in message.splitlines() if l.strip()]
+      message = f"{lines[0].rstrip(':')}: {lines[-1]}"
+    _fail(message)
+  except (KeyError, AttributeError) as e:
+    _fail(_override_with_key(argv, e))
+  except (TypeError, ValueError) as e:
+    _fail(f"could not apply the config or its overrides: {e}")
+  raise AssertionError("unreachable")
+
+
+def _is_input_error(error: BaseException) -> bool:
+  """True for errors this package raises on purpose about its input.
+
+  Those are ValueErrors (DataError, ShardingError, CheckpointMismatchError,
+  config checks), FileNotFoundError (a missing artefact) and the loop's
+  FloatingPointError (non-finite loss), raised by advrm_jax code. The same
+  types raised inside jax/orbax are bugs and keep their traceback.
+  """
+  if type(error).__module__.startswith("advrm_jax."):
+    return True
+  frames = traceback.extract_tb(error.__traceback__)
+  return bool(frames) and pathlib.Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE_DIR)
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+  try:
+    # The config file is executed here, on first access; a ValueError from its
+    # get_config (e.g. an unknown ":arg") is a config mistake, not a bug.
+    config = _CONFIG.value
+    config.get("stages")  # a config file that failed to load raises on first use
+  except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
+    _fail("--config: " + " ".join(l.strip() for l in str(e).splitlines() if l.strip()))
   if config.get("distributed", False):
     # Multi-host: JAX's own SPMD runtime; coordinator and process ids come
     # from the cluster environment (TPU pods, SLURM) or JAX_* variables.
     jax.distributed.initialize()
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
+  cache_dir = config.get("compilation_cache_dir", "")
+  if cache_dir:
+    # Stages and rounds rebuild the same programs (an RL iteration per
+    # adversary round, a BT step per RM); JAX's persistent cache, keyed by
+    # the program itself, compiles each of them once.
+    jax.config.update("jax_compilation_cache_dir", cache_dir.replace("{workdir}", str(workdir)))
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   logging.info("devices: %s", jax.devices())
   from advrm_jax.pipelines import run_stages  # pylint: disable=import-outside-toplevel
-  run_stages(config, workdir)
+  from advrm_jax.pipelines.loop import Preempted  # pylint: disable=import-outside-toplevel
+  try:
+    run_stages(config, workdir)
+  except Preempted as e:
+    logging.warning("preempted by SIGTERM after step %d: checkpoint written, exiting cleanly; rerun the same "
+                    "command to resume", e.step)
+    raise
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    if not _is_input_error(e):
+      raise
+    logging.debug("%s", "".join(traceback.format_exception(e)))
+    _fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -52,17 +53,25 @@ class MetricWriter:
     self._start_step = None
 
   def truncate_after(self, step: int) -> None:
-    """Drops records logged after ``step`` (used when resuming from a checkpoint)."""
-    if not self.jsonl_path.exists():
-      return
-    kept = []
-    for line in self.jsonl_path.read_text().splitlines():
-      try:
-        if json.loads(line).get("step", 0) <= step:
-          kept.append(line)
-      except json.JSONDecodeError:
-        break  # a line cut by a kill: everything after it is unreliable
-    self.jsonl_path.write_text("".join(l + "\n" for l in kept))
+    """Drops records logged after ``step`` (used when resuming from a checkpoint).
+
+    Both the scalars and the sample tables: the resumed run logs those steps
+    again, and its logs must equal an uninterrupted run's.
+    """
+    for path in (self.jsonl_path, self.directory / "samples.jsonl"):
+      if not path.exists():
+        continue
+      kept = []
+      for line in path.read_text().splitlines():
+        try:
+          if json.loads(line).get("step", 0) <= step:
+            kept.append(line)
+        except json.JSONDecodeError:
+          break  # a line cut by a kill: everything after it is unreliable
+      # Write-then-rename: a kill during the rewrite keeps the old log whole.
+      tmp = path.with_name(path.name + ".tmp")
+      tmp.write_text("".join(l + "\n" for l in kept))
+      os.replace(tmp, path)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     record = {"step": int(step), "time": time.time()}

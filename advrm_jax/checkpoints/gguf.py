@@ -179,11 +179,16 @@ def _open(path: str | pathlib.Path):
   if not path.is_file():
     raise FileNotFoundError(f"GGUF file not found: {path}")
   try:
-    return _reader_class()(path, "r")
-  except (AttributeError, TypeError):
-    # A future GGUFReader that no longer assigns ``self.data`` the memmap:
-    # fall back to the stock reader (slower, same result).
-    return gguf.GGUFReader(path, "r")
+    try:
+      return _reader_class()(path, "r")
+    except (AttributeError, TypeError):
+      # A future GGUFReader that no longer assigns ``self.data`` the memmap:
+      # fall back to the stock reader (slower, same result).
+      return gguf.GGUFReader(path, "r")
+  except Exception as e:  # pylint: disable=broad-except
+    # gguf's own errors ("GGUF magic invalid", numpy view errors on a
+    # truncated file) do not say which file; this is an input problem.
+    raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
 
 
 def _field(reader, key: str, default: Any = None, required: bool = False) -> Any:

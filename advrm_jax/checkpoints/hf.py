@@ -625,7 +625,8 @@ def load_hf_tokenizer(path: PathLike) -> Any:
   except ImportError:
     # Imported lazily: transformers is slow to import and only needed here.
     import transformers  # pylint: disable=g-import-not-at-top
-    return transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
+    return transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True,
+                                                      trust_remote_code=False)
   return HFTokenizer.from_pretrained(path)
 
 

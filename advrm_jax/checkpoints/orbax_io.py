@@ -23,6 +23,10 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint's tree does not match the model being restored."""
 
 
+class UnreadableCheckpointError(ValueError):
+  """Checkpoints exist but none of them can be read."""
+
+
 def _key_name(entry: Any) -> str:
   for attr in ("key", "name", "idx"):
     if hasattr(entry, attr):
@@ -43,7 +47,12 @@ class Checkpointer:
     self.directory = pathlib.Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Handlers named up front: without them a fresh manager (a resumed
+    # process) cannot read item metadata, and the shape check before a
+    # restore would be skipped.
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -62,7 +71,8 @@ class Checkpointer:
     saved = self.manager.item_metadata(step)
     saved_state = saved["state"] if saved is not None and "state" in saved else None
     if saved_state is None:
-      return
+      raise ValueError(f"checkpoint {self.directory / str(step)} has no readable metadata for its state")
+    saved_state = getattr(saved_state, "tree", saved_state)
     saved_flat = _flatten_with_paths(saved_state)
     target_flat = _flatten_with_paths(target)
     missing = sorted(set(target_flat) - set(saved_flat))
@@ -90,26 +100,52 @@ class Checkpointer:
     steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
+    unreadable = []
     for candidate in steps:
       try:
         self._check_matches(candidate, abstract)
+        restored = self.manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       except CheckpointMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint %s is unreadable (%s); trying an older one",
-                        self.directory / str(candidate), e)
-        continue
-      try:
-        restored = self.manager.restore(candidate, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-      except Exception as e:  # pylint: disable=broad-except
         if step is not None:
           raise
-        logging.warning("checkpoint %s could not be restored (%s); trying an older one",
+        logging.warning("checkpoint %s is unreadable (%s); trying an older one",
                         self.directory / str(candidate), e)
+        unreadable.append(candidate)
         continue
+      # Only once an older checkpoint restored: the newer, unreadable ones are
+      # moved aside so the resumed run can save those steps again.
+      for bad in unreadable:
+        self._set_aside(bad)
       return candidate, restored["state"], dict(restored["meta"] or {})
+    if unreadable:
+      # Never silently start again from scratch over a run's checkpoints.
+      raise UnreadableCheckpointError(
+          f"no readable checkpoint in {self.directory}: step(s) {unreadable} could not be restored (see the "
+          "warnings above); move them away to start this stage from scratch")
     return None
+
+  def _set_aside(self, step: int) -> None:
+    """Renames an unreadable step directory to ``<step>.unreadable[-k]``.
+
+    The resumed run redoes that step and must be able to save it again
+    (orbax refuses to overwrite an existing step), and a later restore must
+    not trip over it again; the bytes are kept for inspection, not deleted.
+    """
+    source = self.directory / str(step)
+    if jax.process_index() == 0 and source.exists():
+      target = self.directory / f"{step}.unreadable"
+      suffix = 1
+      while target.exists():
+        target = self.directory / f"{step}.unreadable-{suffix}"
+        suffix += 1
+      source.rename(target)
+      logging.warning("moved the unreadable checkpoint %s to %s", source, target)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f"advrm_set_aside_{step}")
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -118,8 +118,11 @@ class HFTokenizer:
     # Imported here: transformers is slow to import and only this
     # constructor needs it.
     import transformers  # pylint: disable=g-import-not-at-top
+    # trust_remote_code=False, explicitly: left unset, transformers asks
+    # interactively whether to run a checkpoint's custom tokenizer code
+    # (auto_map); a path must never lead to running code.
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(
-        os.fspath(path), local_files_only=True)
+        os.fspath(path), local_files_only=True, trust_remote_code=False)
     return cls(hf_tokenizer)
 
   @property

@@ -126,6 +126,9 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
   iteration = make_iteration(graphdef, optimizer, rl_config, sampling, reward_source, gold_fn=gold_fn)
   rl_params = init_policy_params(ref_params, model_config.d_model)
   state = jax.vmap(lambda _: init_rl_state(rl_params, optimizer, rl_config))(jnp.arange(num_seeds))
+  # Committed to the mesh like the step's outputs (and a restored state), so
+  # the first step does not compile a second variant for uncommitted inputs.
+  state = jax.device_put(state, shd.replicated(mesh))
 
   def seeds_step(state, batch, rng):
     rngs = jax.random.split(rng, num_seeds)

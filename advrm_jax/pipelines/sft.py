@@ -56,8 +56,14 @@ def jit_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
 # ----------------------------------------------------------------------------
 
 
-def synthetic_sft_arrays(num_examples: int, seed: int, max_len: int) -> dict[str, np.ndarray]:
-  """[BOS] prompt response [EOS], right-padded; loss on response and EOS only."""
+def synthetic_sft_arrays(num_examples: int, seed: int, max_len: int,
+                         max_prompt_len: int | None = None) -> dict[str, np.ndarray]:
+  """[BOS] prompt response [EOS], right-padded; loss on response and EOS only.
+
+  With ``max_prompt_len`` (config key world.max_prompt_len), a prompt that
+  does not fit is an error: cutting it would silently train on prompts the
+  policy never sees in RL (where the same limit is an error too).
+  """
   from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
 
   corpus = world.make_sft_corpus(num_examples, seed)
@@ -66,6 +72,9 @@ def synthetic_sft_arrays(num_examples: int, seed: int, max_len: int) -> dict[str
   loss_mask = np.zeros((num_examples, max_len), np.int32)
   for i, example in enumerate(corpus):
     prompt = [world.BOS_ID] + world.TOKENIZER.encode(example["prompt"])
+    if max_prompt_len is not None and len(prompt) > max_prompt_len:
+      raise ValueError(f"world.max_prompt_len={max_prompt_len} cannot fit SFT prompt {i} "
+                       f"({len(prompt)} tokens with BOS)")
     response = world.TOKENIZER.encode(example["response"]) + [world.EOS_ID]
     sequence = (prompt + response)[:max_len]  # over-long rambles lose their tail (and EOS)
     tokens[i, :len(sequence)] = sequence
@@ -115,7 +124,7 @@ def run(config, workdir: pathlib.Path) -> None:
   if max_len > model_config.max_seq_len:
     raise ValueError(f"world.max_prompt_len + world.max_response_len = {max_len} exceeds "
                      f"model.max_seq_len = {model_config.max_seq_len}")
-  data = synthetic_sft_arrays(sft.num_examples, config.seed, max_len)
+  data = synthetic_sft_arrays(sft.num_examples, config.seed, max_len, config.world.max_prompt_len)
   graphdef, params, axes = split_module(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
   optimizer = make_optimizer(sft.optimizer, total_steps=sft.num_steps)
   state, shardings = create_train_state(params, axes, optimizer, mesh)
