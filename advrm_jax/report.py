@@ -87,6 +87,8 @@ def stage_section(workdir: pathlib.Path, log: pathlib.Path, plot: pathlib.Path |
                + ".")
   lines.append("")
   scalars = [(k, v) for k, v in last.items() if k not in ("step", "time")]
+  # Aggregates before their per-seed/per-member breakdowns ("kl" before "kl/seed0").
+  scalars.sort(key=lambda kv: "/" in kv[0])
   if scalars:
     shown = scalars[:MAX_SCALARS_IN_TABLE]
     lines.append("| metric | last value |")
