@@ -115,7 +115,10 @@ def test_specs_become_xm_jobs():
   experiment = xm_launch.launch_with_xmanager(specs, "test", experiment=_RecordingExperiment())
   assert len(experiment.packaged) == 1 and len(experiment.jobs) == 2
   job = experiment.jobs[1]
-  assert job.args["config.seeds"] == "2" and job.name == specs[1].name
+  # xm.Job converts the dict to xm.SequentialArgs.
+  args = job.args.to_dict() if hasattr(job.args, "to_dict") else dict(job.args)
+  assert args["config.seeds"] == "2" and job.name == specs[1].name
+  assert job.env_vars == {}  # TPU jobs need no extra environment
   assert "tpu_v4" in str(job.executor.requirements).lower()
 
 
