@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
@@ -196,7 +195,6 @@ def main() -> None:
   if NUM_PROCESSES > 1:
     # Leave together: a process exiting early can fail the others' shutdown barrier.
     jax.distributed.shutdown()
-  os.environ.pop("JAX_NUM_PROCESSES", None)
 
 
 if __name__ == "__main__":
