@@ -1,11 +1,25 @@
-r"""The default experiment: Adv-RM on the built-in synthetic world.
+r"""The default experiment: Adv-RM on the built-in synthetic world, end to end.
 
   python -m advrm_jax.main --config configs/synthetic.py --workdir /tmp/advrm_synthetic
   python -m advrm_jax.main --config configs/synthetic.py:small --workdir /tmp/advrm_small
 
 The world (advrm_jax/data/synthetic_world.py) has readable prompts and
 responses and an exact multi-facet gold reward; see DESIGN.md section 4.
+Stages (each resumes from, or skips, its artefacts in WORKDIR):
+
+  sft       the reference policy on the world's mixed-quality corpus
+  prefs     reference-policy answers labelled by Bradley-Terry on gold
+  rm        the conventional reward-model ensemble (RM round 0)
+  advrm     advrm.num_rounds x (attack -> filter -> advtrain), then a last
+            attack on the hardened RM (the stages `attack`, `filter` and
+            `advtrain` can also be run on their own)
+  rlhf      policies against the conventional RM, ensemble baselines, the
+            Adv-RM RM and (labelled as such) the gold oracle
+  evaluate  WORKDIR/report.json, REPORT.md and plots/
+
 ``:small`` shrinks every budget so the whole run takes about a minute (tests).
+Gold reaches the reward models only through preference labels, and the
+policies only in the run named ``oracle_gold``.
 """
 
 import ml_collections
@@ -17,13 +31,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/synthetic.py: unknown argument {arg!r}; expected nothing or 'small'")
   config = ml_collections.ConfigDict()
   # Stages run in order; each resumes from (or skips, when done) its artefacts in WORKDIR/<stage>/.
-  config.stages = ("sft",)
+  config.stages = ("sft", "prefs", "rm", "advrm", "rlhf", "evaluate")
   # Base seed: data order, initialisation and sampling all derive from it.
   config.seed = 0
   # Policies (RLHF, adversary) trained at once per run, vmapped over seeds.
   config.num_seeds = 1 if small else 3
   # Multi-host: call jax.distributed.initialize() before anything else.
   config.distributed = False
+  # JAX's persistent compilation cache ({workdir} = the run's work dir; "" = off): adversary
+  # rounds and RLHF runs rebuild identical programs, which then compile once.
+  config.compilation_cache_dir = "{workdir}/jax_cache"
 
   # (data, fsdp, tensor) mesh; -1 takes all remaining devices.
   config.mesh = ml_collections.ConfigDict()
@@ -33,38 +50,276 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   # Where weights come from: only "scratch" for the synthetic world.
   config.model.source = "scratch"
+  # Transformer family (advrm_jax.models.config).
   config.model.arch = "llama"
   # Exactly the synthetic world's WordTokenizer vocabulary (checked by the sft stage),
   # so a policy can never emit an id the world cannot decode.
   config.model.vocab_size = 150
+  # Width of the residual stream.
   config.model.d_model = 32 if small else 64
+  # Transformer blocks.
   config.model.num_layers = 1 if small else 2
+  # Query heads.
   config.model.num_heads = 4
+  # Key/value heads (grouped-query attention).
   config.model.num_kv_heads = 2
+  # Width of each head.
   config.model.head_dim = 16
+  # Hidden width of the SwiGLU MLP.
   config.model.d_ff = 64 if small else 128
+  # Longest sequence the model is built for (prompt + response fits in it).
   config.model.max_seq_len = 128
+  # Share the input embedding and the LM head.
   config.model.tie_embeddings = True
+  # Parameter storage dtype.
   config.model.param_dtype = "float32"
+  # Compute dtype.
   config.model.dtype = "float32"
 
   # Synthetic world sizes.
   config.world = ml_collections.ConfigDict()
-  # Longest prompt (incl. BOS) and response (incl. EOS) in tokens.
-  config.world.max_prompt_len = 24
-  config.world.max_response_len = 40
+  # Longest prompt (incl. BOS) in tokens (the world's longest prompt has 14).
+  config.world.max_prompt_len = 16
+  # Longest response (incl. EOS) in tokens (a good answer to three topics needs about 20).
+  config.world.max_response_len = 32
 
   # Stage `sft`: the reference policy on the mixed-quality corpus.
   config.sft = ml_collections.ConfigDict()
   # Corpus size (examples from make_sft_corpus).
   config.sft.num_examples = 2000 if small else 20000
+  # Sequences per step.
   config.sft.batch_size = 32 if small else 64
+  # Training steps.
   config.sft.num_steps = 20 if small else 600
+  # Log every this many steps.
   config.sft.log_every = 10 if small else 50
+  # Checkpoint every this many steps.
   config.sft.checkpoint_every = 10 if small else 200
+  # AdamW with warm-up and decay (advrm_jax.train_state.make_optimizer).
   config.sft.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=3e-3, schedule="cosine", warmup_steps=10 if small else 50,
+      learning_rate=1e-2, schedule="cosine", warmup_steps=10 if small else 50,
       weight_decay=0.0, grad_clip=1.0))
+
+  # Stage `prefs`: preference pairs and reference samples from the reference policy.
+  config.prefs = ml_collections.ConfigDict()
+  # Preference prompts (world split "preference"); each gives one pair of two samples.
+  config.prefs.num_prompts = 256 if small else 3000
+  # Bradley-Terry inverse temperature of the gold labels (larger: less label noise).
+  config.prefs.beta = 2.0
+  # Fraction of pairs held out (split by prompt) for every RM's in-distribution accuracy.
+  config.prefs.test_fraction = 0.1
+  # Attack prompt pool (world split "eval"): the adversary's prompts and the evaluation's.
+  config.prefs.num_attack_prompts = 32 if small else 128
+  # Reference-policy samples per attack prompt: T(x), chosen responses, attack-success statistics.
+  config.prefs.reference_samples = 4 if small else 8
+  # Rows per jitted sampling call.
+  config.prefs.sample_batch_size = 64 if small else 256
+
+  # Stage `rm`'s preference data (advrm_jax.pipelines.rm; keys as configs/rm_hh.py).
+  config.data = ml_collections.ConfigDict()
+  # Read the pairs the `prefs` stage wrote.
+  config.data.source = "jsonl"
+  # {workdir} is replaced by the run's work dir.
+  config.data.path = "{workdir}/prefs/preferences.jsonl"
+  # "auto" detects prompt/chosen/rejected records.
+  config.data.format = "auto"
+  # Stop at the first bad record (file and line named).
+  config.data.on_error = "raise"
+  # Use at most this many pairs (0 = all).
+  config.data.max_pairs = 0
+  # The rm stage's own held-out split (monitoring only; the report uses prefs' test file).
+  config.data.test_fraction = 0.05
+  # Seed of that split.
+  config.data.split_seed = 0
+  # Most prompt tokens per row (BOS included): the world's prompt length.
+  config.data.max_prompt_len = config.world.get_ref("max_prompt_len")
+  # Most response tokens per row (EOS not counted).
+  config.data.max_response_len = config.world.get_ref("max_response_len")
+  # Right padding for training; the reward is read at the last real token.
+  config.data.padding_side = "right"
+  # Over-long pairs are cut (none are: the world's widths bound them).
+  config.data.on_overlength = "truncate"
+  # The word tokenizer has no chat template.
+  config.data.use_chat_template = False
+  # BOS before the prompt, as the policy's prompts have it.
+  config.data.add_bos = True
+
+  # Stage `rm`: the conventional ensemble (RM round 0).
+  config.rm = rm = ml_collections.ConfigDict()
+  # "shared": K heads on one backbone (one backbone pass per batch);
+  # "independent": K whole backbones (K times the compute).
+  rm.ensemble = "shared"
+  # Ensemble size K (R1 = member `attack.target`, R2 = the mean of the others).
+  rm.num_members = 2 if small else 4
+  # Each member fits its own bootstrap resample of the pairs.
+  rm.member_data = "bootstrap"
+  # Seed of the batch order and the resamples.
+  rm.data_seed = 0
+  # Seed of the backbone initialisation (independent members get split keys).
+  rm.init_seed = 0
+  # Seed of the reward heads.
+  rm.head_seed = 1
+  # The synthetic world's word tokenizer.
+  rm.tokenizer = "word"
+  # Start from a trained ensemble's parameters ("" = fresh; advtrain sets it per round).
+  rm.init_from = ""
+  rm.backbone = ml_collections.ConfigDict()
+  # "policy": start from the SFT reference policy (as RMs usually start from the SFT model);
+  # "scratch": a fresh backbone of rm.backbone.model's shape.
+  rm.backbone.source = "policy"
+  # The policy's stage dir for "policy".
+  rm.backbone.path = "{workdir}/sft"
+  # Compute dtype.
+  rm.backbone.dtype = "float32"
+  # Parameter dtype.
+  rm.backbone.param_dtype = "float32"
+  # Backbone shape for "scratch" (ModelConfig fields; vocab_size 0 = the tokenizer's).
+  rm.backbone.model = ml_collections.ConfigDict(dict(
+      arch="llama", vocab_size=0, d_model=32 if small else 64, num_layers=1 if small else 2,
+      num_heads=4, num_kv_heads=2, head_dim=16, d_ff=64 if small else 128, max_seq_len=128,
+      tie_embeddings=True))
+  # Pairs per step (per member).
+  rm.batch_size = 16 if small else 32
+  # Bradley-Terry margin.
+  rm.margin = 0.0
+  # Reward centering (Eisenstein et al.): keeps members on one scale.
+  rm.centering_coef = 0.01
+  # Training steps.
+  rm.num_steps = 20 if small else 400
+  rm.optimizer = ml_collections.ConfigDict()
+  # Peak learning rate (AdamW).
+  rm.optimizer.learning_rate = 3e-3 if small else 1e-3
+  # Decay after warm-up.
+  rm.optimizer.schedule = "cosine"
+  # Linear warm-up steps.
+  rm.optimizer.warmup_steps = 2 if small else 20
+  # Schedule length: follows rm.num_steps.
+  rm.optimizer.total_steps = rm.get_ref("num_steps")
+  # Decoupled weight decay.
+  rm.optimizer.weight_decay = 0.0
+  # Global gradient-norm clip.
+  rm.optimizer.grad_clip = 1.0
+  # Adam first-moment decay.
+  rm.optimizer.b1 = 0.9
+  # Adam second-moment decay.
+  rm.optimizer.b2 = 0.95
+  # Adam epsilon.
+  rm.optimizer.eps = 1e-8
+  # Log every this many steps.
+  rm.log_every = 10 if small else 50
+  # Checkpoint every this many steps.
+  rm.checkpoint_every = 10 if small else 200
+  # Checkpoints kept.
+  rm.keep_checkpoints = 2
+  # Evaluate the rm stage's own test split only at the end.
+  rm.eval_every = 0
+  # Rows per evaluation call.
+  rm.eval_batch_size = 64
+  # Training pairs evaluated at the end (0 = skip).
+  rm.eval_train_pairs = 0
+  rm.eval = ml_collections.ConfigDict()
+  # c of the mean - c*std aggregate.
+  rm.eval.std_coef = 1.0
+  # Calibration bins.
+  rm.eval.ece_bins = 10
+
+  # RL sampling shared by the reference samples, the adversary and RLHF.
+  def sampling():
+    return ml_collections.ConfigDict(dict(
+        max_new_tokens=config.world.max_response_len, temperature=1.0, top_k=0, top_p=1.0, eos_id=1, pad_id=0))
+
+  # Stage `attack`: the adversary (RL from the reference policy) against RM round r.
+  config.attack = ml_collections.ConfigDict()
+  # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting); "ppo" works too.
+  config.attack.rl = ml_collections.ConfigDict(dict(
+      algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.05, kl_estimator="k1",
+      kl_in_reward=True, missing_eos_penalty=-2.0))
+  # AdamW for the adversary.
+  config.attack.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, schedule="constant", warmup_steps=0, grad_clip=1.0))
+  # Sampling options (SamplingConfig fields).
+  config.attack.sampling = sampling()
+  # RL iterations per round.
+  config.attack.num_steps = 4 if small else 60
+  # Prompts per iteration (from the attack pool).
+  config.attack.prompts_per_step = 8 if small else 16
+  # Log every this many steps.
+  config.attack.log_every = 2 if small else 10
+  # Checkpoint every this many steps.
+  config.attack.checkpoint_every = 2 if small else 30
+  # lambda of R1 - lambda * R2.
+  config.attack.lam = 1.0
+  # Added to R1 when R1 <= T(x) (the first author's -25).
+  config.attack.penalty = -25.0
+  # The attacked member R1.
+  config.attack.target = 0
+  # R2: "mean", "min" or "max" of the other members.
+  config.attack.r2_kind = "mean"
+  # T(x) from the reference samples' R1: "mean", "max" or "quantile".
+  config.attack.threshold = "mean"
+  # Samples per attack prompt from each final adversary (attack success of the trained attacker).
+  config.attack.final_samples_per_prompt = 2 if small else 4
+
+  # Stage `filter`: which adversarial samples become rejected responses.
+  config.filter = ml_collections.ConfigDict()
+  # U: "r1_minus_r2" (the paper's R1 - R2) or "std" (ensemble std).
+  config.filter.uncertainty = "r1_minus_r2"
+  # z(U) against "reference" (U of the reference samples) or "collected" (all adversary samples).
+  config.filter.standardize = "reference"
+  # Keep z(U) > z_min (and R1 > T(x)).
+  config.filter.z_min = 1.96
+  # Most adversarial pairs per round (a random subset beyond it; the paper added ~1,000).
+  config.filter.max_pairs = 256 if small else 2000
+  # Chosen side: the reference sample the ensemble mean likes best ("best_by_ensemble") or "random".
+  config.filter.chosen = "best_by_ensemble"
+
+  # Stage `advtrain`: RM round r + 1 from RM round r and the adversarial pairs.
+  config.advtrain = ml_collections.ConfigDict()
+  # "previous": continue from RM round r (the probe found retraining from scratch did not generalise);
+  # "scratch": a fresh ensemble.
+  config.advtrain.init = "previous"
+  # Share of adversarial pairs in each round's training set.
+  config.advtrain.adversarial_fraction = 0.3
+  # Use the adversarial pairs of every earlier round, not only the latest.
+  config.advtrain.accumulate = True
+  # Training steps per round.
+  config.advtrain.num_steps = 10 if small else 200
+  # Peak learning rate per round.
+  config.advtrain.learning_rate = 3e-3 if small else 5e-4
+
+  # Stage `advrm`: the round schedule.
+  config.advrm = ml_collections.ConfigDict()
+  # Rounds of attack -> filter -> advtrain (the paper: two sufficed).
+  config.advrm.num_rounds = 2
+
+  # Stage `online` (beyond the paper; advrm_jax/pipelines/online.py): adversary and ensemble updated in
+  # one jitted iteration from RM round 0, with the attack's objective, the filter's rule and a replay
+  # buffer. Budgets match the round schedule: adversary samples = num_rounds x the attack's, RM pair
+  # updates ~= num_rounds x advtrain.num_steps x rm.batch_size (summary.json reports both).
+  config.online = ml_collections.ConfigDict()
+  # Iterations (one adversary RL step + rm_updates BT steps each).
+  config.online.num_steps = config.advrm.num_rounds * config.attack.num_steps
+  # Prompts per iteration: one adversary sees as many as the attack's vmapped seeds together.
+  config.online.prompts_per_step = config.attack.prompts_per_step * config.num_seeds
+  # Log / checkpoint intervals.
+  config.online.log_every = 2 if small else 10
+  config.online.checkpoint_every = 4 if small else 40
+  # The adversary's RL, optimizer and sampling: the attack's.
+  config.online.rl = ml_collections.ConfigDict(dict(config.attack.rl))
+  config.online.optimizer = ml_collections.ConfigDict(dict(config.attack.optimizer))
+  config.online.sampling = sampling()
+  # BT steps per iteration, and per step: ordinary pairs from prefs + pairs drawn from the buffer.
+  config.online.rm_updates = 2 if small else 3
+  config.online.ordinary_pairs = 16 if small else 24
+  config.online.adversarial_pairs = 4 if small else 12
+  # Replay-buffer slots (ring: the freshest filtered samples).
+  config.online.buffer_capacity = 64 if small else 512
+  # Poisson(1) bootstrap weights per member on ordinary pairs (keeps members diverse).
+  config.online.bootstrap = True
+  # The ensemble's AdamW (constant: the run has no natural end for a decay).
+  config.online.rm_optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=config.advtrain.learning_rate, schedule="constant", warmup_steps=0, grad_clip=1.0,
+      b1=0.9, b2=0.95))
 
   # Stage `rlhf`: policies trained against each reward model, scored by gold.
   config.rlhf = ml_collections.ConfigDict()
@@ -72,20 +327,50 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rlhf.num_prompts = 256 if small else 2048
   # Prompts per iteration; each gets rl.num_samples responses.
   config.rlhf.prompts_per_step = 8 if small else 16
+  # RL iterations per run.
   config.rlhf.num_steps = 4 if small else 150
+  # Log every this many steps (the gold/proxy curves' resolution).
   config.rlhf.log_every = 2 if small else 5
+  # Checkpoint every this many steps.
   config.rlhf.checkpoint_every = 2 if small else 50
   # RLConfig fields (advrm_jax/rl/engine.py): algorithm, samples per prompt, KL...
   config.rlhf.rl = ml_collections.ConfigDict(dict(
       algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.02, kl_estimator="k1",
-      kl_in_reward=True, missing_eos_penalty=0.0))
+      kl_in_reward=True, missing_eos_penalty=-2.0))
+  # AdamW for the policies.
   config.rlhf.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, schedule="constant", warmup_steps=0, grad_clip=1.0))
-  config.rlhf.sampling = ml_collections.ConfigDict(dict(
-      max_new_tokens=config.world.max_response_len, temperature=1.0, top_k=0, top_p=1.0, eos_id=1, pad_id=0))
-  # One policy group per entry: source "rm" (rm_stage dir, aggregate, coef,
-  # member) or "gold" (the oracle baseline, labelled as such in reports).
+  # Sampling options; also the reference policy's sampling in `prefs` and `evaluate`.
+  config.rlhf.sampling = sampling()
+  # One policy group per entry: source "rm" (rm_stage: a dir under WORKDIR holding an RM;
+  # aggregate mean | min | mean_minus_std | mean_minus_var | member; coef; member) or
+  # "gold" (the oracle baseline, labelled as such in reports).
   config.rlhf.runs = ml_collections.ConfigDict({
+      # The conventional RM: one member (the attacked R1) of the round-0 ensemble.
+      "conventional": {"source": "rm", "rm_stage": "rm", "aggregate": "member", "member": 0},
+      # Ensemble baselines on the same round-0 ensemble.
+      "ensemble_mean": {"source": "rm", "rm_stage": "rm", "aggregate": "mean"},
+      "ensemble_min": {"source": "rm", "rm_stage": "rm", "aggregate": "min"},
+      "uncertainty_weighted": {"source": "rm", "rm_stage": "rm", "aggregate": "mean_minus_var", "coef": 1.0},
+      # Adv-RM: the same member of the hardened ensemble (advtrain/final -> the last round).
+      "adv_rm": {"source": "rm", "rm_stage": "advtrain/final", "aggregate": "member", "member": 0},
+      # Oracle: the policy optimises gold itself (an upper reference, not a method).
       "oracle_gold": {"source": "gold"},
   })
+
+  # Stage `evaluate`: report.json, REPORT.md, plots.
+  config.evaluate = ml_collections.ConfigDict()
+  # Hacking onset: smoothed gold this far below its running peak while proxy kept rising.
+  config.evaluate.hacking_margin = 0.3
+  # Trailing moving-average width (logged points) before the onset test.
+  config.evaluate.hacking_window = 3
+  # Samples per attack prompt from each final RLHF policy (the over-optimisation baseline).
+  config.evaluate.policy_samples_per_prompt = 2 if small else 4
+  # Word-substitution (TextFooler-like) baseline: substitutions per response and search.
+  config.evaluate.substitution_budget = 3
+  config.evaluate.substitution_search = "importance"
+  # Reference responses per prompt the substitution attack perturbs.
+  config.evaluate.substitution_responses_per_prompt = 1 if small else 2
+  # Adversarial responses shown in REPORT.md.
+  config.evaluate.num_examples = 6
   return config

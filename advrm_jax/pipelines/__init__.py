@@ -19,6 +19,13 @@ STAGES = {
     "rm": "advrm_jax.pipelines.rm",
     "empo": "advrm_jax.pipelines.empo",
     "probes": "advrm_jax.pipelines.probes",
+    "prefs": "advrm_jax.pipelines.prefs",
+    "attack": "advrm_jax.pipelines.attack",
+    "filter": "advrm_jax.pipelines.filter",
+    "advtrain": "advrm_jax.pipelines.advtrain",
+    "advrm": "advrm_jax.pipelines.advrm",
+    "online": "advrm_jax.pipelines.online",
+    "evaluate": "advrm_jax.pipelines.evaluate",
 }
 
 

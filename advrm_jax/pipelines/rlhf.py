@@ -91,7 +91,8 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
                  gold_fn: Callable | None = synthetic_gold,
                  text_fn: Callable[[dict[str, np.ndarray], int], dict[str, str]] | None = None,
                  eval_fn: Callable[[RLState, int], dict[str, Any]] | None = None,
-                 eval_every: int = 0) -> RLState:
+                 eval_every: int = 0,
+                 collect_fn: Callable[[int, dict[str, Any]], None] | None = None) -> RLState:
   """Trains ``num_seeds`` policies (vmapped) from the SFT reference.
 
   Args:
@@ -111,6 +112,11 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
     eval_fn: optional ``(state, step) -> scalars`` (state with the seed
       axis), run every ``eval_every`` steps and at the end (see train_loop).
     eval_every: steps between evaluations (0: only at the end).
+    collect_fn: optional ``(step, rollout)`` called after every step with
+      every sampled row of every seed (``prompt_tokens``, ``prompt_mask``,
+      ``response_tokens``, ``response_mask``: device arrays [S, B, ...],
+      prompt-major); ``step`` counts completed steps. The adversary's
+      `attack` stage keeps all of them.
   Returns the final state (leading seed axis).
   """
   stage_dir = pathlib.Path(stage_dir)
@@ -123,7 +129,8 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
                      f"num_samples = {node.prompts_per_step * rl_config.num_samples}")
   model_config, graphdef, ref_params = load_policy(sft_dir)
   optimizer = make_optimizer(node.optimizer, total_steps=node.num_steps)
-  iteration = make_iteration(graphdef, optimizer, rl_config, sampling, reward_source, gold_fn=gold_fn)
+  iteration = make_iteration(graphdef, optimizer, rl_config, sampling, reward_source, gold_fn=gold_fn,
+                             emit_rollout=collect_fn is not None)
   rl_params = init_policy_params(ref_params, model_config.d_model)
   state = jax.vmap(lambda _: init_rl_state(rl_params, optimizer, rl_config))(jnp.arange(num_seeds))
   # Committed to the mesh like the step's outputs (and a restored state), so
@@ -136,7 +143,7 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
                                                                            batch, rngs)
     logged = {}
     for key, value in metrics.items():
-      if key.startswith("samples/"):
+      if key.startswith(("samples/", "rollout/")):
         logged[key] = value
       else:
         logged[key] = jnp.mean(value)
@@ -145,6 +152,15 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
     return state, logged
 
   step_fn = jax.jit(seeds_step, donate_argnums=(0,))
+  if collect_fn is not None:
+    jitted_step = step_fn
+
+    def step_fn(state, batch, rng):
+      # Rollouts go to the collector, never to the metric writer.
+      state, metrics = jitted_step(state, batch, rng)
+      rollout = {key[len("rollout/"):]: metrics.pop(key) for key in list(metrics) if key.startswith("rollout/")}
+      collect_fn(int(jax.device_get(state.step)[0]), rollout)
+      return state, metrics
   num_prompts = prompts["tokens"].shape[0]
   per_step = node.prompts_per_step
   if num_prompts < per_step:

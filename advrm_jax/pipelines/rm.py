@@ -68,7 +68,7 @@ DATA_KEYS = ("source", "path", "format", "on_error", "max_pairs", "test_fraction
 SYNTHETIC_KEYS = ("num_pairs", "beta", "seed")
 EVAL_KEYS = ("std_coef", "ece_bins")
 TOKENIZERS = ("auto", "byte", "word", "backbone")
-BACKBONE_SOURCES = ("scratch", "hf", "gguf")
+BACKBONE_SOURCES = ("scratch", "hf", "gguf", "policy")
 
 
 class ConfigError(ValueError):
@@ -132,23 +132,28 @@ def build_tokenizer(config: Any, backbone_source: str, backbone_path: str) -> An
                     "has no tokenizer); use 'byte' or 'word'")
 
 
-def _backbone_path(config: Any) -> str:
+def _backbone_path(config: Any, workdir: str | pathlib.Path | None = None) -> str:
   source, path = config.rm.backbone.source, config.rm.backbone.path
   if source == "gguf" and not path:
     from advrm_jax.checkpoints.gguf import find_smollm2_gguf  # pylint: disable=import-outside-toplevel
     return str(find_smollm2_gguf())
-  if source in ("hf", "gguf"):
+  if source in ("hf", "gguf", "policy"):
     if not path:
       raise ConfigError(f"rm.backbone.path: required for rm.backbone.source={source!r}")
-    resolved = _resolve(path)
+    resolved = _resolve(path, workdir)
     if not resolved.exists():
       raise ConfigError(f"rm.backbone.path: {resolved} does not exist")
     return str(resolved)
   return path
 
 
-def build_backbone(config: Any, tokenizer: Any, sequence_width: int) -> tuple[ModelConfig, Any]:
+def build_backbone(config: Any, tokenizer: Any, sequence_width: int,
+                   workdir: str | pathlib.Path | None = None) -> tuple[ModelConfig, Any]:
   """Backbone config and pretrained params (None for a from-scratch backbone).
+
+  ``rm.backbone.source = "policy"`` starts from a finished `sft` stage's
+  policy (``rm.backbone.path``, e.g. ``{workdir}/sft``), as RMs are usually
+  initialised from the SFT model.
 
   Raises ConfigError naming the key when the model cannot hold the data
   (vocabulary or sequence length too small).
@@ -169,16 +174,21 @@ def build_backbone(config: Any, tokenizer: Any, sequence_width: int) -> tuple[Mo
     params = None
     vocab_key, length_key = "rm.backbone.model.vocab_size", "rm.backbone.model.max_seq_len"
   else:
-    path = _backbone_path(config)
-    if source == "hf":
-      from advrm_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=import-outside-toplevel
-      cfg, model = load_hf_checkpoint(path, dtype=node.dtype, param_dtype=node.param_dtype)
+    path = _backbone_path(config, workdir)
+    if source == "policy":
+      from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
+      cfg, _, params = load_policy(path)
     else:
-      from advrm_jax.checkpoints.gguf import read_gguf  # pylint: disable=import-outside-toplevel
-      from advrm_jax.checkpoints.hf import model_from_hf_tensors  # pylint: disable=import-outside-toplevel
-      ckpt = read_gguf(path)
-      cfg, model = model_from_hf_tensors(ckpt.config, ckpt.tensors, dtype=node.dtype, param_dtype=node.param_dtype)
-    params = split_module(model)[1]
+      if source == "hf":
+        from advrm_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=import-outside-toplevel
+        cfg, model = load_hf_checkpoint(path, dtype=node.dtype, param_dtype=node.param_dtype)
+      else:
+        from advrm_jax.checkpoints.gguf import read_gguf  # pylint: disable=import-outside-toplevel
+        from advrm_jax.checkpoints.hf import model_from_hf_tensors  # pylint: disable=import-outside-toplevel
+        ckpt = read_gguf(path)
+        cfg, model = model_from_hf_tensors(ckpt.config, ckpt.tensors, dtype=node.dtype,
+                                           param_dtype=node.param_dtype)
+      params = split_module(model)[1]
     vocab_key = length_key = f"rm.backbone.path ({path})"
   if tokenizer.vocab_size > cfg.vocab_size:
     raise ConfigError(f"{vocab_key}: the model's vocabulary ({cfg.vocab_size}) is smaller than the "
@@ -272,10 +282,10 @@ def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
   shd.check_batch_divisible(rm_config.batch_size, mesh, "rm.batch_size")
   shd.check_batch_divisible(rm_config.eval_batch_size, mesh, "rm.eval_batch_size")
 
-  backbone_path = _backbone_path(config)
+  backbone_path = _backbone_path(config, workdir)
   tokenizer = build_tokenizer(config, rm_config.backbone.source, backbone_path)
   width = data_config.max_prompt_len + data_config.max_response_len + 1
-  model_cfg, backbone_params = build_backbone(config, tokenizer, width)
+  model_cfg, backbone_params = build_backbone(config, tokenizer, width, workdir)
 
   pairs, data_info = load_pairs(config, workdir)
   train_pairs, test_pairs = train_test_split(pairs, data_config.test_fraction, data_config.split_seed)

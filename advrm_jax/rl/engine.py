@@ -132,7 +132,8 @@ def _response_logprobs_and_values(graphdef: nnx.GraphDef, params: Any, tokens: A
 
 
 def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: RLConfig,
-                   sampling: SamplingConfig, reward_source: Any, gold_fn: Any = None):
+                   sampling: SamplingConfig, reward_source: Any, gold_fn: Any = None,
+                   emit_rollout: bool = False):
   """Builds the pure iteration function (jit it once; see module docstring).
 
   Args:
@@ -144,6 +145,10 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     gold_fn: optional exact gold ``fn(prompt_tokens, prompt_mask,
       response_tokens, response_mask) -> [B]`` -- tracked as a metric only,
       never seen by the policy.
+    emit_rollout: also return every sampled row as ``rollout/prompt_tokens``,
+      ``rollout/prompt_mask``, ``rollout/response_tokens`` and
+      ``rollout/response_mask`` ([B, ...], prompt-major), e.g. for the
+      adversary, whose samples across the whole run are the product.
   """
   k = config.num_samples
   temperature = sampling.temperature if sampling.temperature > 0 else 1.0
@@ -266,6 +271,9 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     metrics["samples/response_tokens"] = samples.tokens[::k]
     metrics["samples/prompt_tokens"] = samples.prompt_tokens[::k]
     metrics["samples/proxy_reward"] = proxy_scores[::k]
+    if emit_rollout:
+      metrics.update({"rollout/prompt_tokens": samples.prompt_tokens, "rollout/prompt_mask": samples.prompt_mask,
+                      "rollout/response_tokens": samples.tokens, "rollout/response_mask": samples.response_mask})
     new_state = RLState(step=state.step + 1, params=params, opt_state=opt_state, kl_coef=kl_coef)
     return new_state, metrics
 

@@ -1,0 +1,286 @@
+"""Stage `advrm`: the Adv-RM rounds, and what the round stages share.
+
+Adv-RM (DESIGN.md section 1) alternates three steps for N rounds:
+
+  attack (round r)   an adversary trained with RL against RM round r;
+  filter (round r)   its samples with R1 > T(x) and z(U) > 1.96;
+  advtrain (r + 1)   RM round r + 1 trained with those samples as rejected
+                     responses against reference responses as chosen.
+
+RM round 0 is the conventional ensemble of the `rm` stage. After the last
+round, the hardened RM N is attacked once more (and filtered) so that the
+report can say how the attack fares after N rounds. This stage runs that
+schedule by calling the `attack`, `filter` and `advtrain` stages, each of
+which does every round it can and skips rounds marked DONE, so the loop
+resumes wherever it was stopped.
+
+Layout of WORKDIR (every stage hands over files, never objects):
+
+  sft/                     reference policy (stage `sft`)
+  prefs/                   preferences.jsonl (train), preferences_test.jsonl
+                           (held-out, in-distribution), reference.npz (n
+                           reference samples per attack prompt), summary.json
+  rm/                      the conventional ensemble = RM round 0 (stage `rm`)
+  attack/round_<r>/        adversary run: metrics, params, collected.npz
+                           (every sample of the run), final_samples.npz,
+                           summary.json
+  filter/round_<r>/        adversarial_pairs.jsonl, summary.json
+  advtrain/round_<r>/      pairs.jsonl and rm/ (RM round r, r >= 1)
+  rlhf/<run>/              policies trained against each RM (stage `rlhf`)
+  evaluate/, report.json, REPORT.md, plots/   (stage `evaluate`)
+
+This module also holds the helpers those stages share: paths, sampling from
+a policy in fixed-size jitted chunks, scoring with an RM ensemble, gold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample, sample_jit
+
+STAGE = "advrm"
+DONE = "DONE"
+
+
+# ----------------------------------------------------------------------------
+# Paths and small files.
+# ----------------------------------------------------------------------------
+
+
+def round_dir(workdir: str | pathlib.Path, stage: str, round_index: int) -> pathlib.Path:
+  """WORKDIR/<stage>/round_<r>."""
+  return pathlib.Path(workdir) / stage / f"round_{round_index}"
+
+
+def rm_path(workdir: str | pathlib.Path, round_index: int) -> pathlib.Path:
+  """Where RM round r lives (what `load_reward_model` accepts)."""
+  if round_index == 0:
+    return pathlib.Path(workdir) / "rm"
+  return round_dir(workdir, "advtrain", round_index) / "rm"
+
+
+def is_done(directory: pathlib.Path) -> bool:
+  return (pathlib.Path(directory) / DONE).exists()
+
+
+def mark_done(directory: pathlib.Path) -> None:
+  (pathlib.Path(directory) / DONE).write_text("ok\n")
+
+
+def write_json(path: str | pathlib.Path, value: Any) -> None:
+  """Atomic JSON write (NaN/Inf as null): a kill never leaves half a file."""
+  from advrm_jax.evaluation.report import to_json_safe  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(to_json_safe(value), indent=2, allow_nan=False))
+  os.replace(tmp, path)
+
+
+def read_json(path: str | pathlib.Path, what: str) -> Any:
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: run {what} first")
+  return json.loads(path.read_text())
+
+
+def write_jsonl(path: str | pathlib.Path, records: list[dict[str, Any]]) -> None:
+  from advrm_jax.evaluation.report import to_json_safe  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(to_json_safe(record), ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+
+
+def save_npz(path: str | pathlib.Path, **arrays: Any) -> None:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.stem + ".tmp.npz")
+  np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+  os.replace(tmp, path)
+
+
+def load_npz(path: str | pathlib.Path, what: str) -> dict[str, np.ndarray]:
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: run {what} first")
+  with np.load(path, allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
+def num_rounds(config: Any) -> int:
+  rounds = int(config.advrm.num_rounds)
+  if rounds < 0:
+    raise ValueError(f"advrm.num_rounds must be >= 0, got {rounds}")
+  return rounds
+
+
+# ----------------------------------------------------------------------------
+# Sampling, scoring, gold.
+# ----------------------------------------------------------------------------
+
+
+def sampling_config(node: Any) -> SamplingConfig:
+  values = dict(node)
+  values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+  return SamplingConfig(**values)
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+  if array.shape[0] == rows:
+    return array
+  pad = np.zeros((rows - array.shape[0],) + array.shape[1:], array.dtype)
+  return np.concatenate([array, pad])
+
+
+def _sample_seeds(graphdef, params, prompt_tokens, prompt_mask, rngs, config):
+  return jax.vmap(lambda p, r: sample(graphdef, p, prompt_tokens, prompt_mask, r, config))(params, rngs)
+
+
+_sample_seeds_jit = jax.jit(_sample_seeds, static_argnames=("graphdef", "config"))
+
+
+def sample_responses(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
+                     rng: jax.Array, sampling: SamplingConfig, batch_size: int,
+                     num_seeds: int | None = None) -> dict[str, np.ndarray]:
+  """Samples one response per prompt row in fixed-size jitted chunks.
+
+  Args:
+    graphdef: the policy's graphdef.
+    params: its parameters; with ``num_seeds`` a stack of S policies (leading
+      axis), sampled at once with vmap.
+    prompt_tokens: [N, P] left-padded prompts (BOS included); mask [N, P].
+    rng: key; chunk i uses fold_in(rng, i) (and seed s fold_in of that).
+    sampling: sampling options.
+    batch_size: rows per jitted call (the last chunk is padded, so one
+      compilation serves every call with the same width).
+    num_seeds: S for stacked params, None for one policy.
+
+  Returns:
+    {"prompt_tokens" [N, P] (left-aligned as the sampler returns them),
+    "prompt_mask", "response_tokens" [N, R], "response_mask" [N, R],
+    "has_eos" [N]} numpy; with num_seeds every array gets a leading [S] axis.
+  """
+  num_rows = prompt_tokens.shape[0]
+  outputs = []
+  for index, start in enumerate(range(0, num_rows, batch_size)):
+    rows = min(batch_size, num_rows - start)
+    tokens = _pad_rows(np.asarray(prompt_tokens[start:start + batch_size], np.int32), batch_size)
+    mask = _pad_rows(np.asarray(prompt_mask[start:start + batch_size], np.int32), batch_size)
+    mask[rows:, -1] = 1  # pad rows get one real token: the sampler needs one
+    key = jax.random.fold_in(rng, index)
+    if num_seeds is None:
+      out = sample_jit(graphdef, params, tokens, mask, key, sampling)
+    else:
+      out = _sample_seeds_jit(graphdef, params, tokens, mask, jax.random.split(key, num_seeds), sampling)
+    out = jax.device_get(out)
+    take = (lambda x: x[:rows]) if num_seeds is None else (lambda x: x[:, :rows])
+    outputs.append({"prompt_tokens": take(out.prompt_tokens), "prompt_mask": take(out.prompt_mask),
+                    "response_tokens": take(out.tokens), "response_mask": take(out.response_mask),
+                    "has_eos": take(out.has_eos)})
+  axis = 0 if num_seeds is None else 1
+  return {k: np.concatenate([o[k] for o in outputs], axis=axis) for k in outputs[0]}
+
+
+def _score_chunk(graphdef, params, prompt_tokens, prompt_mask, response_tokens, response_mask):
+  from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
+  # Exactly the layout the RL iteration scores (prompt left-padded, response
+  # right after it), so offline scores equal what the policy was rewarded.
+  tokens, mask = concat_prompt_response(prompt_tokens, prompt_mask, response_tokens, response_mask, left_pad=False)
+  return reward_scores(graphdef, params, tokens, mask)
+
+
+_score_chunk_jit = jax.jit(_score_chunk, static_argnames=("graphdef",))
+
+
+def score_members(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
+                  response_tokens: np.ndarray, response_mask: np.ndarray, batch_size: int = 256) -> np.ndarray:
+  """Every ensemble member's reward of (prompt, response) rows: [K, N] numpy."""
+  num_rows = prompt_tokens.shape[0]
+  chunks = []
+  for start in range(0, num_rows, batch_size):
+    rows = min(batch_size, num_rows - start)
+    part = [_pad_rows(np.asarray(a[start:start + batch_size]), batch_size)
+            for a in (prompt_tokens, prompt_mask, response_tokens, response_mask)]
+    part[1] = part[1].astype(bool)
+    part[1][rows:, -1] = True  # no all-masked pad row
+    part[3] = part[3].astype(bool)
+    scores = _score_chunk_jit(graphdef, params, part[0].astype(jnp.int32), part[1], part[2].astype(jnp.int32),
+                              part[3])
+    chunks.append(np.asarray(jax.device_get(scores))[:, :rows])
+  if not chunks:
+    return np.zeros((0, 0), np.float32)
+  return np.concatenate(chunks, axis=1).astype(np.float32)
+
+
+def gold_of(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, response_tokens: np.ndarray,
+            response_mask: np.ndarray) -> np.ndarray:
+  """The synthetic world's exact gold reward of token rows: [N] numpy."""
+  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
+  gold, _ = world.score_batch({"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
+                               "response_tokens": response_tokens, "response_mask": response_mask})
+  return gold
+
+
+def decode_prompts(prompt_tokens: np.ndarray, prompt_mask: np.ndarray) -> list[str]:
+  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
+  return [world.TOKENIZER.decode([t for t, m in zip(row, mask) if m and t != world.BOS_ID])
+          for row, mask in zip(prompt_tokens, prompt_mask)]
+
+
+def decode_responses(response_tokens: np.ndarray, response_mask: np.ndarray) -> list[str]:
+  """Response texts (up to the first EOS; an unterminated response is cut where it stopped)."""
+  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
+  return [world.TOKENIZER.decode_response([t for t, m in zip(row, mask) if m])
+          for row, mask in zip(response_tokens, response_mask)]
+
+
+def load_reference(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """The `prefs` stage's reference samples on the attack prompt pool.
+
+  Returns prompt_tokens [P, Lp], prompt_mask, prompts [P] (text),
+  response_tokens [P, n, R], response_mask [P, n, R], gold [P, n].
+  """
+  return load_npz(pathlib.Path(workdir) / "prefs" / "reference.npz", "the `prefs` stage")
+
+
+def reference_member_scores(workdir: str | pathlib.Path, rm_graphdef: Any, rm_params: Any,
+                            reference: dict[str, np.ndarray]) -> np.ndarray:
+  """Every member's reward of every reference sample: [K, P, n]."""
+  num_prompts, n, width = reference["response_tokens"].shape
+  del workdir
+  scores = score_members(rm_graphdef, rm_params, np.repeat(reference["prompt_tokens"], n, axis=0),
+                         np.repeat(reference["prompt_mask"], n, axis=0),
+                         reference["response_tokens"].reshape(-1, width),
+                         reference["response_mask"].reshape(-1, width))
+  return scores.reshape(scores.shape[0], num_prompts, n)
+
+
+# ----------------------------------------------------------------------------
+# The stage: N rounds of attack -> filter -> advtrain, then a last attack.
+# ----------------------------------------------------------------------------
+
+
+def run(config: Any, workdir: pathlib.Path) -> None:
+  """Stage `advrm`: every round of the schedule, resuming at the first unfinished step."""
+  from advrm_jax.pipelines import advtrain, attack, filter as filter_stage  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  rounds = num_rounds(config)
+  for r in range(rounds + 1):
+    attack.run_round(config, workdir, r)
+    filter_stage.run_round(config, workdir, r)
+    if r < rounds:
+      advtrain.run_round(config, workdir, r + 1)
+  logging.info("advrm: %d rounds done; the hardened RM is %s", rounds, rm_path(workdir, rounds))

@@ -1,0 +1,121 @@
+"""Stage `advtrain`: RM round r from RM round r - 1 and the adversarial pairs.
+
+The training set of round r mixes the ordinary preference pairs (the
+`prefs` stage's training file) with the adversarial pairs of the `filter`
+stage (round r - 1's, or every earlier round's with
+``advtrain.accumulate``) at a set share, ``advtrain.adversarial_fraction``
+(``adversarial.filtering.mix_pairs``: the ordinary pairs once each, the
+adversarial ones drawn to make up the share). The feasibility probe found
+that retraining the ensemble from scratch on such data did not generalise,
+so by default (``advtrain.init = "previous"``) training continues from RM
+round r - 1 for ``advtrain.num_steps`` steps; ``"scratch"`` retrains.
+
+Training itself is the `rm` stage (``pipelines.rm.run``) on that file with
+``rm.init_from`` pointing at the previous round, so the hardened RM has the
+same artefacts and loader as the conventional one.
+
+Artefacts in WORKDIR/advtrain/round_<r>/: pairs.jsonl, rm/ (the ensemble:
+checkpoints, rm_meta.json, eval_summary.json, metrics), summary.json, DONE.
+After the last round WORKDIR/advtrain/final links to it (what the `rlhf`
+run of the Adv-RM RM names).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pathlib
+from typing import Any
+
+from absl import logging
+
+from advrm_jax.adversarial.filtering import mix_pairs
+from advrm_jax.pipelines import advrm, prefs
+from advrm_jax.pipelines import filter as filter_stage
+
+STAGE = "advtrain"
+PAIRS_FILE = "pairs.jsonl"
+INITS = ("previous", "scratch")
+
+
+def read_jsonl(path: pathlib.Path, what: str) -> list[dict[str, Any]]:
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: run {what} first")
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def round_config(config: Any, pairs_file: pathlib.Path, init_from: str) -> Any:
+  """The `rm` stage's config for one round: its pairs, its start, its budget."""
+  node = config.advtrain
+  round_cfg = copy.deepcopy(config)
+  round_cfg.data.path = str(pairs_file)
+  round_cfg.rm.init_from = init_from
+  round_cfg.rm.num_steps = node.num_steps  # the schedule's total_steps follows (a config reference)
+  round_cfg.rm.optimizer.learning_rate = node.learning_rate
+  round_cfg.rm.optimizer.warmup_steps = min(round_cfg.rm.optimizer.warmup_steps, node.num_steps // 10)
+  return round_cfg
+
+
+def link_final(workdir: pathlib.Path, round_index: int) -> None:
+  """WORKDIR/advtrain/final -> round_<r> (relative, so the work dir can move)."""
+  final = pathlib.Path(workdir) / STAGE / "final"
+  if final.is_symlink() or final.exists():
+    final.unlink()
+  os.symlink(f"round_{round_index}", final, target_is_directory=True)
+
+
+def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
+  """Trains RM round r (r >= 1) on ordinary + adversarial pairs."""
+  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  if round_index < 1:
+    raise ValueError(f"advtrain: round {round_index}; RM round 0 is the `rm` stage's")
+  out = advrm.round_dir(workdir, STAGE, round_index)
+  if advrm.is_done(out):
+    logging.info("advtrain/round_%d: done, skipping", round_index)
+    if round_index == advrm.num_rounds(config):
+      link_final(workdir, round_index)
+    return
+  node = config.advtrain
+  if node.init not in INITS:
+    raise ValueError(f"advtrain.init: unknown {node.init!r}; expected one of {INITS}")
+  ordinary = read_jsonl(workdir / prefs.STAGE / prefs.TRAIN_FILE, "the `prefs` stage")
+  source_rounds = range(round_index) if node.accumulate else [round_index - 1]
+  adversarial = []
+  for r in source_rounds:
+    filter_dir = advrm.round_dir(workdir, filter_stage.STAGE, r)
+    if not advrm.is_done(filter_dir):
+      raise FileNotFoundError(f"advtrain: {filter_dir} is not finished; run the `filter` stage for round {r}")
+    adversarial += read_jsonl(filter_stage.pairs_path(workdir, r), "the `filter` stage")
+  if adversarial:
+    mixed = mix_pairs(ordinary, adversarial, node.adversarial_fraction, seed=config.seed * 1000 + round_index)
+  else:
+    logging.warning("advtrain/round_%d: the filter kept no adversarial pairs; training on ordinary pairs only",
+                    round_index)
+    mixed = list(ordinary)
+  # Only the fields the RM reads, so the file is an ordinary preference file.
+  advrm.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+                                        "adversarial": "r1" in r} for r in mixed])
+  init_from = str(advrm.rm_path(workdir, round_index - 1)) if node.init == "previous" else ""
+  rm_stage.run(round_config(config, out / PAIRS_FILE, init_from), out)
+  advrm.write_json(out / "summary.json", {
+      "round": round_index, "num_ordinary": len(ordinary), "num_adversarial_available": len(adversarial),
+      "num_adversarial_used": sum(1 for r in mixed if "r1" in r), "num_pairs": len(mixed),
+      "adversarial_fraction": node.adversarial_fraction, "init": node.init, "init_from": init_from,
+      "num_steps": node.num_steps, "source_rounds": list(source_rounds)})
+  advrm.mark_done(out)
+  if round_index == advrm.num_rounds(config):
+    link_final(workdir, round_index)
+
+
+def run(config: Any, workdir: pathlib.Path) -> None:
+  """Stage `advtrain`: every round whose filtered pairs exist and whose RM is not trained."""
+  workdir = pathlib.Path(workdir)
+  for r in range(1, advrm.num_rounds(config) + 1):
+    if not advrm.is_done(advrm.round_dir(workdir, filter_stage.STAGE, r - 1)):
+      if r == 1:
+        raise FileNotFoundError("advtrain: the round-0 filter is not finished; run the `filter` stage")
+      break
+    run_round(config, workdir, r)

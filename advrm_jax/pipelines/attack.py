@@ -1,0 +1,204 @@
+"""Stage `attack`: the Adv-RM adversary against RM round r.
+
+The adversary is a policy initialised from the SFT reference and trained by
+the one RL driver (``rlhf.train_policy``: RLOO by default, PPO by config,
+KL to the reference, several seeds vmapped) on
+
+  r = R1 - lam * R2 * 1[R1 > T(x)] + penalty * 1[R1 <= T(x)]
+
+(``rl.rewards.AdversarySource``), where R1 is ensemble member
+``attack.target``, R2 the mean (or min/max) of the other members, and T(x)
+the reference policy's mean R1 reward over its ``prefs.reference_samples``
+samples of prompt x.
+
+The product of an attack is its samples. Every sample the adversary draws
+during the whole run is kept (the feasibility probe found that collecting
+across the run, not just the final policy's samples, is what yields
+thousands of usable adversarial examples), scored by every member and by
+gold (for the report only), and handed to the `filter` stage. The final
+adversaries also answer every attack prompt ``final_samples_per_prompt``
+times: the attack success of the trained attacker.
+
+Artefacts in WORKDIR/attack/round_<r>/: the RL run (checkpoints/,
+metrics.jsonl, tb/, params), rollouts/step_<t>.npz (raw per-step samples,
+so a resumed run keeps what it collected), collected.npz, final_samples.npz,
+summary.json, DONE.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from advrm_jax.adversarial.objective import per_prompt_threshold
+from advrm_jax.evaluation.attack import attack_success
+from advrm_jax.pipelines import advrm
+from advrm_jax.pipelines.rlhf import train_policy
+from advrm_jax.pipelines.sft import load_policy
+from advrm_jax.rl.rewards import AdversarySource
+
+STAGE = "attack"
+
+
+class RolloutCollector:
+  """Writes each RL step's samples to rollouts/step_<t>.npz as they come.
+
+  One small file per step: a resumed run rewrites the steps it repeats
+  (they are reproduced exactly) and keeps every earlier one.
+  """
+
+  def __init__(self, directory: pathlib.Path):
+    self.directory = pathlib.Path(directory)
+    self.directory.mkdir(parents=True, exist_ok=True)
+
+  def path(self, step: int) -> pathlib.Path:
+    return self.directory / f"step_{step:05d}.npz"
+
+  def __call__(self, step: int, rollout: dict[str, Any]) -> None:
+    arrays = jax.device_get(rollout)
+    advrm.save_npz(self.path(step), **{k: np.asarray(v) for k, v in arrays.items()})
+
+  def load(self, num_steps: int) -> dict[str, np.ndarray]:
+    """All steps' samples flattened to rows, with their seed and step: [M, ...]."""
+    missing = [s for s in range(1, num_steps + 1) if not self.path(s).exists()]
+    if missing:
+      raise FileNotFoundError(f"{self.directory}: no samples for steps {missing[:5]} (of {len(missing)} missing); "
+                              "delete the round's checkpoints/ to rerun the attack")
+    columns: dict[str, list[np.ndarray]] = {}
+    for step in range(1, num_steps + 1):
+      arrays = advrm.load_npz(self.path(step), "the attack")
+      num_seeds, rows = arrays["response_tokens"].shape[:2]
+      for key, value in arrays.items():
+        columns.setdefault(key, []).append(value.reshape((num_seeds * rows,) + value.shape[2:]))
+      columns.setdefault("seed", []).append(np.repeat(np.arange(num_seeds), rows))
+      columns.setdefault("step", []).append(np.full(num_seeds * rows, step))
+    return {k: np.concatenate(v) for k, v in columns.items()}
+
+
+def prompt_indices(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, pool_tokens: np.ndarray,
+                   pool_mask: np.ndarray) -> np.ndarray:
+  """Index into the prompt pool of each row's prompt (matched by its real tokens)."""
+  key = lambda tokens, mask: tuple(int(t) for t, m in zip(tokens, mask) if m)
+  index: dict[tuple[int, ...], int] = {}
+  for i, (tokens, mask) in enumerate(zip(pool_tokens, pool_mask)):
+    index.setdefault(key(tokens, mask), i)
+  out = np.empty(prompt_tokens.shape[0], np.int64)
+  for row, (tokens, mask) in enumerate(zip(prompt_tokens, prompt_mask)):
+    found = index.get(key(tokens, mask))
+    if found is None:
+      raise ValueError(f"sample {row}'s prompt is not in the attack prompt pool")
+    out[row] = found
+  return out
+
+
+def success_by_seed(r1: np.ndarray, gold: np.ndarray, seeds: np.ndarray, prompt_index: np.ndarray,
+                    reference_r1: np.ndarray, reference_gold: np.ndarray) -> dict[str, Any]:
+  """Attack success (standard/strict, %) of samples against their prompts' reference samples, per seed.
+
+  Args:
+    r1, gold: [M] the samples' R1 and gold. seeds, prompt_index: [M].
+    reference_r1, reference_gold: [P, n] the reference samples'.
+  """
+  per_seed = []
+  for seed in np.unique(seeds):
+    rows = seeds == seed
+    idx = prompt_index[rows]
+    per_seed.append(attack_success(r1[rows], reference_r1[idx], gold[rows], reference_gold[idx]))
+  return {"standard": [s["standard"] for s in per_seed], "strict": [s["strict"] for s in per_seed],
+          "num_responses": [s["num_responses"] for s in per_seed]}
+
+
+def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
+  """Trains the round's adversaries and writes its artefacts (see module doc)."""
+  from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  out = advrm.round_dir(workdir, STAGE, round_index)
+  if advrm.is_done(out):
+    logging.info("attack/round_%d: done, skipping", round_index)
+    return
+  node = config.attack
+  rm_graphdef, rm_params, rm_meta = load_reward_model(advrm.rm_path(workdir, round_index))
+  num_members = rm_meta["num_members"]
+  if num_members < 2:
+    raise ValueError(f"attack: RM round {round_index} has {num_members} member; the adversary's R2 needs "
+                     "rm.num_members >= 2")
+  if not 0 <= node.target < num_members:
+    raise ValueError(f"attack.target={node.target} is not a member of the {num_members}-member ensemble")
+  reference = advrm.load_reference(workdir)
+  reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
+  reference_r1 = reference_scores[node.target]
+  threshold = np.asarray(per_prompt_threshold(reference_r1, kind=node.threshold))
+  prompts = {"tokens": reference["prompt_tokens"], "mask": reference["prompt_mask"].astype(np.int32),
+             "threshold": threshold.astype(np.float32)}
+  source = AdversarySource(rm_graphdef, lam=node.lam, penalty=node.penalty, target=node.target,
+                           r2_kind=node.r2_kind)
+  num_seeds = config.num_seeds
+  collector = RolloutCollector(out / "rollouts")
+  state = train_policy(f"attack/round_{round_index}", out, workdir / "sft", config, node, source, rm_params,
+                       prompts, num_seeds, collect_fn=collector)
+
+  # Every sample of the run, scored by every member and by gold.
+  collected = collector.load(node.num_steps)
+  collected["prompt_index"] = prompt_indices(collected["prompt_tokens"], collected["prompt_mask"],
+                                             reference["prompt_tokens"], reference["prompt_mask"])
+  collected["member_scores"] = advrm.score_members(rm_graphdef, rm_params, collected["prompt_tokens"],
+                                                   collected["prompt_mask"], collected["response_tokens"],
+                                                   collected["response_mask"])
+  collected["gold"] = advrm.gold_of(collected["prompt_tokens"], collected["prompt_mask"],
+                                    collected["response_tokens"], collected["response_mask"])
+  collected["threshold"] = threshold[collected["prompt_index"]]
+  advrm.save_npz(out / "collected.npz", **collected)
+
+  # The trained attackers answer every attack prompt m times.
+  _, policy_graphdef, _ = load_policy(workdir / "sft")
+  m = node.final_samples_per_prompt
+  num_prompts = reference["prompt_tokens"].shape[0]
+  final = advrm.sample_responses(
+      policy_graphdef, state.params["policy"], np.repeat(reference["prompt_tokens"], m, axis=0),
+      np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 7919 + round_index),
+      advrm.sampling_config(node.sampling), config.prefs.sample_batch_size, num_seeds=num_seeds)
+  final = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in final.items()}
+  final["seed"] = np.repeat(np.arange(num_seeds), num_prompts * m)
+  final["prompt_index"] = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
+  final["member_scores"] = advrm.score_members(rm_graphdef, rm_params, final["prompt_tokens"], final["prompt_mask"],
+                                               final["response_tokens"], final["response_mask"])
+  final["gold"] = advrm.gold_of(final["prompt_tokens"], final["prompt_mask"], final["response_tokens"],
+                                final["response_mask"])
+  advrm.save_npz(out / "final_samples.npz", **final)
+
+  r1 = collected["member_scores"][node.target]
+  summary = {
+      "round": round_index, "rm": str(advrm.rm_path(workdir, round_index)), "num_seeds": num_seeds,
+      "num_steps": node.num_steps, "algorithm": node.rl.algorithm,
+      "threshold_mean": float(threshold.mean()),
+      "reference": {"r1_mean": float(reference_r1.mean()), "gold_mean": float(reference["gold"].mean())},
+      "final": dict(success_by_seed(final["member_scores"][node.target], final["gold"], final["seed"],
+                                    final["prompt_index"], reference_r1, reference["gold"]),
+                    r1_mean=float(final["member_scores"][node.target].mean()), gold_mean=float(final["gold"].mean()),
+                    eos_fraction=float(final["has_eos"].mean())),
+      "collected": dict(success_by_seed(r1, collected["gold"], collected["seed"], collected["prompt_index"],
+                                        reference_r1, reference["gold"]),
+                        num_samples=int(r1.size), above_threshold=float(np.mean(r1 > collected["threshold"])),
+                        gold_mean=float(collected["gold"].mean())),
+  }
+  advrm.write_json(out / "summary.json", summary)
+  advrm.mark_done(out)
+  logging.info("attack/round_%d: final attacker success %s%% standard, %s%% strict; %d samples collected",
+               round_index, np.round(summary["final"]["standard"], 1), np.round(summary["final"]["strict"], 1),
+               r1.size)
+
+
+def run(config: Any, workdir: pathlib.Path) -> None:
+  """Stage `attack`: every round whose RM exists and whose attack is not done."""
+  workdir = pathlib.Path(workdir)
+  for r in range(advrm.num_rounds(config) + 1):
+    meta = advrm.rm_path(workdir, r) / "rm_meta.json"
+    if not meta.exists() or (r > 0 and not advrm.is_done(advrm.round_dir(workdir, "advtrain", r))):
+      if r == 0:
+        raise FileNotFoundError(f"attack: no conventional RM at {advrm.rm_path(workdir, 0)}; run the `rm` stage")
+      break
+    run_round(config, workdir, r)

@@ -1,0 +1,443 @@
+"""Stage `evaluate`: WORKDIR/report.json, REPORT.md and plots/ from the other stages' artefacts.
+
+What is measured (DESIGN.md 1.5, issue 5 sections 3-4), every number per
+seed and as mean +- std over seeds:
+
+* Attack success, standard and strict, against RM round r (target member
+  R1), for r = 0 .. N:
+  - Adv-RM: the round's trained adversaries, ``attack.final_samples_per_prompt``
+    answers per attack prompt (also reported: over all samples the
+    adversary drew during its run);
+  - RM over-optimisation: the final RLHF policy trained against that RM
+    (the conventional run for round 0, the Adv-RM run for round N),
+    ``evaluate.policy_samples_per_prompt`` answers per attack prompt;
+  - word substitution (TextFooler-like): reference samples perturbed to
+    raise R1 (deterministic: one value, no seeds).
+  All compare with the reference policy's samples of the same prompt.
+* Uncertainty vs gold: correlation of U = R1 - R2 with the gold shortfall
+  over every sample the adversary drew, per round.
+* RLHF: gold, proxy and KL per logged step for every run; steps before
+  reward hacking (``evaluation.hacking``: smoothed gold ``hacking_margin``
+  below its running peak while proxy kept rising), censored runs counted
+  separately; final and peak gold.
+* In-distribution pair accuracy of every RM on the `prefs` stage's held-out
+  pairs (the same file for every RM), next to how often gold itself agrees
+  with those noisy labels.
+* Sample adversarial responses with their proxy and gold rewards.
+* ``online``: WORKDIR/online/summary.json, when an online-mode run wrote one,
+  is copied into the report beside the round-based numbers.
+
+Gold is only ever *measured* here; nothing flows back into training.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from advrm_jax.evaluation import hacking, report as rep
+from advrm_jax.evaluation.attack import attack_success, uncertainty_gold_correlation
+from advrm_jax.evaluation.perturbation import word_substitution_attack
+from advrm_jax.pipelines import advrm
+from advrm_jax.pipelines.attack import success_by_seed
+
+STAGE = "evaluate"
+ADV_RM, OVER_OPT, TEXTFOOLER = "Adv-RM", "RM over-optimisation", "TextFooler"
+
+
+# ----------------------------------------------------------------------------
+# Pieces.
+# ----------------------------------------------------------------------------
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+  return rep.mean_std(values)
+
+
+def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params: Any, meta: dict[str, Any],
+                             target: int) -> dict[str, Any]:
+  """Pairwise accuracy of an RM on the held-out ordinary preference pairs."""
+  from advrm_jax.data.batching import tokenize_pairs  # pylint: disable=import-outside-toplevel
+  from advrm_jax.data.preferences import read_preferences  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines import prefs  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.rm import load_tokenizer  # pylint: disable=import-outside-toplevel
+  from advrm_jax.reward.evaluation import pairwise_accuracy  # pylint: disable=import-outside-toplevel
+  from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
+  path = workdir / prefs.STAGE / prefs.TEST_FILE
+  pairs = list(read_preferences(path))
+  seq = meta["sequence"]
+  data = tokenize_pairs(pairs, load_tokenizer(meta), seq["max_prompt_len"], seq["max_response_len"],
+                        padding_side=seq["padding_side"], on_overlength="truncate", add_bos=seq["add_bos"])
+  score = jax.jit(lambda p, t, m: reward_scores(rm_graphdef, p, t, m))
+  chosen = np.concatenate([np.asarray(score(rm_params, data["chosen_tokens"][i:i + 256],
+                                            data["chosen_mask"][i:i + 256]))
+                           for i in range(0, len(pairs), 256)], axis=1)
+  rejected = np.concatenate([np.asarray(score(rm_params, data["rejected_tokens"][i:i + 256],
+                                              data["rejected_mask"][i:i + 256]))
+                             for i in range(0, len(pairs), 256)], axis=1)
+  members = pairwise_accuracy(chosen, rejected)
+  return {"num_pairs": len(pairs), "target_member": float(members[target]),
+          "ensemble_mean": float(pairwise_accuracy(chosen.mean(0), rejected.mean(0))),
+          "members": [float(a) for a in members]}
+
+
+def label_gold_agreement(workdir: pathlib.Path) -> float:
+  from advrm_jax.pipelines import prefs  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.advtrain import read_jsonl  # pylint: disable=import-outside-toplevel
+  records = read_jsonl(workdir / prefs.STAGE / prefs.TEST_FILE, "the `prefs` stage")
+  chosen = np.array([r["chosen_gold"] for r in records])
+  rejected = np.array([r["rejected_gold"] for r in records])
+  return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+
+
+def load_policies(workdir: pathlib.Path, run_dir: pathlib.Path, num_seeds: int) -> tuple[Any, Any]:
+  """(graphdef, params stacked over seeds) of a finished RL run."""
+  from advrm_jax.checkpoints.orbax_io import load_params  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
+  _, graphdef, params = load_policy(workdir / "sft")
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_seeds,) + x.shape, x.dtype), params)
+  return graphdef, load_params(run_dir / "params", target)
+
+
+def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str, rm: tuple[Any, Any],
+                          reference: dict[str, np.ndarray], reference_r1: np.ndarray) -> dict[str, Any] | None:
+  """Attack success of a final RLHF policy's answers (the over-optimisation baseline)."""
+  run_dir = workdir / "rlhf" / run_name
+  if not advrm.is_done(run_dir):
+    return None
+  num_seeds, m = config.num_seeds, config.evaluate.policy_samples_per_prompt
+  graphdef, params = load_policies(workdir, run_dir, num_seeds)
+  num_prompts = reference["prompt_tokens"].shape[0]
+  out = advrm.sample_responses(graphdef, params, np.repeat(reference["prompt_tokens"], m, axis=0),
+                               np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 4242),
+                               advrm.sampling_config(config.rlhf.sampling), config.prefs.sample_batch_size,
+                               num_seeds=num_seeds)
+  flat = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in out.items()}
+  r1 = advrm.score_members(rm[0], rm[1], flat["prompt_tokens"], flat["prompt_mask"], flat["response_tokens"],
+                           flat["response_mask"])[config.attack.target]
+  gold = advrm.gold_of(flat["prompt_tokens"], flat["prompt_mask"], flat["response_tokens"], flat["response_mask"])
+  seeds = np.repeat(np.arange(num_seeds), num_prompts * m)
+  prompt_index = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
+  result = success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"])
+  result.update(run=run_name, r1_mean=float(r1.mean()), gold_mean=float(gold.mean()))
+  return result
+
+
+def substitution_attack_success(config: Any, rm: tuple[Any, Any], reference: dict[str, np.ndarray],
+                                reference_r1: np.ndarray) -> dict[str, Any]:
+  """The word-substitution baseline: reference samples perturbed to raise R1."""
+  node, target = config.evaluate, config.attack.target
+  per_prompt = node.substitution_responses_per_prompt
+  num_prompts, n, width = reference["response_tokens"].shape
+  tokens = reference["response_tokens"][:, :per_prompt].reshape(-1, width)
+  mask = reference["response_mask"][:, :per_prompt].reshape(-1, width)
+  prompt_index = np.repeat(np.arange(num_prompts), per_prompt)
+
+  def score_fn(candidate_tokens, candidate_mask, example_ids):
+    rows = prompt_index[example_ids]
+    return advrm.score_members(rm[0], rm[1], reference["prompt_tokens"][rows], reference["prompt_mask"][rows],
+                               candidate_tokens, candidate_mask)[target]
+
+  result = word_substitution_attack(tokens, mask, score_fn, budget=node.substitution_budget,
+                                    search=node.substitution_search)
+  gold = advrm.gold_of(reference["prompt_tokens"][prompt_index], reference["prompt_mask"][prompt_index],
+                       result.tokens, mask)
+  success = attack_success(result.final_score, reference_r1[prompt_index], gold, reference["gold"][prompt_index])
+  return {"standard": [success["standard"]], "strict": [success["strict"]],
+          "num_responses": [success["num_responses"]],
+          "mean_substitutions": float(result.num_substitutions.mean()),
+          "r1_gain": float((result.final_score - result.initial_score).mean())}
+
+
+def rlhf_curves(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+  """Per-run gold/proxy/KL curves per seed, hacking onsets and final values."""
+  from advrm_jax.metrics import read_metrics  # pylint: disable=import-outside-toplevel
+  node, num_seeds = config.evaluate, config.num_seeds
+  out = {}
+  for name, spec in config.rlhf.runs.items():
+    path = workdir / "rlhf" / name / "metrics.jsonl"
+    if not path.exists():
+      continue
+    records = [r for r in read_metrics(path) if "gold_reward" in r]
+    if not records:
+      continue
+    steps = np.array([r["step"] for r in records])
+    curve = lambda key: np.array([[r[f"{key}/seed{s}"] for r in records] for s in range(num_seeds)], np.float64)
+    gold, proxy, kl = curve("gold_reward"), curve("proxy_reward"), curve("kl")
+    onsets = hacking.onsets_over_seeds(gold, proxy, node.hacking_margin, node.hacking_window, steps)
+    tail = max(1, min(node.hacking_window, len(steps)))
+    out[name] = {
+        "oracle": spec.get("source", "rm") == "gold",
+        "steps": steps.tolist(), "gold": gold.tolist(), "proxy": proxy.tolist(), "kl": kl.tolist(),
+        "hacking": hacking.aggregate_onsets(onsets, int(steps[-1])),
+        # Final = mean of the last `hacking_window` logged points (single points are noisy).
+        "final_gold": _stats(gold[:, -tail:].mean(axis=1).tolist()),
+        "final_proxy": _stats(proxy[:, -tail:].mean(axis=1).tolist()),
+        "final_kl": _stats(kl[:, -tail:].mean(axis=1).tolist()),
+        # Peak of each seed's smoothed gold curve.
+        "peak_gold": _stats([float(hacking.moving_average(g, node.hacking_window).max()) for g in gold]),
+        "initial_gold": _stats(gold[:, 0].tolist()),
+    }
+  return out
+
+
+def adversarial_examples(workdir: pathlib.Path, round_index: int, target: int, reference: dict[str, np.ndarray],
+                         reference_r1: np.ndarray, limit: int) -> list[dict[str, Any]]:
+  """Successful attacks of the round's final adversaries, the largest R1 gains first."""
+  final = advrm.load_npz(advrm.round_dir(workdir, "attack", round_index) / "final_samples.npz", "the attack")
+  r1, gold, idx = final["member_scores"][target], final["gold"], final["prompt_index"]
+  ref_r1, ref_gold = reference_r1.mean(1)[idx], reference["gold"].mean(1)[idx]
+  success = (r1 > ref_r1) & (gold < ref_gold)
+  order = [i for i in np.argsort(-(r1 - ref_r1)) if success[i]]
+  texts = advrm.decode_responses(final["response_tokens"], final["response_mask"])
+  examples, seen = [], set()
+  for i in order:
+    if texts[i] in seen:
+      continue
+    seen.add(texts[i])
+    examples.append({"prompt": str(reference["prompts"][idx[i]]), "response": texts[i] or "(empty)",
+                     "has_eos": bool(final["has_eos"][i]), "proxy_r1": float(r1[i]),
+                     "reference_proxy_mean": float(ref_r1[i]), "gold": float(gold[i]),
+                     "reference_gold_mean": float(ref_gold[i]),
+                     "members": [float(s) for s in final["member_scores"][:, i]]})
+    if len(examples) >= limit:
+      break
+  return examples
+
+
+# ----------------------------------------------------------------------------
+# Targets (issue 5, "Must show").
+# ----------------------------------------------------------------------------
+
+
+def _mean(stat: dict[str, Any] | None) -> float | None:
+  return None if not stat else stat.get("mean")
+
+
+def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+  """Each target of issue 5 with our number and whether it is met."""
+  rows = []
+  attack_rounds = report["attack_success"]["rounds"]
+  rlhf = report["rlhf"]
+  conventional, adv = rlhf.get("conventional"), rlhf.get("adv_rm")
+
+  def add(name, value, met, detail=""):
+    rows.append({"target": name, "value": value, "met": met, "detail": detail})
+
+  if conventional:
+    hacked = conventional["hacking"]["num_hacked"]
+    add("Conventional RM: RLHF shows reward hacking", f"{hacked}/{conventional['hacking']['num_seeds']} seeds",
+        hacked > 0, "proxy kept rising while smoothed gold fell below its peak by the margin")
+  if attack_rounds:
+    first = attack_rounds[0]
+    adv_std = _mean(first[ADV_RM]["standard"])
+    over_std = _mean(first.get(OVER_OPT, {}).get("standard")) if first.get(OVER_OPT) else None
+    add("Adv-RM attack success (round 0, standard) >= 80%", adv_std, adv_std is not None and adv_std >= 80)
+    if over_std is not None:
+      ratio = None if not over_std else adv_std / over_std
+      add(">= 5x the over-optimisation baseline", ratio,
+          adv_std is not None and (over_std == 0 and adv_std > 0 or (ratio is not None and ratio >= 5)),
+          f"over-optimisation {over_std:.2f}%")
+    last = attack_rounds[-1]
+    last_std = _mean(last[ADV_RM]["standard"])
+    add(f"After {last['round']} rounds, attack success <= 20%", last_std, last_std is not None and last_std <= 20)
+  if conventional and adv:
+    conv_h, adv_h = conventional["hacking"], adv["hacking"]
+    if conv_h["num_hacked"] == 0:
+      met, value = None, "conventional RM did not hack"
+    else:
+      ratio = adv_h["lower_bound_mean"] / max(conv_h["lower_bound_mean"], 1)
+      met = adv_h["num_hacked"] == 0 or ratio >= 2
+      value = ratio
+    add("Adv-RM RLHF: >= 2x steps before hacking (or none)", value, met,
+        f"Adv-RM {hacking.format_onsets(adv_h)} vs conventional {hacking.format_onsets(conv_h)}")
+    add("Adv-RM RLHF: higher final gold than conventional",
+        f"{_mean(adv['final_gold']):.2f} vs {_mean(conventional['final_gold']):.2f}",
+        _mean(adv["final_gold"]) > _mean(conventional["final_gold"]))
+  accuracy = report["in_distribution_accuracy"]
+  if "round_0" in accuracy and len(accuracy) > 1:
+    last_key = max(accuracy, key=lambda k: int(k.split("_")[1]) if k.startswith("round_") else -1)
+    delta = 100 * (accuracy[last_key]["target_member"] - accuracy["round_0"]["target_member"])
+    add("In-distribution accuracy within 1 point of the conventional RM", f"{delta:+.2f} points", delta >= -1.0,
+        "target member, held-out ordinary pairs (higher is fine)")
+  return rows
+
+
+# ----------------------------------------------------------------------------
+# REPORT.md.
+# ----------------------------------------------------------------------------
+
+
+def _fmt(value: Any, fmt: str = ".2f") -> str:
+  if isinstance(value, dict):
+    return rep.format_mean_std(value, fmt)
+  if isinstance(value, (float, np.floating)):
+    return f"{value:{fmt}}"
+  return rep.MISSING if value is None else str(value)
+
+
+def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
+  lines = ["# Adv-RM on the synthetic world", "",
+           f"Work dir `{report['workdir']}`; {report['num_seeds']} seeds per policy group; "
+           f"{report['num_rounds']} adversarial-training rounds. Numbers are mean ± std over seeds.", ""]
+  lines += ["## Targets (issue 5)", ""]
+  lines.append(rep.markdown_table(
+      ["Target", "Ours", "Met", "Detail"],
+      [[t["target"], _fmt(t["value"]), {True: "yes", False: "**no**", None: "n/a"}[t["met"]], t["detail"]]
+       for t in report["targets"]]))
+  rounds = report["attack_success"]["rounds"]
+  if rounds:
+    lines += ["## Attack success against the conventional RM (round 0) beside the paper's Table 1", ""]
+    ours = {name: {"standard": rounds[0][name]["standard"], "strict": rounds[0][name]["strict"]}
+            for name in (ADV_RM, OVER_OPT, TEXTFOOLER) if rounds[0].get(name)}
+    lines.append(rep.attack_table(ours))
+    lines += ["## Attack success per adversarial-training round (%)", ""]
+    rows = []
+    for r in rounds:
+      for name in (ADV_RM, OVER_OPT, TEXTFOOLER):
+        if r.get(name):
+          rows.append([r["round"], name, _fmt(r[name]["standard"]), _fmt(r[name]["strict"]),
+                       r[name].get("source", "")])
+      rows.append([r["round"], "Adv-RM, all samples of the run", _fmt(r["adversary_run"]["standard"]),
+                   _fmt(r["adversary_run"]["strict"]), f"{r['adversary_run']['num_samples']} samples"])
+    lines.append(rep.markdown_table(["Round", "Method", "Standard %", "Strict %", "Samples"], rows))
+    lines += ["Round r attacks RM round r (round 0 = conventional ensemble); R1 is its target member. "
+              "Standard: R1(y) > mean R1(y_ref) and gold(y) < mean gold(y_ref); strict: z_R1 > 0 and "
+              "z_gold < -1.96 against the reference policy's samples of the prompt.", ""]
+    lines += ["## Filtering and uncertainty vs gold", ""]
+    lines.append(rep.markdown_table(
+        ["Round", "Collected", "Kept (R1 > T, z(U) > 1.96)", "Pairs", "Kept worse than chosen (gold)",
+         "Pearson(U, gold shortfall)", "Spearman"],
+        [[f["round"], f["num_collected"], f["num_kept"], f["num_pairs"], _fmt(f["kept_worse_than_chosen"]),
+          _fmt(f["uncertainty_gold"]["pearson"]), _fmt(f["uncertainty_gold"]["spearman"])]
+         for f in report["filter"]]))
+  lines += ["## RLHF against each reward model", ""]
+  rows = []
+  for name, run in report["rlhf"].items():
+    label = f"{name} (oracle: trains on gold)" if run["oracle"] else name
+    rows.append([label, _fmt(run["initial_gold"]), _fmt(run["peak_gold"]), _fmt(run["final_gold"]),
+                 _fmt(run["final_proxy"]), _fmt(run["final_kl"]), hacking.format_onsets(run["hacking"])])
+  lines.append(rep.markdown_table(["Run", "Initial gold", "Peak gold (smoothed)", "Final gold", "Final proxy",
+                                   "Final KL", "Steps before hacking"], rows))
+  lines += ["## In-distribution pair accuracy (held-out ordinary pairs)", ""]
+  acc = report["in_distribution_accuracy"]
+  lines.append(rep.markdown_table(
+      ["RM", "Target member", "Ensemble mean", "Members"],
+      [[k, _fmt(100 * v["target_member"]), _fmt(100 * v["ensemble_mean"]),
+        ", ".join(f"{100 * a:.1f}" for a in v["members"])] for k, v in acc.items()]))
+  lines += [f"Gold itself agrees with these (noisy, BT-sampled) labels on "
+            f"{100 * report['label_gold_agreement']:.1f}% of the pairs: the ceiling.", ""]
+  if report.get("online") is not None:
+    lines += ["## Online mode", "", "```json", json.dumps(report["online"], indent=2)[:4000], "```", ""]
+  lines += ["## Sample adversarial responses (round 0, successful attacks)", ""]
+  lines.append(rep.markdown_table(
+      ["Prompt", "Adversarial response", "R1", "Ref R1", "Gold", "Ref gold"],
+      [[e["prompt"], e["response"] + ("" if e["has_eos"] else " [no EOS]"), e["proxy_r1"],
+        e["reference_proxy_mean"], e["gold"], e["reference_gold_mean"]] for e in report["examples"]]))
+  lines += ["## Plots", ""] + [f"![{p}](plots/{p})" for p in report["plots"]] + [""]
+  path.write_text("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------
+# The stage.
+# ----------------------------------------------------------------------------
+
+
+def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+  """Stage `evaluate`: builds the report from whatever stages have finished."""
+  from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
+  workdir = pathlib.Path(workdir)
+  plots = workdir / "plots"
+  target = config.attack.target
+  reference = advrm.load_reference(workdir)
+  rounds = advrm.num_rounds(config)
+  report: dict[str, Any] = {"workdir": str(workdir), "num_seeds": config.num_seeds, "num_rounds": rounds,
+                            "paper_table1": rep.PAPER_TABLE1,
+                            "prefs": advrm.read_json(workdir / "prefs" / "summary.json", "the `prefs` stage")}
+
+  # RMs of every round that exists.
+  rms, reference_r1 = {}, {}
+  for r in range(rounds + 1):
+    if (advrm.rm_path(workdir, r) / "rm_meta.json").exists():
+      graphdef, params, meta = load_reward_model(advrm.rm_path(workdir, r))
+      rms[r] = (graphdef, params, meta)
+      reference_r1[r] = advrm.reference_member_scores(workdir, graphdef, params, reference)[target]
+  report["in_distribution_accuracy"] = {f"round_{r}": in_distribution_accuracy(workdir, g, p, m, target)
+                                        for r, (g, p, m) in rms.items()}
+  report["label_gold_agreement"] = label_gold_agreement(workdir)
+
+  # Attack success per round.
+  attack_rounds, filters = [], []
+  for r in range(rounds + 1):
+    attack_dir = advrm.round_dir(workdir, "attack", r)
+    if not advrm.is_done(attack_dir) or r not in rms:
+      continue
+    summary = advrm.read_json(attack_dir / "summary.json", "the `attack` stage")
+    entry = {"round": r,
+             ADV_RM: {"standard": _stats(summary["final"]["standard"]), "strict": _stats(summary["final"]["strict"]),
+                      "source": f"{summary['final']['num_responses'][0]} answers per seed"},
+             "adversary_run": {"standard": _stats(summary["collected"]["standard"]),
+                               "strict": _stats(summary["collected"]["strict"]),
+                               "num_samples": summary["collected"]["num_samples"]}}
+    rm = rms[r][:2]
+    run_name = {0: "conventional", rounds: "adv_rm"}.get(r)
+    if run_name is not None and run_name in config.rlhf.runs:
+      over = policy_attack_success(config, workdir, run_name, rm, reference, reference_r1[r])
+      if over is not None:
+        entry[OVER_OPT] = {"standard": _stats(over["standard"]), "strict": _stats(over["strict"]),
+                           "source": f"rlhf/{run_name} final policies"}
+    sub = substitution_attack_success(config, rm, reference, reference_r1[r])
+    entry[TEXTFOOLER] = {"standard": _stats(sub["standard"]), "strict": _stats(sub["strict"]),
+                         "source": f"{sub['num_responses'][0]} perturbed reference answers, "
+                                   f"{sub['mean_substitutions']:.1f} substitutions"}
+    attack_rounds.append(entry)
+    filter_dir = advrm.round_dir(workdir, "filter", r)
+    if advrm.is_done(filter_dir):
+      filters.append(advrm.read_json(filter_dir / "summary.json", "the `filter` stage"))
+  report["attack_success"] = {"rounds": attack_rounds}
+  report["filter"] = filters
+
+  report["rlhf"] = rlhf_curves(config, workdir)
+  report["examples"] = (adversarial_examples(workdir, 0, target, reference, reference_r1[0],
+                                             config.evaluate.num_examples) if attack_rounds else [])
+  online = workdir / "online" / "summary.json"
+  report["online"] = json.loads(online.read_text()) if online.exists() else None
+  report["targets"] = check_targets(report)
+
+  # Plots.
+  made = []
+  if report["rlhf"]:
+    curves = {(f"{k} (oracle)" if v["oracle"] else k): {"gold": v["gold"], "proxy": v["proxy"]}
+              for k, v in report["rlhf"].items()}
+    first = next(iter(report["rlhf"].values()))
+    onsets = {(f"{k} (oracle)" if v["oracle"] else k): v["hacking"]["hacked_mean"] for k, v in report["rlhf"].items()}
+    rep.plot_reward_curves(plots / "rlhf_gold_proxy.png", curves, steps=first["steps"], onsets=onsets)
+    made.append("rlhf_gold_proxy.png")
+  if attack_rounds:
+    series = {f"{ADV_RM} {kind}": [[r[ADV_RM][kind]["mean"] for r in attack_rounds]] for kind in ("standard", "strict")}
+    series[f"{TEXTFOOLER} standard"] = [[r[TEXTFOOLER]["standard"]["mean"] for r in attack_rounds]]
+    if report.get("online") and isinstance(report["online"].get("attack_success_per_round"), list):
+      series["online standard"] = [report["online"]["attack_success_per_round"]]
+    rep.plot_attack_success_per_round(plots / "attack_success_per_round.png", series)
+    made.append("attack_success_per_round.png")
+    collected = advrm.load_npz(advrm.round_dir(workdir, "attack", 0) / "collected.npz", "the attack")
+    scores = collected["member_scores"]
+    from advrm_jax.adversarial.filtering import uncertainty  # pylint: disable=import-outside-toplevel
+    u = np.asarray(uncertainty(scores, config.filter.uncertainty, target, config.attack.r2_kind))
+    gap = reference["gold"].mean(1)[collected["prompt_index"]] - collected["gold"]
+    rows = np.random.default_rng(0).permutation(u.size)[:3000]
+    rep.plot_uncertainty_vs_gold(plots / "uncertainty_vs_gold.png", u[rows], gap[rows],
+                                 uncertainty_gold_correlation(u, gap))
+    made.append("uncertainty_vs_gold.png")
+  report["plots"] = made
+  rep.write_report_json(workdir / "report.json", report)
+  write_markdown(workdir / "REPORT.md", report)
+  logging.info("evaluate: wrote %s and %s", workdir / "report.json", workdir / "REPORT.md")
+  for t in report["targets"]:
+    logging.info("target %-60s %-30s met=%s", t["target"], _fmt(t["value"]), t["met"])
+  return report

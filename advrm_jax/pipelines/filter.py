@@ -1,0 +1,145 @@
+"""Stage `filter`: the adversarial samples that become training pairs.
+
+Adv-RM keeps an adversary sample (x, y) when the target member likes it,
+``R1(x, y) > T(x)``, and the ensemble is unusually unsure about it,
+``z(U) > filter.z_min`` (1.96), with U = R1 - R2 (or the ensemble std)
+standardised against the uncertainty of the reference policy's own samples
+(``filter.standardize = "reference"``: "unusual" means unusual for ordinary
+responses) or against all collected samples. No gold is used to decide: the
+filter's premise is the paper's "high uncertainty means low quality", and
+gold only measures afterwards how often that held.
+
+Each kept sample (deduplicated per prompt) becomes the *rejected* side of a
+pair whose *chosen* side is a reference-policy sample for the same prompt:
+the one the ensemble mean scores highest (``filter.chosen =
+"best_by_ensemble"``), so the pair does not hinge on a flawed reference
+sample, or a random one.
+
+Artefacts in WORKDIR/filter/round_<r>/: adversarial_pairs.jsonl
+({prompt, chosen, rejected} + r1, uncertainty, z, gold columns for
+analysis), summary.json, DONE.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from absl import logging
+import numpy as np
+
+from advrm_jax.adversarial.filtering import build_adversarial_pairs, filter_mask, standardize, uncertainty
+from advrm_jax.evaluation.attack import uncertainty_gold_correlation
+from advrm_jax.pipelines import advrm
+
+STAGE = "filter"
+PAIRS_FILE = "adversarial_pairs.jsonl"
+STANDARDIZE = ("reference", "collected")
+CHOSEN = ("best_by_ensemble", "random")
+
+
+def pairs_path(workdir: pathlib.Path, round_index: int) -> pathlib.Path:
+  return advrm.round_dir(workdir, STAGE, round_index) / PAIRS_FILE
+
+
+def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
+  """Filters round r's collected adversary samples into preference pairs."""
+  workdir = pathlib.Path(workdir)
+  out = advrm.round_dir(workdir, STAGE, round_index)
+  if advrm.is_done(out):
+    logging.info("filter/round_%d: done, skipping", round_index)
+    return
+  node, target, r2_kind = config.filter, config.attack.target, config.attack.r2_kind
+  if node.standardize not in STANDARDIZE:
+    raise ValueError(f"filter.standardize: unknown {node.standardize!r}; expected one of {STANDARDIZE}")
+  if node.chosen not in CHOSEN:
+    raise ValueError(f"filter.chosen: unknown {node.chosen!r}; expected one of {CHOSEN}")
+  attack_dir = advrm.round_dir(workdir, "attack", round_index)
+  if not advrm.is_done(attack_dir):
+    raise FileNotFoundError(f"filter: {attack_dir} is not finished; run the `attack` stage for round {round_index}")
+  collected = advrm.load_npz(attack_dir / "collected.npz", "the `attack` stage")
+  reference = advrm.load_reference(workdir)
+  from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
+  rm_graphdef, rm_params, _ = load_reward_model(advrm.rm_path(workdir, round_index))
+  reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
+  num_members, num_prompts, n = reference_scores.shape
+
+  scores = collected["member_scores"]
+  r1 = scores[target]
+  u = np.asarray(uncertainty(scores, node.uncertainty, target, r2_kind))
+  reference_u = np.asarray(uncertainty(reference_scores.reshape(num_members, -1), node.uncertainty, target, r2_kind))
+  z = np.asarray(standardize(u, reference=reference_u if node.standardize == "reference" else None))
+  keep = np.asarray(filter_mask(r1, collected["threshold"], z, node.z_min))
+
+  # One pair per distinct (prompt, response): the adversary repeats itself.
+  texts = advrm.decode_responses(collected["response_tokens"], collected["response_mask"])
+  seen: set[tuple[int, str]] = set()
+  kept_rows = []
+  for row in np.flatnonzero(keep):
+    key = (int(collected["prompt_index"][row]), texts[row])
+    if key not in seen and texts[row]:
+      seen.add(key)
+      kept_rows.append(row)
+  kept_rows = np.asarray(kept_rows, np.int64)
+  rng = np.random.default_rng([config.seed, 31, round_index])
+  if kept_rows.size > node.max_pairs:
+    kept_rows = np.sort(rng.choice(kept_rows, node.max_pairs, replace=False))
+
+  # Chosen side: a reference sample of the same prompt (never judged by gold).
+  reference_texts = np.array(advrm.decode_responses(
+      reference["response_tokens"].reshape(num_prompts * n, -1),
+      reference["response_mask"].reshape(num_prompts * n, -1)), dtype=object).reshape(num_prompts, n)
+  ensemble_mean = reference_scores.mean(axis=0)  # [P, n]
+  ensemble_mean = np.where(reference_texts != "", ensemble_mean, -np.inf)
+  if node.chosen == "best_by_ensemble":
+    chosen_column = np.argmax(ensemble_mean, axis=1)
+  else:
+    chosen_column = rng.integers(0, n, size=num_prompts)
+  prompt_index = collected["prompt_index"][kept_rows]
+  chosen_texts = [reference_texts[p, chosen_column[p]] for p in prompt_index]
+  chosen_gold = reference["gold"][prompt_index, chosen_column[prompt_index]]
+  prompts = [str(reference["prompts"][p]) for p in prompt_index]
+  records = build_adversarial_pairs(
+      prompts, [texts[row] for row in kept_rows], chosen_texts,
+      extra={"round": [round_index] * kept_rows.size, "seed": collected["seed"][kept_rows],
+             "step": collected["step"][kept_rows], "r1": r1[kept_rows], "uncertainty": u[kept_rows],
+             "z": z[kept_rows], "rejected_gold": collected["gold"][kept_rows], "chosen_gold": chosen_gold})
+  advrm.write_jsonl(out / PAIRS_FILE, records)
+
+  # How often the filter's premise held (gold, for the report only).
+  gold = collected["gold"]
+  reference_gold_mean = reference["gold"].mean(axis=1)[collected["prompt_index"]]
+  kept_gold = gold[kept_rows]
+  summary = {
+      "round": round_index, "num_collected": int(r1.size),
+      "num_above_threshold": int(np.sum(r1 > collected["threshold"])),
+      "num_high_uncertainty": int(np.sum(z > node.z_min)), "num_kept": int(keep.sum()),
+      "num_unique_kept": len(seen), "num_pairs": len(records),
+      "kept_fraction": float(keep.mean()) if keep.size else 0.0,
+      # Kept samples truly worse than the chosen response / than the reference's mean, by gold.
+      "kept_worse_than_chosen": float(np.mean(kept_gold < chosen_gold)) if kept_rows.size else None,
+      "kept_worse_than_reference_mean": (float(np.mean(kept_gold < reference_gold_mean[kept_rows]))
+                                         if kept_rows.size else None),
+      "kept_gold_mean": float(kept_gold.mean()) if kept_rows.size else None,
+      "chosen_gold_mean": float(chosen_gold.mean()) if kept_rows.size else None,
+      "collected_gold_mean": float(gold.mean()),
+      # Does uncertainty predict a gold shortfall across all collected samples?
+      "uncertainty_gold": uncertainty_gold_correlation(u, reference_gold_mean - gold),
+      "uncertainty": node.uncertainty, "standardize": node.standardize, "z_min": node.z_min,
+  }
+  advrm.write_json(out / "summary.json", summary)
+  advrm.mark_done(out)
+  logging.info("filter/round_%d: kept %d of %d samples (%d pairs); %.0f%% of them worse than the chosen response "
+               "by gold", round_index, summary["num_kept"], summary["num_collected"], len(records),
+               100 * (summary["kept_worse_than_chosen"] or 0.0))
+
+
+def run(config: Any, workdir: pathlib.Path) -> None:
+  """Stage `filter`: every round whose attack is done and whose filter is not."""
+  workdir = pathlib.Path(workdir)
+  for r in range(advrm.num_rounds(config) + 1):
+    if not advrm.is_done(advrm.round_dir(workdir, "attack", r)):
+      if r == 0:
+        raise FileNotFoundError("filter: the round-0 attack is not finished; run the `attack` stage")
+      break
+    run_round(config, workdir, r)

@@ -1,0 +1,132 @@
+"""Stage `prefs`: preference data and reference samples from the reference policy.
+
+The reward models never see gold directly: they learn it only through
+preference labels. This stage makes those labels the way DESIGN.md section 4
+asks: the SFT reference policy answers each preference prompt twice, and the
+chosen side is drawn by Bradley-Terry on the exact gold reward,
+``P(a preferred) = sigmoid(beta * (gold_a - gold_b))`` (label noise). Gold is
+computed on the text exactly as the RM will read it (response + EOS).
+
+It also samples ``reference_samples`` responses per prompt of the attack
+prompt pool (the world's "eval" prompt stream). Later stages use them as the
+reference policy's behaviour on those prompts: the adversary's threshold
+T(x) (its mean R1 reward), the chosen side of adversarial pairs, and the
+reference statistics of attack success.
+
+Artefacts in WORKDIR/prefs/:
+
+* ``preferences.jsonl``: training pairs ``{prompt, chosen, rejected,
+  chosen_gold, rejected_gold}`` (the gold columns are for analysis; the RM
+  reader ignores them) -- what the `rm` stage trains on;
+* ``preferences_test.jsonl``: held-out pairs on prompts not in training
+  (split by prompt): the in-distribution accuracy every RM is scored on;
+* ``reference.npz``: attack prompts and their reference samples
+  (see ``advrm.load_reference``);
+* ``summary.json``: counts, label noise, the reference policy's gold;
+* ``DONE``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from advrm_jax.data.batching import train_test_split
+from advrm_jax.data.preferences import PreferencePair
+from advrm_jax.pipelines import advrm
+from advrm_jax.pipelines.rlhf import synthetic_prompt_arrays
+from advrm_jax.pipelines.sft import load_policy
+
+STAGE = "prefs"
+TRAIN_FILE = "preferences.jsonl"
+TEST_FILE = "preferences_test.jsonl"
+
+
+def preference_records(prompts: list[str], responses_a: list[str], responses_b: list[str], beta: float,
+                       seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+  """BT-labelled records from two responses per prompt; drops pairs that carry no preference.
+
+  Returns (records, dropped counts by reason).
+  """
+  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
+  keep = [i for i in range(len(prompts)) if responses_a[i] and responses_b[i] and responses_a[i] != responses_b[i]]
+  dropped = {"empty_response": sum(1 for i in range(len(prompts)) if not responses_a[i] or not responses_b[i]),
+             "identical_responses": sum(1 for i in range(len(prompts))
+                                        if responses_a[i] and responses_a[i] == responses_b[i])}
+  prompts = [prompts[i] for i in keep]
+  responses_a = [responses_a[i] for i in keep]
+  responses_b = [responses_b[i] for i in keep]
+  records = world.make_preference_records(prompts, responses_a, responses_b, beta=beta,
+                                          rng=np.random.default_rng([int(seed), 23]), include_gold=True)
+  return records, dropped
+
+
+def run(config: Any, workdir: pathlib.Path) -> None:
+  """Stage `prefs`: writes WORKDIR/prefs/ (see module doc)."""
+  workdir = pathlib.Path(workdir)
+  stage_dir = workdir / STAGE
+  if advrm.is_done(stage_dir):
+    logging.info("prefs: %s/DONE exists, skipping", stage_dir)
+    return
+  node = config.prefs
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  _, graphdef, params = load_policy(workdir / "sft")
+  sampling = advrm.sampling_config(config.rlhf.sampling)
+  key = jax.random.key(config.seed + 1009)
+
+  # 1. Preference pairs: two reference samples per prompt, labelled by BT on gold.
+  prompt_arrays = synthetic_prompt_arrays(node.num_prompts, config.seed, "preference", config.world.max_prompt_len)
+  doubled = {k: np.repeat(v, 2, axis=0) for k, v in prompt_arrays.items()}
+  samples = advrm.sample_responses(graphdef, params, doubled["tokens"], doubled["mask"], jax.random.fold_in(key, 0),
+                                   sampling, node.sample_batch_size)
+  texts = advrm.decode_responses(samples["response_tokens"], samples["response_mask"])
+  prompts = advrm.decode_prompts(prompt_arrays["tokens"], prompt_arrays["mask"].astype(bool))
+  records, dropped = preference_records(prompts, texts[0::2], texts[1::2], node.beta, config.seed)
+  if not records:
+    raise ValueError(f"prefs: the reference policy produced no usable pairs from {node.num_prompts} prompts "
+                     f"({dropped}); train the `sft` stage longer")
+  pairs = [PreferencePair(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], id=str(i))
+           for i, r in enumerate(records)]
+  train, test = train_test_split(pairs, node.test_fraction, config.seed)
+  by_id = {str(i): r for i, r in enumerate(records)}
+  advrm.write_jsonl(stage_dir / TRAIN_FILE, [by_id[p.id] for p in train])
+  advrm.write_jsonl(stage_dir / TEST_FILE, [by_id[p.id] for p in test])
+
+  # 2. Reference samples on the attack prompt pool.
+  attack_prompts = synthetic_prompt_arrays(node.num_attack_prompts, config.seed, "eval", config.world.max_prompt_len)
+  n = node.reference_samples
+  repeated = {k: np.repeat(v, n, axis=0) for k, v in attack_prompts.items()}
+  reference = advrm.sample_responses(graphdef, params, repeated["tokens"], repeated["mask"],
+                                     jax.random.fold_in(key, 1), sampling, node.sample_batch_size)
+  reference_gold = advrm.gold_of(reference["prompt_tokens"], reference["prompt_mask"],
+                                 reference["response_tokens"], reference["response_mask"])
+  num_prompts, width = node.num_attack_prompts, reference["response_tokens"].shape[1]
+  advrm.save_npz(
+      stage_dir / "reference.npz",
+      prompt_tokens=attack_prompts["tokens"], prompt_mask=attack_prompts["mask"].astype(bool),
+      prompts=np.array(advrm.decode_prompts(attack_prompts["tokens"], attack_prompts["mask"].astype(bool))),
+      response_tokens=reference["response_tokens"].reshape(num_prompts, n, width),
+      response_mask=reference["response_mask"].reshape(num_prompts, n, width).astype(bool),
+      gold=reference_gold.reshape(num_prompts, n))
+
+  chosen_gold = np.array([r["chosen_gold"] for r in records])
+  rejected_gold = np.array([r["rejected_gold"] for r in records])
+  summary = {
+      "num_prompts": node.num_prompts, "num_pairs": len(records), "num_train": len(train), "num_test": len(test),
+      "dropped": dropped, "beta": node.beta,
+      # How often the BT label agrees with gold (ties count 1/2): the ceiling of RM accuracy.
+      "label_gold_agreement": float(np.mean((chosen_gold > rejected_gold) + 0.5 * (chosen_gold == rejected_gold))),
+      "gold_ties": float(np.mean(chosen_gold == rejected_gold)),
+      "reference_gold_mean": float(np.mean(reference_gold)),
+      "reference_eos_fraction": float(np.mean(reference["has_eos"])),
+      "preference_gold_mean": float(np.mean(np.concatenate([chosen_gold, rejected_gold]))),
+      "num_attack_prompts": num_prompts, "reference_samples": n,
+  }
+  advrm.write_json(stage_dir / "summary.json", summary)
+  advrm.mark_done(stage_dir)
+  logging.info("prefs: %d train / %d test pairs (labels agree with gold %.1f%%), reference gold %.2f",
+               len(train), len(test), 100 * summary["label_gold_agreement"], summary["reference_gold_mean"])
