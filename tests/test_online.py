@@ -77,3 +77,35 @@ def test_online_iteration_compiles_once_and_updates_everything():
   assert changed(rm_before, state.rm.params)
   assert all(np.isfinite(h["loss"]) for h in history)
 
+
+
+@pytest.mark.slow
+def test_online_stage_end_to_end(tmp_path):
+  """sft -> prefs -> rm -> online on a shrunk `:small` config; the RM loads and the summary is complete."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines import run_stages  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
+  spec = importlib.util.spec_from_file_location("synthetic_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("small")
+  # Shrink further: this test checks plumbing, not learning.
+  config.sft.num_steps = config.rm.num_steps = 4
+  config.prefs.num_prompts = 128
+  config.attack.num_steps = config.online.num_steps = 2
+  config.stages = ("sft", "prefs", "rm", "online")
+  run_stages(config, tmp_path)
+  summary = json.loads((tmp_path / "online" / "summary.json").read_text())
+  for key in ("standard", "strict", "standard_mean", "strict_mean"):
+    assert key in summary["attack"]
+  assert 0.0 <= summary["attack"]["standard_mean"] <= 100.0
+  assert set(summary["in_distribution_accuracy"]) == {"online", "conventional"}
+  assert 0.0 <= summary["in_distribution_accuracy"]["online"]["mean"] <= 1.0
+  assert summary["compute"]["online"]["adversary_samples"] == 2 * 8 * 4
+  assert summary["compute"]["online"]["rm_steps"] == 2 * config.online.rm_updates
+  _, params, meta = load_reward_model(tmp_path / "online" / "rm")
+  assert meta["step"] == 2 * config.online.rm_updates and meta["num_members"] == config.rm.num_members
+  assert (tmp_path / "online" / "DONE").exists()

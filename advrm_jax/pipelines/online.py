@@ -238,8 +238,17 @@ def run(config: Any, workdir: pathlib.Path) -> None:
                     seed=config.seed)
   state = train_loop(STAGE, out, state, step_fn, get_batch, loop, mesh,
                      text_fn=lambda samples, step: {"samples": _decode_samples(samples)})
-  buffer_stats = {"inserted": int(jax.device_get(state.buffer.count)),
-                  "size": int(np.sum(jax.device_get(state.buffer.valid))), "capacity": node.buffer_capacity}
+  buffer = jax.device_get(state.buffer)
+  valid = np.asarray(buffer.valid)
+  buffer_stats = {"inserted": int(buffer.count), "size": int(valid.sum()), "capacity": node.buffer_capacity}
+  if valid.any():
+    # How often the filter's premise held for what the RM trained on (gold: a measurement only).
+    adv_gold = advrm.gold_of(buffer.prompt_tokens[valid], buffer.prompt_mask[valid],
+                             buffer.adversarial_tokens[valid], buffer.adversarial_mask[valid])
+    chosen_gold = advrm.gold_of(buffer.prompt_tokens[valid], buffer.prompt_mask[valid],
+                                buffer.reference_tokens[valid], buffer.reference_mask[valid])
+    buffer_stats.update(kept_worse_than_chosen=float(np.mean(adv_gold < chosen_gold)),
+                        kept_gold_mean=float(adv_gold.mean()), chosen_gold_mean=float(chosen_gold.mean()))
   save_reward_model(out / RM_DIR, state.rm, rm_meta, rm_optimizer_values,
                     {"online": str(out), "init_from": str(advrm.rm_path(workdir, 0)), "buffer": buffer_stats})
   final_rm_params = state.rm.params
