@@ -72,7 +72,7 @@ class _Recorder:
     self.seen[step] = (np.asarray(jax.random.key_data(rng)), np.asarray(batch["x"]))
     noise = jax.random.normal(rng, (4,))
     w = state["w"] * 0.5 + jnp.mean(batch["x"], axis=0) + 0.1 * noise
-    metrics = {"loss": jnp.sum(w ** 2), "reward": jnp.mean(w)}
+    metrics = {"loss": jnp.sum(w ** 2), "reward": jnp.mean(w), "grad_norm": jnp.sqrt(jnp.sum(w ** 2))}
     if step in self.poison:
       key, value = self.poison[step]
       metrics[key] = jnp.float32(value)
@@ -88,9 +88,10 @@ def _loop(**kwargs) -> LoopConfig:
   return LoopConfig(**values)
 
 
-def _run(directory, step_fn=None, get_batch=_get_batch, loop=None, finite_keys=("loss", "reward"), state=None):
+def _run(directory, step_fn=None, get_batch=_get_batch, loop=None, state=None):
+  # The loop's default finite_keys (loss, grad_norm, reward, proxy_reward), as every stage uses.
   return train_loop("test", directory, _initial_state() if state is None else state, step_fn or _Recorder(),
-                    get_batch, loop or _loop(), _mesh(), finite_keys=finite_keys)
+                    get_batch, loop or _loop(), _mesh())
 
 
 def _metrics(directory: pathlib.Path) -> list[dict]:
@@ -158,7 +159,10 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, straight):
   assert _metrics(tmp_path) == _metrics(straight_dir)
 
 
-@pytest.mark.parametrize("quantity,value", [("loss", np.nan), ("reward", np.inf), ("loss", -np.inf)])
+# grad_norm: the step's loss is still finite (it is computed before the
+# update), but the NaN gradient has already poisoned the parameters.
+@pytest.mark.parametrize("quantity,value", [("loss", np.nan), ("reward", np.inf), ("loss", -np.inf),
+                                            ("grad_norm", np.nan)])
 def test_non_finite_quantity_stops_naming_step_and_quantity_and_keeps_last_good_checkpoint(
     tmp_path, straight, quantity, value):
   straight_dir, _, _ = straight

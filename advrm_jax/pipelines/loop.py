@@ -67,7 +67,7 @@ class LoopConfig:
 def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Callable,
                get_batch: Callable[[int], dict[str, np.ndarray]], loop: LoopConfig, mesh: Mesh,
                eval_fn: Callable[[Any, int], dict[str, Any]] | None = None, eval_every: int = 0,
-               finite_keys: tuple[str, ...] = ("loss",),
+               finite_keys: tuple[str, ...] = ("loss", "grad_norm", "reward", "proxy_reward"),
                text_fn: Callable[[dict[str, np.ndarray], int], dict[str, str]] | None = None) -> Any:
   """Runs ``state, metrics = step_fn(state, batch, rng)`` for loop.num_steps steps.
 
@@ -81,7 +81,11 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
     mesh: the device mesh batches are placed on.
     eval_fn: optional ``(state, step) -> scalars`` run every ``eval_every``
       steps and at the end.
-    finite_keys: metrics checked for NaN/Inf every step.
+    finite_keys: metrics checked for NaN/Inf every step (those present). The
+      gradient norm is among them because a NaN gradient poisons the
+      parameters while the step's loss (computed before the update) is still
+      finite: watching the loss alone would checkpoint NaN parameters as the
+      "last good" state.
     text_fn: turns the step's "samples/..." arrays into texts (sample
       tables) at every logged step; those arrays are never logged as scalars.
   Returns the final state.
