@@ -18,6 +18,7 @@ traceback too). SIGTERM writes a checkpoint and exits with code 0.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import sys
@@ -112,9 +113,16 @@ def main(argv):
   except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
     _fail("--config: " + " ".join(l.strip() for l in str(e).splitlines() if l.strip()))
   if config.get("distributed", False):
-    # Multi-host: JAX's own SPMD runtime; coordinator and process ids come
-    # from the cluster environment (TPU pods, SLURM) or JAX_* variables.
-    jax.distributed.initialize()
+    # Multi-host: JAX's own SPMD runtime. Cluster environments (TPU pods,
+    # SLURM) are detected by JAX itself; a plain machine gets its coordinator
+    # and ids from the variables launch/multihost.py sets.
+    if "JAX_NUM_PROCESSES" in os.environ:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                                 num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                 process_id=int(os.environ["JAX_PROCESS_ID"]))
+    else:
+      jax.distributed.initialize()
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   cache_dir = config.get("compilation_cache_dir", "")
