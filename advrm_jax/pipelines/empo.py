@@ -188,6 +188,44 @@ def _per_seed_scalars(values: dict[str, Any], prefix: str) -> dict[str, float]:
   return out
 
 
+def entropy_diagnostic(graphdef: nnx.GraphDef, params: Any, prompts: dict[str, np.ndarray],
+                       sampling: SamplingConfig, num_samples: int, rng: jax.Array,
+                       num_bins: int = 5) -> list[dict[str, Any]]:
+  """Majority-vote and sample accuracy of a policy by semantic-entropy bin.
+
+  Why EMPO bounds the entropy: the share reward pushes a prompt's answers
+  towards its majority cluster, which helps only where the majority is
+  right; this table (G samples per prompt, bins of equal width on
+  [0, ln G]) shows how that depends on H(q).
+
+  Returns:
+    [{"lo", "hi", "prompts", "majority_accuracy", "sample_accuracy"}] per bin.
+  """
+  tokens = jnp.repeat(jnp.asarray(prompts["tokens"]), num_samples, axis=0)
+  mask = jnp.repeat(jnp.asarray(prompts["mask"]), num_samples, axis=0)
+
+  @jax.jit
+  def run(params, rng):
+    out = sample(graphdef, params, tokens, mask, rng, sampling)
+    keys, valid = rw.final_answer_key(out.tokens, out.response_mask)
+    _, info = empo.empo_scores(keys, valid, num_samples)
+    grouped = keys.reshape(-1, num_samples)
+    majority = jnp.take_along_axis(grouped, jnp.argmax(info["shares"].reshape(-1, num_samples), axis=1)[:, None],
+                                   axis=1)[:, 0]
+    return info["entropy"], majority, keys.reshape(-1, num_samples)
+
+  entropy, majority, keys = jax.device_get(run(params, rng))
+  truth = np.asarray(prompts["answer"])
+  edges = np.linspace(0.0, math.log(num_samples), num_bins + 1)
+  rows = []
+  for b in range(num_bins):
+    sel = (entropy >= edges[b]) & ((entropy < edges[b + 1]) if b < num_bins - 1 else (entropy <= edges[b + 1] + 1e-6))
+    rows.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "prompts": int(sel.sum()),
+                 "majority_accuracy": float(np.mean(majority[sel] == truth[sel])) if sel.any() else None,
+                 "sample_accuracy": float(np.mean(keys[sel] == truth[sel, None])) if sel.any() else None})
+  return rows
+
+
 # ----------------------------------------------------------------------------
 # The stage.
 # ----------------------------------------------------------------------------
@@ -236,6 +274,12 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   if not reference_path.exists():
     stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.num_seeds,) + x.shape), ref_params)
     reference_path.write_text(json.dumps(_per_seed_scalars(accuracy(stacked, eval_prompts, eval_keys), "eval")))
+
+  diagnostic_path = stage_dir / "entropy_diagnostic.json"
+  if not diagnostic_path.exists():
+    rows = entropy_diagnostic(graphdef, ref_params, prompt_pool(config, node.num_eval_prompts, "test"), sampling,
+                              rl_config.num_samples, jax.random.fold_in(jax.random.key(config.seed), 98))
+    diagnostic_path.write_text(json.dumps(rows))
 
   for name, spec in node.runs.items():
     run_dir = stage_dir / name
@@ -289,6 +333,9 @@ def summarize(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "reference": {k.split("/")[1]: v for k, v in reference.items() if k.count("/") == 1},
       "runs": {},
   }
+  diagnostic_path = stage_dir / "entropy_diagnostic.json"
+  if diagnostic_path.exists():
+    summary["reference_entropy_bins"] = json.loads(diagnostic_path.read_text())
   for name, spec in config.empo.runs.items():
     run_dir = stage_dir / name
     if not (run_dir / "metrics.jsonl").exists():
@@ -362,6 +409,15 @@ def _empo_section(summary: dict[str, Any], stage_dir: pathlib.Path) -> list[str]
                                       "no-answer rate"], rows))
   if (stage_dir / "accuracy_curves.png").exists():
     lines += ["![accuracy curves](accuracy_curves.png)", ""]
+  bins = summary.get("reference_entropy_bins")
+  if bins:
+    lines += [f"Why the entropy bound: the reference policy's majority-vote accuracy by the semantic entropy of "
+              f"the prompt ({task['num_samples']} samples per held-out prompt). The share reward moves each "
+              f"prompt towards its majority answer, which helps only where the majority tends to be right.", ""]
+    lines.append(report.markdown_table(
+        ["H(q) (nats)", "prompts", "majority-vote accuracy", "sample accuracy"],
+        [[f"[{b['lo']:.2f}, {b['hi']:.2f}]", b["prompts"], b["majority_accuracy"], b["sample_accuracy"]]
+         for b in bins], float_fmt=".3f"))
   empo_run = next((e for e in summary["runs"].values() if e["source"] == "semantic"), None)
   if empo_run and "semantic_entropy" in empo_run["curves"]:
     ent = np.asarray(empo_run["curves"]["semantic_entropy"]["values"], np.float64)
@@ -375,7 +431,9 @@ def _empo_section(summary: dict[str, Any], stage_dir: pathlib.Path) -> list[str]
 def write_report(workdir: pathlib.Path) -> pathlib.Path:
   """Renders WORKDIR/empo/REPORT.md (and the curves PNG) from the summaries that exist."""
   stage_dir = pathlib.Path(workdir) / STAGE
-  lines = ["# EMPO and correctness probes on the reasoning task", ""]
+  lines = ["# EMPO and correctness probes on the reasoning task", "",
+           "Reproduce: `python -m advrm_jax.main --config configs/empo_reasoning.py --workdir WORKDIR` "
+           "(stages `empo`, `probes`; `:small` for a smoke run).", ""]
   summary_path = stage_dir / "summary.json"
   if summary_path.exists():
     summary = report.read_report_json(summary_path)

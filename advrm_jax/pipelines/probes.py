@@ -206,6 +206,10 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `probes` (module docstring)."""
   workdir = pathlib.Path(workdir)
   out_dir = workdir / empo_stage.STAGE / STAGE
+  if (out_dir / "DONE").exists():
+    logging.info("probes: %s/DONE exists, skipping", out_dir)
+    empo_stage.write_report(workdir)
+    return
   node = config.probes
   empo_stage.check_world(config)
   graphdef, params, policy = _policy_params(config, workdir)
