@@ -88,9 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Corpus size (examples from make_sft_corpus).
   config.sft.num_examples = 2000 if small else 20000
   # Sequences per step.
-  config.sft.batch_size = 32 if small else 64
-  # Training steps.
-  config.sft.num_steps = 20 if small else 600
+  config.sft.batch_size = 32 if small else 128
+  # Training steps (copying the asked topics "clicks" after ~400 steps of 128).
+  config.sft.num_steps = 20 if small else 700
   # Log every this many steps.
   config.sft.log_every = 10 if small else 50
   # Checkpoint every this many steps.
@@ -106,6 +106,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.prefs.num_prompts = 256 if small else 3000
   # Bradley-Terry inverse temperature of the gold labels (larger: less label noise).
   config.prefs.beta = 2.0
+  # Sampling temperature of the two answers of a pair (the reference samples use rlhf.sampling).
+  config.prefs.pair_temperature = 1.0
   # Fraction of pairs held out (split by prompt) for every RM's in-distribution accuracy.
   config.prefs.test_fraction = 0.1
   # Attack prompt pool (world split "eval"): the adversary's prompts and the evaluation's.
@@ -223,10 +225,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Calibration bins.
   rm.eval.ece_bins = 10
 
-  # RL sampling shared by the reference samples, the adversary and RLHF.
+  # RL sampling shared by the reference samples, the adversary and RLHF: temperature 0.7 (the reference
+  # policy then answers with gold ~2.3 instead of ~1.5 at temperature 1).
   def sampling():
     return ml_collections.ConfigDict(dict(
-        max_new_tokens=config.world.max_response_len, temperature=1.0, top_k=0, top_p=1.0, eos_id=1, pad_id=0))
+        max_new_tokens=config.world.max_response_len, temperature=0.7, top_k=0, top_p=1.0, eos_id=1, pad_id=0))
 
   # Stage `attack`: the adversary (RL from the reference policy) against RM round r.
   config.attack = ml_collections.ConfigDict()
@@ -242,7 +245,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # RL iterations per round.
   config.attack.num_steps = 4 if small else 60
   # Prompts per iteration (from the attack pool).
-  config.attack.prompts_per_step = 8 if small else 16
+  config.attack.prompts_per_step = 8
   # Log every this many steps.
   config.attack.log_every = 2 if small else 10
   # Checkpoint every this many steps.
@@ -326,7 +329,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Size of the RL prompt pool (world.make_prompts(split="rl")).
   config.rlhf.num_prompts = 256 if small else 2048
   # Prompts per iteration; each gets rl.num_samples responses.
-  config.rlhf.prompts_per_step = 8 if small else 16
+  config.rlhf.prompts_per_step = 8
   # RL iterations per run.
   config.rlhf.num_steps = 4 if small else 150
   # Log every this many steps (the gold/proxy curves' resolution).

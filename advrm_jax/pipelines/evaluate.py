@@ -210,6 +210,31 @@ def adversarial_examples(workdir: pathlib.Path, round_index: int, target: int, r
   return examples
 
 
+def online_vs_rounds(report: dict[str, Any], config: Any) -> list[dict[str, Any]] | None:
+  """The online mode beside the round schedule: attack success afterwards, accuracy, hacking onset."""
+  online = report.get("online")
+  if not online:
+    return None
+  rounds = report["attack_success"]["rounds"]
+  last = rounds[-1] if rounds else None
+  accuracy = report["in_distribution_accuracy"]
+  rlhf = report["rlhf"]
+  online_run = next((name for name, spec in config.rlhf.runs.items()
+                     if spec.get("rm_stage", "").startswith("online")), None)
+  rows = []
+  for label, attack, acc, run in (
+      (f"round-based ({report['num_rounds']} rounds)", last and last[ADV_RM],
+       accuracy.get(f"round_{report['num_rounds']}"), rlhf.get("adv_rm")),
+      ("online", online.get("attack") and {"standard": _stats(online["attack"]["standard"]),
+                                            "strict": _stats(online["attack"]["strict"])},
+       accuracy.get("online"), rlhf.get(online_run) if online_run else None)):
+    rows.append({"schedule": label,
+                 "attack_standard": attack and attack["standard"], "attack_strict": attack and attack["strict"],
+                 "accuracy_target_member": acc and acc["target_member"],
+                 "hacking": run and run["hacking"], "final_gold": run and run["final_gold"]})
+  return rows
+
+
 # ----------------------------------------------------------------------------
 # Targets (issue 5, "Must show").
 # ----------------------------------------------------------------------------
@@ -244,8 +269,9 @@ def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
           adv_std is not None and (over_std == 0 and adv_std > 0 or (ratio is not None and ratio >= 5)),
           f"over-optimisation {over_std:.2f}%")
     last = attack_rounds[-1]
-    last_std = _mean(last[ADV_RM]["standard"])
-    add(f"After {last['round']} rounds, attack success <= 20%", last_std, last_std is not None and last_std <= 20)
+    if last["round"] > 0:
+      last_std = _mean(last[ADV_RM]["standard"])
+      add(f"After {last['round']} rounds, attack success <= 20%", last_std, last_std is not None and last_std <= 20)
   if conventional and adv:
     conv_h, adv_h = conventional["hacking"], adv["hacking"]
     if conv_h["num_hacked"] == 0:
@@ -332,8 +358,18 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
         ", ".join(f"{100 * a:.1f}" for a in v["members"])] for k, v in acc.items()]))
   lines += [f"Gold itself agrees with these (noisy, BT-sampled) labels on "
             f"{100 * report['label_gold_agreement']:.1f}% of the pairs: the ceiling.", ""]
-  if report.get("online") is not None:
-    lines += ["## Online mode", "", "```json", json.dumps(report["online"], indent=2)[:4000], "```", ""]
+  if report.get("online_vs_rounds"):
+    lines += ["## Online mode beside the round schedule", ""]
+    lines.append(rep.markdown_table(
+        ["Schedule", "Attack success afterwards, standard %", "Strict %", "ID accuracy (target member)",
+         "RLHF steps before hacking", "RLHF final gold"],
+        [[r["schedule"], _fmt(r["attack_standard"]), _fmt(r["attack_strict"]),
+          _fmt(None if r["accuracy_target_member"] is None else 100 * r["accuracy_target_member"]),
+          hacking.format_onsets(r["hacking"]) if r["hacking"] else rep.MISSING, _fmt(r["final_gold"])]
+         for r in report["online_vs_rounds"]]))
+    compute = report["online"].get("compute")
+    if compute:
+      lines += [f"Compute: online {compute.get('online')}, round-based {compute.get('round_based')}.", ""]
   lines += ["## Sample adversarial responses (round 0, successful attacks)", ""]
   lines.append(rep.markdown_table(
       ["Prompt", "Adversarial response", "R1", "Ref R1", "Gold", "Ref gold"],
@@ -407,6 +443,11 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
                                              config.evaluate.num_examples) if attack_rounds else [])
   online = workdir / "online" / "summary.json"
   report["online"] = json.loads(online.read_text()) if online.exists() else None
+  online_rm = workdir / "online" / "rm"
+  if report["online"] is not None and (online_rm / "rm_meta.json").exists():
+    graphdef, params, meta = load_reward_model(online_rm)
+    report["in_distribution_accuracy"]["online"] = in_distribution_accuracy(workdir, graphdef, params, meta, target)
+  report["online_vs_rounds"] = online_vs_rounds(report, config)
   report["targets"] = check_targets(report)
 
   # Plots.

@@ -7,7 +7,9 @@ chosen side is drawn by Bradley-Terry on the exact gold reward,
 ``P(a preferred) = sigmoid(beta * (gold_a - gold_b))`` (label noise). Gold is
 computed on the text exactly as the RM will read it (response + EOS).
 
-It also samples ``reference_samples`` responses per prompt of the attack
+Pairs are sampled at ``prefs.pair_temperature`` (hotter than the RL
+temperature gives more varied pairs, as preference data usually is). It
+also samples, at the RL sampling temperature, ``reference_samples`` responses per prompt of the attack
 prompt pool (the world's "eval" prompt stream). Later stages use them as the
 reference policy's behaviour on those prompts: the adversary's threshold
 T(x) (its mean R1 reward), the chosen side of adversarial pairs, and the
@@ -28,6 +30,7 @@ Artefacts in WORKDIR/prefs/:
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -75,14 +78,17 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   node = config.prefs
   stage_dir.mkdir(parents=True, exist_ok=True)
   _, graphdef, params = load_policy(workdir / "sft")
+  # The reference policy as RL sees it (rlhf.sampling) for the attack pool;
+  # pairs may be drawn hotter, for more varied preference data.
   sampling = advrm.sampling_config(config.rlhf.sampling)
+  pair_sampling = dataclasses.replace(sampling, temperature=node.pair_temperature)
   key = jax.random.key(config.seed + 1009)
 
   # 1. Preference pairs: two reference samples per prompt, labelled by BT on gold.
   prompt_arrays = synthetic_prompt_arrays(node.num_prompts, config.seed, "preference", config.world.max_prompt_len)
   doubled = {k: np.repeat(v, 2, axis=0) for k, v in prompt_arrays.items()}
   samples = advrm.sample_responses(graphdef, params, doubled["tokens"], doubled["mask"], jax.random.fold_in(key, 0),
-                                   sampling, node.sample_batch_size)
+                                   pair_sampling, node.sample_batch_size)
   texts = advrm.decode_responses(samples["response_tokens"], samples["response_mask"])
   prompts = advrm.decode_prompts(prompt_arrays["tokens"], prompt_arrays["mask"].astype(bool))
   records, dropped = preference_records(prompts, texts[0::2], texts[1::2], node.beta, config.seed)

@@ -1,0 +1,90 @@
+"""The whole Adv-RM loop through the entry point on the `:small` synthetic config.
+
+sft -> prefs -> rm -> advrm (2 rounds of attack -> filter -> advtrain, then a
+last attack) -> rlhf (conventional, ensemble baselines, Adv-RM, oracle) ->
+evaluate; then report.json is checked for structure and sanity, and a rerun
+is checked to skip every finished stage.
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "synthetic.py"
+RUNS = ("conventional", "ensemble_mean", "ensemble_min", "uncertainty_weighted", "adv_rm", "oracle_gold")
+
+
+def _run(workdir: pathlib.Path, *overrides: str) -> subprocess.CompletedProcess:
+  # One CPU device: the small run is about the pipeline, not the mesh.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "-m", "advrm_jax.main", f"--config={CONFIG}:small", f"--workdir={workdir}",
+                         *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+
+
+def _is_percent(stat) -> bool:
+  return stat["n"] >= 1 and all(0.0 <= v <= 100.0 for v in stat["values"])
+
+
+@pytest.mark.slow  # every stage of the small config (compiles dominate: ~1-2 min on 2 quiet cores)
+def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
+  workdir = tmp_path / "run"
+  result = _run(workdir)
+  assert result.returncode == 0, result.stderr[-4000:]
+
+  for done in ("sft", "prefs", "attack/round_0", "filter/round_0", "advtrain/round_1", "advtrain/round_2",
+               "attack/round_2", "filter/round_2", *(f"rlhf/{r}" for r in RUNS)):
+    assert (workdir / done / "DONE").exists(), done
+  assert (workdir / "advtrain" / "final").resolve() == (workdir / "advtrain" / "round_2").resolve()
+
+  report = json.loads((workdir / "report.json").read_text())
+  assert report["num_rounds"] == 2 and report["num_seeds"] == 1
+  rounds = report["attack_success"]["rounds"]
+  assert [r["round"] for r in rounds] == [0, 1, 2]
+  for entry in rounds:
+    for method in ("Adv-RM", "TextFooler"):
+      assert _is_percent(entry[method]["standard"]) and _is_percent(entry[method]["strict"]), (entry["round"], method)
+      # Strict success implies standard success on the same responses (same R1 test, stricter gold test).
+      assert entry[method]["strict"]["mean"] <= entry[method]["standard"]["mean"] + 1e-9
+  assert _is_percent(rounds[0]["RM over-optimisation"]["standard"])
+  assert _is_percent(rounds[2]["RM over-optimisation"]["standard"])
+
+  assert [f["round"] for f in report["filter"]] == [0, 1, 2]
+  for summary in report["filter"]:
+    assert 0 <= summary["num_pairs"] <= summary["num_kept"] <= summary["num_collected"]
+
+  assert set(report["rlhf"]) == set(RUNS)
+  assert report["rlhf"]["oracle_gold"]["oracle"] and not report["rlhf"]["conventional"]["oracle"]
+  for name, run in report["rlhf"].items():
+    steps = run["steps"]
+    assert steps[-1] == 4 and len(run["gold"]) == 1 and len(run["gold"][0]) == len(steps), name
+    assert all(math.isfinite(v) for v in run["gold"][0] + run["proxy"][0] + run["kl"][0]), name
+    assert run["hacking"]["num_seeds"] == 1 and run["hacking"]["budget"] == 4
+
+  accuracy = report["in_distribution_accuracy"]
+  assert set(accuracy) == {"round_0", "round_1", "round_2"}
+  for value in accuracy.values():
+    assert 0.0 <= value["target_member"] <= 1.0 and len(value["members"]) == 2
+  assert 0.5 <= report["label_gold_agreement"] <= 1.0
+
+  assert {t["target"] for t in report["targets"]} >= {"Adv-RM attack success (round 0, standard) >= 80%",
+                                                       "After 2 rounds, attack success <= 20%"}
+  assert report["paper_table1"]["Adv-RM"] == [99.31, 92.91]
+  markdown = (workdir / "REPORT.md").read_text()
+  assert "Table 1" in markdown and "Targets" in markdown
+  for plot in report["plots"]:
+    assert (workdir / "plots" / plot).stat().st_size > 0
+  assert set(report["plots"]) == {"rlhf_gold_proxy.png", "attack_success_per_round.png", "uncertainty_vs_gold.png"}
+
+  # Every artefact is in place: a rerun skips the finished stages and rebuilds the same report.
+  again = _run(workdir)
+  assert again.returncode == 0, again.stderr[-4000:]
+  for skipped in ("sft: ", "prefs: ", "attack/round_0: done, skipping", "advtrain/round_2: done, skipping",
+                  "rlhf/conventional: done, skipping"):
+    assert skipped in again.stderr, skipped
+  assert json.loads((workdir / "report.json").read_text())["attack_success"] == report["attack_success"]
