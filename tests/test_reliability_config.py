@@ -36,8 +36,18 @@ SYNTHETIC = REPO / "configs" / "synthetic.py"
 # writer) imports torch whenever it is installed -- here only because the
 # test extras bring it for parity tests -- which costs ~10 s per launch on a
 # shared CPU; a user without the test extras runs exactly this code path.
-_LAUNCH = ("import runpy, sys; sys.modules['torch'] = None; "
-           "runpy.run_module('advrm_jax.main', run_name='__main__', alter_sys=True)")
+# torch is hidden by a meta-path finder (an ImportError, as on a machine
+# without it), not by sys.modules['torch'] = None, which libraries such as
+# scipy's array-API layer take for an installed torch.
+_LAUNCH = """
+import importlib.abc, runpy, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name == "torch" or name.startswith("torch."):
+      raise ImportError("torch is hidden in this test subprocess")
+sys.meta_path.insert(0, _NoTorch())
+runpy.run_module("advrm_jax.main", run_name="__main__", alter_sys=True)
+"""
 
 
 def entry_point_env(devices: int = 1, compile_cache: str | os.PathLike | None = None,

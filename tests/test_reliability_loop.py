@@ -143,6 +143,35 @@ def test_resumed_run_replays_rng_and_data_by_step_and_ends_bitwise_equal(tmp_pat
   assert _metrics(tmp_path) == _metrics(straight_dir)
 
 
+def test_final_evaluation_survives_a_kill_after_the_last_checkpoint(tmp_path):
+  """Killed between the final checkpoint and the final evaluation: the rerun still evaluates and logs it."""
+  evaluated = []
+
+  def eval_fn(state, step):
+    evaluated.append(step)
+    return {"eval/w_sum": jnp.sum(state["w"])}
+
+  def run(directory, fail_final_eval=False):
+    def maybe_failing(state, step):
+      if fail_final_eval and step == NUM_STEPS:
+        raise _Interrupted("killed before the final evaluation")
+      return eval_fn(state, step)
+    return train_loop("test", directory, _initial_state(), _Recorder(), _get_batch, _loop(), _mesh(),
+                      eval_fn=maybe_failing, eval_every=4)
+
+  run(tmp_path / "straight")
+  with pytest.raises(_Interrupted):
+    run(tmp_path / "killed", fail_final_eval=True)
+  assert Checkpointer(tmp_path / "killed" / "checkpoints").latest_step() == NUM_STEPS
+  evaluated.clear()
+  run(tmp_path / "killed")  # nothing left to train, but the evaluation is redone
+  assert evaluated == [NUM_STEPS]
+  assert _metrics(tmp_path / "killed") == _metrics(tmp_path / "straight")
+  # A further rerun evaluates again (stages such as `rm` keep the result) but logs no second row.
+  run(tmp_path / "killed")
+  assert _metrics(tmp_path / "killed") == _metrics(tmp_path / "straight")
+
+
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, straight):
   straight_dir, straight_state, _ = straight
   with pytest.raises(Preempted) as info:

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from advrm_jax import sharding as shd
 from advrm_jax.checkpoints.orbax_io import Checkpointer
-from advrm_jax.metrics import MetricWriter, plot_metrics
+from advrm_jax.metrics import MetricWriter, plot_metrics, read_metrics
 
 
 class Preempted(SystemExit):
@@ -53,6 +53,16 @@ class _SigtermFlag:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _logged(jsonl_path: pathlib.Path, step: int, scalars: dict[str, Any]) -> bool:
+  """Whether metrics.jsonl already has a row for ``step`` with all of ``scalars``' keys."""
+  if not jsonl_path.exists():
+    return False
+  for record in read_metrics(jsonl_path):
+    if record.get("step") == step and set(scalars) <= set(record):
+      return True
+  return False
 
 
 @dataclasses.dataclass
@@ -126,8 +136,14 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
           checkpointer.save(done, state, {"step": done}, force=True)
         if sigterm.raised:
           raise Preempted(done)
-    if eval_fn is not None and start < loop.num_steps:
-      writer.write_scalars(loop.num_steps, eval_fn(state, loop.num_steps))
+    if eval_fn is not None:
+      # Also when resumed at the last step: a run killed between its final
+      # checkpoint and this evaluation (or a stage rerun after finishing, as
+      # `rm` is) still gets the final evaluation -- stages keep its result --
+      # and the log row is written unless it already was.
+      scalars = eval_fn(state, loop.num_steps)
+      if start < loop.num_steps or not _logged(writer.jsonl_path, loop.num_steps, scalars):
+        writer.write_scalars(loop.num_steps, scalars)
     if checkpointer.latest_step() != loop.num_steps:
       checkpointer.save(loop.num_steps, state, {"step": loop.num_steps}, force=True)
   finally:
