@@ -102,8 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage `prefs`: preference pairs and reference samples from the reference policy.
   config.prefs = ml_collections.ConfigDict()
-  # Preference prompts (world split "preference"); each gives one pair of two samples.
-  config.prefs.num_prompts = 256 if small else 3000
+  # Preference prompts (world split "preference"); each gives one pair of two samples. The RM's
+  # robustness rests on it: with 3000 pairs adversarial training did not generalise, with 8000 it did.
+  config.prefs.num_prompts = 256 if small else 8000
   # Bradley-Terry inverse temperature of the gold labels (larger: less label noise).
   config.prefs.beta = 2.0
   # Sampling temperature of the two answers of a pair (the reference samples use rlhf.sampling).
@@ -187,7 +188,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Reward centering (Eisenstein et al.): keeps members on one scale.
   rm.centering_coef = 0.01
   # Training steps.
-  rm.num_steps = 20 if small else 400
+  rm.num_steps = 20 if small else 600
   rm.optimizer = ml_collections.ConfigDict()
   # Peak learning rate (AdamW).
   rm.optimizer.learning_rate = 3e-3 if small else 1e-3
@@ -235,11 +236,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack = ml_collections.ConfigDict()
   # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting); "ppo" works too.
   config.attack.rl = ml_collections.ConfigDict(dict(
-      algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.05, kl_estimator="k1",
+      algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.01, kl_estimator="k1",
       kl_in_reward=True, missing_eos_penalty=-2.0))
-  # AdamW for the adversary.
+  # AdamW for the adversary (a loose KL and a fast learning rate: its job is to find exploits).
   config.attack.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, schedule="constant", warmup_steps=0, grad_clip=1.0))
+      learning_rate=2e-3, schedule="constant", warmup_steps=0, grad_clip=1.0))
   # Sampling options (SamplingConfig fields).
   config.attack.sampling = sampling()
   # RL iterations per round.
@@ -283,6 +284,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.advtrain.init = "previous"
   # Share of adversarial pairs in each round's training set.
   config.advtrain.adversarial_fraction = 0.3
+  # Repeat adversarial pairs to reach that share (False: each at most once, the share may fall short).
+  config.advtrain.upsample = False
   # Use the adversarial pairs of every earlier round, not only the latest.
   config.advtrain.accumulate = True
   # Training steps per round.
@@ -331,7 +334,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Prompts per iteration; each gets rl.num_samples responses.
   config.rlhf.prompts_per_step = 8
   # RL iterations per run.
-  config.rlhf.num_steps = 4 if small else 150
+  config.rlhf.num_steps = 4 if small else 60
   # Log every this many steps (the gold/proxy curves' resolution).
   config.rlhf.log_every = 2 if small else 5
   # Checkpoint every this many steps.

@@ -72,7 +72,8 @@ def test_preference_records_drop_empty_and_identical_pairs():
 
 def test_round_config_continues_from_the_previous_round(tmp_path):
   config = _config()
-  round_cfg = advtrain.round_config(config, tmp_path / "pairs.jsonl", "/w/rm")
+  round_cfg = advtrain.round_config(config, tmp_path / "pairs.jsonl", "/w/rm", pathlib.Path("/w"))
+  assert round_cfg.rm.backbone.path == "/w/sft"  # the run's work dir, not the round's
   assert round_cfg.data.path == str(tmp_path / "pairs.jsonl") and round_cfg.rm.init_from == "/w/rm"
   assert round_cfg.rm.num_steps == config.advtrain.num_steps
   assert round_cfg.rm.optimizer.total_steps == config.advtrain.num_steps  # the schedule follows

@@ -46,10 +46,31 @@ def read_jsonl(path: pathlib.Path, what: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def round_config(config: Any, pairs_file: pathlib.Path, init_from: str) -> Any:
-  """The `rm` stage's config for one round: its pairs, its start, its budget."""
+def mix_training_pairs(ordinary: list[Any], adversarial: list[Any], fraction: float, upsample: bool,
+                       seed: int) -> list[Any]:
+  """Ordinary pairs once each plus adversarial pairs making up ``fraction`` of the set.
+
+  With ``upsample=False`` an adversarial pair is never repeated: when there
+  are too few of them, the share is what they make up (repeating a few,
+  partly mislabelled pairs many times taught the RM their noise).
+  """
+  if upsample or fraction >= 1.0:
+    return mix_pairs(ordinary, adversarial, fraction, seed=seed)
+  wanted = int(round(fraction / (1.0 - fraction) * len(ordinary)))
+  num_adversarial = min(wanted, len(adversarial))
+  total = len(ordinary) + num_adversarial
+  return mix_pairs(ordinary, adversarial, num_adversarial / total, seed=seed, total=total)
+
+
+def round_config(config: Any, pairs_file: pathlib.Path, init_from: str, workdir: pathlib.Path) -> Any:
+  """The `rm` stage's config for one round: its pairs, its start, its budget.
+
+  The rm stage runs with the round's dir as its work dir, so ``{workdir}``
+  in the backbone path is resolved to the run's work dir here.
+  """
   node = config.advtrain
   round_cfg = copy.deepcopy(config)
+  round_cfg.rm.backbone.path = config.rm.backbone.path.replace("{workdir}", str(workdir))
   round_cfg.data.path = str(pairs_file)
   round_cfg.rm.init_from = init_from
   round_cfg.rm.num_steps = node.num_steps  # the schedule's total_steps follows (a config reference)
@@ -90,7 +111,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
       raise FileNotFoundError(f"advtrain: {filter_dir} is not finished; run the `filter` stage for round {r}")
     adversarial += read_jsonl(filter_stage.pairs_path(workdir, r), "the `filter` stage")
   if adversarial:
-    mixed = mix_pairs(ordinary, adversarial, node.adversarial_fraction, seed=config.seed * 1000 + round_index)
+    mixed = mix_training_pairs(ordinary, adversarial, node.adversarial_fraction, node.upsample,
+                               seed=config.seed * 1000 + round_index)
   else:
     logging.warning("advtrain/round_%d: the filter kept no adversarial pairs; training on ordinary pairs only",
                     round_index)
@@ -99,7 +121,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   advrm.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
                                         "adversarial": "r1" in r} for r in mixed])
   init_from = str(advrm.rm_path(workdir, round_index - 1)) if node.init == "previous" else ""
-  rm_stage.run(round_config(config, out / PAIRS_FILE, init_from), out)
+  rm_stage.run(round_config(config, out / PAIRS_FILE, init_from, workdir), out)
   advrm.write_json(out / "summary.json", {
       "round": round_index, "num_ordinary": len(ordinary), "num_adversarial_available": len(adversarial),
       "num_adversarial_used": sum(1 for r in mixed if "r1" in r), "num_pairs": len(mixed),

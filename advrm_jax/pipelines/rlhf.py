@@ -32,7 +32,7 @@ from advrm_jax.data.batching import epoch_batches
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
 from advrm_jax.pipelines.sft import load_policy
 from advrm_jax.rl.engine import RLConfig, RLState, init_policy_params, init_rl_state, make_iteration, policy_param_axes
-from advrm_jax.rl.rewards import AdversarySource, FunctionSource, RewardModelSource
+from advrm_jax.rl.rewards import AdversarySource, EnsembleMixSource, FunctionSource, RewardModelSource, aggregate_mix
 from advrm_jax.rl.sampler import SamplingConfig
 from advrm_jax.train_state import make_optimizer
 
@@ -191,10 +191,11 @@ def reward_source_for(run: Any, workdir: pathlib.Path, where: str) -> tuple[Any,
   if kind != "rm":
     raise ValueError(f"{where}.source: unknown {kind!r}; expected 'rm' or 'gold'")
   from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
-  rm_graphdef, rm_params, _ = load_reward_model(workdir / run.rm_stage)
-  source = RewardModelSource(rm_graphdef, aggregate=run.get("aggregate", "mean"), coef=run.get("coef", 1.0),
-                             member=run.get("member", 0))
-  return source, rm_params
+  rm_graphdef, rm_params, meta = load_reward_model(workdir / run.rm_stage)
+  # The aggregate travels as data: every RM run (same ensemble shape) reuses one compiled iteration.
+  mix = aggregate_mix(run.get("aggregate", "mean"), meta["num_members"], coef=run.get("coef", 1.0),
+                      member=run.get("member", 0))
+  return EnsembleMixSource(rm_graphdef), {"rm": rm_params, "mix": mix}
 
 
 def run(config: Any, workdir: pathlib.Path) -> None:

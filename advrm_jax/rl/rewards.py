@@ -11,6 +11,8 @@ never baked into the program as constants.
 
 * :class:`RewardModelSource`: an RM ensemble with an aggregate (mean,
   worst-case min, uncertainty-weighted mean - c*std / mean - c*var, one member).
+* :class:`EnsembleMixSource`: the same aggregates with the choice in the
+  parameters, so runs that differ only in the aggregate share one program.
 * :class:`AdversarySource`: the Adv-RM adversary's objective
   ``R1 - lam*R2`` above a per-prompt threshold T(x), ``R1 + penalty`` below it.
 * :class:`FunctionSource`: any JAX function of the token arrays (e.g. the
@@ -60,6 +62,54 @@ class RewardModelSource:
     reward = ensemble_aggregate(scores, self.aggregate, self.coef, self.member)
     metrics = {"rm_member_mean": jnp.mean(scores), "ensemble_std": jnp.mean(jnp.std(scores, axis=0))}
     return reward, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleMixSource:
+  """An RM ensemble aggregate chosen by data instead of by the program.
+
+  ``reward = w_mean * mean + w_min * min + w_std * std + w_var * var + sum_k w_k R_k``
+  with the weights in ``reward_params["mix"]`` (see :func:`aggregate_mix`),
+  so one compiled RL iteration serves the conventional RM (one member), the
+  ensemble mean, worst-case min and uncertainty-weighted objectives alike:
+  runs that differ only in the aggregate never recompile.
+  ``reward_params = {"rm": ensemble params, "mix": aggregate_mix(...)}``.
+  """
+  graphdef: Any
+
+  def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
+    from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
+    scores = reward_scores(self.graphdef, reward_params["rm"], rollout.tokens, rollout.mask)  # [K, B]
+    mix = reward_params["mix"]
+    reward = (mix["mean"] * jnp.mean(scores, axis=0) + mix["min"] * jnp.min(scores, axis=0)
+              + mix["std"] * jnp.std(scores, axis=0) + mix["var"] * jnp.var(scores, axis=0)
+              + jnp.einsum("k,kb->b", mix["members"], scores))
+    metrics = {"rm_member_mean": jnp.mean(scores), "ensemble_std": jnp.mean(jnp.std(scores, axis=0))}
+    return reward, metrics
+
+
+def aggregate_mix(aggregate: str, num_members: int, coef: float = 1.0, member: int = 0) -> dict[str, Array]:
+  """The weights of :class:`EnsembleMixSource` for an aggregate of ``reward.model.ensemble_aggregate``."""
+  weights = {"mean": 0.0, "min": 0.0, "std": 0.0, "var": 0.0}
+  members = [0.0] * num_members
+  if aggregate == "mean":
+    weights["mean"] = 1.0
+  elif aggregate == "min":
+    weights["min"] = 1.0
+  elif aggregate == "mean_minus_std":
+    weights.update(mean=1.0, std=-coef)
+  elif aggregate == "mean_minus_var":
+    weights.update(mean=1.0, var=-coef)
+  elif aggregate == "member":
+    if not 0 <= member < num_members:
+      raise ValueError(f"ensemble member {member} out of range for K={num_members}")
+    members[member] = 1.0
+  else:
+    raise ValueError(f"unknown ensemble aggregate {aggregate!r}; expected mean, min, mean_minus_std, "
+                     "mean_minus_var or member")
+  mix = {k: jnp.asarray(v, jnp.float32) for k, v in weights.items()}
+  mix["members"] = jnp.asarray(members, jnp.float32)
+  return mix
 
 
 @dataclasses.dataclass(frozen=True)
