@@ -38,6 +38,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from advrm_jax.evaluation import hacking, report as rep
@@ -48,6 +49,8 @@ from advrm_jax.pipelines.attack import success_by_seed
 
 STAGE = "evaluate"
 ADV_RM, OVER_OPT, TEXTFOOLER = "Adv-RM", "RM over-optimisation", "TextFooler"
+# Fresh samples of the reference policy itself: what the criteria give with no optimisation at all.
+REFERENCE = "Reference policy (no attack)"
 
 
 # ----------------------------------------------------------------------------
@@ -104,14 +107,23 @@ def load_policies(workdir: pathlib.Path, run_dir: pathlib.Path, num_seeds: int) 
   return graphdef, load_params(run_dir / "params", target)
 
 
-def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str, rm: tuple[Any, Any],
+def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str | None, rm: tuple[Any, Any],
                           reference: dict[str, np.ndarray], reference_r1: np.ndarray) -> dict[str, Any] | None:
-  """Attack success of a final RLHF policy's answers (the over-optimisation baseline)."""
-  run_dir = workdir / "rlhf" / run_name
-  if not advrm.is_done(run_dir):
-    return None
+  """Attack success of a final RLHF policy's answers (the over-optimisation baseline).
+
+  ``run_name=None`` samples the SFT reference policy itself (fresh samples,
+  not the ones the statistics come from), once per seed key.
+  """
   num_seeds, m = config.num_seeds, config.evaluate.policy_samples_per_prompt
-  graphdef, params = load_policies(workdir, run_dir, num_seeds)
+  if run_name is None:
+    from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
+    _, graphdef, single = load_policy(workdir / "sft")
+    params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds,) + x.shape), single)
+  else:
+    run_dir = workdir / "rlhf" / run_name
+    if not advrm.is_done(run_dir):
+      return None
+    graphdef, params = load_policies(workdir, run_dir, num_seeds)
   num_prompts = reference["prompt_tokens"].shape[0]
   out = advrm.sample_responses(graphdef, params, np.repeat(reference["prompt_tokens"], m, axis=0),
                                np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 4242),
@@ -325,7 +337,7 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
     lines += ["## Attack success per adversarial-training round (%)", ""]
     rows = []
     for r in rounds:
-      for name in (ADV_RM, OVER_OPT, TEXTFOOLER):
+      for name in (ADV_RM, OVER_OPT, TEXTFOOLER, REFERENCE):
         if r.get(name):
           rows.append([r["round"], name, _fmt(r[name]["standard"]), _fmt(r[name]["strict"]),
                        r[name].get("source", "")])
@@ -334,7 +346,8 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
     lines.append(rep.markdown_table(["Round", "Method", "Standard %", "Strict %", "Samples"], rows))
     lines += ["Round r attacks RM round r (round 0 = conventional ensemble); R1 is its target member. "
               "Standard: R1(y) > mean R1(y_ref) and gold(y) < mean gold(y_ref); strict: z_R1 > 0 and "
-              "z_gold < -1.96 against the reference policy's samples of the prompt.", ""]
+              "z_gold < -1.96 against the reference policy's samples of the prompt. The last row of each round "
+              "is the floor of these criteria: fresh samples of the reference policy itself, never optimised.", ""]
     lines += ["## Filtering and uncertainty vs gold", ""]
     lines.append(rep.markdown_table(
         ["Round", "Collected", "Kept (R1 > T, z(U) > 1.96)", "Pairs", "Kept worse than chosen (gold)",
@@ -427,6 +440,9 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       if over is not None:
         entry[OVER_OPT] = {"standard": _stats(over["standard"]), "strict": _stats(over["strict"]),
                            "source": f"rlhf/{run_name} final policies"}
+    baseline = policy_attack_success(config, workdir, None, rm, reference, reference_r1[r])
+    entry[REFERENCE] = {"standard": _stats(baseline["standard"]), "strict": _stats(baseline["strict"]),
+                        "source": "fresh reference-policy answers"}
     sub = substitution_attack_success(config, rm, reference, reference_r1[r])
     entry[TEXTFOOLER] = {"standard": _stats(sub["standard"]), "strict": _stats(sub["strict"]),
                          "source": f"{sub['num_responses'][0]} perturbed reference answers, "

@@ -137,7 +137,7 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
   # the first step does not compile a second variant for uncommitted inputs.
   state = jax.device_put(state, shd.replicated(mesh))
 
-  def seeds_step(state, batch, rng):
+  def seeds_step(state, ref_params, reward_params, batch, rng):
     rngs = jax.random.split(rng, num_seeds)
     state, metrics = jax.vmap(iteration, in_axes=(0, None, None, None, 0))(state, ref_params, reward_params,
                                                                            batch, rngs)
@@ -151,16 +151,18 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
           logged[f"{key}/seed{seed}"] = value[seed]
     return state, logged
 
-  step_fn = jax.jit(seeds_step, donate_argnums=(0,))
-  if collect_fn is not None:
-    jitted_step = step_fn
+  # Weights are arguments, not closure constants: runs that differ only in
+  # weights (another RM round, another aggregate mix) are the same program,
+  # which JAX's persistent compilation cache then compiles once.
+  jitted_step = jax.jit(seeds_step, donate_argnums=(0,))
 
-    def step_fn(state, batch, rng):
+  def step_fn(state, batch, rng):
+    state, metrics = jitted_step(state, ref_params, reward_params, batch, rng)
+    if collect_fn is not None:
       # Rollouts go to the collector, never to the metric writer.
-      state, metrics = jitted_step(state, batch, rng)
       rollout = {key[len("rollout/"):]: metrics.pop(key) for key in list(metrics) if key.startswith("rollout/")}
       collect_fn(int(jax.device_get(state.step)[0]), rollout)
-      return state, metrics
+    return state, metrics
   num_prompts = prompts["tokens"].shape[0]
   per_step = node.prompts_per_step
   if num_prompts < per_step:
