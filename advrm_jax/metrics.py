@@ -103,7 +103,11 @@ class MetricWriter:
     eta = ""
     if self.total_steps and rate > 0:
       eta = f" eta {_fmt_seconds((self.total_steps - step) / rate)}"
-    shown = " ".join(f"{k}={_fmt_value(v)}" for k, v in list(scalars.items())[:6])
+    # The headline quantities first; per-seed / per-member breakdowns stay in the logs.
+    headline = ("loss", "proxy_reward", "gold_reward", "kl", "accuracy", "reward")
+    aggregates = [(k, v) for k, v in scalars.items() if "/seed" not in k and "/member" not in k]
+    aggregates.sort(key=lambda kv: headline.index(kv[0]) if kv[0] in headline else len(headline))
+    shown = " ".join(f"{k}={_fmt_value(v)}" for k, v in aggregates[:6])
     total = f"/{self.total_steps}" if self.total_steps else ""
     print(f"[{self.name}] step {step}{total} {rate:.2f} steps/s{eta} {shown}", file=self.stream, flush=True)
 
