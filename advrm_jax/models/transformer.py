@@ -35,9 +35,10 @@ LAYERS, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP, VOCAB, NORM = (
 class KVCache(NamedTuple):
   """Key/value cache for all layers.
 
-  keys, values: [L, B, S, Hkv, Dh]; mask: [B, S] bool, True where a slot holds
-  a real token; index: [] int32, the next slot to write (shared by all rows,
-  which is why the sampler left-aligns prompts to a common end).
+  keys, values: [L, B, Hkv, S, Dh] (head-major, so attention reads each
+  head's slots contiguously with no transpose); mask: [B, S] bool, True where
+  a slot holds a real token; index: [] int32, the next slot to write (shared
+  by all rows, which is why the sampler left-aligns prompts to a common end).
   """
   keys: Array
   values: Array
@@ -174,20 +175,24 @@ class Transformer(nnx.Module):
 
     layer_params = self.layers.arrays()
 
-    def layer_step(h, xs):
-      if cache is None:
-        params, kv = xs, None
-      else:
-        params, kv = xs
-      h, new_kv = _decoder_layer(cfg, params, h, attn_mask, rope, kv,
-                                 None if cache is None else cache.index)
-      return h, new_kv
-
     if cache is None:
+      def layer_step(h, params):
+        h, _ = _decoder_layer(cfg, params, h, attn_mask, rope, None, None)
+        return h, None
       x, _ = jax.lax.scan(layer_step, x, layer_params)
       new_cache = None
     else:
-      x, (keys, values) = jax.lax.scan(layer_step, x, (layer_params, (cache.keys, cache.values)))
+      # The whole cache rides in the scan carry and each layer writes its new
+      # slots with dynamic_update_slice: XLA updates the carry in place, where
+      # scanning the cache as xs/ys would copy all of it at every decode step.
+      def cached_layer_step(carry, xs):
+        h, keys, values = carry
+        params, layer = xs
+        h, (keys, values) = _decoder_layer(cfg, params, h, attn_mask, rope, (keys, values, layer), cache.index)
+        return (h, keys, values), None
+      layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+      (x, keys, values), _ = jax.lax.scan(cached_layer_step, (x, cache.keys, cache.values),
+                                          (layer_params, layers))
       new_cache = KVCache(keys, values, slot_mask, cache.index + length)
 
     if cfg.arch == "gpt2":
@@ -206,7 +211,7 @@ class Transformer(nnx.Module):
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> KVCache:
-  shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
   return KVCache(
       keys=jnp.zeros(shape, cfg.jnp_dtype),
       values=jnp.zeros(shape, cfg.jnp_dtype),
@@ -266,18 +271,23 @@ def _apply_rope(x, cos, sin):
   return out.astype(x.dtype)
 
 
-def _attention(q, k, v, mask):
-  """Grouped-query attention. q: [B,T,H,Dh]; k,v: [B,S,Hkv,Dh]; mask [B,T,S]."""
+def _attention(q, k, v, mask, head_major: bool = False):
+  """Grouped-query attention.
+
+  q: [B,T,H,Dh]; k,v: [B,S,Hkv,Dh], or [B,Hkv,S,Dh] when ``head_major``
+  (the KV-cache layout); mask [B,T,S].
+  """
   batch, length, heads, head_dim = q.shape
-  kv_heads = k.shape[2]
+  kv_heads = k.shape[1] if head_major else k.shape[2]
+  kv_spec = "bksd" if head_major else "bskd"
   q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = jnp.einsum(f"btkgd,{kv_spec}->bkgts", q, k, preferred_element_type=jnp.float32)
   scores = scores / math.sqrt(head_dim)
   # A finite floor instead of -inf: fully masked rows (pad queries) give a
   # harmless uniform average rather than NaN that would poison gradients.
   scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+  out = jnp.einsum(f"bkgts,{kv_spec}->btkgd", probs, v, preferred_element_type=jnp.float32)
   return out.reshape(batch, length, heads, head_dim).astype(v.dtype)
 
 
@@ -299,13 +309,19 @@ def _decoder_layer(cfg: ModelConfig, p: dict[str, Array], x: Array, attn_mask: A
     cos, sin = rope
     q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
   if kv is not None:
-    cache_k, cache_v = kv
-    k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-    v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
-    new_kv = (k, v)
+    # kv: the full [L, B, Hkv, S, Dh] caches and this layer's index.
+    cache_k, cache_v, layer = kv
+    zero = jnp.zeros((), jnp.int32)
+    start = (layer, zero, zero, cache_index, zero)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, jnp.swapaxes(k, 1, 2)[None].astype(cache_k.dtype), start)
+    cache_v = jax.lax.dynamic_update_slice(cache_v, jnp.swapaxes(v, 1, 2)[None].astype(cache_v.dtype), start)
+    new_kv = (cache_k, cache_v)
+    layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, axis=0, keepdims=False)
+    layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, axis=0, keepdims=False)
+    attn = _attention(q, layer_k.astype(dtype), layer_v.astype(dtype), attn_mask, head_major=True)
   else:
     new_kv = None
-  attn = _attention(q, k.astype(dtype), v.astype(dtype), attn_mask)
+    attn = _attention(q, k, v, attn_mask)
   out = jnp.einsum("bthk,hkd->btd", attn, p["o_kernel"])
   if gpt2:
     out = out + p["o_bias"]
