@@ -9,7 +9,7 @@ Prints per-decode-step milliseconds (median, inside a jitted ``fori_loop`` of
    lengths S: the cost grows with S far faster than the attention FLOPs do;
 2. the same forward for one token *without* a cache: the floor set by the
    layer matmuls and per-op overhead;
-3. a prototype decode step (written here, not in the package) with the cache
+3. a prototype decode step (written here; the package adopted its cache layout) with the cache
    stored head-major ``[L, B, Hkv, S, Dh]``, carried whole through an
    unrolled layer loop and updated with one in-place ``dynamic_update_slice``
    per layer, so no per-step copy or transpose of the cache is needed.
@@ -132,9 +132,7 @@ def check_prototype(cfg, graphdef, params, batch):
   cache = model(prompt, cache=cache, compute_logits=False).cache
   token = prompt[:, -1:]
   ref = model(token, cache=cache).logits[:, -1]
-  keys = jnp.swapaxes(cache.keys, 2, 3)
-  values = jnp.swapaxes(cache.values, 2, 3)
-  logits, *_ = prototype_forward(cfg, params, keys, values, cache.mask, cache.index, token)
+  logits, *_ = prototype_forward(cfg, params, cache.keys, cache.values, cache.mask, cache.index, token)
   return float(jnp.max(jnp.abs(logits - ref)))
 
 
