@@ -103,6 +103,10 @@ def _is_input_error(error: BaseException) -> bool:
 
 
 def main(argv):
+  """Loads the config, joins a multi-host job if ``config.distributed``, and runs the stages.
+
+  Input errors end the process with ``error: ...`` on stderr and exit code 2.
+  """
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:

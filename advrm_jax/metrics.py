@@ -74,6 +74,10 @@ class MetricWriter:
       os.replace(tmp, path)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Logs one step's scalars: a metrics.jsonl row, TensorBoard scalars and the progress line.
+
+    Non-finite floats are written to the JSON as strings ("nan", "inf").
+    """
     record = {"step": int(step), "time": time.time()}
     record.update({k: _to_python(v) for k, v in scalars.items()})
     with self.jsonl_path.open("a") as f:
@@ -112,10 +116,12 @@ class MetricWriter:
     print(f"[{self.name}] step {step}{total} {rate:.2f} steps/s{eta} {shown}", file=self.stream, flush=True)
 
   def flush(self) -> None:
+    """Flushes the TensorBoard writer."""
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
+    """Closes the TensorBoard writer (each JSON line is already on disk when written)."""
     if self._tb is not None:
       self._tb.close()
       self._tb = None

@@ -180,6 +180,7 @@ def render_report(workdir: str | pathlib.Path, markdown_fn: MarkdownFn | None = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Command line of ``python -m advrm_jax.report WORKDIR [--no_plots]``; returns the exit code."""
   parser = argparse.ArgumentParser(prog="python -m advrm_jax.report", description=__doc__.split("\n", 1)[0])
   parser.add_argument("workdir", help="the run's WORKDIR")
   parser.add_argument("--no_plots", action="store_true", help="skip re-rendering the PNG plots")

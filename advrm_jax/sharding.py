@@ -118,6 +118,7 @@ def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh,
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A sharding that keeps a full copy of the array on every device of ``mesh``."""
   return NamedSharding(mesh, P())
 
 
@@ -128,6 +129,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 
 def data_parallel_size(mesh: Mesh) -> int:
+  """Number of batch shards: the product of the data-parallel axes (data x fsdp)."""
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 

@@ -23,6 +23,7 @@ from advrm_jax import sharding as shd
 
 @flax.struct.dataclass
 class TrainState:
+  """What a gradient stage trains and checkpoints: step counter, parameters, optimizer state."""
   step: jax.Array
   params: Any
   opt_state: Any

@@ -163,6 +163,7 @@ class AdversarialBuffer(NamedTuple):
 
   @property
   def capacity(self) -> int:
+    """N, the number of slots."""
     return self.valid.shape[0]
 
 

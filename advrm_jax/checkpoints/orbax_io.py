@@ -55,16 +55,24 @@ class Checkpointer:
         item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
+    """Newest saved step, or None when there is no checkpoint."""
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """Every saved step, ascending."""
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any] | None = None, force: bool = False) -> bool:
+    """Saves ``state`` (and a small JSON ``meta``) as step ``step``; returns whether it was saved.
+
+    Saving is asynchronous: call ``wait`` or ``close`` before relying on the files.
+    ``force`` saves even when the manager's save interval would skip the step.
+    """
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
     return self.manager.save(step, args=args, force=force)
 
   def wait(self) -> None:
+    """Blocks until an in-flight asynchronous save has finished."""
     self.manager.wait_until_finished()
 
   def _check_matches(self, step: int, target: Any) -> None:
@@ -148,6 +156,7 @@ class Checkpointer:
     self.manager.reload()
 
   def close(self) -> None:
+    """Waits for pending saves, then closes the manager."""
     self.manager.wait_until_finished()
     self.manager.close()
 

@@ -133,6 +133,7 @@ class PreferencePair:
 
   @property
   def location(self) -> str:
+    """Where the record came from, as "file, line N" (for messages)."""
     return format_location(self.source, self.line)
 
 
@@ -156,6 +157,7 @@ class PromptRecord:
 
   @property
   def location(self) -> str:
+    """Where the record came from, as "file, line N" (for messages)."""
     return format_location(self.source, self.line)
 
 
@@ -183,9 +185,11 @@ class ReadStats:
 
   @property
   def num_skipped(self) -> int:
+    """Records skipped in on_error="skip" mode, all kinds together."""
     return sum(self.skipped.values())
 
   def record_skip(self, error: DataError) -> None:
+    """Counts a skipped record by kind and keeps the first few messages."""
     self.skipped[error.kind] += 1
     if len(self.messages) < _MAX_EXAMPLE_MESSAGES:
       self.messages.append(str(error))

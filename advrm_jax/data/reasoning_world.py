@@ -105,6 +105,7 @@ MAX_PROMPT_TOKENS = 1 + 4 + 3 * MAX_OPS
 
 
 def number_id(value: int) -> int:
+  """Token id of the number word for ``value`` (ValueError outside [0, MAX_VALUE])."""
   if not 0 <= value <= MAX_VALUE:
     raise ValueError(f"value {value} outside [0, {MAX_VALUE}]")
   return ZERO_ID + int(value)
@@ -132,6 +133,7 @@ class ReasoningTokenizer:
   chat_template: str | None = None
 
   def encode(self, text: str) -> list[int]:
+    """Ids of the words of ``text`` (lower-cased; no BOS/EOS); an unknown word is a ValueError."""
     ids = []
     for pos, word in enumerate(_TOKEN_RE.findall(text.lower())):
       if word not in WORD_TO_ID:
@@ -179,6 +181,7 @@ class Problem:
 
   @property
   def values(self) -> tuple[int, ...]:
+    """The running value after each operation."""
     out, value = [], self.start
     for kind, operand in self.ops:
       value = apply_op(value, kind, operand)
@@ -187,10 +190,12 @@ class Problem:
 
   @property
   def answer(self) -> int:
+    """The final value: the exact answer."""
     return self.values[-1]
 
   @property
   def prompt(self) -> str:
+    """The problem as prompt text, e.g. ``start with three . add two . double it .``."""
     parts = [f"start with {NUMBER_WORDS[self.start]} ."]
     for kind, operand in self.ops:
       parts.append("double it ." if kind == "double" else f"{kind} {NUMBER_WORDS[operand]} .")
@@ -198,6 +203,7 @@ class Problem:
 
 
 def apply_op(value: int, kind: str, operand: int) -> int:
+  """One operation: "add", "minus" or "double" (ValueError for others)."""
   if kind == "add":
     return value + operand
   if kind == "minus":

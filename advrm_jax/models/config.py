@@ -66,20 +66,25 @@ class ModelConfig:
 
   @property
   def jnp_dtype(self):
+    """The compute dtype as a jnp dtype."""
     return DTYPES[self.dtype]
 
   @property
   def jnp_param_dtype(self):
+    """The parameter storage dtype as a jnp dtype."""
     return DTYPES[self.param_dtype]
 
   @property
   def rope_scaling_dict(self) -> dict[str, Any]:
+    """``rope_scaling`` as a dict (empty for plain RoPE)."""
     return dict(self.rope_scaling)
 
   def replace(self, **changes) -> "ModelConfig":
+    """A copy with the given fields changed (validated again)."""
     return dataclasses.replace(self, **changes)
 
   def to_dict(self) -> dict[str, Any]:
+    """A JSON-ready dict (``rope_scaling`` as a dict); ``from_dict`` reads it back."""
     out = dataclasses.asdict(self)
     out["rope_scaling"] = dict(self.rope_scaling)
     return out

@@ -47,6 +47,13 @@ class KVCache(NamedTuple):
 
 
 class ModelOutput(NamedTuple):
+  """What ``Transformer.__call__`` returns.
+
+  Attributes:
+    logits: [B, T, V] float32, or None when called with compute_logits=False.
+    hidden: [B, T, D] final hidden states after the last norm.
+    cache: the updated KV cache when one was passed in, else None.
+  """
   logits: Array | None   # [B, T, V] float32 (None when compute_logits=False)
   hidden: Array          # [B, T, D] final hidden state after the last norm
   cache: KVCache | None
@@ -109,6 +116,7 @@ class DecoderLayers(nnx.Module):
                                  cfg.jnp_param_dtype, init))
 
   def arrays(self) -> dict[str, Array]:
+    """The stacked per-layer parameters as plain arrays ([L, ...] each), by name."""
     return {name: value[...] for name, value in vars(self).items() if isinstance(value, nnx.Param)}
 
 
@@ -129,6 +137,7 @@ class Transformer(nnx.Module):
       self.lm_head = _param(rngs.params(), (cfg.d_model, cfg.vocab_size), (EMBED, VOCAB), pdt)
 
   def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+    """An empty KV cache for ``batch_size`` rows of up to ``max_len`` positions."""
     return init_cache(self.cfg, batch_size, max_len)
 
   def __call__(self, tokens: Array, input_mask: Array | None = None, positions: Array | None = None,
@@ -211,6 +220,7 @@ class Transformer(nnx.Module):
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> KVCache:
+  """An empty KV cache for ``cfg``: keys/values zeros of [L, B, KV heads, max_len, head_dim]."""
   shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
   return KVCache(
       keys=jnp.zeros(shape, cfg.jnp_dtype),

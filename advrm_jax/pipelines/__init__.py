@@ -30,6 +30,10 @@ STAGES = {
 
 
 def run_stages(config, workdir: pathlib.Path) -> None:
+  """Runs the stages named in ``config.stages``, in order, each on WORKDIR.
+
+  Raises ValueError naming the unknown stage(s) before any stage runs.
+  """
   stages = list(config.stages)
   unknown = [s for s in stages if s not in STAGES]
   if unknown:

@@ -69,10 +69,12 @@ def rm_path(workdir: str | pathlib.Path, round_index: int) -> pathlib.Path:
 
 
 def is_done(directory: pathlib.Path) -> bool:
+  """Whether ``directory`` holds the DONE marker of a finished stage or round."""
   return (pathlib.Path(directory) / DONE).exists()
 
 
 def mark_done(directory: pathlib.Path) -> None:
+  """Writes the DONE marker that makes later launches skip this stage or round."""
   (pathlib.Path(directory) / DONE).write_text("ok\n")
 
 
@@ -87,6 +89,7 @@ def write_json(path: str | pathlib.Path, value: Any) -> None:
 
 
 def read_json(path: str | pathlib.Path, what: str) -> Any:
+  """Reads a JSON artefact; FileNotFoundError says which stage (``what``) writes it."""
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run {what} first")
@@ -94,6 +97,7 @@ def read_json(path: str | pathlib.Path, what: str) -> Any:
 
 
 def write_jsonl(path: str | pathlib.Path, records: list[dict[str, Any]]) -> None:
+  """Atomic JSON-lines write (NaN/Inf as null): a kill never leaves half a file."""
   from advrm_jax.evaluation.report import to_json_safe  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,7 @@ def write_jsonl(path: str | pathlib.Path, records: list[dict[str, Any]]) -> None
 
 
 def save_npz(path: str | pathlib.Path, **arrays: Any) -> None:
+  """Atomic ``np.savez`` (write to a temporary name, then rename)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.stem + ".tmp.npz")
@@ -113,6 +118,7 @@ def save_npz(path: str | pathlib.Path, **arrays: Any) -> None:
 
 
 def load_npz(path: str | pathlib.Path, what: str) -> dict[str, np.ndarray]:
+  """Loads every array of an .npz artefact (no pickles); FileNotFoundError names the stage to run."""
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run {what} first")
@@ -121,6 +127,7 @@ def load_npz(path: str | pathlib.Path, what: str) -> dict[str, np.ndarray]:
 
 
 def num_rounds(config: Any) -> int:
+  """``config.advrm.num_rounds``, checked to be >= 0."""
   rounds = int(config.advrm.num_rounds)
   if rounds < 0:
     raise ValueError(f"advrm.num_rounds must be >= 0, got {rounds}")
@@ -133,6 +140,7 @@ def num_rounds(config: Any) -> int:
 
 
 def sampling_config(node: Any) -> SamplingConfig:
+  """A SamplingConfig from a config node (lists become tuples, so it stays hashable)."""
   values = dict(node)
   values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
   return SamplingConfig(**values)
@@ -235,6 +243,7 @@ def gold_of(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, response_tokens:
 
 
 def decode_prompts(prompt_tokens: np.ndarray, prompt_mask: np.ndarray) -> list[str]:
+  """Prompt texts of synthetic-world prompt rows (BOS and padding dropped)."""
   from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
   return [world.TOKENIZER.decode([t for t, m in zip(row, mask) if m and t != world.BOS_ID])
           for row, mask in zip(prompt_tokens, prompt_mask)]

@@ -40,6 +40,7 @@ INITS = ("previous", "scratch")
 
 
 def read_jsonl(path: pathlib.Path, what: str) -> list[dict[str, Any]]:
+  """Every record of a JSON-lines artefact; FileNotFoundError names the stage (``what``) to run."""
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run {what} first")
   with open(path, encoding="utf-8") as f:

@@ -56,6 +56,7 @@ class RolloutCollector:
     self.directory.mkdir(parents=True, exist_ok=True)
 
   def path(self, step: int) -> pathlib.Path:
+    """The file holding the samples of (1-based) step ``step``."""
     return self.directory / f"step_{step:05d}.npz"
 
   def __call__(self, step: int, rollout: dict[str, Any]) -> None:

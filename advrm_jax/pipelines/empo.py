@@ -57,6 +57,7 @@ EQUIVALENCES = {"exact": empo.exact_match, "within_one": empo.within_one}
 
 
 def corpus_mix(config: Any) -> rw.CorpusMix:
+  """The reasoning SFT corpus's mix of slips and re-checks from ``config.world``."""
   world = config.world
   return rw.CorpusMix(slip_probs=tuple(world.slip_probs), check_after_slip=world.check_after_slip,
                       check_after_correct=world.check_after_correct, max_attempts=world.max_attempts)
@@ -232,6 +233,7 @@ def entropy_diagnostic(graphdef: nnx.GraphDef, params: Any, prompts: dict[str, n
 
 
 def semantic_source(node: Any, num_samples: int) -> empo.SemanticEntropySource:
+  """EMPO's semantic-entropy reward source from ``config.empo.semantic``."""
   sem = node.semantic
   if sem.equivalence not in EQUIVALENCES:
     raise ValueError(f"empo.semantic.equivalence: unknown {sem.equivalence!r}; expected one of "
@@ -243,6 +245,7 @@ def semantic_source(node: Any, num_samples: int) -> empo.SemanticEntropySource:
 
 
 def reward_source_for(spec: Any, node: Any, rl_config: Any, where: str) -> Any:
+  """The reward source of one ``config.empo.runs`` entry: "semantic" (EMPO) or "correctness"."""
   kind = spec.get("source", "semantic")
   if kind == "semantic":
     source = semantic_source(node, rl_config.num_samples)

@@ -90,6 +90,7 @@ def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params:
 
 
 def label_gold_agreement(workdir: pathlib.Path) -> float:
+  """How often the held-out preference labels agree with gold (ties count 1/2): the accuracy ceiling."""
   from advrm_jax.pipelines import prefs  # pylint: disable=import-outside-toplevel
   from advrm_jax.pipelines.advtrain import read_jsonl  # pylint: disable=import-outside-toplevel
   records = read_jsonl(workdir / prefs.STAGE / prefs.TEST_FILE, "the `prefs` stage")
@@ -320,6 +321,7 @@ def _fmt(value: Any, fmt: str = ".2f") -> str:
 
 
 def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
+  """Renders REPORT.md from a report dict (``report.json``); also used by ``python -m advrm_jax.report``."""
   lines = ["# Adv-RM on the synthetic world", "",
            f"Work dir `{report['workdir']}`; {report['num_seeds']} seeds per policy group; "
            f"{report['num_rounds']} adversarial-training rounds. Numbers are mean ± std over seeds.", ""]

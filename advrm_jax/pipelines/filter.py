@@ -39,6 +39,7 @@ CHOSEN = ("best_by_ensemble", "random")
 
 
 def pairs_path(workdir: pathlib.Path, round_index: int) -> pathlib.Path:
+  """WORKDIR/filter/round_<r>/adversarial_pairs.jsonl."""
   return advrm.round_dir(workdir, STAGE, round_index) / PAIRS_FILE
 
 

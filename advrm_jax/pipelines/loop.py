@@ -67,6 +67,7 @@ def _logged(jsonl_path: pathlib.Path, step: int, scalars: dict[str, Any]) -> boo
 
 @dataclasses.dataclass
 class LoopConfig:
+  """Step counts and intervals of ``train_loop`` (``seed`` keys the per-step RNG)."""
   num_steps: int
   log_every: int = 10
   checkpoint_every: int = 100

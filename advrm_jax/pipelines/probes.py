@@ -176,6 +176,7 @@ def filter_comparison(member_logits: np.ndarray, data: dict[str, np.ndarray], nu
 
 def plot_reliability(path: pathlib.Path, probs: np.ndarray, labels: np.ndarray, num_bins: int,
                      title: str) -> pathlib.Path:
+  """Reliability diagram of probe confidences (fraction correct per bin) as a PNG."""
   bins = pr.reliability_bins(probs, labels, num_bins)
   fig, (ax,) = report._figure()  # pylint: disable=protected-access
   centres = (np.arange(num_bins) + 0.5) / num_bins
@@ -189,6 +190,7 @@ def plot_reliability(path: pathlib.Path, probs: np.ndarray, labels: np.ndarray, 
 
 
 def plot_early_exit(path: pathlib.Path, table: list[dict[str, float]]) -> pathlib.Path:
+  """Final-answer accuracy vs tokens saved, one point per early-exit threshold, as a PNG."""
   fig, (ax,) = report._figure()  # pylint: disable=protected-access
   saved = [100 * r["tokens_saved"] for r in table]
   acc = [100 * r["accuracy"] for r in table]

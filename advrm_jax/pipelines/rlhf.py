@@ -50,6 +50,7 @@ def _node_dict(node: Any, cls: type, where: str, drop: tuple[str, ...] = ()) -> 
 
 
 def rl_config_from(node: Any, where: str) -> RLConfig:
+  """An RLConfig from a config node; unknown keys are an error naming ``where``."""
   return RLConfig(**_node_dict(node, RLConfig, where))
 
 
@@ -67,6 +68,7 @@ def synthetic_prompt_arrays(num: int, seed: int, split: str, max_prompt_len: int
 
 
 def synthetic_gold(prompt_tokens, prompt_mask, response_tokens, response_mask):
+  """The synthetic world's exact gold reward of token rows ([B]), jittable."""
   from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
   return world.gold_reward(prompt_tokens, prompt_mask, response_tokens, response_mask)
 

@@ -238,6 +238,7 @@ def load_pairs(config: Any, workdir: str | pathlib.Path | None = None) -> tuple[
 
 
 def tokenize(config: Any, pairs: list[Any], tokenizer: Any, what: str) -> dict[str, np.ndarray]:
+  """Tokenises pairs with the ``config.data`` sequence options; logs how many were skipped as over-long."""
   data = config.data
   out = tokenize_pairs(pairs, tokenizer, data.max_prompt_len, data.max_response_len,
                        padding_side=data.padding_side, use_chat_template=data.use_chat_template,

@@ -91,6 +91,7 @@ def model_config_from(config) -> ModelConfig:
 
 
 def save_model_config(directory: pathlib.Path, model_config: ModelConfig) -> None:
+  """Writes ``model_config.json`` (what ``load_policy`` rebuilds the policy from)."""
   directory.mkdir(parents=True, exist_ok=True)
   (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
 

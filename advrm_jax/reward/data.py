@@ -154,6 +154,7 @@ class MemberBatches:
 
   @property
   def steps_per_epoch(self) -> int:
+    """Full batches per pass over the training pairs."""
     return self.num_examples // self.batch_size
 
   def indices(self, step: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -77,6 +77,11 @@ class RLConfig:
 
 @flax.struct.dataclass
 class RLState:
+  """State of one RL run (one seed); ``jax.vmap`` over stacked states runs several seeds.
+
+  Holds the step, the params ``{"policy", "value_head"[, "critic"]}``, the
+  optimizer state and the current KL coefficient.
+  """
   step: Array
   params: Any        # {"policy", "value_head", optional "critic"}
   opt_state: Any
@@ -84,11 +89,13 @@ class RLState:
 
 
 def init_value_head(d_model: int) -> dict[str, Array]:
+  """A zero-initialised value head ([D] kernel, scalar bias) on the final hidden state."""
   # Zero init: the first value estimates are 0 and the critic learns from there.
   return {"kernel": jnp.zeros((d_model,), jnp.float32), "bias": jnp.zeros((), jnp.float32)}
 
 
 def init_policy_params(policy_params: Any, d_model: int, critic_params: Any | None = None) -> dict[str, Any]:
+  """The RL parameter dict: the policy, a fresh value head, and optionally a separate critic."""
   params = {"policy": policy_params, "value_head": init_value_head(d_model)}
   if critic_params is not None:
     params["critic"] = critic_params
@@ -96,6 +103,7 @@ def init_policy_params(policy_params: Any, d_model: int, critic_params: Any | No
 
 
 def policy_param_axes(policy_axes: Any, critic_axes: Any | None = None) -> dict[str, Any]:
+  """Logical axis names parallel to ``init_policy_params`` (for sharded RL states)."""
   axes = {"policy": policy_axes, "value_head": {"kernel": ("embed",), "bias": ()}}
   if critic_axes is not None:
     axes["critic"] = critic_axes
@@ -103,6 +111,7 @@ def policy_param_axes(policy_axes: Any, critic_axes: Any | None = None) -> dict[
 
 
 def init_rl_state(params: Any, optimizer: optax.GradientTransformation, config: RLConfig) -> RLState:
+  """A fresh RLState with copies of ``params``, a new optimizer state and ``config.kl_coef``."""
   # Copy: the policy usually starts from the reference's own arrays, and the
   # iteration donates its state, which would free the reference too.
   params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)

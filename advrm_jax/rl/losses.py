@@ -267,11 +267,13 @@ class AdaptiveKLController:
   horizon: float
 
   def init(self) -> jax.Array:
+    """The initial KL coefficient as a float32 scalar."""
     return adaptive_kl_init(self.init_kl_coef)
 
   def update(
       self, coef: ArrayLike, current_kl: ArrayLike, n_steps: ArrayLike
   ) -> jax.Array:
+    """The next coefficient after ``n_steps`` samples with observed KL ``current_kl``."""
     return adaptive_kl_update(coef, current_kl, n_steps, self.target,
                               self.horizon)
 

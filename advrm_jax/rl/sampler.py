@@ -107,10 +107,12 @@ class SamplingConfig:
 
   @property
   def greedy(self) -> bool:
+    """True when temperature is 0 (argmax decoding)."""
     return self.temperature == 0
 
   @property
   def eos_ids(self) -> tuple[int, ...]:
+    """The end-of-sequence ids as a tuple (empty when ``eos_id`` is None)."""
     if self.eos_id is None:
       return ()
     if isinstance(self.eos_id, int):
@@ -118,6 +120,7 @@ class SamplingConfig:
     return self.eos_id
 
   def replace(self, **changes) -> "SamplingConfig":
+    """A copy with the given fields changed (validated again)."""
     return dataclasses.replace(self, **changes)
 
 
