@@ -2,11 +2,16 @@
 
 Stages hand over checkpoints and datasets on disk in WORKDIR/<stage>/, never
 in-memory objects, so any stage can be rerun or resumed on its own.
+
+From Python (a notebook, a test): ``config = load_config("configs/synthetic.py:small")``,
+change fields, then ``run_stages(config, workdir)``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import pathlib
 import time
 
@@ -27,6 +32,37 @@ STAGES = {
     "online": "advrm_jax.pipelines.online",
     "evaluate": "advrm_jax.pipelines.evaluate",
 }
+
+
+def load_config(spec: str | os.PathLike[str]):
+  """Loads a config file as ``--config`` does, without absl flags.
+
+  Args:
+    spec: ``path/to/config.py`` or ``path/to/config.py:arg`` (``arg`` goes
+      to its ``get_config``). A relative path is looked up in the current
+      directory, then in the repository root (where ``configs/`` lives).
+
+  Returns:
+    The locked ``ml_collections.ConfigDict``: fields can be changed (with
+    type checks) but not added, so a misspelt key is an error, as with
+    ``--config.a.b=value``.
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    ValueError: from the file's ``get_config`` (e.g. an unknown ``arg``).
+  """
+  path, _, arg = os.fspath(spec).partition(":")
+  candidate = pathlib.Path(path).expanduser()
+  if not candidate.is_absolute() and not candidate.exists():
+    candidate = pathlib.Path(__file__).resolve().parents[2] / candidate
+  if not candidate.is_file():
+    raise FileNotFoundError(f"config file {path} not found (looked in {pathlib.Path.cwd()} and the repository root)")
+  module_spec = importlib.util.spec_from_file_location(f"advrm_config_{candidate.stem}", candidate)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  config.lock()
+  return config
 
 
 def run_stages(config, workdir: pathlib.Path) -> None:

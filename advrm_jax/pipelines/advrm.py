@@ -233,34 +233,104 @@ def score_members(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prompt_
   return np.concatenate(chunks, axis=1).astype(np.float32)
 
 
+# The helpers below take the run's policy tokenizer (``policy_tokenizer``):
+# None is the synthetic world (word tokenizer, exact gold); an imported
+# policy's rows are decoded with its own tokenizer and have no gold.
+
+
+def policy_tokenizer(workdir: str | pathlib.Path) -> Any:
+  """The tokenizer of a policy imported by the `sft` stage; None for the synthetic world's policy."""
+  from advrm_jax.pipelines import sft  # pylint: disable=import-outside-toplevel
+  meta_path = pathlib.Path(workdir) / "sft" / sft.POLICY_META_FILE
+  if not meta_path.exists():
+    return None
+  from advrm_jax.pipelines.rm import load_tokenizer  # pylint: disable=import-outside-toplevel
+  return load_tokenizer(json.loads(meta_path.read_text()))
+
+
+def require_synthetic_policy(workdir: str | pathlib.Path, stage: str) -> None:
+  """Stops a stage that needs the synthetic world's prompts or gold when the policy is an imported checkpoint."""
+  from advrm_jax.pipelines import sft  # pylint: disable=import-outside-toplevel
+  if (pathlib.Path(workdir) / "sft" / sft.POLICY_META_FILE).exists():
+    raise ValueError(f"{stage}: needs the synthetic world (its prompts and exact gold reward), but the policy in "
+                     f"{pathlib.Path(workdir) / 'sft'} is an imported checkpoint; on your own model run the stages "
+                     "sft, prefs, rm, attack, filter and advtrain (configs/advrm_own.py)")
+
+
 def gold_of(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, response_tokens: np.ndarray,
-            response_mask: np.ndarray) -> np.ndarray:
-  """The synthetic world's exact gold reward of token rows: [N] numpy."""
+            response_mask: np.ndarray, tokenizer: Any = None) -> np.ndarray:
+  """The synthetic world's exact gold reward of token rows: [N] numpy.
+
+  With an imported policy's ``tokenizer`` the rows are real text, which has
+  no gold: all NaN (null in JSON; the stages' summaries then report None).
+  """
+  if tokenizer is not None:
+    return np.full(np.shape(response_tokens)[0], np.nan, np.float32)
   from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
   gold, _ = world.score_batch({"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask,
                                "response_tokens": response_tokens, "response_mask": response_mask})
   return gold
 
 
-def decode_prompts(prompt_tokens: np.ndarray, prompt_mask: np.ndarray) -> list[str]:
-  """Prompt texts of synthetic-world prompt rows (BOS and padding dropped)."""
+def decode_prompts(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, tokenizer: Any = None) -> list[str]:
+  """Prompt texts of prompt rows (BOS and padding dropped); ``tokenizer`` None = the synthetic world's."""
+  if tokenizer is not None:
+    return [tokenizer.decode([int(t) for t, m in zip(row, mask) if m and t != tokenizer.bos_id])
+            for row, mask in zip(prompt_tokens, prompt_mask)]
   from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
   return [world.TOKENIZER.decode([t for t, m in zip(row, mask) if m and t != world.BOS_ID])
           for row, mask in zip(prompt_tokens, prompt_mask)]
 
 
-def decode_responses(response_tokens: np.ndarray, response_mask: np.ndarray) -> list[str]:
+def decode_responses(response_tokens: np.ndarray, response_mask: np.ndarray, tokenizer: Any = None) -> list[str]:
   """Response texts (up to the first EOS; an unterminated response is cut where it stopped)."""
+  if tokenizer is not None:
+    texts = []
+    for row, mask in zip(response_tokens, response_mask):
+      ids = [int(t) for t, m in zip(row, mask) if m]
+      if tokenizer.eos_id in ids:
+        ids = ids[:ids.index(tokenizer.eos_id)]
+      texts.append(tokenizer.decode(ids))
+    return texts
   from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
   return [world.TOKENIZER.decode_response([t for t, m in zip(row, mask) if m])
           for row, mask in zip(response_tokens, response_mask)]
+
+
+def sample_table(samples: dict[str, np.ndarray], tokenizer: Any, limit: int = 4) -> str:
+  """A markdown table of an RL step's sample responses, decoded with an imported policy's ``tokenizer``.
+
+  The ``text_fn`` of RL runs on an imported policy (``rlhf.train_policy``
+  defaults to the synthetic world's decoder).
+  """
+  prompts = samples["samples/prompt_tokens"].reshape(-1, samples["samples/prompt_tokens"].shape[-1])[:limit]
+  responses = samples["samples/response_tokens"].reshape(-1, samples["samples/response_tokens"].shape[-1])[:limit]
+  proxy = samples["samples/proxy_reward"].reshape(-1)[:limit]
+  # Sample tables carry no masks: padding is the tokenizer's pad id.
+  prompt_texts = decode_prompts(prompts, prompts != tokenizer.pad_id, tokenizer)
+  response_texts = decode_responses(responses, np.ones_like(responses, bool), tokenizer)
+  clean = lambda text: text.replace("|", "\\|").replace("\n", " ")
+  rows = ["| prompt | response | proxy |", "|---|---|---|"]
+  for prompt, response, score in zip(prompt_texts, response_texts, proxy):
+    rows.append(f"| {clean(prompt)} | {clean(response)} | {float(score):.2f} |")
+  return "\n".join(rows)
+
+
+def reference_prompts(reference: dict[str, np.ndarray]) -> list[Any]:
+  """The attack pool's prompts as a preference file holds them (text, or chat messages)."""
+  if "prompts_json" in reference:
+    # Chat-message prompts of your own data do not fit a numpy string array.
+    return [json.loads(str(p)) for p in reference["prompts_json"]]
+  return [str(p) for p in reference["prompts"]]
 
 
 def load_reference(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
   """The `prefs` stage's reference samples on the attack prompt pool.
 
   Returns prompt_tokens [P, Lp], prompt_mask, prompts [P] (text),
-  response_tokens [P, n, R], response_mask [P, n, R], gold [P, n].
+  response_tokens [P, n, R], response_mask [P, n, R], gold [P, n] (NaN for
+  an imported policy); from your own data also prompts_json [P] (see
+  ``reference_prompts``).
   """
   return load_npz(pathlib.Path(workdir) / "prefs" / "reference.npz", "the `prefs` stage")
 

@@ -23,6 +23,11 @@ Artefacts in WORKDIR/attack/round_<r>/: the RL run (checkpoints/,
 metrics.jsonl, tb/, params), rollouts/step_<t>.npz (raw per-step samples,
 so a resumed run keeps what it collected), collected.npz, final_samples.npz,
 summary.json, DONE.
+
+On a policy imported by the `sft` stage (your own model and data) the round
+runs the same way, decoding with the policy's tokenizer; real text has no
+gold, so gold columns are NaN and success rates None, and ``above_threshold``
+(the share of answers with R1 > T(x)) says how far the attack got.
 """
 
 from __future__ import annotations
@@ -103,11 +108,17 @@ def success_by_seed(r1: np.ndarray, gold: np.ndarray, seeds: np.ndarray, prompt_
   Args:
     r1, gold: [M] the samples' R1 and gold. seeds, prompt_index: [M].
     reference_r1, reference_gold: [P, n] the reference samples'.
+
+  Without gold (all NaN: an imported policy's samples) the rates are None.
   """
+  has_gold = bool(np.isfinite(gold).any())
   per_seed = []
   for seed in np.unique(seeds):
     rows = seeds == seed
     idx = prompt_index[rows]
+    if not has_gold:
+      per_seed.append({"standard": None, "strict": None, "num_responses": int(rows.sum())})
+      continue
     per_seed.append(attack_success(r1[rows], reference_r1[idx], gold[rows], reference_gold[idx]))
   return {"standard": [s["standard"] for s in per_seed], "strict": [s["strict"] for s in per_seed],
           "num_responses": [s["num_responses"] for s in per_seed]}
@@ -129,6 +140,14 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
                      "rm.num_members >= 2")
   if not 0 <= node.target < num_members:
     raise ValueError(f"attack.target={node.target} is not a member of the {num_members}-member ensemble")
+  # None: the synthetic world's policy; else an imported policy's (its samples have no gold).
+  tokenizer = advrm.policy_tokenizer(workdir)
+  if tokenizer is not None:
+    rm_tokens = {k: rm_meta["tokenizer"].get(k) for k in ("vocab_size", "eos_id")}
+    if rm_tokens != {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}:
+      raise ValueError(f"attack: RM round {round_index} reads tokens {rm_tokens} but the policy in "
+                       f"{workdir / 'sft'} writes vocab_size={tokenizer.vocab_size}, eos_id={tokenizer.eos_id}; "
+                       "give rm.backbone.path the policy's checkpoint (model.path)")
   reference = advrm.load_reference(workdir)
   reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
   reference_r1 = reference_scores[node.target]
@@ -139,8 +158,10 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
                            r2_kind=node.r2_kind)
   num_seeds = config.num_seeds
   collector = RolloutCollector(out / "rollouts")
+  policy_text = {} if tokenizer is None else {
+      "gold_fn": None, "text_fn": lambda samples, step: {"samples": advrm.sample_table(samples, tokenizer)}}
   state = train_policy(f"attack/round_{round_index}", out, workdir / "sft", config, node, source, rm_params,
-                       prompts, num_seeds, collect_fn=collector)
+                       prompts, num_seeds, collect_fn=collector, **policy_text)
 
   # Every sample of the run, scored by every member and by gold.
   collected = collector.load(node.num_steps)
@@ -150,7 +171,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
                                                    collected["prompt_mask"], collected["response_tokens"],
                                                    collected["response_mask"])
   collected["gold"] = advrm.gold_of(collected["prompt_tokens"], collected["prompt_mask"],
-                                    collected["response_tokens"], collected["response_mask"])
+                                    collected["response_tokens"], collected["response_mask"], tokenizer)
   collected["threshold"] = threshold[collected["prompt_index"]]
   advrm.save_npz(out / "collected.npz", **collected)
 
@@ -168,7 +189,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   final["member_scores"] = advrm.score_members(rm_graphdef, rm_params, final["prompt_tokens"], final["prompt_mask"],
                                                final["response_tokens"], final["response_mask"])
   final["gold"] = advrm.gold_of(final["prompt_tokens"], final["prompt_mask"], final["response_tokens"],
-                                final["response_mask"])
+                                final["response_mask"], tokenizer)
   advrm.save_npz(out / "final_samples.npz", **final)
 
   r1 = collected["member_scores"][node.target]
@@ -180,6 +201,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
       "final": dict(success_by_seed(final["member_scores"][node.target], final["gold"], final["seed"],
                                     final["prompt_index"], reference_r1, reference["gold"]),
                     r1_mean=float(final["member_scores"][node.target].mean()), gold_mean=float(final["gold"].mean()),
+                    above_threshold=float(np.mean(final["member_scores"][node.target]
+                                                  > threshold[final["prompt_index"]])),
                     eos_fraction=float(final["has_eos"].mean())),
       "collected": dict(success_by_seed(r1, collected["gold"], collected["seed"], collected["prompt_index"],
                                         reference_r1, reference["gold"]),
@@ -188,9 +211,14 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   }
   advrm.write_json(out / "summary.json", summary)
   advrm.mark_done(out)
-  logging.info("attack/round_%d: final attacker success %s%% standard, %s%% strict; %d samples collected",
-               round_index, np.round(summary["final"]["standard"], 1), np.round(summary["final"]["strict"], 1),
-               r1.size)
+  if tokenizer is None:
+    logging.info("attack/round_%d: final attacker success %s%% standard, %s%% strict; %d samples collected",
+                 round_index, np.round(summary["final"]["standard"], 1), np.round(summary["final"]["strict"], 1),
+                 r1.size)
+  else:
+    logging.info("attack/round_%d: the final attacker beats T(x) on %.0f%% of its answers (no gold: attack "
+                 "success needs the synthetic world); %d samples collected", round_index,
+                 100 * summary["final"]["above_threshold"], r1.size)
 
 
 def run(config: Any, workdir: pathlib.Path) -> None:

@@ -403,6 +403,7 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Stage `evaluate`: builds the report from whatever stages have finished."""
   from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
+  advrm.require_synthetic_policy(workdir, "evaluate")
   plots = workdir / "plots"
   target = config.attack.target
   reference = advrm.load_reference(workdir)

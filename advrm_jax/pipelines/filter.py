@@ -17,7 +17,8 @@ sample, or a random one.
 
 Artefacts in WORKDIR/filter/round_<r>/: adversarial_pairs.jsonl
 ({prompt, chosen, rejected} + r1, uncertainty, z, gold columns for
-analysis), summary.json, DONE.
+analysis), scores.npz (U, z(U) and the decision for every collected sample;
+``top_samples`` reads it), summary.json, DONE.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from advrm_jax.pipelines import advrm
 
 STAGE = "filter"
 PAIRS_FILE = "adversarial_pairs.jsonl"
+SCORES_FILE = "scores.npz"
 STANDARDIZE = ("reference", "collected")
 CHOSEN = ("best_by_ensemble", "random")
 
@@ -60,6 +62,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
     raise FileNotFoundError(f"filter: {attack_dir} is not finished; run the `attack` stage for round {round_index}")
   collected = advrm.load_npz(attack_dir / "collected.npz", "the `attack` stage")
   reference = advrm.load_reference(workdir)
+  tokenizer = advrm.policy_tokenizer(workdir)  # None: the synthetic world
   from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
   rm_graphdef, rm_params, _ = load_reward_model(advrm.rm_path(workdir, round_index))
   reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
@@ -71,9 +74,10 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   reference_u = np.asarray(uncertainty(reference_scores.reshape(num_members, -1), node.uncertainty, target, r2_kind))
   z = np.asarray(standardize(u, reference=reference_u if node.standardize == "reference" else None))
   keep = np.asarray(filter_mask(r1, collected["threshold"], z, node.z_min))
+  advrm.save_npz(out / SCORES_FILE, uncertainty=u, z=z, keep=keep, target=np.int32(target))
 
   # One pair per distinct (prompt, response): the adversary repeats itself.
-  texts = advrm.decode_responses(collected["response_tokens"], collected["response_mask"])
+  texts = advrm.decode_responses(collected["response_tokens"], collected["response_mask"], tokenizer)
   seen: set[tuple[int, str]] = set()
   kept_rows = []
   for row in np.flatnonzero(keep):
@@ -89,7 +93,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   # Chosen side: a reference sample of the same prompt (never judged by gold).
   reference_texts = np.array(advrm.decode_responses(
       reference["response_tokens"].reshape(num_prompts * n, -1),
-      reference["response_mask"].reshape(num_prompts * n, -1)), dtype=object).reshape(num_prompts, n)
+      reference["response_mask"].reshape(num_prompts * n, -1), tokenizer), dtype=object).reshape(num_prompts, n)
   ensemble_mean = reference_scores.mean(axis=0)  # [P, n]
   ensemble_mean = np.where(reference_texts != "", ensemble_mean, -np.inf)
   if node.chosen == "best_by_ensemble":
@@ -99,7 +103,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   prompt_index = collected["prompt_index"][kept_rows]
   chosen_texts = [reference_texts[p, chosen_column[p]] for p in prompt_index]
   chosen_gold = reference["gold"][prompt_index, chosen_column[prompt_index]]
-  prompts = [str(reference["prompts"][p]) for p in prompt_index]
+  pool_prompts = advrm.reference_prompts(reference)
+  prompts = [pool_prompts[p] for p in prompt_index]
   records = build_adversarial_pairs(
       prompts, [texts[row] for row in kept_rows], chosen_texts,
       extra={"round": [round_index] * kept_rows.size, "seed": collected["seed"][kept_rows],
@@ -111,6 +116,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   gold = collected["gold"]
   reference_gold_mean = reference["gold"].mean(axis=1)[collected["prompt_index"]]
   kept_gold = gold[kept_rows]
+  # Real text (an imported policy) has no gold: the gold statistics are None.
+  has_gold = kept_rows.size > 0 and bool(np.isfinite(gold).any())
   summary = {
       "round": round_index, "num_collected": int(r1.size),
       "num_above_threshold": int(np.sum(r1 > collected["threshold"])),
@@ -118,11 +125,11 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
       "num_unique_kept": len(seen), "num_pairs": len(records),
       "kept_fraction": float(keep.mean()) if keep.size else 0.0,
       # Kept samples truly worse than the chosen response / than the reference's mean, by gold.
-      "kept_worse_than_chosen": float(np.mean(kept_gold < chosen_gold)) if kept_rows.size else None,
+      "kept_worse_than_chosen": float(np.mean(kept_gold < chosen_gold)) if has_gold else None,
       "kept_worse_than_reference_mean": (float(np.mean(kept_gold < reference_gold_mean[kept_rows]))
-                                         if kept_rows.size else None),
-      "kept_gold_mean": float(kept_gold.mean()) if kept_rows.size else None,
-      "chosen_gold_mean": float(chosen_gold.mean()) if kept_rows.size else None,
+                                         if has_gold else None),
+      "kept_gold_mean": float(kept_gold.mean()) if has_gold else None,
+      "chosen_gold_mean": float(chosen_gold.mean()) if has_gold else None,
       "collected_gold_mean": float(gold.mean()),
       # Does uncertainty predict a gold shortfall across all collected samples?
       "uncertainty_gold": uncertainty_gold_correlation(u, reference_gold_mean - gold),
@@ -130,9 +137,10 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   }
   advrm.write_json(out / "summary.json", summary)
   advrm.mark_done(out)
-  logging.info("filter/round_%d: kept %d of %d samples (%d pairs); %.0f%% of them worse than the chosen response "
-               "by gold", round_index, summary["num_kept"], summary["num_collected"], len(records),
-               100 * (summary["kept_worse_than_chosen"] or 0.0))
+  worse = summary["kept_worse_than_chosen"]
+  logging.info("filter/round_%d: kept %d of %d samples (%d pairs)%s", round_index, summary["num_kept"],
+               summary["num_collected"], len(records),
+               "" if worse is None else f"; {100 * worse:.0f}% of them worse than the chosen response by gold")
 
 
 def run(config: Any, workdir: pathlib.Path) -> None:
@@ -144,3 +152,44 @@ def run(config: Any, workdir: pathlib.Path) -> None:
         raise FileNotFoundError("filter: the round-0 attack is not finished; run the `attack` stage")
       break
     run_round(config, workdir, r)
+
+
+def top_samples(workdir: str | pathlib.Path, round_index: int = 0, limit: int = 10) -> list[dict[str, Any]]:
+  """What the attack of round r found: its distinct samples that R1 scores highest.
+
+  Reads the round's attack (collected.npz) and filter (scores.npz) artefacts,
+  so it needs both stages, and decodes with the run's policy tokenizer.
+
+  Returns:
+    Up to ``limit`` rows, highest R1 first, each {"prompt", "response",
+    "r1" (the attacked member's reward), "threshold" (T(x)),
+    "above_threshold", "uncertainty" (the filter's U), "z" (z(U)), "kept"
+    (the filter kept it), "members" (every member's reward), "gold" (None
+    without gold), "seed", "step"}.
+  """
+  workdir = pathlib.Path(workdir)
+  collected = advrm.load_npz(advrm.round_dir(workdir, "attack", round_index) / "collected.npz", "the `attack` stage")
+  scores = advrm.load_npz(advrm.round_dir(workdir, STAGE, round_index) / SCORES_FILE, "the `filter` stage")
+  tokenizer = advrm.policy_tokenizer(workdir)
+  pool_prompts = advrm.reference_prompts(advrm.load_reference(workdir))
+  members = collected["member_scores"]
+  r1 = members[int(scores["target"])]
+  rows, seen = [], set()
+  for row in np.argsort(-r1, kind="stable"):
+    response = advrm.decode_responses(collected["response_tokens"][row:row + 1],
+                                      collected["response_mask"][row:row + 1], tokenizer)[0]
+    key = (int(collected["prompt_index"][row]), response)
+    if key in seen:
+      continue
+    seen.add(key)
+    gold = float(collected["gold"][row])
+    rows.append({"prompt": pool_prompts[collected["prompt_index"][row]], "response": response,
+                 "r1": float(r1[row]), "threshold": float(collected["threshold"][row]),
+                 "above_threshold": bool(r1[row] > collected["threshold"][row]),
+                 "uncertainty": float(scores["uncertainty"][row]), "z": float(scores["z"][row]),
+                 "kept": bool(scores["keep"][row]), "members": [float(m) for m in members[:, row]],
+                 "gold": gold if np.isfinite(gold) else None, "seed": int(collected["seed"][row]),
+                 "step": int(collected["step"][row])})
+    if len(rows) >= limit:
+      break
+  return rows

@@ -172,6 +172,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
   from advrm_jax.rl.sampler import SamplingConfig  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
+  advrm.require_synthetic_policy(workdir, "online")
   out = workdir / STAGE
   if advrm.is_done(out):
     logging.info("online: done, skipping")

@@ -26,11 +26,15 @@ Artefacts in WORKDIR/prefs/:
   (see ``advrm.load_reference``);
 * ``summary.json``: counts, label noise, the reference policy's gold;
 * ``DONE``.
+
+On your own data (``prefs.source = "jsonl"``, with a policy imported by the
+`sft` stage) the pairs come from a file instead: see ``run_from_file``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from typing import Any
 
@@ -38,8 +42,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from advrm_jax.data.batching import train_test_split
-from advrm_jax.data.preferences import PreferencePair
+from advrm_jax.data.batching import prompt_key, tokenize_prompts, train_test_split
+from advrm_jax.data.preferences import PreferencePair, read_preferences, write_preferences
 from advrm_jax.pipelines import advrm
 from advrm_jax.pipelines.rlhf import synthetic_prompt_arrays
 from advrm_jax.pipelines.sft import load_policy
@@ -47,6 +51,8 @@ from advrm_jax.pipelines.sft import load_policy
 STAGE = "prefs"
 TRAIN_FILE = "preferences.jsonl"
 TEST_FILE = "preferences_test.jsonl"
+# Where the preference pairs come from (``prefs.source``).
+SOURCES = ("synthetic", "jsonl")
 
 
 def preference_records(prompts: list[str], responses_a: list[str], responses_b: list[str], beta: float,
@@ -76,6 +82,13 @@ def run(config: Any, workdir: pathlib.Path) -> None:
     logging.info("prefs: %s/DONE exists, skipping", stage_dir)
     return
   node = config.prefs
+  source = node.get("source", "synthetic")
+  if source not in SOURCES:
+    raise ValueError(f"prefs.source: unknown source {source!r}; expected one of {SOURCES}")
+  if source == "jsonl":
+    run_from_file(config, workdir)
+    return
+  advrm.require_synthetic_policy(workdir, "prefs (prefs.source='synthetic')")
   stage_dir.mkdir(parents=True, exist_ok=True)
   _, graphdef, params = load_policy(workdir / "sft")
   # The reference policy as RL sees it (rlhf.sampling) for the attack pool;
@@ -136,3 +149,91 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   advrm.mark_done(stage_dir)
   logging.info("prefs: %d train / %d test pairs (labels agree with gold %.1f%%), reference gold %.2f",
                len(train), len(test), 100 * summary["label_gold_agreement"], summary["reference_gold_mean"])
+
+
+def run_from_file(config: Any, workdir: pathlib.Path) -> None:
+  """Stage `prefs` on your own preference file and a policy imported by the `sft` stage.
+
+  * The pairs of ``prefs.path`` (JSONL/JSONL.gz; ``prefs.format``,
+    ``prefs.on_error`` as the `rm` stage's ``data.*`` keys) are split by
+    prompt (``prefs.test_fraction``) into preferences.jsonl and
+    preferences_test.jsonl (prompt_chosen_rejected records).
+  * The attack prompt pool is up to ``prefs.num_attack_prompts`` distinct
+    prompts of the training pairs (shuffled by ``config.seed``), encoded as
+    the `rm` stage encodes prompts (``data.max_prompt_len``,
+    ``data.use_chat_template``, ``data.add_bos``; left-padded, long prompts
+    keep their end), so the RM scores the adversary's samples in the layout
+    it was trained on.
+  * The imported policy answers each of them ``prefs.reference_samples``
+    times with ``attack.sampling`` (the adversary's sampling, so T(x) and
+    the reference statistics compare like with like) -> reference.npz.
+    Real text has no gold: its ``gold`` is NaN.
+
+  Raises:
+    ValueError: naming the key, for a policy from the synthetic world, a
+      missing file, or ``attack.sampling.eos_id`` that is not the policy
+      tokenizer's EOS (its responses would never end).
+  """
+  # The rm stage's rule for data paths ({workdir}, then the repository root, then the cwd).
+  from advrm_jax.pipelines.rm import _resolve  # pylint: disable=import-outside-toplevel,protected-access
+  workdir = pathlib.Path(workdir)
+  stage_dir = workdir / STAGE
+  node, data = config.prefs, config.data
+  tokenizer = advrm.policy_tokenizer(workdir)
+  if tokenizer is None:
+    raise ValueError("prefs.source='jsonl': needs a policy imported by the `sft` stage (model.source 'hf' or "
+                     "'gguf'); the synthetic world's policy only knows the world's words")
+  sampling = advrm.sampling_config(config.attack.sampling)
+  eos_ids = sampling.eos_id if isinstance(sampling.eos_id, tuple) else (sampling.eos_id,)
+  if tokenizer.eos_id not in eos_ids:
+    raise ValueError(f"attack.sampling.eos_id={sampling.eos_id} does not include the policy tokenizer's EOS "
+                     f"{tokenizer.eos_id}; set --config.attack.sampling.eos_id={tokenizer.eos_id}")
+  if not node.get("path"):
+    raise ValueError("prefs.path: no preference file given; set --config.prefs.path=/path/to/pairs.jsonl[.gz]")
+  path = _resolve(node.path, workdir)
+  if not path.exists():
+    raise FileNotFoundError(f"prefs.path: preference file {path} not found")
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  result = read_preferences(path, format=node.get("format", "auto"), on_error=node.get("on_error", "raise"))
+  pairs = list(result)
+  train, test = train_test_split(pairs, node.test_fraction, config.seed)
+  if not train:
+    raise ValueError(f"prefs.path: {path} leaves no training pairs (prefs.test_fraction={node.test_fraction})")
+  write_preferences(stage_dir / TRAIN_FILE, train)
+  write_preferences(stage_dir / TEST_FILE, test)
+
+  # The attack prompt pool: distinct training prompts, in a seeded order.
+  by_prompt: dict[str, PreferencePair] = {}
+  for pair in train:
+    by_prompt.setdefault(prompt_key(pair.prompt), pair)
+  pool = list(by_prompt.values())
+  order = np.random.default_rng([int(config.seed), 29]).permutation(len(pool))
+  pool = [pool[i] for i in order[:node.num_attack_prompts]]
+  encoded = tokenize_prompts(pool, tokenizer, data.max_prompt_len, padding_side="left",
+                             use_chat_template=data.use_chat_template, on_overlength="truncate",
+                             add_bos=data.add_bos)
+  prompt_tokens, prompt_mask = encoded["tokens"], encoded["mask"].astype(bool)
+
+  _, graphdef, params = load_policy(workdir / "sft")
+  n, num_prompts = node.reference_samples, len(pool)
+  reference = advrm.sample_responses(graphdef, params, np.repeat(prompt_tokens, n, axis=0),
+                                     np.repeat(prompt_mask, n, axis=0).astype(np.int32),
+                                     jax.random.key(config.seed + 1009), sampling, node.sample_batch_size)
+  width = reference["response_tokens"].shape[1]
+  advrm.save_npz(
+      stage_dir / "reference.npz", prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
+      prompts=np.array(advrm.decode_prompts(prompt_tokens, prompt_mask, tokenizer)),
+      prompts_json=np.array([json.dumps(p.prompt, ensure_ascii=False) for p in pool]),
+      response_tokens=reference["response_tokens"].reshape(num_prompts, n, width),
+      response_mask=reference["response_mask"].reshape(num_prompts, n, width).astype(bool),
+      gold=np.full((num_prompts, n), np.nan, np.float32))
+  summary = {
+      "source": "jsonl", "path": str(path), "format": result.stats.format, "num_records": result.stats.num_records,
+      "skipped": dict(result.stats.skipped), "num_pairs": len(pairs), "num_train": len(train), "num_test": len(test),
+      "num_attack_prompts": num_prompts, "reference_samples": n,
+      "reference_eos_fraction": float(np.mean(reference["has_eos"])),
+  }
+  advrm.write_json(stage_dir / "summary.json", summary)
+  advrm.mark_done(stage_dir)
+  logging.info("prefs: %d train / %d test pairs from %s; %d attack prompts x %d reference answers", len(train),
+               len(test), path, num_prompts, n)

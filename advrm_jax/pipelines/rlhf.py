@@ -138,6 +138,9 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
   # Committed to the mesh like the step's outputs (and a restored state), so
   # the first step does not compile a second variant for uncommitted inputs.
   state = jax.device_put(state, shd.replicated(mesh))
+  # The reference and reward weights are loaded onto one device; on a mesh of
+  # several, jit refuses arguments committed to different devices.
+  ref_params, reward_params = jax.device_put((ref_params, reward_params), shd.replicated(mesh))
 
   def seeds_step(state, ref_params, reward_params, batch, rng):
     rngs = jax.random.split(rng, num_seeds)
@@ -204,7 +207,9 @@ def reward_source_for(run: Any, workdir: pathlib.Path, where: str) -> tuple[Any,
 
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `rlhf`: one policy group per ``config.rlhf.runs`` entry."""
+  from advrm_jax.pipelines.advrm import require_synthetic_policy  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
+  require_synthetic_policy(workdir, "rlhf")
   node = config.rlhf
   prompts = synthetic_prompt_arrays(node.num_prompts, config.seed, "rl", config.world.max_prompt_len)
   for name, run_spec in node.runs.items():

