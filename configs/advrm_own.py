@@ -188,7 +188,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting).
   config.attack.rl = ml_collections.ConfigDict(dict(
       algorithm="rloo", num_samples=2 if small else 4, ppo_epochs=1, num_minibatches=1, kl_coef=0.05,
-      kl_estimator="k1", kl_in_reward=True, missing_eos_penalty=-2.0))
+      kl_estimator="k1", kl_in_reward=True, missing_eos_penalty=2.0))
   # AdamW for the adversary.
   config.attack.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3 if small else 1e-5, schedule="constant", warmup_steps=0, grad_clip=1.0))

@@ -237,7 +237,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting); "ppo" works too.
   config.attack.rl = ml_collections.ConfigDict(dict(
       algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.01, kl_estimator="k1",
-      kl_in_reward=True, missing_eos_penalty=-2.0))
+      kl_in_reward=True, missing_eos_penalty=2.0))
   # AdamW for the adversary (a loose KL and a fast learning rate: its job is to find exploits).
   config.attack.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, schedule="constant", warmup_steps=0, grad_clip=1.0))
@@ -342,7 +342,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # RLConfig fields (advrm_jax/rl/engine.py): algorithm, samples per prompt, KL...
   config.rlhf.rl = ml_collections.ConfigDict(dict(
       algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.02, kl_estimator="k1",
-      kl_in_reward=True, missing_eos_penalty=-2.0))
+      kl_in_reward=True, missing_eos_penalty=2.0))
   # AdamW for the policies.
   config.rlhf.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, schedule="constant", warmup_steps=0, grad_clip=1.0))

@@ -358,6 +358,13 @@ def test_missing_eos_penalty():
   _close(out, [1.0, 0.5, 3.0])
 
 
+def test_negative_missing_eos_penalty_is_a_config_error():
+  # Subtracting a negative penalty would reward responses that never end.
+  from advrm_jax.rl.engine import RLConfig
+  with pytest.raises(ValueError, match="rl.missing_eos_penalty"):
+    RLConfig(missing_eos_penalty=-2.0)
+
+
 def test_aggregate_loss_modes():
   fn = jax.jit(losses.aggregate_loss, static_argnames="mode")
   per_token = jnp.array([[1.0, 2.0, 3.0, 99.0],

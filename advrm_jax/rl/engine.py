@@ -73,6 +73,10 @@ class RLConfig:
       raise ValueError(f"rl.num_samples must be >= 2 for {self.algorithm}, got {self.num_samples}")
     if self.critic not in ("shared", "separate"):
       raise ValueError(f"rl.critic: unknown {self.critic!r}; expected shared or separate")
+    # The penalty is subtracted: a negative value would reward responses that never end.
+    if self.missing_eos_penalty < 0:
+      raise ValueError(f"rl.missing_eos_penalty must be >= 0 (it is subtracted from the reward of a "
+                       f"response without EOS), got {self.missing_eos_penalty}")
 
 
 @flax.struct.dataclass
