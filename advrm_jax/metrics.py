@@ -19,6 +19,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 import time
 from typing import Any, Iterable, Mapping
@@ -109,7 +110,7 @@ class MetricWriter:
       eta = f" eta {_fmt_seconds((self.total_steps - step) / rate)}"
     # The headline quantities first; per-seed / per-member breakdowns stay in the logs.
     headline = ("loss", "proxy_reward", "gold_reward", "kl", "accuracy", "reward")
-    aggregates = [(k, v) for k, v in scalars.items() if "/seed" not in k and "/member" not in k]
+    aggregates = [(k, v) for k, v in scalars.items() if not is_breakdown(k)]
     aggregates.sort(key=lambda kv: headline.index(kv[0]) if kv[0] in headline else len(headline))
     shown = " ".join(f"{k}={_fmt_value(v)}" for k, v in aggregates[:6])
     total = f"/{self.total_steps}" if self.total_steps else ""
@@ -139,6 +140,14 @@ def _fmt_seconds(seconds: float) -> str:
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+_BREAKDOWN = re.compile(r"[/_](seed|member)_?\d")
+
+
+def is_breakdown(key: str) -> bool:
+  """Whether a metric is a per-seed / per-member copy of an aggregate (``gold/seed1``, ``accuracy_member_0``)."""
+  return _BREAKDOWN.search(key) is not None
+
+
 def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
   """Reads a metrics.jsonl file, ignoring a final line cut by a kill."""
   records = []
@@ -161,8 +170,10 @@ def plot_metrics(jsonl_path: str | pathlib.Path, out_path: str | pathlib.Path,
   if not records:
     return None
   if keys is None:
+    # Aggregates only: per-seed / per-member copies (as in the progress line)
+    # would multiply the panels, and the rendering time, by the seed count.
     keys = [k for k, v in records[-1].items()
-            if k not in ("step", "time") and isinstance(v, (int, float))]
+            if k not in ("step", "time") and isinstance(v, (int, float)) and not is_breakdown(k)]
   keys = list(keys)
   if not keys:
     return None

@@ -81,3 +81,18 @@ def test_report_json_goes_through_the_evaluate_renderer(tmp_path):
 def test_missing_workdir_is_a_one_line_error(tmp_path, capsys):
   assert report.main([str(tmp_path / "nope")]) == 2
   assert "is not a directory" in capsys.readouterr().err
+
+
+def test_metrics_plot_draws_aggregates_not_per_seed_or_member_copies(tmp_path, monkeypatch):
+  from advrm_jax import metrics  # pylint: disable=import-outside-toplevel
+  writer = MetricWriter(tmp_path, name="rm", tensorboard=False, stream=io.StringIO())
+  writer.write_scalars(1, {"loss": 1.0, "accuracy": 0.5, "accuracy_member_0": 0.4, "gold/seed1": 2.0,
+                           "reward/member3": 0.1, "seed_count": 3})
+  writer.close()
+  titles = []
+  import matplotlib.axes  # pylint: disable=import-outside-toplevel
+  real_set_title = matplotlib.axes.Axes.set_title
+  monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                      lambda self, label, *a, **k: (titles.append(label), real_set_title(self, label, *a, **k))[1])
+  assert metrics.plot_metrics(writer.jsonl_path, tmp_path / "metrics.png") is not None
+  assert titles == ["loss", "accuracy", "seed_count"]

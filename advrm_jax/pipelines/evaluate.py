@@ -75,7 +75,8 @@ def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params:
   pairs = list(read_preferences(path))
   seq = meta["sequence"]
   data = tokenize_pairs(pairs, load_tokenizer(meta), seq["max_prompt_len"], seq["max_response_len"],
-                        padding_side=seq["padding_side"], on_overlength="truncate", add_bos=seq["add_bos"])
+                        padding_side=seq["padding_side"], on_overlength="truncate", add_bos=seq["add_bos"],
+                        use_chat_template=seq.get("use_chat_template", False))
   score = jax.jit(lambda p, t, m: reward_scores(rm_graphdef, p, t, m))
   chosen = np.concatenate([np.asarray(score(rm_params, data["chosen_tokens"][i:i + 256],
                                             data["chosen_mask"][i:i + 256]))
@@ -481,8 +482,13 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   if attack_rounds:
     series = {f"{ADV_RM} {kind}": [[r[ADV_RM][kind]["mean"] for r in attack_rounds]] for kind in ("standard", "strict")}
     series[f"{TEXTFOOLER} standard"] = [[r[TEXTFOOLER]["standard"]["mean"] for r in attack_rounds]]
-    if report.get("online") and isinstance(report["online"].get("attack_success_per_round"), list):
-      series["online standard"] = [report["online"]["attack_success_per_round"]]
+    online = report.get("online")
+    if online and online.get("attack") and len(attack_rounds) > 1:
+      # The online mode has no rounds: its fresh attack is drawn at the last round (same compute
+      # budget as the whole schedule), starting from the conventional RM of round 0.
+      series["online standard (same compute)"] = [
+          [attack_rounds[0][ADV_RM]["standard"]["mean"]] + [np.nan] * (len(attack_rounds) - 2)
+          + [online["attack"]["standard_mean"]]]
     rep.plot_attack_success_per_round(plots / "attack_success_per_round.png", series)
     made.append("attack_success_per_round.png")
     collected = advrm.load_npz(advrm.round_dir(workdir, "attack", 0) / "collected.npz", "the attack")
