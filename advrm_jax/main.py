@@ -2,7 +2,7 @@ r"""advrm_jax entry point.
 
   python -m advrm_jax.main --config configs/synthetic.py --workdir /tmp/advrm
   python -m advrm_jax.main --config configs/synthetic.py:small --workdir /tmp/advrm_small \
-      --config.seeds=1 --config.rm.num_steps=50
+      --config.num_seeds=1 --config.rm.num_steps=50
 
 ``--config`` is an ml_collections config file defining ``get_config(arg)``;
 ``:arg`` after the path is passed to it (e.g. ``small`` shrinks every budget

@@ -29,7 +29,8 @@ Stages (each resumes from, or skips, its artefacts in WORKDIR):
   advtrain  RM round 1: RM round 0 trained further on your pairs plus them
 
 Real text has no gold reward, so the synthetic world's attack-success rates
-and the `rlhf` / `evaluate` stages do not apply; the attack's summary reports
+and the `rlhf`, `online` and `evaluate` stages do not apply (they stop with
+an error on an imported policy); the attack's summary reports
 how often the adversary beat T(x), and filter/round_0/adversarial_pairs.jsonl
 holds what it found (R1, uncertainty, z). Running `attack` and `filter` again
 after `advtrain` attacks the hardened RM (round 1).
@@ -129,9 +130,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   rm.num_members = 2 if small else 4
   # Each member fits its own bootstrap resample of the pairs.
   rm.member_data = "bootstrap"
-  # Seeds of the batch order / resamples, a from-scratch backbone, the reward heads.
+  # Seed of the batch order and the bootstrap resamples.
   rm.data_seed = 0
+  # Seed of a from-scratch backbone's initialisation (unused with a checkpoint backbone).
   rm.init_seed = 0
+  # Seed of the K reward heads (new on top of the checkpoint's backbone).
   rm.head_seed = 1
   # The backbone's own tokenizer (the adversary writes the same token ids).
   rm.tokenizer = "auto"
@@ -140,8 +143,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   rm.backbone = ml_collections.ConfigDict()
   # The policy's checkpoint: the RM must read the tokens the adversary writes.
   rm.backbone.source = config.model.get_ref("source")
+  # Checkpoint directory or .gguf file of the backbone.
   rm.backbone.path = config.model.get_ref("path")
+  # Compute dtype of the backbone.
   rm.backbone.dtype = config.model.get_ref("dtype")
+  # Parameter storage dtype of the backbone.
   rm.backbone.param_dtype = config.model.get_ref("param_dtype")
   # Unused with a checkpoint backbone (ModelConfig fields of a from-scratch one).
   rm.backbone.model = ml_collections.ConfigDict(dict(
@@ -167,9 +173,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   rm.optimizer.b1 = 0.9
   rm.optimizer.b2 = 0.95
   rm.optimizer.eps = 1e-8
-  # Log / checkpoint intervals.
+  # Log metrics every this many steps.
   rm.log_every = 2 if small else 25
+  # Save an orbax checkpoint every this many steps.
   rm.checkpoint_every = 4 if small else 100
+  # Checkpoints kept on disk.
   rm.keep_checkpoints = 2
   # Evaluate the rm stage's test split only at the end.
   rm.eval_every = 0
@@ -201,8 +209,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.num_steps = 2 if small else 100
   # Prompts per iteration (from the attack pool); x rl.num_samples must divide over the data-parallel devices.
   config.attack.prompts_per_step = 4 if small else 8
-  # Log / checkpoint intervals.
+  # Log metrics every this many steps.
   config.attack.log_every = 1 if small else 10
+  # Save an orbax checkpoint every this many steps.
   config.attack.checkpoint_every = 2 if small else 50
   # lambda of R1 - lambda * R2.
   config.attack.lam = 1.0

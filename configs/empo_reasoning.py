@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The policy backbone: a small Llama trained from scratch on the task.
   config.model = ml_collections.ConfigDict()
-  # Where weights come from: only "scratch" for the reasoning task.
+  # Only "scratch": the `empo` stage always trains its reference policy from scratch and does not read this key.
   config.model.source = "scratch"
   config.model.arch = "llama"
   # Exactly the reasoning task's vocabulary (checked), so no id is undecodable.

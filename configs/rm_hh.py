@@ -15,7 +15,11 @@ Launch (from the repository root):
 * ``scratch``: a small from-scratch backbone over UTF-8 bytes (CPU runs).
 * ``small``: shrink everything (1 layer, d_model 32, a few steps) for tests:
   ``python -m advrm_jax.main --config configs/rm_hh.py:small --workdir /tmp/rm_small``
-* ``synthetic``: the synthetic world's preference pairs instead of a file.
+* ``synthetic``: the synthetic world's preference pairs instead of a file,
+  read with the world's word tokenizer and no chat template.
+
+At most one of ``gguf``, ``hf``, ``scratch`` picks the backbone; without one,
+``small`` and ``synthetic`` imply ``scratch`` and anything else ``gguf``.
 
 ``data.path`` defaults to the 600-pair HH-RLHF slice that sits beside the
 development checkout (``../shared/data/hh-rlhf/``, relative to the
@@ -40,9 +44,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/rm_hh.py: unknown option(s) {sorted(unknown)}; "
                      "expected some of gguf, hf, scratch, small, synthetic")
   small = "small" in options
-  if "hf" in options:
-    backbone_source = "hf"
-  elif "scratch" in options or small:
+  synthetic = "synthetic" in options
+  backbones = sorted(options & {"gguf", "hf", "scratch"})
+  if len(backbones) > 1:
+    raise ValueError(f"configs/rm_hh.py: options {backbones} each choose the backbone; give one of them")
+  if backbones:
+    backbone_source = backbones[0]
+  elif small or synthetic:
+    # The SmolLM2 default is neither small nor able to render the word tokenizer's prompts with a chat template.
     backbone_source = "scratch"
   else:
     backbone_source = "gguf"
@@ -60,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ---- Preference data -----------------------------------------------------
   config.data = ml_collections.ConfigDict()
   # "jsonl": read data.path; "synthetic": generate the synthetic world's pairs.
-  config.data.source = "synthetic" if "synthetic" in options else "jsonl"
+  config.data.source = "synthetic" if synthetic else "jsonl"
   # JSONL or JSONL.gz of {prompt, chosen, rejected} or HH-RLHF {chosen, rejected}.
   config.data.path = HH_SLICE
   # "auto" (detected from the first record), "prompt_chosen_rejected" or "hh_rlhf".
@@ -81,8 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.padding_side = "right"
   # "truncate" (cut prompts from the left, responses from the right), "skip" or "error".
   config.data.on_overlength = "truncate"
-  # Render prompts with the tokenizer's chat template (instruct backbones).
-  config.data.use_chat_template = backbone_source == "gguf"
+  # Render prompts with the tokenizer's chat template (instruct backbones; the synthetic world's word
+  # tokenizer has none).
+  config.data.use_chat_template = backbone_source == "gguf" and not synthetic
   # Prepend the tokenizer's BOS to every prompt.
   config.data.add_bos = False
   config.data.synthetic = ml_collections.ConfigDict()

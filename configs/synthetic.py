@@ -48,7 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The policy / reference backbone (a small Llama trained from scratch).
   config.model = ml_collections.ConfigDict()
-  # Where weights come from: only "scratch" for the synthetic world.
+  # Where weights come from (read by the `sft` stage): "scratch" trains the policy on the world's corpus, which
+  # the synthetic world needs; "hf" / "gguf" import a checkpoint instead (configs/advrm_own.py), and then
+  # `prefs` (synthetic pairs), `online`, `rlhf` and `evaluate` stop with an error.
   config.model.source = "scratch"
   # Transformer family (advrm_jax.models.config).
   config.model.arch = "llama"
@@ -307,8 +309,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.online.num_steps = config.advrm.num_rounds * config.attack.num_steps
   # Prompts per iteration: one adversary sees as many as the attack's vmapped seeds together.
   config.online.prompts_per_step = config.attack.prompts_per_step * config.num_seeds
-  # Log / checkpoint intervals.
+  # Log metrics every this many steps.
   config.online.log_every = 2 if small else 10
+  # Save an orbax checkpoint every this many steps.
   config.online.checkpoint_every = 4 if small else 40
   # The adversary's RL, optimizer and sampling: the attack's.
   config.online.rl = ml_collections.ConfigDict(dict(config.attack.rl))

@@ -2,12 +2,13 @@ r"""XManager launcher: one ``advrm_jax.main`` job per point of a config-override
 
   # Print the job specs and command lines, launch nothing (no xmanager needed):
   python launch/xm_launch.py --dry_run --config=configs/synthetic.py:small \
-      --workdir=/tmp/xm --set=seeds=1 --sweep=rm.learning_rate=1e-3,3e-3 --sweep=rm.num_members=2,4
+      --workdir=/tmp/xm --set=num_seeds=1 --sweep=rm.optimizer.learning_rate=1e-3,3e-3 \
+      --sweep=rm.num_members=2,4
 
   # Launch on Vertex AI with TPUs (pip install -e '.[xmanager]', gcloud set up):
   xmanager launch launch/xm_launch.py -- --config=configs/synthetic.py \
-      --workdir=gs://bucket/advrm --platform=tpu --accelerator=tpu_v4 --accelerator_count=8 \
-      --sweep=advtrain.rounds=1,2,3
+      --workdir=/shared/advrm --platform=tpu --accelerator=tpu_v4 --accelerator_count=8 \
+      --sweep=advrm.num_rounds=1,2,3
 
 Sweep syntax: ``--sweep=KEY=V1,V2,...`` (repeatable; the jobs are the
 Cartesian product, first flag slowest). Commas inside brackets belong to the
@@ -16,6 +17,11 @@ instead of commas when present (``--sweep=name=a,b|c``). ``--set=KEY=V`` is
 a fixed override for every job. Keys are config paths as for ``main.py``'s
 ``--config.KEY=V``; unknown keys fail there, at job start, with a one-line
 error naming the key.
+
+``--workdir`` is a local / POSIX path that every job can read and write (a
+mounted shared file system): advrm_jax handles work dirs with ``pathlib``
+for now, so a ``gs://`` URL is not supported (it would become a local
+directory named ``gs:``).
 
 Structure: ``build_job_specs`` is a pure function from flags to ``JobSpec``s
 (command line, flags, environment, accelerator requirements); only
@@ -65,7 +71,7 @@ class JobSpec:
   Attributes:
     name: unique job name (experiment name, index and swept values).
     args: flags of ``advrm_jax.main`` in order, without the leading ``--``
-      (``{"config": ..., "workdir": ..., "config.rm.learning_rate": "0.001"}``).
+      (``{"config": ..., "workdir": ..., "config.rm.optimizer.learning_rate": "0.001"}``).
     env: environment variables of the job.
     platform: one of PLATFORMS.
     requirements: accelerator requirements (``{"tpu_v4": 8}``), the keyword
@@ -265,7 +271,8 @@ def launch_with_xmanager(specs: Sequence[JobSpec], experiment_title: str, repo_r
 
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file for advrm_jax.main (configs/<name>.py[:arg]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Base work directory; each job writes to <workdir>/<job name>.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Base work directory, a local/POSIX path (no gs:// yet); each job "
+                                "writes to <workdir>/<job name>.")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2,... swept config override (repeatable: product).")
 _SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every job (repeatable).")
 _PLATFORM = flags.DEFINE_enum("platform", "local", PLATFORMS, "local (docker on this machine) or cloud cpu/gpu/tpu.")

@@ -15,12 +15,12 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_sweep_is_a_product_with_bracket_aware_values():
-  points = xm_launch.expand_sweep(["rm.learning_rate=1e-3,3e-3", "mesh.shape=(-1,1,1),(2,2,2)"])
+  points = xm_launch.expand_sweep(["rm.optimizer.learning_rate=1e-3,3e-3", "mesh.shape=(-1,1,1),(2,2,2)"])
   assert points == [
-      {"rm.learning_rate": "1e-3", "mesh.shape": "(-1,1,1)"},
-      {"rm.learning_rate": "1e-3", "mesh.shape": "(2,2,2)"},
-      {"rm.learning_rate": "3e-3", "mesh.shape": "(-1,1,1)"},
-      {"rm.learning_rate": "3e-3", "mesh.shape": "(2,2,2)"},
+      {"rm.optimizer.learning_rate": "1e-3", "mesh.shape": "(-1,1,1)"},
+      {"rm.optimizer.learning_rate": "1e-3", "mesh.shape": "(2,2,2)"},
+      {"rm.optimizer.learning_rate": "3e-3", "mesh.shape": "(-1,1,1)"},
+      {"rm.optimizer.learning_rate": "3e-3", "mesh.shape": "(2,2,2)"},
   ]
   assert xm_launch.expand_sweep(["name=a,b|c"]) == [{"name": "a,b"}, {"name": "c"}]
   assert xm_launch.expand_sweep([]) == [{}]
@@ -28,21 +28,21 @@ def test_sweep_is_a_product_with_bracket_aware_values():
 
 def test_tpu_sweep_specs_and_command_lines():
   specs = xm_launch.build_job_specs(
-      "configs/synthetic.py:small", "gs://bucket/runs/", sweep=["rm.learning_rate=1e-3,3e-3", "seeds=1,2"],
+      "configs/synthetic.py:small", "/shared/runs/", sweep=["rm.optimizer.learning_rate=1e-3,3e-3", "num_seeds=1,2"],
       overrides=["config.rm.num_steps=50"], platform="tpu", accelerator="tpu_v4", accelerator_count=8,
       num_hosts=2, experiment_name="lr sweep")
   assert len(specs) == 4
   assert len({s.name for s in specs}) == 4 and len({s.args["workdir"] for s in specs}) == 4
   first = specs[0]
-  assert first.name == "lr_sweep-000-learning_rate=1e-3-seeds=1"
+  assert first.name == "lr_sweep-000-learning_rate=1e-3-num_seeds=1"
   assert first.requirements == {"tpu_v4": 8} and first.platform == "tpu"
-  assert first.sweep_values == {"rm.learning_rate": "1e-3", "seeds": "1"}
+  assert first.sweep_values == {"rm.optimizer.learning_rate": "1e-3", "num_seeds": "1"}
   assert first.argv() == [
       "python", "-m", "advrm_jax.main", "--config=configs/synthetic.py:small",
-      f"--workdir=gs://bucket/runs/{first.name}", "--config.rm.num_steps=50", "--config.distributed=True",
-      "--config.rm.learning_rate=1e-3", "--config.seeds=1"]
-  assert [s.args["config.seeds"] for s in specs] == ["1", "2", "1", "2"]  # first sweep flag slowest
-  assert [s.args["config.rm.learning_rate"] for s in specs] == ["1e-3", "1e-3", "3e-3", "3e-3"]
+      f"--workdir=/shared/runs/{first.name}", "--config.rm.num_steps=50", "--config.distributed=True",
+      "--config.rm.optimizer.learning_rate=1e-3", "--config.num_seeds=1"]
+  assert [s.args["config.num_seeds"] for s in specs] == ["1", "2", "1", "2"]  # first sweep flag slowest
+  assert [s.args["config.rm.optimizer.learning_rate"] for s in specs] == ["1e-3", "1e-3", "3e-3", "3e-3"]
   # The command line is a valid shell line giving back the same argv.
   assert shlex.split(first.command_line()) == first.argv()
 
@@ -61,9 +61,9 @@ def test_local_and_gpu_environment():
     (dict(platform="tpu"), "needs --accelerator"),
     (dict(platform="tpu", accelerator="a100", accelerator_count=1), "not a TPU type"),
     (dict(platform="local", accelerator="a100", accelerator_count=1), "takes no --accelerator"),
-    (dict(sweep=["seeds=1,1"]), "distinct"),
-    (dict(sweep=["seeds=1", "seeds=2"]), "swept twice"),
-    (dict(sweep=["seeds=1,2"], overrides=["seeds=3"]), "both give"),
+    (dict(sweep=["num_seeds=1,1"]), "distinct"),
+    (dict(sweep=["num_seeds=1", "num_seeds=2"]), "swept twice"),
+    (dict(sweep=["num_seeds=1,2"], overrides=["num_seeds=3"]), "both give"),
     (dict(sweep=["not a key=1"]), "--sweep=not a key=1"),
     (dict(platform="slurm"), "--platform=slurm"),
 ])
@@ -76,7 +76,7 @@ def test_dry_run_cli_prints_the_sweep_without_xmanager(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
   result = subprocess.run(
       [sys.executable, str(REPO_ROOT / "launch" / "xm_launch.py"), "--dry_run", "--config=configs/synthetic.py:small",
-       f"--workdir={tmp_path}", "--set=seeds=1", "--sweep=rm.learning_rate=1e-3,3e-3", "--platform=gpu",
+       f"--workdir={tmp_path}", "--set=num_seeds=1", "--sweep=rm.optimizer.learning_rate=1e-3,3e-3", "--platform=gpu",
        "--accelerator=h100", "--accelerator_count=8"],
       capture_output=True, text=True, env=env, timeout=60, check=False)
   assert result.returncode == 0, result.stderr
@@ -85,8 +85,8 @@ def test_dry_run_cli_prints_the_sweep_without_xmanager(tmp_path):
   assert lines[1] == "# advrm-000-learning_rate=1e-3 (gpu {'h100': 8})"
   assert lines[2] == (f"XLA_PYTHON_CLIENT_PREALLOCATE=false python -m advrm_jax.main "
                       f"--config=configs/synthetic.py:small --workdir={tmp_path}/advrm-000-learning_rate=1e-3 "
-                      "--config.seeds=1 --config.rm.learning_rate=1e-3")
-  assert lines[4].endswith("--config.rm.learning_rate=3e-3")
+                      "--config.num_seeds=1 --config.rm.optimizer.learning_rate=1e-3")
+  assert lines[4].endswith("--config.rm.optimizer.learning_rate=3e-3")
   bad = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "xm_launch.py"), "--dry_run",
                         "--config=c.py", "--workdir=/tmp/x", "--sweep=seeds"],
                        capture_output=True, text=True, env=env, timeout=60, check=False)
@@ -110,14 +110,14 @@ class _RecordingExperiment:
 def test_specs_become_xm_jobs():
   pytest.importorskip("xmanager", reason="xmanager is an optional extra (pip install -e '.[xmanager]'); "
                       "the dry-run tests above cover the job specs without it")
-  specs = xm_launch.build_job_specs("configs/synthetic.py", "/tmp/x", sweep=["seeds=1,2"], platform="tpu",
+  specs = xm_launch.build_job_specs("configs/synthetic.py", "/tmp/x", sweep=["num_seeds=1,2"], platform="tpu",
                                     accelerator="tpu_v4", accelerator_count=8)
   experiment = xm_launch.launch_with_xmanager(specs, "test", experiment=_RecordingExperiment())
   assert len(experiment.packaged) == 1 and len(experiment.jobs) == 2
   job = experiment.jobs[1]
   # xm.Job converts the dict to xm.SequentialArgs.
   args = job.args.to_dict() if hasattr(job.args, "to_dict") else dict(job.args)
-  assert args["config.seeds"] == "2" and job.name == specs[1].name
+  assert args["config.num_seeds"] == "2" and job.name == specs[1].name
   assert job.env_vars == {}  # TPU jobs need no extra environment
   assert "tpu_v4" in str(job.executor.requirements).lower()
 

@@ -178,6 +178,10 @@ def test_config_errors_name_the_key(tmp_path):
   with pytest.raises(rm_stage.ConfigError, match="rm.tokenizer"):
     rm_stage.run(config, tmp_path)
   config = _tiny_synthetic_config()
+  config.data.use_chat_template = True  # the word tokenizer has no chat template
+  with pytest.raises(rm_stage.ConfigError, match="data.use_chat_template=True"):
+    rm_stage.run(config, tmp_path)
+  config = _tiny_synthetic_config()
   config.rm.member_data = "shuffle"  # needs an independent ensemble
   with pytest.raises(ValueError, match="rm.member_data"):
     rm_stage.run(config, tmp_path)
@@ -201,3 +205,16 @@ def test_every_config_field_has_a_comment():
   assert config.rm.optimizer.total_steps == config.rm.num_steps
   with pytest.raises(ValueError, match="unknown option"):
     _config("smal")
+
+
+def test_synthetic_option_alone_implies_a_scratch_backbone_without_chat_template():
+  # `:synthetic` used to keep the gguf default, whose chat template the word tokenizer cannot render.
+  config = _config("synthetic")
+  assert config.data.source == "synthetic" and config.rm.backbone.source == "scratch"
+  assert not config.data.use_chat_template and config.rm.num_steps == _config(None).rm.num_steps
+  for arg, backbone in (("synthetic,hf", "hf"), ("synthetic,gguf", "gguf"), ("small,synthetic", "scratch")):
+    config = _config(arg)
+    assert config.rm.backbone.source == backbone and not config.data.use_chat_template, arg
+  assert _config(None).data.use_chat_template and _config("gguf,small").rm.backbone.source == "gguf"
+  with pytest.raises(ValueError, match=r"\['gguf', 'hf'\] each choose the backbone"):
+    _config("hf,gguf")

@@ -24,10 +24,13 @@ Layout of WORKDIR (every stage hands over files, never objects):
   attack/round_<r>/        adversary run: metrics, params, collected.npz
                            (every sample of the run), final_samples.npz,
                            summary.json
-  filter/round_<r>/        adversarial_pairs.jsonl, summary.json
-  advtrain/round_<r>/      pairs.jsonl and rm/ (RM round r, r >= 1)
+  filter/round_<r>/        adversarial_pairs.jsonl, scores.npz, summary.json
+  advtrain/round_<r>/      pairs.jsonl and rm/ (RM round r, r >= 1);
+                           advtrain/final links to the last round
+  online/                  the online mode (stage `online`, when listed)
   rlhf/<run>/              policies trained against each RM (stage `rlhf`)
-  evaluate/, report.json, REPORT.md, plots/   (stage `evaluate`)
+  report.json, REPORT.md, plots/   in WORKDIR itself (stage `evaluate`,
+                           which has no directory of its own)
 
 This module also holds the helpers those stages share: paths, sampling from
 a policy in fixed-size jitted chunks, scoring with an RM ensemble, gold.

@@ -285,6 +285,10 @@ def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
 
   backbone_path = _backbone_path(config, workdir)
   tokenizer = build_tokenizer(config, rm_config.backbone.source, backbone_path)
+  if data_config.use_chat_template and getattr(tokenizer, "chat_template", None) is None:
+    # Checked here, before the backbone is loaded, rather than at the first pair the tokenizer cannot render.
+    raise ConfigError(f"data.use_chat_template=True but the tokenizer ({tokenizer!r}, rm.tokenizer="
+                      f"{rm_config.tokenizer!r}) has no chat template; set --config.data.use_chat_template=False")
   width = data_config.max_prompt_len + data_config.max_response_len + 1
   model_cfg, backbone_params = build_backbone(config, tokenizer, width, workdir)
 
