@@ -27,13 +27,17 @@ Stages (each resumes from, or skips, its artefacts in WORKDIR):
   attack    the adversary (RL from the policy) against RM round 0
   filter    its samples with R1 > T(x) and z(U) > 1.96 -> adversarial pairs
   advtrain  RM round 1: RM round 0 trained further on your pairs plus them
+  inspect   what the adversary found: its answers beside the policy's own, their
+            rewards under RM rounds 0 and 1 and automatic quality checks
+            (repetition, punctuation, prompt copying, perplexity) in
+            WORKDIR/inspect/REPORT.md
 
 Real text has no gold reward, so the synthetic world's attack-success rates
 and the `rlhf`, `online` and `evaluate` stages do not apply (they stop with
 an error on an imported policy); the attack's summary reports
 how often the adversary beat T(x), and filter/round_0/adversarial_pairs.jsonl
-holds what it found (R1, uncertainty, z). Running `attack` and `filter` again
-after `advtrain` attacks the hardened RM (round 1).
+holds what it found (R1, uncertainty, z); `inspect` reports on it. Running
+`attack` and `filter` again after `advtrain` attacks the hardened RM (round 1).
 """
 
 import ml_collections
@@ -49,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   # Stages run in order; each resumes from (or skips, when done) its artefacts in WORKDIR/<stage>/.
-  config.stages = ("sft", "prefs", "rm", "attack", "filter", "advtrain")
+  config.stages = ("sft", "prefs", "rm", "attack", "filter", "advtrain", "inspect")
   # Base seed: data split, prompt pool, initialisation and sampling derive from it.
   config.seed = 0
   # Adversaries trained at once per round, vmapped over seeds.
@@ -253,6 +257,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.advtrain.num_steps = 2 if small else 200
   # Peak learning rate per round.
   config.advtrain.learning_rate = 1e-3 if small else 5e-6
+
+  # Stage `inspect`: the attack's findings (WORKDIR/inspect/REPORT.md, report.json) beside the policy's own answers,
+  # scored by every RM round that exists and checked for repetition, punctuation, prompt copying and perplexity.
+  config.inspect = ml_collections.ConfigDict()
+  # The attack round whose samples are inspected.
+  config.inspect.round = 0
+  # Prompts shown in REPORT.md with the adversarial answer beside the reference answer.
+  config.inspect.num_examples = 8
+  # Rows per jitted perplexity call (its logits are batch x max_response_len x vocabulary floats).
+  config.inspect.batch_size = 8 if small else 16
 
   # The round schedule: attack/filter/advtrain run every round whose inputs exist, up to num_rounds.
   config.advrm = ml_collections.ConfigDict()

@@ -1,19 +1,25 @@
 """Loading configs from Python, and the stages on your own model and data (configs/advrm_own.py).
 
 The whole own-model loop (rm -> attack -> filter -> advtrain) runs in
-tests/test_notebooks.py (notebook 02); these are the cheap parts: config
-loading, importing a checkpoint as the policy, the `prefs` stage on a file,
-decoding with the policy's tokenizer, and the errors of stages that need the
-synthetic world.
+tests/test_notebooks.py (notebook 02) and, with the `inspect` report, in the
+slow test at the end; the rest are the cheap parts: config loading, importing
+a checkpoint as the policy, the `prefs` stage on a file, decoding with the
+policy's tokenizer, and the errors of stages that need the synthetic world or
+an earlier stage's artefacts.
 """
 
 import json
 import pathlib
+import re
+import shutil
 
 import numpy as np
 import pytest
 
-from advrm_jax.pipelines import advrm, evaluate, load_config, prefs, rlhf, sft
+from advrm_jax.evaluation import quality
+from advrm_jax.pipelines import STAGES, advrm, advtrain, attack, evaluate, load_config, prefs, rlhf, rm, sft
+from advrm_jax.pipelines import filter as filter_stage
+from advrm_jax.pipelines import inspect as inspect_stage
 from tests.tiny_own_model import BOS_ID, EOS_ID, PAD_ID, write_tiny_checkpoint_and_pairs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -138,3 +144,92 @@ def test_prefs_from_a_file_needs_an_imported_policy(tmp_path):
   (tmp_path / "run" / "sft").mkdir(parents=True)
   with pytest.raises(ValueError, match="needs a policy imported by the `sft` stage"):
     prefs.run(config, tmp_path / "run")
+
+
+def test_inspect_is_the_last_own_model_stage():
+  config = load_config("configs/advrm_own.py:hf,small")
+  assert config.stages[-2:] == ("advtrain", "inspect") and STAGES["inspect"] == inspect_stage.__name__
+  assert (config.inspect.round, config.inspect.num_examples) == (0, 8)
+
+
+def test_inspect_names_the_first_missing_artefact(own_run):
+  config, workdir, _, _ = own_run
+  # Only existence is checked before anything is read, so empty stand-ins walk the pipeline order.
+  expected = ["prefs/reference.npz", "rm/rm_meta.json", "attack/round_0/collected.npz",
+              "attack/round_0/final_samples.npz", "attack/round_0/DONE", "filter/round_0/scores.npz",
+              "filter/round_0/adversarial_pairs.jsonl", "filter/round_0/DONE"]
+  for artefact in expected:
+    with pytest.raises(FileNotFoundError, match=re.escape(str(workdir / artefact))):
+      inspect_stage.run(config, workdir)
+    (workdir / artefact).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / artefact).touch()
+  assert not (workdir / "inspect" / "DONE").exists()
+
+
+@pytest.mark.slow  # prefs -> rm -> attack -> filter -> advtrain on the tiny checkpoint (compiles dominate)
+def test_inspect_reports_what_the_adversary_found(own_run):
+  config, workdir, _, _ = own_run
+  config.filter.z_min = -1e9  # every sample above T(x) is kept: the filter has pairs to report
+  config.mesh.shape = (1, 1, 1)  # one device: the attack's 4 prompts do not split over the 8 test devices
+  for stage in (prefs, rm, attack, filter_stage):
+    stage.run(config, workdir)
+  out = workdir / "inspect"
+
+  # Before adversarial training: RM round 0 only.
+  report = inspect_stage.run(config, workdir)
+  assert report["rm_rounds"] == [0] and (out / "DONE").exists()
+  assert "RM round 1" not in (out / "REPORT.md").read_text()
+
+  # After it the report is recomputed with RM round 1; then it is done and skipped.
+  advtrain.run(config, workdir)
+  report = inspect_stage.run(config, workdir)
+  assert report["rm_rounds"] == [0, 1]
+  assert inspect_stage.run(config, workdir) is None
+  assert json.loads((out / "report.json").read_text())["rm_rounds"] == [0, 1]
+
+  pairs = [json.loads(line) for line in (workdir / "filter" / "round_0" / "adversarial_pairs.jsonl").open()]
+  groups = report["groups"]
+  num_prompts, n = config.prefs.num_attack_prompts, config.prefs.reference_samples
+  assert groups["reference"]["num_responses"] == num_prompts * n
+  assert groups["adversary"]["num_responses"] == num_prompts * config.attack.final_samples_per_prompt
+  assert pairs and groups["adversarial"]["num_responses"] == len(pairs)
+  for group in groups.values():
+    for r in (0, 1):
+      assert group[f"rm_round_{r}"]["reward_mean"] is not None and group[f"rm_round_{r}"]["member_spread"] >= 0
+    assert 0.0 <= group["missing_final_punctuation"] <= 1.0 and group["perplexity_median"] > 1.0
+
+  responses = [json.loads(line) for line in (out / "responses.jsonl").open()]
+  assert len(responses) == sum(g["num_responses"] for g in groups.values())
+  adversarial = [r for r in responses if r["group"] == "adversarial"]
+  # Matched back to their tokens and scored as the filter scored them: round-0 R1 is the pair's.
+  assert [r["response"] for r in adversarial] == [p["rejected"] for p in pairs]
+  np.testing.assert_allclose([r["rewards"]["0"]["r1"] for r in adversarial], [p["r1"] for p in pairs], rtol=1e-5,
+                             atol=1e-6)
+  for record in responses:
+    assert record["repeated_ngram_fraction"] == quality.repeated_ngram_fraction(record["response"])
+    assert record["missing_final_punctuation"] == quality.missing_final_punctuation(record["response"])
+    assert record["perplexity"] is None or record["perplexity"] > 1.0
+
+  examples = report["examples"]
+  assert report["examples_from"] == "adversarial"
+  assert 0 < len(examples) <= config.inspect.num_examples
+  for example in examples:
+    assert example["adversarial"]["group"] == "adversarial" and example["reference"]["group"] == "reference"
+    assert example["adversarial"]["prompt_index"] == example["reference"]["prompt_index"]
+    assert example["adversarial"]["response"] in {p["rejected"] for p in pairs}
+
+  markdown = (out / "REPORT.md").read_text()
+  print(markdown)  # pytest -s shows what a user reads
+  assert "## Summary" in markdown and "| metric | reference (the policy's own answers) |" in markdown
+  assert "RM round 1 (adversarially trained): reward, ensemble mean" in markdown
+  assert "### 1. " in markdown and "| flags |" in markdown
+
+  # A filter that kept nothing: the examples come from the final adversary instead.
+  shutil.rmtree(workdir / "filter" / "round_0")
+  config.filter.z_min = 1e9
+  filter_stage.run(config, workdir)
+  (out / "DONE").unlink()
+  report = inspect_stage.run(config, workdir)
+  assert report["groups"]["adversarial"]["num_responses"] == 0 and report["examples_from"] == "adversary"
+  assert report["examples"] and all(e["adversarial"]["group"] == "adversary" for e in report["examples"])
+  assert "the final adversary's answers (the filter kept none)" in (out / "REPORT.md").read_text()

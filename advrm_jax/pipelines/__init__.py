@@ -29,6 +29,7 @@ STAGES = {
     "filter": "advrm_jax.pipelines.filter",
     "advtrain": "advrm_jax.pipelines.advtrain",
     "advrm": "advrm_jax.pipelines.advrm",
+    "inspect": "advrm_jax.pipelines.inspect",
     "online": "advrm_jax.pipelines.online",
     "evaluate": "advrm_jax.pipelines.evaluate",
 }
