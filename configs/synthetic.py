@@ -17,7 +17,8 @@ Stages (each resumes from, or skips, its artefacts in WORKDIR):
             Adv-RM RM and (labelled as such) the gold oracle
   evaluate  WORKDIR/report.json, REPORT.md and plots/
 
-``:small`` shrinks every budget so the whole run takes about a minute (tests).
+``:small`` shrinks every budget so the whole run takes about a minute (tests);
+``:online`` (or ``:small,online``) adds the online mode and an RLHF run against its RM.
 Gold reaches the reward models only through preference labels, and the
 policies only in the run named ``oracle_gold``.
 """
@@ -26,9 +27,12 @@ import ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  small = arg == "small"
-  if arg not in (None, "", "small"):
-    raise ValueError(f"configs/synthetic.py: unknown argument {arg!r}; expected nothing or 'small'")
+  options = [o.strip() for o in (arg or "").split(",") if o.strip()]
+  for option in options:
+    if option not in ("small", "online"):
+      raise ValueError(f"configs/synthetic.py: unknown argument {option!r}; expected nothing or some of "
+                       "'small', 'online' (comma-separated)")
+  small = "small" in options
   config = ml_collections.ConfigDict()
   # Stages run in order; each resumes from (or skips, when done) its artefacts in WORKDIR/<stage>/.
   config.stages = ("sft", "prefs", "rm", "advrm", "rlhf", "evaluate")
@@ -366,6 +370,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Oracle: the policy optimises gold itself (an upper reference, not a method).
       "oracle_gold": {"source": "gold"},
   })
+  if "online" in options:
+    # `:online` adds the online mode (beyond the paper) at the round schedule's compute, and an RLHF
+    # run against its RM; in a finished default WORKDIR only these two parts train.
+    config.stages = ("sft", "prefs", "rm", "advrm", "online", "rlhf", "evaluate")
+    config.rlhf.runs.online = {"source": "rm", "rm_stage": "online/rm", "aggregate": "member", "member": 0}
 
   # Stage `evaluate`: report.json, REPORT.md, plots.
   config.evaluate = ml_collections.ConfigDict()

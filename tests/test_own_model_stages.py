@@ -36,6 +36,9 @@ def test_load_config_reads_path_and_arg_and_locks(tmp_path, monkeypatch):
     config.rm.num_stpes = 5  # a misspelt key is an error, as with --config.rm.num_stpes
   with pytest.raises(ValueError, match="unknown argument 'large'"):
     load_config("configs/synthetic.py:large")
+  online = load_config("configs/synthetic.py:small,online")  # the online mode and an RLHF run on its RM
+  assert online.stages.index("online") < online.stages.index("rlhf") and online.sft.num_steps == 20
+  assert online.rlhf.runs.online.rm_stage == "online/rm" and "online" not in config.rlhf.runs
   with pytest.raises(FileNotFoundError, match="no_such.py"):
     load_config("configs/no_such.py")
 
