@@ -14,7 +14,12 @@ with an uninterrupted run of the same command:
 
 The pipeline run is sft -> prefs -> rm -> attack (Adv-RM round 0's
 adversary) -> rlhf; each training stage is SIGKILLed once at a random step
-and once mid-checkpoint-write, the attack also gets a SIGTERM. Every stage's
+and once mid-checkpoint-write, the attack also gets a SIGTERM. The Adv-RM
+loop (stage ``advrm``, one round: attack 0 -> filter 0 -> advtrain 1 ->
+attack 1 -> filter 1) starts from copies of that run's sft, prefs and rm and
+is SIGKILLed at a random step of each attack and while advtrain's RM writes
+a checkpoint; the filtered pairs, advtrain's mixed training set and RM
+round 1 are compared with an uninterrupted run as well. Every stage's
 final parameters, final train state (optimizer moments, step counters),
 metrics and sample logs, and the data it hands on (preference pairs,
 reference samples, the adversary's collected rollouts, evaluation
@@ -404,3 +409,63 @@ def test_nan_loss_stops_sft_naming_step_and_quantity_and_keeps_the_last_good_che
   state = _restore(workdir / "sft" / "checkpoints" / str(max(checkpoints)) / "state")
   assert all(np.all(np.isfinite(v)) for v in _flat(state["params"]).values())
   assert not (workdir / "sft" / "DONE").exists() and not (workdir / "sft" / "params").exists()
+
+
+# The Adv-RM loop (stage `advrm`) on one round: attack 0 -> filter 0 ->
+# advtrain 1 (RM round 1, trained by the rm stage's loop in
+# advtrain/round_1/rm) -> attack 1 -> filter 1. advtrain's RM takes rm's
+# log_every and checkpoint_every (2) from SMALL; its step count is its own.
+# filter.z_min: after 6 adversary steps the default 1.96 keeps 2 of 96
+# samples, too few to rely on for the mixing (with none, advtrain trains on
+# ordinary pairs only); 0 keeps ~40 a round and still drops some samples
+# that beat T(x) for their z.
+ADVRM = _only("advrm") + ["--config.advrm.num_rounds=1", f"--config.advtrain.num_steps={STEPS}",
+                          "--config.filter.z_min=0.0"]
+
+
+def test_advrm_rounds_survive_sigkill_in_the_attacks_and_mid_checkpoint_of_advtrain(env, reference):
+  rng = random.Random(11)
+  straight, workdir = env["root"] / "advrm_straight", env["root"] / "advrm_interrupted"
+  for target in (straight, workdir):
+    # The stages before `advrm` are the reference run's (tested above).
+    for stage in ("sft", "prefs", "rm"):
+      shutil.copytree(reference / stage, target / stage)
+
+  launch = _launch(env, straight, ADVRM, "straight")
+  assert launch.wait() == 0, launch.text()[-4000:]
+  pairs = [json.loads(l) for l in (straight / "advtrain" / "round_1" / "pairs.jsonl").read_text().splitlines()]
+  assert any(p["adversarial"] for p in pairs) and not all(p["adversarial"] for p in pairs), (
+      "advtrain should mix adversarial with ordinary pairs")
+  summary = json.loads((straight / "filter" / "round_0" / "summary.json").read_text())
+  assert 0 < summary["num_kept"] < summary["num_above_threshold"], summary  # z(U) decided some samples
+
+  events = []
+  _kill_at_random_step(env, workdir, "01-attack0-step", "attack/round_0", rng, events, ADVRM)
+  # The relaunch finishes the attack and the filter first; advtrain's RM
+  # trains in the rm stage's loop, so its checkpoints are under rm/.
+  _kill_mid_write(env, workdir, "02-advtrain-write", workdir / "advtrain" / "round_1" / "rm", events, ADVRM)
+  assert not (workdir / "advtrain" / "round_1" / "DONE").exists()
+  _kill_at_random_step(env, workdir, "03-attack1-step", "attack/round_1", rng, events, ADVRM)
+  launch = _launch(env, workdir, ADVRM, "04-finish")
+  assert launch.wait() == 0, launch.text()[-4000:]
+  print("\n".join(events))
+
+  workdirs = (straight, workdir)
+  for r in (0, 1):
+    attack = pathlib.Path("attack") / f"round_{r}"
+    _assert_same_stage(straight / attack, workdir / attack, logs=("metrics.jsonl", "samples.jsonl"))
+    _assert_same_files(straight / attack, workdir / attack, ["collected.npz", "final_samples.npz", "summary.json"],
+                       workdirs)
+    filtered = pathlib.Path("filter") / f"round_{r}"
+    assert (workdir / filtered / "DONE").exists()
+    _assert_same_files(straight / filtered, workdir / filtered,
+                       ["adversarial_pairs.jsonl", "scores.npz", "summary.json"], workdirs)
+  advtrain = pathlib.Path("advtrain") / "round_1"
+  assert (workdir / advtrain / "DONE").exists()
+  _assert_same_files(straight / advtrain, workdir / advtrain, ["pairs.jsonl", "summary.json"], workdirs)
+  _assert_same_stage(straight / advtrain / "rm", workdir / advtrain / "rm", params=False)
+  _assert_same_files(straight / advtrain / "rm", workdir / advtrain / "rm", ["eval_summary.json"], workdirs)
+  assert os.readlink(workdir / "advtrain" / "final") == "round_1"
+  # Stage `advrm` runs round 0's attack exactly as stage `attack` does.
+  _assert_same_stage(reference / "attack" / "round_0", straight / "attack" / "round_0",
+                     logs=("metrics.jsonl", "samples.jsonl"))
