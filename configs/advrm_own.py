@@ -15,6 +15,9 @@ r"""Adv-RM on your own model and preference data: RM ensemble -> attack -> filte
   tokenizer's (the `prefs` stage stops with the right value otherwise) and
   ``data.use_chat_template=True`` for an instruct model with a template.
 * ``small``: tiny budgets (a few steps each) for tests and smoke runs.
+* ``cpu``: a reduced budget for a real 135M model on a 2-core CPU (SmolLM2 on
+  the 600-pair HH-RLHF slice: about 25 minutes); shorter prompts and answers,
+  fewer steps and prompts. Drop it on an accelerator: the full budget is the default.
 
 Stages (each resumes from, or skips, its artefacts in WORKDIR):
 
@@ -45,9 +48,10 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   options = {o.strip() for o in (arg or "").split(",") if o.strip()}
-  unknown = options - {"gguf", "hf", "small"}
+  unknown = options - {"gguf", "hf", "small", "cpu"}
   if unknown:
-    raise ValueError(f"configs/advrm_own.py: unknown option(s) {sorted(unknown)}; expected some of gguf, hf, small")
+    raise ValueError(f"configs/advrm_own.py: unknown option(s) {sorted(unknown)}; expected some of gguf, hf, small, "
+                     "cpu")
   small = "small" in options
   source = "hf" if "hf" in options else "gguf"
 
@@ -272,4 +276,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.advrm = ml_collections.ConfigDict()
   # One round of adversarial training (RM round 1).
   config.advrm.num_rounds = 1
+  if "cpu" in options and not small:
+    _reduce_for_cpu(config)
   return config
+
+
+def _reduce_for_cpu(config: ml_collections.ConfigDict) -> None:
+  """The `cpu` budget: every stage of a 135M model within about half an hour on 2 CPU cores.
+
+  A step's cost is roughly linear in rows x sequence length, so both shrink;
+  learning rates rise so that the fewer steps still move the RM and the adversary.
+  """
+  config.data.max_prompt_len = 64  # HH prompts keep their last 64 tokens (the latest turn)
+  config.data.max_response_len = 32
+  config.prefs.num_attack_prompts = 32
+  config.prefs.sample_batch_size = 32
+  config.rm.batch_size = 4
+  config.rm.num_steps = 60
+  config.rm.optimizer.learning_rate = 3e-5
+  config.rm.optimizer.warmup_steps = 6
+  config.rm.log_every = 5
+  config.rm.checkpoint_every = 20
+  config.rm.eval_batch_size = 16
+  config.attack.num_steps = 30
+  config.attack.prompts_per_step = 2
+  config.attack.optimizer.learning_rate = 5e-5
+  config.attack.log_every = 5
+  config.attack.checkpoint_every = 10
+  config.attack.final_samples_per_prompt = 2
+  config.advtrain.num_steps = 30
+  config.advtrain.learning_rate = 1e-5

@@ -50,6 +50,9 @@ def test_own_config_points_the_rm_at_the_policy_checkpoint():
   assert config.rm.backbone.path == "/models/mine" and config.rm.backbone.source == "hf"
   assert config.attack.sampling.max_new_tokens == config.data.max_response_len
   assert load_config("configs/advrm_own.py").model.source == "gguf"
+  cpu = load_config("configs/advrm_own.py:cpu")  # the reduced CPU budget keeps the references linked
+  assert cpu.rm.optimizer.total_steps == cpu.rm.num_steps < 500
+  assert cpu.attack.sampling.max_new_tokens == cpu.data.max_response_len == 32
   with pytest.raises(ValueError, match="unknown option"):
     load_config("configs/advrm_own.py:tpu")
 
