@@ -310,9 +310,13 @@ def _decoder_layer(cfg: ModelConfig, p: dict[str, Array], x: Array, attn_mask: A
     h = _layer_norm(x, p["attn_norm_scale"], p["attn_norm_bias"], cfg.norm_eps)
   else:
     h = _rms_norm(x, p["attn_norm_scale"], cfg.norm_eps)
-  q = jnp.einsum("btd,dhk->bthk", h, p["q_kernel"])
-  k = jnp.einsum("btd,dhk->bthk", h, p["k_kernel"])
-  v = jnp.einsum("btd,dhk->bthk", h, p["v_kernel"])
+  # Projections as 2-D GEMMs on [B*T, D] rows (see the MLP below for why).
+  batch, length, d_model = h.shape
+  rows = h.reshape(-1, d_model)
+
+  def project(kernel):
+    return (rows @ kernel.reshape(d_model, -1)).reshape(batch, length, *kernel.shape[1:])
+  q, k, v = project(p["q_kernel"]), project(p["k_kernel"]), project(p["v_kernel"])
   if "q_bias" in p:
     q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
   if rope is not None:
@@ -332,17 +336,22 @@ def _decoder_layer(cfg: ModelConfig, p: dict[str, Array], x: Array, attn_mask: A
   else:
     new_kv = None
     attn = _attention(q, k, v, attn_mask)
-  out = jnp.einsum("bthk,hkd->btd", attn, p["o_kernel"])
+  out = (attn.reshape(batch * length, -1) @ p["o_kernel"].reshape(-1, d_model)).reshape(batch, length, d_model)
   if gpt2:
     out = out + p["o_bias"]
   x = x + out
 
+  # The MLP runs on [B*T, D] rows: XLA:CPU differentiates a [B, T, D] @ [D, F]
+  # product (weight gradient contracting over both B and T, with the
+  # activation fused in) about 2x slower than the same 2-D GEMMs
+  # (benchmarks/RESULTS.md, "Training steps").
+  rows = x.reshape(-1, x.shape[-1])
   if gpt2:
-    h = _layer_norm(x, p["mlp_norm_scale"], p["mlp_norm_bias"], cfg.norm_eps)
+    h = _layer_norm(rows, p["mlp_norm_scale"], p["mlp_norm_bias"], cfg.norm_eps)
     h = jax.nn.gelu(h @ p["fc_kernel"] + p["fc_bias"], approximate=True)
-    x = x + h @ p["proj_kernel"] + p["proj_bias"]
+    rows = rows + h @ p["proj_kernel"] + p["proj_bias"]
   else:
-    h = _rms_norm(x, p["mlp_norm_scale"], cfg.norm_eps)
+    h = _rms_norm(rows, p["mlp_norm_scale"], cfg.norm_eps)
     h = jax.nn.silu(h @ p["gate_kernel"]) * (h @ p["up_kernel"])
-    x = x + h @ p["down_kernel"]
-  return x, new_kv
+    rows = rows + h @ p["down_kernel"]
+  return rows.reshape(x.shape), new_kv
