@@ -158,6 +158,7 @@ def main():
   results["total_wall_s"] = time.perf_counter() - started
   derive(results)
   out_dir = pathlib.Path(args.out)
+  out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
   write_markdown(results, out_dir / "RESULTS.md")
   print(render_tables(results))
