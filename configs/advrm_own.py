@@ -16,7 +16,8 @@ r"""Adv-RM on your own model and preference data: RM ensemble -> attack -> filte
   ``data.use_chat_template=True`` for an instruct model with a template.
 * ``small``: tiny budgets (a few steps each) for tests and smoke runs.
 * ``cpu``: a reduced budget for a real 135M model on a 2-core CPU (SmolLM2 on
-  the 600-pair HH-RLHF slice: about 25 minutes); shorter prompts and answers,
+  the 600-pair HH-RLHF slice: 57 min measured while other jobs shared the CPU,
+  not yet timed idle); shorter prompts and answers,
   fewer steps and prompts. Drop it on an accelerator: the full budget is the default.
 
 Stages (each resumes from, or skips, its artefacts in WORKDIR):
@@ -282,7 +283,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _reduce_for_cpu(config: ml_collections.ConfigDict) -> None:
-  """The `cpu` budget: every stage of a 135M model within about half an hour on 2 CPU cores.
+  """The `cpu` budget: every stage of a 135M model on 2 CPU cores (docs/byo_model_and_data.md has a measured run).
 
   A step's cost is roughly linear in rows x sequence length, so both shrink;
   learning rates rise so that the fewer steps still move the RM and the adversary.

@@ -51,6 +51,7 @@ from advrm_jax.evaluation import quality
 from advrm_jax.evaluation.report import markdown_table
 from advrm_jax.pipelines import advrm
 from advrm_jax.pipelines import filter as filter_stage
+from advrm_jax.pipelines.advtrain import read_jsonl
 
 STAGE = "inspect"
 REPORT_FILE = "report.json"
@@ -157,7 +158,7 @@ def _group_rows(config: Any, workdir: pathlib.Path, round_index: int, tokenizer:
   final = advrm.load_npz(attack_dir / "final_samples.npz", attack_what)
   scores = advrm.load_npz(filter_dir / filter_stage.SCORES_FILE, filter_what)
   pairs_file = filter_dir / filter_stage.PAIRS_FILE
-  pairs = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+  pairs = read_jsonl(pairs_file, filter_what)
   reference = advrm.load_reference(workdir)
   pool_prompts = advrm.reference_prompts(reference)
   adv = adversarial_rows(collected, scores["keep"], pairs, pool_prompts, tokenizer, pairs_file)
