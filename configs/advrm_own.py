@@ -237,8 +237,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage `filter`: which adversarial samples become rejected responses.
   config.filter = ml_collections.ConfigDict()
-  # U: "r1_minus_r2" (the paper's R1 - R2) or "std" (ensemble std).
+  # U: "r1_minus_r2" (the paper's R1 - R2), "std" (ensemble std), "semantic_surprisal" / "semantic_entropy"
+  # (EMPO's semantic entropy over the adversary's samples per prompt) or "probe" (1 - a probe's confidence
+  # that the target member's verdict is right); advrm_jax/adversarial/signals.py.
   config.filter.uncertainty = "r1_minus_r2"
+  # Also compute every other signal and compare them with gold in the summary (needs gold: the synthetic world).
+  config.filter.compare_signals = False
+  # The verdict probe of U = "probe": trained on the held-out pairs (prefs/preferences_test.jsonl).
+  config.filter.probe = ml_collections.ConfigDict()
+  # 0: a linear probe; else the width of its one hidden layer.
+  config.filter.probe.hidden = 0
+  # Full-batch AdamW steps.
+  config.filter.probe.num_steps = 500
+  # AdamW learning rate.
+  config.filter.probe.learning_rate = 1e-2
+  # AdamW weight decay (a few hundred pairs for hundreds of hidden dimensions: keep it).
+  config.filter.probe.weight_decay = 1e-2
   # z(U) against "reference" (U of the reference answers) or "collected" (all adversary samples).
   config.filter.standardize = "reference"
   # Keep z(U) > z_min (and R1 > T(x)).

@@ -57,6 +57,12 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
   assert [f["round"] for f in report["filter"]] == [0, 1, 2]
   for summary in report["filter"]:
     assert 0 <= summary["num_pairs"] <= summary["num_kept"] <= summary["num_collected"]
+    # Every uncertainty signal is compared with gold (the probe only when the held-out pairs allow one).
+    compared = summary["signals"]["signals"]
+    assert {"r1_minus_r2", "std", "semantic_surprisal", "semantic_entropy"} <= set(compared)
+    assert ("probe" in compared) == ("probe" in summary)
+    for entry in compared.values():
+      assert entry["auc_bad"] is None or 0.0 <= entry["auc_bad"] <= 1.0
 
   assert set(report["rlhf"]) == set(RUNS)
   assert report["rlhf"]["oracle_gold"]["oracle"] and not report["rlhf"]["conventional"]["oracle"]
@@ -76,7 +82,7 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
                                                        "After 2 rounds, attack success <= 20%"}
   assert report["paper_table1"]["Adv-RM"] == [99.31, 92.91]
   markdown = (workdir / "REPORT.md").read_text()
-  assert "Table 1" in markdown and "Targets" in markdown
+  assert "Table 1" in markdown and "Targets" in markdown and "Which uncertainty signal" in markdown
   for plot in report["plots"]:
     assert (workdir / "plots" / plot).stat().st_size > 0
   assert set(report["plots"]) == {"rlhf_gold_proxy.png", "attack_success_per_round.png", "uncertainty_vs_gold.png"}

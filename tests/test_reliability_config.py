@@ -191,3 +191,12 @@ def test_config_fault_is_rejected_before_any_model_is_built(tmp_path, tripwires,
   for fragment in fragments:
     assert fragment in message, f"{fragment!r} not in {message!r}"
   assert not list(tmp_path.glob("**/checkpoints"))
+
+
+def test_generated_configs_reference_is_current_and_every_key_has_a_meaning():
+  # docs/configs.md lists every key of every config file; a key added without a comment, or a
+  # config changed without regenerating the page, fails here rather than misleading a reader.
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  result = subprocess.run([sys.executable, "docs/gen_config_reference.py", "--check"], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

@@ -368,6 +368,28 @@ def request_text(prompt: str) -> str:
   return " ".join(words)
 
 
+def meaning_key(response: str) -> str:
+  """What a response says, as a canonical string; equal keys = same meaning.
+
+  The semantic-entropy signal's equivalence for this world (it reads only
+  the lexicon, never gold): each sentence is reduced to its content words in
+  order (style words, function words, chat markers and punctuation say
+  nothing), sentences become a set (order and repetition add no claim).
+  "indeed , rivers shape valleys . bridges are old ." and "bridges are
+  really old . rivers shape valleys . rivers shape valleys ." share a key.
+  """
+  quiet = set(STYLE_WORDS) | set(FUNCTION_WORDS) | set(CHAT_MARKERS) | {",", "?"}
+  claims, sentence = set(), []
+  for w in TOKENIZER.tokenize(response) + ["."]:
+    if w == ".":
+      if sentence:
+        claims.add(" ".join(sentence))
+      sentence = []
+    elif w not in quiet:
+      sentence.append(w)
+  return " . ".join(sorted(claims))
+
+
 # ----------------------------------------------------------------------------
 # Prompt generator.
 # ----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import pathlib
 from typing import Any
 
 from absl import logging
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -213,27 +214,66 @@ def _score_chunk(graphdef, params, prompt_tokens, prompt_mask, response_tokens, 
   return reward_scores(graphdef, params, tokens, mask)
 
 
+def _sequence_score_chunk(graphdef, params, tokens, mask):
+  from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
+  return reward_scores(graphdef, params, tokens, mask)
+
+
+def _hidden_chunk(graphdef, params, tokens, mask):
+  """The RM's last hidden state where it reads the reward: [B, D] (shared) or [K, B, D] (independent)."""
+  return nnx.merge(graphdef, params).last_hidden(tokens, mask)
+
+
 _score_chunk_jit = jax.jit(_score_chunk, static_argnames=("graphdef",))
+_hidden_chunk_jit = jax.jit(_hidden_chunk, static_argnames=("graphdef",))
+_sequence_score_chunk_jit = jax.jit(_sequence_score_chunk, static_argnames=("graphdef",))
+
+
+def _map_rows(fn, graphdef: Any, params: Any, arrays: tuple[np.ndarray, ...], batch_size: int,
+              row_axis: int) -> np.ndarray:
+  """``fn`` over rows of (tokens, mask, ...) array pairs in fixed-size chunks (one compilation).
+
+  Outputs are joined on ``row_axis``; the last chunk is padded with rows
+  holding one real token, which are dropped again.
+  """
+  num_rows = arrays[0].shape[0]
+  chunks = []
+  for start in range(0, num_rows, batch_size):
+    rows = min(batch_size, num_rows - start)
+    part = [_pad_rows(np.asarray(a[start:start + batch_size]), batch_size) for a in arrays]
+    for i in range(0, len(part), 2):
+      part[i], part[i + 1] = part[i].astype(np.int32), part[i + 1].astype(bool)
+    part[1][rows:, -1] = True  # no all-masked pad row
+    out = fn(graphdef, params, *part)
+    chunks.append(np.take(np.asarray(jax.device_get(out)), np.arange(rows), axis=row_axis))
+  return np.concatenate(chunks, axis=row_axis).astype(np.float32)
 
 
 def score_members(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
                   response_tokens: np.ndarray, response_mask: np.ndarray, batch_size: int = 256) -> np.ndarray:
   """Every ensemble member's reward of (prompt, response) rows: [K, N] numpy."""
-  num_rows = prompt_tokens.shape[0]
-  chunks = []
-  for start in range(0, num_rows, batch_size):
-    rows = min(batch_size, num_rows - start)
-    part = [_pad_rows(np.asarray(a[start:start + batch_size]), batch_size)
-            for a in (prompt_tokens, prompt_mask, response_tokens, response_mask)]
-    part[1] = part[1].astype(bool)
-    part[1][rows:, -1] = True  # no all-masked pad row
-    part[3] = part[3].astype(bool)
-    scores = _score_chunk_jit(graphdef, params, part[0].astype(jnp.int32), part[1], part[2].astype(jnp.int32),
-                              part[3])
-    chunks.append(np.asarray(jax.device_get(scores))[:, :rows])
-  if not chunks:
+  if prompt_tokens.shape[0] == 0:
     return np.zeros((0, 0), np.float32)
-  return np.concatenate(chunks, axis=1).astype(np.float32)
+  return _map_rows(_score_chunk_jit, graphdef, params,
+                   (prompt_tokens, prompt_mask, response_tokens, response_mask), batch_size, row_axis=1)
+
+
+def score_sequences(graphdef: Any, params: Any, tokens: np.ndarray, mask: np.ndarray,
+                    batch_size: int = 256) -> np.ndarray:
+  """Every ensemble member's reward of full sequences (e.g. ``held_out_pairs`` rows): [K, N] numpy."""
+  return _map_rows(_sequence_score_chunk_jit, graphdef, params, (tokens, mask), batch_size, row_axis=1)
+
+
+def rm_hidden_states(graphdef: Any, params: Any, tokens: np.ndarray, mask: np.ndarray, member: int = 0,
+                     batch_size: int = 256) -> np.ndarray:
+  """[N, D] the RM's last hidden state of full sequences (member ``member``'s for independent backbones).
+
+  Rows of (prompt, response) go through ``concat_prompt_response(...,
+  left_pad=False)`` first, the layout ``score_members`` scores.
+  """
+  shared = nnx.merge(graphdef, params).kind == "shared"
+  hidden = _map_rows(_hidden_chunk_jit, graphdef, params, (tokens, mask), batch_size, row_axis=0 if shared else 1)
+  return hidden if shared else hidden[member]
 
 
 # The helpers below take the run's policy tokenizer (``policy_tokenizer``):
@@ -336,6 +376,22 @@ def load_reference(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
   ``reference_prompts``).
   """
   return load_npz(pathlib.Path(workdir) / "prefs" / "reference.npz", "the `prefs` stage")
+
+
+def held_out_pairs(workdir: str | pathlib.Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+  """The `prefs` stage's held-out pairs tokenised as the RM described by ``meta`` (rm_meta.json) was trained.
+
+  Returns ``tokenize_pairs`` output (chosen/rejected tokens and masks, [N, L]).
+  """
+  from advrm_jax.data.batching import tokenize_pairs  # pylint: disable=import-outside-toplevel
+  from advrm_jax.data.preferences import read_preferences  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines import prefs  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.rm import load_tokenizer  # pylint: disable=import-outside-toplevel
+  pairs = list(read_preferences(pathlib.Path(workdir) / prefs.STAGE / prefs.TEST_FILE))
+  seq = meta["sequence"]
+  return tokenize_pairs(pairs, load_tokenizer(meta), seq["max_prompt_len"], seq["max_response_len"],
+                        padding_side=seq["padding_side"], on_overlength="truncate", add_bos=seq["add_bos"],
+                        use_chat_template=seq.get("use_chat_template", False))
 
 
 def reference_member_scores(workdir: str | pathlib.Path, rm_graphdef: Any, rm_params: Any,

@@ -65,27 +65,13 @@ def _stats(values: list[float]) -> dict[str, Any]:
 def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params: Any, meta: dict[str, Any],
                              target: int) -> dict[str, Any]:
   """Pairwise accuracy of an RM on the held-out ordinary preference pairs."""
-  from advrm_jax.data.batching import tokenize_pairs  # pylint: disable=import-outside-toplevel
-  from advrm_jax.data.preferences import read_preferences  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines import prefs  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines.rm import load_tokenizer  # pylint: disable=import-outside-toplevel
   from advrm_jax.reward.evaluation import pairwise_accuracy  # pylint: disable=import-outside-toplevel
-  from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
-  path = workdir / prefs.STAGE / prefs.TEST_FILE
-  pairs = list(read_preferences(path))
-  seq = meta["sequence"]
-  data = tokenize_pairs(pairs, load_tokenizer(meta), seq["max_prompt_len"], seq["max_response_len"],
-                        padding_side=seq["padding_side"], on_overlength="truncate", add_bos=seq["add_bos"],
-                        use_chat_template=seq.get("use_chat_template", False))
-  score = jax.jit(lambda p, t, m: reward_scores(rm_graphdef, p, t, m))
-  chosen = np.concatenate([np.asarray(score(rm_params, data["chosen_tokens"][i:i + 256],
-                                            data["chosen_mask"][i:i + 256]))
-                           for i in range(0, len(pairs), 256)], axis=1)
-  rejected = np.concatenate([np.asarray(score(rm_params, data["rejected_tokens"][i:i + 256],
-                                              data["rejected_mask"][i:i + 256]))
-                             for i in range(0, len(pairs), 256)], axis=1)
+  data = advrm.held_out_pairs(workdir, meta)
+  num_pairs = data["chosen_tokens"].shape[0]
+  chosen = advrm.score_sequences(rm_graphdef, rm_params, data["chosen_tokens"], data["chosen_mask"])
+  rejected = advrm.score_sequences(rm_graphdef, rm_params, data["rejected_tokens"], data["rejected_mask"])
   members = pairwise_accuracy(chosen, rejected)
-  return {"num_pairs": len(pairs), "target_member": float(members[target]),
+  return {"num_pairs": num_pairs, "target_member": float(members[target]),
           "ensemble_mean": float(pairwise_accuracy(chosen.mean(0), rejected.mean(0))),
           "members": [float(a) for a in members]}
 
@@ -358,6 +344,21 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
         [[f["round"], f["num_collected"], f["num_kept"], f["num_pairs"], _fmt(f["kept_worse_than_chosen"]),
           _fmt(f["uncertainty_gold"]["pearson"]), _fmt(f["uncertainty_gold"]["spearman"])]
          for f in report["filter"]]))
+    compared = [f for f in report["filter"] if f.get("signals")]
+    if compared:
+      lines += ["### Which uncertainty signal finds the bad samples?", ""]
+      lines.append(rep.markdown_table(
+          ["Round", "Signal", "ROC-AUC (bad among R1 > T)", "Precision at the filter's budget", "Base rate",
+           "Budget"],
+          [[f["round"], ("**" + name + "**") if name == f["uncertainty"] else name, _fmt(v["auc_bad"]),
+            _fmt(v["precision"]), _fmt(f["signals"]["base_rate"]), f["signals"]["budget"]]
+           for f in compared for name, v in f["signals"]["signals"].items()]))
+      lines += ["Bad: gold below the reference policy's mean for the prompt (gold is used here only, to judge). "
+                "Signals (advrm_jax/adversarial/signals.py): ensemble R1 - R2 and std; semantic surprisal and "
+                "entropy of the adversary's samples per prompt and step (meaning = content words per sentence); "
+                "1 - a probe's confidence that the target member's verdict against the best reference sample is "
+                "right (trained on the held-out labelled pairs). Precision: bad among the budget most uncertain "
+                "(the number the filter kept). The filter's own signal is in bold.", ""]
   lines += ["## RLHF against each reward model", ""]
   rows = []
   for name, run in report["rlhf"].items():
@@ -492,9 +493,8 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     rep.plot_attack_success_per_round(plots / "attack_success_per_round.png", series)
     made.append("attack_success_per_round.png")
     collected = advrm.load_npz(advrm.round_dir(workdir, "attack", 0) / "collected.npz", "the attack")
-    scores = collected["member_scores"]
-    from advrm_jax.adversarial.filtering import uncertainty  # pylint: disable=import-outside-toplevel
-    u = np.asarray(uncertainty(scores, config.filter.uncertainty, target, config.attack.r2_kind))
+    # The U the filter used (whatever filter.uncertainty is), as it wrote it.
+    u = advrm.load_npz(advrm.round_dir(workdir, "filter", 0) / "scores.npz", "the `filter` stage")["uncertainty"]
     gap = reference["gold"].mean(1)[collected["prompt_index"]] - collected["gold"]
     rows = np.random.default_rng(0).permutation(u.size)[:3000]
     rep.plot_uncertainty_vs_gold(plots / "uncertainty_vs_gold.png", u[rows], gap[rows],

@@ -2,8 +2,9 @@
 
 Adv-RM keeps an adversary sample (x, y) when the target member likes it,
 ``R1(x, y) > T(x)``, and the ensemble is unusually unsure about it,
-``z(U) > filter.z_min`` (1.96), with U = R1 - R2 (or the ensemble std)
-standardised against the uncertainty of the reference policy's own samples
+``z(U) > filter.z_min`` (1.96), with U = R1 - R2 (or the ensemble std, or a
+signal of ``adversarial.signals``: semantic entropy of the adversary's
+samples, a verdict probe on the RM's hidden states) standardised against the uncertainty of the reference policy's own samples
 (``filter.standardize = "reference"``: "unusual" means unusual for ordinary
 responses) or against all collected samples. No gold is used to decide: the
 filter's premise is the paper's "high uncertainty means low quality", and
@@ -18,20 +19,26 @@ sample, or a random one.
 Artefacts in WORKDIR/filter/round_<r>/: adversarial_pairs.jsonl
 ({prompt, chosen, rejected} + r1, uncertainty, z, gold columns for
 analysis), scores.npz (U, z(U) and the decision for every collected sample;
-``top_samples`` reads it), summary.json, DONE.
+``top_samples`` reads it), summary.json, DONE. With gold (the synthetic
+world) and ``filter.compare_signals``, summary.json also compares every
+signal: how well each finds the samples truly worse than the reference's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
 from absl import logging
+import jax
 import numpy as np
 
+from advrm_jax.adversarial import signals
 from advrm_jax.adversarial.filtering import build_adversarial_pairs, filter_mask, standardize, uncertainty
 from advrm_jax.evaluation.attack import uncertainty_gold_correlation
 from advrm_jax.pipelines import advrm
+from advrm_jax.rl.sampler import concat_prompt_response
 
 STAGE = "filter"
 PAIRS_FILE = "adversarial_pairs.jsonl"
@@ -45,6 +52,82 @@ def pairs_path(workdir: pathlib.Path, round_index: int) -> pathlib.Path:
   return advrm.round_dir(workdir, STAGE, round_index) / PAIRS_FILE
 
 
+@dataclasses.dataclass
+class _SignalInputs:
+  """What the uncertainty signals of one round read (``_signal``)."""
+  config: Any
+  workdir: pathlib.Path
+  round_index: int
+  collected: dict[str, np.ndarray]
+  texts: list[str]
+  reference: dict[str, np.ndarray]
+  reference_texts: np.ndarray   # [P, n] object
+  reference_scores: np.ndarray  # [K, P, n]
+  best_reference: np.ndarray    # [P] column of the reference sample the ensemble mean likes best
+  tokenizer: Any
+  rm_graphdef: Any
+  rm_params: Any
+  rm_meta: dict[str, Any]
+  probe_info: dict[str, Any] | None = None
+
+
+def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray]:
+  """(U of every collected sample [B], U of every reference sample [P * n]) for ``filter.uncertainty`` = kind."""
+  target, r2_kind = s.config.attack.target, s.config.attack.r2_kind
+  scores = s.collected["member_scores"]
+  num_members, num_prompts, n = s.reference_scores.shape
+  if kind in signals.ENSEMBLE_KINDS:
+    return (np.asarray(uncertainty(scores, kind, target, r2_kind)),
+            np.asarray(uncertainty(s.reference_scores.reshape(num_members, -1), kind, target, r2_kind)))
+  if kind in signals.SEMANTIC_KINDS:
+    from advrm_jax.data import synthetic_world  # pylint: disable=import-outside-toplevel
+    key_fn = synthetic_world.meaning_key if s.tokenizer is None else signals.text_meaning_key
+    group = s.config.attack.rl.num_samples
+    signals.group_size_check(group, seed=s.collected["seed"], step=s.collected["step"],
+                             prompt=s.collected["prompt_index"])
+    if n % group:
+      raise ValueError(f"filter.uncertainty={kind!r}: the {n} reference samples per prompt do not split into groups "
+                       f"of attack.rl.num_samples={group}; set prefs.reference_samples to a multiple of it")
+    # Reference groups of the adversary's size G: entropy over G samples is on one scale (at most log G).
+    return (signals.semantic(s.texts, group, kind, key_fn),
+            signals.semantic(list(s.reference_texts.reshape(-1)), group, kind, key_fn))
+  # The verdict probe: trained on the held-out labelled pairs, applied to (sample, best reference sample).
+  node = s.config.filter.probe
+  pairs = advrm.held_out_pairs(s.workdir, s.rm_meta)
+  hidden = {side: advrm.rm_hidden_states(s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"], pairs[f"{side}_mask"],
+                                         member=target) for side in ("chosen", "rejected")}
+  r1 = {side: advrm.score_sequences(s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"],
+                                    pairs[f"{side}_mask"])[target] for side in ("chosen", "rejected")}
+  key = jax.random.fold_in(jax.random.PRNGKey(s.config.seed), 1000 + s.round_index)
+  params, s.probe_info = signals.train_verdict_probe(
+      key, hidden["chosen"], hidden["rejected"], r1["chosen"], r1["rejected"], hidden=node.hidden,
+      num_steps=node.num_steps, learning_rate=node.learning_rate, weight_decay=node.weight_decay)
+  logging.info("filter/round_%d: verdict probe on %d held-out pairs, held-out ROC-AUC %.3f", s.round_index,
+               s.probe_info["num_pairs"], s.probe_info["holdout"]["roc_auc"])
+
+  def sample_hidden(prompt_tokens, prompt_mask, response_tokens, response_mask):
+    tokens, mask = concat_prompt_response(prompt_tokens, prompt_mask, response_tokens, response_mask, left_pad=False)
+    return advrm.rm_hidden_states(s.rm_graphdef, s.rm_params, np.asarray(tokens), np.asarray(mask), member=target)
+
+  width = s.reference["response_tokens"].shape[-1]
+  reference_hidden = sample_hidden(np.repeat(s.reference["prompt_tokens"], n, axis=0),
+                                   np.repeat(s.reference["prompt_mask"], n, axis=0),
+                                   s.reference["response_tokens"].reshape(-1, width),
+                                   s.reference["response_mask"].reshape(-1, width)).reshape(num_prompts, n, -1)
+  reference_r1 = s.reference_scores[target]  # [P, n]
+  best_hidden = reference_hidden[np.arange(num_prompts), s.best_reference]  # [P, D]
+  best_r1 = reference_r1[np.arange(num_prompts), s.best_reference]         # [P]
+  c = s.collected
+  prompt = c["prompt_index"]
+  u = signals.verdict_uncertainty(params, sample_hidden(c["prompt_tokens"], c["prompt_mask"], c["response_tokens"],
+                                                        c["response_mask"]),
+                                  best_hidden[prompt], scores[target], best_r1[prompt])
+  reference_u = signals.verdict_uncertainty(params, reference_hidden.reshape(num_prompts * n, -1),
+                                            np.repeat(best_hidden, n, axis=0), reference_r1.reshape(-1),
+                                            np.repeat(best_r1, n))
+  return u, reference_u
+
+
 def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   """Filters round r's collected adversary samples into preference pairs."""
   workdir = pathlib.Path(workdir)
@@ -55,6 +138,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   node, target, r2_kind = config.filter, config.attack.target, config.attack.r2_kind
   if node.standardize not in STANDARDIZE:
     raise ValueError(f"filter.standardize: unknown {node.standardize!r}; expected one of {STANDARDIZE}")
+  if node.uncertainty not in signals.KINDS:
+    raise ValueError(f"filter.uncertainty: unknown {node.uncertainty!r}; expected one of {signals.KINDS}")
   if node.chosen not in CHOSEN:
     raise ValueError(f"filter.chosen: unknown {node.chosen!r}; expected one of {CHOSEN}")
   attack_dir = advrm.round_dir(workdir, "attack", round_index)
@@ -64,20 +149,39 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   reference = advrm.load_reference(workdir)
   tokenizer = advrm.policy_tokenizer(workdir)  # None: the synthetic world
   from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
-  rm_graphdef, rm_params, _ = load_reward_model(advrm.rm_path(workdir, round_index))
+  rm_graphdef, rm_params, rm_meta = load_reward_model(advrm.rm_path(workdir, round_index))
   reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
   num_members, num_prompts, n = reference_scores.shape
 
   scores = collected["member_scores"]
   r1 = scores[target]
-  u = np.asarray(uncertainty(scores, node.uncertainty, target, r2_kind))
-  reference_u = np.asarray(uncertainty(reference_scores.reshape(num_members, -1), node.uncertainty, target, r2_kind))
+  texts = advrm.decode_responses(collected["response_tokens"], collected["response_mask"], tokenizer)
+  reference_texts = np.array(advrm.decode_responses(
+      reference["response_tokens"].reshape(num_prompts * n, -1),
+      reference["response_mask"].reshape(num_prompts * n, -1), tokenizer), dtype=object).reshape(num_prompts, n)
+  ensemble_mean = reference_scores.mean(axis=0)  # [P, n]
+  ensemble_mean = np.where(reference_texts != "", ensemble_mean, -np.inf)
+  best_reference = np.argmax(ensemble_mean, axis=1)  # [P]
+  has_gold = bool(np.isfinite(collected["gold"]).any())
+  # With gold (the synthetic world) every signal is computed and compared; otherwise only the one in use.
+  kinds = signals.KINDS if (has_gold and node.get("compare_signals", False)) else (node.uncertainty,)
+  inputs = _SignalInputs(config, workdir, round_index, collected, texts, reference, reference_texts,
+                         reference_scores, best_reference, tokenizer, rm_graphdef, rm_params, rm_meta)
+  computed = {}
+  for kind in kinds:
+    try:
+      computed[kind] = _signal(kind, inputs)
+    except ValueError as e:
+      if kind == node.uncertainty:
+        raise
+      # A comparison-only signal that cannot be computed here (e.g. too few held-out pairs) is left out.
+      logging.warning("filter/round_%d: signal %s left out of the comparison: %s", round_index, kind, e)
+  u, reference_u = computed[node.uncertainty]
   z = np.asarray(standardize(u, reference=reference_u if node.standardize == "reference" else None))
   keep = np.asarray(filter_mask(r1, collected["threshold"], z, node.z_min))
   advrm.save_npz(out / SCORES_FILE, uncertainty=u, z=z, keep=keep, target=np.int32(target))
 
   # One pair per distinct (prompt, response): the adversary repeats itself.
-  texts = advrm.decode_responses(collected["response_tokens"], collected["response_mask"], tokenizer)
   seen: set[tuple[int, str]] = set()
   kept_rows = []
   for row in np.flatnonzero(keep):
@@ -91,13 +195,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
     kept_rows = np.sort(rng.choice(kept_rows, node.max_pairs, replace=False))
 
   # Chosen side: a reference sample of the same prompt (never judged by gold).
-  reference_texts = np.array(advrm.decode_responses(
-      reference["response_tokens"].reshape(num_prompts * n, -1),
-      reference["response_mask"].reshape(num_prompts * n, -1), tokenizer), dtype=object).reshape(num_prompts, n)
-  ensemble_mean = reference_scores.mean(axis=0)  # [P, n]
-  ensemble_mean = np.where(reference_texts != "", ensemble_mean, -np.inf)
   if node.chosen == "best_by_ensemble":
-    chosen_column = np.argmax(ensemble_mean, axis=1)
+    chosen_column = best_reference
   else:
     chosen_column = rng.integers(0, n, size=num_prompts)
   prompt_index = collected["prompt_index"][kept_rows]
@@ -117,7 +216,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   reference_gold_mean = reference["gold"].mean(axis=1)[collected["prompt_index"]]
   kept_gold = gold[kept_rows]
   # Real text (an imported policy) has no gold: the gold statistics are None.
-  has_gold = kept_rows.size > 0 and bool(np.isfinite(gold).any())
+  has_gold = has_gold and kept_rows.size > 0
   summary = {
       "round": round_index, "num_collected": int(r1.size),
       "num_above_threshold": int(np.sum(r1 > collected["threshold"])),
@@ -135,6 +234,12 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
       "uncertainty_gold": uncertainty_gold_correlation(u, reference_gold_mean - gold),
       "uncertainty": node.uncertainty, "standardize": node.standardize, "z_min": node.z_min,
   }
+  if inputs.probe_info is not None:
+    summary["probe"] = inputs.probe_info
+  if len(computed) > 1:
+    # Which signal would have found the truly worse samples (gold below the reference mean)?
+    summary["signals"] = signals.compare({k: v[0] for k, v in computed.items()}, r1 > collected["threshold"],
+                                         gold < reference_gold_mean, budget=int(keep.sum()))
   advrm.write_json(out / "summary.json", summary)
   advrm.mark_done(out)
   worse = summary["kept_worse_than_chosen"]
