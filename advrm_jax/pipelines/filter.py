@@ -4,7 +4,8 @@ Adv-RM keeps an adversary sample (x, y) when the target member likes it,
 ``R1(x, y) > T(x)``, and the ensemble is unusually unsure about it,
 ``z(U) > filter.z_min`` (1.96), with U = R1 - R2 (or the ensemble std, or a
 signal of ``adversarial.signals``: semantic entropy of the adversary's
-samples, a verdict probe on the RM's hidden states) standardised against the uncertainty of the reference policy's own samples
+samples, a verdict probe on the RM's hidden states) standardised against
+the uncertainty of the reference policy's own samples
 (``filter.standardize = "reference"``: "unusual" means unusual for ordinary
 responses) or against all collected samples. No gold is used to decide: the
 filter's premise is the paper's "high uncertainty means low quality", and
