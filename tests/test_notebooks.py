@@ -159,4 +159,5 @@ def test_attack_your_rm_notebook_on_a_tiny_checkpoint(tmp_path, monkeypatch):
                      re.M)
   assert table, text[-3000:]
   assert "| prompt | adversarial response | R1 |" in text
+  assert "# What the adversary found (attack round 0)" in text  # the inspect stage's REPORT.md, inline
   assert _has_image(notebook)
