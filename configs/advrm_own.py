@@ -16,8 +16,8 @@ r"""Adv-RM on your own model and preference data: RM ensemble -> attack -> filte
   ``data.use_chat_template=True`` for an instruct model with a template.
 * ``small``: tiny budgets (a few steps each) for tests and smoke runs.
 * ``cpu``: a reduced budget for a real 135M model on a 2-core CPU (SmolLM2 on
-  the 600-pair HH-RLHF slice: 57 min measured while other jobs shared the CPU,
-  not yet timed idle); shorter prompts and answers,
+  the 600-pair HH-RLHF slice: 35 min measured on a nearly idle machine, 57 min
+  while other jobs shared the CPU); shorter prompts and answers,
   fewer steps and prompts. Drop it on an accelerator: the full budget is the default.
 
 Stages (each resumes from, or skips, its artefacts in WORKDIR):
