@@ -232,12 +232,13 @@ def fuse_projections(params: dict[str, Array]) -> dict[str, Array]:
   Parameters stay separate (checkpoints, logical axes and shardings name
   each one). The cached forward (prefill and the sampler's one-token decode
   steps, where per-op overhead dominates) multiplies by the concatenation:
-  two fewer GEMMs per layer and step, 6-10% less sampling time at d256; the
+  two fewer GEMMs per layer and step: 10-16% less sampling time at d256 on
+  an idle machine (at d512 the difference is within the +-5% noise); the
   concatenation is loop-invariant, so XLA hoists it out of the decode loop.
   Training keeps separate GEMMs: there the concatenation and the split of
-  its gradient cost about what they save (loss + grad 1.04-1.07x slower at
-  d256; ``python benchmarks/bench_fused_projections.py``, 2026-11-27, with
-  another job on the CPU).
+  its gradient cost about what they save (loss + grad 0.99-1.17x the
+  separate time). ``python benchmarks/bench_fused_projections.py [--size]``,
+  2026-11-27.
   """
   params = dict(params)
   flat = lambda name: params.pop(name).reshape(*params["attn_norm_scale"].shape, -1)
