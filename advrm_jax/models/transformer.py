@@ -232,8 +232,8 @@ def fuse_projections(params: dict[str, Array]) -> dict[str, Array]:
   Parameters stay separate (checkpoints, logical axes and shardings name
   each one). The cached forward (prefill and the sampler's one-token decode
   steps, where per-op overhead dominates) multiplies by the concatenation:
-  two fewer GEMMs per layer and step: 10-16% less sampling time at d256 on
-  an idle machine (at d512 the difference is within the +-5% noise); the
+  two fewer GEMMs per layer and step: 3-16% less sampling time at d256 in
+  six runs (at d512 the difference is within the +-5% noise); the
   concatenation is loop-invariant, so XLA hoists it out of the decode loop.
   Training keeps separate GEMMs: there the concatenation and the split of
   its gradient cost about what they save (loss + grad 0.99-1.17x the
