@@ -46,7 +46,6 @@ from typing import Any
 from absl import logging
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample, sample_jit
@@ -237,6 +236,8 @@ def _map_rows(fn, graphdef: Any, params: Any, arrays: tuple[np.ndarray, ...], ba
   holding one real token, which are dropped again.
   """
   num_rows = arrays[0].shape[0]
+  if num_rows == 0:
+    raise ValueError("no rows to score (an empty pair or sample file?)")
   chunks = []
   for start in range(0, num_rows, batch_size):
     rows = min(batch_size, num_rows - start)

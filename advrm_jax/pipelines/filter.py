@@ -136,7 +136,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   if advrm.is_done(out):
     logging.info("filter/round_%d: done, skipping", round_index)
     return
-  node, target, r2_kind = config.filter, config.attack.target, config.attack.r2_kind
+  node, target = config.filter, config.attack.target
   if node.standardize not in STANDARDIZE:
     raise ValueError(f"filter.standardize: unknown {node.standardize!r}; expected one of {STANDARDIZE}")
   if node.uncertainty not in signals.KINDS:
