@@ -94,22 +94,22 @@ def test_verdict_probe_learns_that_small_margins_are_wrong_verdicts():
 
 
 @pytest.mark.parametrize("kind", ["shared", "independent"])
-def test_rm_hidden_states_are_what_the_heads_read(kind):
-  # The probe's features: the target member's last hidden state of each row, in chunks with a
-  # padded last chunk. Its head applied to them must give that member's reward.
+def test_scores_and_hidden_equal_one_unchunked_forward(kind):
+  # The probe's features and the verdicts it learns: chunked (padded last chunk) and in one pass, they
+  # must equal the model's own reward_scores and last_hidden on the whole batch at once.
+  from flax import nnx
   from advrm_jax.models.config import ModelConfig
   from advrm_jax.pipelines import advrm
-  from advrm_jax.reward.model import init_reward_model
+  from advrm_jax.reward.model import init_reward_model, reward_scores
   cfg = ModelConfig(arch="llama", vocab_size=32, d_model=16, num_layers=1, num_heads=2, num_kv_heads=2,
                     head_dim=8, d_ff=32, max_seq_len=16, tie_embeddings=True)
   graphdef, params, _ = init_reward_model(cfg, 3, kind, seed=0)
   rng = np.random.default_rng(0)
   tokens = rng.integers(1, 32, (5, 9)).astype(np.int32)
   mask = np.arange(9)[None] < np.array([9, 4, 1, 7, 2])[:, None]  # right padding, ragged
-  scores = advrm.score_sequences(graphdef, params, tokens, mask, batch_size=2)
-  assert scores.shape == (3, 5)
+  expected_scores = np.asarray(reward_scores(graphdef, params, tokens, mask))
+  expected_hidden = np.asarray(nnx.merge(graphdef, params).last_hidden(tokens, mask))  # [5, D] or [3, 5, D]
   for member in (0, 2):
-    hidden = advrm.rm_hidden_states(graphdef, params, tokens, mask, member=member, batch_size=2)
-    assert hidden.shape == (5, 16)
-    head = np.asarray(params["head_kernel"])[:, member]
-    np.testing.assert_allclose(hidden @ head + float(params["head_bias"][member]), scores[member], atol=1e-5)
+    scores, hidden = advrm.scores_and_hidden(graphdef, params, tokens, mask, member=member, batch_size=2)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    np.testing.assert_allclose(hidden, expected_hidden if kind == "shared" else expected_hidden[member], atol=1e-5)

@@ -241,12 +241,11 @@ def fuse_projections(params: dict[str, Array]) -> dict[str, Array]:
   2026-11-27.
   """
   params = dict(params)
-  flat = lambda name: params.pop(name).reshape(*params["attn_norm_scale"].shape, -1)
-  params["qkv_kernel"] = jnp.concatenate([flat("q_kernel"), flat("k_kernel"), flat("v_kernel")], axis=-1)
+  layers, d_model = params["attn_norm_scale"].shape
+  params["qkv_kernel"] = jnp.concatenate(
+      [params.pop(f"{n}_kernel").reshape(layers, d_model, -1) for n in "qkv"], axis=-1)
   if "q_bias" in params:
-    layers = params["attn_norm_scale"].shape[0]
-    params["qkv_bias"] = jnp.concatenate(
-        [params.pop(n).reshape(layers, -1) for n in ("q_bias", "k_bias", "v_bias")], axis=-1)
+    params["qkv_bias"] = jnp.concatenate([params.pop(f"{n}_bias").reshape(layers, -1) for n in "qkv"], axis=-1)
   if "gate_kernel" in params:
     params["gate_up_kernel"] = jnp.concatenate([params.pop("gate_kernel"), params.pop("up_kernel")], axis=-1)
   return params

@@ -213,27 +213,24 @@ def _score_chunk(graphdef, params, prompt_tokens, prompt_mask, response_tokens, 
   return reward_scores(graphdef, params, tokens, mask)
 
 
-def _sequence_score_chunk(graphdef, params, tokens, mask):
-  from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
-  return reward_scores(graphdef, params, tokens, mask)
-
-
-def _hidden_chunk(graphdef, params, tokens, mask):
-  """The RM's last hidden state where it reads the reward: [B, D] (shared) or [K, B, D] (independent)."""
-  return nnx.merge(graphdef, params).last_hidden(tokens, mask)
+def _scores_and_hidden_chunk(graphdef, params, tokens, mask, member):
+  """([K, B] rewards, [B, D] member ``member``'s last hidden state) from one forward pass."""
+  model = nnx.merge(graphdef, params)
+  hidden = model.last_hidden(tokens, mask)  # [B, D] shared, [K, B, D] independent
+  return model.heads(hidden), (hidden if hidden.ndim == 2 else hidden[member])
 
 
 _score_chunk_jit = jax.jit(_score_chunk, static_argnames=("graphdef",))
-_hidden_chunk_jit = jax.jit(_hidden_chunk, static_argnames=("graphdef",))
-_sequence_score_chunk_jit = jax.jit(_sequence_score_chunk, static_argnames=("graphdef",))
+_scores_and_hidden_chunk_jit = jax.jit(_scores_and_hidden_chunk, static_argnames=("graphdef", "member"))
 
 
 def _map_rows(fn, graphdef: Any, params: Any, arrays: tuple[np.ndarray, ...], batch_size: int,
-              row_axis: int) -> np.ndarray:
+              row_axes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
   """``fn`` over rows of (tokens, mask, ...) array pairs in fixed-size chunks (one compilation).
 
-  Outputs are joined on ``row_axis``; the last chunk is padded with rows
-  holding one real token, which are dropped again.
+  ``fn`` returns a tuple; output i has its rows on ``row_axes[i]`` and is
+  joined there. The last chunk is padded with rows holding one real token,
+  which are dropped again.
   """
   num_rows = arrays[0].shape[0]
   if num_rows == 0:
@@ -245,9 +242,9 @@ def _map_rows(fn, graphdef: Any, params: Any, arrays: tuple[np.ndarray, ...], ba
     for i in range(0, len(part), 2):
       part[i], part[i + 1] = part[i].astype(np.int32), part[i + 1].astype(bool)
     part[1][rows:, -1] = True  # no all-masked pad row
-    out = fn(graphdef, params, *part)
-    chunks.append(np.take(np.asarray(jax.device_get(out)), np.arange(rows), axis=row_axis))
-  return np.concatenate(chunks, axis=row_axis).astype(np.float32)
+    outs = jax.device_get(fn(graphdef, params, *part))
+    chunks.append([np.take(np.asarray(o), np.arange(rows), axis=ax) for o, ax in zip(outs, row_axes)])
+  return tuple(np.concatenate([c[i] for c in chunks], axis=ax).astype(np.float32) for i, ax in enumerate(row_axes))
 
 
 def score_members(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
@@ -255,26 +252,21 @@ def score_members(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prompt_
   """Every ensemble member's reward of (prompt, response) rows: [K, N] numpy."""
   if prompt_tokens.shape[0] == 0:
     return np.zeros((0, 0), np.float32)
-  return _map_rows(_score_chunk_jit, graphdef, params,
-                   (prompt_tokens, prompt_mask, response_tokens, response_mask), batch_size, row_axis=1)
+  fn = lambda *args: (_score_chunk_jit(*args),)
+  return _map_rows(fn, graphdef, params, (prompt_tokens, prompt_mask, response_tokens, response_mask), batch_size,
+                   row_axes=(1,))[0]
 
 
-def score_sequences(graphdef: Any, params: Any, tokens: np.ndarray, mask: np.ndarray,
-                    batch_size: int = 256) -> np.ndarray:
-  """Every ensemble member's reward of full sequences (e.g. ``held_out_pairs`` rows): [K, N] numpy."""
-  return _map_rows(_sequence_score_chunk_jit, graphdef, params, (tokens, mask), batch_size, row_axis=1)
-
-
-def rm_hidden_states(graphdef: Any, params: Any, tokens: np.ndarray, mask: np.ndarray, member: int = 0,
-                     batch_size: int = 256) -> np.ndarray:
-  """[N, D] the RM's last hidden state of full sequences (member ``member``'s for independent backbones).
+def scores_and_hidden(graphdef: Any, params: Any, tokens: np.ndarray, mask: np.ndarray, member: int = 0,
+                      batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """Of full sequences (e.g. ``held_out_pairs`` rows), in one pass: every member's reward [K, N] and the
+  RM's last hidden state [N, D] where it reads the reward (member ``member``'s for independent backbones).
 
   Rows of (prompt, response) go through ``concat_prompt_response(...,
   left_pad=False)`` first, the layout ``score_members`` scores.
   """
-  shared = nnx.merge(graphdef, params).kind == "shared"
-  hidden = _map_rows(_hidden_chunk_jit, graphdef, params, (tokens, mask), batch_size, row_axis=0 if shared else 1)
-  return hidden if shared else hidden[member]
+  fn = lambda g, p, t, m: _scores_and_hidden_chunk_jit(g, p, t, m, member)
+  return _map_rows(fn, graphdef, params, (tokens, mask), batch_size, row_axes=(1, 0))
 
 
 # The helpers below take the run's policy tokenizer (``policy_tokenizer``):

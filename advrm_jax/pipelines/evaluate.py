@@ -68,8 +68,8 @@ def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params:
   from advrm_jax.reward.evaluation import pairwise_accuracy  # pylint: disable=import-outside-toplevel
   data = advrm.held_out_pairs(workdir, meta)
   num_pairs = data["chosen_tokens"].shape[0]
-  chosen = advrm.score_sequences(rm_graphdef, rm_params, data["chosen_tokens"], data["chosen_mask"])
-  rejected = advrm.score_sequences(rm_graphdef, rm_params, data["rejected_tokens"], data["rejected_mask"])
+  chosen, _ = advrm.scores_and_hidden(rm_graphdef, rm_params, data["chosen_tokens"], data["chosen_mask"])
+  rejected, _ = advrm.scores_and_hidden(rm_graphdef, rm_params, data["rejected_tokens"], data["rejected_mask"])
   members = pairwise_accuracy(chosen, rejected)
   return {"num_pairs": num_pairs, "target_member": float(members[target]),
           "ensemble_mean": float(pairwise_accuracy(chosen.mean(0), rejected.mean(0))),

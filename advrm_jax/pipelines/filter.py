@@ -69,17 +69,17 @@ class _SignalInputs:
   rm_graphdef: Any
   rm_params: Any
   rm_meta: dict[str, Any]
-  probe_info: dict[str, Any] | None = None
 
 
-def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray]:
-  """(U of every collected sample [B], U of every reference sample [P * n]) for ``filter.uncertainty`` = kind."""
+def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+  """For ``filter.uncertainty`` = kind: (U of every collected sample [B], U of every reference sample
+  [P * n], the verdict probe's own metrics for "probe" else None)."""
   target, r2_kind = s.config.attack.target, s.config.attack.r2_kind
   scores = s.collected["member_scores"]
   num_members, num_prompts, n = s.reference_scores.shape
   if kind in signals.ENSEMBLE_KINDS:
     return (np.asarray(uncertainty(scores, kind, target, r2_kind)),
-            np.asarray(uncertainty(s.reference_scores.reshape(num_members, -1), kind, target, r2_kind)))
+            np.asarray(uncertainty(s.reference_scores.reshape(num_members, -1), kind, target, r2_kind)), None)
   if kind in signals.SEMANTIC_KINDS:
     from advrm_jax.data import synthetic_world  # pylint: disable=import-outside-toplevel
     key_fn = synthetic_world.meaning_key if s.tokenizer is None else signals.text_meaning_key
@@ -91,24 +91,25 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray]:
                        f"of attack.rl.num_samples={group}; set prefs.reference_samples to a multiple of it")
     # Reference groups of the adversary's size G: entropy over G samples is on one scale (at most log G).
     return (signals.semantic(s.texts, group, kind, key_fn),
-            signals.semantic(list(s.reference_texts.reshape(-1)), group, kind, key_fn))
+            signals.semantic(list(s.reference_texts.reshape(-1)), group, kind, key_fn), None)
   # The verdict probe: trained on the held-out labelled pairs, applied to (sample, best reference sample).
   node = s.config.filter.probe
   pairs = advrm.held_out_pairs(s.workdir, s.rm_meta)
-  hidden = {side: advrm.rm_hidden_states(s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"], pairs[f"{side}_mask"],
-                                         member=target) for side in ("chosen", "rejected")}
-  r1 = {side: advrm.score_sequences(s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"],
-                                    pairs[f"{side}_mask"])[target] for side in ("chosen", "rejected")}
+  (chosen_scores, chosen_hidden), (rejected_scores, rejected_hidden) = (
+      advrm.scores_and_hidden(s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"], pairs[f"{side}_mask"],
+                              member=target) for side in ("chosen", "rejected"))
   key = jax.random.fold_in(jax.random.PRNGKey(s.config.seed), 1000 + s.round_index)
-  params, s.probe_info = signals.train_verdict_probe(
-      key, hidden["chosen"], hidden["rejected"], r1["chosen"], r1["rejected"], hidden=node.hidden,
+  params, info = signals.train_verdict_probe(
+      key, chosen_hidden, rejected_hidden, chosen_scores[target], rejected_scores[target], hidden=node.hidden,
       num_steps=node.num_steps, learning_rate=node.learning_rate, weight_decay=node.weight_decay)
   logging.info("filter/round_%d: verdict probe on %d held-out pairs, held-out ROC-AUC %.3f", s.round_index,
-               s.probe_info["num_pairs"], s.probe_info["holdout"]["roc_auc"])
+               info["num_pairs"], info["holdout"]["roc_auc"])
 
   def sample_hidden(prompt_tokens, prompt_mask, response_tokens, response_mask):
+    # Their rewards are known already (collected / reference scores): only the hidden states are new.
     tokens, mask = concat_prompt_response(prompt_tokens, prompt_mask, response_tokens, response_mask, left_pad=False)
-    return advrm.rm_hidden_states(s.rm_graphdef, s.rm_params, np.asarray(tokens), np.asarray(mask), member=target)
+    return advrm.scores_and_hidden(s.rm_graphdef, s.rm_params, np.asarray(tokens), np.asarray(mask),
+                                   member=target)[1]
 
   width = s.reference["response_tokens"].shape[-1]
   reference_hidden = sample_hidden(np.repeat(s.reference["prompt_tokens"], n, axis=0),
@@ -126,7 +127,7 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray]:
   reference_u = signals.verdict_uncertainty(params, reference_hidden.reshape(num_prompts * n, -1),
                                             np.repeat(best_hidden, n, axis=0), reference_r1.reshape(-1),
                                             np.repeat(best_r1, n))
-  return u, reference_u
+  return u, reference_u, info
 
 
 def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
@@ -165,18 +166,22 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   best_reference = np.argmax(ensemble_mean, axis=1)  # [P]
   has_gold = bool(np.isfinite(collected["gold"]).any())
   # With gold (the synthetic world) every signal is computed and compared; otherwise only the one in use.
-  kinds = signals.KINDS if (has_gold and node.get("compare_signals", False)) else (node.uncertainty,)
+  kinds = signals.KINDS if (has_gold and node.compare_signals) else (node.uncertainty,)
   inputs = _SignalInputs(config, workdir, round_index, collected, texts, reference, reference_texts,
                          reference_scores, best_reference, tokenizer, rm_graphdef, rm_params, rm_meta)
-  computed = {}
+  computed, probe_info = {}, None
   for kind in kinds:
     try:
-      computed[kind] = _signal(kind, inputs)
+      kind_u, kind_reference_u, info = _signal(kind, inputs)
     except ValueError as e:
       if kind == node.uncertainty:
         raise
       # A comparison-only signal that cannot be computed here (e.g. too few held-out pairs) is left out.
       logging.warning("filter/round_%d: signal %s left out of the comparison: %s", round_index, kind, e)
+      continue
+    computed[kind] = (kind_u, kind_reference_u)
+    if info is not None:
+      probe_info = info
   u, reference_u = computed[node.uncertainty]
   z = np.asarray(standardize(u, reference=reference_u if node.standardize == "reference" else None))
   keep = np.asarray(filter_mask(r1, collected["threshold"], z, node.z_min))
@@ -217,7 +222,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   reference_gold_mean = reference["gold"].mean(axis=1)[collected["prompt_index"]]
   kept_gold = gold[kept_rows]
   # Real text (an imported policy) has no gold: the gold statistics are None.
-  has_gold = has_gold and kept_rows.size > 0
+  kept_with_gold = has_gold and kept_rows.size > 0
   summary = {
       "round": round_index, "num_collected": int(r1.size),
       "num_above_threshold": int(np.sum(r1 > collected["threshold"])),
@@ -225,18 +230,18 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
       "num_unique_kept": len(seen), "num_pairs": len(records),
       "kept_fraction": float(keep.mean()) if keep.size else 0.0,
       # Kept samples truly worse than the chosen response / than the reference's mean, by gold.
-      "kept_worse_than_chosen": float(np.mean(kept_gold < chosen_gold)) if has_gold else None,
+      "kept_worse_than_chosen": float(np.mean(kept_gold < chosen_gold)) if kept_with_gold else None,
       "kept_worse_than_reference_mean": (float(np.mean(kept_gold < reference_gold_mean[kept_rows]))
-                                         if has_gold else None),
-      "kept_gold_mean": float(kept_gold.mean()) if has_gold else None,
-      "chosen_gold_mean": float(chosen_gold.mean()) if has_gold else None,
+                                         if kept_with_gold else None),
+      "kept_gold_mean": float(kept_gold.mean()) if kept_with_gold else None,
+      "chosen_gold_mean": float(chosen_gold.mean()) if kept_with_gold else None,
       "collected_gold_mean": float(gold.mean()),
       # Does uncertainty predict a gold shortfall across all collected samples?
       "uncertainty_gold": uncertainty_gold_correlation(u, reference_gold_mean - gold),
       "uncertainty": node.uncertainty, "standardize": node.standardize, "z_min": node.z_min,
   }
-  if inputs.probe_info is not None:
-    summary["probe"] = inputs.probe_info
+  if probe_info is not None:
+    summary["probe"] = probe_info
   if len(computed) > 1:
     # Which signal would have found the truly worse samples (gold below the reference mean)?
     summary["signals"] = signals.compare({k: v[0] for k, v in computed.items()}, r1 > collected["threshold"],

@@ -174,7 +174,11 @@ class RewardEnsemble(nnx.Module):
     Returns:
       [K, B] float32 rewards.
     """
-    last = self.last_hidden(tokens, mask).astype(jnp.float32)
+    return self.heads(self.last_hidden(tokens, mask))
+
+  def heads(self, last: Array) -> Array:
+    """[K, B] rewards from ``last_hidden``'s output (the K linear heads)."""
+    last = last.astype(jnp.float32)
     kernel = self.head_kernel[...].astype(jnp.float32)
     if last.ndim == 2:   # shared: one hidden state, K heads
       scores = jnp.einsum("bd,dk->kb", last, kernel)
