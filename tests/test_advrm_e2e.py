@@ -57,10 +57,10 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
   assert [f["round"] for f in report["filter"]] == [0, 1, 2]
   for summary in report["filter"]:
     assert 0 <= summary["num_pairs"] <= summary["num_kept"] <= summary["num_collected"]
-    # Every uncertainty signal is compared with gold (the probe only when the held-out pairs allow one).
+    # Every uncertainty signal is compared with gold, the verdict probe trained on the held-out pairs.
     compared = summary["signals"]["signals"]
-    assert {"r1_minus_r2", "std", "semantic_surprisal", "semantic_entropy"} <= set(compared)
-    assert ("probe" in compared) == ("probe" in summary)
+    assert set(compared) == {"r1_minus_r2", "std", "semantic_surprisal", "semantic_entropy", "probe"}
+    assert summary["probe"]["num_pairs"] == report["in_distribution_accuracy"][f"round_{summary['round']}"]["num_pairs"]
     for entry in compared.values():
       assert entry["auc_bad"] is None or 0.0 <= entry["auc_bad"] <= 1.0
 
