@@ -1,9 +1,10 @@
 """Decoder-only transformer backbone (Llama family and GPT-2) in Flax NNX.
 
 Layer parameters are stacked along a leading ``layers`` axis and the forward
-pass is a ``jax.lax.scan`` over layers: compile time stays flat in depth (the
-30-layer SmolLM2 compiles as fast as a 2-layer toy), and the KV cache is a
-plain pytree scanned alongside, so jitted steps stay pure functions of
+pass is a ``jax.lax.scan`` over layers, so compile time stays flat in depth,
+except for one-token decode steps, which loop over layers in Python on
+per-layer weights and cache buffers (``Transformer.unstacked_layers``). The
+KV cache is a plain pytree, so jitted steps stay pure functions of
 ``(params, cache)``.
 
 Padding is described by ``input_mask`` (1 on real tokens). Positions default
@@ -35,13 +36,15 @@ LAYERS, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP, VOCAB, NORM = (
 class KVCache(NamedTuple):
   """Key/value cache for all layers.
 
-  keys, values: [L, B, Hkv, S, Dh] (head-major, so attention reads each
-  head's slots contiguously with no transpose); mask: [B, S] bool, True where
+  keys, values: one [B, Hkv, S, Dh] array per layer (head-major, so attention
+  reads each head's slots contiguously with no transpose; one buffer per
+  layer, so a decode step writes and reads it in place where slicing a
+  stacked [L, ...] cache copies the layer's slice); mask: [B, S] bool, True where
   a slot holds a real token; index: [] int32, the next slot to write (shared
   by all rows, which is why the sampler left-aligns prompts to a common end).
   """
-  keys: Array
-  values: Array
+  keys: tuple[Array, ...]
+  values: tuple[Array, ...]
   mask: Array
   index: Array
 
@@ -140,8 +143,34 @@ class Transformer(nnx.Module):
     """An empty KV cache for ``batch_size`` rows of up to ``max_len`` positions."""
     return init_cache(self.cfg, batch_size, max_len)
 
+  def _layer_arrays(self, cached: bool) -> dict[str, Array]:
+    """The stacked [L, ...] layer params, projections fused as FUSED_PROJECTIONS says."""
+    params = self.layers.arrays()
+    if FUSED_PROJECTIONS == "all" or (FUSED_PROJECTIONS == "cached" and cached):
+      params = fuse_projections(params)
+    return params
+
+  def unstacked_layers(self) -> tuple[dict[str, Array], ...]:
+    """One dict of parameters per layer, for one-token decode steps.
+
+    A scan over stacked layers reads each layer's weights (and a stacked
+    cache's layer) through dynamic slices, which XLA:CPU materialises as
+    copies: in a one-token decode step those copies cost as much as the
+    matmuls (they move every weight of the model at every step). A decode
+    step therefore loops over layers in Python on separate per-layer
+    arrays and per-layer cache buffers. The sampler calls this once, before
+    its decode loop, so the slicing happens once per call; inside the loop
+    the weights are read in place. Measured: sampling 1.15x faster at d256
+    and decode steps 1.2x faster at SmolLM2's shape; the price is compile
+    time, which now grows with depth for the decode step (about 8 s for 30
+    layers) (``python benchmarks/bench_sampler_profile.py``).
+    """
+    params = self._layer_arrays(cached=True)
+    return tuple({name: value[i] for name, value in params.items()} for i in range(self.cfg.num_layers))
+
   def __call__(self, tokens: Array, input_mask: Array | None = None, positions: Array | None = None,
-               cache: KVCache | None = None, compute_logits: bool = True) -> ModelOutput:
+               cache: KVCache | None = None, compute_logits: bool = True,
+               layers: tuple[dict[str, Array], ...] | None = None) -> ModelOutput:
     """Runs the model.
 
     Args:
@@ -152,6 +181,10 @@ class Transformer(nnx.Module):
         ``cache.index .. cache.index + T - 1``.
       compute_logits: skip the LM head (reward and value models only need
         hidden states).
+      layers: for one-token calls with a cache (decode steps),
+        ``self.unstacked_layers()`` computed once outside the caller's decode
+        loop (default: computed here, which inside a loop body would copy
+        every layer's weights at every step). Unused otherwise.
     """
     cfg = self.cfg
     dtype = cfg.jnp_dtype
@@ -182,29 +215,32 @@ class Transformer(nnx.Module):
     else:
       rope = rope_cos_sin(cfg, positions)
 
-    layer_params = self.layers.arrays()
-    if FUSED_PROJECTIONS == "all" or (FUSED_PROJECTIONS == "cached" and cache is not None):
-      layer_params = fuse_projections(layer_params)
-
-    if cache is None:
-      def layer_step(h, params):
-        h, _ = _decoder_layer(cfg, params, h, attn_mask, rope, None, None)
-        return h, None
-      x, _ = jax.lax.scan(layer_step, x, layer_params)
-      new_cache = None
+    if cache is not None and length == 1:
+      # A decode step: a Python loop over per-layer weights and cache buffers,
+      # all read in place (see unstacked_layers).
+      if layers is None:
+        layers = self.unstacked_layers()
+      keys, values = list(cache.keys), list(cache.values)
+      for i, params in enumerate(layers):
+        x, (keys[i], values[i]) = _decoder_layer(cfg, params, x, attn_mask, rope, (keys[i], values[i]),
+                                                 cache.index)
+      new_cache = KVCache(tuple(keys), tuple(values), slot_mask, cache.index + length)
+    elif cache is not None:
+      # A prefill: a scan over the stacked layers (compile time flat in depth),
+      # with the cache stacked for the scan and split again after it (a copy
+      # each way, once per prefill).
+      def cached_layer_step(h, xs):
+        params, keys, values = xs
+        return _decoder_layer(cfg, params, h, attn_mask, rope, (keys, values), cache.index)
+      x, (keys, values) = jax.lax.scan(cached_layer_step, x, (self._layer_arrays(cached=True),
+                                                               jnp.stack(cache.keys), jnp.stack(cache.values)))
+      new_cache = KVCache(tuple(keys), tuple(values), slot_mask, cache.index + length)
     else:
-      # The whole cache rides in the scan carry and each layer writes its new
-      # slots with dynamic_update_slice: XLA updates the carry in place, where
-      # scanning the cache as xs/ys would copy all of it at every decode step.
-      def cached_layer_step(carry, xs):
-        h, keys, values = carry
-        params, layer = xs
-        h, (keys, values) = _decoder_layer(cfg, params, h, attn_mask, rope, (keys, values, layer), cache.index)
-        return (h, keys, values), None
-      layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-      (x, keys, values), _ = jax.lax.scan(cached_layer_step, (x, cache.keys, cache.values),
-                                          (layer_params, layers))
-      new_cache = KVCache(keys, values, slot_mask, cache.index + length)
+      def layer_step(h, params):
+        h, _ = _decoder_layer(cfg, params, h, attn_mask, rope)
+        return h, None
+      x, _ = jax.lax.scan(layer_step, x, self._layer_arrays(cached=False))
+      new_cache = None
 
     if cfg.arch == "gpt2":
       hidden = _layer_norm(x, self.final_norm_scale[...], self.final_norm_bias[...], cfg.norm_eps)
@@ -233,8 +269,8 @@ def fuse_projections(params: dict[str, Array]) -> dict[str, Array]:
   each one). The cached forward (prefill and the sampler's one-token decode
   steps, where per-op overhead dominates) multiplies by the concatenation:
   two fewer GEMMs per layer and step: 3-16% less sampling time at d256 in
-  six runs (at d512 the difference is within the +-5% noise); the
-  concatenation is loop-invariant, so XLA hoists it out of the decode loop.
+  six runs (at d512 the difference is within the +-5% noise); the sampler
+  concatenates once per call, before its decode loop (``unstacked_layers``).
   Training keeps separate GEMMs: there the concatenation and the split of
   its gradient cost about what they save (loss + grad 0.99-1.17x the
   separate time). ``python benchmarks/bench_fused_projections.py [--size]``,
@@ -252,11 +288,11 @@ def fuse_projections(params: dict[str, Array]) -> dict[str, Array]:
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> KVCache:
-  """An empty KV cache for ``cfg``: keys/values zeros of [L, B, KV heads, max_len, head_dim]."""
-  shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
+  """An empty KV cache for ``cfg``: per layer, keys/values zeros of [B, KV heads, max_len, head_dim]."""
+  shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
   return KVCache(
-      keys=jnp.zeros(shape, cfg.jnp_dtype),
-      values=jnp.zeros(shape, cfg.jnp_dtype),
+      keys=tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.num_layers)),
+      values=tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.num_layers)),
       mask=jnp.zeros((batch_size, max_len), bool),
       index=jnp.zeros((), jnp.int32))
 
@@ -334,7 +370,7 @@ def _attention(q, k, v, mask, head_major: bool = False):
 
 
 def _decoder_layer(cfg: ModelConfig, p: dict[str, Array], x: Array, attn_mask: Array,
-                   rope, kv, cache_index):
+                   rope, kv=None, cache_index=None):
   dtype = x.dtype
   p = {name: value.astype(dtype) for name, value in p.items()}
   gpt2 = cfg.arch == "gpt2"
@@ -362,16 +398,14 @@ def _decoder_layer(cfg: ModelConfig, p: dict[str, Array], x: Array, attn_mask: A
     cos, sin = rope
     q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
   if kv is not None:
-    # kv: the full [L, B, Hkv, S, Dh] caches and this layer's index.
-    cache_k, cache_v, layer = kv
+    # kv: this layer's [B, Hkv, S, Dh] key and value caches.
+    cache_k, cache_v = kv
     zero = jnp.zeros((), jnp.int32)
-    start = (layer, zero, zero, cache_index, zero)
-    cache_k = jax.lax.dynamic_update_slice(cache_k, jnp.swapaxes(k, 1, 2)[None].astype(cache_k.dtype), start)
-    cache_v = jax.lax.dynamic_update_slice(cache_v, jnp.swapaxes(v, 1, 2)[None].astype(cache_v.dtype), start)
+    start = (zero, zero, cache_index, zero)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, jnp.swapaxes(k, 1, 2).astype(cache_k.dtype), start)
+    cache_v = jax.lax.dynamic_update_slice(cache_v, jnp.swapaxes(v, 1, 2).astype(cache_v.dtype), start)
     new_kv = (cache_k, cache_v)
-    layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, axis=0, keepdims=False)
-    layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, axis=0, keepdims=False)
-    attn = _attention(q, layer_k.astype(dtype), layer_v.astype(dtype), attn_mask, head_major=True)
+    attn = _attention(q, cache_k.astype(dtype), cache_v.astype(dtype), attn_mask, head_major=True)
   else:
     new_kv = None
     attn = _attention(q, k, v, attn_mask)

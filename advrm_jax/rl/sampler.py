@@ -333,9 +333,12 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array, prom
   # input yields every row's first-token logits; the model is then inlined
   # only twice in the compiled program (prefill + loop body).
   cache = init_cache(cfg, batch, cache_len)
+  # Per-layer weights, sliced once here: inside the loop body the slices
+  # would be copied at every step.
+  layers = model.unstacked_layers()
   if prompt_len > 1:
     cache = model(prompt_tokens[:, :-1], prompt_mask[:, :-1], cache=cache,
-                  compute_logits=False).cache
+                  compute_logits=False, layers=layers).cache
   eos_ids = jnp.asarray(config.eos_ids, jnp.int32)
 
   def cond(state: _LoopState) -> Array:
@@ -343,7 +346,7 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array, prom
 
   def body(state: _LoopState) -> _LoopState:
     """Forwards the previous token, samples token `step` and writes it."""
-    out = model(state.inputs[:, None], state.input_mask[:, None], cache=state.cache)
+    out = model(state.inputs[:, None], state.input_mask[:, None], cache=state.cache, layers=layers)
     token, lp, plain_lp, sampling_lp = _choose(out.logits[:, -1],
                                                jax.random.fold_in(rng, state.step), config)
     active = ~state.done & (state.step < budget)
