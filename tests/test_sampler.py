@@ -149,6 +149,31 @@ def test_greedy_matches_no_cache_reference(model):
   np.testing.assert_array_equal(out_right.sampling_logprobs, 0.0)
 
 
+def test_cached_forward_in_pieces_equals_the_full_forward(model):
+  # A prefill into an empty cache, a second prefill into a partly filled one
+  # (the scan over stacked layers) and one-token decode steps (the per-layer
+  # loop, with and without precomputed per-layer weights) must give the logits
+  # of one full forward over the whole left-padded sequence.
+  (tokens, mask), _ = _prompts(seed=3)
+  extra = jnp.asarray(np.random.default_rng(4).integers(1, VOCAB, (len(LENGTHS), 4)), jnp.int32)
+  tokens = jnp.concatenate([tokens, extra], axis=1)
+  mask = jnp.concatenate([mask, jnp.ones_like(extra, bool)], axis=1)
+  expected = np.asarray(_forward(model, tokens, mask))
+
+  cache = model.init_cache(tokens.shape[0], tokens.shape[1])
+  layers = model.unstacked_layers()
+  pieces = [(0, 4, None), (4, 8, None), (8, 9, None), (9, 10, layers)]
+  got = []
+  for start, stop, layer_arg in pieces:
+    out = model(tokens[:, start:stop], mask[:, start:stop], cache=cache, layers=layer_arg)
+    cache = out.cache
+    got.append(np.asarray(out.logits))
+  got = np.concatenate(got, axis=1)
+  real = np.asarray(mask[:, :10])
+  assert int(cache.index) == 10 and len(cache.keys) == model.cfg.num_layers
+  np.testing.assert_allclose(got[real], expected[:, :10][real], atol=1e-4)
+
+
 def test_sampled_logprobs_match_full_forward(llama):
   temperature, top_k, top_p = 0.7, 10, 0.9
   config = S.SamplingConfig(max_new_tokens=N_NEW, temperature=temperature, top_k=top_k,

@@ -155,15 +155,16 @@ class Transformer(nnx.Module):
 
     A scan over stacked layers reads each layer's weights (and a stacked
     cache's layer) through dynamic slices, which XLA:CPU materialises as
-    copies: in a one-token decode step those copies cost as much as the
-    matmuls (they move every weight of the model at every step). A decode
-    step therefore loops over layers in Python on separate per-layer
-    arrays and per-layer cache buffers. The sampler calls this once, before
-    its decode loop, so the slicing happens once per call; inside the loop
-    the weights are read in place. Measured: sampling 1.15x faster at d256
-    and decode steps 1.2x faster at SmolLM2's shape; the price is compile
-    time, which now grows with depth for the decode step (about 8 s for 30
-    layers) (``python benchmarks/bench_sampler_profile.py``).
+    copies: a one-token decode step, bound by memory traffic, would copy
+    every weight of the model at every step. A decode step therefore loops
+    over layers in Python on separate per-layer arrays and per-layer cache
+    buffers. The sampler calls this once, before its decode loop, so the
+    slicing happens once per call and the loop body reads the weights in
+    place: d256 decode steps 1.2-1.45x faster than with the slices inside
+    the loop (``python benchmarks/bench_sampler_profile.py``), SmolLM2-shaped
+    ones 1.2x. The price is compile time, which grows with depth for the
+    decode step (30 layers: ~11-14 s instead of ~2-3 s for the sampler);
+    benchmarks/RESULTS.md, "Sampling".
     """
     params = self._layer_arrays(cached=True)
     return tuple({name: value[i] for name, value in params.items()} for i in range(self.cfg.num_layers))
