@@ -1,7 +1,5 @@
 """Orbax round trips: sharded restore, keep-N, mismatch and corruption handling."""
 
-import shutil
-
 import jax
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ all-reduce and all-gather in the steps crosses a process boundary.
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys

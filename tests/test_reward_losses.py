@@ -14,7 +14,7 @@ from advrm_jax import sharding as shd
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.reward.data import MemberBatches
 from advrm_jax.reward.losses import bradley_terry_loss, jit_bt_step, pair_scores
-from advrm_jax.reward.model import RewardEnsemble, init_reward_model
+from advrm_jax.reward.model import init_reward_model
 from advrm_jax.train_state import create_train_state, make_optimizer
 from flax import nnx
 

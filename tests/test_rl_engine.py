@@ -1,6 +1,5 @@
 """The jitted RL iteration: learns a known reward, compiles once, mesh == 1 device."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

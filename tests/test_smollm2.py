@@ -11,7 +11,6 @@ import pytest
 
 pytest.importorskip("gguf", reason="the `gguf` package is not installed")
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from advrm_jax.checkpoints import gguf as gguf_ckpt  # noqa: E402

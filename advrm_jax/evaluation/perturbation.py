@@ -125,7 +125,7 @@ def _best_substitutions(tokens: np.ndarray, mask: np.ndarray,
 
   One batched `score_fn` call covers every candidate of every row.
   """
-  rows, cand_tokens, cand_pos, cand_ids = [], [], [], []
+  rows, cand_pos, cand_ids = [], [], []
   for i, pos_list in enumerate(positions):
     for j in pos_list:
       for t in table[int(tokens[i, j])]:

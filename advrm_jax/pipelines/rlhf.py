@@ -16,12 +16,10 @@ the Adv-RM RM), each in WORKDIR/rlhf/<name>/.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any, Callable
 
 from absl import logging
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +29,8 @@ from advrm_jax.checkpoints.orbax_io import save_params
 from advrm_jax.data.batching import epoch_batches
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
 from advrm_jax.pipelines.sft import load_policy
-from advrm_jax.rl.engine import RLConfig, RLState, init_policy_params, init_rl_state, make_iteration, policy_param_axes
-from advrm_jax.rl.rewards import AdversarySource, EnsembleMixSource, FunctionSource, RewardModelSource, aggregate_mix
+from advrm_jax.rl.engine import RLConfig, RLState, init_policy_params, init_rl_state, make_iteration
+from advrm_jax.rl.rewards import EnsembleMixSource, FunctionSource, aggregate_mix
 from advrm_jax.rl.sampler import SamplingConfig
 from advrm_jax.train_state import make_optimizer
 
