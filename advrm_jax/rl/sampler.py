@@ -333,12 +333,16 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array, prom
   # input yields every row's first-token logits; the model is then inlined
   # only twice in the compiled program (prefill + loop body).
   cache = init_cache(cfg, batch, cache_len)
-  # Per-layer weights, sliced once here: inside the loop body the slices
-  # would be copied at every step.
-  layers = model.unstacked_layers()
+  # XLA:CPU materialises every slice of the stacked layer weights, so there
+  # the decode loop gets per-layer weights sliced once, here, at the cost of
+  # a second copy of the weights while sampling (sliced inside the loop body,
+  # they would be copied at every step). TPU/GPU compilers fuse such slices
+  # into the matmuls that read them, so there the loop slices in place and
+  # the weights stay in memory once (not measured here: no accelerator).
+  layers = model.unstacked_layers() if jax.default_backend() == "cpu" else None
   if prompt_len > 1:
     cache = model(prompt_tokens[:, :-1], prompt_mask[:, :-1], cache=cache,
-                  compute_logits=False, layers=layers).cache
+                  compute_logits=False).cache
   eos_ids = jnp.asarray(config.eos_ids, jnp.int32)
 
   def cond(state: _LoopState) -> Array:
