@@ -14,6 +14,10 @@ real sampler) of ``model(token, cache=...)`` for several cache lengths S:
 * ``no cache``: a one-token forward without a cache (the scan over stacked
   layers, no attention over past slots): the floor set by the layer
   matmuls, the weight slicing and per-op overhead.
+
+Then microseconds per decode step of two pieces on their own: the widest
+GEMM of a layer (the fused gate|up projection of B rows) and the Gumbel noise
+that sampled decoding draws per step (``jax.random.categorical`` over B x V).
 """
 
 from __future__ import annotations
@@ -65,6 +69,26 @@ def nocache_loop(graphdef):
   return jax.jit(run)
 
 
+def pieces_us(cfg, batch: int) -> dict[str, float]:
+  """Per-step microseconds of the widest layer GEMM and of the sampling noise."""
+  rows = jax.random.normal(jax.random.key(0), (batch, cfg.d_model))
+  kernel = 0.02 * jax.random.normal(jax.random.key(1), (cfg.d_model, 2 * cfg.d_ff))
+  key = jax.random.key(2)
+
+  @jax.jit
+  def gemm(rows, kernel):
+    # The carry depends on each product, so no step can be skipped or hoisted.
+    return jax.lax.fori_loop(0, STEPS, lambda _, x: x + 1e-3 * jnp.mean(x @ kernel), rows)
+
+  @jax.jit
+  def gumbel(key):
+    def body(i, total):
+      return total + jax.random.gumbel(jax.random.fold_in(key, i), (batch, cfg.vocab_size))
+    return jax.lax.fori_loop(0, STEPS, body, jnp.zeros((batch, cfg.vocab_size)))
+  ms = interleaved_ms({"gemm": lambda: gemm(rows, kernel), "gumbel": lambda: gumbel(key)})
+  return {name: 1e3 * value for name, value in ms.items()}
+
+
 def interleaved_ms(calls: dict, repeats: int = 7) -> dict[str, float]:
   for call in calls.values():
     jax.block_until_ready(call())
@@ -96,6 +120,9 @@ def main():
                          "in_loop": lambda c=cache: in_loop(params, c, token),
                          "nocache": lambda: nocache(params, token)})
     print(f"{length:>14} {ms['hoisted']:>9.2f} {ms['in_loop']:>15.2f} {ms['nocache']:>9.2f}")
+  us = pieces_us(cfg, args.batch)
+  print(f"per step: [{args.batch}, {cfg.d_model}] @ [{cfg.d_model}, {2 * cfg.d_ff}] GEMM {us['gemm']:.0f} us; "
+        f"Gumbel noise for [{args.batch}, {cfg.vocab_size}] logits {us['gumbel']:.0f} us")
 
 
 if __name__ == "__main__":
