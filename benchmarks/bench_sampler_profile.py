@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -90,15 +88,10 @@ def pieces_us(cfg, batch: int) -> dict[str, float]:
 
 
 def interleaved_ms(calls: dict, repeats: int = 7) -> dict[str, float]:
-  for call in calls.values():
-    jax.block_until_ready(call())
-  times = {name: [] for name in calls}
-  for _ in range(repeats):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      jax.block_until_ready(call())
-      times[name].append(time.perf_counter() - start)
-  return {name: 1e3 * statistics.median(t) / STEPS for name, t in times.items()}
+  """Median ms per decode step of each call, the calls alternating (``common.interleave``)."""
+  samples = common.interleave({name: lambda call=call: common.timed(lambda: jax.block_until_ready(call()))
+                               for name, call in calls.items()}, repeats)
+  return {name: 1e3 * common.median(values) / STEPS for name, values in samples.items()}
 
 
 def main():
