@@ -119,8 +119,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.prefs.test_fraction = 0.1
   # Attack prompt pool (world split "eval"): the adversary's prompts and the evaluation's.
   config.prefs.num_attack_prompts = 32 if small else 128
-  # Reference-policy samples per attack prompt: T(x), chosen responses, attack-success statistics.
+  # Reference-policy samples per attack prompt: T(x), chosen responses, the reward units' population.
   config.prefs.reference_samples = 4 if small else 8
+  # Held-out attack prompts (same stream, never trained on): where attack success is measured.
+  config.prefs.num_heldout_prompts = 16 if small else 64
+  # Reference samples per held-out prompt: the strict test's per-prompt z-scores need many.
+  config.prefs.heldout_reference_samples = 8 if small else 32
   # Rows per jitted sampling call.
   config.prefs.sample_batch_size = 64 if small else 256
 
@@ -155,11 +159,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage `rm`: the conventional ensemble (RM round 0).
   config.rm = rm = ml_collections.ConfigDict()
-  # "shared": K heads on one backbone (one backbone pass per batch);
-  # "independent": K whole backbones (K times the compute).
-  rm.ensemble = "shared"
-  # Ensemble size K (R1 = member `attack.target`, R2 = the mean of the others).
-  rm.num_members = 2 if small else 4
+  # "independent": K whole backbones, each from the SFT model with its own head seed, data order and
+  # bootstrap (the paper's two separately trained RMs; vmapped, one jitted step for all K);
+  # "shared": K heads on one backbone (cheaper, but the heads made the same mistakes: R1 and R2
+  # correlated 0.98 on the adversary's samples and the adversary found no disagreement).
+  rm.ensemble = "independent"
+  # Ensemble size K (R1 = member `attack.target`, R2 = the mean of the others); K=4 is a documented variant.
+  rm.num_members = 2
   # Each member fits its own bootstrap resample of the pairs.
   rm.member_data = "bootstrap"
   # Seed of the batch order and the resamples.
@@ -238,15 +244,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         max_new_tokens=config.world.max_response_len, temperature=0.7, top_k=0, top_p=1.0, eos_id=1, pad_id=0))
 
+  # One RL regime for RLHF and the adversary (the authors use one small KL coefficient and learning rate
+  # for both). Chosen on conventional RLHF alone (docs/reproducing.md, "Calibration"): it must first raise
+  # gold above the reference policy's before it hacks. RLConfig fields: RLOO with 4 samples per prompt (the
+  # first author's setting; "ppo" works too), KL as a per-token mean (the authors' form).
+  def rl_settings():
+    return ml_collections.ConfigDict(dict(
+        algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.5, kl_estimator="k1",
+        kl_in_reward=True, kl_aggregate="mean", missing_eos_penalty=2.0))
+
+  # AdamW for RL (constant learning rate).
+  def rl_optimizer():
+    return ml_collections.ConfigDict(dict(learning_rate=5e-4, schedule="constant", warmup_steps=0, grad_clip=1.0))
+
   # Stage `attack`: the adversary (RL from the reference policy) against RM round r.
   config.attack = ml_collections.ConfigDict()
   # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting); "ppo" works too.
-  config.attack.rl = ml_collections.ConfigDict(dict(
-      algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.01, kl_estimator="k1",
-      kl_in_reward=True, missing_eos_penalty=2.0))
-  # AdamW for the adversary (a loose KL and a fast learning rate: its job is to find exploits).
-  config.attack.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=2e-3, schedule="constant", warmup_steps=0, grad_clip=1.0))
+  # The same KL regime as RLHF (per-token mean, one coefficient), as the authors run both.
+  config.attack.rl = rl_settings()
+  # AdamW for the adversary: the same regime as RLHF (an exploit 30 nats away is one RLHF never reaches,
+  # and hardening against it cannot help RLHF).
+  config.attack.optimizer = rl_optimizer()
   # Sampling options (SamplingConfig fields).
   config.attack.sampling = sampling()
   # RL iterations per round.
@@ -257,16 +275,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.log_every = 2 if small else 10
   # Checkpoint every this many steps.
   config.attack.checkpoint_every = 2 if small else 30
+  # Members' rewards in reference z units (each member's mean/std over the reference samples, stored
+  # with the RM round): the floor, the penalty and U = z1 - z2 then share one scale.
+  config.attack.standardize = True
   # lambda of R1 - lambda * R2.
   config.attack.lam = 1.0
-  # Added to R1 when R1 <= T(x) (the first author's -25).
-  config.attack.penalty = -25.0
+  # Added to R1 when R1 <= T(x), in the reward's units (the first author's -25 on raw rewards).
+  config.attack.penalty = -5.0
   # The attacked member R1.
   config.attack.target = 0
   # R2: "mean", "min" or "max" of the other members.
   config.attack.r2_kind = "mean"
-  # T(x) from the reference samples' R1: "mean", "max" or "quantile".
-  config.attack.threshold = "mean"
+  # T(x): "constant" (attack.tau for every prompt: the authors' fixed low anchor), or from the reference
+  # samples' R1: "mean" (the per-prompt mean; kept for ablation: it put half of all ordinary answers under
+  # the penalty), "max" or "quantile".
+  config.attack.threshold = "constant"
+  # The floor of threshold "constant" (z units with attack.standardize).
+  config.attack.tau = -1.0
   # Samples per attack prompt from each final adversary (attack success of the trained attacker).
   config.attack.final_samples_per_prompt = 2 if small else 4
 
@@ -299,10 +324,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage `advtrain`: RM round r + 1 from RM round r and the adversarial pairs.
   config.advtrain = ml_collections.ConfigDict()
+  # Adversarial pairs added per round (drawn from the kept set; the paper added about 1,000). 0: use
+  # adversarial_fraction / upsample instead.
+  config.advtrain.num_pairs = 200 if small else 1000
+  # Also run the fresh-pairs control: the same schedule with num_pairs fresh reference pairs labelled by
+  # Bradley-Terry on gold (WORKDIR/advtrain_control/), and an RLHF run against it.
+  config.advtrain.control = True
   # "previous": continue from RM round r (the probe found retraining from scratch did not generalise);
   # "scratch": a fresh ensemble.
   config.advtrain.init = "previous"
-  # Share of adversarial pairs in each round's training set.
+  # Share of adversarial pairs in each round's training set (advtrain.num_pairs = 0 only).
   config.advtrain.adversarial_fraction = 0.3
   # Repeat adversarial pairs to reach that share (False: each at most once, the share may fall short).
   config.advtrain.upsample = False
@@ -361,12 +392,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Checkpoint every this many steps.
   config.rlhf.checkpoint_every = 2 if small else 50
   # RLConfig fields (advrm_jax/rl/engine.py): algorithm, samples per prompt, KL...
-  config.rlhf.rl = ml_collections.ConfigDict(dict(
-      algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.02, kl_estimator="k1",
-      kl_in_reward=True, missing_eos_penalty=2.0))
+  config.rlhf.rl = rl_settings()
   # AdamW for the policies.
-  config.rlhf.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, schedule="constant", warmup_steps=0, grad_clip=1.0))
+  config.rlhf.optimizer = rl_optimizer()
   # Sampling options; also the reference policy's sampling in `prefs` and `evaluate`.
   config.rlhf.sampling = sampling()
   # One policy group per entry: source "rm" (rm_stage: a dir under WORKDIR holding an RM;
@@ -381,6 +409,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "uncertainty_weighted": {"source": "rm", "rm_stage": "rm", "aggregate": "mean_minus_var", "coef": 1.0},
       # Adv-RM: the same member of the hardened ensemble (advtrain/final -> the last round).
       "adv_rm": {"source": "rm", "rm_stage": "advtrain/final", "aggregate": "member", "member": 0},
+      # The control: the same member after the same schedule with fresh ordinary pairs.
+      "fresh_pairs": {"source": "rm", "rm_stage": "advtrain_control/final", "aggregate": "member", "member": 0},
       # Oracle: the policy optimises gold itself (an upper reference, not a method).
       "oracle_gold": {"source": "gold"},
   })

@@ -22,6 +22,16 @@ baseline would cancel it and give zero advantage). Above the threshold it is
 With an ensemble of K members, `scores[target]` is R1 and R2 aggregates the
 other K - 1 members ('mean', or the pessimistic 'max' / optimistic 'min').
 
+Standard units. Raw member rewards live on arbitrary, member-specific scales,
+so a penalty of -25 and a disagreement R1 - R2 of 0.1 are not comparable.
+`member_standardization` measures each member's mean and std on the
+reference policy's own samples, and `standardize_members` turns rewards into
+z-scores per member. The default experiment then uses one constant floor
+`tau` in z units (the analogue of the first author's constant
+`reward_anchor: -3`; kind 'constant' of `per_prompt_threshold`) instead of a
+per-prompt mean, which put half of all ordinary answers under the penalty
+and made "stay above T" ~60x louder than "disagree".
+
 Every function here is pure and jittable; string and integer options
 (`target`, `r2_kind`, `kind`, `samples_per_prompt`) must be static under jit.
 
@@ -37,7 +47,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 R2_KINDS = ("mean", "min", "max")
-THRESHOLD_KINDS = ("mean", "max", "quantile")
+THRESHOLD_KINDS = ("mean", "max", "quantile", "constant")
 
 # The first author's settings.
 DEFAULT_LAMBDA = 1.0
@@ -125,16 +135,45 @@ def adversary_reward(scores: ArrayLike, threshold: ArrayLike,
   return reward, metrics
 
 
+def member_standardization(reference_scores: ArrayLike, min_std: float = 1e-6
+                           ) -> tuple[jax.Array, jax.Array]:
+  """Each member's mean and std over the reference policy's samples.
+
+  Args:
+    reference_scores: [K, ...] member rewards of reference-policy samples
+      (e.g. [K, P, n]); every axis after the first is pooled.
+    min_std: Floor of the std (a constant member would divide by zero).
+
+  Returns:
+    (loc [K], scale [K]) float32; ``(scores - loc) / scale`` are z-scores.
+  """
+  reference_scores = jnp.asarray(reference_scores, jnp.float32)
+  if reference_scores.ndim < 2:
+    raise ValueError(f"reference_scores must be [K, ...], got shape {reference_scores.shape}")
+  flat = reference_scores.reshape(reference_scores.shape[0], -1)
+  return jnp.mean(flat, axis=1), jnp.maximum(jnp.std(flat, axis=1), min_std)
+
+
+def standardize_members(scores: ArrayLike, loc: ArrayLike, scale: ArrayLike) -> jax.Array:
+  """[K, ...] member rewards in each member's reference z units."""
+  scores = jnp.asarray(scores, jnp.float32)
+  shape = (-1,) + (1,) * (scores.ndim - 1)
+  return (scores - jnp.reshape(jnp.asarray(loc, jnp.float32), shape)) / jnp.reshape(
+      jnp.asarray(scale, jnp.float32), shape)
+
+
 def per_prompt_threshold(reference_scores: ArrayLike, kind: str = "mean",
-                         q: float = 0.5) -> jax.Array:
-  """T(x): the reference policy's R1 reward for each prompt.
+                         q: float = 0.5, constant: float = 0.0) -> jax.Array:
+  """T(x): the reference policy's R1 reward for each prompt, or one constant floor.
 
   Args:
     reference_scores: [P, n] target-member (R1) rewards of n reference-policy
       samples per prompt.
     kind: 'mean' (the reference's expected reward), 'max' (the best of its n
-      samples: a harder bar) or 'quantile' (static).
+      samples: a harder bar), 'quantile', or 'constant' (``constant`` for
+      every prompt: the first author's fixed anchor) (static).
     q: Quantile in [0, 1] for kind='quantile' (linear interpolation).
+    constant: The floor of kind='constant'.
 
   Returns:
     [P] float32 thresholds.
@@ -147,6 +186,8 @@ def per_prompt_threshold(reference_scores: ArrayLike, kind: str = "mean",
     return jnp.mean(reference_scores, axis=1)
   if kind == "max":
     return jnp.max(reference_scores, axis=1)
+  if kind == "constant":
+    return jnp.full(reference_scores.shape[:1], constant, jnp.float32)
   if kind == "quantile":
     if not 0.0 <= q <= 1.0:
       raise ValueError(f"quantile q must be in [0, 1], got {q}")

@@ -52,7 +52,8 @@ import jax.numpy as jnp
 import optax
 
 from advrm_jax.adversarial import filtering
-from advrm_jax.adversarial.objective import per_prompt_threshold, split_target
+from advrm_jax.adversarial.objective import (member_standardization, per_prompt_threshold, split_target,
+                                             standardize_members)
 from advrm_jax.reward.losses import make_bt_step
 from advrm_jax.reward.model import reward_scores
 from advrm_jax.rl.engine import RLConfig, RLState, make_iteration
@@ -69,7 +70,12 @@ class OnlineConfig:
 
   Attributes:
     lam, penalty, target, r2_kind: the adversary's objective (as ``attack``).
-    threshold: T(x) from the reference samples' R1: mean, max or quantile.
+    threshold: T(x) from the reference samples' R1: mean, max, quantile, or
+      constant (``tau`` for every prompt).
+    standardized: members' rewards in z units of the step's reference
+      samples under the current ensemble (as ``attack.standardize``); T(x),
+      the penalty and U are then in those units.
+    tau: the floor of threshold "constant".
     uncertainty: U for the filter: "r1_minus_r2" or "std".
     standardize: z(U) against "reference" (the step's reference samples'
       U under the current ensemble) or "collected" (the adversary batch).
@@ -87,6 +93,8 @@ class OnlineConfig:
   target: int = 0
   r2_kind: str = "mean"
   threshold: str = "mean"
+  standardized: bool = False
+  tau: float = 0.0
   uncertainty: str = "r1_minus_r2"
   standardize: str = "reference"
   z_min: float = filtering.DEFAULT_Z_MIN
@@ -157,7 +165,7 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
       kept samples are truly worse than their chosen side), never a signal.
   """
   source = AdversarySource(rm_graphdef, lam=config.lam, penalty=config.penalty, target=config.target,
-                           r2_kind=config.r2_kind)
+                           r2_kind=config.r2_kind, standardized=config.standardized)
   adversary_step = make_iteration(policy_graphdef, policy_optimizer, rl_config, sampling, source,
                                   gold_fn=gold_fn, emit_rollout=True)
   bt_step = make_bt_step(rm_graphdef, rm_optimizer, config.margin, config.centering_coef)
@@ -184,8 +192,15 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
                        batch["reference_mask"].reshape(num_prompts * n, response_len))  # [K, Pb*n]
     ref_scores = jax.lax.stop_gradient(ref_scores)
     num_members = ref_scores.shape[0]
+    if config.standardized:
+      loc, scale = member_standardization(ref_scores)
+      ref_scores = standardize_members(ref_scores, loc, scale)
+      source_params = {"rm": rm_params, "loc": loc, "scale": scale}
+    else:
+      source_params = rm_params
     ref_by_prompt = ref_scores.reshape(num_members, num_prompts, n)
-    threshold = per_prompt_threshold(ref_by_prompt[config.target], kind=config.threshold)  # [Pb]
+    threshold = per_prompt_threshold(ref_by_prompt[config.target], kind=config.threshold,
+                                     constant=config.tau)  # [Pb]
     reference_u = filtering.uncertainty(ref_scores, config.uncertainty, config.target, config.r2_kind)
     # Never choose an empty reference sample (a response of zero tokens).
     ref_nonempty = batch["reference_mask"].astype(bool).any(axis=-1)  # [Pb, n]
@@ -193,13 +208,15 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
 
     # 2. The adversary's RL iteration against the current (pre-update) ensemble.
     prompts = {"tokens": prompt_tokens, "mask": prompt_mask, "threshold": threshold}
-    adversary, adv_metrics = adversary_step(state.adversary, ref_params, rm_params, prompts, adv_rng)
+    adversary, adv_metrics = adversary_step(state.adversary, ref_params, source_params, prompts, adv_rng)
     rollout = {key[len("rollout/"):]: adv_metrics.pop(key) for key in list(adv_metrics)
                if key.startswith("rollout/")}
 
     # 3. Filter its samples and push the kept ones into the ring buffer.
     sample_scores = jax.lax.stop_gradient(score(rm_params, rollout["prompt_tokens"], rollout["prompt_mask"],
                                                 rollout["response_tokens"], rollout["response_mask"]))
+    if config.standardized:
+      sample_scores = standardize_members(sample_scores, loc, scale)
     r1, _ = split_target(sample_scores, config.target, config.r2_kind)
     u = filtering.uncertainty(sample_scores, config.uncertainty, config.target, config.r2_kind)
     z = filtering.standardize(u, reference=reference_u if config.standardize == "reference" else None)

@@ -64,11 +64,11 @@ def round_dir(workdir: str | pathlib.Path, stage: str, round_index: int) -> path
   return pathlib.Path(workdir) / stage / f"round_{round_index}"
 
 
-def rm_path(workdir: str | pathlib.Path, round_index: int) -> pathlib.Path:
-  """Where RM round r lives (what `load_reward_model` accepts)."""
+def rm_path(workdir: str | pathlib.Path, round_index: int, arm: str = "adversarial") -> pathlib.Path:
+  """Where RM round r lives (what `load_reward_model` accepts); ``arm="fresh_pairs"``: the control's round."""
   if round_index == 0:
     return pathlib.Path(workdir) / "rm"
-  return round_dir(workdir, "advtrain", round_index) / "rm"
+  return round_dir(workdir, "advtrain_control" if arm == "fresh_pairs" else "advtrain", round_index) / "rm"
 
 
 def is_done(directory: pathlib.Path) -> bool:
@@ -360,15 +360,55 @@ def reference_prompts(reference: dict[str, np.ndarray]) -> list[Any]:
   return [str(p) for p in reference["prompts"]]
 
 
-def load_reference(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """The `prefs` stage's reference samples on the attack prompt pool.
+def load_reference(workdir: str | pathlib.Path, heldout: bool = False) -> dict[str, np.ndarray]:
+  """The `prefs` stage's reference samples on the attack prompt pool (``heldout``: on the held-out pool).
 
   Returns prompt_tokens [P, Lp], prompt_mask, prompts [P] (text),
   response_tokens [P, n, R], response_mask [P, n, R], gold [P, n] (NaN for
   an imported policy); from your own data also prompts_json [P] (see
   ``reference_prompts``).
   """
-  return load_npz(pathlib.Path(workdir) / "prefs" / "reference.npz", "the `prefs` stage")
+  name = "reference_heldout.npz" if heldout else "reference.npz"
+  return load_npz(pathlib.Path(workdir) / "prefs" / name, "the `prefs` stage")
+
+
+def has_heldout_reference(workdir: str | pathlib.Path) -> bool:
+  """Whether the `prefs` stage wrote a held-out attack pool (``prefs.num_heldout_prompts``)."""
+  return (pathlib.Path(workdir) / "prefs" / "reference_heldout.npz").exists()
+
+
+def member_standardization(workdir: str | pathlib.Path, round_index: int, rm_graphdef: Any, rm_params: Any,
+                           reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """RM round r's per-member mean and std over the reference samples (``objective.member_standardization``).
+
+  Stored with the RM round (``reference_standardization.json`` in its directory) the first time it is
+  needed, so the adversary, the filter and the evaluation all read the same z units.
+  Returns {"loc": [K], "scale": [K]} float32.
+  """
+  from advrm_jax.adversarial.objective import member_standardization as stats  # pylint: disable=import-outside-toplevel
+  path = rm_path(workdir, round_index) / "reference_standardization.json"
+  if not path.exists():
+    loc, scale = stats(reference_member_scores(workdir, rm_graphdef, rm_params, reference))
+    write_json(path, {"loc": np.asarray(loc).tolist(), "scale": np.asarray(scale).tolist(),
+                      "population": "prefs/reference.npz (the reference policy's samples on the attack pool)"})
+  value = read_json(path, "the `attack` stage")
+  return {"loc": np.asarray(value["loc"], np.float32), "scale": np.asarray(value["scale"], np.float32)}
+
+
+def reward_units(config: Any, workdir: str | pathlib.Path, round_index: int, rm_graphdef: Any, rm_params: Any,
+                 reference: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+  """RM round r's reference z units when ``attack.standardize`` (see ``member_standardization``), else None."""
+  if not config.attack.get("standardize", False):
+    return None
+  return member_standardization(workdir, round_index, rm_graphdef, rm_params, reference)
+
+
+def in_units(scores: np.ndarray, units: dict[str, np.ndarray] | None) -> np.ndarray:
+  """[K, ...] member rewards in the units the adversary and the filter use (raw, or reference z)."""
+  from advrm_jax.adversarial.objective import standardize_members  # pylint: disable=import-outside-toplevel
+  if units is None:
+    return np.asarray(scores, np.float32)
+  return np.asarray(standardize_members(scores, units["loc"], units["scale"]))
 
 
 def held_out_pairs(workdir: str | pathlib.Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -413,5 +453,5 @@ def run(config: Any, workdir: pathlib.Path) -> None:
     attack.run_round(config, workdir, r)
     filter_stage.run_round(config, workdir, r)
     if r < rounds:
-      advtrain.run_round(config, workdir, r + 1)
+      advtrain.run_rounds(config, workdir, r + 1)
   logging.info("advrm: %d rounds done; the hardened RM is %s", rounds, rm_path(workdir, rounds))

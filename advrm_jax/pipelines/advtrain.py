@@ -18,6 +18,19 @@ Artefacts in WORKDIR/advtrain/round_<r>/: pairs.jsonl, rm/ (the ensemble:
 checkpoints, rm_meta.json, eval_summary.json, metrics), summary.json, DONE.
 After the last round WORKDIR/advtrain/final links to it (what the `rlhf`
 run of the Adv-RM RM names).
+
+Dose. With ``advtrain.num_pairs`` > 0 (the default experiment: 1,000, about
+what the paper added per round) a round adds exactly that many adversarial
+pairs, drawn from the kept set (accumulated over rounds), to the ordinary
+pairs; the summary reports how many of them are distinct. With 0 the share
+rule above applies.
+
+Control. With ``advtrain.control`` the same schedule runs a second time in
+WORKDIR/advtrain_control/round_<r>/ (``arm="fresh_pairs"``): the same step
+count, the same start (its own previous round), and ``num_pairs`` *fresh*
+reference-policy pairs labelled by the same Bradley-Terry-on-gold rule as
+the original preferences instead of adversarial ones. Whatever Adv-RM does
+beyond the control is the adversarial pairs' doing, not the extra training's.
 """
 
 from __future__ import annotations
@@ -29,12 +42,16 @@ import pathlib
 from typing import Any
 
 from absl import logging
+import jax
 
 from advrm_jax.adversarial.filtering import mix_pairs
 from advrm_jax.pipelines import advrm, prefs
 from advrm_jax.pipelines import filter as filter_stage
+from advrm_jax.pipelines.sft import load_policy
 
 STAGE = "advtrain"
+# Arm -> stage directory: Adv-RM's rounds, and the control's (the same schedule with fresh ordinary pairs).
+ARMS = {"adversarial": STAGE, "fresh_pairs": "advtrain_control"}
 PAIRS_FILE = "pairs.jsonl"
 INITS = ("previous", "scratch")
 
@@ -80,29 +97,67 @@ def round_config(config: Any, pairs_file: pathlib.Path, init_from: str, workdir:
   return round_cfg
 
 
-def link_final(workdir: pathlib.Path, round_index: int) -> None:
-  """WORKDIR/advtrain/final -> round_<r> (relative, so the work dir can move)."""
-  final = pathlib.Path(workdir) / STAGE / "final"
+def link_final(workdir: pathlib.Path, round_index: int, stage: str = STAGE) -> None:
+  """WORKDIR/<stage>/final -> round_<r> (relative, so the work dir can move)."""
+  final = pathlib.Path(workdir) / stage / "final"
   if final.is_symlink() or final.exists():
     final.unlink()
   os.symlink(f"round_{round_index}", final, target_is_directory=True)
 
 
-def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
-  """Trains RM round r (r >= 1) on ordinary + adversarial pairs."""
+def dosed_training_pairs(ordinary: list[Any], extra: list[Any], num_pairs: int, seed: int) -> list[Any]:
+  """Every ordinary pair once plus exactly ``num_pairs`` of ``extra``, shuffled.
+
+  ``extra`` is drawn by ``filtering.mix_pairs`` (each pair once before any repeats: resampling with
+  replacement, balanced), so a round adds the same number of pairs whether the filter kept 50 or 5,000.
+  """
+  if not extra:
+    raise ValueError("advtrain.num_pairs: nothing to draw the pairs from")
+  total = len(ordinary) + num_pairs
+  return mix_pairs(ordinary, extra, num_pairs / total, seed=seed, total=total)
+
+
+def fresh_reference_pairs(config: Any, workdir: pathlib.Path, round_index: int, num_pairs: int) -> list[Any]:
+  """The control's pairs: ``num_pairs`` new reference-policy pairs labelled as the `prefs` stage labels.
+
+  New preference prompts (another seed of the same stream), new answers and new Bradley-Terry label noise;
+  the same rule and the same policy as the original preferences, so the control adds ordinary data of the
+  size the Adv-RM round adds adversarial data.
+  """
+  _, graphdef, params = load_policy(workdir / "sft")
+  salt = 100_003 * round_index
+  # Ask for more prompts than needed: pairs whose two answers carry no preference are dropped.
+  records, _ = prefs.sample_labelled_pairs(config, graphdef, params, int(1.5 * num_pairs) + 8,
+                                           config.seed + salt, jax.random.key(config.seed + salt + 1009),
+                                           config.seed + salt)
+  if len(records) < num_pairs:
+    raise ValueError(f"advtrain (fresh_pairs control): only {len(records)} usable fresh pairs for "
+                     f"advtrain.num_pairs={num_pairs}")
+  return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "fresh": True}
+          for r in records[:num_pairs]]
+
+
+def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "adversarial") -> None:
+  """Trains RM round r (r >= 1) on ordinary + adversarial pairs (``arm="fresh_pairs"``: + fresh pairs)."""
   from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
   if round_index < 1:
     raise ValueError(f"advtrain: round {round_index}; RM round 0 is the `rm` stage's")
-  out = advrm.round_dir(workdir, STAGE, round_index)
+  if arm not in ARMS:
+    raise ValueError(f"advtrain: unknown arm {arm!r}; expected one of {ARMS}")
+  stage = ARMS[arm]
+  out = advrm.round_dir(workdir, stage, round_index)
   if advrm.is_done(out):
-    logging.info("advtrain/round_%d: done, skipping", round_index)
+    logging.info("%s/round_%d: done, skipping", stage, round_index)
     if round_index == advrm.num_rounds(config):
-      link_final(workdir, round_index)
+      link_final(workdir, round_index, stage)
     return
   node = config.advtrain
   if node.init not in INITS:
     raise ValueError(f"advtrain.init: unknown {node.init!r}; expected one of {INITS}")
+  num_pairs = int(node.get("num_pairs", 0))
+  if arm == "fresh_pairs" and num_pairs <= 0:
+    raise ValueError("advtrain.control needs advtrain.num_pairs > 0 (the control adds that many fresh pairs)")
   ordinary = read_jsonl(workdir / prefs.STAGE / prefs.TRAIN_FILE, "the `prefs` stage")
   source_rounds = range(round_index) if node.accumulate else [round_index - 1]
   adversarial = []
@@ -111,26 +166,42 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
     if not advrm.is_done(filter_dir):
       raise FileNotFoundError(f"advtrain: {filter_dir} is not finished; run the `filter` stage for round {r}")
     adversarial += read_jsonl(filter_stage.pairs_path(workdir, r), "the `filter` stage")
-  if adversarial:
-    mixed = mix_training_pairs(ordinary, adversarial, node.adversarial_fraction, node.upsample,
-                               seed=config.seed * 1000 + round_index)
+  seed = config.seed * 1000 + round_index
+  if arm == "fresh_pairs":
+    mixed = dosed_training_pairs(ordinary, fresh_reference_pairs(config, workdir, round_index, num_pairs),
+                                 num_pairs, seed)
+  elif adversarial and num_pairs > 0:
+    mixed = dosed_training_pairs(ordinary, adversarial, num_pairs, seed)
+  elif adversarial:
+    mixed = mix_training_pairs(ordinary, adversarial, node.adversarial_fraction, node.upsample, seed=seed)
   else:
     logging.warning("advtrain/round_%d: the filter kept no adversarial pairs; training on ordinary pairs only",
                     round_index)
     mixed = list(ordinary)
   # Only the fields the RM reads, so the file is an ordinary preference file.
   advrm.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
-                                        "adversarial": "r1" in r} for r in mixed])
-  init_from = str(advrm.rm_path(workdir, round_index - 1)) if node.init == "previous" else ""
+                                        "adversarial": "r1" in r, "fresh": bool(r.get("fresh"))} for r in mixed])
+  init_from = str(advrm.rm_path(workdir, round_index - 1, arm)) if node.init == "previous" else ""
   rm_stage.run(round_config(config, out / PAIRS_FILE, init_from, workdir), out)
   advrm.write_json(out / "summary.json", {
-      "round": round_index, "num_ordinary": len(ordinary), "num_adversarial_available": len(adversarial),
-      "num_adversarial_used": sum(1 for r in mixed if "r1" in r), "num_pairs": len(mixed),
-      "adversarial_fraction": node.adversarial_fraction, "init": node.init, "init_from": init_from,
-      "num_steps": node.num_steps, "source_rounds": list(source_rounds)})
+      "round": round_index, "arm": arm, "num_ordinary": len(ordinary),
+      "num_adversarial_available": len(adversarial),
+      "num_adversarial_used": sum(1 for r in mixed if "r1" in r),
+      "num_adversarial_unique": len({(r["prompt"], r["rejected"]) for r in mixed if "r1" in r}),
+      "num_fresh_used": sum(1 for r in mixed if r.get("fresh")), "num_pairs": len(mixed),
+      "dose": num_pairs if num_pairs > 0 else None,
+      "adversarial_fraction": None if num_pairs > 0 else node.adversarial_fraction, "init": node.init,
+      "init_from": init_from, "num_steps": node.num_steps, "source_rounds": list(source_rounds)})
   advrm.mark_done(out)
   if round_index == advrm.num_rounds(config):
-    link_final(workdir, round_index)
+    link_final(workdir, round_index, stage)
+
+
+def run_rounds(config: Any, workdir: pathlib.Path, round_index: int) -> None:
+  """RM round r of the Adv-RM arm and, with ``advtrain.control``, of the fresh-pairs control arm."""
+  run_round(config, workdir, round_index)
+  if config.advtrain.get("control", False):
+    run_round(config, workdir, round_index, arm="fresh_pairs")
 
 
 def run(config: Any, workdir: pathlib.Path) -> None:
@@ -141,4 +212,4 @@ def run(config: Any, workdir: pathlib.Path) -> None:
       if r == 1:
         raise FileNotFoundError("advtrain: the round-0 filter is not finished; run the `filter` stage")
       break
-    run_round(config, workdir, r)
+    run_rounds(config, workdir, r)

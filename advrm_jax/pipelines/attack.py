@@ -39,8 +39,10 @@ from absl import logging
 import jax
 import numpy as np
 
-from advrm_jax.adversarial.objective import per_prompt_threshold
-from advrm_jax.evaluation.attack import attack_success
+from advrm_jax.adversarial.filtering import standardize, uncertainty
+from advrm_jax.adversarial.objective import per_prompt_threshold, split_target
+from advrm_jax.evaluation.attack import attack_success, pooled_within_prompt_std
+from advrm_jax.metrics import read_metrics
 from advrm_jax.pipelines import advrm
 from advrm_jax.pipelines.rlhf import train_policy
 from advrm_jax.pipelines.sft import load_policy
@@ -102,16 +104,21 @@ def prompt_indices(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, pool_toke
 
 
 def success_by_seed(r1: np.ndarray, gold: np.ndarray, seeds: np.ndarray, prompt_index: np.ndarray,
-                    reference_r1: np.ndarray, reference_gold: np.ndarray) -> dict[str, Any]:
+                    reference_r1: np.ndarray, reference_gold: np.ndarray,
+                    gold_std_floor: float | None = None) -> dict[str, Any]:
   """Attack success (standard/strict, %) of samples against their prompts' reference samples, per seed.
 
   Args:
     r1, gold: [M] the samples' R1 and gold. seeds, prompt_index: [M].
     reference_r1, reference_gold: [P, n] the reference samples'.
+    gold_std_floor: floor of the strict test's per-prompt gold std (the pooled within-prompt std of
+      the reference: the synthetic gold is discrete, and a prompt whose n samples share one gold value
+      would otherwise count any worse answer as infinitely many std below).
 
   Without gold (all NaN: an imported policy's samples) the rates are None.
   """
   has_gold = bool(np.isfinite(gold).any())
+  strict = {} if gold_std_floor is None else {"gold_std_floor": gold_std_floor}
   per_seed = []
   for seed in np.unique(seeds):
     rows = seeds == seed
@@ -119,9 +126,51 @@ def success_by_seed(r1: np.ndarray, gold: np.ndarray, seeds: np.ndarray, prompt_
     if not has_gold:
       per_seed.append({"standard": None, "strict": None, "num_responses": int(rows.sum())})
       continue
-    per_seed.append(attack_success(r1[rows], reference_r1[idx], gold[rows], reference_gold[idx]))
+    per_seed.append(attack_success(r1[rows], reference_r1[idx], gold[rows], reference_gold[idx], **strict))
   return {"standard": [s["standard"] for s in per_seed], "strict": [s["strict"] for s in per_seed],
           "num_responses": [s["num_responses"] for s in per_seed]}
+
+
+def attack_threshold(node: Any, reference_r1: np.ndarray) -> np.ndarray:
+  """T(x) per attack prompt ([P]) from the reference samples' R1 ([P, n], in the adversary's units)."""
+  return np.asarray(per_prompt_threshold(reference_r1, kind=node.threshold, constant=node.get("tau", 0.0)),
+                    np.float32)
+
+
+def _sample_final(config: Any, workdir: pathlib.Path, params: Any, pool: dict[str, np.ndarray], salt: int,
+                  rm_graphdef: Any, rm_params: Any, tokenizer: Any) -> dict[str, np.ndarray]:
+  """The trained attackers answer every prompt of ``pool`` m times, scored by every member and by gold."""
+  _, policy_graphdef, _ = load_policy(workdir / "sft")
+  node, num_seeds = config.attack, config.num_seeds
+  m = node.final_samples_per_prompt
+  num_prompts = pool["prompt_tokens"].shape[0]
+  final = advrm.sample_responses(
+      policy_graphdef, params, np.repeat(pool["prompt_tokens"], m, axis=0),
+      np.repeat(pool["prompt_mask"], m, axis=0), jax.random.key(config.seed + salt),
+      advrm.sampling_config(node.sampling), config.prefs.sample_batch_size, num_seeds=num_seeds)
+  final = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in final.items()}
+  final["seed"] = np.repeat(np.arange(num_seeds), num_prompts * m)
+  final["prompt_index"] = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
+  final["member_scores"] = advrm.score_members(rm_graphdef, rm_params, final["prompt_tokens"], final["prompt_mask"],
+                                               final["response_tokens"], final["response_mask"])
+  final["gold"] = advrm.gold_of(final["prompt_tokens"], final["prompt_mask"], final["response_tokens"],
+                                final["response_mask"], tokenizer)
+  return final
+
+
+def kl_curve(stage_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, seed-mean KL to the reference in nats) of a training run's logged rows."""
+  rows = [r for r in read_metrics(stage_dir / "metrics.jsonl") if "kl" in r]
+  return np.array([r["step"] for r in rows], np.int64), np.array([r["kl"] for r in rows], np.float64)
+
+
+def disagreement_z(units_scores: np.ndarray, reference_units: np.ndarray, target: int,
+                   r2_kind: str) -> np.ndarray:
+  """z(U) of samples, U = R1 - R2 in the adversary's units, against U of the reference samples."""
+  u = np.asarray(uncertainty(units_scores, "r1_minus_r2", target, r2_kind))
+  reference_u = np.asarray(uncertainty(reference_units.reshape(reference_units.shape[0], -1), "r1_minus_r2",
+                                       target, r2_kind))
+  return np.asarray(standardize(u, reference=reference_u))
 
 
 def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
@@ -150,17 +199,20 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
                        "give rm.backbone.path the policy's checkpoint (model.path)")
   reference = advrm.load_reference(workdir)
   reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
+  units = advrm.reward_units(config, workdir, round_index, rm_graphdef, rm_params, reference)
+  reference_units = advrm.in_units(reference_scores, units)
   reference_r1 = reference_scores[node.target]
-  threshold = np.asarray(per_prompt_threshold(reference_r1, kind=node.threshold))
+  threshold = attack_threshold(node, reference_units[node.target])
   prompts = {"tokens": reference["prompt_tokens"], "mask": reference["prompt_mask"].astype(np.int32),
-             "threshold": threshold.astype(np.float32)}
+             "threshold": threshold}
   source = AdversarySource(rm_graphdef, lam=node.lam, penalty=node.penalty, target=node.target,
-                           r2_kind=node.r2_kind)
+                           r2_kind=node.r2_kind, standardized=units is not None)
+  source_params = rm_params if units is None else {"rm": rm_params, "loc": units["loc"], "scale": units["scale"]}
   num_seeds = config.num_seeds
   collector = RolloutCollector(out / "rollouts")
   policy_text = {} if tokenizer is None else {
       "gold_fn": None, "text_fn": lambda samples, step: {"samples": advrm.sample_table(samples, tokenizer)}}
-  state = train_policy(f"attack/round_{round_index}", out, workdir / "sft", config, node, source, rm_params,
+  state = train_policy(f"attack/round_{round_index}", out, workdir / "sft", config, node, source, source_params,
                        prompts, num_seeds, collect_fn=collector, **policy_text)
 
   # Every sample of the run, scored by every member and by gold.
@@ -175,46 +227,75 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   collected["threshold"] = threshold[collected["prompt_index"]]
   advrm.save_npz(out / "collected.npz", **collected)
 
-  # The trained attackers answer every attack prompt m times.
-  _, policy_graphdef, _ = load_policy(workdir / "sft")
-  m = node.final_samples_per_prompt
-  num_prompts = reference["prompt_tokens"].shape[0]
-  final = advrm.sample_responses(
-      policy_graphdef, state.params["policy"], np.repeat(reference["prompt_tokens"], m, axis=0),
-      np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 7919 + round_index),
-      advrm.sampling_config(node.sampling), config.prefs.sample_batch_size, num_seeds=num_seeds)
-  final = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in final.items()}
-  final["seed"] = np.repeat(np.arange(num_seeds), num_prompts * m)
-  final["prompt_index"] = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
-  final["member_scores"] = advrm.score_members(rm_graphdef, rm_params, final["prompt_tokens"], final["prompt_mask"],
-                                               final["response_tokens"], final["response_mask"])
-  final["gold"] = advrm.gold_of(final["prompt_tokens"], final["prompt_mask"], final["response_tokens"],
-                                final["response_mask"], tokenizer)
+  # The trained attackers answer every attack prompt m times (what they learned where they trained)...
+  final = _sample_final(config, workdir, state.params["policy"], reference, 7919 + round_index, rm_graphdef,
+                        rm_params, tokenizer)
   advrm.save_npz(out / "final_samples.npz", **final)
 
   r1 = collected["member_scores"][node.target]
+  collected_units = advrm.in_units(collected["member_scores"], units)
+  steps, kl = kl_curve(out)
   summary = {
       "round": round_index, "rm": str(advrm.rm_path(workdir, round_index)), "num_seeds": num_seeds,
       "num_steps": node.num_steps, "algorithm": node.rl.algorithm,
-      "threshold_mean": float(threshold.mean()),
+      "units": "reference z" if units is not None else "raw",
+      "threshold_kind": node.threshold, "threshold_mean": float(threshold.mean()),
       "reference": {"r1_mean": float(reference_r1.mean()), "gold_mean": float(reference["gold"].mean())},
       "final": dict(success_by_seed(final["member_scores"][node.target], final["gold"], final["seed"],
                                     final["prompt_index"], reference_r1, reference["gold"]),
                     r1_mean=float(final["member_scores"][node.target].mean()), gold_mean=float(final["gold"].mean()),
-                    above_threshold=float(np.mean(final["member_scores"][node.target]
+                    above_threshold=float(np.mean(advrm.in_units(final["member_scores"], units)[node.target]
                                                   > threshold[final["prompt_index"]])),
                     eos_fraction=float(final["has_eos"].mean())),
       "collected": dict(success_by_seed(r1, collected["gold"], collected["seed"], collected["prompt_index"],
                                         reference_r1, reference["gold"]),
-                        num_samples=int(r1.size), above_threshold=float(np.mean(r1 > collected["threshold"])),
+                        num_samples=int(r1.size),
+                        above_threshold=float(np.mean(collected_units[node.target] > collected["threshold"])),
                         gold_mean=float(collected["gold"].mean())),
+      # Did the adversary seek disagreement? How alike the members judge its samples (Pearson over every
+      # collected sample), and the seed-mean KL it ended at (to compare with RLHF's).
+      "member_reward_corr": float(np.corrcoef(*split_target(collected["member_scores"], node.target,
+                                                             node.r2_kind))[0, 1]),
+      "final_kl": float(kl[-1]) if kl.size else None,
+      "kl_curve": {"step": steps.tolist(), "kl": kl.tolist()},
   }
+  # ... and, when `prefs` made one, on held-out prompts it never trained on: where attack success is read.
+  if advrm.has_heldout_reference(workdir):
+    heldout = advrm.load_reference(workdir, heldout=True)
+    heldout_final = _sample_final(config, workdir, state.params["policy"], heldout, 7919 + 100 + round_index,
+                                  rm_graphdef, rm_params, tokenizer)
+    advrm.save_npz(out / "final_heldout.npz", **heldout_final)
+    heldout_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, heldout)  # [K, Ph, m]
+    final_units = advrm.in_units(heldout_final["member_scores"], units)
+    above = final_units[node.target] > attack_threshold(node, advrm.in_units(heldout_scores, units)[node.target])[
+        heldout_final["prompt_index"]]
+    z_u = disagreement_z(final_units, reference_units, node.target, node.r2_kind)
+    summary["final_heldout"] = dict(
+        success_by_seed(heldout_final["member_scores"][node.target], heldout_final["gold"], heldout_final["seed"],
+                        heldout_final["prompt_index"], heldout_scores[node.target], heldout["gold"],
+                        gold_std_floor=pooled_within_prompt_std(heldout["gold"])),
+        num_prompts=int(heldout["prompt_tokens"].shape[0]), reference_samples=int(heldout["gold"].shape[1]),
+        gold_std_floor=pooled_within_prompt_std(heldout["gold"]),
+        gold_mean=float(heldout_final["gold"].mean()), reference_gold_mean=float(heldout["gold"].mean()),
+        above_threshold=float(above.mean()),
+        # The method check: mean z(U) of the final adversary's answers above the floor.
+        mean_z_u_above_floor=float(z_u[above].mean()) if above.any() else None,
+        mean_z_u=float(z_u.mean()))
+  # Standard attack success of the adversary's samples step by step, against the KL it had then.
+  success_by_step = []
+  for step in steps:
+    rows = collected["step"] == step
+    success_by_step.append(float(np.mean(success_by_seed(
+        r1[rows], collected["gold"][rows], collected["seed"][rows], collected["prompt_index"][rows], reference_r1,
+        reference["gold"])["standard"])) if rows.any() and np.isfinite(collected["gold"]).any() else None)
+  summary["kl_curve"]["standard_success"] = success_by_step
   advrm.write_json(out / "summary.json", summary)
   advrm.mark_done(out)
+  headline = summary.get("final_heldout", summary["final"])
   if tokenizer is None:
-    logging.info("attack/round_%d: final attacker success %s%% standard, %s%% strict; %d samples collected",
-                 round_index, np.round(summary["final"]["standard"], 1), np.round(summary["final"]["strict"], 1),
-                 r1.size)
+    logging.info("attack/round_%d: final attacker success %s%% standard, %s%% strict (%s prompts); %d samples "
+                 "collected", round_index, np.round(headline["standard"], 1), np.round(headline["strict"], 1),
+                 "held-out" if "final_heldout" in summary else "training", r1.size)
   else:
     logging.info("attack/round_%d: the final attacker beats T(x) on %.0f%% of its answers (no gold: attack "
                  "success needs the synthetic world); %d samples collected", round_index,

@@ -42,12 +42,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from advrm_jax.evaluation import hacking, report as rep
-from advrm_jax.evaluation.attack import attack_success, uncertainty_gold_correlation
+from advrm_jax.data import synthetic_world as world
+from advrm_jax.evaluation import exploits
+from advrm_jax.evaluation.attack import (attack_success, pooled_within_prompt_std, uncertainty_gold_correlation,
+                                         value_at_kl)
 from advrm_jax.evaluation.perturbation import word_substitution_attack
 from advrm_jax.pipelines import advrm
-from advrm_jax.pipelines.attack import success_by_seed
+from advrm_jax.pipelines.attack import disagreement_z, success_by_seed
 
 STAGE = "evaluate"
+# KL budgets (nats) at which runs are compared ("matched KL").
+MATCHED_KL = (2.0, 4.0, 6.0)
+# Method-realised checks and their pass rules, fixed before any outcome was read (issue 16, item 7).
+MIN_MEAN_Z_U = 1.96
+MIN_KEPT_UNIQUE_ROUND_0 = 500
+MAX_MEMBER_CORR = 0.9
+MIN_GOLD_RISE = 0.3
 ADV_RM, OVER_OPT, TEXTFOOLER = "Adv-RM", "RM over-optimisation", "TextFooler"
 # Fresh samples of the reference policy itself: what the criteria give with no optimisation at all.
 REFERENCE = "Reference policy (no attack)"
@@ -96,11 +106,14 @@ def load_policies(workdir: pathlib.Path, run_dir: pathlib.Path, num_seeds: int) 
 
 
 def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str | None, rm: tuple[Any, Any],
-                          reference: dict[str, np.ndarray], reference_r1: np.ndarray) -> dict[str, Any] | None:
+                          reference: dict[str, np.ndarray], reference_r1: np.ndarray,
+                          samples: dict[str, Any] | None = None) -> dict[str, Any] | None:
   """Attack success of a final RLHF policy's answers (the over-optimisation baseline).
 
   ``run_name=None`` samples the SFT reference policy itself (fresh samples,
-  not the ones the statistics come from), once per seed key.
+  not the ones the statistics come from), once per seed key. The strict
+  test's gold std is floored at the reference's pooled within-prompt std.
+  ``samples``, when given, receives the scored answers (for the exploit taxonomy).
   """
   num_seeds, m = config.num_seeds, config.evaluate.policy_samples_per_prompt
   if run_name is None:
@@ -123,8 +136,11 @@ def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str | No
   gold = advrm.gold_of(flat["prompt_tokens"], flat["prompt_mask"], flat["response_tokens"], flat["response_mask"])
   seeds = np.repeat(np.arange(num_seeds), num_prompts * m)
   prompt_index = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
-  result = success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"])
+  result = success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"],
+                           gold_std_floor=pooled_within_prompt_std(reference["gold"]))
   result.update(run=run_name, r1_mean=float(r1.mean()), gold_mean=float(gold.mean()))
+  if samples is not None:
+    samples.update(flat, prompt_index=prompt_index, gold=gold)
   return result
 
 
@@ -147,7 +163,8 @@ def substitution_attack_success(config: Any, rm: tuple[Any, Any], reference: dic
                                     search=node.substitution_search)
   gold = advrm.gold_of(reference["prompt_tokens"][prompt_index], reference["prompt_mask"][prompt_index],
                        result.tokens, mask)
-  success = attack_success(result.final_score, reference_r1[prompt_index], gold, reference["gold"][prompt_index])
+  success = attack_success(result.final_score, reference_r1[prompt_index], gold, reference["gold"][prompt_index],
+                           gold_std_floor=pooled_within_prompt_std(reference["gold"]))
   return {"standard": [success["standard"]], "strict": [success["strict"]],
           "num_responses": [success["num_responses"]],
           "mean_substitutions": float(result.num_substitutions.mean()),
@@ -182,6 +199,8 @@ def rlhf_curves(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
         # Peak of each seed's smoothed gold curve.
         "peak_gold": _stats([float(hacking.moving_average(g, node.hacking_window).max()) for g in gold]),
         "initial_gold": _stats(gold[:, 0].tolist()),
+        # Gold where each seed's KL first reached 2, 4 and 6 nats (None: never reached).
+        "gold_at_kl": {"kl": list(MATCHED_KL), "per_seed": value_at_kl(kl, gold, MATCHED_KL).tolist()},
     }
   return out
 
@@ -233,6 +252,90 @@ def online_vs_rounds(report: dict[str, Any], config: Any) -> list[dict[str, Any]
                  "accuracy_target_member": acc and acc["target_member"],
                  "hacking": run and run["hacking"], "final_gold": run and run["final_gold"]})
   return rows
+
+
+def method_checks(report: dict[str, Any]) -> dict[str, Any]:
+  """Was the method realised? The checks of issue 16 (item 7), read before any outcome.
+
+  * ``adversary_final_mean_zU``: mean z(U) of round 0's final adversary answers (held-out prompts) that
+    clear the floor, U = z1 - z2 against the reference samples' U; >= 1.96: the adversary seeks disagreement.
+  * ``kept_unique_per_round``: distinct samples the filter kept per round; round 0 >= 500 (later rounds
+    are outcomes: a hardened RM should leave less to keep).
+  * ``member_reward_corr_adversary``: Pearson of R1 and R2 over round 0's adversary samples; <= 0.9
+    (the shared-backbone heads gave 0.98: members that judge alike give no disagreement to seek).
+  * ``conventional_rlhf_gold_rise``: peak of conventional RLHF's seed-mean smoothed gold minus the reference
+    policy's gold; >= 0.3 (otherwise "steps before hacking" measures noise).
+  A run failing any of them did not realise the method: its other numbers are not evidence either way.
+  """
+  checks: dict[str, Any] = {}
+  rounds = report["attack_success"]["rounds"]
+  round0 = report.get("attack_summaries", {}).get("0")
+  heldout = (round0 or {}).get("final_heldout") or {}
+  value = heldout.get("mean_z_u_above_floor")
+  checks["adversary_final_mean_zU"] = {"value": value, "rule": f">= {MIN_MEAN_Z_U}",
+                                       "pass": value is not None and value >= MIN_MEAN_Z_U}
+  kept = [f.get("num_unique_kept") for f in report["filter"]]
+  checks["kept_unique_per_round"] = {"value": kept, "rule": f"round 0 >= {MIN_KEPT_UNIQUE_ROUND_0}",
+                                     "pass": bool(kept) and kept[0] is not None
+                                             and kept[0] >= MIN_KEPT_UNIQUE_ROUND_0}
+  corr = (round0 or {}).get("member_reward_corr")
+  checks["member_reward_corr_adversary"] = {"value": corr, "rule": f"<= {MAX_MEMBER_CORR}",
+                                            "pass": corr is not None and corr <= MAX_MEMBER_CORR}
+  conventional = report["rlhf"].get("conventional")
+  rise = None
+  if conventional:
+    mean_gold = np.mean(np.asarray(conventional["gold"], np.float64), axis=0)
+    window = report["hacking_window"]
+    rise = float(hacking.moving_average(mean_gold, window).max() - report["prefs"]["reference_gold_mean"])
+  checks["conventional_rlhf_gold_rise"] = {"value": rise, "rule": f">= {MIN_GOLD_RISE}",
+                                           "pass": rise is not None and rise >= MIN_GOLD_RISE}
+  del rounds
+  checks["all_pass"] = all(c["pass"] for c in checks.values() if isinstance(c, dict))
+  return checks
+
+
+def exploit_analysis(config: Any, workdir: pathlib.Path, rm: tuple[Any, Any, Any], pool: dict[str, np.ndarray],
+                     rlhf_samples: dict[str, Any] | None) -> dict[str, Any]:
+  """Which exploits can a disagreement filter see? RM round 0's verdict and z(U) per exploit family.
+
+  Two populations: hand-made instances of every exploit family the world knows (on the evaluation pool's
+  prompts), and the answers conventional RLHF converged to, each classified by the world's rules
+  (``synthetic_world.classify_exploit``: reporting only). ``disagreement_share`` is the share of RLHF's
+  exploit mass with z(U) > 1.96: how much of what RLHF exploits Adv-RM's filter could ever flag. Reported,
+  never tuned on.
+  """
+  graphdef, params, _ = rm
+  node = config.attack
+  reference = advrm.load_reference(workdir)
+  units = advrm.reward_units(config, workdir, 0, graphdef, params, reference)
+  reference_units = advrm.in_units(advrm.reference_member_scores(workdir, graphdef, params, reference), units)
+
+  def verdicts(prompt_tokens, prompt_mask, response_tokens, response_mask):
+    scores = advrm.in_units(advrm.score_members(graphdef, params, prompt_tokens, prompt_mask, response_tokens,
+                                                response_mask), units)
+    z_u = disagreement_z(scores, reference_units, node.target, node.r2_kind)
+    # z1 against the reference samples' R1 in the same units: > 0 means the RM prefers it to a typical answer.
+    ref_r1 = reference_units[node.target].reshape(-1)
+    z1 = (scores[node.target] - ref_r1.mean()) / max(float(ref_r1.std()), 1e-6)
+    return z1, z_u
+
+  prompts = [str(p) for p in pool["prompts"]]
+  probe_prompts, responses, families = exploits.family_probe_set(prompts, config.seed, per_family=1)
+  encoded = world.encode_batch(probe_prompts, responses, prompt_width=pool["prompt_tokens"].shape[1])
+  z1, z_u = verdicts(*(np.asarray(encoded[k]) for k in ("prompt_tokens", "prompt_mask", "response_tokens",
+                                                        "response_mask")))
+  out = {"families": exploits.exploit_taxonomy(families, z1, z_u)}
+  if rlhf_samples:
+    texts = advrm.decode_responses(rlhf_samples["response_tokens"], rlhf_samples["response_mask"])
+    labels = [world.classify_exploit(prompts[i], t) for i, t in zip(rlhf_samples["prompt_index"], texts)]
+    z1, z_u = verdicts(rlhf_samples["prompt_tokens"], rlhf_samples["prompt_mask"], rlhf_samples["response_tokens"],
+                       rlhf_samples["response_mask"])
+    out["rlhf_conventional"] = exploits.exploit_taxonomy(labels, z1, z_u)
+    out["rlhf_exploit_share"] = float(np.mean([label is not None for label in labels]))
+    out["disagreement_share"] = exploits.disagreement_share(labels, z_u)
+  else:
+    out["disagreement_share"] = None
+  return out
 
 
 # ----------------------------------------------------------------------------
@@ -309,10 +412,25 @@ def _fmt(value: Any, fmt: str = ".2f") -> str:
 
 def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
   """Renders REPORT.md from a report dict (``report.json``); also used by ``python -m advrm_jax.report``."""
-  lines = ["# Adv-RM on the synthetic world", "",
-           f"Work dir `{report['workdir']}`; {report['num_seeds']} seeds per policy group; "
-           f"{report['num_rounds']} adversarial-training rounds. Numbers are mean ± std over seeds.", ""]
-  lines += ["## Targets (issue 5)", ""]
+  seeds = report["num_seeds"]
+  lines = ["# Adv-RM on the synthetic world", ""]
+  checks = report.get("method_checks")
+  if checks is not None:
+    if not checks["all_pass"]:
+      failed = [k for k, v in checks.items() if isinstance(v, dict) and not v["pass"]]
+      lines += [f"**Method not realised** (failed: {', '.join(failed)}): the numbers below are not evidence "
+                "for or against Adv-RM.", ""]
+    lines += ["## Method checks (was Adv-RM realised?)", ""]
+    lines.append(rep.markdown_table(
+        ["Check", "Value", "Rule", "Pass"],
+        [[name, _fmt(c["value"]) if not isinstance(c["value"], list) else ", ".join(map(str, c["value"])),
+          c["rule"], "yes" if c["pass"] else "**no**"]
+         for name, c in checks.items() if isinstance(c, dict)]))
+    lines += ["Read before any outcome: a failed check means this run is not an instance of the method.", ""]
+  lines += [f"Work dir `{report['workdir']}`; {seeds} seed{'s' if seeds != 1 else ''} per policy group; "
+            f"{report['num_rounds']} adversarial-training rounds. Numbers are mean ± std over seeds. One run is "
+            "one realisation (one SFT model, one preference set, one RM round 0): the seeds vary only the RL.", ""]
+  lines += ["## Targets", ""]
   lines.append(rep.markdown_table(
       ["Target", "Ours", "Met", "Detail"],
       [[t["target"], _fmt(t["value"]), {True: "yes", False: "**no**", None: "n/a"}[t["met"]], t["detail"]]
@@ -359,6 +477,45 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
                 "1 - a probe's confidence that the target member's verdict against the best reference sample is "
                 "right (trained on the held-out labelled pairs). Precision: bad among the budget most uncertain "
                 "(the number the filter kept). The filter's own signal is in bold.", ""]
+  fresh = report.get("fresh_pairs")
+  if fresh:
+    lines += ["## Adv-RM against the fresh-pairs control", ""]
+    rows = []
+    for arm, run in (("Adv-RM (adversarial pairs)", fresh["adv_rm_rlhf"]), ("control (fresh pairs)", fresh["rlhf"])):
+      if run:
+        rows.append([arm, _fmt(run["peak_gold"]), _fmt(run["final_gold"]), _fmt(run["final_kl"]),
+                     hacking.format_onsets(run["hacking"])])
+    lines.append(rep.markdown_table(["RM after the schedule", "Peak gold", "Final gold", "Final KL",
+                                     "Steps before hacking"], rows))
+    lines += ["Both arms: the same rounds, steps and pair count per round "
+              f"({', '.join(str(a['dose']) for a in fresh['advtrain'])}); the control's pairs are fresh "
+              "reference-policy pairs labelled by Bradley-Terry on gold, as the original preferences.", ""]
+  matched = report.get("matched_kl")
+  if matched:
+    lines += ["## At matched KL", ""]
+    header = ["Run"] + [f"gold at {k:g} nats" for k in matched["kl"]] + ["Final KL"]
+    rows = [[name] + [_fmt(v) for v in values] + [_fmt(matched["final_kl"]["rlhf"].get(name))]
+            for name, values in matched["rlhf_gold"].items()]
+    lines.append(rep.markdown_table(header, rows))
+    rows = [[f"adversary, round {r}"] + [_fmt(v) for v in values] + [_fmt(matched["final_kl"]["adversary"].get(r))]
+            for r, values in matched["adversary_standard_success"].items()]
+    if rows:
+      lines.append(rep.markdown_table(["Adversary"] + [f"standard success % at {k:g} nats" for k in matched["kl"]]
+                                      + ["Final KL"], rows))
+    lines += ["Seed-mean value where a run's KL to the reference first reached each budget (— : never reached). "
+              "An exploit RLHF never reaches within its KL is one hardening against cannot help RLHF.", ""]
+  ex = report.get("exploits")
+  if ex:
+    lines += ["## Which exploits can disagreement see? (RM round 0)", ""]
+    rows = [["family probe: " + name, v["count"], _fmt(v["share_z1_positive"]), _fmt(v["mean_z1"]),
+             _fmt(v["mean_z_u"]), _fmt(v["share_z_u_above"])] for name, v in ex["families"].items()]
+    rows += [["conventional RLHF: " + str(name), v["count"], _fmt(v["share_z1_positive"]), _fmt(v["mean_z1"]),
+              _fmt(v["mean_z_u"]), _fmt(v["share_z_u_above"])]
+             for name, v in (ex.get("rlhf_conventional") or {}).items()]
+    lines.append(rep.markdown_table(["Exploit", "n", "RM prefers it (z1 > 0)", "mean z1", "mean z(U)",
+                                     "z(U) > 1.96"], rows))
+    lines += [f"Share of conventional RLHF's exploit mass with z(U) > 1.96 (`exploits.disagreement_share`): "
+              f"{_fmt(ex['disagreement_share'])}. Families are named by the world's rules (reporting only).", ""]
   lines += ["## RLHF against each reward model", ""]
   rows = []
   for name, run in report["rlhf"].items():
@@ -408,40 +565,52 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   advrm.require_synthetic_policy(workdir, "evaluate")
   plots = workdir / "plots"
   target = config.attack.target
-  reference = advrm.load_reference(workdir)
+  # Attack success is measured on the held-out attack prompts when `prefs` made them (the adversary never
+  # trained on them), else on the attack pool itself.
+  heldout = advrm.has_heldout_reference(workdir)
+  reference = advrm.load_reference(workdir, heldout=heldout)
   rounds = advrm.num_rounds(config)
   report: dict[str, Any] = {"workdir": str(workdir), "num_seeds": config.num_seeds, "num_rounds": rounds,
-                            "paper_table1": rep.PAPER_TABLE1,
+                            "paper_table1": rep.PAPER_TABLE1, "hacking_window": config.evaluate.hacking_window,
+                            "attack_prompts": "held-out" if heldout else "training",
                             "prefs": advrm.read_json(workdir / "prefs" / "summary.json", "the `prefs` stage")}
 
-  # RMs of every round that exists.
-  rms, reference_r1 = {}, {}
+  # RMs of every round that exists (and of the fresh-pairs control's rounds).
+  rms, reference_r1, control_rms = {}, {}, {}
   for r in range(rounds + 1):
     if (advrm.rm_path(workdir, r) / "rm_meta.json").exists():
       graphdef, params, meta = load_reward_model(advrm.rm_path(workdir, r))
       rms[r] = (graphdef, params, meta)
       reference_r1[r] = advrm.reference_member_scores(workdir, graphdef, params, reference)[target]
+    if r > 0 and (advrm.rm_path(workdir, r, "fresh_pairs") / "rm_meta.json").exists():
+      control_rms[r] = load_reward_model(advrm.rm_path(workdir, r, "fresh_pairs"))
   report["in_distribution_accuracy"] = {f"round_{r}": in_distribution_accuracy(workdir, g, p, m, target)
                                         for r, (g, p, m) in rms.items()}
+  report["in_distribution_accuracy"].update({f"fresh_pairs_round_{r}": in_distribution_accuracy(workdir, g, p, m, target)
+                                             for r, (g, p, m) in control_rms.items()})
   report["label_gold_agreement"] = label_gold_agreement(workdir)
 
   # Attack success per round.
-  attack_rounds, filters = [], []
+  attack_rounds, filters, attack_summaries, conventional_samples = [], [], {}, {}
   for r in range(rounds + 1):
     attack_dir = advrm.round_dir(workdir, "attack", r)
     if not advrm.is_done(attack_dir) or r not in rms:
       continue
     summary = advrm.read_json(attack_dir / "summary.json", "the `attack` stage")
+    attack_summaries[str(r)] = {k: summary.get(k) for k in ("member_reward_corr", "final_kl", "kl_curve",
+                                                            "final_heldout", "units", "threshold_kind")}
+    final = summary["final_heldout"] if heldout else summary["final"]
     entry = {"round": r,
-             ADV_RM: {"standard": _stats(summary["final"]["standard"]), "strict": _stats(summary["final"]["strict"]),
-                      "source": f"{summary['final']['num_responses'][0]} answers per seed"},
+             ADV_RM: {"standard": _stats(final["standard"]), "strict": _stats(final["strict"]),
+                      "source": f"{final['num_responses'][0]} answers per seed"},
              "adversary_run": {"standard": _stats(summary["collected"]["standard"]),
                                "strict": _stats(summary["collected"]["strict"]),
                                "num_samples": summary["collected"]["num_samples"]}}
     rm = rms[r][:2]
     run_name = {0: "conventional", rounds: "adv_rm"}.get(r)
     if run_name is not None and run_name in config.rlhf.runs:
-      over = policy_attack_success(config, workdir, run_name, rm, reference, reference_r1[r])
+      over = policy_attack_success(config, workdir, run_name, rm, reference, reference_r1[r],
+                                   samples=conventional_samples if r == 0 else None)
       if over is not None:
         entry[OVER_OPT] = {"standard": _stats(over["standard"]), "strict": _stats(over["strict"]),
                            "source": f"rlhf/{run_name} final policies"}
@@ -456,10 +625,31 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     filter_dir = advrm.round_dir(workdir, "filter", r)
     if advrm.is_done(filter_dir):
       filters.append(advrm.read_json(filter_dir / "summary.json", "the `filter` stage"))
-  report["attack_success"] = {"rounds": attack_rounds}
+  report["attack_success"] = {"rounds": attack_rounds, "prompts": report["attack_prompts"]}
+  report["attack_summaries"] = attack_summaries
   report["filter"] = filters
 
   report["rlhf"] = rlhf_curves(config, workdir)
+  # Adversary and RLHF at matched KL: the adversary's standard success (its own training prompts) and each
+  # RLHF run's gold where the seed-mean KL first reached 2, 4, 6 nats.
+  report["matched_kl"] = {
+      "kl": list(MATCHED_KL),
+      "adversary_standard_success": {
+          r: value_at_kl(np.asarray(a["kl_curve"]["kl"], np.float64),
+                         np.asarray([np.nan if v is None else v for v in a["kl_curve"].get("standard_success", [])],
+                                    np.float64), MATCHED_KL).tolist()
+          for r, a in attack_summaries.items() if a.get("kl_curve") and a["kl_curve"].get("standard_success")},
+      "rlhf_gold": {name: np.nanmean(np.asarray(run["gold_at_kl"]["per_seed"], np.float64), axis=0).tolist()
+                    for name, run in report["rlhf"].items()},
+      "final_kl": {"adversary": {r: a.get("final_kl") for r, a in attack_summaries.items()},
+                   "rlhf": {name: _mean(run["final_kl"]) for name, run in report["rlhf"].items()}}}
+  report["fresh_pairs"] = {
+      "advtrain": [advrm.read_json(advrm.round_dir(workdir, "advtrain_control", r) / "summary.json", "advtrain")
+                   for r in control_rms],
+      "accuracy": {r: report["in_distribution_accuracy"][f"fresh_pairs_round_{r}"] for r in control_rms},
+      "rlhf": report["rlhf"].get("fresh_pairs"), "adv_rm_rlhf": report["rlhf"].get("adv_rm")} if control_rms else None
+  report["exploits"] = exploit_analysis(config, workdir, rms[0], reference, conventional_samples) if 0 in rms else None
+  report["method_checks"] = method_checks(report)
   report["examples"] = (adversarial_examples(workdir, 0, target, reference, reference_r1[0],
                                              config.evaluate.num_examples) if attack_rounds else [])
   online = workdir / "online" / "summary.json"

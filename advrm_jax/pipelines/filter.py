@@ -69,6 +69,7 @@ class _SignalInputs:
   rm_graphdef: Any
   rm_params: Any
   rm_meta: dict[str, Any]
+  units: dict[str, np.ndarray] | None  # the adversary's reward units (``advrm.reward_units``)
 
 
 def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
@@ -78,8 +79,10 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[s
   scores = s.collected["member_scores"]
   num_members, num_prompts, n = s.reference_scores.shape
   if kind in signals.ENSEMBLE_KINDS:
-    return (np.asarray(uncertainty(scores, kind, target, r2_kind)),
-            np.asarray(uncertainty(s.reference_scores.reshape(num_members, -1), kind, target, r2_kind)), None)
+    # In the adversary's units: with standardised members, U = z1 - z2 (one scale for every member).
+    return (np.asarray(uncertainty(advrm.in_units(scores, s.units), kind, target, r2_kind)),
+            np.asarray(uncertainty(advrm.in_units(s.reference_scores, s.units).reshape(num_members, -1), kind,
+                                   target, r2_kind)), None)
   if kind in signals.SEMANTIC_KINDS:
     from advrm_jax.data import synthetic_world  # pylint: disable=import-outside-toplevel
     key_fn = synthetic_world.meaning_key if s.tokenizer is None else signals.text_meaning_key
@@ -154,21 +157,23 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   rm_graphdef, rm_params, rm_meta = load_reward_model(advrm.rm_path(workdir, round_index))
   reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
   num_members, num_prompts, n = reference_scores.shape
+  # R1 > T(x) is decided in the units the adversary's threshold was set in (collected["threshold"]).
+  units = advrm.reward_units(config, workdir, round_index, rm_graphdef, rm_params, reference)
 
   scores = collected["member_scores"]
-  r1 = scores[target]
+  r1 = advrm.in_units(scores, units)[target]
   texts = advrm.decode_responses(collected["response_tokens"], collected["response_mask"], tokenizer)
   reference_texts = np.array(advrm.decode_responses(
       reference["response_tokens"].reshape(num_prompts * n, -1),
       reference["response_mask"].reshape(num_prompts * n, -1), tokenizer), dtype=object).reshape(num_prompts, n)
-  ensemble_mean = reference_scores.mean(axis=0)  # [P, n]
+  ensemble_mean = advrm.in_units(reference_scores, units).mean(axis=0)  # [P, n]
   ensemble_mean = np.where(reference_texts != "", ensemble_mean, -np.inf)
   best_reference = np.argmax(ensemble_mean, axis=1)  # [P]
   has_gold = bool(np.isfinite(collected["gold"]).any())
   # With gold (the synthetic world) every signal is computed and compared; otherwise only the one in use.
   kinds = signals.KINDS if (has_gold and node.compare_signals) else (node.uncertainty,)
   inputs = _SignalInputs(config, workdir, round_index, collected, texts, reference, reference_texts,
-                         reference_scores, best_reference, tokenizer, rm_graphdef, rm_params, rm_meta)
+                         reference_scores, best_reference, tokenizer, rm_graphdef, rm_params, rm_meta, units)
   computed, probe_info = {}, None
   for kind in kinds:
     try:
@@ -185,7 +190,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   u, reference_u = computed[node.uncertainty]
   z = np.asarray(standardize(u, reference=reference_u if node.standardize == "reference" else None))
   keep = np.asarray(filter_mask(r1, collected["threshold"], z, node.z_min))
-  advrm.save_npz(out / SCORES_FILE, uncertainty=u, z=z, keep=keep, target=np.int32(target))
+  advrm.save_npz(out / SCORES_FILE, uncertainty=u, z=z, keep=keep, target=np.int32(target), r1=r1)
 
   # One pair per distinct (prompt, response): the adversary repeats itself.
   seen: set[tuple[int, str]] = set()
@@ -273,7 +278,7 @@ def top_samples(workdir: str | pathlib.Path, round_index: int = 0, limit: int = 
 
   Returns:
     Up to ``limit`` rows, highest R1 first, each {"prompt", "response",
-    "r1" (the attacked member's reward), "threshold" (T(x)),
+    "r1" (the attacked member's reward, in T(x)'s units), "threshold" (T(x)),
     "above_threshold", "uncertainty" (the filter's U), "z" (z(U)), "kept"
     (the filter kept it), "members" (every member's reward), "gold" (None
     without gold), "seed", "step"}.
@@ -284,7 +289,7 @@ def top_samples(workdir: str | pathlib.Path, round_index: int = 0, limit: int = 
   tokenizer = advrm.policy_tokenizer(workdir)
   pool_prompts = advrm.reference_prompts(advrm.load_reference(workdir))
   members = collected["member_scores"]
-  r1 = members[int(scores["target"])]
+  r1 = scores["r1"]  # in the units of the threshold (reference z when attack.standardize)
   rows, seen = [], set()
   for row in np.argsort(-r1, kind="stable"):
     response = advrm.decode_responses(collected["response_tokens"][row:row + 1],

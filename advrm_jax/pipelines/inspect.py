@@ -215,11 +215,15 @@ def _score(rows: dict[str, Any], config: Any, workdir: pathlib.Path, rounds: lis
       raise ValueError(f"attack.target={target} is not a member of RM round {r} ({meta['num_members']} members)")
     members = advrm.score_members(graphdef, params, rows["prompt_tokens"], rows["prompt_mask"],
                                   rows["response_tokens"], rows["response_mask"])  # [K, N]
+    # R1 against T(x) in the adversary's units (reference z when attack.standardize).
+    units = advrm.reward_units(config, workdir, r, graphdef, params, advrm.load_reference(workdir))
+    members = advrm.in_units(members, units)
     mean = members.mean(axis=0)
     # The reference answers per prompt, [P, n], in prompt order (the reference group is prompt-major).
     reference_r1 = members[target][is_reference].reshape(num_pool, -1)
     reference_mean = mean[is_reference].reshape(num_pool, -1).mean(axis=1)
-    threshold = np.asarray(per_prompt_threshold(reference_r1, kind=threshold_kind))[rows["prompt_index"]]
+    threshold = np.asarray(per_prompt_threshold(reference_r1, kind=threshold_kind,
+                                                constant=config.attack.get("tau", 0.0)))[rows["prompt_index"]]
     out[r] = {"members": members, "mean": mean, "spread": members.std(axis=0), "r1": members[target],
               "threshold": threshold, "reference_mean": reference_mean[rows["prompt_index"]]}
     del params

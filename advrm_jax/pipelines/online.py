@@ -38,7 +38,7 @@ import numpy as np
 
 from advrm_jax import sharding as shd
 from advrm_jax.adversarial import online
-from advrm_jax.adversarial.objective import per_prompt_threshold
+from advrm_jax.adversarial.objective import member_standardization, per_prompt_threshold
 from advrm_jax.checkpoints.orbax_io import Checkpointer
 from advrm_jax.data.batching import epoch_batches
 from advrm_jax.pipelines import advrm, prefs
@@ -71,7 +71,9 @@ def online_config_from(config: Any) -> online.OnlineConfig:
   node = config.online
   return online.OnlineConfig(
       lam=config.attack.lam, penalty=config.attack.penalty, target=config.attack.target,
-      r2_kind=config.attack.r2_kind, threshold=config.attack.threshold, uncertainty=config.filter.uncertainty,
+      r2_kind=config.attack.r2_kind, threshold=config.attack.threshold,
+      standardized=bool(config.attack.get("standardize", False)), tau=float(config.attack.get("tau", 0.0)),
+      uncertainty=config.filter.uncertainty,
       standardize=config.filter.standardize, z_min=config.filter.z_min, rm_updates=node.rm_updates,
       adversarial_pairs=node.adversarial_pairs, bootstrap=node.bootstrap, margin=config.rm.margin,
       centering_coef=config.rm.centering_coef)
@@ -138,13 +140,20 @@ def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graph
   node = config.attack
   reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
   reference_r1 = reference_scores[node.target]
-  threshold = np.asarray(per_prompt_threshold(reference_r1, kind=node.threshold), np.float32)
+  units = None
+  if node.get("standardize", False):
+    loc, scale = member_standardization(reference_scores)
+    units = {"loc": np.asarray(loc), "scale": np.asarray(scale)}
+  threshold = np.asarray(per_prompt_threshold(advrm.in_units(reference_scores, units)[node.target],
+                                              kind=node.threshold, constant=node.get("tau", 0.0)), np.float32)
   prompts = {"tokens": reference["prompt_tokens"], "mask": reference["prompt_mask"].astype(np.int32),
              "threshold": threshold}
   source = AdversarySource(rm_graphdef, lam=node.lam, penalty=node.penalty, target=node.target,
-                           r2_kind=node.r2_kind)
+                           r2_kind=node.r2_kind, standardized=units is not None)
+  source_params = rm_params if units is None else {"rm": rm_params, **units}
   num_seeds = config.num_seeds
-  state = train_policy("online/attack", out, workdir / "sft", config, node, source, rm_params, prompts, num_seeds)
+  state = train_policy("online/attack", out, workdir / "sft", config, node, source, source_params, prompts,
+                       num_seeds)
   _, policy_graphdef, _ = load_policy(workdir / "sft")
   m = node.final_samples_per_prompt
   num_prompts = reference["prompt_tokens"].shape[0]

@@ -23,7 +23,11 @@ Artefacts in WORKDIR/prefs/:
 * ``preferences_test.jsonl``: held-out pairs on prompts not in training
   (split by prompt): the in-distribution accuracy every RM is scored on;
 * ``reference.npz``: attack prompts and their reference samples
-  (see ``advrm.load_reference``);
+  (see ``advrm.load_reference``): the adversary trains on these prompts;
+* ``reference_heldout.npz`` (with ``prefs.num_heldout_prompts``): other
+  prompts of the same stream, never trained on, with
+  ``prefs.heldout_reference_samples`` reference samples each: where attack
+  success is measured (``advrm.load_reference(workdir, heldout=True)``);
 * ``summary.json``: counts, label noise, the reference policy's gold;
 * ``DONE``.
 
@@ -45,12 +49,15 @@ import numpy as np
 from advrm_jax.data.batching import prompt_key, tokenize_prompts, train_test_split
 from advrm_jax.data.preferences import PreferencePair, read_preferences, write_preferences
 from advrm_jax.pipelines import advrm
-from advrm_jax.pipelines.rlhf import synthetic_prompt_arrays
+from advrm_jax.data import synthetic_world as world
+from advrm_jax.pipelines.rlhf import encode_synthetic_prompts, synthetic_prompt_arrays
 from advrm_jax.pipelines.sft import load_policy
 
 STAGE = "prefs"
 TRAIN_FILE = "preferences.jsonl"
 TEST_FILE = "preferences_test.jsonl"
+# Reference samples on the held-out attack prompts (``prefs.num_heldout_prompts``).
+HELDOUT_REFERENCE_FILE = "reference_heldout.npz"
 # Where the preference pairs come from (``prefs.source``).
 SOURCES = ("synthetic", "jsonl")
 
@@ -94,17 +101,11 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   # The reference policy as RL sees it (rlhf.sampling) for the attack pool;
   # pairs may be drawn hotter, for more varied preference data.
   sampling = advrm.sampling_config(config.rlhf.sampling)
-  pair_sampling = dataclasses.replace(sampling, temperature=node.pair_temperature)
   key = jax.random.key(config.seed + 1009)
 
   # 1. Preference pairs: two reference samples per prompt, labelled by BT on gold.
-  prompt_arrays = synthetic_prompt_arrays(node.num_prompts, config.seed, "preference", config.world.max_prompt_len)
-  doubled = {k: np.repeat(v, 2, axis=0) for k, v in prompt_arrays.items()}
-  samples = advrm.sample_responses(graphdef, params, doubled["tokens"], doubled["mask"], jax.random.fold_in(key, 0),
-                                   pair_sampling, node.sample_batch_size)
-  texts = advrm.decode_responses(samples["response_tokens"], samples["response_mask"])
-  prompts = advrm.decode_prompts(prompt_arrays["tokens"], prompt_arrays["mask"].astype(bool))
-  records, dropped = preference_records(prompts, texts[0::2], texts[1::2], node.beta, config.seed)
+  records, dropped = sample_labelled_pairs(config, graphdef, params, node.num_prompts, config.seed,
+                                           jax.random.fold_in(key, 0), config.seed)
   if not records:
     raise ValueError(f"prefs: the reference policy produced no usable pairs from {node.num_prompts} prompts "
                      f"({dropped}); train the `sft` stage longer")
@@ -132,6 +133,28 @@ def run(config: Any, workdir: pathlib.Path) -> None:
       response_mask=reference["response_mask"].reshape(num_prompts, n, width).astype(bool),
       gold=reference_gold.reshape(num_prompts, n))
 
+  # 3. A held-out attack pool (prompts the adversary never trains on), with many reference samples per
+  # prompt so that attack success and its strict z-test on held-out prompts rest on a stable reference.
+  num_heldout = int(node.get("num_heldout_prompts", 0))
+  if num_heldout:
+    train_pool = set(advrm.decode_prompts(attack_prompts["tokens"], attack_prompts["mask"].astype(bool)))
+    candidates = world.make_prompts(num_prompts + 8 * num_heldout, config.seed, split="eval")[num_prompts:]
+    heldout_texts = [p for p in dict.fromkeys(candidates) if p not in train_pool][:num_heldout]
+    heldout = encode_synthetic_prompts(heldout_texts, config.world.max_prompt_len)
+    m = node.heldout_reference_samples
+    repeated = {k: np.repeat(v, m, axis=0) for k, v in heldout.items()}
+    samples = advrm.sample_responses(graphdef, params, repeated["tokens"], repeated["mask"],
+                                     jax.random.fold_in(key, 2), sampling, node.sample_batch_size)
+    heldout_gold = advrm.gold_of(samples["prompt_tokens"], samples["prompt_mask"], samples["response_tokens"],
+                                 samples["response_mask"])
+    rows = len(heldout_texts)
+    advrm.save_npz(
+        stage_dir / HELDOUT_REFERENCE_FILE, prompt_tokens=heldout["tokens"],
+        prompt_mask=heldout["mask"].astype(bool), prompts=np.array(heldout_texts),
+        response_tokens=samples["response_tokens"].reshape(rows, m, width),
+        response_mask=samples["response_mask"].reshape(rows, m, width).astype(bool),
+        gold=heldout_gold.reshape(rows, m))
+
   chosen_gold = np.array([r["chosen_gold"] for r in records])
   rejected_gold = np.array([r["rejected_gold"] for r in records])
   summary = {
@@ -144,11 +167,32 @@ def run(config: Any, workdir: pathlib.Path) -> None:
       "reference_eos_fraction": float(np.mean(reference["has_eos"])),
       "preference_gold_mean": float(np.mean(np.concatenate([chosen_gold, rejected_gold]))),
       "num_attack_prompts": num_prompts, "reference_samples": n,
+      "num_heldout_prompts": len(heldout_texts) if num_heldout else 0,
   }
   advrm.write_json(stage_dir / "summary.json", summary)
   advrm.mark_done(stage_dir)
   logging.info("prefs: %d train / %d test pairs (labels agree with gold %.1f%%), reference gold %.2f",
                len(train), len(test), 100 * summary["label_gold_agreement"], summary["reference_gold_mean"])
+
+
+def sample_labelled_pairs(config: Any, graphdef: Any, params: Any, num_prompts: int, prompt_seed: int,
+                          key: jax.Array, label_seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+  """Two reference-policy answers to each of ``num_prompts`` preference prompts, labelled by BT on gold.
+
+  The `prefs` stage's pairs (``prompt_seed = label_seed = config.seed``) and the fresh-pairs control of
+  `advtrain` (other seeds: new prompts, new answers, new label noise, the same rule) both come from here.
+  Returns (records, dropped) as ``preference_records``.
+  """
+  node = config.prefs
+  sampling = advrm.sampling_config(config.rlhf.sampling)
+  pair_sampling = dataclasses.replace(sampling, temperature=node.pair_temperature)
+  prompt_arrays = synthetic_prompt_arrays(num_prompts, prompt_seed, "preference", config.world.max_prompt_len)
+  doubled = {k: np.repeat(v, 2, axis=0) for k, v in prompt_arrays.items()}
+  samples = advrm.sample_responses(graphdef, params, doubled["tokens"], doubled["mask"], key, pair_sampling,
+                                   node.sample_batch_size)
+  texts = advrm.decode_responses(samples["response_tokens"], samples["response_mask"])
+  prompts = advrm.decode_prompts(prompt_arrays["tokens"], prompt_arrays["mask"].astype(bool))
+  return preference_records(prompts, texts[0::2], texts[1::2], node.beta, label_seed)
 
 
 def run_from_file(config: Any, workdir: pathlib.Path) -> None:

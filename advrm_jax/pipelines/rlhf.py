@@ -55,7 +55,12 @@ def rl_config_from(node: Any, where: str) -> RLConfig:
 def synthetic_prompt_arrays(num: int, seed: int, split: str, max_prompt_len: int) -> dict[str, np.ndarray]:
   """[BOS] + prompt, left-padded to max_prompt_len (the world's RL prompt stream)."""
   from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
-  prompts = world.make_prompts(num, seed, split=split)
+  return encode_synthetic_prompts(world.make_prompts(num, seed, split=split), max_prompt_len)
+
+
+def encode_synthetic_prompts(prompts: list[str], max_prompt_len: int) -> dict[str, np.ndarray]:
+  """[BOS] + each prompt's word ids, left-padded to max_prompt_len."""
+  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
   ids = [[world.BOS_ID] + world.TOKENIZER.encode(p) for p in prompts]
   too_long = [i for i, s in enumerate(ids) if len(s) > max_prompt_len]
   if too_long:

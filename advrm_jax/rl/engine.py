@@ -60,6 +60,9 @@ class RLConfig:
   kl_coef: float = 0.05
   kl_estimator: str = "k1"          # "k1" | "k3" | "k2" | "abs"
   kl_in_reward: bool = True         # else added to the loss
+  # How the per-token KL enters the reward: "sum" over the response (nats per sequence) or "mean" per
+  # token (the Adv-RM authors' setting; a long exploit then pays no more KL than a short answer).
+  kl_aggregate: str = "sum"
   adaptive_kl_target: float | None = None
   adaptive_kl_horizon: int = 10000
   missing_eos_penalty: float = 0.0
@@ -71,6 +74,8 @@ class RLConfig:
       raise ValueError(f"rl.algorithm: unknown {self.algorithm!r}; expected ppo, rloo or grpo")
     if self.algorithm in ("rloo", "grpo") and self.num_samples < 2:
       raise ValueError(f"rl.num_samples must be >= 2 for {self.algorithm}, got {self.num_samples}")
+    if self.kl_aggregate not in ("sum", "mean"):
+      raise ValueError(f"rl.kl_aggregate: unknown {self.kl_aggregate!r}; expected sum or mean")
     if self.critic not in ("shared", "separate"):
       raise ValueError(f"rl.critic: unknown {self.critic!r}; expected shared or separate")
     # The penalty is subtracted: a negative value would reward responses that never end.
@@ -196,17 +201,18 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     ref_logprobs, _, _ = _response_logprobs_and_values(
         graphdef, {"policy": ref_params}, tokens, mask, prompt_len, temperature, False, config.critic)
     token_kl = losses.kl_penalty(old_logprobs, ref_logprobs, config.kl_estimator) * response_mask
-    sequence_kl = token_kl.sum(axis=1)
+    sequence_kl = token_kl.sum(axis=1)  # nats per response: what `kl` reports whatever the aggregate
+    token_kl_for_reward = losses.kl_for_reward(token_kl, response_mask, config.kl_aggregate)
     kl_coef = state.kl_coef
 
     # 4-5. Rewards and advantages.
     if use_values:
-      kl_for_reward = token_kl if config.kl_in_reward else None
+      kl_for_reward = token_kl_for_reward if config.kl_in_reward else None
       token_rewards = adv.per_token_rewards(scores, response_mask, kl_for_reward,
                                             kl_coef if config.kl_in_reward else 0.0)
       advantages, returns = adv.compute_gae(token_rewards, old_values, response_mask, config.gamma, config.lam)
     else:
-      sequence_rewards = scores - kl_coef * sequence_kl if config.kl_in_reward else scores
+      sequence_rewards = scores - kl_coef * token_kl_for_reward.sum(axis=1) if config.kl_in_reward else scores
       if config.algorithm == "rloo":
         seq_adv = adv.compute_rloo_advantages(sequence_rewards, k)
       else:

@@ -218,6 +218,31 @@ def kl_penalty(
       f"unknown estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
 
 
+def kl_for_reward(token_kl: ArrayLike, response_mask: ArrayLike, aggregate: str = "sum") -> jax.Array:
+  """The per-token KL that enters the reward, for a sequence-level aggregate.
+
+  'sum': the masked per-token KL as it is (summed over a response it is the
+  sequence KL in nats). 'mean': each token's KL divided by its response's
+  length, so the sum over a response is the per-token *mean* KL (the Adv-RM
+  authors' form: a long answer pays no more KL than a short one).
+
+  Args:
+    token_kl: [B, T] per-token KL (`kl_penalty`), already masked or not.
+    response_mask: [B, T] 1 on response tokens.
+    aggregate: 'sum' or 'mean' (static).
+
+  Returns:
+    [B, T] float32, zero off the mask.
+  """
+  mask = _f32(response_mask)
+  token_kl = _f32(token_kl) * mask
+  if aggregate == "sum":
+    return token_kl
+  if aggregate == "mean":
+    return token_kl / jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)
+  raise ValueError(f"unknown KL aggregate {aggregate!r}; expected sum or mean")
+
+
 def adaptive_kl_init(init_kl_coef: float) -> jax.Array:
   """Initial KL coefficient for the adaptive controller: float32 scalar."""
   return _f32(init_kl_coef)

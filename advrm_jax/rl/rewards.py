@@ -118,17 +118,26 @@ class AdversarySource:
 
   R1 is ensemble member ``target``; R2 aggregates the other members
   (``r2_kind``: mean, min or max). See ``advrm_jax.adversarial.objective``.
+  With ``standardized`` the members' rewards are first put in reference z
+  units: ``reward_params = {"rm": ensemble params, "loc": [K], "scale": [K]}``
+  (``objective.member_standardization`` of the reference samples), and T and
+  the penalty are in those units too.
   """
   graphdef: Any
   lam: float = 1.0
   penalty: float = -25.0
   target: int = 0
   r2_kind: str = "mean"
+  standardized: bool = False
 
   def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
-    from advrm_jax.adversarial.objective import adversary_reward  # pylint: disable=import-outside-toplevel
+    from advrm_jax.adversarial.objective import adversary_reward, standardize_members  # pylint: disable=import-outside-toplevel
     from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
-    scores = reward_scores(self.graphdef, reward_params, rollout.tokens, rollout.mask)  # [K, B]
+    if self.standardized:
+      scores = standardize_members(reward_scores(self.graphdef, reward_params["rm"], rollout.tokens, rollout.mask),
+                                   reward_params["loc"], reward_params["scale"])  # [K, B] z units
+    else:
+      scores = reward_scores(self.graphdef, reward_params, rollout.tokens, rollout.mask)  # [K, B]
     reward, metrics = adversary_reward(scores, rollout.threshold, self.lam, self.penalty, self.target, self.r2_kind)
     return reward, {f"adv/{k}": v for k, v in metrics.items()}
 
