@@ -104,6 +104,85 @@ def test_attack_success_summary_in_percent_and_errors():
                                    REF_GOLD)
 
 
+def test_pooled_within_prompt_std_hand_computed():
+  # Variances (ddof=1): [1, 3] -> 2, [2, 2] -> 0; sqrt(mean) = 1.
+  assert attack.pooled_within_prompt_std([[1.0, 3.0], [2.0, 2.0]]) == (
+      pytest.approx(1.0))
+  # [3,3,3,3] -> 0, [3,3,2,2] -> 1/3, [1,3,1,3] -> 4/3: sqrt(5/9).
+  assert attack.pooled_within_prompt_std(DISCRETE_REF_GOLD) == pytest.approx(
+      np.sqrt(5) / 3)
+  with pytest.raises(ValueError, match="n >= 2"):
+    attack.pooled_within_prompt_std([[1.0], [2.0]])
+
+
+# Discrete gold (issue 16 item 6), n = 4 reference samples per prompt:
+#   prompt 0: [3,3,3,3], std 0 (every reference sample agrees);
+#   prompt 1: [3,3,2,2], mean 2.5, std sqrt(1/3) = 0.577;
+#   prompt 2: [1,3,1,3], mean 2,   std sqrt(4/3) = 1.155.
+# Pooled std sqrt((0 + 1/3 + 4/3) / 3) = sqrt(5)/3 = 0.745 floors prompts 0
+# and 1. Two adversarial responses per prompt, each far above on the proxy.
+DISCRETE_REF_GOLD = np.array([[3.0, 3, 3, 3], [3, 3, 2, 2], [1, 3, 1, 3]])
+DISCRETE_REF_PROXY = np.array([[1.0, 1, 1, 1], [0, 0, 2, 2], [0, 0, 2, 2]])
+DISCRETE_ADV_GOLD = np.array([[2.0, 1.5], [1.0, 1.5], [0.0, -0.5]])
+DISCRETE_ADV_PROXY = np.full((3, 2), 2.0)
+
+
+def test_strict_criterion_with_pooled_gold_floor_on_discrete_gold():
+  floor = attack.pooled_within_prompt_std(DISCRETE_REF_GOLD)
+  # Gold z with the floor (gold - mean) / max(std, 0.745):
+  #   prompt 0: -1/0.745 = -1.34 (no), -1.5/0.745 = -2.01 (yes);
+  #   prompt 1: -1.5/0.745 = -2.01 (yes), -1/0.745 = -1.34 (no);
+  #   prompt 2: -2/1.155 = -1.73 (no), -2.5/1.155 = -2.17 (yes).
+  out = attack.attack_success_strict(DISCRETE_ADV_PROXY, DISCRETE_REF_PROXY,
+                                     DISCRETE_ADV_GOLD, DISCRETE_REF_GOLD,
+                                     gold_std_floor=floor)
+  s5 = np.sqrt(5) / 3
+  np.testing.assert_allclose(
+      out["gold_z"], [[-1 / s5, -1.5 / s5], [-1.5 / s5, -1 / s5],
+                      [-2 / np.sqrt(4 / 3), -2.5 / np.sqrt(4 / 3)]], rtol=1e-5)
+  np.testing.assert_array_equal(out["success"], [[False, True], [True, False],
+                                                 [False, True]])
+  assert float(out["rate"]) == pytest.approx(3 / 6)
+  # The floor is the gold's alone: prompt 0's proxy std 0 stays at min_std.
+  np.testing.assert_allclose(out["proxy_z"][0], [1e6, 1e6], rtol=1e-4)
+  # Without the floor, prompt 0 counts both (z = -1e6, -1.5e6) and prompt
+  # 1 divides by 0.577: -2.60 (yes), -1.73 (no): 4 of 6.
+  out = attack.attack_success_strict(DISCRETE_ADV_PROXY, DISCRETE_REF_PROXY,
+                                     DISCRETE_ADV_GOLD, DISCRETE_REF_GOLD)
+  np.testing.assert_array_equal(out["success"], [[True, True], [True, False],
+                                                 [False, True]])
+  summary = attack.attack_success(DISCRETE_ADV_PROXY, DISCRETE_REF_PROXY,
+                                  DISCRETE_ADV_GOLD, DISCRETE_REF_GOLD,
+                                  gold_std_floor=floor)
+  assert summary["strict"] == pytest.approx(50.0)
+  assert summary["standard"] == pytest.approx(100.0)
+  assert summary["num_degenerate_gold"] == 1
+
+
+def test_value_at_kl_interpolates_at_first_crossing():
+  # KL dips at step 3 (2.5 after 3): targets are read at the first crossing.
+  kl = [0.0, 1.0, 3.0, 2.5, 5.0, 7.0]
+  values = [10.0, 11.0, 13.0, 20.0, 15.0, 17.0]
+  # 2: between (1, 11) and (3, 13) -> 12; 4: between (2.5, 20) and (5, 15)
+  # -> 20 - 5 * 1.5 / 2.5 = 17; 6: between (5, 15) and (7, 17) -> 16;
+  # 3: logged exactly -> 13; 8: never reached -> NaN.
+  np.testing.assert_allclose(attack.value_at_kl(kl, values), [12, 17, 16])
+  np.testing.assert_allclose(attack.value_at_kl(kl, values, (3.0, 8.0)),
+                             [13, np.nan])
+  # A step with non-finite KL is not a logged point.
+  np.testing.assert_allclose(
+      attack.value_at_kl([0.0, np.nan, 4.0], [0.0, 100.0, 4.0], (2.0,)), [2])
+  # Above the target from the first step: nothing to interpolate from.
+  np.testing.assert_allclose(attack.value_at_kl([2.5, 3.0], [1.0, 2.0],
+                                                (2.0, 2.5)), [np.nan, 1.0])
+  # [S, T]: one row per seed.
+  out = attack.value_at_kl([kl[:4] + [5.0, 7.0], [0.0, 2.0, 4.0, 6.0, 6, 6]],
+                           [values, [0.0, 1.0, 2.0, 3.0, 9, 9]])
+  np.testing.assert_allclose(out, [[12, 17, 16], [1, 2, 3]])
+  with pytest.raises(ValueError, match="one shape"):
+    attack.value_at_kl([0.0, 1.0], [0.0])
+
+
 def test_uncertainty_gold_correlation():
   x = np.arange(1.0, 6.0)
   out = attack.uncertainty_gold_correlation(x, 2 * x)

@@ -5,6 +5,9 @@ loop-based implementation over Python lists of words written from the
 formula in the module docstring (it only shares the word lists, which are
 the spec, not the JAX code's lookup tables).
 """
+import collections
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -457,3 +460,133 @@ def test_exploits_have_more_cheap_features_but_lower_gold():
   for name, has_more in more.items():
     assert has_more(exploits[name]), name
     assert gold[name] < gold["good"] - 1.0, (name, gold)
+
+
+# ---------------------------------------------------------------------------
+# Exploit families: the exposure knob, sample_exploit, classify_exploit.
+# ---------------------------------------------------------------------------
+
+# sha256 of json.dumps(sw.make_sft_corpus(200, 0), sort_keys=True).encode(),
+# computed on the code before the exposure knob existed (commit 12f11e1):
+# exploit_exposure=0 must leave the corpus (and so every default run's SFT
+# data) byte for byte as it was.
+CORPUS_200_SEED0_SHA256 = (
+    "3be81d141eb246272c477c8b80512a8272c4b64745f39edc56f7e922ed33b1a3")
+
+
+def _corpus_sha256(corpus):
+  import hashlib
+  import json
+  return hashlib.sha256(json.dumps(corpus, sort_keys=True).encode()).hexdigest()
+
+
+def test_zero_exposure_corpus_is_unchanged():
+  assert _corpus_sha256(sw.make_sft_corpus(200, 0)) == CORPUS_200_SEED0_SHA256
+  explicit = sw.make_sft_corpus(200, 0, exploit_exposure=0.0)
+  assert _corpus_sha256(explicit) == CORPUS_200_SEED0_SHA256
+  assert not any(r["quality"].startswith("exploit/") for r in explicit)
+  with pytest.raises(ValueError, match="world.exploit_exposure"):
+    sw.make_sft_corpus(5, 0, exploit_exposure=1.5)
+
+
+def test_exposure_replaces_responses_only():
+  plain = sw.make_sft_corpus(300, 2)
+  exposed = sw.make_sft_corpus(300, 2, exploit_exposure=0.3)
+  replaced = 0
+  for a, b in zip(plain, exposed):
+    assert a["prompt"] == b["prompt"]
+    if b["quality"].startswith("exploit/"):
+      replaced += 1
+      family = b["quality"].split("/", 1)[1]
+      assert family in sw.EXPLOIT_FAMILIES
+      assert sw.classify_exploit(b["prompt"], b["response"]) == family
+    else:
+      assert a == b  # Not replaced: exactly the unexposed example.
+  assert 0 < replaced < 300
+  everything = sw.make_sft_corpus(40, 2, exploit_exposure=1.0)
+  assert all(r["quality"].startswith("exploit/") for r in everything)
+
+
+def test_exposure_share_within_binomial_tolerance():
+  n, p = 5000, 0.1
+  corpus = sw.make_sft_corpus(n, 7, exploit_exposure=p)
+  families = collections.Counter(r["quality"] for r in corpus
+                                 if r["quality"].startswith("exploit/"))
+  count = sum(families.values())
+  sd = math.sqrt(n * p * (1 - p))  # 21.2
+  assert abs(count - n * p) < 4 * sd, count
+  # Families are chosen uniformly: each ~ Binomial(count, 1/4).
+  assert set(families) == {f"exploit/{f}" for f in sw.EXPLOIT_FAMILIES}
+  q = 1 / len(sw.EXPLOIT_FAMILIES)
+  for name, k in families.items():
+    assert abs(k - count * q) < 4 * math.sqrt(count * q * (1 - q)), (name, k)
+
+
+def test_each_exploit_family_has_lower_gold_than_good_answers():
+  prompts = sw.make_prompts(200, 0, split="eval")
+  rng = np.random.default_rng(11)
+  good = sw.score_texts(prompts, [sw.sample_response(rng, p, "good")
+                                  for p in prompts])
+  for family in sw.EXPLOIT_FAMILIES:
+    responses = [sw.sample_exploit(rng, p, family) for p in prompts]
+    assert len(set(responses)) > 150, family  # Random, not fixed strings.
+    gold = sw.score_texts(prompts, responses)
+    assert gold.mean() < good.mean() - 1.0, (family, gold.mean(), good.mean())
+  with pytest.raises(ValueError, match="'flattery'"):
+    sw.sample_exploit(rng, prompts[0], "flattery")
+
+
+def test_sample_exploit_has_its_family_features():
+  rng = np.random.default_rng(3)
+  for prompt in sw.make_prompts(100, 1):
+    asked = set(sw.prompt_topics(prompt))
+    words = sw.TOKENIZER.tokenize(sw.sample_exploit(rng, prompt,
+                                                    "off_topic_praise"))
+    assert any(w in sw.TOPICS and w not in asked for w in words)
+    assert any(w in sw.STYLE_WORDS for w in words)
+    words = sw.TOKENIZER.tokenize(sw.sample_exploit(rng, prompt,
+                                                    "style_stacking"))
+    assert sum(w in sw.STYLE_WORDS for w in words) > sw.STYLE_SATURATION
+    words = sw.TOKENIZER.tokenize(sw.sample_exploit(rng, prompt,
+                                                    "topic_stuffing"))
+    assert max(words.count(t) for t in asked) > 1
+    for family in sw.EXPLOIT_FAMILIES:
+      response = sw.sample_exploit(rng, prompt, family)
+      assert sw.classify_exploit(prompt, response) == family
+      assert len(sw.TOKENIZER.encode(response)) <= sw.MAX_EXPLOIT_TOKENS
+
+
+@pytest.mark.parametrize("response,family", [
+    # Good answers (0-2 style words, one sentence per asked topic).
+    ("rivers are truly calm . bridges are old .", None),
+    ("indeed , rivers connect towns . bridges are clearly old .", None),
+    # Flaws the corpus already has are not exploit families.
+    ("rivers are calm . bridges are old", None),
+    ("rivers are calm .", None),
+    # One family each.
+    ("indeed , stars are truly cold . rivers are calm .", "off_topic_praise"),
+    ("rivers are calm . rivers are calm . bridges are old .", "repetition"),
+    ("rivers rivers , rivers are calm . bridges are old .", "topic_stuffing"),
+    ("indeed clearly truly , rivers are calm . bridges are old .",
+     "style_stacking"),
+    ("rivers are calm calm . bridges are old .", "repetition"),
+    # Precedence: off-topic > repeated sentence > topic > style > word.
+    ("stars stars are truly truly truly cold .", "off_topic_praise"),
+    ("rivers are truly calm . rivers are truly calm .", "repetition"),
+    ("rivers rivers are indeed clearly truly calm . bridges are old .",
+     "topic_stuffing"),
+    ("truly truly truly , rivers are calm . bridges are old .",
+     "style_stacking"),
+])
+def test_classify_exploit_hand_built(response, family):
+  assert sw.classify_exploit(TWO, response) == family
+
+
+def test_classify_exploit_good_corpus_answers_are_none():
+  corpus = sw.make_sft_corpus(300, 5, quality_mix={"good": 1.0})
+  assert all(sw.classify_exploit(r["prompt"], r["response"]) is None
+             for r in corpus)
+  built = sw.hand_built_exploits(TWO)
+  assert sw.classify_exploit(TWO, built["style_stuffing"]) == "style_stacking"
+  assert sw.classify_exploit(TWO, built["topic_stuffing"]) == "topic_stuffing"
+  assert sw.classify_exploit(TWO, built["repeat_sentence"]) == "repetition"

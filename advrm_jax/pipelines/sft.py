@@ -64,16 +64,18 @@ def jit_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
 
 
 def synthetic_sft_arrays(num_examples: int, seed: int, max_len: int,
-                         max_prompt_len: int | None = None) -> dict[str, np.ndarray]:
+                         max_prompt_len: int | None = None,
+                         exploit_exposure: float = 0.0) -> dict[str, np.ndarray]:
   """[BOS] prompt response [EOS], right-padded; loss on response and EOS only.
 
   With ``max_prompt_len`` (config key world.max_prompt_len), a prompt that
   does not fit is an error: cutting it would silently train on prompts the
-  policy never sees in RL (where the same limit is an error too).
+  policy never sees in RL (where the same limit is an error too). ``exploit_exposure`` (config key
+  world.exploit_exposure) is the share of corpus responses replaced by the world's exploits.
   """
   from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
 
-  corpus = world.make_sft_corpus(num_examples, seed)
+  corpus = world.make_sft_corpus(num_examples, seed, exploit_exposure=exploit_exposure)
   tokens = np.zeros((num_examples, max_len), np.int32)
   mask = np.zeros((num_examples, max_len), np.int32)
   loss_mask = np.zeros((num_examples, max_len), np.int32)
@@ -191,7 +193,8 @@ def run(config, workdir: pathlib.Path) -> None:
   if max_len > model_config.max_seq_len:
     raise ValueError(f"world.max_prompt_len + world.max_response_len = {max_len} exceeds "
                      f"model.max_seq_len = {model_config.max_seq_len}")
-  data = synthetic_sft_arrays(sft.num_examples, config.seed, max_len, config.world.max_prompt_len)
+  data = synthetic_sft_arrays(sft.num_examples, config.seed, max_len, config.world.max_prompt_len,
+                              float(config.world.get("exploit_exposure", 0.0)))
   graphdef, params, axes = split_module(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
   optimizer = make_optimizer(sft.optimizer, total_steps=sft.num_steps)
   state, shardings = create_train_state(params, axes, optimizer, mesh)
