@@ -88,6 +88,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.world.max_prompt_len = 16
   # Longest response (incl. EOS) in tokens (a good answer to three topics needs about 20).
   config.world.max_response_len = 32
+  # Share of SFT-corpus responses that use the world's exploits (off-topic praise, stacked style words,
+  # stuffed topics, ...), so that some reach preference pairs, labelled by Bradley-Terry on gold like any
+  # other pair. Gold is unchanged. 0: the exploits never occur in training data, so every RM member
+  # extrapolates them alike (an error no disagreement filter can find).
+  config.world.exploit_exposure = 0.0
 
   # Stage `sft`: the reference policy on the mixed-quality corpus.
   config.sft = ml_collections.ConfigDict()

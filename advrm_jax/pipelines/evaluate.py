@@ -72,6 +72,12 @@ def _stats(values: list[float]) -> dict[str, Any]:
   return rep.mean_std(values)
 
 
+def _nanmean_rows(per_seed: list[list[float]]) -> list[float | None]:
+  """Column means over seeds of the finite values; None where no seed has one."""
+  values = np.asarray(per_seed, np.float64)
+  return [float(np.mean(c[np.isfinite(c)])) if np.isfinite(c).any() else None for c in values.T]
+
+
 def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params: Any, meta: dict[str, Any],
                              target: int) -> dict[str, Any]:
   """Pairwise accuracy of an RM on the held-out ordinary preference pairs."""
@@ -206,9 +212,10 @@ def rlhf_curves(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
 
 
 def adversarial_examples(workdir: pathlib.Path, round_index: int, target: int, reference: dict[str, np.ndarray],
-                         reference_r1: np.ndarray, limit: int) -> list[dict[str, Any]]:
-  """Successful attacks of the round's final adversaries, the largest R1 gains first."""
-  final = advrm.load_npz(advrm.round_dir(workdir, "attack", round_index) / "final_samples.npz", "the attack")
+                         reference_r1: np.ndarray, limit: int, heldout: bool) -> list[dict[str, Any]]:
+  """Successful attacks of the round's final adversaries (on ``reference``'s prompts), the largest R1 gains first."""
+  name = "final_heldout.npz" if heldout else "final_samples.npz"
+  final = advrm.load_npz(advrm.round_dir(workdir, "attack", round_index) / name, "the attack")
   r1, gold, idx = final["member_scores"][target], final["gold"], final["prompt_index"]
   ref_r1, ref_gold = reference_r1.mean(1)[idx], reference["gold"].mean(1)[idx]
   success = (r1 > ref_r1) & (gold < ref_gold)
@@ -507,11 +514,11 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
   ex = report.get("exploits")
   if ex:
     lines += ["## Which exploits can disagreement see? (RM round 0)", ""]
-    rows = [["family probe: " + name, v["count"], _fmt(v["share_z1_positive"]), _fmt(v["mean_z1"]),
-             _fmt(v["mean_z_u"]), _fmt(v["share_z_u_above"])] for name, v in ex["families"].items()]
-    rows += [["conventional RLHF: " + str(name), v["count"], _fmt(v["share_z1_positive"]), _fmt(v["mean_z1"]),
-              _fmt(v["mean_z_u"]), _fmt(v["share_z_u_above"])]
-             for name, v in (ex.get("rlhf_conventional") or {}).items()]
+    row = lambda label, v: [label, v["count"], _fmt(v["rm_prefers_share"]), _fmt(v["mean_z1"]), _fmt(v["mean_zU"]),
+                            _fmt(v["disagreement_share"])]
+    rows = [row("family probe: " + name, v) for name, v in ex["families"].items() if v["count"]]
+    rows += [row("conventional RLHF: " + name, v) for name, v in (ex.get("rlhf_conventional") or {}).items()
+             if v["count"]]
     lines.append(rep.markdown_table(["Exploit", "n", "RM prefers it (z1 > 0)", "mean z1", "mean z(U)",
                                      "z(U) > 1.96"], rows))
     lines += [f"Share of conventional RLHF's exploit mass with z(U) > 1.96 (`exploits.disagreement_share`): "
@@ -639,8 +646,7 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
                          np.asarray([np.nan if v is None else v for v in a["kl_curve"].get("standard_success", [])],
                                     np.float64), MATCHED_KL).tolist()
           for r, a in attack_summaries.items() if a.get("kl_curve") and a["kl_curve"].get("standard_success")},
-      "rlhf_gold": {name: np.nanmean(np.asarray(run["gold_at_kl"]["per_seed"], np.float64), axis=0).tolist()
-                    for name, run in report["rlhf"].items()},
+      "rlhf_gold": {name: _nanmean_rows(run["gold_at_kl"]["per_seed"]) for name, run in report["rlhf"].items()},
       "final_kl": {"adversary": {r: a.get("final_kl") for r, a in attack_summaries.items()},
                    "rlhf": {name: _mean(run["final_kl"]) for name, run in report["rlhf"].items()}}}
   report["fresh_pairs"] = {
@@ -651,7 +657,7 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   report["exploits"] = exploit_analysis(config, workdir, rms[0], reference, conventional_samples) if 0 in rms else None
   report["method_checks"] = method_checks(report)
   report["examples"] = (adversarial_examples(workdir, 0, target, reference, reference_r1[0],
-                                             config.evaluate.num_examples) if attack_rounds else [])
+                                             config.evaluate.num_examples, heldout) if attack_rounds else [])
   online = workdir / "online" / "summary.json"
   report["online"] = json.loads(online.read_text()) if online.exists() else None
   online_rm = workdir / "online" / "rm"
@@ -685,7 +691,8 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     collected = advrm.load_npz(advrm.round_dir(workdir, "attack", 0) / "collected.npz", "the attack")
     # The U the filter used (whatever filter.uncertainty is), as it wrote it.
     u = advrm.load_npz(advrm.round_dir(workdir, "filter", 0) / "scores.npz", "the `filter` stage")["uncertainty"]
-    gap = reference["gold"].mean(1)[collected["prompt_index"]] - collected["gold"]
+    # The adversary's own samples are on the training pool: their shortfall is against its reference.
+    gap = advrm.load_reference(workdir)["gold"].mean(1)[collected["prompt_index"]] - collected["gold"]
     rows = np.random.default_rng(0).permutation(u.size)[:3000]
     rep.plot_uncertainty_vs_gold(plots / "uncertainty_vs_gold.png", u[rows], gap[rows],
                                  uncertainty_gold_correlation(u, gap))
