@@ -419,6 +419,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Oracle: the policy optimises gold itself (an upper reference, not a method).
       "oracle_gold": {"source": "gold"},
   })
+  # Train only these runs (names of rlhf.runs; empty: all), e.g. the calibration's ("conventional",).
+  config.rlhf.only = ()
   if "online" in options:
     # `:online` adds the online mode (beyond the paper) at the round schedule's compute, and an RLHF
     # run against its RM; in a finished default WORKDIR only these two parts train.

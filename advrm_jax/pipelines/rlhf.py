@@ -215,7 +215,13 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   require_synthetic_policy(workdir, "rlhf")
   node = config.rlhf
   prompts = synthetic_prompt_arrays(node.num_prompts, config.seed, "rl", config.world.max_prompt_len)
+  only = tuple(node.get("only", ()))
+  unknown = sorted(set(only) - set(node.runs))
+  if unknown:
+    raise ValueError(f"rlhf.only: unknown run(s) {unknown}; the runs are {sorted(node.runs)}")
   for name, run_spec in node.runs.items():
+    if only and name not in only:
+      continue
     run_dir = workdir / STAGE / name
     if (run_dir / "DONE").exists():
       logging.info("rlhf/%s: done, skipping", name)
