@@ -1,0 +1,245 @@
+"""Hugging Face reward models in and out: reward parity with transformers' ``*ForSequenceClassification``.
+
+Tiny random checkpoints of the three architectures are built in-process with
+transformers and torch (weights re-drawn at O(1/sqrt(fan_in)) scale by
+``tests/test_hf_checkpoints._randomise_``, so a layout bug moves the rewards
+by far more than the 1e-4 tolerance). The reference is transformers'
+``logits[:, 0]``: on the right-padded batch itself, and for left padding on
+each row run alone without padding (what the reward of a left-padded row
+means; see ``advrm_jax/checkpoints/hf_reward.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from advrm_jax.checkpoints import hf, hf_reward  # noqa: E402
+from advrm_jax.reward.model import reward_scores  # noqa: E402
+from tests.test_hf_checkpoints import _randomise_  # noqa: E402
+
+VOCAB = 96
+PAD = 0  # never drawn as a real token below, so transformers and advrm_jax read the same position
+ATOL = 1e-4
+
+ARCHS = {
+    "llama": ("LlamaConfig", dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    "qwen2": ("Qwen2Config", dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    "gpt2": ("GPT2Config", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32)),
+}
+
+
+def _reward_model(arch: str, seed: int, **overrides):
+  config_cls, kwargs = ARCHS[arch]
+  config = getattr(transformers, config_cls)(**dict(kwargs, num_labels=1, pad_token_id=PAD, bos_token_id=1,
+                                                    eos_token_id=2, **overrides))
+  config._attn_implementation = "eager"  # pylint: disable=protected-access
+  model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+  _randomise_(model)  # always the same draw: models of other seeds are scaled element-wise by 1 +- 0.5
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for param in model.parameters():
+      if seed:
+        param.mul_(1.0 + 0.5 * torch.randn(param.shape, generator=gen))
+  return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+  """arch -> (torch model, its directory)."""
+  out = {}
+  for arch in ARCHS:
+    model = _reward_model(arch, seed=0)
+    path = tmp_path_factory.mktemp(f"{arch}_rm")
+    model.save_pretrained(path)
+    out[arch] = (model, path)
+  return out
+
+
+@pytest.fixture(scope="module")
+def score_fn():
+  return jax.jit(reward_scores, static_argnums=0)
+
+
+def _batch(padding: str) -> tuple[np.ndarray, np.ndarray]:
+  """Three rows of width 12: full, 5 pad slots, 9 pad slots on the given side."""
+  rng = np.random.default_rng(7)
+  tokens = rng.integers(3, VOCAB, size=(3, 12)).astype(np.int32)
+  mask = np.ones_like(tokens)
+  for row, num_pad in ((1, 5), (2, 9)):
+    if padding == "right":
+      mask[row, tokens.shape[1] - num_pad:] = 0
+    else:
+      mask[row, :num_pad] = 0
+  tokens[mask == 0] = PAD
+  return tokens, mask
+
+
+def _hf_rewards(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(input_ids=torch.from_numpy(tokens).long(),
+                 attention_mask=torch.from_numpy(mask).long()).logits[:, 0].numpy()
+
+
+def _hf_rewards_unpadded(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Each row run alone, without its padding."""
+  return np.concatenate([_hf_rewards(model, row[m == 1][None], np.ones((1, int(m.sum())), np.int64))
+                         for row, m in zip(tokens, mask)])
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_rewards_equal_transformers(checkpoints, score_fn, arch, padding):
+  model, path = checkpoints[arch]
+  graphdef, params, info = hf_reward.load_hf_reward_model([path])
+  assert (info["ensemble"], info["num_members"]) == ("shared", 1)
+  tokens, mask = _batch(padding)
+  ours = np.asarray(score_fn(graphdef, params, tokens, mask))[0]
+  reference = _hf_rewards_unpadded(model, tokens, mask)
+  np.testing.assert_allclose(ours, reference, atol=ATOL, rtol=0)
+  assert np.ptp(reference) > 0.1  # the rows are told apart, so the comparison means something
+  if padding == "right":  # transformers' own batched, padded reading: logits[:, 0]
+    np.testing.assert_allclose(ours, _hf_rewards(model, tokens, mask), atol=ATOL, rtol=0)
+
+
+def test_left_padded_gpt2_in_transformers_needs_position_ids(checkpoints):
+  """Why left padding is checked against unpadded rows: batched GPT-2 counts positions from the pad slots."""
+  model, _ = checkpoints["gpt2"]
+  tokens, mask = _batch("left")
+  unpadded = _hf_rewards_unpadded(model, tokens, mask)
+  batched = _hf_rewards(model, tokens, mask)
+  assert abs(batched[2] - unpadded[2]) > 1e-2
+  positions = torch.from_numpy(np.maximum(np.cumsum(mask, axis=1) - 1, 0)).long()
+  with torch.no_grad():
+    with_positions = model(input_ids=torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask).long(),
+                           position_ids=positions).logits[:, 0].numpy()
+  np.testing.assert_allclose(with_positions, unpadded, atol=ATOL, rtol=0)
+
+
+def _tensors(path) -> dict[str, np.ndarray]:
+  return hf.read_hf_tensors(path)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_export_reloads_in_transformers_and_is_bit_exact(checkpoints, score_fn, tmp_path, arch):
+  model, path = checkpoints[arch]
+  graphdef, params, info = hf_reward.load_hf_reward_model([path])
+  cfg = hf.ModelConfig.from_dict(info["model"])
+  out = hf_reward.save_hf_reward_member(tmp_path / "export", cfg, info["ensemble"], params, 0,
+                                        token_ids=info["token_ids"])
+  original, exported = _tensors(path), _tensors(out)
+  assert sorted(exported) == sorted(original)
+  for name, value in original.items():
+    assert exported[name].dtype == value.dtype and exported[name].tobytes() == value.tobytes(), name
+
+  reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  assert type(reloaded).__name__ == type(model).__name__ and reloaded.config.num_labels == 1
+  assert reloaded.config.pad_token_id == PAD
+  tokens, mask = _batch("right")
+  ours = np.asarray(score_fn(graphdef, params, tokens, mask))[0]
+  np.testing.assert_allclose(_hf_rewards(reloaded, tokens, mask), ours, atol=ATOL, rtol=0)
+
+
+def test_bfloat16_sharded_checkpoint_exports_bit_exact(tmp_path):
+  model = _reward_model("qwen2", seed=3).to(torch.bfloat16)
+  model.save_pretrained(tmp_path / "bf16", max_shard_size="20KB")
+  assert (tmp_path / "bf16" / hf.SAFETENSORS_INDEX_FILE).exists()
+  graphdef, params, info = hf_reward.load_hf_reward_model([tmp_path / "bf16"])
+  assert info["model"]["param_dtype"] == "bfloat16"
+  cfg = hf.ModelConfig.from_dict(info["model"])
+  out = hf_reward.save_hf_reward_member(tmp_path / "export", cfg, "shared", params, 0, token_ids=info["token_ids"],
+                                        max_shard_size="20KB")
+  original, exported = _tensors(tmp_path / "bf16"), _tensors(out)
+  assert sorted(exported) == sorted(original)
+  for name, value in original.items():
+    assert exported[name].dtype == value.dtype and exported[name].tobytes() == value.tobytes(), name
+  assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_two_directories_are_a_two_member_ensemble(checkpoints, score_fn, tmp_path):
+  first, first_path = checkpoints["llama"]
+  second = _reward_model("llama", seed=1)
+  second.save_pretrained(tmp_path / "second")
+  graphdef, params, info = hf_reward.load_hf_reward_model([first_path, tmp_path / "second"])
+  assert (info["ensemble"], info["num_members"]) == ("independent", 2)
+  for padding in ("right", "left"):
+    tokens, mask = _batch(padding)
+    ours = np.asarray(score_fn(graphdef, params, tokens, mask))
+    np.testing.assert_allclose(ours[0], _hf_rewards_unpadded(first, tokens, mask), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(ours[1], _hf_rewards_unpadded(second, tokens, mask), atol=ATOL, rtol=0)
+  assert np.abs(ours[0] - ours[1]).max() > 0.1  # two different models, not one copied
+  # Member 1 exported alone is the second directory again.
+  cfg = hf.ModelConfig.from_dict(info["model"])
+  out = hf_reward.save_hf_reward_member(tmp_path / "m1", cfg, "independent", params, 1, token_ids=info["token_ids"])
+  original, exported = _tensors(tmp_path / "second"), _tensors(out)
+  assert all(exported[k].tobytes() == v.tobytes() for k, v in original.items()) and sorted(exported) == sorted(original)
+
+
+def test_head_bias_is_written_as_reward_bias_and_read_back(checkpoints, score_fn, tmp_path):
+  model, path = checkpoints["gpt2"]
+  graphdef, params, info = hf_reward.load_hf_reward_model([path])
+  params = dict(params, head_bias=params["head_bias"] + 0.75)
+  cfg = hf.ModelConfig.from_dict(info["model"])
+  out = hf_reward.save_hf_reward_member(tmp_path / "biased", cfg, "shared", params, 0, token_ids=info["token_ids"])
+  reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  assert reloaded.config.reward_bias == 0.75
+  tokens, mask = _batch("right")
+  ours = np.asarray(score_fn(graphdef, params, tokens, mask))[0]
+  np.testing.assert_allclose(_hf_rewards(model, tokens, mask) + 0.75, ours, atol=ATOL, rtol=0)
+  np.testing.assert_allclose(_hf_rewards(reloaded, tokens, mask) + 0.75, ours, atol=ATOL, rtol=0)
+  graphdef2, params2, _ = hf_reward.load_hf_reward_model([out])
+  np.testing.assert_allclose(np.asarray(score_fn(graphdef2, params2, tokens, mask))[0], ours, atol=1e-6, rtol=0)
+
+
+def test_pad_equal_to_eos_warns(tmp_path):
+  model = _reward_model("gpt2", seed=0)
+  model.config.pad_token_id = model.config.eos_token_id
+  model.save_pretrained(tmp_path / "pad_eos")
+  with pytest.warns(UserWarning, match="pad_token_id 2 is an EOS id"):
+    hf_reward.load_hf_reward_model([tmp_path / "pad_eos"])
+
+
+def test_bad_directories_are_named_with_what_was_expected(checkpoints, tmp_path):
+  causal = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**ARCHS["llama"][1]))
+  causal.save_pretrained(tmp_path / "causal")
+  with pytest.raises(ValueError, match=r"causal: architectures \['LlamaForCausalLM'\] is a language model without "
+                                       r"a reward head; expected one of .*ForSequenceClassification.* num_labels=1"):
+    hf_reward.load_hf_reward_model([tmp_path / "causal"])
+
+  two_labels = _reward_model("qwen2", seed=0, num_labels=2)
+  two_labels.save_pretrained(tmp_path / "two_labels")
+  with pytest.raises(ValueError, match=r"two_labels: num_labels is 2 .* a reward model has one output"):
+    hf_reward.load_hf_reward_model([tmp_path / "two_labels"])
+
+  # A reward config over weights without a score head.
+  no_head = tmp_path / "no_head"
+  no_head.mkdir()
+  config = json.loads((checkpoints["llama"][1] / "config.json").read_text())
+  (no_head / "config.json").write_text(json.dumps(config))
+  weights = _tensors(checkpoints["llama"][1])
+  del weights["score.weight"]
+  safetensors.numpy.save_file(weights, no_head / "model.safetensors")
+  with pytest.raises(ValueError, match=r"no_head: no 'score.weight' tensor"):
+    hf_reward.load_hf_reward_model([no_head])
+
+  with pytest.raises(FileNotFoundError, match=r"missing: not a directory"):
+    hf_reward.load_hf_reward_model([tmp_path / "missing"])
+
+  smaller = _reward_model("llama", seed=0, hidden_size=16, head_dim=8, intermediate_size=32)
+  smaller.save_pretrained(tmp_path / "smaller")
+  with pytest.raises(ValueError, match=r"smaller: its backbone differs from .*d_model"):
+    hf_reward.load_hf_reward_model([checkpoints["llama"][1], tmp_path / "smaller"])
