@@ -149,6 +149,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   rm.tokenizer = "auto"
   # Start from a trained ensemble ("" = fresh; advtrain sets it per round).
   rm.init_from = ""
+  # Your own Hugging Face reward models (*ForSequenceClassification directories, one member each) as RM round 0
+  # instead of an ensemble trained on the policy's backbone; () = train one. The rm stage records and evaluates them.
+  rm.paths = ()
   rm.backbone = ml_collections.ConfigDict()
   # The policy's checkpoint: the RM must read the tokens the adversary writes.
   rm.backbone.source = config.model.get_ref("source")

@@ -45,8 +45,8 @@ ARCHS = {
 
 def _reward_model(arch: str, seed: int, **overrides):
   config_cls, kwargs = ARCHS[arch]
-  config = getattr(transformers, config_cls)(**dict(kwargs, num_labels=1, pad_token_id=PAD, bos_token_id=1,
-                                                    eos_token_id=2, **overrides))
+  config = getattr(transformers, config_cls)(**{**kwargs, "num_labels": 1, "pad_token_id": PAD, "bos_token_id": 1,
+                                                     "eos_token_id": 2, **overrides})
   config._attn_implementation = "eager"  # pylint: disable=protected-access
   model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
   _randomise_(model)  # always the same draw: models of other seeds are scaled element-wise by 1 +- 0.5
@@ -243,3 +243,110 @@ def test_bad_directories_are_named_with_what_was_expected(checkpoints, tmp_path)
   smaller.save_pretrained(tmp_path / "smaller")
   with pytest.raises(ValueError, match=r"smaller: its backbone differs from .*d_model"):
     hf_reward.load_hf_reward_model([checkpoints["llama"][1], tmp_path / "smaller"])
+
+
+# ---------------------------------------------------------------------------
+# The pipeline: rm.paths as RM round 0, a round trained from it, the export.
+# ---------------------------------------------------------------------------
+
+WORDS = ("the cat dog sat ran on a mat rug is good bad yes no why how what when "
+         "red blue big small one two three fast slow").split()
+
+
+def _word_tokenizer():
+  """A word-level transformers tokenizer (<pad> 0, <s> 1, </s> 2, <unk> 3), built offline."""
+  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+  vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+  backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  backend.pre_tokenizer = pre_tokenizers.Whitespace()
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
+                                              eos_token="</s>", unk_token="<unk>")
+
+
+def _advrm_own_config(paths, num_steps=2):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(
+      "advrm_own_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "advrm_own.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("small")
+  config.mesh.shape = (1, 1, 1)
+  config.rm.paths = tuple(str(p) for p in paths)
+  config.data.use_chat_template = False
+  config.data.test_fraction = 0.3
+  config.rm.num_steps = num_steps
+  config.rm.batch_size = config.rm.eval_batch_size = 4
+  return config
+
+
+def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
+  from advrm_jax.pipelines import advtrain, rm as rm_stage  # pylint: disable=import-outside-toplevel
+  from advrm_jax.data.batching import tokenize_pairs  # pylint: disable=import-outside-toplevel
+  from advrm_jax.data.preferences import read_preferences  # pylint: disable=import-outside-toplevel
+  tokenizer = _word_tokenizer()
+  dirs = []
+  for seed in (0, 1):
+    model = _reward_model("llama", seed=seed)
+    dirs.append(tmp_path / f"rm_{seed}")
+    model.save_pretrained(dirs[-1])
+  tokenizer.save_pretrained(dirs[0])  # the second directory has none: the first one's is used
+  workdir = tmp_path / "run"
+  rng = np.random.default_rng(0)
+  pairs = [{"prompt": " ".join(rng.choice(WORDS, 5)), "chosen": " ".join(rng.choice(WORDS, 4)),
+            "rejected": " ".join(rng.choice(WORDS, 3))} for _ in range(24)]
+  (workdir / "prefs").mkdir(parents=True)
+  (workdir / "prefs" / "preferences.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+
+  config = _advrm_own_config(dirs)
+  summary = rm_stage.run(config, workdir)
+  assert summary["num_members"] == 2 and summary["test"]["accuracy"]["mean"] is not None
+  graphdef, params, meta = rm_stage.load_reward_model(workdir)
+  assert meta["hf_paths"] == [str(d.resolve()) for d in dirs] and meta["ensemble"] == "independent"
+  assert meta["tokenizer"]["backbone_path"] == str(dirs[0]) and meta["tokenizer"]["vocab_size"] == 4 + len(WORDS)
+  # The stage's rows, scored by the loaded RM, are each HF model's rewards.
+  data = tokenize_pairs(list(read_preferences(workdir / "prefs" / "preferences.jsonl"))[:6],
+                        rm_stage.load_tokenizer(meta), 16, 8, padding_side="right")
+  tokens, mask = data["chosen_tokens"], data["chosen_mask"]
+  ours = np.asarray(score_fn(graphdef, params, tokens, mask))
+  for k, d in enumerate(dirs):
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(d).eval()
+    np.testing.assert_allclose(ours[k], _hf_rewards(hf_model, tokens, mask), atol=ATOL, rtol=0)
+
+  # Export of the imported round: the same files again, plus the tokenizer; also from the command line.
+  written = hf_reward.export_reward_model(workdir / "rm", tmp_path / "export")
+  assert [p.name for p in written] == ["member_0", "member_1"]
+  for d, out in zip(dirs, written):
+    original, exported = _tensors(d), _tensors(out)
+    assert sorted(exported) == sorted(original)
+    assert all(exported[k].tobytes() == v.tobytes() and exported[k].dtype == v.dtype for k, v in original.items())
+    assert (out / "tokenizer.json").exists()
+  assert hf_reward.main(["export", "--rm_dir", str(workdir), "--out", str(tmp_path / "cli")]) == 0
+  assert (tmp_path / "cli" / "member_1" / "model.safetensors").exists()
+  assert hf_reward.main(["export", "--rm_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+
+  # An advtrain round continues the imported RM (not rm.backbone's checkpoint); its export is what it scores.
+  round_dir = tmp_path / "round_1"
+  round_cfg = advtrain.round_config(config, workdir / "prefs" / "preferences.jsonl", str(workdir / "rm"), workdir)
+  rm_stage.run(round_cfg, round_dir)
+  graphdef1, params1, meta1 = rm_stage.load_reward_model(round_dir)
+  assert "hf_paths" not in meta1 and (meta1["ensemble"], meta1["num_members"]) == ("independent", 2)
+  assert not np.allclose(np.asarray(params1["head_kernel"]), np.asarray(params["head_kernel"]))  # it trained
+  hardened = hf_reward.export_reward_model(round_dir, tmp_path / "hardened")
+  ours1 = np.asarray(score_fn(graphdef1, params1, tokens, mask))
+  for k, out in enumerate(hardened):
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert reloaded.config.num_labels == 1 and reloaded.config.pad_token_id == 0
+    bias = getattr(reloaded.config, "reward_bias", 0.0)
+    np.testing.assert_allclose(_hf_rewards(reloaded, tokens, mask) + bias, ours1[k], atol=ATOL, rtol=0)
+
+
+def test_rm_paths_config_errors_name_the_key(tmp_path, checkpoints):
+  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
+  config = _advrm_own_config([tmp_path / "missing"])
+  with pytest.raises(rm_stage.ConfigError, match=r"rm.paths: .*missing: not a directory"):
+    rm_stage.run(config, tmp_path / "run")
+  config = _advrm_own_config([checkpoints["llama"][1]])
+  config.advtrain.init = "scratch"
+  with pytest.raises(rm_stage.ConfigError, match=r"rm.paths: advtrain.init='scratch'"):
+    rm_stage.run(config, tmp_path / "run")
