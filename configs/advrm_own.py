@@ -27,7 +27,8 @@ Stages (each resumes from, or skips, its artefacts in WORKDIR):
   prefs     your pairs (``prefs.path``: JSONL/JSONL.gz of {prompt, chosen,
             rejected} or HH-RLHF {chosen, rejected}) split by prompt; the
             policy's answers to an attack prompt pool drawn from them
-  rm        the RM ensemble on the checkpoint's backbone (RM round 0)
+  rm        the RM ensemble on the checkpoint's backbone (RM round 0), or your own Hugging Face
+            reward models (rm.paths="('/rm1','/rm2')", one member each; nothing is trained)
   attack    the adversary (RL from the policy) against RM round 0
   filter    its samples with R1 > T(x) and z(U) > 1.96 -> adversarial pairs
   advtrain  RM round 1: RM round 0 trained further on your pairs plus them

@@ -350,3 +350,48 @@ def test_rm_paths_config_errors_name_the_key(tmp_path, checkpoints):
   config.advtrain.init = "scratch"
   with pytest.raises(rm_stage.ConfigError, match=r"rm.paths: advtrain.init='scratch'"):
     rm_stage.run(config, tmp_path / "run")
+
+
+@pytest.mark.slow  # sft -> prefs -> rm (imported) -> attack -> filter -> advtrain on a tiny checkpoint: ~2 min
+def test_attack_and_harden_your_own_reward_models(tmp_path):
+  """configs/advrm_own.py with rm.paths: the adversary attacks the imported RMs; the hardened RM goes back to HF."""
+  from advrm_jax.pipelines import advrm, advtrain, attack, load_config, prefs, rm as rm_stage, sft  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines import filter as filter_stage  # pylint: disable=import-outside-toplevel
+  from tests.tiny_own_model import EOS_ID, PAD_ID, write_tiny_checkpoint_and_pairs  # pylint: disable=import-outside-toplevel
+  checkpoint, pairs = write_tiny_checkpoint_and_pairs(tmp_path)
+  vocab_size = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+  dirs = []
+  for seed in (0, 1):  # no tokenizer files: the policy's (rm.backbone) tokenizer is used
+    _reward_model("llama", seed=seed, vocab_size=vocab_size, pad_token_id=PAD_ID,
+                  eos_token_id=EOS_ID).save_pretrained(tmp_path / f"rm_{seed}")
+    dirs.append(tmp_path / f"rm_{seed}")
+  config = load_config("configs/advrm_own.py:hf,small")
+  config.model.path, config.prefs.path = str(checkpoint), str(pairs)
+  config.attack.sampling.eos_id, config.attack.sampling.pad_id = EOS_ID, PAD_ID
+  config.data.add_bos = True
+  config.prefs.num_attack_prompts = 4
+  config.mesh.shape = (1, 1, 1)
+  config.filter.z_min = -1e9  # keep every sample above T(x), so advtrain has adversarial pairs
+  config.rm.paths = tuple(str(d) for d in dirs)
+  workdir = tmp_path / "run"
+  for stage in (sft, prefs, rm_stage, attack, filter_stage, advtrain):
+    stage.run(config, workdir)
+
+  # The adversary's samples were scored by the imported models themselves.
+  collected = advrm.load_npz(workdir / "attack" / "round_0" / "collected.npz", "attack")
+  rows = slice(0, 6)
+  tokens = np.concatenate([collected["prompt_tokens"][rows], collected["response_tokens"][rows]], axis=1)
+  mask = np.concatenate([collected["prompt_mask"][rows], collected["response_mask"][rows]], axis=1)
+  for k, d in enumerate(dirs):
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(d).eval()
+    np.testing.assert_allclose(collected["member_scores"][k][rows], _hf_rewards_unpadded(hf_model, tokens, mask),
+                               atol=ATOL, rtol=0)
+
+  # The hardened RM (round 1) as HF directories, scoring as advrm_jax does.
+  hardened = hf_reward.export_reward_model(advrm.rm_path(workdir, 1), workdir / "advtrain" / "round_1" / "hf")
+  graphdef, params, _ = rm_stage.load_reward_model(advrm.rm_path(workdir, 1))
+  ours = np.asarray(reward_scores(graphdef, params, tokens, mask))
+  for k, out in enumerate(hardened):
+    reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    bias = getattr(reloaded.config, "reward_bias", 0.0)
+    np.testing.assert_allclose(_hf_rewards_unpadded(reloaded, tokens, mask) + bias, ours[k], atol=ATOL, rtol=0)
