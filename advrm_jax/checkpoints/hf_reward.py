@@ -29,8 +29,8 @@ token. transformers reads ``logits[b, i]`` at the rightmost ``i`` with
 * left padding, against transformers run on each unpadded row alone (or with
   ``position_ids = cumsum(attention_mask) - 1``). Batched left-padded
   transformers without ``position_ids`` shifts the positions of the padded
-  rows: for GPT-2's learned positions that changes the reward, which is
-  transformers' error, not the model's.
+  rows: for GPT-2's learned positions that changes the reward (the unpadded
+  row's reward is the model's).
 
 They differ when a row's last real tokens equal ``pad_token_id``, as with
 tokenizers whose pad token is EOS (GPT-2's, many Llama ones): transformers
@@ -62,7 +62,6 @@ from typing import Any
 from absl import logging
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from advrm_jax.checkpoints import hf
@@ -234,7 +233,8 @@ def ensemble_from_checkpoints(checkpoints: Sequence[RewardCheckpoint]) -> tuple[
             "head_bias": np.array([c.bias for c in checkpoints], np.float32)}
   if jax.tree.structure(params) != jax.tree.structure(abstract):  # A bug here, not a user error.
     raise AssertionError(f"imported parameters {jax.tree.structure(params)} != {jax.tree.structure(abstract)}")
-  params = jax.tree.map(lambda x, spec: jnp.asarray(x, spec.dtype), params, abstract)
+  # Host (numpy) arrays: the caller places them, so a large model is never gathered on one device.
+  params = jax.tree.map(lambda x, spec: np.asarray(x, spec.dtype), params, abstract)
   return graphdef, params, axes, kind
 
 
@@ -249,7 +249,8 @@ def load_hf_reward_model(paths: Sequence[PathLike], dtype: Any = "float32",
 
   Returns:
     ``(graphdef, params, info)`` for ``advrm_jax.reward.model.reward_scores``
-    (``[K, B]`` rewards); info holds ``model`` (the backbone config dict),
+    (``[K, B]`` rewards; params are numpy arrays in host memory, for
+    ``jax.device_put`` with the shardings you want); info holds ``model`` (the backbone config dict),
     ``ensemble``, ``num_members``, ``hf_paths`` and ``token_ids`` (bos / eos /
     pad of the first directory's config).
   """

@@ -191,13 +191,19 @@ def build_backbone(config: Any, tokenizer: Any, sequence_width: int,
                                            param_dtype=node.param_dtype)
       params = split_module(model)[1]
     vocab_key = length_key = f"rm.backbone.path ({path})"
+  _check_fits(cfg, tokenizer, sequence_width, vocab_key, length_key, f"rm.tokenizer={config.rm.tokenizer!r}")
+  return cfg, params
+
+
+def _check_fits(cfg: ModelConfig, tokenizer: Any, sequence_width: int, vocab_key: str, length_key: str,
+                tokenizer_name: str) -> None:
+  """Stops, naming the keys, when the model's vocabulary or sequence length cannot hold the data."""
   if tokenizer.vocab_size > cfg.vocab_size:
     raise ConfigError(f"{vocab_key}: the model's vocabulary ({cfg.vocab_size}) is smaller than the "
-                      f"tokenizer's ({tokenizer.vocab_size}, rm.tokenizer={config.rm.tokenizer!r})")
+                      f"tokenizer's ({tokenizer.vocab_size}, {tokenizer_name})")
   if sequence_width > cfg.max_seq_len:
     raise ConfigError(f"data.max_prompt_len + data.max_response_len + 1 = {sequence_width} exceeds "
                       f"{length_key}: max_seq_len {cfg.max_seq_len}")
-  return cfg, params
 
 
 # ---------------------------------------------------------------------------
@@ -460,13 +466,8 @@ def _import_reward_models(config: Any, workdir: str | pathlib.Path, stage_dir: p
                       f"{tokenizer.eos_id}) is not the policy's in {pathlib.Path(workdir) / 'sft'} (vocab_size "
                       f"{policy.vocab_size}, eos_id {policy.eos_id}); the RM must read the tokens the adversary writes")
   _check_chat_template(config, tokenizer)
-  width = data_config.max_prompt_len + data_config.max_response_len + 1
-  if tokenizer.vocab_size > model_cfg.vocab_size:
-    raise ConfigError(f"{where}: the model's vocabulary ({model_cfg.vocab_size}) is smaller than its tokenizer's "
-                      f"({tokenizer.vocab_size})")
-  if width > model_cfg.max_seq_len:
-    raise ConfigError(f"data.max_prompt_len + data.max_response_len + 1 = {width} exceeds {where}: max_seq_len "
-                      f"{model_cfg.max_seq_len}")
+  _check_fits(model_cfg, tokenizer, data_config.max_prompt_len + data_config.max_response_len + 1, where, where,
+              f"from {tokenizer_meta['backbone_path']}")
 
   pairs, data_info = load_pairs(config, workdir)
   _, test_pairs = train_test_split(pairs, data_config.test_fraction, data_config.split_seed)
@@ -500,13 +501,14 @@ def _load_imported(meta: dict[str, Any], mesh: Any) -> tuple[nnx.GraphDef, Any, 
   """(graphdef, params on ``mesh``, their shardings) of the directories ``meta['hf_paths']`` records."""
   model_cfg = ModelConfig.from_dict(meta["model"])
   graphdef, params, info = hf_reward.load_hf_reward_model(meta["hf_paths"], dtype=model_cfg.dtype,
-                                                param_dtype=model_cfg.param_dtype)
+                                                          param_dtype=model_cfg.param_dtype)
   if (info["model"], info["num_members"]) != (meta["model"], meta["num_members"]):
     raise ValueError(f"{meta['hf_paths']} no longer hold the {meta['num_members']} reward model(s) of "
                      f"{model_cfg} recorded in {META_FILE}; run the `rm` stage again")
   _, abstract, axes = split_module(nnx.eval_shape(
       lambda: RewardEnsemble(model_cfg, meta["num_members"], meta["ensemble"], rngs=nnx.Rngs(0))))
   param_shardings = shd.tree_shardings(axes, abstract, mesh)
+  # From host memory straight to each device's shard.
   return graphdef, jax.device_put(params, param_shardings), param_shardings
 
 
