@@ -250,9 +250,9 @@ def load_hf_reward_model(paths: Sequence[PathLike], dtype: Any = "float32",
   Returns:
     ``(graphdef, params, info)`` for ``advrm_jax.reward.model.reward_scores``
     (``[K, B]`` rewards; params are numpy arrays in host memory, for
-    ``jax.device_put`` with the shardings you want); info holds ``model`` (the backbone config dict),
-    ``ensemble``, ``num_members``, ``hf_paths`` and ``token_ids`` (bos / eos /
-    pad of the first directory's config).
+    ``jax.device_put`` with the shardings you want); info holds ``model``
+    (the backbone config dict), ``ensemble``, ``num_members``, ``hf_paths``
+    and ``token_ids`` (bos / eos / pad of the first directory's config).
   """
   checkpoints = [read_reward_checkpoint(p, dtype=dtype, param_dtype=param_dtype) for p in paths]
   for c in checkpoints:
