@@ -27,7 +27,8 @@ Stages (each resumes from, or skips, its artefacts in WORKDIR):
   prefs     your pairs (``prefs.path``: JSONL/JSONL.gz of {prompt, chosen,
             rejected} or HH-RLHF {chosen, rejected}) split by prompt; the
             policy's answers to an attack prompt pool drawn from them
-  rm        the RM ensemble on the checkpoint's backbone (RM round 0)
+  rm        the RM ensemble on the checkpoint's backbone (RM round 0), or your own Hugging Face
+            reward models (rm.paths="('/rm1','/rm2')", one member each; nothing is trained)
   attack    the adversary (RL from the policy) against RM round 0
   filter    its samples with R1 > T(x) and z(U) > 1.96 -> adversarial pairs
   advtrain  RM round 1: RM round 0 trained further on your pairs plus them
@@ -149,6 +150,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   rm.tokenizer = "auto"
   # Start from a trained ensemble ("" = fresh; advtrain sets it per round).
   rm.init_from = ""
+  # Your own Hugging Face reward models (*ForSequenceClassification directories, one member each) as RM round 0
+  # instead of an ensemble trained on the policy's backbone; () = train one. The rm stage records and evaluates them.
+  rm.paths = ()
   rm.backbone = ml_collections.ConfigDict()
   # The policy's checkpoint: the RM must read the tokens the adversary writes.
   rm.backbone.source = config.model.get_ref("source")

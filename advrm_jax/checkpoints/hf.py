@@ -707,12 +707,30 @@ def save_hf_checkpoint(model: Any, cfg: ModelConfig, path: PathLike, tokenizer: 
       gets a shard of its own.
     dtype: Dtype to store the weights in; default keeps the parameters'.
   """
-  path = pathlib.Path(path)
-  path.mkdir(parents=True, exist_ok=True)
   tensors = hf_tensors_from_params(cfg, model, dtype=dtype)
   hf_config = hf_config_from_model_config(cfg, tokenizer)
   if dtype is not None:
     hf_config["dtype"] = _dtype_name(dtype)
+  write_hf_directory(path, hf_config, tensors, tokenizer=tokenizer, max_shard_size=max_shard_size)
+
+
+def write_hf_directory(path: PathLike, hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+                       tokenizer: Any = None, max_shard_size: int | str | None = None) -> None:
+  """Writes ``config.json``, the safetensors weights and the tokenizer files.
+
+  The writer behind ``save_hf_checkpoint`` and the reward-model export
+  (``advrm_jax.checkpoints.hf_reward``).
+
+  Args:
+    path: Output directory (created if needed).
+    hf_config: The ``config.json`` dict.
+    tensors: HF tensor name -> contiguous numpy array, written as they are.
+    tokenizer: Optional ``HFTokenizer`` or transformers tokenizer, saved with
+      ``save_pretrained``.
+    max_shard_size: As in ``save_hf_checkpoint``.
+  """
+  path = pathlib.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
   (path / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
   if tokenizer is not None:
     hf_tok = getattr(tokenizer, "hf_tokenizer", tokenizer)

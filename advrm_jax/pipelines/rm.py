@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from advrm_jax import sharding as shd
+from advrm_jax.checkpoints import hf, hf_reward
 from advrm_jax.checkpoints.orbax_io import Checkpointer
 from advrm_jax.data.batching import tokenize_pairs, train_test_split
 from advrm_jax.data.preferences import read_preferences
@@ -60,7 +61,7 @@ SUMMARY_FILE = "eval_summary.json"
 RM_KEYS = ("ensemble", "num_members", "member_data", "data_seed", "init_seed", "head_seed", "backbone",
            "tokenizer", "batch_size", "margin", "centering_coef", "optimizer", "num_steps", "log_every",
            "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batch_size", "eval_train_pairs",
-           "eval", "init_from")
+           "eval", "init_from", "paths")
 BACKBONE_KEYS = ("source", "path", "dtype", "param_dtype", "model")
 DATA_KEYS = ("source", "path", "format", "on_error", "max_pairs", "test_fraction", "split_seed",
              "max_prompt_len", "max_response_len", "padding_side", "on_overlength", "use_chat_template",
@@ -190,13 +191,19 @@ def build_backbone(config: Any, tokenizer: Any, sequence_width: int,
                                            param_dtype=node.param_dtype)
       params = split_module(model)[1]
     vocab_key = length_key = f"rm.backbone.path ({path})"
+  _check_fits(cfg, tokenizer, sequence_width, vocab_key, length_key, f"rm.tokenizer={config.rm.tokenizer!r}")
+  return cfg, params
+
+
+def _check_fits(cfg: ModelConfig, tokenizer: Any, sequence_width: int, vocab_key: str, length_key: str,
+                tokenizer_name: str) -> None:
+  """Stops, naming the keys, when the model's vocabulary or sequence length cannot hold the data."""
   if tokenizer.vocab_size > cfg.vocab_size:
     raise ConfigError(f"{vocab_key}: the model's vocabulary ({cfg.vocab_size}) is smaller than the "
-                      f"tokenizer's ({tokenizer.vocab_size}, rm.tokenizer={config.rm.tokenizer!r})")
+                      f"tokenizer's ({tokenizer.vocab_size}, {tokenizer_name})")
   if sequence_width > cfg.max_seq_len:
     raise ConfigError(f"data.max_prompt_len + data.max_response_len + 1 = {sequence_width} exceeds "
                       f"{length_key}: max_seq_len {cfg.max_seq_len}")
-  return cfg, params
 
 
 # ---------------------------------------------------------------------------
@@ -266,6 +273,28 @@ def _check_config(config: Any) -> None:
       raise ConfigError(f"rm.{key} must be >= 1, got {config.rm[key]}")
 
 
+def _check_chat_template(config: Any, tokenizer: Any) -> None:
+  if config.data.use_chat_template and getattr(tokenizer, "chat_template", None) is None:
+    # Checked before the weights are loaded, rather than at the first pair the tokenizer cannot render.
+    raise ConfigError(f"data.use_chat_template=True but the tokenizer ({tokenizer!r}, rm.tokenizer="
+                      f"{config.rm.tokenizer!r}) has no chat template; set --config.data.use_chat_template=False")
+
+
+def _sequence_meta(data_config: Any) -> dict[str, Any]:
+  """How rows are laid out, for the stages that tokenise text for this RM."""
+  return {"max_prompt_len": data_config.max_prompt_len, "max_response_len": data_config.max_response_len,
+          "padding_side": data_config.padding_side, "add_bos": data_config.add_bos,
+          "use_chat_template": data_config.use_chat_template}
+
+
+def _evaluate(score_fn: Any, params: Any, data: dict[str, np.ndarray], rm_config: Any, mesh: Any) -> dict[str, Any]:
+  """``evaluation.evaluate_scores`` of tokenised pairs."""
+  scorer = functools.partial(score_fn, params)
+  chosen, rejected = evaluation.score_pairs(scorer, data, rm_config.eval_batch_size, mesh)
+  return evaluation.evaluate_scores(chosen, rejected, std_coef=rm_config.eval.std_coef,
+                                    num_bins=rm_config.eval.ece_bins)
+
+
 def _write_json(path: pathlib.Path, value: Any) -> None:
   # Write-then-rename: a kill mid-write never leaves a truncated file.
   tmp = path.with_suffix(path.suffix + ".tmp")
@@ -283,14 +312,24 @@ def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
   shd.check_batch_divisible(rm_config.batch_size, mesh, "rm.batch_size")
   shd.check_batch_divisible(rm_config.eval_batch_size, mesh, "rm.eval_batch_size")
 
-  backbone_path = _backbone_path(config, workdir)
-  tokenizer = build_tokenizer(config, rm_config.backbone.source, backbone_path)
-  if data_config.use_chat_template and getattr(tokenizer, "chat_template", None) is None:
-    # Checked here, before the backbone is loaded, rather than at the first pair the tokenizer cannot render.
-    raise ConfigError(f"data.use_chat_template=True but the tokenizer ({tokenizer!r}, rm.tokenizer="
-                      f"{rm_config.tokenizer!r}) has no chat template; set --config.data.use_chat_template=False")
-  width = data_config.max_prompt_len + data_config.max_response_len + 1
-  model_cfg, backbone_params = build_backbone(config, tokenizer, width, workdir)
+  if rm_config.get("paths") and not rm_config.init_from:
+    return _import_reward_models(config, workdir, stage_dir, mesh)
+  if rm_config.get("paths"):
+    # A later round of imported reward models (advtrain: rm.init_from = the previous round): their
+    # architecture, ensemble and tokenizer, not rm.backbone's.
+    init_meta = json.loads((_stage_dir(_resolve(rm_config.init_from, workdir)) / META_FILE).read_text())
+    tokenizer, tokenizer_meta = load_tokenizer(init_meta), init_meta["tokenizer"]
+    model_cfg, backbone_params = ModelConfig.from_dict(init_meta["model"]), None
+    kind, num_members = init_meta["ensemble"], init_meta["num_members"]
+  else:
+    backbone_path = _backbone_path(config, workdir)
+    tokenizer = build_tokenizer(config, rm_config.backbone.source, backbone_path)
+    tokenizer_meta = dict(tokenizer_spec(tokenizer), kind=rm_config.tokenizer,
+                          backbone_source=rm_config.backbone.source, backbone_path=backbone_path)
+    _check_chat_template(config, tokenizer)  # before the backbone is loaded
+    width = data_config.max_prompt_len + data_config.max_response_len + 1
+    model_cfg, backbone_params = build_backbone(config, tokenizer, width, workdir)
+    kind, num_members = rm_config.ensemble, rm_config.num_members
 
   pairs, data_info = load_pairs(config, workdir)
   train_pairs, test_pairs = train_test_split(pairs, data_config.test_fraction, data_config.split_seed)
@@ -301,7 +340,6 @@ def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
   logging.info("rm: %d train / %d test pairs, tokenizer %r, backbone %s", num_train, data_info["num_test"],
                tokenizer, model_cfg)
 
-  kind, num_members = rm_config.ensemble, rm_config.num_members
   graphdef, params, axes = init_reward_model(model_cfg, num_members, kind, seed=rm_config.init_seed,
                                              head_seed=rm_config.head_seed, backbone_params=backbone_params)
   del backbone_params
@@ -327,25 +365,16 @@ def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
                           per_member_rows=kind == "independent", seed=rm_config.data_seed)
 
   _write_json(stage_dir / META_FILE, {
-      "model": model_cfg.to_dict(), "ensemble": kind, "num_members": num_members,
-      "tokenizer": dict(tokenizer_spec(tokenizer), kind=rm_config.tokenizer,
-                        backbone_source=rm_config.backbone.source, backbone_path=backbone_path),
-      "sequence": {"max_prompt_len": data_config.max_prompt_len,
-                   "max_response_len": data_config.max_response_len,
-                   "padding_side": data_config.padding_side, "add_bos": data_config.add_bos,
-                   "use_chat_template": data_config.use_chat_template},
-      "optimizer": optimizer_values, "num_steps": rm_config.num_steps, "data": data_info,
+      "model": model_cfg.to_dict(), "ensemble": kind, "num_members": num_members, "tokenizer": tokenizer_meta,
+      "sequence": _sequence_meta(data_config), "optimizer": optimizer_values, "num_steps": rm_config.num_steps,
+      "data": data_info,
   })
 
   score_fn = evaluation.make_scorer(graphdef, mesh, shardings.params)
-  eval_config = rm_config.eval
   last_eval: dict[int, dict[str, Any]] = {}
 
   def evaluate(params, data):
-    scorer = functools.partial(score_fn, params)
-    chosen, rejected = evaluation.score_pairs(scorer, data, rm_config.eval_batch_size, mesh)
-    return evaluation.evaluate_scores(chosen, rejected, std_coef=eval_config.std_coef,
-                                      num_bins=eval_config.ece_bins)
+    return _evaluate(score_fn, params, data, rm_config, mesh)
 
   def eval_fn(state: TrainState, step: int) -> dict[str, float]:
     if test_data is None:
@@ -394,6 +423,96 @@ def _gold_accuracy(pairs: list[Any], data: dict[str, np.ndarray] | None) -> floa
 
 
 # ---------------------------------------------------------------------------
+# Your own Hugging Face reward models (rm.paths) as RM round 0.
+# ---------------------------------------------------------------------------
+
+
+def _import_reward_models(config: Any, workdir: str | pathlib.Path, stage_dir: pathlib.Path,
+                          mesh: Any) -> dict[str, Any]:
+  """RM round 0 = the ``*ForSequenceClassification`` directories of ``rm.paths``, one member each.
+
+  Nothing is trained or copied: ``rm_meta.json`` records the directories
+  (``hf_paths``) and ``load_reward_model`` reads them. The test split of
+  ``data`` is scored as after training, so ``eval_summary.json`` says how the
+  imported ensemble does on your pairs. The tokenizer is the first
+  directory's that has tokenizer files, else ``rm.backbone``'s (the policy's).
+  """
+  from advrm_jax.pipelines import advrm  # pylint: disable=import-outside-toplevel
+  rm_config, data_config = config.rm, config.data
+  if config.get("advtrain") is not None and config.advtrain.get("init") == "scratch":
+    raise ConfigError("rm.paths: advtrain.init='scratch' would retrain your reward models from nothing; use "
+                      "advtrain.init='previous' (continue from them)")
+  paths = [_resolve(str(p), workdir) for p in rm_config.paths]
+  try:
+    model_cfg = hf_reward.reward_model_config(paths[0], dtype=rm_config.backbone.dtype,
+                                              param_dtype=rm_config.backbone.param_dtype)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(f"rm.paths: {e}") from None
+  tokenizer_dir = next((p for p in paths if (p / "tokenizer.json").exists() or (p / "tokenizer_config.json").exists()),
+                       None)
+  if tokenizer_dir is not None:
+    tokenizer = hf.load_hf_tokenizer(tokenizer_dir)
+    tokenizer_meta = dict(tokenizer_spec(tokenizer), kind="backbone", backbone_source="hf",
+                          backbone_path=str(tokenizer_dir))
+  else:
+    backbone_path = _backbone_path(config, workdir)
+    tokenizer = build_tokenizer(config, rm_config.backbone.source, backbone_path)
+    tokenizer_meta = dict(tokenizer_spec(tokenizer), kind=rm_config.tokenizer,
+                          backbone_source=rm_config.backbone.source, backbone_path=backbone_path)
+  where = f"rm.paths ({tokenizer_dir or paths[0]})"
+  policy = advrm.policy_tokenizer(workdir)
+  if policy is not None and (policy.vocab_size, policy.eos_id) != (tokenizer.vocab_size, tokenizer.eos_id):
+    raise ConfigError(f"{where}: the reward model's tokenizer (vocab_size {tokenizer.vocab_size}, eos_id "
+                      f"{tokenizer.eos_id}) is not the policy's in {pathlib.Path(workdir) / 'sft'} (vocab_size "
+                      f"{policy.vocab_size}, eos_id {policy.eos_id}); the RM must read the tokens the adversary writes")
+  _check_chat_template(config, tokenizer)
+  _check_fits(model_cfg, tokenizer, data_config.max_prompt_len + data_config.max_response_len + 1, where, where,
+              f"from {tokenizer_meta['backbone_path']}")
+
+  pairs, data_info = load_pairs(config, workdir)
+  _, test_pairs = train_test_split(pairs, data_config.test_fraction, data_config.split_seed)
+  test_data = tokenize(config, test_pairs, tokenizer, "test") if test_pairs else None
+  data_info.update(num_train=0, num_test=0 if test_data is None else test_data["chosen_tokens"].shape[0])
+  meta = {"model": model_cfg.to_dict(), "ensemble": "shared" if len(paths) == 1 else "independent",
+          "num_members": len(paths), "tokenizer": tokenizer_meta, "sequence": _sequence_meta(data_config),
+          "optimizer": dict(rm_config.optimizer), "num_steps": 0, "data": data_info,
+          "hf_paths": [str(p.resolve()) for p in paths]}
+  try:
+    graphdef, params, param_shardings = _load_imported(meta, mesh)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(f"rm.paths: {e}") from None
+  _write_json(stage_dir / META_FILE, meta)
+  summary = {
+      "step": 0, "imported": meta["hf_paths"],
+      "test": None if test_data is None else _evaluate(evaluation.make_scorer(graphdef, mesh, param_shardings),
+                                                       params, test_data, rm_config, mesh),
+      "test_gold_accuracy": None, "train_subset": None, "data": data_info, "ensemble": meta["ensemble"],
+      "num_members": meta["num_members"],
+  }
+  _write_json(stage_dir / SUMMARY_FILE, summary)
+  logging.info("rm: imported %d reward model(s) from %s", len(paths), ", ".join(meta["hf_paths"]))
+  if summary["test"] is not None:
+    logging.info("rm: test accuracy mean-aggregate %.3f, members %s", summary["test"]["accuracy"]["mean"],
+                 [round(v, 3) for k, v in summary["test"]["accuracy"].items() if k.startswith("member_")])
+  return summary
+
+
+def _load_imported(meta: dict[str, Any], mesh: Any) -> tuple[nnx.GraphDef, Any, Any]:
+  """(graphdef, params on ``mesh``, their shardings) of the directories ``meta['hf_paths']`` records."""
+  model_cfg = ModelConfig.from_dict(meta["model"])
+  graphdef, params, info = hf_reward.load_hf_reward_model(meta["hf_paths"], dtype=model_cfg.dtype,
+                                                          param_dtype=model_cfg.param_dtype)
+  if (info["model"], info["num_members"]) != (meta["model"], meta["num_members"]):
+    raise ValueError(f"{meta['hf_paths']} no longer hold the {meta['num_members']} reward model(s) of "
+                     f"{model_cfg} recorded in {META_FILE}; run the `rm` stage again")
+  _, abstract, axes = split_module(nnx.eval_shape(
+      lambda: RewardEnsemble(model_cfg, meta["num_members"], meta["ensemble"], rngs=nnx.Rngs(0))))
+  param_shardings = shd.tree_shardings(axes, abstract, mesh)
+  # From host memory straight to each device's shard.
+  return graphdef, jax.device_put(params, param_shardings), param_shardings
+
+
+# ---------------------------------------------------------------------------
 # Loading a trained RM (for later stages).
 # ---------------------------------------------------------------------------
 
@@ -418,15 +537,20 @@ def load_reward_model(path: str | pathlib.Path, mesh: Any = None,
 
   Returns:
     graphdef and params for ``reward_scores``; meta is ``rm_meta.json`` plus
-    ``step`` (the checkpoint restored).
+    ``step`` (the checkpoint restored; 0 for the Hugging Face reward models
+    of ``rm.paths``, read from their directories).
   """
   stage_dir = _stage_dir(path)
   meta = json.loads((stage_dir / META_FILE).read_text())
+  if mesh is None:
+    mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+  if meta.get("hf_paths"):
+    # Imported reward models (rm.paths): their directories are the checkpoint.
+    graphdef, params, _ = _load_imported(meta, mesh)
+    return graphdef, params, dict(meta, step=0)
   model_cfg = ModelConfig.from_dict(meta["model"])
   graphdef, abstract_params, axes = split_module(nnx.eval_shape(
       lambda: RewardEnsemble(model_cfg, meta["num_members"], meta["ensemble"], rngs=nnx.Rngs(0))))
-  if mesh is None:
-    mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
   optimizer = make_optimizer({k: v for k, v in meta["optimizer"].items() if k in OPTIMIZER_DEFAULTS})
   # The checkpoint holds the whole train state: restore it against an
   # abstract, sharded target (nothing is allocated before the read) and keep
