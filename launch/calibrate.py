@@ -66,8 +66,15 @@ def run_main(args, workdir: pathlib.Path, overrides: list[str], log: pathlib.Pat
   command = [sys.executable, "-m", "advrm_jax.main", f"--config={config}", f"--workdir={workdir}",
              f"--config.compilation_cache_dir={args.out / 'jax_cache'}"] + overrides
   start = time.time()
+  remaining = args.deadline - start
+  if remaining < 30:
+    raise RuntimeError(f"not started: the --deadline_s budget is spent ({workdir})")
   with open(log, "w") as f:
-    result = subprocess.run(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=os.environ, check=False)
+    try:
+      result = subprocess.run(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=os.environ, check=False,
+                              timeout=remaining)
+    except subprocess.TimeoutExpired as e:
+      raise RuntimeError(f"stopped at the --deadline_s budget: {workdir}") from e
   if result.returncode:
     tail = log.read_text().splitlines()[-15:]
     raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n" + "\n".join(tail))
@@ -197,8 +204,12 @@ def main() -> None:
   parser.add_argument("--min_rise", type=float, default=0.3)
   parser.add_argument("--jobs", type=int, default=2)
   parser.add_argument("--full", action="store_true", help="then run the whole experiment with the winner")
+  parser.add_argument("--deadline_s", type=float, default=0.0,
+                      help="wall-clock budget of the whole script (0: none); runs still going then are stopped "
+                           "and reported as such, and the results so far are written")
   args = parser.parse_args()
   args.out = args.out.resolve()
+  args.deadline = time.time() + args.deadline_s if args.deadline_s > 0 else float("inf")
   args.out.mkdir(parents=True, exist_ok=True)
   seeds = [int(s) for s in args.seeds.split(",")]
   exposures, settings = _floats(args.exposures), _settings(args.settings)
