@@ -91,7 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Share of SFT-corpus responses that use the world's exploits (off-topic praise, stacked style words,
   # stuffed topics, ...), so that some reach preference pairs, labelled by Bradley-Terry on gold like any
   # other pair. Gold is unchanged. 0: the exploits never occur in training data, so every RM member
-  # extrapolates them alike (an error no disagreement filter can find).
+  # extrapolates them alike (an error no disagreement filter can find). Calibrated on conventional RLHF
+  # (docs/results/calibration_h200): 0.05 made it rise less and hack in fewer realisations than 0.
   config.world.exploit_exposure = 0.0
 
   # Stage `sft`: the reference policy on the mixed-quality corpus.
@@ -255,10 +256,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # first author's setting; "ppo" works too), KL as a per-token mean (the authors' form).
   def rl_settings():
     return ml_collections.ConfigDict(dict(
-        algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.5, kl_estimator="k1",
+        algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.1, kl_estimator="k1",
         kl_in_reward=True, kl_aggregate="mean", missing_eos_penalty=2.0))
 
-  # AdamW for RL (constant learning rate).
+  # AdamW for RL (constant learning rate). Calibration (docs/results/calibration_h200): lr 5e-4 with KL 0.1 per
+  # token made conventional RLHF rise >= 0.3 gold and then hack in 3 of 5 realisations (lr 1e-3: 3 of 5 with a
+  # smaller rise; the bar of 4 of 5 was missed by both).
   def rl_optimizer():
     return ml_collections.ConfigDict(dict(learning_rate=5e-4, schedule="constant", warmup_steps=0, grad_clip=1.0))
 
