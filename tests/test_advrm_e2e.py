@@ -17,7 +17,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic.py"
-RUNS = ("conventional", "ensemble_mean", "ensemble_min", "uncertainty_weighted", "adv_rm", "oracle_gold")
+RUNS = ("conventional", "ensemble_mean", "ensemble_min", "uncertainty_weighted", "adv_rm", "fresh_pairs",
+        "oracle_gold")
 
 
 def _run(workdir: pathlib.Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -41,6 +42,26 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
                "attack/round_2", "filter/round_2", *(f"rlhf/{r}" for r in RUNS)):
     assert (workdir / done / "DONE").exists(), done
   assert (workdir / "advtrain" / "final").resolve() == (workdir / "advtrain" / "round_2").resolve()
+  assert (workdir / "advtrain_control" / "final").resolve() == (workdir / "advtrain_control" / "round_2").resolve()
+
+  # Dose and control: each round adds exactly advtrain.num_pairs pairs to the same ordinary set and trains the
+  # same number of steps, adversarial pairs in the Adv-RM arm, fresh gold-labelled pairs in the control.
+  for r in (1, 2):
+    adv = json.loads((workdir / "advtrain" / f"round_{r}" / "summary.json").read_text())
+    control = json.loads((workdir / "advtrain_control" / f"round_{r}" / "summary.json").read_text())
+    assert adv["dose"] == control["dose"] == 200
+    assert control["num_fresh_used"] == 200 and control["num_adversarial_used"] == 0
+    assert adv["num_pairs"] == control["num_pairs"] == adv["num_ordinary"] + 200
+    assert adv["num_steps"] == control["num_steps"]
+    if adv["num_adversarial_available"]:
+      assert adv["num_adversarial_used"] == 200
+      assert 1 <= adv["num_adversarial_unique"] <= min(200, adv["num_adversarial_available"])
+    for arm in ("advtrain", "advtrain_control"):
+      meta = json.loads((workdir / arm / f"round_{r}" / "rm" / "rm_meta.json").read_text())
+      assert meta["num_steps"] == adv["num_steps"]
+  # The reward units are stored with each RM round the adversary attacked.
+  units = json.loads((workdir / "rm" / "reference_standardization.json").read_text())
+  assert len(units["loc"]) == len(units["scale"]) == 2 and min(units["scale"]) > 0
 
   report = json.loads((workdir / "report.json").read_text())
   assert report["num_rounds"] == 2 and report["num_seeds"] == 1
@@ -72,8 +93,22 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
     assert all(math.isfinite(v) for v in run["gold"][0] + run["proxy"][0] + run["kl"][0]), name
     assert run["hacking"]["num_seeds"] == 1 and run["hacking"]["budget"] == 4
 
+  # The method checks come first, each with its value, rule and verdict.
+  checks = report["method_checks"]
+  assert set(checks) == {"adversary_final_mean_zU", "kept_unique_per_round", "member_reward_corr_adversary",
+                         "conventional_rlhf_gold_rise", "all_pass"}
+  assert len(checks["kept_unique_per_round"]["value"]) == 3
+  assert checks["all_pass"] == all(c["pass"] for k, c in checks.items() if k != "all_pass")
+  assert report["attack_success"]["prompts"] == "held-out"
+  heldout = report["attack_summaries"]["0"]["final_heldout"]
+  assert heldout["num_prompts"] == 16 and heldout["reference_samples"] == 8 and heldout["gold_std_floor"] > 0
+  assert report["fresh_pairs"]["rlhf"] is not None and len(report["fresh_pairs"]["advtrain"]) == 2
+  assert set(report["exploits"]["families"]) >= {"off_topic_praise", "style_stacking", "topic_stuffing"}
+  assert report["exploits"]["disagreement_share"] is None or 0.0 <= report["exploits"]["disagreement_share"] <= 1.0
+  assert report["matched_kl"]["kl"] == [2.0, 4.0, 6.0] and set(report["matched_kl"]["rlhf_gold"]) == set(RUNS)
+
   accuracy = report["in_distribution_accuracy"]
-  assert set(accuracy) == {"round_0", "round_1", "round_2"}
+  assert set(accuracy) == {"round_0", "round_1", "round_2", "fresh_pairs_round_1", "fresh_pairs_round_2"}
   for value in accuracy.values():
     assert 0.0 <= value["target_member"] <= 1.0 and len(value["members"]) == 2
   assert 0.5 <= report["label_gold_agreement"] <= 1.0
@@ -83,6 +118,8 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
   assert report["paper_table1"]["Adv-RM"] == [99.31, 92.91]
   markdown = (workdir / "REPORT.md").read_text()
   assert "Table 1" in markdown and "Targets" in markdown and "Which uncertainty signal" in markdown
+  assert markdown.index("Method checks") < markdown.index("Table 1")
+  assert "fresh-pairs control" in markdown and "matched KL" in markdown
   for plot in report["plots"]:
     assert (workdir / "plots" / plot).stat().st_size > 0
   assert set(report["plots"]) == {"rlhf_gold_proxy.png", "attack_success_per_round.png", "uncertainty_vs_gold.png"}

@@ -132,6 +132,11 @@ def test_training_learns_and_members_differ(kind, mode):
   if kind == "independent":
     q = np.asarray(state.params["backbone"]["layers"]["q_kernel"])
     assert np.abs(q[0] - q[1]).max() > 1e-3
+    # K members, K different rewards for the same answers, from one program compiled once for all 30 steps.
+    from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
+    scores = np.asarray(reward_scores(graphdef, state.params, data["chosen_tokens"], data["chosen_mask"]))
+    assert scores.shape == (num_members, 64) and np.abs(scores[0] - scores[1]).max() > 1e-3
+    assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
 def test_member_batches_are_a_function_of_the_step():
