@@ -237,6 +237,20 @@ def load_pairs(config: Any, workdir: str | pathlib.Path | None = None) -> tuple[
   return pairs, info
 
 
+def split_pairs(pairs: list[Any], data: Any) -> tuple[list[Any], list[Any]]:
+  """Train/test split by prompt; warns when the test split comes out empty, refuses an empty train split."""
+  train, test = train_test_split(pairs, data.test_fraction, data.split_seed)
+  where = data.path if data.source == "jsonl" else "data.synthetic"
+  if not train:
+    raise ConfigError(f"data.test_fraction={data.test_fraction}: all {len(pairs)} pairs of {where} went to the "
+                      "test split, none is left to train on; lower --config.data.test_fraction")
+  if not test:
+    logging.warning("rm: the test split of %s is empty (round(data.test_fraction=%g * %d pairs) = 0), so there "
+                    "is no held-out accuracy; raise --config.data.test_fraction or give more pairs", where,
+                    data.test_fraction, len(pairs))
+  return train, test
+
+
 def tokenize(config: Any, pairs: list[Any], tokenizer: Any, what: str) -> dict[str, np.ndarray]:
   """Tokenises pairs with the ``config.data`` sequence options; logs how many were skipped as over-long."""
   data = config.data
@@ -293,7 +307,7 @@ def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
   model_cfg, backbone_params = build_backbone(config, tokenizer, width, workdir)
 
   pairs, data_info = load_pairs(config, workdir)
-  train_pairs, test_pairs = train_test_split(pairs, data_config.test_fraction, data_config.split_seed)
+  train_pairs, test_pairs = split_pairs(pairs, data_config)
   train_data = tokenize(config, train_pairs, tokenizer, "train")
   test_data = tokenize(config, test_pairs, tokenizer, "test") if test_pairs else None
   num_train = train_data["chosen_tokens"].shape[0]
