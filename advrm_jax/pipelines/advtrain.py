@@ -122,7 +122,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   advrm.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
                                         "adversarial": "r1" in r} for r in mixed])
   init_from = str(advrm.rm_path(workdir, round_index - 1)) if node.init == "previous" else ""
-  rm_stage.run(round_config(config, out / PAIRS_FILE, init_from, workdir), out)
+  rm_stage.run(round_config(config, out / PAIRS_FILE, init_from, workdir), out, name=f"{STAGE}/round_{round_index}/rm")
   advrm.write_json(out / "summary.json", {
       "round": round_index, "num_ordinary": len(ordinary), "num_adversarial_available": len(adversarial),
       "num_adversarial_used": sum(1 for r in mixed if "r1" in r), "num_pairs": len(mixed),

@@ -287,8 +287,12 @@ def _write_json(path: pathlib.Path, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Trains and evaluates the RM ensemble; returns the evaluation summary."""
+def run(config: Any, workdir: str | pathlib.Path, name: str = STAGE) -> dict[str, Any]:
+  """Trains and evaluates the RM ensemble; returns the evaluation summary.
+
+  ``name`` labels the progress lines and plots (``advtrain/round_1/rm`` when
+  an adversarial-training round runs this stage).
+  """
   _check_config(config)
   rm_config, data_config = config.rm, config.data
   stage_dir = pathlib.Path(workdir) / STAGE
@@ -371,7 +375,7 @@ def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
   loop = LoopConfig(num_steps=rm_config.num_steps, log_every=rm_config.log_every,
                     checkpoint_every=rm_config.checkpoint_every, keep_checkpoints=rm_config.keep_checkpoints,
                     seed=config.seed)
-  state = train_loop(STAGE, stage_dir, state, step_fn, functools.partial(batches.batch, train_data), loop, mesh,
+  state = train_loop(name, stage_dir, state, step_fn, functools.partial(batches.batch, train_data), loop, mesh,
                      eval_fn=eval_fn, eval_every=rm_config.eval_every)
 
   train_subset = {k: v[:rm_config.eval_train_pairs] for k, v in train_data.items()}
