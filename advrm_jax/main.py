@@ -11,9 +11,14 @@ value of the wrong type is an error naming the key. ``config.stages`` lists
 the stages to run, in order; each one resumes from its artefacts in WORKDIR.
 
 Problems with the input (a config key, a data file, a checkpoint, a mesh, a
-diverging loss) end the run with one line ``error: <what and where>`` on
-stderr and exit code 2, not a traceback (``--verbosity=1`` logs the
-traceback too). SIGTERM writes a checkpoint and exits with code 0.
+diverging loss, a file that cannot be read) end the run with one line
+``error: <what and where>`` on stderr and exit code 2, not a traceback
+(``--verbosity=1`` logs the traceback too). SIGTERM writes a checkpoint and
+exits with code 0.
+
+The console shows warnings, each stage's progress lines and its results;
+``--verbosity=0`` adds the INFO log (devices, data sizes, every checkpoint
+save of orbax), ``--verbosity=1`` the debug log.
 """
 
 from __future__ import annotations
@@ -92,10 +97,14 @@ def _is_input_error(error: BaseException) -> bool:
   """True for errors this package raises on purpose about its input.
 
   Those are ValueErrors (DataError, ShardingError, CheckpointMismatchError,
-  config checks), FileNotFoundError (a missing artefact) and the loop's
-  FloatingPointError (non-finite loss), raised by advrm_jax code. The same
+  config checks, UnicodeErrors of reading a file) and the loop's
+  FloatingPointError (non-finite loss), raised by advrm_jax code, and any
+  OSError that names its file (missing, a directory, no permission, disk
+  full): that is the machine's state, not a bug. The other errors of those
   types raised inside jax/orbax are bugs and keep their traceback.
   """
+  if isinstance(error, OSError) and error.filename is not None:
+    return True
   if type(error).__module__.startswith("advrm_jax."):
     return True
   frames = traceback.extract_tb(error.__traceback__)
@@ -109,6 +118,11 @@ def main(argv):
   """
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # Quiet by default: absl's INFO log (a line per orbax save) would drown
+    # the progress lines; --verbosity=0 brings it back. (Set here: absl
+    # resets the flag's default while parsing.)
+    logging.set_verbosity(logging.WARNING)
   try:
     # The config file is executed here, on first access; a ValueError from its
     # get_config (e.g. an unknown ":arg") is a config mistake, not a bug.
@@ -146,7 +160,7 @@ def main(argv):
     logging.warning("preempted by SIGTERM after step %d: checkpoint written, exiting cleanly; rerun the same "
                     "command to resume", e.step)
     raise
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+  except (ValueError, OSError, FloatingPointError) as e:
     if not _is_input_error(e):
       raise
     logging.debug("%s", "".join(traceback.format_exception(e)))

@@ -2,12 +2,16 @@
 
 Every stage logs through ``MetricWriter``. It writes
 
-* ``WORKDIR/<stage>/metrics.jsonl``: one JSON object per logged step,
+* ``WORKDIR/<stage>/metrics.jsonl``: one JSON object per logged step; a row
+  that holds evaluation results lists their keys in ``"eval_keys"``,
 * TensorBoard event files in ``WORKDIR/<stage>/tb`` (tensorboardX, so no
-  TensorFlow is needed),
-* a progress line on stderr with rate and ETA,
+  TensorFlow is needed; evaluation results under ``eval/``),
+* on process 0's stderr, one progress line per logged step (rate and ETA
+  from the second logged step on, when there is a rate to measure) and one
+  result line per evaluation,
 * ``plot_metrics`` renders PNG curves from the JSON lines at the end (and can
-  re-render them from any finished or interrupted run).
+  re-render them from any finished or interrupted run): training metrics in
+  ``metrics.png``, evaluation results in ``metrics_eval.png``.
 
 On resume the JSON lines past the restored step are dropped, so a resumed
 run's log equals an uninterrupted one.
@@ -46,6 +50,9 @@ class MetricWriter:
     self.total_steps = total_steps
     self.name = name
     self.stream = stream
+    import jax  # pylint: disable=import-outside-toplevel
+    # In a multi-host job every process runs the loop; one console line per step is enough.
+    self._show = jax.process_index() == 0
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -74,21 +81,36 @@ class MetricWriter:
       tmp.write_text("".join(l + "\n" for l in kept))
       os.replace(tmp, path)
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    """Logs one step's scalars: a metrics.jsonl row, TensorBoard scalars and the progress line.
+  def write_scalars(self, step: int, scalars: Mapping[str, Any],
+                    evaluation: Mapping[str, Any] | None = None) -> None:
+    """Logs one step: a metrics.jsonl row, TensorBoard scalars and the console lines.
+
+    Args:
+      step: the step just finished.
+      scalars: training metrics of the step (may be empty).
+      evaluation: evaluation results at this step, if any; they share the
+        row (their keys listed under "eval_keys") and print as a result line.
 
     Non-finite floats are written to the JSON as strings ("nan", "inf").
     """
+    evaluation = dict(evaluation or {})
     record = {"step": int(step), "time": time.time()}
-    record.update({k: _to_python(v) for k, v in scalars.items()})
+    record.update({k: _to_python(v) for k, v in {**scalars, **evaluation}.items()})
+    if evaluation:
+      record[EVAL_KEYS] = sorted(evaluation)
     with self.jsonl_path.open("a") as f:
       f.write(json.dumps(record) + "\n")
     if self._tb is not None:
-      for key, value in scalars.items():
-        value = np.asarray(value)
-        if value.size == 1 and np.issubdtype(value.dtype, np.number):
-          self._tb.add_scalar(key, float(value), int(step))
-    self._progress(step, scalars)
+      for prefix, values in (("", scalars), ("eval/", evaluation)):
+        for key, value in values.items():
+          value = np.asarray(value)
+          if value.size == 1 and np.issubdtype(value.dtype, np.number):
+            self._tb.add_scalar(prefix + key, float(value), int(step))
+    if self._show and scalars:
+      self._progress(step, scalars)
+    if self._show and evaluation:
+      print(f"[{self.name}] eval at step {self._of_total(step)}: {_headline(evaluation, 8)}", file=self.stream,
+            flush=True)
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     """Sample tables and other text, for TensorBoard's text tab and a JSONL file."""
@@ -98,23 +120,23 @@ class MetricWriter:
       for key, value in texts.items():
         self._tb.add_text(key, value, int(step))
 
+  def _of_total(self, step: int) -> str:
+    return f"{step}/{self.total_steps}" if self.total_steps else str(step)
+
   def _progress(self, step: int, scalars: Mapping[str, Any]) -> None:
+    # The rate is measured from the first logged step on, so it leaves out
+    # the compilation of the first step; the first line has no rate yet.
     now = time.time()
+    speed = ""
     if self._start_time is None:
       self._start_time, self._start_step = now, step
-      rate = 0.0
-    else:
+    elif step > self._start_step:
       rate = (step - self._start_step) / max(now - self._start_time, 1e-9)
-    eta = ""
-    if self.total_steps and rate > 0:
-      eta = f" eta {_fmt_seconds((self.total_steps - step) / rate)}"
-    # The headline quantities first; per-seed / per-member breakdowns stay in the logs.
-    headline = ("loss", "proxy_reward", "gold_reward", "kl", "accuracy", "reward")
-    aggregates = [(k, v) for k, v in scalars.items() if not is_breakdown(k)]
-    aggregates.sort(key=lambda kv: headline.index(kv[0]) if kv[0] in headline else len(headline))
-    shown = " ".join(f"{k}={_fmt_value(v)}" for k, v in aggregates[:6])
-    total = f"/{self.total_steps}" if self.total_steps else ""
-    print(f"[{self.name}] step {step}{total} {rate:.2f} steps/s{eta} {shown}", file=self.stream, flush=True)
+      speed = f" {rate:.3g} steps/s"
+      if self.total_steps:
+        speed += f" eta {_fmt_seconds((self.total_steps - step) / rate)}"
+    print(f"[{self.name}] step {self._of_total(step)}{speed} {_headline(scalars, 6)}", file=self.stream,
+          flush=True)
 
   def flush(self) -> None:
     """Flushes the TensorBoard writer."""
@@ -126,6 +148,17 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+EVAL_KEYS = "eval_keys"  # the metrics.jsonl field listing a row's evaluation results
+_HEADLINE = ("loss", "proxy_reward", "gold_reward", "kl", "accuracy", "reward")
+
+
+def _headline(scalars: Mapping[str, Any], count: int) -> str:
+  """``key=value`` of the first ``count`` aggregates, headline quantities first (breakdowns stay in the logs)."""
+  aggregates = [(k, v) for k, v in scalars.items() if not is_breakdown(k)]
+  aggregates.sort(key=lambda kv: _HEADLINE.index(kv[0]) if kv[0] in _HEADLINE else len(_HEADLINE))
+  return " ".join(f"{k}={_fmt_value(v)}" for k, v in aggregates[:count])
 
 
 def _fmt_value(value: Any) -> str:
@@ -159,39 +192,74 @@ def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
   return records
 
 
-def plot_metrics(jsonl_path: str | pathlib.Path, out_path: str | pathlib.Path,
-                 keys: Iterable[str] | None = None, title: str = "") -> pathlib.Path | None:
-  """Renders numeric metrics against step into one PNG with a panel per key."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-  records = read_metrics(jsonl_path)
-  if not records:
+
+def metric_series(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+  """Aggregate metrics of a log as {"training": {key: [(step, value)]}, "evaluation": {...}}.
+
+  Keys come from every row (a stage logs training metrics at its log steps
+  and evaluation results at others), in first-seen order; a value belongs to
+  "evaluation" when its row lists the key under "eval_keys". Per-seed /
+  per-member breakdowns are left out (as in the progress line): they would
+  multiply the panels, and the rendering time, by the seed count. Values
+  logged as "nan"/"inf" strings are gaps.
+  """
+  series = {"training": {}, "evaluation": {}}
+  for record in records:
+    evaluated = set(record.get(EVAL_KEYS, ()))
+    for key, value in record.items():
+      if key in ("step", "time", EVAL_KEYS) or is_breakdown(key) or not _is_number(value):
+        continue
+      kind = "evaluation" if key in evaluated else "training"
+      series[kind].setdefault(key, []).append((int(record["step"]), float(value)))
+  return series
+
+
+def metrics_figure(points: Mapping[str, list[tuple[int, float]]], title: str = ""):
+  """One panel per metric against step; a matplotlib Figure (None without metrics)."""
+  if not points:
     return None
-  if keys is None:
-    # Aggregates only: per-seed / per-member copies (as in the progress line)
-    # would multiply the panels, and the rendering time, by the seed count.
-    keys = [k for k, v in records[-1].items()
-            if k not in ("step", "time") and isinstance(v, (int, float)) and not is_breakdown(k)]
-  keys = list(keys)
-  if not keys:
-    return None
-  cols = min(3, len(keys))
-  rows = math.ceil(len(keys) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-  for ax, key in zip(axes.flat, keys):
-    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-    if points:
-      ax.plot(*zip(*points))
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  from advrm_jax.evaluation.report import integer_ticks  # pylint: disable=import-outside-toplevel
+  cols = min(3, len(points))
+  rows = math.ceil(len(points) / cols)
+  # Constrained layout keeps the figure title clear of the panel titles.
+  fig = Figure(figsize=(4 * cols, 3 * rows), dpi=80, layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False)
+  for ax, (key, xy) in zip(axes.flat, points.items()):
+    # Markers when there are few points: a metric logged once is a dot, not an invisible line.
+    ax.plot(*zip(*xy), marker="o" if len(xy) <= 20 else None)
     ax.set_title(key)
     ax.set_xlabel("step")
-  for ax in list(axes.flat)[len(keys):]:
+    integer_ticks(ax)
+  for ax in list(axes.flat)[len(points):]:
     ax.axis("off")
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
+  return fig
+
+
+def plot_metrics(jsonl_path: str | pathlib.Path, out_path: str | pathlib.Path,
+                 keys: Iterable[str] | None = None, title: str = "") -> pathlib.Path | None:
+  """Renders a log's metrics against step: training metrics to ``out_path``, evaluation beside it.
+
+  The evaluation results go to ``<out_path stem>_eval.png`` (e.g.
+  ``metrics_eval.png``). ``keys`` limits the panels to those metrics.
+  Returns ``out_path``, or the evaluation figure's path when the log has
+  only evaluation results, or None when there is nothing numeric to plot.
+  """
   out_path = pathlib.Path(out_path)
-  fig.savefig(out_path, dpi=80)
-  plt.close(fig)
-  return out_path
+  series = metric_series(read_metrics(jsonl_path))
+  wanted = None if keys is None else set(keys)
+  written = []
+  for kind, path in (("training", out_path), ("evaluation", out_path.with_name(f"{out_path.stem}_eval.png"))):
+    points = {k: v for k, v in series[kind].items() if wanted is None or k in wanted}
+    fig = metrics_figure(points, f"{title}: {kind}" if title else kind)
+    if fig is not None:
+      fig.savefig(path)
+      written.append(path)
+    elif path.exists():
+      path.unlink()  # a stale plot of an earlier run in the same directory
+  return written[0] if written else None

@@ -6,11 +6,12 @@ Works on any run, finished or interrupted, and needs no accelerator and no
 checkpoint: it only reads the JSON written during the run.
 
 * Every ``metrics.jsonl`` under WORKDIR (one per stage, or per run/seed inside
-  a stage) gets its PNG curves re-rendered beside it as ``metrics.png``,
-  exactly as the training loop renders them at the end of a stage (so a
-  killed stage gets the plot it never wrote).
+  a stage) gets its PNG curves re-rendered beside it as ``metrics.png``
+  (training) and ``metrics_eval.png`` (evaluation results), exactly as the
+  training loop renders them at the end of a stage (so a killed stage gets
+  the plots it never wrote).
 * ``WORKDIR/METRICS.md``: an index of those logs: steps logged, the last
-  value of every scalar, the plot, the last sample table row.
+  value of every scalar, the plots, the last sample table row.
 * ``WORKDIR/REPORT.md``: when the evaluate stage has written
   ``report.json``, its markdown is rebuilt from that file with the evaluate
   stage's own renderer (``advrm_jax.pipelines.evaluate.write_markdown``, no
@@ -27,11 +28,12 @@ import pathlib
 import sys
 from typing import Any, Callable, Sequence
 
-from advrm_jax.metrics import plot_metrics, read_metrics
+from advrm_jax.metrics import EVAL_KEYS, plot_metrics, read_metrics
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "metrics.png"
+EVAL_PLOT_FILE = "metrics_eval.png"  # plot_metrics writes it beside PLOT_FILE
 # Columns of the last-values table; a stage logs dozens of scalars, and the
 # full set is in its plot, its JSON lines and TensorBoard.
 MAX_SCALARS_IN_TABLE = 12
@@ -86,7 +88,12 @@ def stage_section(workdir: pathlib.Path, log: pathlib.Path, plot: pathlib.Path |
                + (f", {last['time'] - first['time']:.0f} s of logging" if "time" in first and "time" in last else "")
                + ".")
   lines.append("")
-  scalars = [(k, v) for k, v in last.items() if k not in ("step", "time")]
+  # The last value of every metric, whichever row logged it (evaluation results and training
+  # metrics are logged at different steps).
+  latest = {}
+  for record in records:
+    latest.update((k, v) for k, v in record.items() if k not in ("step", "time", EVAL_KEYS))
+  scalars = list(latest.items())
   # Aggregates before their per-seed/per-member breakdowns ("kl" before "kl/seed0").
   scalars.sort(key=lambda kv: "/" in kv[0])
   if scalars:
@@ -98,7 +105,9 @@ def stage_section(workdir: pathlib.Path, log: pathlib.Path, plot: pathlib.Path |
       lines.append(f"| ... | {len(scalars) - len(shown)} more in the plot and `{log.relative_to(workdir)}` |")
     lines.append("")
   if plot is not None:
-    lines += [f"![{name}]({plot.relative_to(workdir).as_posix()})", ""]
+    for image in dict.fromkeys([plot, log.parent / EVAL_PLOT_FILE]):
+      if image.exists():
+        lines += [f"![{name}]({image.relative_to(workdir).as_posix()})", ""]
   sample = _last_sample(log.parent)
   if sample:
     lines.append(f"Last sample table (step {sample.get('step')}):")

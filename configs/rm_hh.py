@@ -21,10 +21,11 @@ Launch (from the repository root):
 At most one of ``gguf``, ``hf``, ``scratch`` picks the backbone; without one,
 ``small`` and ``synthetic`` imply ``scratch`` and anything else ``gguf``.
 
-``data.path`` defaults to the 600-pair HH-RLHF slice that sits beside the
-development checkout (``../shared/data/hh-rlhf/``, relative to the
-repository root); in a fresh clone it does not exist and the stage stops with
-an error naming ``data.path``.
+``data.path`` defaults to a 64-pair made-up example in HH-RLHF's format that
+ships with the package (``advrm_jax/data/examples/hh_example.jsonl``, written
+by ``make_hh_example.py`` there), so the config runs as it is; it shows the
+pipeline working, it does not measure anything. Point ``--config.data.path``
+at real data (e.g. HH-RLHF's ``harmless-base/train.jsonl.gz``) for results.
 
 Outputs in WORKDIR/rm/: checkpoints/, metrics.jsonl, tb/, metrics.png,
 rm_meta.json and eval_summary.json (accuracy per member and for the mean /
@@ -33,8 +34,9 @@ min / mean - c*std aggregates, reward statistics, ensemble disagreement, ECE).
 
 import ml_collections
 
-# Relative to the repository root (advrm_jax resolves it there first).
-HH_SLICE = "../shared/data/hh-rlhf/harmless-base-test-first600.jsonl.gz"
+# Relative to the repository root (advrm_jax resolves it there first; in an
+# installed package, relative to site-packages, where advrm_jax/ sits too).
+HH_EXAMPLE = "advrm_jax/data/examples/hh_example.jsonl"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -71,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "jsonl": read data.path; "synthetic": generate the synthetic world's pairs.
   config.data.source = "synthetic" if synthetic else "jsonl"
   # JSONL or JSONL.gz of {prompt, chosen, rejected} or HH-RLHF {chosen, rejected}.
-  config.data.path = HH_SLICE
+  config.data.path = HH_EXAMPLE
   # "auto" (detected from the first record), "prompt_chosen_rejected" or "hh_rlhf".
   config.data.format = "auto"
   # "raise": stop at the first bad record (file and line named); "skip": drop and count.

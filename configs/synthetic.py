@@ -4,7 +4,7 @@ r"""The default experiment: Adv-RM on the built-in synthetic world, end to end.
   python -m advrm_jax.main --config configs/synthetic.py:small --workdir /tmp/advrm_small
 
 The world (advrm_jax/data/synthetic_world.py) has readable prompts and
-responses and an exact multi-facet gold reward; see DESIGN.md section 4.
+responses and an exact multi-facet gold reward; see docs/concepts.md.
 Stages (each resumes from, or skips, its artefacts in WORKDIR):
 
   sft       the reference policy on the world's mixed-quality corpus

@@ -125,7 +125,7 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
   assert set(report["plots"]) == {"rlhf_gold_proxy.png", "attack_success_per_round.png", "uncertainty_vs_gold.png"}
 
   # Every artefact is in place: a rerun skips the finished stages and rebuilds the same report.
-  again = _run(workdir)
+  again = _run(workdir, "--verbosity=0")  # the skip messages are INFO lines
   assert again.returncode == 0, again.stderr[-4000:]
   for skipped in ("sft: ", "prefs: ", "attack/round_0: done, skipping", "advtrain/round_2: done, skipping",
                   "rlhf/conventional: done, skipping"):

@@ -1,11 +1,15 @@
-"""The Colab notebooks in colab/: valid nbformat, and 01 and 02 run top to bottom.
+"""The Colab notebooks in colab/: valid nbformat, and each runs top to bottom.
 
-01 and 02 are executed with nbclient in a fresh kernel, with a cell injected
+They are executed with nbclient in a fresh kernel, with a cell injected
 after their parameters cell (tagged "parameters") that shrinks them: 01 to
-the `:small` synthetic config with one Adv-RM round and two RLHF runs, 02 to
-a tiny random Llama checkpoint and a made-up preference file written here.
-The checks read what the notebooks produced (report files, tables), not only
-that they finished. 03 needs a TPU: its code cells are only compiled.
+the `:small` synthetic config with one Adv-RM round and no RLHF runs, 02 to
+a tiny random Llama checkpoint and a made-up preference file written here,
+03 (written for a Colab TPU) to the same small run on 4 forced CPU devices,
+so its mesh is (1, 2, 2) with parameters really split. The checks read what
+the notebooks produced (report files, tables, printed shardings), not only
+that they finished. Each notebook's first cell installs the package from
+REPO_URL or the checkout it sits in; here advrm_jax is already importable,
+so that cell installs nothing.
 """
 
 import json
@@ -24,9 +28,8 @@ nbformat = pytest.importorskip("nbformat")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / "colab"
 NOTEBOOKS = ("01_synthetic_advrm.ipynb", "02_attack_your_rm.ipynb", "03_tpu.ipynb")
-# One CPU device (the notebooks are about the pipeline, not the mesh) and no
-# LLVM optimisation: compiling dominates these tiny runs, executing does not.
-KERNEL_XLA_FLAGS = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+# No LLVM optimisation: compiling dominates these tiny runs, executing does not.
+KERNEL_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def _read(name: str):
@@ -55,8 +58,11 @@ def test_notebook_is_valid_and_its_code_compiles(name):
   assert len(tagged) == 1, "exactly one code cell tagged 'parameters'"
 
 
-def _execute(name: str, parameters: str, tmp_path: pathlib.Path, monkeypatch) -> tuple[object, float]:
-  """Runs a notebook with ``parameters`` injected after its parameters cell; returns it and the seconds taken."""
+def _execute(name: str, parameters: str, tmp_path: pathlib.Path, monkeypatch, devices: int = 1) -> tuple[object, float]:
+  """Runs a notebook with ``parameters`` injected after its parameters cell, on ``devices`` CPU devices.
+
+  One device unless the notebook is about the mesh. Returns the executed notebook and the seconds taken.
+  """
   nbclient = pytest.importorskip("nbclient")
   pytest.importorskip("ipykernel")
   notebook = _read(name)
@@ -66,7 +72,7 @@ def _execute(name: str, parameters: str, tmp_path: pathlib.Path, monkeypatch) ->
   notebook.cells.insert(index + 1, injected)
   # The kernel is a fresh process: it takes its devices from these variables.
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("XLA_FLAGS", KERNEL_XLA_FLAGS)
+  monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count={devices} {KERNEL_XLA_FLAGS}")
   monkeypatch.setenv("MPLBACKEND", "Agg")
   client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
                                    resources={"metadata": {"path": str(REPO)}})
@@ -160,4 +166,33 @@ def test_attack_your_rm_notebook_on_a_tiny_checkpoint(tmp_path, monkeypatch):
   assert table, text[-3000:]
   assert "| prompt | adversarial response | R1 |" in text
   assert "# What the adversary found (attack round 0)" in text  # the inspect stage's REPORT.md, inline
+  assert _has_image(notebook)
+
+
+@pytest.mark.slow  # the shrunk synthetic loop on a 4-device mesh, in a kernel
+def test_tpu_notebook_runs_on_a_cpu_mesh(tmp_path, monkeypatch):
+  workdir = tmp_path / "tpu"
+  notebook, _ = _execute("03_tpu.ipynb", f"""
+      WORKDIR = {str(workdir)!r}
+      SMALL = True
+      MESH_SHAPE = None  # 4 devices: (4 // 4, 2, 2)
+      # As for 01: one Adv-RM round of short attacks and no RLHF stage keep the run to about a minute.
+      OVERRIDES = {{"advrm.num_rounds": 1, "attack.num_steps": 2, "attack.log_every": 1, "prefs.num_prompts": 128,
+                   "prefs.num_attack_prompts": 16, "attack.final_samples_per_prompt": 1,
+                   "sft.checkpoint_every": 20, "rm.checkpoint_every": 20,
+                   "stages": ("sft", "prefs", "rm", "advrm", "evaluate")}}
+      """, tmp_path, monkeypatch, devices=4)
+
+  text = _outputs_text(notebook)
+  assert "backend: cpu" in text and "4 devices" in text
+  assert "mesh: {'data': 1, 'fsdp': 2, 'tensor': 2}" in text and "every batch divides the mesh" in text
+  # The sharding table: the embedding is split over the mesh, and some optimizer state with it.
+  embed_row = next(l for l in text.splitlines() if l.startswith("['embed']"))
+  assert embed_row.rstrip().endswith("split"), embed_row
+  split = re.search(r"optimizer state: (\d+) arrays, (\d+) of them split", text)
+  assert split and int(split.group(2)) >= 1
+  report = json.loads((workdir / "report.json").read_text())
+  assert [entry["round"] for entry in report["attack_success"]["rounds"]] == [0, 1]
+  assert re.search(r"^round 1: Adv-RM attack success [\d.]+% standard", text, re.M)
+  assert (workdir / "advtrain" / "round_1" / "DONE").exists()
   assert _has_image(notebook)

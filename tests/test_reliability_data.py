@@ -15,8 +15,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -50,6 +52,8 @@ READ_ERRORS = {
     "pref_duplicate_id.jsonl": (prefs.DUPLICATE_ID, 3),
     "pref_mixed_formats.jsonl": (prefs.MISSING_FIELD, 2),
     "pref_hh_no_shared_prompt.jsonl": (prefs.BAD_DIALOGUE, 1),
+    "pref_hh_no_assistant_marker.jsonl": (prefs.BAD_DIALOGUE, 2),
+    "pref_hh_plain_text.jsonl": (prefs.BAD_DIALOGUE, 1),
     "prompt_truncated.jsonl.gz": (prefs.TRUNCATED_GZIP, 50),
     "prompt_wrong_type.jsonl": (prefs.WRONG_TYPE, 2),
     "prompt_null.jsonl": (prefs.NULL_FIELD, 3),
@@ -57,6 +61,12 @@ READ_ERRORS = {
     "prompt_empty_messages.jsonl": (prefs.EMPTY_PROMPT, 2),
     "prompt_message_not_object.jsonl": (prefs.WRONG_TYPE, 1),
     "prompt_duplicate_id.jsonl": (prefs.DUPLICATE_ID, 2),
+}
+# The whole file is unreadable as UTF-8 text: raised in "skip" mode too (kind, line).
+ENCODING_ERRORS = {
+    "pref_utf16_bom.jsonl": (prefs.NOT_UTF8_ENCODING, 1),
+    "pref_utf16le_no_bom.jsonl": (prefs.NOT_UTF8_ENCODING, 1),
+    "pref_utf32be_no_bom.jsonl": (prefs.NOT_UTF8_ENCODING, 1),
 }
 # Read fine; refused by length when tokenised (kind, line).
 LENGTH_ERRORS = {
@@ -97,7 +107,7 @@ def _load_generator():
 
 def test_corpus_is_complete_and_matches_its_generator():
   on_disk = {p.name for p in BAD.iterdir() if p.name not in ("make_corpus.py", "README.md")}
-  expected = set(READ_ERRORS) | set(LENGTH_ERRORS) | set(ACCEPTED)
+  expected = set(READ_ERRORS) | set(ENCODING_ERRORS) | set(LENGTH_ERRORS) | set(ACCEPTED)
   assert on_disk == expected, "every corpus file needs an expectation here (and vice versa)"
   # The issue asks for at least 12 kinds of broken input.
   kinds = {kind for kind, _ in READ_ERRORS.values()} | {kind for kind, _ in LENGTH_ERRORS.values()}
@@ -121,6 +131,90 @@ def test_broken_file_raises_data_error_naming_file_line_and_kind(name):
   assert "\n" not in message
   # A DataError is raised deliberately: no json/gzip/codec exception chained to it.
   assert error.__cause__ is None
+
+
+@pytest.mark.parametrize("name", sorted(ENCODING_ERRORS))
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_utf16_and_utf32_files_are_named_with_their_encoding(name, on_error):
+  path = BAD / name
+  with pytest.raises(DataError) as info:
+    read_preferences(path, on_error=on_error)
+  assert (info.value.kind, info.value.line) == ENCODING_ERRORS[name]
+  # The encoding as the file name says it (UTF-16 with a BOM is little-endian here).
+  encoding = {"utf16": "UTF-16-LE", "utf16le": "UTF-16-LE", "utf32be": "UTF-32-BE"}[name.split("_")[1]]
+  assert str(info.value).startswith(f"{path}, line 1: the file is {encoding} text")
+  assert "re-encode it as UTF-8" in str(info.value)
+
+
+def test_hh_record_without_assistant_marker_names_the_field_and_marker():
+  with pytest.raises(DataError) as info:
+    read_preferences(BAD / "pref_hh_no_assistant_marker.jsonl")
+  assert "field 'chosen' has no '\\n\\nAssistant:' marker" in str(info.value)
+  # Chosen and rejected without any marker: still read as HH-RLHF, not as "missing field 'prompt'".
+  with pytest.raises(DataError) as info:
+    read_preferences(BAD / "pref_hh_plain_text.jsonl")
+  assert "'\\n\\nAssistant:' marker" in str(info.value) and "prompt'" not in str(info.value)
+
+
+class _AsUnprivileged:
+  """Runs the block as a user that file modes apply to.
+
+  root reads a mode-000 file anyway, so as root the block runs with the
+  effective uid of "nobody" (os.seteuid, restored on exit).
+  """
+
+  def __enter__(self):
+    if os.geteuid() == 0:
+      os.seteuid(65534)
+
+  def __exit__(self, *exc):
+    if os.getuid() == 0:
+      os.seteuid(0)
+
+
+def _not_files(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
+  fifo = tmp_path / "pipe.jsonl"
+  os.mkfifo(fifo)
+  return {"a directory": BAD, "a FIFO (named pipe)": fifo}
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_directory_fifo_and_unreadable_file_are_one_line_errors(tmp_path, on_error):
+  # A FIFO would block the reader forever if it were opened: it must be refused unopened.
+  for what, path in _not_files(tmp_path).items():
+    with pytest.raises(DataError) as info:
+      read_preferences(path, on_error=on_error)
+    assert str(info.value) == f"{path}: is {what}, not a JSONL or JSONL.gz file [{prefs.NOT_A_FILE}]"
+  # In a directory anyone may enter (pytest's tmp_path is private to its user), so only the file's mode stops us.
+  directory = pathlib.Path(tempfile.mkdtemp(prefix="advrm_unreadable_"))
+  try:
+    directory.chmod(0o755)
+    path = directory / "pairs.jsonl"
+    path.write_bytes((BAD / "ok_pref_bom.jsonl").read_bytes())
+    path.chmod(0o644)
+    with _AsUnprivileged():
+      assert len(read_preferences(path)) == 3  # readable while its mode allows it
+    path.chmod(0)
+    with _AsUnprivileged(), pytest.raises(DataError) as info:
+      read_preferences(path, on_error=on_error)
+  finally:
+    shutil.rmtree(directory)
+  assert str(info.value) == (f"{path}: cannot be read (permission denied); check its permissions or read a copy "
+                             f"[{prefs.UNREADABLE}]")
+
+
+def test_empty_test_split_warns_and_says_which_key(caplog):
+  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  pairs = list(read_preferences(BAD / "ok_pref_bom.jsonl"))[:1]
+  data = ml_collections.ConfigDict(dict(source="jsonl", path="one.jsonl", test_fraction=0.1, split_seed=0))
+  with caplog.at_level("WARNING"):
+    train, test = rm_stage.split_pairs(pairs, data)
+  assert (len(train), len(test)) == (1, 0)
+  assert "test split of one.jsonl is empty" in caplog.text and "--config.data.test_fraction" in caplog.text
+  data.test_fraction = 1.0
+  with pytest.raises(ValueError, match="none is left to train on; lower --config.data.test_fraction"):
+    rm_stage.split_pairs(pairs, data)
 
 
 @pytest.mark.parametrize("name", sorted(READ_ERRORS))
@@ -180,16 +274,31 @@ def _entry_point_env() -> dict[str, str]:
   return env
 
 
-@pytest.mark.parametrize("name", ["pref_malformed_json.jsonl", "pref_truncated.jsonl.gz"])
-def test_rm_stage_on_a_broken_file_prints_one_error_line(tmp_path, name):
-  """The user-facing end: `python -m advrm_jax.main` names file, line and problem in one line."""
-  path = BAD / name
-  kind, line = READ_ERRORS[name]
+def _run_rm_stage(workdir: pathlib.Path, path: pathlib.Path) -> str:
+  """`python -m advrm_jax.main` on a preference file: asserts exit 2, no traceback; returns the error line."""
   result = subprocess.run(
       [sys.executable, "-m", "advrm_jax.main", f"--config={REPO / 'configs' / 'rm_hh.py'}:small",
-       f"--workdir={tmp_path}", f"--config.data.path={path}"],
+       f"--workdir={workdir}", f"--config.data.path={path}"],
       cwd=REPO, env=_entry_point_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  # At the default verbosity the error is all there is to read.
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-3000:]
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and f"{path}, line {line}: " in last and f"[{kind}]" in last, last
+  assert last.startswith(f"error: {path}"), last
+  return last
+
+
+@pytest.mark.parametrize("name", ["pref_malformed_json.jsonl", "pref_truncated.jsonl.gz",
+                                  "pref_utf16le_no_bom.jsonl", "pref_hh_no_assistant_marker.jsonl"])
+def test_rm_stage_on_a_broken_file_prints_one_error_line(tmp_path, name):
+  """The user-facing end: `python -m advrm_jax.main` names file, line and problem in one line."""
+  path = BAD / name
+  kind, line = {**READ_ERRORS, **ENCODING_ERRORS}[name]
+  last = _run_rm_stage(tmp_path, path)
+  assert f"{path}, line {line}: " in last and f"[{kind}]" in last, last
+
+
+def test_rm_stage_on_a_directory_or_fifo_prints_one_error_line(tmp_path):
+  for what, path in _not_files(tmp_path).items():
+    assert f"is {what}, not a JSONL" in _run_rm_stage(tmp_path / "run", path)

@@ -329,3 +329,67 @@ def test_checkpoint_of_a_different_model_names_the_parameter(tmp_path, straight)
     _run(tmp_path, state=extra)
   # The refused checkpoints are untouched.
   assert Checkpointer(tmp_path / "checkpoints").all_steps() == [4, 6, 8]
+
+
+class _SlowStep:
+  """A jitted step that keeps the device busy (~tens of ms), so an unread step is still running when the host moves on.
+
+  ``get_batch`` records, for each step, whether the previous step's loss was
+  already computed when the loop asked for the next batch: with asynchronous
+  dispatch it is not, unless the loop read a value in between.
+  """
+
+  def __init__(self, poison_step: int | None = None):
+    self.last_loss = None
+    self.ready_before: dict[int, bool] = {}
+    self.poison_step = poison_step
+
+    @jax.jit
+    def step(state, batch, rng):
+      del rng
+      w = state["w"]
+      for _ in range(12):
+        w = jnp.tanh(w @ w.T) / 256.0 + batch["x"]
+      loss = jnp.sum(w ** 2)
+      if self.poison_step is not None:
+        loss = jnp.where(batch["step"][0] == self.poison_step, jnp.nan, loss)
+      return {"w": w, "count": state["count"] + 1}, {"loss": loss, "grad_norm": jnp.sqrt(loss)}
+    self._step = step
+
+  def __call__(self, state, batch, rng):
+    state, metrics = self._step(state, batch, rng)
+    self.last_loss = metrics["loss"]
+    return state, metrics
+
+  def get_batch(self, step: int) -> dict[str, np.ndarray]:
+    if self.last_loss is not None:
+      self.ready_before[step] = self.last_loss.is_ready()
+    return {"x": np.full((256, 256), 1e-3 * step, np.float32), "step": np.full((1,), step, np.int32)}
+
+
+def test_steps_between_log_points_dispatch_without_waiting_for_the_device(tmp_path):
+  slow = _SlowStep()
+  state = {"w": jnp.full((256, 256), 0.01, jnp.float32), "count": jnp.zeros((), jnp.int32)}
+  slow(state, slow.get_batch(0), None)[1]["loss"].block_until_ready()  # compile outside the loop
+  slow.last_loss = None
+  train_loop("slow", tmp_path, state, slow, slow.get_batch,
+             LoopConfig(num_steps=8, log_every=4, checkpoint_every=100, seed=0), _mesh())
+  # After step 4 the loop logs (reads the metrics): step 4's loss is ready when batch 4 is asked for.
+  # Every other batch is asked for while the previous step still runs: nothing read the device in between.
+  assert slow.ready_before[4] is True
+  assert [s for s, ready in slow.ready_before.items() if ready and s != 4] == [], slow.ready_before
+  assert [r["step"] for r in _metrics(tmp_path)] == [4, 8]
+
+
+def test_non_finite_loss_between_log_points_is_found_at_the_next_one_naming_its_step(tmp_path):
+  # Step index 5 = step 6 is poisoned; the loop reads metrics at step 8 only, and still names step 6.
+  slow = _SlowStep(poison_step=5)
+  state = {"w": jnp.full((256, 256), 0.01, jnp.float32), "count": jnp.zeros((), jnp.int32)}
+  with pytest.raises(FloatingPointError, match=r"\[slow\] non-finite loss=nan at step 6; stopping"):
+    train_loop("slow", tmp_path, state, slow, slow.get_batch,
+               LoopConfig(num_steps=12, log_every=8, checkpoint_every=4, seed=0), _mesh())
+  # Checkpoints: step 4 (checked, finite); the step-8 one would hold the poisoned state and was never written.
+  checkpointer = Checkpointer(tmp_path / "checkpoints")
+  assert checkpointer.all_steps() == [4]
+  checkpointer.close()
+  assert not (tmp_path / "metrics.jsonl").exists() or _metrics(tmp_path) == []

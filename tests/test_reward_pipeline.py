@@ -41,13 +41,25 @@ def _tiny_synthetic_config(num_steps=6):
   return config
 
 
+def test_config_without_arguments_reads_the_bundled_example():
+  """`configs/rm_hh.py` with no options and no data.path has data in a fresh clone (not a file beside it)."""
+  config = _config(None)
+  pairs, info = rm_stage.load_pairs(config)
+  assert pathlib.Path(info["path"]) == REPO / "advrm_jax" / "data" / "examples" / "hh_example.jsonl"
+  assert (info["format"], info["num_used"]) == ("hh_rlhf", 64)
+  # 16 topics x 4 variants; every prompt is a transcript that ends with the assistant's turn.
+  assert all(p.prompt.endswith("\n\nAssistant:") and p.prompt_messages for p in pairs)
+  train, test = rm_stage.split_pairs(pairs, config.data)
+  assert (len(train), len(test)) == (58, 6)  # round(0.1 * 64) = 6 held-out pairs, one per prompt
+
+
 @pytest.mark.slow  # ~45 s on 2 shared CPU cores: a subprocess, 8 devices, two compilations.
 def test_rm_stage_runs_from_the_entry_point_on_hh(hh_rlhf_path, tmp_path):
-  del hh_rlhf_path  # the config's default data.path points at it
   workdir = tmp_path / "run"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(
-      [sys.executable, "-m", "advrm_jax.main", f"--config={CONFIG_FILE}:small", f"--workdir={workdir}"],
+      [sys.executable, "-m", "advrm_jax.main", f"--config={CONFIG_FILE}:small", f"--workdir={workdir}",
+       f"--config.data.path={hh_rlhf_path}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   stage_dir = workdir / "rm"
@@ -201,7 +213,7 @@ def test_every_config_field_has_a_comment():
       previous = lines[number - 1].strip()
       assert previous.startswith("#"), f"configs/rm_hh.py line {number + 1} has no comment: {line.strip()}"
   config = _config("small")
-  assert config.data.path.endswith("harmless-base-test-first600.jsonl.gz")
+  assert config.data.path == "advrm_jax/data/examples/hh_example.jsonl"
   assert config.rm.optimizer.total_steps == config.rm.num_steps
   with pytest.raises(ValueError, match="unknown option"):
     _config("smal")

@@ -5,7 +5,7 @@ Adv-RM keeps an adversarial sample (x, y_adv) when the target RM likes it
 (`z(U) > 1.96`, U the disagreement `R1 - R2` or the ensemble std, z
 standardised over the batch or a reference population). Kept samples become
 the *rejected* side of new preference pairs whose *chosen* side is an
-ordinary (reference-policy) response to the same prompt (DESIGN.md 1.3-1.4).
+ordinary (reference-policy) response to the same prompt (Bukharin et al. 2025, arXiv 2504.06141).
 
 Device side (pure, jittable): `uncertainty`, `standardize`, `filter_mask`,
 and `AdversarialBuffer` with `init_buffer` / `buffer_add` / `buffer_sample`,

@@ -1,6 +1,6 @@
 """The adversary's reward: exploit the target RM where the ensemble disagrees.
 
-Adv-RM (Bukharin et al. 2025, DESIGN.md section 1) trains a policy to find
+Adv-RM (Bukharin et al. 2025, arXiv 2504.06141) trains a policy to find
 responses that the target reward model R1 scores highly while the other
 reward model(s) R2 do not:
 

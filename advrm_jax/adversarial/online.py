@@ -1,6 +1,6 @@
 """Online Adv-RM: adversary and reward-model ensemble updated in one jitted step.
 
-The paper (DESIGN.md section 1) alternates *rounds*: train an adversary to
+The paper (arXiv 2504.06141) alternates *rounds*: train an adversary to
 convergence against a frozen ensemble, filter its samples, retrain the
 ensemble on them, repeat. The online mode interleaves the two at the
 granularity of one RL iteration, the way GAN-style training does, so the

@@ -36,6 +36,7 @@ import gzip
 import json
 import os
 import re
+import stat
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
@@ -57,8 +58,12 @@ WRONG_TYPE = "wrong_type"
 EMPTY_PROMPT = "empty_prompt"
 EMPTY_RESPONSE = "empty_response"
 IDENTICAL_RESPONSES = "identical_responses"
-BAD_DIALOGUE = "bad_dialogue"  # HH-RLHF text with no shared prompt.
+BAD_DIALOGUE = "bad_dialogue"  # HH-RLHF text with no shared prompt or no turn marker.
 DUPLICATE_ID = "duplicate_id"
+# Whole-file problems: raised whatever on_error says, since no record can be read.
+NOT_A_FILE = "not_a_file"  # A directory, FIFO, socket or device.
+UNREADABLE = "unreadable"  # No read permission.
+NOT_UTF8_ENCODING = "not_utf8_encoding"  # UTF-16 or UTF-32 text.
 # Raised by advrm_jax.data.batching when a tokenised example does not fit.
 PROMPT_TOO_LONG = "prompt_too_long"
 RESPONSE_TOO_LONG = "response_too_long"
@@ -67,6 +72,9 @@ _HH_ASSISTANT = "\n\nAssistant:"
 _HH_HUMAN = "\n\nHuman:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _UTF8_BOM = b"\xef\xbb\xbf"
+# Byte-order marks, UTF-32 first: its little-endian mark starts with UTF-16's.
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32-LE"), (b"\x00\x00\xfe\xff", "UTF-32-BE"),
+              (b"\xff\xfe", "UTF-16-LE"), (b"\xfe\xff", "UTF-16-BE"))
 _GZIP_MAGIC = b"\x1f\x8b"
 # How many skipped-record messages ReadStats keeps for a log line.
 _MAX_EXAMPLE_MESSAGES = 10
@@ -377,6 +385,11 @@ def _parse_hh_record(record: Mapping[str, Any], source: str,
   chosen_text = _require_text(record, "chosen", fmt)
   rejected_text = _require_text(record, "rejected", fmt)
   _check_responses(chosen_text, rejected_text, "dialogue")
+  for field, text in (("chosen", chosen_text), ("rejected", rejected_text)):
+    if _HH_ASSISTANT not in text:
+      raise _Problem(BAD_DIALOGUE, f"field {field!r} has no {_HH_ASSISTANT!r} marker, so there is "
+                     "no prompt to split off (HH-RLHF dialogues read '\\n\\nHuman: ...\\n\\n"
+                     "Assistant: ...'; give {prompt, chosen, rejected} records otherwise)")
   try:
     prompt, chosen, rejected = split_hh_pair(chosen_text, rejected_text)
   except ValueError as e:
@@ -408,9 +421,31 @@ def _detect_format(record: Mapping[str, Any]) -> str | None:
   return None
 
 
+def _file_kind(mode: int) -> str:
+  for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                     (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                     (stat.S_ISBLK, "a block device")):
+    if test(mode):
+      return name
+  return "not a regular file"
+
+
 def _open_binary(path: str):
-  """Opens `path` for reading bytes, decompressing gzip transparently."""
-  f = open(path, "rb")  # pylint: disable=consider-using-with
+  """Opens `path` for reading bytes, decompressing gzip transparently.
+
+  Raises:
+    DataError: If `path` is not a regular file (a directory, or a FIFO whose
+      read would block forever) or cannot be read.
+    OSError: If it does not exist or another I/O error occurs.
+  """
+  try:
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+      raise DataError(path, None, NOT_A_FILE, f"is {_file_kind(mode)}, not a JSONL or JSONL.gz file")
+    f = open(path, "rb")  # pylint: disable=consider-using-with
+  except PermissionError:
+    raise DataError(path, None, UNREADABLE, "cannot be read (permission denied); check its "
+                    "permissions or read a copy") from None
   magic = f.read(2)
   f.seek(0)
   if magic == _GZIP_MAGIC:
@@ -446,12 +481,43 @@ def _iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
         raise DataError(path, number + 1, CORRUPT_GZIP,
                         f"gzip data is corrupt ({e})") from None
       number += 1
-      if number == 1 and raw.startswith(_UTF8_BOM):
-        raw = raw[len(_UTF8_BOM):]
+      if number == 1:
+        _check_not_wide_encoding(path, raw)
+        if raw.startswith(_UTF8_BOM):
+          raw = raw[len(_UTF8_BOM):]
       yield number, raw
   finally:
     stream.close()
     raw_file.close()
+
+
+def _wide_encoding(head: bytes) -> tuple[str, str] | None:
+  """(encoding, evidence) when `head` starts like UTF-16 or UTF-32 text, else None.
+
+  Without a byte-order mark, JSON text starts with an ASCII character, so its
+  first four bytes show the NUL pattern of the encoding (as RFC 4627
+  section 3 detects it): x000 UTF-32-LE, 000x UTF-32-BE, x0x0 UTF-16-LE,
+  0x0x UTF-16-BE.
+  """
+  for bom, name in _WIDE_BOMS:
+    if head.startswith(bom):
+      return name, f"byte-order mark {bom.hex(' ')}"
+  if len(head) < 4:
+    return None
+  nul = tuple(b == 0 for b in head[:4])
+  patterns = {(False, True, True, True): "UTF-32-LE", (True, True, True, False): "UTF-32-BE",
+              (False, True, False, True): "UTF-16-LE", (True, False, True, False): "UTF-16-BE"}
+  if nul in patterns:
+    return patterns[nul], f"NUL bytes in the first four bytes {head[:4].hex(' ')}"
+  return None
+
+
+def _check_not_wide_encoding(path: str, first_line: bytes) -> None:
+  found = _wide_encoding(first_line)
+  if found:
+    name, evidence = found
+    raise DataError(path, 1, NOT_UTF8_ENCODING, f"the file is {name} text ({evidence}), not UTF-8; "
+                    f"re-encode it as UTF-8 (e.g. iconv -f {name} -t UTF-8)")
 
 
 def _decode_json_object(raw: bytes) -> dict[str, Any] | None:
@@ -513,6 +579,8 @@ def _read_records(path: str | os.PathLike[str], parse_for_format,
     except StopIteration:
       break
     except DataError as error:
+      if error.kind in (NOT_A_FILE, UNREADABLE, NOT_UTF8_ENCODING):
+        raise  # no record of the file can be read, so there is nothing to skip to
       # A broken gzip stream cannot be resumed: keep what was read before.
       handle(error)
       break
@@ -527,9 +595,12 @@ def _read_records(path: str | os.PathLike[str], parse_for_format,
         # so a stray record of the other format is reported, not accepted.
         stats.format = fmt = _detect_format(obj)
       if fmt is None:
-        # Not recognisable: report it as a prompt/chosen/rejected record,
+        # Not recognisable. Chosen and rejected without a prompt is an
+        # HH-RLHF record whose dialogue lacks its marker (its parser says
+        # which); otherwise report it as a prompt/chosen/rejected record,
         # whose message ("missing field 'prompt'") is the likelier fix.
-        fmt = "prompt_chosen_rejected"
+        hh_like = "prompt" not in obj and {"chosen", "rejected"} <= obj.keys()
+        fmt = "hh_rlhf" if hh_like and "hh_rlhf" in parse_for_format else "prompt_chosen_rejected"
       record = parse_for_format[fmt](obj, source, number)
       if record.id is not None:
         if record.id in first_line_of_id:

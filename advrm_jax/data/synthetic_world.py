@@ -1,6 +1,6 @@
 """The synthetic world: readable prompts, mixed-quality responses, exact gold.
 
-This is the project's default experiment (DESIGN.md section 4). Everything a
+This is the project's default experiment. Everything a
 run needs to show reward hacking on two CPU cores lives here:
 
 * a 150-word vocabulary and a `WordTokenizer` (whitespace/punctuation split);

@@ -12,7 +12,7 @@ installed as long as:
 Examples are serialised with TFDS's own copy of the `tf.train.Example`
 protos, and TensorFlow is imported lazily only by the tf.data paths, so no
 environment variable is needed. tfds 4.9.10 imports `importlib_resources`
-without declaring it; setup.py lists it. Features here are `Text` and
+without declaring it; pyproject.toml lists it. Features here are `Text` and
 `Scalar` only; through a data source, text decodes to UTF-8 `bytes`, which
 `example_to_pair` / `example_to_prompt` turn back into records.
 

@@ -1,7 +1,7 @@
 """Reward-hacking onset from per-step gold and proxy reward curves.
 
 Reward hacking is the policy's proxy (RM) reward rising while its gold
-reward falls (DESIGN.md 1.5). Definition used here, on curves of S logged
+reward falls (as the paper defines it). Definition used here, on curves of S logged
 points:
 
 1. Smooth both curves with a trailing moving average of `window` points

@@ -14,6 +14,7 @@ import math
 import os
 import pathlib
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -221,15 +222,22 @@ def attack_table(ours: Mapping[str, Mapping[str, Any]],
 def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
   # Imported lazily: matplotlib is slow to import and only plots need it.
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(width * ncols, height), dpi=100)
+  # Constrained layout keeps a figure title clear of the panel titles.
+  fig = Figure(figsize=(width * ncols, height), dpi=100, layout="constrained")
   axes = fig.subplots(1, ncols, squeeze=False)[0]
   return fig, axes
 
 
-def _save(fig, path: str | os.PathLike[str]) -> pathlib.Path:
+def integer_ticks(ax) -> None:
+  """Whole-number ticks on the x axis (steps, rounds)."""
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def save_figure(fig, path: str | os.PathLike[str]) -> pathlib.Path:
+  """Writes a figure as PNG (creating the directory)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.tight_layout()
   fig.savefig(path, format="png")
   return path
 
@@ -254,16 +262,18 @@ def _as_seed_curves(values: ArrayLike, name: str) -> np.ndarray:
   return arr
 
 
-def plot_reward_curves(path: str | os.PathLike[str],
-                       curves: Mapping[str, Mapping[str, ArrayLike]],
-                       steps: ArrayLike | None = None,
-                       onsets: Mapping[str, float | None] | None = None,
-                       title: str = "RLHF against each reward model",
-                       ) -> pathlib.Path:
+def plot_reward_curves(path: str | os.PathLike[str], *args, **kwargs) -> pathlib.Path:
+  """Writes `reward_curves_figure(*args, **kwargs)` to `path` (PNG); returns the path."""
+  return save_figure(reward_curves_figure(*args, **kwargs), path)
+
+
+def reward_curves_figure(curves: Mapping[str, Mapping[str, ArrayLike]],
+                         steps: ArrayLike | None = None,
+                         onsets: Mapping[str, float | None] | None = None,
+                         title: str = "RLHF against each reward model"):
   """Gold (left) and proxy (right) reward vs step, one line per RM.
 
   Args:
-    path: PNG path.
     curves: RM name -> {"gold": [seeds, S] or [S], "proxy": same shape};
       lines are seed means, bands ± one std over seeds.
     steps: [S] steps of the logged points (default 0 .. S-1).
@@ -272,7 +282,7 @@ def plot_reward_curves(path: str | os.PathLike[str],
     title: Figure title.
 
   Returns:
-    The path written.
+    The matplotlib Figure.
   """
   if not curves:
     raise ValueError("plot_reward_curves: no curves given")
@@ -290,59 +300,82 @@ def plot_reward_curves(path: str | os.PathLike[str],
   ax_gold.set(xlabel="RL step", ylabel="gold reward", title="gold")
   ax_proxy.set(xlabel="RL step", ylabel="proxy (RM) reward", title="proxy")
   ax_gold.legend(fontsize="small")
+  integer_ticks(ax_gold)
+  integer_ticks(ax_proxy)
   fig.suptitle(title)
-  return _save(fig, path)
+  return fig
 
 
-def plot_attack_success_per_round(path: str | os.PathLike[str],
-                        rates: Mapping[str, ArrayLike],
-                        title: str = "Attack success per round",
-                        ) -> pathlib.Path:
-  """Attack success (%) per adversarial-training round.
+def plot_attack_success_per_round(path: str | os.PathLike[str], *args, **kwargs) -> pathlib.Path:
+  """Writes `attack_success_figure(*args, **kwargs)` to `path` (PNG); returns the path."""
+  return save_figure(attack_success_figure(*args, **kwargs), path)
+
+
+def _errorbar_series(ax, values: ArrayLike, label: str, **style) -> None:
+  """Seed mean per round with ± one std over seeds (no bar for a single seed)."""
+  arr = _as_seed_curves(values, label)
+  rounds = np.arange(arr.shape[1])
+  with warnings.catch_warnings():  # a round without values is a gap, one value has no spread
+    warnings.simplefilter("ignore", RuntimeWarning)
+    mean, std = np.nanmean(arr, axis=0), np.nanstd(arr, axis=0, ddof=1)
+  err = np.nan_to_num(std) if arr.shape[0] > 1 else None
+  ax.errorbar(rounds, mean, yerr=err, capsize=3, label=label, **style)
+  ax.set_xticks(rounds)
+
+
+def attack_success_figure(rates: Mapping[str, ArrayLike],
+                          floors: Mapping[str, ArrayLike] | None = None,
+                          title: str = "Attack success per round"):
+  """Attack success (%) per adversarial-training round, seed mean ± std.
 
   Args:
-    path: PNG path.
     rates: Series name (e.g. "standard", "strict", "online") -> [rounds] or
-      [seeds, rounds] success in %; round 0 is the conventional RM.
+      [seeds, rounds] success in %; round 0 is the conventional RM. NaN is
+      a missing point.
+    floors: Optional series drawn dashed, in the same form: what the same
+      criteria give for answers nobody optimised (the reference policy's
+      own fresh samples), the level an attack has to beat.
     title: Figure title.
 
   Returns:
-    The path written.
+    The matplotlib Figure.
   """
   if not rates:
     raise ValueError("plot_attack_success_per_round: no rates given")
   fig, (ax,) = _figure()
   for name, values in rates.items():
-    arr = _as_seed_curves(values, f"rates[{name!r}]")
-    rounds = np.arange(arr.shape[1])
-    mean = np.nanmean(arr, axis=0)
-    err = np.nanstd(arr, axis=0, ddof=1) if arr.shape[0] > 1 else None
-    ax.errorbar(rounds, mean, yerr=err, marker="o", capsize=3, label=name)
-    ax.set_xticks(rounds)
+    _errorbar_series(ax, values, name, marker="o")
+  for name, values in (floors or {}).items():
+    _errorbar_series(ax, values, name, marker="x", linestyle="--", color="grey")
   ax.set(xlabel="adversarial training round", ylabel="attack success (%)",
          ylim=(-2, 102), title=title)
   ax.legend(fontsize="small")
-  return _save(fig, path)
+  return fig
 
 
-def plot_uncertainty_vs_gold(path: str | os.PathLike[str], u: ArrayLike,
-                             gold_gap: ArrayLike,
-                             correlation: Mapping[str, Any] | None = None,
-                             xlabel: str = "ensemble uncertainty U",
-                             ylabel: str = "gold(y_ref) - gold(y)",
-                             ) -> pathlib.Path:
+def plot_uncertainty_vs_gold(path: str | os.PathLike[str], *args, **kwargs) -> pathlib.Path:
+  """Writes `uncertainty_figure(*args, **kwargs)` to `path` (PNG); returns the path."""
+  return save_figure(uncertainty_figure(*args, **kwargs), path)
+
+
+def uncertainty_figure(u: ArrayLike, gold_gap: ArrayLike,
+                       correlation: Mapping[str, Any] | None = None,
+                       xlabel: str = "ensemble uncertainty U",
+                       ylabel: str = "gold(y_ref) - gold(y)",
+                       threshold: float | None = None):
   """Scatter of uncertainty against the gold shortfall.
 
   Args:
-    path: PNG path.
-    u: [N] uncertainties.
+    u: [N] uncertainties (e.g. the filter's z(U)).
     gold_gap: [N] gold shortfall against the reference.
     correlation: Optional `attack.uncertainty_gold_correlation` output,
       shown in the title.
     xlabel, ylabel: Axis labels.
+    threshold: Optional filter threshold on the x axis (e.g. z(U) > 1.96),
+      drawn as a vertical line; the samples right of it are the kept ones.
 
   Returns:
-    The path written.
+    The matplotlib Figure.
   """
   u = np.asarray(u, np.float64).reshape(-1)
   gap = np.asarray(gold_gap, np.float64).reshape(-1)
@@ -359,4 +392,9 @@ def plot_uncertainty_vs_gold(path: str | os.PathLike[str], u: ArrayLike,
               f"n={correlation.get('n', u.size)}")
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   ax.axhline(0.0, color="grey", linewidth=0.8)
-  return _save(fig, path)
+  if threshold is not None:
+    kept = int(np.sum(u > threshold))
+    ax.axvline(threshold, color="tab:red", linestyle="--",
+               label=f"filter threshold {threshold:g} ({kept} of {u.size} right of it)")
+    ax.legend(fontsize="small")
+  return fig

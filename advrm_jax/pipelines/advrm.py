@@ -1,6 +1,6 @@
 """Stage `advrm`: the Adv-RM rounds, and what the round stages share.
 
-Adv-RM (DESIGN.md section 1) alternates three steps for N rounds:
+Adv-RM (Bukharin et al. 2025, arXiv 2504.06141) alternates three steps for N rounds:
 
   attack (round r)   an adversary trained with RL against RM round r;
   filter (round r)   its samples with R1 > T(x) and z(U) > 1.96;

@@ -182,7 +182,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "
   advrm.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
                                         "adversarial": "r1" in r, "fresh": bool(r.get("fresh"))} for r in mixed])
   init_from = str(advrm.rm_path(workdir, round_index - 1, arm)) if node.init == "previous" else ""
-  rm_stage.run(round_config(config, out / PAIRS_FILE, init_from, workdir), out)
+  rm_stage.run(round_config(config, out / PAIRS_FILE, init_from, workdir), out, name=f"{stage}/round_{round_index}/rm")
   advrm.write_json(out / "summary.json", {
       "round": round_index, "arm": arm, "num_ordinary": len(ordinary),
       "num_adversarial_available": len(adversarial),

@@ -677,8 +677,12 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
     rep.plot_reward_curves(plots / "rlhf_gold_proxy.png", curves, steps=first["steps"], onsets=onsets)
     made.append("rlhf_gold_proxy.png")
   if attack_rounds:
-    series = {f"{ADV_RM} {kind}": [[r[ADV_RM][kind]["mean"] for r in attack_rounds]] for kind in ("standard", "strict")}
-    series[f"{TEXTFOOLER} standard"] = [[r[TEXTFOOLER]["standard"]["mean"] for r in attack_rounds]]
+    def per_seed(method, kind):  # [seeds, rounds]: error bars over seeds
+      return np.array([[np.nan if v is None else v for v in r[method][kind]["values"]] for r in attack_rounds],
+                      np.float64).T
+    series = {f"{ADV_RM} {kind}": per_seed(ADV_RM, kind) for kind in ("standard", "strict")}
+    series[f"{TEXTFOOLER} standard"] = per_seed(TEXTFOOLER, "standard")
+    floors = {f"reference policy {kind} (floor)": per_seed(REFERENCE, kind) for kind in ("standard", "strict")}
     online = report.get("online")
     if online and online.get("attack") and len(attack_rounds) > 1:
       # The online mode has no rounds: its fresh attack is drawn at the last round (same compute
@@ -686,16 +690,19 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       series["online standard (same compute)"] = [
           [attack_rounds[0][ADV_RM]["standard"]["mean"]] + [np.nan] * (len(attack_rounds) - 2)
           + [online["attack"]["standard_mean"]]]
-    rep.plot_attack_success_per_round(plots / "attack_success_per_round.png", series)
+    rep.plot_attack_success_per_round(plots / "attack_success_per_round.png", series, floors)
     made.append("attack_success_per_round.png")
     collected = advrm.load_npz(advrm.round_dir(workdir, "attack", 0) / "collected.npz", "the attack")
     # The U the filter used (whatever filter.uncertainty is), as it wrote it.
-    u = advrm.load_npz(advrm.round_dir(workdir, "filter", 0) / "scores.npz", "the `filter` stage")["uncertainty"]
+    scores = advrm.load_npz(advrm.round_dir(workdir, "filter", 0) / "scores.npz", "the `filter` stage")
+    u = scores["uncertainty"]
     # The adversary's own samples are on the training pool: their shortfall is against its reference.
     gap = advrm.load_reference(workdir)["gold"].mean(1)[collected["prompt_index"]] - collected["gold"]
     rows = np.random.default_rng(0).permutation(u.size)[:3000]
-    rep.plot_uncertainty_vs_gold(plots / "uncertainty_vs_gold.png", u[rows], gap[rows],
-                                 uncertainty_gold_correlation(u, gap))
+    # Plotted as z(U), the scale of the filter's threshold (same correlations: z is affine in U).
+    rep.plot_uncertainty_vs_gold(plots / "uncertainty_vs_gold.png", scores["z"][rows], gap[rows],
+                                 uncertainty_gold_correlation(u, gap), xlabel="z(U), the filter's uncertainty",
+                                 threshold=config.filter.z_min)
     made.append("uncertainty_vs_gold.png")
   report["plots"] = made
   rep.write_report_json(workdir / "report.json", report)

@@ -6,6 +6,13 @@ that depend only on the step (so a resumed run reproduces the uninterrupted
 one), NaN/Inf detection naming step and quantity, periodic keep-N
 checkpoints, SIGTERM -> checkpoint and clean exit, and metrics through the
 one MetricWriter.
+
+Steps are dispatched asynchronously: between two logging points the loop
+never reads a device value, so the host prepares step t+1 while the device
+runs step t. The NaN/Inf check keeps each step's watched metrics (device
+scalars) and reads them all at the next logging, evaluation or checkpoint
+point, before anything is logged or saved; the error still names the first
+bad step.
 """
 
 from __future__ import annotations
@@ -55,6 +62,32 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+class _FiniteWatch:
+  """Finds the first non-finite watched metric, reading device values only when asked.
+
+  ``add`` keeps a step's watched metrics as device arrays (no transfer);
+  ``check`` pulls everything kept since the last check in one transfer and
+  raises on the first non-finite value, in step order.
+  """
+
+  def __init__(self, name: str, keys: tuple[str, ...], checkpoint_dir: pathlib.Path):
+    self.name, self.keys, self.checkpoint_dir = name, keys, checkpoint_dir
+    self.pending: list[tuple[int, dict[str, Any]]] = []
+
+  def add(self, step: int, metrics: dict[str, Any]) -> None:
+    self.pending.append((step, {k: metrics[k] for k in self.keys if k in metrics}))
+
+  def check(self) -> None:
+    pending, self.pending = jax.device_get(self.pending), []
+    for step, values in pending:
+      for key in (k for k in self.keys if k in values):  # in finite_keys order: the loss first
+        value = values[key]
+        if not np.all(np.isfinite(value)):
+          raise FloatingPointError(
+              f"[{self.name}] non-finite {key}={value} at step {step}; stopping. The last good "
+              f"checkpoint in {self.checkpoint_dir} is kept intact.")
+
+
 def _logged(jsonl_path: pathlib.Path, step: int, scalars: dict[str, Any]) -> bool:
   """Whether metrics.jsonl already has a row for ``step`` with all of ``scalars``' keys."""
   if not jsonl_path.exists():
@@ -92,11 +125,11 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
     mesh: the device mesh batches are placed on.
     eval_fn: optional ``(state, step) -> scalars`` run every ``eval_every``
       steps and at the end.
-    finite_keys: metrics checked for NaN/Inf every step (those present). The
-      gradient norm is among them because a NaN gradient poisons the
-      parameters while the step's loss (computed before the update) is still
-      finite: watching the loss alone would checkpoint NaN parameters as the
-      "last good" state.
+    finite_keys: metrics checked for NaN/Inf at every step (those present),
+      read at the next logging, evaluation or checkpoint step. The gradient
+      norm is among them because a NaN gradient poisons the parameters while
+      the step's loss (computed before the update) is still finite: watching
+      the loss alone would checkpoint NaN parameters as the "last good" state.
     text_fn: turns the step's "samples/..." arrays into texts (sample
       tables) at every logged step; those arrays are never logged as scalars.
   Returns the final state.
@@ -110,30 +143,27 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
   writer = MetricWriter(directory, total_steps=loop.num_steps, name=name)
   writer.truncate_after(start)
   seed_key = jax.random.key(loop.seed)
+  watch = _FiniteWatch(name, finite_keys, directory / "checkpoints")
   try:
     with _SigtermFlag() as sigterm:
       for step in range(start, loop.num_steps):
         batch = shd.shard_batch(get_batch(step), mesh)
         state, metrics = step_fn(state, batch, jax.random.fold_in(seed_key, step))
         done = step + 1
-        host_metrics = None
-        for key in finite_keys:
-          if key in metrics:
-            value = np.asarray(metrics[key])
-            if not np.all(np.isfinite(value)):
-              raise FloatingPointError(
-                  f"[{name}] non-finite {key}={value} at step {done}; stopping. The last good "
-                  f"checkpoint in {directory / 'checkpoints'} is kept intact.")
-        if done % loop.log_every == 0 or done == loop.num_steps:
+        watch.add(done, metrics)
+        log = done % loop.log_every == 0 or done == loop.num_steps
+        evaluate = eval_fn is not None and eval_every and done % eval_every == 0 and done != loop.num_steps
+        save = done % loop.checkpoint_every == 0 or sigterm.raised
+        if not (log or evaluate or save):
+          continue  # nothing read from the device: the next step is dispatched at once
+        watch.check()
+        if log or evaluate:
           host_metrics = jax.device_get(metrics)
-        if eval_fn is not None and eval_every and done % eval_every == 0 and done != loop.num_steps:
-          host_metrics = dict(host_metrics or jax.device_get(metrics), **eval_fn(state, done))
-        if host_metrics is not None:
           samples = {k: host_metrics.pop(k) for k in list(host_metrics) if k.startswith("samples/")}
           if text_fn is not None and samples:
             writer.write_texts(done, text_fn(samples, done))
-          writer.write_scalars(done, host_metrics)
-        if done % loop.checkpoint_every == 0 or sigterm.raised:
+          writer.write_scalars(done, host_metrics, evaluation=eval_fn(state, done) if evaluate else None)
+        if save:
           checkpointer.save(done, state, {"step": done}, force=True)
         if sigterm.raised:
           raise Preempted(done)
@@ -144,7 +174,7 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
       # and the log row is written unless it already was.
       scalars = eval_fn(state, loop.num_steps)
       if start < loop.num_steps or not _logged(writer.jsonl_path, loop.num_steps, scalars):
-        writer.write_scalars(loop.num_steps, scalars)
+        writer.write_scalars(loop.num_steps, {}, evaluation=scalars)
     if checkpointer.latest_step() != loop.num_steps:
       checkpointer.save(loop.num_steps, state, {"step": loop.num_steps}, force=True)
   finally:

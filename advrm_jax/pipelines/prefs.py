@@ -1,8 +1,8 @@
 """Stage `prefs`: preference data and reference samples from the reference policy.
 
 The reward models never see gold directly: they learn it only through
-preference labels. This stage makes those labels the way DESIGN.md section 4
-asks: the SFT reference policy answers each preference prompt twice, and the
+preference labels. This stage makes those labels the way a labelled
+dataset is made: the SFT reference policy answers each preference prompt twice, and the
 chosen side is drawn by Bradley-Terry on the exact gold reward,
 ``P(a preferred) = sigmoid(beta * (gold_a - gold_b))`` (label noise). Gold is
 computed on the text exactly as the RM will read it (response + EOS).

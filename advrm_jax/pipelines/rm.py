@@ -244,6 +244,20 @@ def load_pairs(config: Any, workdir: str | pathlib.Path | None = None) -> tuple[
   return pairs, info
 
 
+def split_pairs(pairs: list[Any], data: Any) -> tuple[list[Any], list[Any]]:
+  """Train/test split by prompt; warns when the test split comes out empty, refuses an empty train split."""
+  train, test = train_test_split(pairs, data.test_fraction, data.split_seed)
+  where = data.path if data.source == "jsonl" else "data.synthetic"
+  if not train:
+    raise ConfigError(f"data.test_fraction={data.test_fraction}: all {len(pairs)} pairs of {where} went to the "
+                      "test split, none is left to train on; lower --config.data.test_fraction")
+  if not test:
+    logging.warning("rm: the test split of %s is empty (round(data.test_fraction=%g * %d pairs) = 0), so there "
+                    "is no held-out accuracy; raise --config.data.test_fraction or give more pairs", where,
+                    data.test_fraction, len(pairs))
+  return train, test
+
+
 def tokenize(config: Any, pairs: list[Any], tokenizer: Any, what: str) -> dict[str, np.ndarray]:
   """Tokenises pairs with the ``config.data`` sequence options; logs how many were skipped as over-long."""
   data = config.data
@@ -302,8 +316,12 @@ def _write_json(path: pathlib.Path, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Trains and evaluates the RM ensemble; returns the evaluation summary."""
+def run(config: Any, workdir: str | pathlib.Path, name: str = STAGE) -> dict[str, Any]:
+  """Trains and evaluates the RM ensemble; returns the evaluation summary.
+
+  ``name`` labels the progress lines and plots (``advtrain/round_1/rm`` when
+  an adversarial-training round runs this stage).
+  """
   _check_config(config)
   rm_config, data_config = config.rm, config.data
   stage_dir = pathlib.Path(workdir) / STAGE
@@ -332,7 +350,7 @@ def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
     kind, num_members = rm_config.ensemble, rm_config.num_members
 
   pairs, data_info = load_pairs(config, workdir)
-  train_pairs, test_pairs = train_test_split(pairs, data_config.test_fraction, data_config.split_seed)
+  train_pairs, test_pairs = split_pairs(pairs, data_config)
   train_data = tokenize(config, train_pairs, tokenizer, "train")
   test_data = tokenize(config, test_pairs, tokenizer, "test") if test_pairs else None
   num_train = train_data["chosen_tokens"].shape[0]
@@ -386,7 +404,7 @@ def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
   loop = LoopConfig(num_steps=rm_config.num_steps, log_every=rm_config.log_every,
                     checkpoint_every=rm_config.checkpoint_every, keep_checkpoints=rm_config.keep_checkpoints,
                     seed=config.seed)
-  state = train_loop(STAGE, stage_dir, state, step_fn, functools.partial(batches.batch, train_data), loop, mesh,
+  state = train_loop(name, stage_dir, state, step_fn, functools.partial(batches.batch, train_data), loop, mesh,
                      eval_fn=eval_fn, eval_every=rm_config.eval_every)
 
   train_subset = {k: v[:rm_config.eval_train_pairs] for k, v in train_data.items()}

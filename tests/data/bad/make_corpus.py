@@ -60,6 +60,11 @@ def files() -> dict[str, bytes]:
   # Valid JSON whose string is a lone UTF-16 surrogate: not encodable text.
   out["pref_lone_surrogate.jsonl"] = _text(good[0], good[1], '{"prompt": "hi", "chosen": "\\ud800", "rejected": "b"}')
   out["pref_binary_garbage.jsonl"] = bytes(range(256)) * 4
+  # Text editors on Windows save "Unicode" as UTF-16 (with a byte-order mark);
+  # without one, the NUL bytes of the ASCII characters give the encoding away.
+  out["pref_utf16_bom.jsonl"] = "".join(l + "\n" for l in good[:3]).encode("utf-16")
+  out["pref_utf16le_no_bom.jsonl"] = "".join(l + "\n" for l in good[:3]).encode("utf-16-le")
+  out["pref_utf32be_no_bom.jsonl"] = "".join(l + "\n" for l in good[:3]).encode("utf-32-be")
   # -- JSON structure.
   out["pref_malformed_json.jsonl"] = _text(good[0], '{"prompt": "cut by a crash", "chosen": "a", "rej', good[2])
   out["pref_not_an_object.jsonl"] = _text(good[0], '["prompt", "chosen", "rejected"]')
@@ -78,6 +83,11 @@ def files() -> dict[str, bytes]:
   out["pref_empty_prompt.jsonl"] = _text(good[0], _line(prompt="", chosen="a", rejected="b"))
   out["pref_duplicate_id.jsonl"] = _text(good[0], good[1], good[0])
   out["pref_mixed_formats.jsonl"] = _text(good[0], _line(chosen=_hh("hi", "hello"), rejected=_hh("hi", "go away")))
+  # The second record's chosen side lost its "\n\nAssistant:" marker.
+  out["pref_hh_no_assistant_marker.jsonl"] = _text(_line(chosen=_hh("hi", "hello"), rejected=_hh("hi", "go away")),
+                                                   _line(chosen="\n\nHuman: hi\n\nhello", rejected=_hh("hi", "no")))
+  # Chosen/rejected dialogues without any marker: not recognisable as HH-RLHF.
+  out["pref_hh_plain_text.jsonl"] = _text(_line(chosen="Human: hi. Bot: hello", rejected="Human: hi. Bot: no"))
   out["pref_hh_no_shared_prompt.jsonl"] = _text(_line(chosen=_hh("hi", "hello"), rejected=_hh("bye", "ok")))
   # -- Length (read fine; tokenize_pairs/tokenize_prompts reject them).
   out["pref_over_length.jsonl"] = _text(good[0], _line(prompt="p", chosen="word " * 300, rejected="no"))
