@@ -68,6 +68,7 @@ _RL = {
     "kl_coef": "KL-to-reference coefficient (the initial value when adaptive).",
     "kl_estimator": '"k1", "k3", "k2" or "abs".',
     "kl_in_reward": "True: KL folded into the reward; False: added to the loss.",
+    "kl_aggregate": '"sum": KL summed over the response; "mean": per-token mean (the Adv-RM authors\' form).',
     "whiten_advantages": "Whiten advantages over the batch.",
     "missing_eos_penalty": ("Subtracted from the reward of a response with no EOS (`rl.losses.missing_eos_penalty`); "
                             "must be >= 0: `RLConfig` rejects a negative value, which would reward responses that "
