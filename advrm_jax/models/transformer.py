@@ -254,12 +254,14 @@ class Transformer(nnx.Module):
 
     logits = None
     if compute_logits:
-      if cfg.tie_embeddings:
-        head = self.embed[...].astype(dtype).T
-      else:
-        head = self.lm_head[...].astype(dtype)
-      logits = jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+      logits = jnp.einsum("btd,dv->btv", hidden, self.head_kernel(), preferred_element_type=jnp.float32)
     return ModelOutput(logits, hidden, new_cache)
+
+  def head_kernel(self) -> Array:
+    """The LM head as a [D, V] matrix in the compute dtype (the embedding's transpose when tied)."""
+    if self.cfg.tie_embeddings:
+      return self.embed[...].astype(self.cfg.jnp_dtype).T
+    return self.lm_head[...].astype(self.cfg.jnp_dtype)
 
 
 # What jax.checkpoint keeps of each layer of the training forward's scan (``ModelConfig.remat``).
