@@ -104,7 +104,8 @@ def _bt_step_temp_bytes(cfg, pairs, length):
   tokens = jax.ShapeDtypeStruct((pairs, length), jnp.int32)
   batch = dict(chosen_tokens=tokens, chosen_mask=tokens, rejected_tokens=tokens, rejected_mask=tokens)
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  compiled = jax.jit(make_bt_step(graphdef, optimizer)).lower(state, batch, rng).compile()
+  # The state donated, as jit_bt_step does (the 1B-like step below: 21 GiB donated, 13 GiB not).
+  compiled = jax.jit(make_bt_step(graphdef, optimizer), donate_argnums=(0,)).lower(state, batch, rng).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
 
