@@ -14,6 +14,8 @@ skips the sections left when the time is spent):
   step, same), ``sampler`` (our KV-cache sampler vs transformers ``generate``, greedy, same
   weights), ``rl`` (one GRPO iteration of ours; no peer), with tokens/s or pairs/s, MFU, our
   compiled temporaries and torch's ``max_memory_allocated`` on CUDA.
+* ``memory_remat`` (last): compile-only temporaries of the BT step by remat policy (d256, 4 vs 8
+  layers; the 1B-like step at 32 x 512 without remat).
 * ``decode_attention``: one decode step's attention on the head-major KV cache, our hand-written
   kernel vs ``jax.nn.dot_product_attention`` (why decode keeps the hand-written one).
 
@@ -279,6 +281,79 @@ def memory_1b(tiny: bool) -> dict[str, Any]:
           "argument_bytes": None if analysis is None else int(analysis.argument_size_in_bytes)}
 
 
+def memory_remat() -> dict[str, Any]:
+  """Compile-only BT-step temporaries by remat policy: d256 at 4 and 8 layers (8 pairs x 1,024), and
+  the 1B-like step at 32 x 512 without remat."""
+  d256 = ModelConfig(vocab_size=512, d_model=256, num_heads=4, num_kv_heads=4, head_dim=64, d_ff=1024,
+                     max_seq_len=1024)
+  out: dict[str, Any] = {}
+  for remat in ("none", "dots", "full"):
+    for layers in (4, 8):
+      step, state, batch, rng = bt_step_abstract(d256.replace(num_layers=layers, remat=remat), 8, 1024)
+      out[f"d256_{layers}_layers_{remat}_temp_bytes"] = temp_bytes(step.lower(state, batch, rng).compile())
+    out[f"d256_{remat}_growth_4_to_8_layers"] = (out[f"d256_8_layers_{remat}_temp_bytes"] /
+                                                 out[f"d256_4_layers_{remat}_temp_bytes"])
+  step, state, batch, rng = bt_step_abstract(SHAPES["llama_1b_like"].replace(dtype="bfloat16"), 32, 512)
+  out["1b_like_32x512_none_bf16_temp_bytes"] = temp_bytes(step.lower(state, batch, rng).compile())
+  return out
+
+
+def time_ours(out: dict[str, Any], cfg: ModelConfig, make: Callable, count: int, unit: str, flops: float,
+              peak: float | None) -> float:
+  """Compiles and times our step (state donated) into ``out``; returns its median seconds.
+
+  ``make(cfg) -> (step, state, args)``. When cuDNN attention fails (to compile or to run), the
+  error is recorded and the step is measured again with XLA's attention.
+  """
+  try:
+    return _time_ours(out, cfg, make, count, unit, flops, peak)
+  except Exception as error:  # pylint: disable=broad-except
+    if out["attention"] != "cudnn":
+      raise
+    out["cudnn_error"] = f"{type(error).__name__}: {error}"[:2000]
+    out["attention"] = "xla (cudnn failed)"
+    release_memory()
+    return _time_ours(out, cfg.replace(attention="xla"), make, count, unit, flops, peak)
+
+
+def _time_ours(out, cfg, make, count, unit, flops, peak) -> float:
+  step, state, args = make(cfg)
+  begin = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=(0,)).lower(state, *args).compile()
+  out["ours_compile_s"] = time.perf_counter() - begin
+  out["ours_temp_bytes"] = temp_bytes(compiled)
+  holder = {"state": state}
+
+  def ours():
+    holder["state"], metrics = compiled(holder["state"], *args)
+    return float(metrics["loss"])
+  out["ours_first_loss"] = ours()
+  seconds = median_seconds(ours)
+  out.update({"ours_s": seconds, f"ours_{unit}_per_s": count / seconds, "ours_mfu": mfu(flops, seconds, peak)})
+  return seconds
+
+
+def time_torch(out: dict[str, Any], side: TorchSide, loss_fn: Callable, parameters: list, count: int, unit: str,
+               flops: float, peak: float | None, ours_seconds: float) -> None:
+  """Times a plain PyTorch eager step (``loss_fn()``, backward, clip 1.0, AdamW) into ``out``."""
+  torch = side.torch
+  optimizer = side.adamw(parameters)
+
+  def theirs():
+    loss = loss_fn()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    side.synchronize()
+    return loss.item()
+  side.reset_peak()
+  out["torch_first_loss"] = theirs()
+  seconds = median_seconds(theirs)
+  out.update({"torch_s": seconds, f"torch_{unit}_per_s": count / seconds, "torch_mfu": mfu(flops, seconds, peak),
+              "torch_max_memory_allocated": side.peak_bytes(), "ratio_ours_over_torch": seconds / ours_seconds})
+
+
 def bt(shape: Shape, pairs: int, length: int, remat: str, peak: float | None) -> dict[str, Any]:
   cfg = shape.cfg.replace(remat=remat)
   rng = np.random.default_rng(0)
@@ -287,28 +362,18 @@ def bt(shape: Shape, pairs: int, length: int, remat: str, peak: float | None) ->
   flops = train_flops(cfg, 2 * pairs, length, lm_head=False)
   out: dict[str, Any] = {"pairs": pairs, "length": length, "remat": remat, "dtype": cfg.dtype,
                          "attention": T.resolve_attention(cfg, length), "model_flops_per_step": flops}
+  heads = []
 
-  # A copy of the shared weights: the step donates its state.
-  graphdef, params, _ = init_reward_model(cfg, 1, seed=0, backbone_params=jax.tree.map(jnp.copy, shape.params))
-  optimizer = make_optimizer(learning_rate=LR, schedule="constant", weight_decay=0.0)
-  state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-  batch = {name: jnp.asarray(value) for name, value in
-           dict(chosen_tokens=chosen, chosen_mask=ones, rejected_tokens=rejected, rejected_mask=ones).items()}
-  key = jax.random.key(0)
-  begin = time.perf_counter()
-  compiled = jax.jit(make_bt_step(graphdef, optimizer), donate_argnums=(0,)).lower(state, batch, key).compile()
-  out["ours_compile_s"] = time.perf_counter() - begin
-  out["ours_temp_bytes"] = temp_bytes(compiled)
-  holder = {"state": state}
-
-  def ours():
-    holder["state"], metrics = compiled(holder["state"], batch, key)
-    return float(metrics["loss"])
-  out["ours_first_loss"] = ours()
-  seconds = median_seconds(ours)
-  out.update(ours_s=seconds, ours_pairs_per_s=pairs / seconds, ours_mfu=mfu(flops, seconds, peak))
-  head = np.asarray(holder["state"].params["head_kernel"], np.float32)  # [D, 1] after the steps; any head works
-  del holder, state, compiled
+  def make(cfg):
+    # A copy of the shared weights: the step donates its state.
+    graphdef, params, _ = init_reward_model(cfg, 1, seed=0, backbone_params=jax.tree.map(jnp.copy, shape.params))
+    heads.append(np.asarray(params["head_kernel"], np.float32))  # [D, 1]: the torch side starts from it too
+    optimizer = make_optimizer(learning_rate=LR, schedule="constant", weight_decay=0.0)
+    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    batch = {name: jnp.asarray(value) for name, value in
+             dict(chosen_tokens=chosen, chosen_mask=ones, rejected_tokens=rejected, rejected_mask=ones).items()}
+    return make_bt_step(graphdef, optimizer), state, (batch, jax.random.key(0))
+  seconds = time_ours(out, cfg, make, pairs, "pairs", flops, peak)
   release_memory()
 
   side = shape.torch_side()
@@ -316,82 +381,46 @@ def bt(shape: Shape, pairs: int, length: int, remat: str, peak: float | None) ->
   model = side.model.model  # the LlamaModel backbone
   score = torch.nn.Linear(cfg.d_model, 1, device=side.device, dtype=side.dtype)
   with torch.no_grad():
-    score.weight.copy_(torch.as_tensor(head.T))
+    score.weight.copy_(torch.as_tensor(heads[-1].T))
     score.bias.zero_()
-  parameters = list(model.parameters()) + list(score.parameters())
-  optimizer_t = side.adamw(parameters)
   rows = side.tensor(np.concatenate([chosen, rejected]))
   mask = torch.ones_like(rows)
 
-  def theirs():
-    hidden = model(input_ids=rows, attention_mask=mask).last_hidden_state[:, -1]
-    rewards = score(hidden).float()[:, 0]
-    loss = -torch.nn.functional.logsigmoid(rewards[:pairs] - rewards[pairs:]).mean()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-    optimizer_t.step()
-    optimizer_t.zero_grad(set_to_none=True)
-    side.synchronize()
-    return loss.item()
-  side.reset_peak()
-  theirs()
-  seconds_t = median_seconds(theirs)
-  out.update(torch_s=seconds_t, torch_pairs_per_s=pairs / seconds_t, torch_mfu=mfu(flops, seconds_t, peak),
-             torch_max_memory_allocated=side.peak_bytes(), ratio_ours_over_torch=seconds_t / seconds)
-  del optimizer_t
+  def loss_fn():
+    rewards = score(model(input_ids=rows, attention_mask=mask).last_hidden_state[:, -1]).float()[:, 0]
+    return -torch.nn.functional.logsigmoid(rewards[:pairs] - rewards[pairs:]).mean()
+  time_torch(out, side, loss_fn, list(model.parameters()) + list(score.parameters()), pairs, "pairs", flops, peak,
+             seconds)
   return out
 
 
 def sft(shape: Shape, batch: int, length: int, remat: str, peak: float | None) -> dict[str, Any]:
   cfg = shape.cfg.replace(remat=remat)
-  rng = np.random.default_rng(1)
-  rows = tokens(rng, (batch, length), cfg)
+  rows = tokens(np.random.default_rng(1), (batch, length), cfg)
   ones = np.ones((batch, length), np.int32)
   flops = train_flops(cfg, batch, length)
   out: dict[str, Any] = {"batch": batch, "length": length, "remat": remat, "dtype": cfg.dtype,
                          "attention": T.resolve_attention(cfg, length), "model_flops_per_step": flops}
-  graphdef, _, _ = abstract_module(lambda: T.Transformer(cfg, rngs=nnx.Rngs(0)))  # remat is in the graphdef
-  params = jax.tree.map(jnp.copy, shape.params)  # the same weights; the step donates its state
-  optimizer = make_optimizer(learning_rate=LR, schedule="constant", weight_decay=0.0)
-  state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-  data = {"tokens": jnp.asarray(rows), "mask": jnp.asarray(ones), "loss_mask": jnp.asarray(ones)}
-  begin = time.perf_counter()
-  compiled = jax.jit(make_sft_step(graphdef, optimizer), donate_argnums=(0,)).lower(state, data, None).compile()
-  out["ours_compile_s"] = time.perf_counter() - begin
-  out["ours_temp_bytes"] = temp_bytes(compiled)
-  holder = {"state": state}
 
-  def ours():
-    holder["state"], metrics = compiled(holder["state"], data, None)
-    return float(metrics["loss"])
-  out["ours_first_loss"] = ours()
-  seconds = median_seconds(ours)
-  out.update(ours_s=seconds, ours_tokens_per_s=batch * length / seconds, ours_mfu=mfu(flops, seconds, peak))
-  del holder, state, compiled
+  def make(cfg):
+    graphdef, _, _ = abstract_module(lambda: T.Transformer(cfg, rngs=nnx.Rngs(0)))  # remat is in the graphdef
+    params = jax.tree.map(jnp.copy, shape.params)  # the same weights; the step donates its state
+    optimizer = make_optimizer(learning_rate=LR, schedule="constant", weight_decay=0.0)
+    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    data = {"tokens": jnp.asarray(rows), "mask": jnp.asarray(ones), "loss_mask": jnp.asarray(ones)}
+    return make_sft_step(graphdef, optimizer), state, (data, None)
+  seconds = time_ours(out, cfg, make, batch * length, "tokens", flops, peak)
   release_memory()
 
   side = shape.torch_side()
   torch = side.torch
-  model = side.model
-  optimizer_t = side.adamw(list(model.parameters()))
   trows = side.tensor(rows)
   mask = torch.ones_like(trows)
 
-  def theirs():
-    logits = model(input_ids=trows, attention_mask=mask).logits[:, :-1].float()
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), trows[:, 1:].reshape(-1))
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer_t.step()
-    optimizer_t.zero_grad(set_to_none=True)
-    side.synchronize()
-    return loss.item()
-  side.reset_peak()
-  out["torch_first_loss"] = theirs()
-  seconds_t = median_seconds(theirs)
-  out.update(torch_s=seconds_t, torch_tokens_per_s=batch * length / seconds_t, torch_mfu=mfu(flops, seconds_t, peak),
-             torch_max_memory_allocated=side.peak_bytes(), ratio_ours_over_torch=seconds_t / seconds)
-  del optimizer_t
+  def loss_fn():
+    logits = side.model(input_ids=trows, attention_mask=mask).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), trows[:, 1:].reshape(-1))
+  time_torch(out, side, loss_fn, list(side.model.parameters()), batch * length, "tokens", flops, peak, seconds)
   return out
 
 
@@ -537,6 +566,10 @@ def markdown(results: dict[str, Any]) -> str:
       row = (f"{_fmt(r['ours_samples_per_s'])} samples/s", "-", None, None, None, gib(r["ours_temp_bytes"]), None)
     elif name == "memory_1b_bt_32x512":
       row = ("compile only", "-", None, None, None, gib(r["temp_bytes"]), None)
+    elif name == "memory_remat":
+      growth = ", ".join(f"{p} {r[f'd256_{p}_growth_4_to_8_layers']:.2f}x" for p in ("none", "dots", "full"))
+      row = (f"compile only: d256 temporaries 4 -> 8 layers {growth}; 1B-like 32 x 512 without remat "
+             f"{gib(r['1b_like_32x512_none_bf16_temp_bytes']):.1f} GiB", "-", None, None, None, None, None)
     elif name == "decode_attention":
       row = (f"hand-written {_fmt(r['hand_written_s'] * 1e6)} us", f"dot_product_attention "
              f"{_fmt(r['dot_product_attention_s'] * 1e6)} us", r["dot_product_attention_over_hand_written"],
@@ -584,6 +617,8 @@ def main(argv=None) -> int:
   shapes.clear()
   if wanted("decode_attention"):
     run.section("decode_attention", lambda: decode_attention(args.tiny))
+  if wanted("memory_remat"):
+    run.section("memory_remat", memory_remat)
   print((run.out / "accelerator.md").read_text())
   return 0
 

@@ -3,6 +3,11 @@
 Memory claims are checked compile-only: ``jax.jit(step).lower(abstract shapes).compile()``
 and its ``memory_analysis()``, so no large array is ever allocated.
 """
+import json
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,3 +182,19 @@ def test_1b_like_bt_step_fits_in_40_gib_of_temporaries_with_full_remat_and_bf16(
   cfg = ModelConfig(vocab_size=32000, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
                     d_ff=8192, max_seq_len=512, tie_embeddings=False, dtype="bfloat16", remat="full")
   assert _bt_step_temp_bytes(cfg, 32, 512) <= 40 * 2**30
+
+
+@pytest.mark.slow
+def test_accelerator_benchmark_tiny_runs_every_section(tmp_path):
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  subprocess.run([sys.executable, "benchmarks/accelerator.py", "--tiny", "--out", str(tmp_path)], cwd=repo,
+                 check=True, timeout=900)
+  sections = json.loads((tmp_path / "accelerator.json").read_text())["sections"]
+  assert not [name for name, result in sections.items() if "error" in result or "skipped" in result]
+  assert len(sections) == 12
+  for name, result in sections.items():
+    if name.startswith(("bt/", "sft/")):  # same weights, float32 on CPU: the first steps agree
+      assert abs(result["ours_first_loss"] - result["torch_first_loss"]) < 1e-3, (name, result)
+    if name.startswith("sampler/"):
+      assert result["greedy_token_agreement"] == 1.0, (name, result)
+  assert sections["memory_1b_bt_32x512"]["temp_bytes"] <= 40 * 2**30

@@ -278,7 +278,8 @@ def _on_cuda() -> bool:
   """True when the default backend is an NVIDIA GPU (cuDNN's flash attention exists there only)."""
   if jax.default_backend() != "gpu":
     return False
-  return "cuda" in str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
+  client = getattr(jax.devices()[0], "client", None)
+  return "cuda" in str(getattr(client, "platform_version", "")).lower()
 
 
 def resolve_attention(cfg: ModelConfig, length: int) -> str:
