@@ -326,6 +326,7 @@ def _time_ours(out, cfg, make, count, unit, flops, peak) -> float:
 
   def ours():
     holder["state"], metrics = compiled(holder["state"], *args)
+    jax.block_until_ready(holder["state"])
     return float(metrics["loss"])
   out["ours_first_loss"] = ours()
   seconds = median_seconds(ours)
