@@ -3,6 +3,7 @@
 Memory claims are checked compile-only: ``jax.jit(step).lower(abstract shapes).compile()``
 and its ``memory_analysis()``, so no large array is ever allocated.
 """
+import functools
 import json
 import pathlib
 import subprocess
@@ -77,6 +78,7 @@ def test_attention_and_remat_config_values():
   assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@functools.cache
 def _bt_loss_and_grads(cfg):
   graphdef, params, _ = init_reward_model(cfg, 2, seed=0)
   tokens, mask = _padded_batch()
