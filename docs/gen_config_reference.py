@@ -95,6 +95,10 @@ _MODEL = {
     "tie_embeddings": "Share the input embedding and the LM head.",
     "param_dtype": "Parameter storage dtype.",
     "dtype": "Compute dtype.",
+    "attention": ('Attention kernel of training forwards: "auto" (cuDNN flash attention on an NVIDIA GPU with '
+                  'bf16/f16 compute, else XLA), "xla" or "cudnn" (`models.transformer.resolve_attention`).'),
+    "remat": ('Rematerialisation of each layer in the backward pass: "none", "dots" (keep weight-GEMM outputs) '
+              'or "full" (keep only layer inputs) (`models.transformer.REMAT_POLICIES`).'),
 }
 FALLBACK: tuple[tuple[str, str], ...] = (
     *((f"*optimizer.{k}", v) for k, v in _OPT.items()),

@@ -22,6 +22,13 @@ import jax.numpy as jnp
 ARCHITECTURES = ("llama", "gpt2")
 ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Attention kernels (``transformer.resolve_attention``): "auto" picks cuDNN flash attention on GPU
+# where the shapes and dtype allow it, else XLA's; "xla" and "cudnn" force one.
+ATTENTION = ("auto", "xla", "cudnn")
+# What the backward pass of a training forward keeps of each layer (``transformer.REMAT_POLICIES``):
+# "none" everything, "dots" the weight GEMMs' outputs (attention and elementwise ops are recomputed),
+# "full" only the layer's input (the whole layer is recomputed).
+REMAT = ("none", "dots", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +55,12 @@ class ModelConfig:
   tie_embeddings: bool = True
   qkv_bias: bool = False
   # Names of dtypes, not dtype objects, so configs serialise to JSON.
+  # Training in bf16 with f32 master weights is param_dtype="float32", dtype="bfloat16": each layer
+  # casts its weights to the compute dtype, so gradients and optimizer state stay f32.
   param_dtype: str = "float32"
   dtype: str = "float32"
+  attention: str = "auto"
+  remat: str = "none"
 
   def __post_init__(self):
     if self.arch not in ARCHITECTURES:
@@ -57,6 +68,9 @@ class ModelConfig:
     for key in ("param_dtype", "dtype"):
       if getattr(self, key) not in DTYPES:
         raise ValueError(f"model.{key}: unsupported dtype {getattr(self, key)!r}; expected one of {tuple(DTYPES)}")
+    for key, allowed in (("attention", ATTENTION), ("remat", REMAT)):
+      if getattr(self, key) not in allowed:
+        raise ValueError(f"model.{key}: unsupported value {getattr(self, key)!r}; expected one of {allowed}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads ({self.num_kv_heads})")

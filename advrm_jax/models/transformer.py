@@ -237,9 +237,13 @@ class Transformer(nnx.Module):
                                                                jnp.stack(cache.keys), jnp.stack(cache.values)))
       new_cache = KVCache(tuple(keys), tuple(values), slot_mask, cache.index + length)
     else:
+      attention = resolve_attention(cfg, length)
       def layer_step(h, params):
-        h, _ = _decoder_layer(cfg, params, h, attn_mask, rope)
+        h, _ = _decoder_layer(cfg, params, h, attn_mask, rope, attention=attention)
         return h, None
+      if cfg.remat != "none":
+        # prevent_cse=False: inside a scan, CSE cannot undo the recomputation (jax.checkpoint docs).
+        layer_step = jax.checkpoint(layer_step, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
       x, _ = jax.lax.scan(layer_step, x, self._layer_arrays(cached=False))
       new_cache = None
 
@@ -250,12 +254,52 @@ class Transformer(nnx.Module):
 
     logits = None
     if compute_logits:
-      if cfg.tie_embeddings:
-        head = self.embed[...].astype(dtype).T
-      else:
-        head = self.lm_head[...].astype(dtype)
-      logits = jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+      logits = jnp.einsum("btd,dv->btv", hidden, self.head_kernel(), preferred_element_type=jnp.float32)
     return ModelOutput(logits, hidden, new_cache)
+
+  def head_kernel(self) -> Array:
+    """The LM head as a [D, V] matrix in the compute dtype (the embedding's transpose when tied)."""
+    if self.cfg.tie_embeddings:
+      return self.embed[...].astype(self.cfg.jnp_dtype).T
+    return self.lm_head[...].astype(self.cfg.jnp_dtype)
+
+
+# What jax.checkpoint keeps of each layer of the training forward's scan (``ModelConfig.remat``).
+# "dots": the outputs of the 2-D weight GEMMs (no batch dimension); the attention einsums have batch
+# dimensions, so their [B, H, T, S] scores and probabilities are recomputed, not stored per layer.
+# "full": nothing but the layer's input, so a step's temporaries grow with one layer's activations.
+REMAT_POLICIES = {
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def _on_cuda() -> bool:
+  """True when the default backend is an NVIDIA GPU (cuDNN's flash attention exists there only)."""
+  if jax.default_backend() != "gpu":
+    return False
+  client = getattr(jax.devices()[0], "client", None)
+  return "cuda" in str(getattr(client, "platform_version", "")).lower()
+
+
+def resolve_attention(cfg: ModelConfig, length: int) -> str:
+  """The attention kernel of a training forward on ``length`` tokens: "xla" or "cudnn".
+
+  Decided in Python at trace time, from the backend and static shapes, never from traced values.
+  "auto" picks cuDNN flash attention on an NVIDIA GPU when it can run the shapes: compute dtype
+  bf16/f16, head_dim a multiple of 8 and at most 128, an even length (cuDNN's condition for a
+  training step with a mask); otherwise XLA's attention. A TPU Pallas/splash kernel would be one
+  more value here.
+  """
+  if cfg.attention == "xla":
+    return "xla"
+  cudnn_ok = cfg.dtype in ("bfloat16", "float16") and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128
+  if cfg.attention == "cudnn":
+    if not cudnn_ok:
+      raise ValueError(f"model.attention='cudnn' needs model.dtype bfloat16 or float16 and a head_dim that is a "
+                       f"multiple of 8 and <= 128 (got dtype={cfg.dtype!r}, head_dim={cfg.head_dim})")
+    return "cudnn"
+  return "cudnn" if cudnn_ok and length % 2 == 0 and _on_cuda() else "xla"
 
 
 # Where the forward multiplies by fused q|k|v and gate|up kernels (read at trace time): "cached"
@@ -351,10 +395,12 @@ def _apply_rope(x, cos, sin):
 
 
 def _attention(q, k, v, mask, head_major: bool = False):
-  """Grouped-query attention.
+  """Grouped-query attention written out, for forwards with a KV cache (prefill and decode).
 
   q: [B,T,H,Dh]; k,v: [B,S,Hkv,Dh], or [B,Hkv,S,Dh] when ``head_major``
-  (the KV-cache layout); mask [B,T,S].
+  (the KV-cache layout); mask [B,T,S]. ``jax.nn.dot_product_attention``
+  wants [B,S,Hkv,Dh] keys, which the head-major cache would have to be
+  transposed into at every decode step.
   """
   batch, length, heads, head_dim = q.shape
   kv_heads = k.shape[1] if head_major else k.shape[2]
@@ -370,8 +416,21 @@ def _attention(q, k, v, mask, head_major: bool = False):
   return out.reshape(batch, length, heads, head_dim).astype(v.dtype)
 
 
+def _dot_product_attention(q, k, v, mask, implementation: str):
+  """Grouped-query attention of a training forward through ``jax.nn.dot_product_attention``.
+
+  q: [B,T,H,Dh]; k,v: [B,T,Hkv,Dh]; mask [B,T,T] (causal and padding). The
+  mask goes in whole: left-padded rows (RL, the sampler's prompts) cannot be
+  described by sequence lengths. ``is_causal`` lets cuDNN skip the blocks
+  above the diagonal (XLA's kernel has the same entries masked already). Fully
+  masked rows (pad queries) get a finite floor, hence a uniform average, not NaN.
+  """
+  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], is_causal=implementation == "cudnn",
+                                      implementation=implementation)
+
+
 def _decoder_layer(cfg: ModelConfig, p: dict[str, Array], x: Array, attn_mask: Array,
-                   rope, kv=None, cache_index=None):
+                   rope, kv=None, cache_index=None, attention: str = "xla"):
   dtype = x.dtype
   p = {name: value.astype(dtype) for name, value in p.items()}
   gpt2 = cfg.arch == "gpt2"
@@ -409,7 +468,7 @@ def _decoder_layer(cfg: ModelConfig, p: dict[str, Array], x: Array, attn_mask: A
     attn = _attention(q, cache_k.astype(dtype), cache_v.astype(dtype), attn_mask, head_major=True)
   else:
     new_kv = None
-    attn = _attention(q, k, v, attn_mask)
+    attn = _dot_product_attention(q, k, v, attn_mask, attention)
   out = (attn.reshape(batch * length, -1) @ p["o_kernel"].reshape(-1, d_model)).reshape(batch, length, d_model)
   if gpt2:
     out = out + p["o_bias"]
