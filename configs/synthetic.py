@@ -276,7 +276,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Sampling options (SamplingConfig fields).
   config.attack.sampling = sampling()
   # RL iterations per round.
-  config.attack.num_steps = 4 if small else 60
+  # (120: the smallest of 60 / 90 / 120 whose round-0 adversary passed both adversary method checks on one
+  # realisation, docs/calibration.md; it ends further from the reference than 60 steps of RLHF: the report
+  # shows both KLs.)
+  config.attack.num_steps = 4 if small else 120
   # Prompts per iteration (from the attack pool).
   config.attack.prompts_per_step = 8
   # Log every this many steps.

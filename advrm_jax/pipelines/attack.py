@@ -137,7 +137,7 @@ def attack_threshold(node: Any, reference_r1: np.ndarray) -> np.ndarray:
                     np.float32)
 
 
-def _sample_final(config: Any, workdir: pathlib.Path, params: Any, pool: dict[str, np.ndarray], salt: int,
+def sample_final(config: Any, workdir: pathlib.Path, params: Any, pool: dict[str, np.ndarray], salt: int,
                   rm_graphdef: Any, rm_params: Any, tokenizer: Any) -> dict[str, np.ndarray]:
   """The trained attackers answer every prompt of ``pool`` m times, scored by every member and by gold."""
   _, policy_graphdef, _ = load_policy(workdir / "sft")
@@ -228,7 +228,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   advrm.save_npz(out / "collected.npz", **collected)
 
   # The trained attackers answer every attack prompt m times (what they learned where they trained)...
-  final = _sample_final(config, workdir, state.params["policy"], reference, 7919 + round_index, rm_graphdef,
+  final = sample_final(config, workdir, state.params["policy"], reference, 7919 + round_index, rm_graphdef,
                         rm_params, tokenizer)
   advrm.save_npz(out / "final_samples.npz", **final)
 
@@ -262,7 +262,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   # ... and, when `prefs` made one, on held-out prompts it never trained on: where attack success is read.
   if advrm.has_heldout_reference(workdir):
     heldout = advrm.load_reference(workdir, heldout=True)
-    heldout_final = _sample_final(config, workdir, state.params["policy"], heldout, 7919 + 100 + round_index,
+    heldout_final = sample_final(config, workdir, state.params["policy"], heldout, 7919 + 100 + round_index,
                                   rm_graphdef, rm_params, tokenizer)
     advrm.save_npz(out / "final_heldout.npz", **heldout_final)
     heldout_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, heldout)  # [K, Ph, m]

@@ -134,9 +134,8 @@ def save_reward_model(out: pathlib.Path, rm_state: TrainState, base_meta: dict[s
 def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graphdef: Any, rm_params: Any,
                  reference: dict[str, np.ndarray]) -> dict[str, Any]:
   """A new adversary (the `attack` stage's settings) against the final online RM; its attack success."""
-  from advrm_jax.pipelines.attack import success_by_seed  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.attack import sample_final, success_by_seed  # pylint: disable=import-outside-toplevel
   from advrm_jax.pipelines.rlhf import train_policy  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
   node = config.attack
   reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
   reference_r1 = reference_scores[node.target]
@@ -154,20 +153,8 @@ def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graph
   num_seeds = config.num_seeds
   state = train_policy("online/attack", out, workdir / "sft", config, node, source, source_params, prompts,
                        num_seeds)
-  _, policy_graphdef, _ = load_policy(workdir / "sft")
-  m = node.final_samples_per_prompt
-  num_prompts = reference["prompt_tokens"].shape[0]
-  final = advrm.sample_responses(
-      policy_graphdef, state.params["policy"], np.repeat(reference["prompt_tokens"], m, axis=0),
-      np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 7919 + 1000),
-      advrm.sampling_config(node.sampling), config.prefs.sample_batch_size, num_seeds=num_seeds)
-  final = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in final.items()}
-  seeds = np.repeat(np.arange(num_seeds), num_prompts * m)
-  prompt_index = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
-  r1 = advrm.score_members(rm_graphdef, rm_params, final["prompt_tokens"], final["prompt_mask"],
-                           final["response_tokens"], final["response_mask"])[node.target]
-  gold = advrm.gold_of(final["prompt_tokens"], final["prompt_mask"], final["response_tokens"],
-                       final["response_mask"])
+  final = sample_final(config, workdir, state.params["policy"], reference, 7919 + 1000, rm_graphdef, rm_params, None)
+  r1, gold, seeds, prompt_index = final["member_scores"][node.target], final["gold"], final["seed"], final["prompt_index"]
   success = success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"])
   return dict(success, standard_mean=float(np.mean(success["standard"])),
               strict_mean=float(np.mean(success["strict"])), r1_mean=float(r1.mean()), gold_mean=float(gold.mean()),
