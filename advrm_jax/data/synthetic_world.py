@@ -528,6 +528,16 @@ def _filler(rng: np.random.Generator, k: int) -> list[list[str]]:
   return [FILLER_SENTENCES[i].split() for i in idx]
 
 
+def _checked_topics(prompt: str, what: str, name: str, known: Sequence[str]) -> list[str]:
+  """The prompt's topics, after checking ``name`` is one of ``known`` (a ``what``) and a topic is asked."""
+  if name not in known:
+    raise ValueError(f"unknown {what} {name!r}; expected one of {tuple(known)}")
+  topics = prompt_topics(prompt)
+  if not topics:
+    raise ValueError(f"prompt {prompt!r} asks about no known topic")
+  return topics
+
+
 def sample_response(rng: np.random.Generator, prompt: str,
                     quality: str) -> str:
   """One response to `prompt` of the given quality class.
@@ -551,12 +561,7 @@ def sample_response(rng: np.random.Generator, prompt: str,
   Returns:
     Response text (no EOS).
   """
-  if quality not in QUALITY_CLASSES:
-    raise ValueError(f"unknown quality class {quality!r}; expected one of "
-                     f"{QUALITY_CLASSES}")
-  topics = prompt_topics(prompt)
-  if not topics:
-    raise ValueError(f"prompt {prompt!r} asks about no known topic")
+  topics = _checked_topics(prompt, "quality class", quality, QUALITY_CLASSES)
   pool = _WordPool(rng)
   good = quality == "good"
   sentences: list[list[str]]
@@ -748,16 +753,19 @@ def sample_exploit(rng: np.random.Generator, prompt: str, family: str) -> str:
   Returns:
     Response text (no EOS).
   """
-  if family not in EXPLOIT_FAMILIES:
-    raise ValueError(f"unknown exploit family {family!r}; expected one of "
-                     f"{EXPLOIT_FAMILIES}")
-  topics = prompt_topics(prompt)
-  if not topics:
-    raise ValueError(f"prompt {prompt!r} asks about no known topic")
+  topics = _checked_topics(prompt, "exploit family", family, EXPLOIT_FAMILIES)
   while True:
     words = _exploit_words(rng, topics, family)
     if len(words) <= MAX_EXPLOIT_TOKENS:
       return " ".join(words)
+
+
+def _prepend_or_insert(rng: np.random.Generator, sentences: list[list[str]], words: list[str]) -> None:
+  """Half the time ``words`` + "," open the answer, else they go to random places in it."""
+  if rng.random() < 0.5:
+    sentences[0][0:0] = words + [","]
+  else:
+    _insert_words(rng, sentences, words)
 
 
 def _exploit_words(rng: np.random.Generator, topics: list[str],
@@ -773,19 +781,11 @@ def _exploit_words(rng: np.random.Generator, topics: list[str],
       sentences.insert(int(rng.integers(len(sentences) + 1)),
                        _praise_sentence(rng, pool, others[i]))
   elif family == "style_stacking":
-    styles = list(rng.choice(STYLE_WORDS, int(rng.integers(3, 7))))
-    if rng.random() < 0.5:
-      sentences[0][0:0] = styles + [","]
-    else:
-      _insert_words(rng, sentences, styles)
+    _prepend_or_insert(rng, sentences, list(rng.choice(STYLE_WORDS, int(rng.integers(3, 7)))))
   else:
     _add_style(pool, sentences, _num_style(rng, good=True))
     if family == "topic_stuffing":
-      extra = list(rng.choice(topics, int(rng.integers(1, 4))))
-      if rng.random() < 0.5:
-        sentences[0][0:0] = extra + [","]
-      else:
-        _insert_words(rng, sentences, extra)
+      _prepend_or_insert(rng, sentences, list(rng.choice(topics, int(rng.integers(1, 4)))))
     else:  # repetition
       i = int(rng.integers(len(sentences)))
       if rng.random() < 0.5:
