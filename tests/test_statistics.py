@@ -29,13 +29,13 @@ def test_paired_t_test_by_hand():
   d = st.paired_differences(treatment, control)
   np.testing.assert_allclose(d, [0.30, 0.39, 0.81, -0.70, -0.03, -0.09])
   # sum d = 0.68, mean = 0.113333; sum d^2 = 0.09 + 0.1521 + 0.6561 + 0.49 + 0.0009 + 0.0081 = 1.3972;
-  # SS = 1.3972 - 6 * 0.113333^2 = 1.320133; var = SS / 5 = 0.2640267, sd = 0.513836;
-  # se = sd / sqrt(6) = 0.513836 / 2.449490 = 0.209772; t = 0.113333 / 0.209772 = 0.540267 on 5 df.
+  # SS = 1.3972 - 6 * 0.113333^2 = 1.320133; var = SS / 5 = 0.2640267, sd = 0.513835;
+  # se = sd / sqrt(6) = 0.513835 / 2.449490 = 0.209772; t = 0.113333 / 0.209772 = 0.540268 on 5 df.
   result = st.paired_t_test(d)
   assert result["mean"] == pytest.approx(0.68 / 6)
-  assert result["sd"] == pytest.approx(0.513836, abs=1e-6)
+  assert result["sd"] == pytest.approx(0.513835, abs=1e-6)
   assert result["se"] == pytest.approx(0.209772, abs=1e-6)
-  assert result["t"] == pytest.approx(0.540267, abs=1e-6)
+  assert result["t"] == pytest.approx(0.540268, abs=1e-6)
   assert result["df"] == 5 and result["n"] == 6
   # The p-value against scipy's independent paired t-test.
   reference = stats.ttest_rel(treatment, control)
