@@ -101,6 +101,18 @@ def test_kaplan_meier_by_hand():
     st.kaplan_meier([1, 2], [1, 0])
 
 
+def test_restricted_mean_survival_by_hand():
+  # The runs above with budget 12: S = 1 on [0, 3), 5/6 on [3, 5), 2/3 on [5, 8), 4/9 on [8, 12):
+  # 3 + 2 * 5/6 + 3 * 2/3 + 4 * 4/9 = (27 + 15 + 18 + 16) / 9 = 76/9.
+  times = np.array([3, 5, 5, 8, 10, 12])
+  events = np.array([True, True, False, True, False, True])
+  assert st.restricted_mean_survival(times, events, budget=12) == pytest.approx(76 / 9)
+  # No run hacks: every run reaches the budget.
+  assert st.restricted_mean_survival([12, 12], np.array([False, False]), budget=12) == 12
+  with pytest.raises(ValueError, match="budget 10"):
+    st.restricted_mean_survival(times, events, budget=10)
+
+
 def test_required_n_matches_the_power_tables():
   # Paired / one-sample t, two-sided alpha 5 %, power 80 % (Cohen 1988; G*Power): d = 0.5 -> 34,
   # d = 0.2 -> 199, d = 0.8 -> 15. Independently, Guenther's (1981) approximation

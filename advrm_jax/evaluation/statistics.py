@@ -304,6 +304,22 @@ def kaplan_meier(times: ArrayLike, events: ArrayLike) -> dict[str, Any]:
           "num_censored": int(np.sum(~events))}
 
 
+def restricted_mean_survival(times: ArrayLike, events: ArrayLike, budget: float) -> float:
+  """Area under the Kaplan-Meier curve up to the budget tau: the mean time to the event, capped at tau.
+
+  RMST = integral_0^tau S(t) dt = t_1 + sum_{j=1..J} S(t_j) (t_{j+1} - t_j), with t_{J+1} = tau and the
+  event times t_1 < ... < t_J <= tau (S = 1 before t_1). Unlike the median it exists whatever share
+  of the runs is censored, so it summarises one arm of one realisation in one number.
+  """
+  times = _vector(times, "times")
+  if np.any(times > budget):
+    raise ValueError(f"times must be <= the budget {budget}, got max {times.max()}")
+  km = kaplan_meier(times, events)
+  edges = np.concatenate([[0.0], km["steps"], [budget]])
+  heights = np.concatenate([[1.0], km["survival"]])
+  return float(np.sum(heights * np.diff(edges)))
+
+
 def _reml_objective(theta: np.ndarray, y: np.ndarray, x: np.ndarray, grams: list[np.ndarray]
                     ) -> tuple[float, np.ndarray]:
   """-2 x profiled REML log-likelihood (up to a constant) and its gradient in theta.
