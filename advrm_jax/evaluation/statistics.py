@@ -23,7 +23,7 @@ from advrm_jax.evaluation.attack import KL_TARGETS, value_at_kl
 
 # Equivalence margin of the protocol, in gold units: a CI inside +-0.15 is "equivalent".
 EQUIVALENCE_MARGIN = 0.15
-# Below this many nonzero differences without ties the Wilcoxon p-value is exact (scipy's cut too).
+# Up to this many nonzero differences without ties the Wilcoxon p-value is exact (scipy's cut too).
 WILCOXON_EXACT_MAX_N = 50
 
 
@@ -57,6 +57,8 @@ def gold_at_matched_kl(kl: ArrayLike, gold: ArrayLike, targets: tuple[float, ...
   Returns:
     [len(targets)] float64.
   """
+  if not 0 < min_seed_share <= 1:
+    raise ValueError(f"min_seed_share must be in (0, 1], got {min_seed_share}")
   per_seed = value_at_kl(np.atleast_2d(kl), np.atleast_2d(gold), targets)
   reached = np.isfinite(per_seed)
   out = np.full(len(targets), np.nan)
@@ -375,6 +377,8 @@ def mixed_model_random_intercepts(y: ArrayLike, groups: Mapping[str, Sequence[An
      "n": N, "reml_neg2_loglik": -2 x the REML log-likelihood (constants included)}.
   """
   y = _vector(y, "y", min_size=3)
+  if np.ptp(y) == 0:
+    raise ValueError("y is constant: there is no variance to split")
   n = y.size
   columns, names = [np.ones(n)], []
   if arm is not None:
