@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import bootstrap_indices, epoch_batches
 from advrm_jax.data.preferences import PreferencePair
 
@@ -87,7 +88,6 @@ def synthetic_preference_pairs(num_pairs: int, seed: int, beta: float = 2.0,
   Returns:
     PreferencePairs with ``source="synthetic"`` and ``id`` = prompt index.
   """
-  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
   if num_pairs < 1:
     raise ValueError(f"data.synthetic.num_pairs must be >= 1, got {num_pairs}")
   mix = dict(world.DEFAULT_QUALITY_MIX if quality_mix is None else quality_mix)
