@@ -195,7 +195,7 @@ def decode_responses(response_tokens: np.ndarray, response_mask: np.ndarray, tok
 def sample_table(samples: dict[str, np.ndarray], tokenizer: Any, limit: int = 4) -> str:
   """A markdown table of an RL step's sample responses, decoded with an imported policy's ``tokenizer``.
 
-  The ``text_fn`` of RL runs on an imported policy (``rlhf.train_policy``
+  The ``text_fn`` of RL runs on an imported policy (``rl_driver.train_policy``
   defaults to the synthetic world's decoder).
   """
   prompts = samples["samples/prompt_tokens"].reshape(-1, samples["samples/prompt_tokens"].shape[-1])[:limit]

@@ -10,7 +10,7 @@ that retraining the ensemble from scratch on such data did not generalise,
 so by default (``advtrain.init = "previous"``) training continues from RM
 round r - 1 for ``advtrain.num_steps`` steps; ``"scratch"`` retrains.
 
-Training itself is the `rm` stage (``pipelines.rm.run``) on that file with
+Training itself is the `rm` stage's trainer (``rm_training.train_reward_model``) on that file with
 ``rm.init_from`` pointing at the previous round, so the hardened RM has the
 same artefacts and loader as the conventional one.
 

@@ -1,7 +1,7 @@
 """Stage `attack`: the Adv-RM adversary against RM round r.
 
 The adversary is a policy initialised from the SFT reference and trained by
-the one RL driver (``rlhf.train_policy``: RLOO by default, PPO by config,
+the one RL driver (``rl_driver.train_policy``: RLOO by default, PPO by config,
 KL to the reference, several seeds vmapped) on
 
   r = R1 - lam * R2 * 1[R1 > T(x)] + penalty * 1[R1 <= T(x)]

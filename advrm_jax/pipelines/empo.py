@@ -7,7 +7,7 @@ On the reasoning task (``advrm_jax/data/reasoning_world.py``):
 2. for each entry of ``config.empo.runs`` (by default ``empo``: EMPO's
    semantic-cluster reward, which never sees a label, and ``correctness``:
    the supervised 1[final answer is exact]), ``config.num_seeds`` policies are
-   trained at once with the one RL driver ``rlhf.train_policy`` (vmapped
+   trained at once with the one RL driver ``rl_driver.train_policy`` (vmapped
    seeds, GRPO inside the one jitted iteration), tracking the accuracy of
    the training samples (a metric only) and, every ``eval_every`` steps, the
    held-out accuracy (greedy and sampled) on the "test" split;

@@ -1,6 +1,6 @@
 """Stage `online`: Adv-RM with the adversary and the ensemble trained together.
 
-Beyond the paper: instead of `wd.num_rounds` rounds of attack -> filter ->
+Beyond the paper: instead of `advrm.num_rounds` rounds of attack -> filter ->
 advtrain, one jitted iteration (``adversarial.online``) updates the adversary
 against the current ensemble, filters its samples into an on-device replay
 buffer and takes Bradley-Terry steps on ordinary + buffered adversarial

@@ -23,11 +23,11 @@ Artefacts in WORKDIR/prefs/:
 * ``preferences_test.jsonl``: held-out pairs on prompts not in training
   (split by prompt): the in-distribution accuracy every RM is scored on;
 * ``reference.npz``: attack prompts and their reference samples
-  (see ``wd.load_reference``): the adversary trains on these prompts;
+  (see ``workdir.load_reference``): the adversary trains on these prompts;
 * ``reference_heldout.npz`` (with ``prefs.num_heldout_prompts``): other
   prompts of the same stream, never trained on, with
   ``prefs.heldout_reference_samples`` reference samples each: where attack
-  success is measured (``wd.load_reference(workdir, heldout=True)``);
+  success is measured (``workdir.load_reference(workdir, heldout=True)``);
 * ``summary.json``: counts, label noise, the reference policy's gold;
 * ``DONE``.
 

@@ -144,10 +144,10 @@ def load_npz(path: str | pathlib.Path, what: str) -> dict[str, np.ndarray]:
 
 
 def num_rounds(config: Any) -> int:
-  """``config.wd.num_rounds``, checked to be >= 0."""
-  rounds = int(config.wd.num_rounds)
+  """``config.advrm.num_rounds``, checked to be >= 0."""
+  rounds = int(config.advrm.num_rounds)
   if rounds < 0:
-    raise ValueError(f"wd.num_rounds must be >= 0, got {rounds}")
+    raise ValueError(f"advrm.num_rounds must be >= 0, got {rounds}")
   return rounds
 
 

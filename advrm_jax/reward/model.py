@@ -192,7 +192,7 @@ def reward_scores(graphdef: nnx.GraphDef, params: Params, tokens: Array, mask: A
 
   Args:
     graphdef: ``RewardEnsemble`` structure (static; from ``init_reward_model``
-      or ``advrm_jax.pipelines.rm.load_reward_model``).
+      or ``advrm_jax.pipelines.workdir.load_reward_model``).
     params: Its parameters (pure dict).
     tokens: [B, T] int32 prompt+response rows (either padding side); or
       [K, B, T] per-member rows for an independent ensemble.
