@@ -265,11 +265,6 @@ def _check_backbone_shapes(abstract: Params, given: Params, kind: str, num_membe
                        f"the model config expects {want}")
 
 
-def num_members_of(graphdef: nnx.GraphDef, params: Params) -> int:
-  """K of an ensemble's parameters."""
-  del graphdef
-  return int(params["head_bias"].shape[0])
-
 
 # ---------------------------------------------------------------------------
 # Aggregation and uncertainty over the member axis.
