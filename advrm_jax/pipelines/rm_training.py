@@ -349,7 +349,7 @@ def train_reward_model(config: Any, workdir: str | pathlib.Path, name: str = STA
       "model": model_cfg.to_dict(), "ensemble": kind, "num_members": num_members, "tokenizer": tokenizer_meta,
       "sequence": _sequence_meta(data_config), "optimizer": optimizer_values, "num_steps": rm_config.num_steps,
       "data": data_info,
-  })
+  }, sort_keys=True)
 
   score_fn = evaluation.make_scorer(graphdef, mesh, shardings.params)
   last_eval: dict[int, dict[str, Any]] = {}
