@@ -138,8 +138,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "
     raise ValueError(f"advtrain: unknown arm {arm!r}; expected one of {ARMS}")
   stage = ARMS[arm]
   out = wd.round_dir(workdir, stage, round_index)
-  if wd.is_done(out):
-    logging.info("%s/round_%d: done, skipping", stage, round_index)
+  if wd.skip_if_done(out, f"{stage}/round_{round_index}"):
     if round_index == wd.num_rounds(config):
       link_final(workdir, round_index, stage)
     return

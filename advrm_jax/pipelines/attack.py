@@ -121,8 +121,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   """Trains the round's adversaries and writes its artefacts (see module doc)."""
   workdir = pathlib.Path(workdir)
   out = wd.round_dir(workdir, STAGE, round_index)
-  if wd.is_done(out):
-    logging.info("attack/round_%d: done, skipping", round_index)
+  if wd.skip_if_done(out, f"attack/round_{round_index}"):
     return
   node = config.attack
   rm_graphdef, rm_params, rm_meta = wd.load_reward_model(wd.rm_path(workdir, round_index))

@@ -25,7 +25,6 @@ import math
 import pathlib
 from typing import Any, Callable
 
-from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -197,8 +196,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
 
   for name, spec in node.runs.items():
     run_dir = stage_dir / name
-    if wd.is_done(run_dir):
-      logging.info("empo/%s: done, skipping", name)
+    if wd.skip_if_done(run_dir, f"empo/{name}"):
       continue
     source = reward_source_for(spec, node, rl_config, f"empo.runs.{name}")
 

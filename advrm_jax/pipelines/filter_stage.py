@@ -134,8 +134,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   """Filters round r's collected adversary samples into preference pairs."""
   workdir = pathlib.Path(workdir)
   out = wd.round_dir(workdir, STAGE, round_index)
-  if wd.is_done(out):
-    logging.info("filter/round_%d: done, skipping", round_index)
+  if wd.skip_if_done(out, f"filter/round_{round_index}"):
     return
   node, target = config.filter, config.attack.target
   if node.standardize not in STANDARDIZE:

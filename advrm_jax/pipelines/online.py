@@ -42,7 +42,7 @@ from advrm_jax.adversarial import online
 from advrm_jax.adversarial.objective import member_standardization, per_prompt_threshold
 from advrm_jax.checkpoints.orbax_io import Checkpointer
 from advrm_jax.data import synthetic_world as world
-from advrm_jax.data.batching import epoch_batches
+from advrm_jax.data.batching import step_rows
 from advrm_jax.pipelines import rm_training
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
@@ -168,8 +168,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   workdir = pathlib.Path(workdir)
   wd.require_synthetic_policy(workdir, "online")
   out = workdir / STAGE
-  if wd.is_done(out):
-    logging.info("online: done, skipping")
+  if wd.skip_if_done(out, "online"):
     return
   if "online" not in config:
     raise ValueError("config has no `online` node; see configs/synthetic.py")
@@ -218,10 +217,8 @@ def run(config: Any, workdir: pathlib.Path) -> None:
 
   def get_batch(step: int) -> dict[str, np.ndarray]:
     # Depends only on the step, so a resumed run replays the same batches.
-    epoch, index = divmod(step, num_prompts // node.prompts_per_step)
-    rows = epoch_batches(num_prompts, node.prompts_per_step, config.seed + 17, epoch)[index]
-    pair_epoch, pair_index = divmod(step, num_pairs // pairs_per_step)
-    pair_rows = epoch_batches(num_pairs, pairs_per_step, config.seed + 29, pair_epoch)[pair_index]
+    rows = step_rows(num_prompts, node.prompts_per_step, config.seed + 17, step)
+    pair_rows = step_rows(num_pairs, pairs_per_step, config.seed + 29, step)
     batch = {"prompt_tokens": reference["prompt_tokens"][rows],
              "prompt_mask": reference["prompt_mask"][rows].astype(np.int32),
              "reference_tokens": reference["response_tokens"][rows],

@@ -60,8 +60,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `prefs`: writes WORKDIR/prefs/ (see module doc)."""
   workdir = pathlib.Path(workdir)
   stage_dir = workdir / STAGE
-  if wd.is_done(stage_dir):
-    logging.info("prefs: %s/DONE exists, skipping", stage_dir)
+  if wd.skip_if_done(stage_dir, "prefs"):
     return
   node = config.prefs
   source = node.get("source", "synthetic")

@@ -207,8 +207,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `probes` (module docstring)."""
   workdir = pathlib.Path(workdir)
   out_dir = workdir / reasoning.EMPO_DIR / STAGE
-  if wd.is_done(out_dir):
-    logging.info("probes: %s/DONE exists, skipping", out_dir)
+  if wd.skip_if_done(out_dir, "probes"):
     reasoning.write_report(workdir)
     return
   node = config.probes

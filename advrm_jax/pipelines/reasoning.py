@@ -11,20 +11,14 @@ import json
 import pathlib
 from typing import Any
 
-from flax import nnx
 import numpy as np
 
 from advrm_jax import sharding as shd
-from advrm_jax.checkpoints.orbax_io import save_params
 from advrm_jax.data import reasoning_world as rw
-from advrm_jax.data.batching import epoch_batches
 from advrm_jax.evaluation import report
 from advrm_jax.metrics import read_metrics
-from advrm_jax.models.lm import jit_sft_step
-from advrm_jax.models.transformer import Transformer
 from advrm_jax.pipelines import workdir as wd
-from advrm_jax.pipelines.loop import LoopConfig, train_loop
-from advrm_jax.train_state import create_train_state, make_optimizer, split_module
+from advrm_jax.pipelines.sft_driver import train_sft
 
 # WORKDIR/empo/: the `empo` stage's directory; the `probes` stage writes into empo/probes/.
 EMPO_DIR = "empo"
@@ -84,24 +78,7 @@ def ensure_reference_policy(config: Any, workdir: pathlib.Path) -> pathlib.Path:
   shd.check_batch_divisible(node.batch_size, mesh, "reasoning_sft.batch_size")
   model_config = wd.model_config_from(config)
   data = reasoning_sft_arrays(config, node.num_examples, config.seed)
-  graphdef, params, axes = split_module(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
-  optimizer = make_optimizer(node.optimizer, total_steps=node.num_steps)
-  state, shardings = create_train_state(params, axes, optimizer, mesh)
-  step_fn = jit_sft_step(graphdef, optimizer, shardings, mesh)
-  num_examples = data["tokens"].shape[0]
-  batches_per_epoch = num_examples // node.batch_size
-
-  def get_batch(step: int) -> dict[str, np.ndarray]:
-    epoch, index = divmod(step, batches_per_epoch)
-    rows = epoch_batches(num_examples, node.batch_size, config.seed, epoch)[index]
-    return {k: v[rows] for k, v in data.items()}
-
-  wd.save_model_config(sft_dir, model_config)
-  loop = LoopConfig(num_steps=node.num_steps, log_every=node.log_every, checkpoint_every=node.checkpoint_every,
-                    seed=config.seed)
-  state = train_loop("empo/sft", sft_dir, state, step_fn, get_batch, loop, mesh)
-  save_params(sft_dir / "params", state.params)
-  wd.mark_done(sft_dir)
+  train_sft("empo/sft", sft_dir, node, model_config, data, config.seed, mesh)
   return sft_dir
 
 

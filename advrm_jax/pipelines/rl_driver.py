@@ -18,7 +18,7 @@ import numpy as np
 from advrm_jax import sharding as shd
 from advrm_jax.checkpoints.orbax_io import save_params
 from advrm_jax.data import synthetic_world as world
-from advrm_jax.data.batching import epoch_batches
+from advrm_jax.data.batching import step_rows
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
 from advrm_jax.pipelines.workdir import load_policy
 from advrm_jax.rl.engine import RLConfig, RLState, init_policy_params, init_rl_state, make_iteration
@@ -126,11 +126,9 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
   per_step = node.prompts_per_step
   if num_prompts < per_step:
     raise ValueError(f"{name}.prompts_per_step={per_step} exceeds the {num_prompts} prompts available")
-  batches_per_epoch = num_prompts // per_step
 
   def get_batch(step: int) -> dict[str, np.ndarray]:
-    epoch, index = divmod(step, batches_per_epoch)
-    rows = epoch_batches(num_prompts, per_step, config.seed + 17, epoch)[index]
+    rows = step_rows(num_prompts, per_step, config.seed + 17, step)
     return {k: v[rows] for k, v in prompts.items()}
 
   loop = LoopConfig(num_steps=node.num_steps, log_every=node.log_every, checkpoint_every=node.checkpoint_every,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-from absl import logging
 
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.pipelines import workdir as wd
@@ -57,8 +56,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
     if only and name not in only:
       continue
     run_dir = workdir / STAGE / name
-    if wd.is_done(run_dir):
-      logging.info("rlhf/%s: done, skipping", name)
+    if wd.skip_if_done(run_dir, f"rlhf/{name}"):
       continue
     source, params = reward_source_for(run_spec, workdir, f"rlhf.runs.{name}")
     train_policy(f"rlhf/{name}", run_dir, workdir / wd.SFT, config, node, source, params, prompts, config.num_seeds)

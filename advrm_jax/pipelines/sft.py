@@ -13,21 +13,17 @@ import json
 import pathlib
 
 from absl import logging
-from flax import nnx
 import numpy as np
 
 from advrm_jax import sharding as shd
 from advrm_jax.checkpoints import gguf, hf
 from advrm_jax.checkpoints.orbax_io import save_params
 from advrm_jax.data import synthetic_world as world
-from advrm_jax.data.batching import epoch_batches
 from advrm_jax.data.tokenizer import HFTokenizer
-from advrm_jax.models.lm import jit_sft_step
-from advrm_jax.models.transformer import Transformer
 from advrm_jax.pipelines import workdir as wd
-from advrm_jax.pipelines.loop import LoopConfig, train_loop
+from advrm_jax.pipelines.sft_driver import train_sft
 from advrm_jax.reward.data import tokenizer_spec
-from advrm_jax.train_state import create_train_state, make_optimizer, split_module
+from advrm_jax.train_state import split_module
 
 
 # ----------------------------------------------------------------------------
@@ -110,8 +106,7 @@ def import_policy(config, stage_dir: pathlib.Path) -> None:
 def run(config, workdir: pathlib.Path) -> None:
   """Stage `sft`: writes WORKDIR/sft/{checkpoints, model_config.json, metrics}."""
   stage_dir = pathlib.Path(workdir) / wd.SFT
-  if wd.is_done(stage_dir):
-    logging.info("sft: %s/DONE exists, skipping", stage_dir)
+  if wd.skip_if_done(stage_dir, "sft"):
     return
   source = config.model.get("source", "scratch")
   if source not in POLICY_SOURCES:
@@ -132,21 +127,4 @@ def run(config, workdir: pathlib.Path) -> None:
                      f"model.max_seq_len = {model_config.max_seq_len}")
   data = synthetic_sft_arrays(sft.num_examples, config.seed, max_len, config.world.max_prompt_len,
                               float(config.world.get("exploit_exposure", 0.0)))
-  graphdef, params, axes = split_module(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
-  optimizer = make_optimizer(sft.optimizer, total_steps=sft.num_steps)
-  state, shardings = create_train_state(params, axes, optimizer, mesh)
-  step_fn = jit_sft_step(graphdef, optimizer, shardings, mesh)
-  num_examples = data["tokens"].shape[0]
-  batches_per_epoch = num_examples // sft.batch_size
-
-  def get_batch(step: int) -> dict[str, np.ndarray]:
-    epoch, index = divmod(step, batches_per_epoch)
-    rows = epoch_batches(num_examples, sft.batch_size, config.seed, epoch)[index]
-    return {k: v[rows] for k, v in data.items()}
-
-  wd.save_model_config(stage_dir, model_config)
-  loop = LoopConfig(num_steps=sft.num_steps, log_every=sft.log_every,
-                    checkpoint_every=sft.checkpoint_every, seed=config.seed)
-  state = train_loop("sft", stage_dir, state, step_fn, get_batch, loop, mesh)
-  save_params(stage_dir / "params", state.params)
-  wd.mark_done(stage_dir)
+  train_sft("sft", stage_dir, sft, model_config, data, config.seed, mesh)

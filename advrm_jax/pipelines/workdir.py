@@ -34,6 +34,7 @@ import os
 import pathlib
 from typing import Any
 
+from absl import logging
 from flax import nnx
 import jax
 import numpy as np
@@ -90,6 +91,14 @@ def rm_path(workdir: str | pathlib.Path, round_index: int, arm: str = "adversari
 def is_done(directory: pathlib.Path) -> bool:
   """Whether ``directory`` holds the DONE marker of a finished stage or round."""
   return (pathlib.Path(directory) / DONE).exists()
+
+
+def skip_if_done(directory: pathlib.Path, label: str) -> bool:
+  """``is_done``, with the log line that says the finished stage or round ``label`` is skipped."""
+  if is_done(directory):
+    logging.info("%s: %s/DONE exists, skipping", label, directory)
+    return True
+  return False
 
 
 def mark_done(directory: pathlib.Path) -> None:
