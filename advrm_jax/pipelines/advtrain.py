@@ -48,9 +48,9 @@ from advrm_jax.adversarial.filtering import mix_pairs
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.rm_training import train_reward_model
 
-STAGE = "advtrain"
+STAGE = wd.ADVTRAIN
 # Arm -> stage directory: Adv-RM's rounds, and the control's (the same schedule with fresh ordinary pairs).
-ARMS = {"adversarial": STAGE, "fresh_pairs": "advtrain_control"}
+ARMS = {"adversarial": STAGE, "fresh_pairs": wd.ADVTRAIN_CONTROL}
 PAIRS_FILE = "pairs.jsonl"
 INITS = ("previous", "scratch")
 

@@ -47,7 +47,7 @@ from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.rl_driver import train_policy
 from advrm_jax.rl.rewards import AdversarySource
 
-STAGE = "attack"
+STAGE = wd.ATTACK
 
 
 class RolloutCollector:

@@ -645,7 +645,7 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "final_kl": {"adversary": {r: a.get("final_kl") for r, a in attack_summaries.items()},
                    "rlhf": {name: _mean(run["final_kl"]) for name, run in report["rlhf"].items()}}}
   report["fresh_pairs"] = {
-      "advtrain": [wd.read_json(wd.round_dir(workdir, "advtrain_control", r) / "summary.json", "advtrain")
+      "advtrain": [wd.read_json(wd.round_dir(workdir, wd.ADVTRAIN_CONTROL, r) / "summary.json", "advtrain")
                    for r in control_rms],
       "accuracy": {r: report["in_distribution_accuracy"][f"fresh_pairs_round_{r}"] for r in control_rms},
       "rlhf": report["rlhf"].get("fresh_pairs"), "adv_rm_rlhf": report["rlhf"].get("adv_rm")} if control_rms else None

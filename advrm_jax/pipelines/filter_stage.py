@@ -43,9 +43,7 @@ from advrm_jax.evaluation.attack import uncertainty_gold_correlation
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.rl.sampler import concat_prompt_response
 
-STAGE = "filter"
-PAIRS_FILE = "adversarial_pairs.jsonl"
-SCORES_FILE = "scores.npz"
+STAGE = wd.FILTER
 STANDARDIZE = ("reference", "collected")
 CHOSEN = ("best_by_ensemble", "random")
 
@@ -185,7 +183,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   u, reference_u = computed[node.uncertainty]
   z = np.asarray(standardize(u, reference=reference_u if node.standardize == "reference" else None))
   keep = np.asarray(filter_mask(r1, collected["threshold"], z, node.z_min))
-  wd.save_npz(out / SCORES_FILE, uncertainty=u, z=z, keep=keep, target=np.int32(target), r1=r1)
+  wd.save_npz(out / wd.FILTER_SCORES_FILE, uncertainty=u, z=z, keep=keep, target=np.int32(target), r1=r1)
 
   # One pair per distinct (prompt, response): the adversary repeats itself.
   seen: set[tuple[int, str]] = set()
@@ -215,7 +213,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
       extra={"round": [round_index] * kept_rows.size, "seed": collected["seed"][kept_rows],
              "step": collected["step"][kept_rows], "r1": r1[kept_rows], "uncertainty": u[kept_rows],
              "z": z[kept_rows], "rejected_gold": collected["gold"][kept_rows], "chosen_gold": chosen_gold})
-  wd.write_jsonl(out / PAIRS_FILE, records)
+  wd.write_jsonl(out / wd.FILTER_PAIRS_FILE, records)
 
   # How often the filter's premise held (gold, for the report only).
   gold = collected["gold"]
@@ -280,7 +278,7 @@ def top_samples(workdir: str | pathlib.Path, round_index: int = 0, limit: int = 
   """
   workdir = pathlib.Path(workdir)
   collected = wd.load_npz(wd.round_dir(workdir, "attack", round_index) / "collected.npz", "the `attack` stage")
-  scores = wd.load_npz(wd.round_dir(workdir, STAGE, round_index) / SCORES_FILE, "the `filter` stage")
+  scores = wd.load_npz(wd.round_dir(workdir, STAGE, round_index) / wd.FILTER_SCORES_FILE, "the `filter` stage")
   tokenizer = wd.policy_tokenizer(workdir)
   pool_prompts = wd.reference_prompts(wd.load_reference(workdir))
   members = collected["member_scores"]

@@ -51,7 +51,7 @@ from advrm_jax.data.batching import prompt_key, tokenize_prompts, train_test_spl
 from advrm_jax.data.preferences import PreferencePair, read_preferences, write_preferences
 from advrm_jax.pipelines import workdir as wd
 
-STAGE = "prefs"
+STAGE = wd.PREFS
 # Where the preference pairs come from (``prefs.source``).
 SOURCES = ("synthetic", "jsonl")
 

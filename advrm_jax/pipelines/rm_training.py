@@ -41,18 +41,17 @@ from advrm_jax.checkpoints import gguf, hf, hf_reward
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import tokenize_pairs, train_test_split
 from advrm_jax.data.preferences import read_preferences
-from advrm_jax.data.tokenizer import HFTokenizer
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
 from advrm_jax.pipelines.workdir import ConfigError
 from advrm_jax.reward import evaluation
-from advrm_jax.reward.data import ByteTokenizer, MemberBatches, synthetic_preference_pairs, tokenizer_spec
+from advrm_jax.reward.data import MemberBatches, synthetic_preference_pairs, tokenizer_spec
 from advrm_jax.reward.losses import jit_bt_step
 from advrm_jax.reward.model import init_reward_model
 from advrm_jax.train_state import TrainState, create_train_state, make_optimizer, split_module
 
-STAGE = "rm"
+STAGE = wd.RM
 SUMMARY_FILE = "eval_summary.json"
 
 # Keys each config node may hold; anything else is a typo and an error.
@@ -95,14 +94,9 @@ def build_tokenizer(config: Any, backbone_source: str, backbone_path: str) -> An
       choice = "backbone"
     else:
       choice = "byte"
-  if choice == "byte":
-    return ByteTokenizer()
-  if choice == "word":
-    return world.WordTokenizer(unknown="unk")
-  if backbone_source == "hf":
-    return hf.load_hf_tokenizer(backbone_path)
-  if backbone_source == "gguf":
-    return HFTokenizer(gguf.load_gguf_tokenizer(backbone_path))
+  tokenizer = wd.make_tokenizer(choice, backbone_source, backbone_path)
+  if tokenizer is not None:
+    return tokenizer
   raise ConfigError("rm.tokenizer='backbone' needs rm.backbone.source 'hf' or 'gguf' (a from-scratch backbone "
                     "has no tokenizer); use 'byte' or 'word'")
 

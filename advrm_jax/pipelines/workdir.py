@@ -341,16 +341,25 @@ def load_reward_model(path: str | pathlib.Path, mesh: Any = None,
   return graphdef, state.params, dict(meta, step=restored_step)
 
 
+def make_tokenizer(kind: str, backbone_source: str, backbone_path: str) -> Any:
+  """The tokenizer of ``kind`` "byte", "word" or "backbone" (a Hugging Face or GGUF backbone's own); None when
+  a "backbone" tokenizer is asked of a backbone that has none (the callers say which key to change)."""
+  if kind == "byte":
+    return ByteTokenizer()
+  if kind == "word":
+    return world.WordTokenizer(unknown="unk")
+  if backbone_source == "hf":
+    return hf.load_hf_tokenizer(backbone_path)
+  if backbone_source == "gguf":
+    return HFTokenizer(gguf.load_gguf_tokenizer(backbone_path))
+  return None
+
+
 def load_tokenizer(meta: dict[str, Any]) -> Any:
   """Rebuilds the tokenizer an RM was trained with, from ``rm_meta.json``."""
   spec = meta["tokenizer"]
-  name = spec["class"]
-  if name == "ByteTokenizer":
-    return ByteTokenizer()
-  if name == "WordTokenizer":
-    return world.WordTokenizer(unknown="unk")
-  if spec["backbone_source"] == "hf":
-    return hf.load_hf_tokenizer(spec["backbone_path"])
-  if spec["backbone_source"] == "gguf":
-    return HFTokenizer(gguf.load_gguf_tokenizer(spec["backbone_path"]))
-  raise ValueError(f"{RM_META_FILE}: cannot rebuild tokenizer {spec}")
+  kind = {"ByteTokenizer": "byte", "WordTokenizer": "word"}.get(spec["class"], "backbone")
+  tokenizer = make_tokenizer(kind, spec.get("backbone_source"), spec.get("backbone_path"))
+  if tokenizer is None:
+    raise ValueError(f"{RM_META_FILE}: cannot rebuild tokenizer {spec}")
+  return tokenizer
