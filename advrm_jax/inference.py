@@ -223,7 +223,7 @@ def member_standardization(workdir: str | pathlib.Path, round_index: int, rm_gra
   if not path.exists():
     loc, scale = member_stats(reference_member_scores(workdir, rm_graphdef, rm_params, reference))
     wd.write_json(path, {"loc": np.asarray(loc).tolist(), "scale": np.asarray(scale).tolist(),
-                      "population": "prefs/reference.npz (the reference policy's samples on the attack pool)"})
+                         "population": "prefs/reference.npz (the reference policy's samples on the attack pool)"})
   value = wd.read_json(path, "the `attack` stage")
   return {"loc": np.asarray(value["loc"], np.float32), "scale": np.asarray(value["scale"], np.float32)}
 
@@ -284,7 +284,7 @@ def success_by_seed(r1: np.ndarray, gold: np.ndarray, seeds: np.ndarray, prompt_
 
 
 def sample_final(config: Any, workdir: pathlib.Path, params: Any, pool: dict[str, np.ndarray], salt: int,
-                  rm_graphdef: Any, rm_params: Any, tokenizer: Any) -> dict[str, np.ndarray]:
+                 rm_graphdef: Any, rm_params: Any, tokenizer: Any) -> dict[str, np.ndarray]:
   """The trained attackers answer every prompt of ``pool`` m times, scored by every member and by gold."""
   _, policy_graphdef, _ = wd.load_policy(workdir / wd.SFT)
   node, num_seeds = config.attack, config.num_seeds
@@ -298,9 +298,9 @@ def sample_final(config: Any, workdir: pathlib.Path, params: Any, pool: dict[str
   final["seed"] = np.repeat(np.arange(num_seeds), num_prompts * m)
   final["prompt_index"] = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
   final["member_scores"] = score_members(rm_graphdef, rm_params, final["prompt_tokens"], final["prompt_mask"],
-                                               final["response_tokens"], final["response_mask"])
+                                         final["response_tokens"], final["response_mask"])
   final["gold"] = gold_of(final["prompt_tokens"], final["prompt_mask"], final["response_tokens"],
-                                final["response_mask"], tokenizer)
+                          final["response_mask"], tokenizer)
   return final
 
 
@@ -345,7 +345,7 @@ def sample_labelled_pairs(config: Any, graphdef: Any, params: Any, num_prompts: 
   prompt_arrays = world.prompt_arrays(num_prompts, prompt_seed, "preference", config.world.max_prompt_len)
   doubled = {k: np.repeat(v, 2, axis=0) for k, v in prompt_arrays.items()}
   samples = sample_responses(graphdef, params, doubled["tokens"], doubled["mask"], key, pair_sampling,
-                                   node.sample_batch_size)
+                             node.sample_batch_size)
   texts = decode_responses(samples["response_tokens"], samples["response_mask"])
   prompts = decode_prompts(prompt_arrays["tokens"], prompt_arrays["mask"].astype(bool))
   return preference_records(prompts, texts[0::2], texts[1::2], node.beta, label_seed)

@@ -57,7 +57,7 @@ class MetricWriter:
     self._show = jax.process_index() == 0
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel  # deferred: only when tensorboard=True
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel  # optional writer
       self._tb = SummaryWriter(str(self.directory / "tb"))
     self._start_time = None
     self._start_step = None
@@ -223,7 +223,7 @@ def metrics_figure(points: Mapping[str, list[tuple[int, float]]], title: str = "
   """One panel per metric against step; a matplotlib Figure (None without metrics)."""
   if not points:
     return None
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel  # deferred: slow to import, plots only
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel  # slow; plots only
   cols = min(3, len(points))
   rows = math.ceil(len(points) / cols)
   # Constrained layout keeps the figure title clear of the panel titles.

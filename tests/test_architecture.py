@@ -145,7 +145,7 @@ def test_no_stage_imports_another_stage():
   """
   graph = import_graph()
   stages = {f"{PACKAGE}.pipelines.{m}" for m in ("sft", "rlhf", "rm", "empo", "probes", "prefs", "attack",
-                                               "filter_stage", "advtrain", "inspect_stage", "online", "evaluate")}
+                                                 "filter_stage", "advtrain", "inspect_stage", "online", "evaluate")}
   bad = sorted((a, b) for a in stages | {f"{PACKAGE}.pipelines.advrm"} for b in graph.get(a, ())
                if b in stages and a != f"{PACKAGE}.pipelines.advrm")
   assert not bad, bad

@@ -357,7 +357,8 @@ def test_rm_paths_config_errors_name_the_key(tmp_path, checkpoints):
 @pytest.mark.slow  # sft -> prefs -> rm (imported) -> attack -> filter -> advtrain on a tiny checkpoint: ~2 min
 def test_attack_and_harden_your_own_reward_models(tmp_path):
   """configs/advrm_own.py with rm.paths: the adversary attacks the imported RMs; the hardened RM goes back to HF."""
-  from advrm_jax.pipelines import advtrain, attack, load_config, prefs, rm as rm_stage, sft  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines import advtrain, attack, load_config, prefs, sft  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
   from advrm_jax.pipelines import filter_stage  # pylint: disable=import-outside-toplevel
   from tests.tiny_own_model import EOS_ID, PAD_ID, write_tiny_checkpoint_and_pairs  # pylint: disable=import-outside-toplevel
   checkpoint, pairs = write_tiny_checkpoint_and_pairs(tmp_path)

@@ -489,7 +489,8 @@ def load_gguf_tokenizer(path: str | pathlib.Path):
       (``tokenizer.ggml.model`` other than ``gpt2``) or has no vocabulary.
   """
   # Imported here so reading tensors never pays for transformers' import.
-  from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top  # deferred: see above
+  from tokenizers import (AddedToken, Tokenizer, decoders, models,  # pylint: disable=g-import-not-at-top  # see above
+                          pre_tokenizers)
   import transformers  # pylint: disable=g-import-not-at-top  # deferred: slow to import (pulls in torch)
 
   reader = _open(path)

@@ -120,8 +120,8 @@ def fresh_reference_pairs(config: Any, workdir: pathlib.Path, round_index: int, 
   salt = 100_003 * round_index
   # Ask for more prompts than needed: pairs whose two answers carry no preference are dropped.
   records, _ = inference.sample_labelled_pairs(config, graphdef, params, int(1.5 * num_pairs) + 8,
-                                           config.seed + salt, jax.random.key(config.seed + salt + 1009),
-                                           config.seed + salt)
+                                               config.seed + salt, jax.random.key(config.seed + salt + 1009),
+                                               config.seed + salt)
   if len(records) < num_pairs:
     raise ValueError(f"advtrain (fresh_pairs control): only {len(records)} usable fresh pairs for "
                      f"advtrain.num_pairs={num_pairs}")
@@ -170,9 +170,10 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "
     mixed = list(ordinary)
   # Only the fields the RM reads, so the file is an ordinary preference file.
   wd.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
-                                        "adversarial": "r1" in r, "fresh": bool(r.get("fresh"))} for r in mixed])
+                                     "adversarial": "r1" in r, "fresh": bool(r.get("fresh"))} for r in mixed])
   init_from = str(wd.rm_path(workdir, round_index - 1, arm)) if node.init == "previous" else ""
-  train_reward_model(round_config(config, out / PAIRS_FILE, init_from, workdir), out, name=f"{stage}/round_{round_index}/rm")
+  train_reward_model(round_config(config, out / PAIRS_FILE, init_from, workdir), out,
+                     name=f"{stage}/round_{round_index}/rm")
   wd.write_json(out / "summary.json", {
       "round": round_index, "arm": arm, "num_ordinary": len(ordinary),
       "num_adversarial_available": len(adversarial),

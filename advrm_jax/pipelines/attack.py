@@ -162,10 +162,10 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   collected["prompt_index"] = prompt_indices(collected["prompt_tokens"], collected["prompt_mask"],
                                              reference["prompt_tokens"], reference["prompt_mask"])
   collected["member_scores"] = inference.score_members(rm_graphdef, rm_params, collected["prompt_tokens"],
-                                                   collected["prompt_mask"], collected["response_tokens"],
-                                                   collected["response_mask"])
+                                                       collected["prompt_mask"], collected["response_tokens"],
+                                                       collected["response_mask"])
   collected["gold"] = inference.gold_of(collected["prompt_tokens"], collected["prompt_mask"],
-                                    collected["response_tokens"], collected["response_mask"], tokenizer)
+                                        collected["response_tokens"], collected["response_mask"], tokenizer)
   collected["threshold"] = threshold[collected["prompt_index"]]
   wd.save_npz(out / "collected.npz", **collected)
 
@@ -213,9 +213,9 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
         heldout_final["prompt_index"]]
     z_u = inference.disagreement_z(final_units, reference_units, node.target, node.r2_kind)
     summary["final_heldout"] = dict(
-        inference.success_by_seed(heldout_final["member_scores"][node.target], heldout_final["gold"], heldout_final["seed"],
-                        heldout_final["prompt_index"], heldout_scores[node.target], heldout["gold"],
-                        gold_std_floor=pooled_within_prompt_std(heldout["gold"])),
+        inference.success_by_seed(heldout_final["member_scores"][node.target], heldout_final["gold"],
+                                  heldout_final["seed"], heldout_final["prompt_index"], heldout_scores[node.target],
+                                  heldout["gold"], gold_std_floor=pooled_within_prompt_std(heldout["gold"])),
         num_prompts=int(heldout["prompt_tokens"].shape[0]), reference_samples=int(heldout["gold"].shape[1]),
         gold_std_floor=pooled_within_prompt_std(heldout["gold"]),
         gold_mean=float(heldout_final["gold"].mean()), reference_gold_mean=float(heldout["gold"].mean()),

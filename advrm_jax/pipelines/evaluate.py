@@ -130,12 +130,12 @@ def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str | No
     graphdef, params = load_policies(workdir, run_dir, num_seeds)
   num_prompts = reference["prompt_tokens"].shape[0]
   out = inference.sample_responses(graphdef, params, np.repeat(reference["prompt_tokens"], m, axis=0),
-                               np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 4242),
-                               inference.sampling_config(config.rlhf.sampling), config.prefs.sample_batch_size,
-                               num_seeds=num_seeds)
+                                   np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 4242),
+                                   inference.sampling_config(config.rlhf.sampling), config.prefs.sample_batch_size,
+                                   num_seeds=num_seeds)
   flat = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in out.items()}
   r1 = inference.score_members(rm[0], rm[1], flat["prompt_tokens"], flat["prompt_mask"], flat["response_tokens"],
-                           flat["response_mask"])[config.attack.target]
+                               flat["response_mask"])[config.attack.target]
   gold = inference.gold_of(flat["prompt_tokens"], flat["prompt_mask"], flat["response_tokens"], flat["response_mask"])
   seeds = np.repeat(np.arange(num_seeds), num_prompts * m)
   prompt_index = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
@@ -160,12 +160,12 @@ def substitution_attack_success(config: Any, rm: tuple[Any, Any], reference: dic
   def score_fn(candidate_tokens, candidate_mask, example_ids):
     rows = prompt_index[example_ids]
     return inference.score_members(rm[0], rm[1], reference["prompt_tokens"][rows], reference["prompt_mask"][rows],
-                               candidate_tokens, candidate_mask)[target]
+                                   candidate_tokens, candidate_mask)[target]
 
   result = word_substitution_attack(tokens, mask, score_fn, budget=node.substitution_budget,
                                     search=node.substitution_search)
   gold = inference.gold_of(reference["prompt_tokens"][prompt_index], reference["prompt_mask"][prompt_index],
-                       result.tokens, mask)
+                           result.tokens, mask)
   success = attack_success(result.final_score, reference_r1[prompt_index], gold, reference["gold"][prompt_index],
                            gold_std_floor=pooled_within_prompt_std(reference["gold"]))
   return {"standard": [success["standard"]], "strict": [success["strict"]],
@@ -315,7 +315,7 @@ def exploit_analysis(config: Any, workdir: pathlib.Path, rm: tuple[Any, Any, Any
 
   def verdicts(prompt_tokens, prompt_mask, response_tokens, response_mask):
     scores = inference.in_units(inference.score_members(graphdef, params, prompt_tokens, prompt_mask, response_tokens,
-                                                response_mask), units)
+                                                        response_mask), units)
     z_u = inference.disagreement_z(scores, reference_units, node.target, node.r2_kind)
     # z1 against the reference samples' R1 in the same units: > 0 means the RM prefers it to a typical answer.
     ref_r1 = reference_units[node.target].reshape(-1)

@@ -95,7 +95,7 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[s
   pairs = wd.held_out_pairs(s.workdir, s.rm_meta)
   (chosen_scores, chosen_hidden), (rejected_scores, rejected_hidden) = (
       inference.scores_and_hidden(s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"], pairs[f"{side}_mask"],
-                              member=target) for side in ("chosen", "rejected"))
+                                  member=target) for side in ("chosen", "rejected"))
   key = jax.random.fold_in(jax.random.PRNGKey(s.config.seed), 1000 + s.round_index)
   params, info = signals.train_verdict_probe(
       key, chosen_hidden, rejected_hidden, chosen_scores[target], rejected_scores[target], hidden=node.hidden,
@@ -107,7 +107,7 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[s
     # Their rewards are known already (collected / reference scores): only the hidden states are new.
     tokens, mask = concat_prompt_response(prompt_tokens, prompt_mask, response_tokens, response_mask, left_pad=False)
     return inference.scores_and_hidden(s.rm_graphdef, s.rm_params, np.asarray(tokens), np.asarray(mask),
-                                   member=target)[1]
+                                       member=target)[1]
 
   width = s.reference["response_tokens"].shape[-1]
   reference_hidden = sample_hidden(np.repeat(s.reference["prompt_tokens"], n, axis=0),
@@ -286,7 +286,7 @@ def top_samples(workdir: str | pathlib.Path, round_index: int = 0, limit: int = 
   rows, seen = [], set()
   for row in np.argsort(-r1, kind="stable"):
     response = inference.decode_responses(collected["response_tokens"][row:row + 1],
-                                      collected["response_mask"][row:row + 1], tokenizer)[0]
+                                          collected["response_mask"][row:row + 1], tokenizer)[0]
     key = (int(collected["prompt_index"][row]), response)
     if key in seen:
       continue

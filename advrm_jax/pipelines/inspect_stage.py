@@ -538,7 +538,7 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any] | None:
                     "reference": side(b)} for a, b in picked],
   }
   wd.write_jsonl(out / RESPONSES_FILE, [dict(side(i), prompt=rows["pool_prompts"][int(rows["prompt_index"][i])])
-                                           for i in range(len(texts))])
+                                        for i in range(len(texts))])
   wd.write_json(out / REPORT_FILE, report)
   # Through JSON, so the markdown shows exactly what report.json holds.
   markdown = render_markdown(json.loads((out / REPORT_FILE).read_text()))

@@ -155,7 +155,8 @@ def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graph
   num_seeds = config.num_seeds
   state = train_policy("online/attack", out, workdir / wd.SFT, config, node, source, source_params, prompts,
                        num_seeds)
-  final = inference.sample_final(config, workdir, state.params["policy"], reference, 7919 + 1000, rm_graphdef, rm_params, None)
+  final = inference.sample_final(config, workdir, state.params["policy"], reference, 7919 + 1000, rm_graphdef,
+                                 rm_params, None)
   r1, gold, seeds, prompt_index = final["member_scores"][node.target], final["gold"], final["seed"], final["prompt_index"]
   success = inference.success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"])
   return dict(success, standard_mean=float(np.mean(success["standard"])),
@@ -236,9 +237,9 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   if valid.any():
     # How often the filter's premise held for what the RM trained on (gold: a measurement only).
     adv_gold = inference.gold_of(buffer.prompt_tokens[valid], buffer.prompt_mask[valid],
-                             buffer.adversarial_tokens[valid], buffer.adversarial_mask[valid])
+                                 buffer.adversarial_tokens[valid], buffer.adversarial_mask[valid])
     chosen_gold = inference.gold_of(buffer.prompt_tokens[valid], buffer.prompt_mask[valid],
-                                buffer.reference_tokens[valid], buffer.reference_mask[valid])
+                                    buffer.reference_tokens[valid], buffer.reference_mask[valid])
     buffer_stats.update(kept_worse_than_chosen=float(np.mean(adv_gold < chosen_gold)),
                         kept_gold_mean=float(adv_gold.mean()), chosen_gold_mean=float(chosen_gold.mean()))
   save_reward_model(out / RM_DIR, state.rm, rm_meta, rm_optimizer_values,

@@ -95,9 +95,9 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   n = node.reference_samples
   repeated = {k: np.repeat(v, n, axis=0) for k, v in attack_prompts.items()}
   reference = inference.sample_responses(graphdef, params, repeated["tokens"], repeated["mask"],
-                                     jax.random.fold_in(key, 1), sampling, node.sample_batch_size)
+                                         jax.random.fold_in(key, 1), sampling, node.sample_batch_size)
   reference_gold = inference.gold_of(reference["prompt_tokens"], reference["prompt_mask"],
-                                 reference["response_tokens"], reference["response_mask"])
+                                     reference["response_tokens"], reference["response_mask"])
   num_prompts, width = node.num_attack_prompts, reference["response_tokens"].shape[1]
   wd.save_npz(
       stage_dir / wd.REFERENCE_FILE,
@@ -118,9 +118,9 @@ def run(config: Any, workdir: pathlib.Path) -> None:
     m = node.heldout_reference_samples
     repeated = {k: np.repeat(v, m, axis=0) for k, v in heldout.items()}
     samples = inference.sample_responses(graphdef, params, repeated["tokens"], repeated["mask"],
-                                     jax.random.fold_in(key, 2), sampling, node.sample_batch_size)
+                                         jax.random.fold_in(key, 2), sampling, node.sample_batch_size)
     heldout_gold = inference.gold_of(samples["prompt_tokens"], samples["prompt_mask"], samples["response_tokens"],
-                                 samples["response_mask"])
+                                     samples["response_mask"])
     rows = len(heldout_texts)
     wd.save_npz(
         stage_dir / wd.HELDOUT_REFERENCE_FILE, prompt_tokens=heldout["tokens"],
@@ -215,8 +215,8 @@ def run_from_file(config: Any, workdir: pathlib.Path) -> None:
   _, graphdef, params = wd.load_policy(workdir / wd.SFT)
   n, num_prompts = node.reference_samples, len(pool)
   reference = inference.sample_responses(graphdef, params, np.repeat(prompt_tokens, n, axis=0),
-                                     np.repeat(prompt_mask, n, axis=0).astype(np.int32),
-                                     jax.random.key(config.seed + 1009), sampling, node.sample_batch_size)
+                                         np.repeat(prompt_mask, n, axis=0).astype(np.int32),
+                                         jax.random.key(config.seed + 1009), sampling, node.sample_batch_size)
   width = reference["response_tokens"].shape[1]
   wd.save_npz(
       stage_dir / wd.REFERENCE_FILE, prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,

@@ -151,7 +151,7 @@ def build_backbone(config: Any, tokenizer: Any, sequence_width: int,
       else:
         ckpt = gguf.read_gguf(path)
         cfg, model = hf.model_from_hf_tensors(ckpt.config, ckpt.tensors, dtype=node.dtype,
-                                           param_dtype=node.param_dtype)
+                                              param_dtype=node.param_dtype)
       params = split_module(model)[1]
     vocab_key = length_key = f"rm.backbone.path ({path})"
   _check_fits(cfg, tokenizer, sequence_width, vocab_key, length_key, f"rm.tokenizer={config.rm.tokenizer!r}")
@@ -292,7 +292,8 @@ def train_reward_model(config: Any, workdir: str | pathlib.Path, name: str = STA
   if rm_config.get("paths"):
     # A later round of imported reward models (advtrain: rm.init_from = the previous round): their
     # architecture, ensemble and tokenizer, not rm.backbone's.
-    init_meta = json.loads((wd.rm_stage_dir(wd.resolve_path(rm_config.init_from, workdir)) / wd.RM_META_FILE).read_text())
+    init_stage = wd.rm_stage_dir(wd.resolve_path(rm_config.init_from, workdir))
+    init_meta = json.loads((init_stage / wd.RM_META_FILE).read_text())
     tokenizer, tokenizer_meta = wd.load_tokenizer(init_meta), init_meta["tokenizer"]
     model_cfg, backbone_params = ModelConfig.from_dict(init_meta["model"]), None
     kind, num_members = init_meta["ensemble"], init_meta["num_members"]

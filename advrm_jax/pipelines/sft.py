@@ -89,7 +89,7 @@ def import_policy(config, stage_dir: pathlib.Path) -> None:
   else:
     checkpoint = gguf.read_gguf(path)
     model_config, model = hf.model_from_hf_tensors(checkpoint.config, checkpoint.tensors, dtype=node.dtype,
-                                                param_dtype=node.param_dtype)
+                                                   param_dtype=node.param_dtype)
     tokenizer = HFTokenizer(gguf.load_gguf_tokenizer(path))
   if tokenizer.vocab_size > model_config.vocab_size:
     raise ValueError(f"model.path ({path}): the model's vocabulary ({model_config.vocab_size}) is smaller than "
