@@ -70,6 +70,8 @@ FILTER_PAIRS_FILE = "adversarial_pairs.jsonl"
 FILTER_SCORES_FILE = "scores.npz"
 # rm/ (and every RM round): how the ensemble was built and trained.
 RM_META_FILE = "rm_meta.json"
+# sft/ of an imported policy: its source and tokenizer.
+POLICY_META_FILE = "policy_meta.json"
 
 
 class ConfigError(ValueError):
@@ -96,7 +98,7 @@ def is_done(directory: pathlib.Path) -> bool:
 def skip_if_done(directory: pathlib.Path, label: str) -> bool:
   """``is_done``, with the log line that says the finished stage or round ``label`` is skipped."""
   if is_done(directory):
-    logging.info("%s: %s/DONE exists, skipping", label, directory)
+    logging.info("%s: done, skipping", label)
     return True
   return False
 
@@ -160,16 +162,14 @@ def num_rounds(config: Any) -> int:
   return rounds
 
 
-def read_jsonl(path: pathlib.Path, what: str) -> list[dict[str, Any]]:
+def read_jsonl(path: str | pathlib.Path, what: str) -> list[dict[str, Any]]:
   """Every record of a JSON-lines artefact; FileNotFoundError names the stage (``what``) to run."""
+  path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run {what} first")
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
 
-
-# Written beside an imported policy: its source and tokenizer.
-POLICY_META_FILE = "policy_meta.json"
 
 
 def model_config_from(config) -> ModelConfig:
@@ -289,6 +289,7 @@ def load_imported_reward_models(meta: dict[str, Any], mesh: Any) -> tuple[nnx.Gr
 
 
 def rm_stage_dir(path: str | pathlib.Path) -> pathlib.Path:
+  """The directory holding rm_meta.json: ``path`` itself, its ``rm/``, or its parent (``rm/checkpoints``)."""
   path = pathlib.Path(path)
   for candidate in (path, path / RM, path.parent):
     if (candidate / RM_META_FILE).exists():
