@@ -121,5 +121,3 @@ def create_train_state(params: Any, param_axes: Any, optimizer: optax.GradientTr
   init = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
                  in_shardings=(shardings.params,), out_shardings=shardings)
   return init(params), shardings
-
-

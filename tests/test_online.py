@@ -78,7 +78,6 @@ def test_online_iteration_compiles_once_and_updates_everything():
   assert all(np.isfinite(h["loss"]) for h in history)
 
 
-
 @pytest.mark.slow
 def test_online_stage_end_to_end(tmp_path):
   """sft -> prefs -> rm -> online on a shrunk `:small` config; the RM loads and the summary is complete."""

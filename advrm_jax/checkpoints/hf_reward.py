@@ -335,5 +335,3 @@ def save_hf_reward_member(path: PathLike, cfg: ModelConfig, kind: str, params: P
     logging.info("%s: head bias %.6g written as config.json %s (transformers' score layer has none; its logits "
                  "are this member's rewards minus it)", path, bias, BIAS_KEY)
   return path
-
-

@@ -55,7 +55,6 @@ PAIRS_FILE = "pairs.jsonl"
 INITS = ("previous", "scratch")
 
 
-
 def mix_training_pairs(ordinary: list[Any], adversarial: list[Any], fraction: float, upsample: bool,
                        seed: int) -> list[Any]:
   """Ordinary pairs once each plus adversarial pairs making up ``fraction`` of the set.

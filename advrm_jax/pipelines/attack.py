@@ -102,19 +102,16 @@ def prompt_indices(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, pool_toke
   return out
 
 
-
 def attack_threshold(node: Any, reference_r1: np.ndarray) -> np.ndarray:
   """T(x) per attack prompt ([P]) from the reference samples' R1 ([P, n], in the adversary's units)."""
   return np.asarray(per_prompt_threshold(reference_r1, kind=node.threshold, constant=node.get("tau", 0.0)),
                     np.float32)
 
 
-
 def kl_curve(stage_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   """(steps, seed-mean KL to the reference in nats) of a training run's logged rows."""
   rows = [r for r in read_metrics(stage_dir / "metrics.jsonl") if "kl" in r]
   return np.array([r["step"] for r in rows], np.int64), np.array([r["kl"] for r in rows], np.float64)
-
 
 
 def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:

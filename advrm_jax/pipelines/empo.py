@@ -44,7 +44,6 @@ STAGE = EMPO_DIR
 EQUIVALENCES = {"exact": empo.exact_match, "within_one": empo.within_one}
 
 
-
 def decode_samples(samples: dict[str, np.ndarray], limit: int = 4) -> str:
   """A markdown table of sampled responses (reasoning tokenizer)."""
   prompts = samples["samples/prompt_tokens"].reshape(-1, samples["samples/prompt_tokens"].shape[-1])
@@ -213,4 +212,3 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   summary = summarize(config, workdir)
   report.write_report_json(stage_dir / "summary.json", summary)
   write_report(workdir)
-

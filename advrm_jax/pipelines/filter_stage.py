@@ -48,7 +48,6 @@ STANDARDIZE = ("reference", "collected")
 CHOSEN = ("best_by_ensemble", "random")
 
 
-
 @dataclasses.dataclass
 class _SignalInputs:
   """What the uncertainty signals of one round read (``_signal``)."""

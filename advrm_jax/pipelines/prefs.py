@@ -149,7 +149,6 @@ def run(config: Any, workdir: pathlib.Path) -> None:
                len(train), len(test), 100 * summary["label_gold_agreement"], summary["reference_gold_mean"])
 
 
-
 def run_from_file(config: Any, workdir: pathlib.Path) -> None:
   """Stage `prefs` on your own preference file and a policy imported by the `sft` stage.
 

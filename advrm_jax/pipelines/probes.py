@@ -275,5 +275,3 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   plot_early_exit(out_dir / "early_exit.png", exit_table)
   reasoning.write_report(workdir)
   wd.mark_done(out_dir)
-
-

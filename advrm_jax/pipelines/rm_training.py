@@ -69,12 +69,10 @@ TOKENIZERS = ("auto", "byte", "word", "backbone")
 BACKBONE_SOURCES = ("scratch", "hf", "gguf", "policy")
 
 
-
 def _check_keys(node: Any, known: tuple[str, ...], where: str) -> None:
   unknown = sorted(set(node.keys()) - set(known))
   if unknown:
     raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
-
 
 
 # ---------------------------------------------------------------------------
@@ -270,7 +268,6 @@ def _evaluate(score_fn: Any, params: Any, data: dict[str, np.ndarray], rm_config
   chosen, rejected = evaluation.score_pairs(scorer, data, rm_config.eval_batch_size, mesh)
   return evaluation.evaluate_scores(chosen, rejected, std_coef=rm_config.eval.std_coef,
                                     num_bins=rm_config.eval.ece_bins)
-
 
 
 def train_reward_model(config: Any, workdir: str | pathlib.Path, name: str = STAGE) -> dict[str, Any]:
@@ -471,10 +468,6 @@ def _import_reward_models(config: Any, workdir: str | pathlib.Path, stage_dir: p
   return summary
 
 
-
 # ---------------------------------------------------------------------------
 # Loading a trained RM (for later stages).
 # ---------------------------------------------------------------------------
-
-
-

@@ -171,7 +171,6 @@ def read_jsonl(path: str | pathlib.Path, what: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-
 def model_config_from(config) -> ModelConfig:
   """The policy backbone's ModelConfig from ``config.model`` (from scratch)."""
   values = dict(config.model)

@@ -202,4 +202,3 @@ def tokenizer_spec(tokenizer: Any) -> dict[str, Any]:
   return {"class": type(tokenizer).__name__, "vocab_size": int(tokenizer.vocab_size),
           "pad_id": int(tokenizer.pad_id), "eos_id": int(tokenizer.eos_id),
           "bos_id": None if tokenizer.bos_id is None else int(tokenizer.bos_id)}
-

@@ -265,7 +265,6 @@ def _check_backbone_shapes(abstract: Params, given: Params, kind: str, num_membe
                        f"the model config expects {want}")
 
 
-
 # ---------------------------------------------------------------------------
 # Aggregation and uncertainty over the member axis.
 # ---------------------------------------------------------------------------

@@ -274,7 +274,6 @@ def adaptive_kl_update(
   return coef * (1.0 + error * _f32(n_steps) / horizon)
 
 
-
 def missing_eos_penalty(
     scores: ArrayLike, has_eos: ArrayLike, penalty: float
 ) -> jax.Array:

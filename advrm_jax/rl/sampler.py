@@ -436,7 +436,6 @@ class Sampler:
                     max_new_tokens_per_row)
 
 
-
 __all__: Sequence[str] = (
     "SamplingConfig", "SampleOutput", "sample", "sample_jit", "generate", "Sampler",
     "left_align", "concat_prompt_response", "filter_logits")
