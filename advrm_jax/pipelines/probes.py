@@ -186,7 +186,7 @@ def plot_reliability(path: pathlib.Path, probs: np.ndarray, labels: np.ndarray, 
   ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
   ax.set(xlabel="probe p(correct)", ylabel="fraction correct", xlim=(0, 1), ylim=(0, 1), title=title)
   ax.legend(fontsize="small")
-  return report._save(fig, path)  # pylint: disable=protected-access
+  return report.save_figure(fig, path)
 
 
 def plot_early_exit(path: pathlib.Path, table: list[dict[str, float]]) -> pathlib.Path:
@@ -200,7 +200,7 @@ def plot_early_exit(path: pathlib.Path, table: list[dict[str, float]]) -> pathli
                 textcoords="offset points", xytext=(4, 4))
   ax.set(xlabel="tokens saved (%)", ylabel="final-answer accuracy (%)",
          title="probe-driven early exit (labels: threshold)")
-  return report._save(fig, path)  # pylint: disable=protected-access
+  return report.save_figure(fig, path)
 
 
 def run(config: Any, workdir: pathlib.Path) -> None:

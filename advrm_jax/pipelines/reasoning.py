@@ -162,7 +162,7 @@ def plot_curves(path: pathlib.Path, summary: dict[str, Any]) -> pathlib.Path | N
     ax.set(xlabel="RL step", ylabel="accuracy", title=title)
     ax.legend(fontsize="small")
   fig.suptitle("EMPO (no labels) vs the correctness reward; bands: ± 1 std over seeds")
-  return report._save(fig, path)  # pylint: disable=protected-access
+  return report.save_figure(fig, path)
 
 
 def _empo_section(summary: dict[str, Any], stage_dir: pathlib.Path) -> list[str]:
