@@ -35,6 +35,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+# Importing the stages initialises no JAX backend, so jax.distributed.initialize in main() still comes first.
+from advrm_jax.pipelines import run_stages
+from advrm_jax.pipelines.loop import Preempted
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
@@ -152,8 +156,6 @@ def main(argv):
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   logging.info("devices: %s", jax.devices())
-  from advrm_jax.pipelines import run_stages  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines.loop import Preempted  # pylint: disable=import-outside-toplevel
   try:
     run_stages(config, workdir)
   except Preempted as e:

@@ -28,7 +28,10 @@ import sys
 import time
 from typing import Any, Iterable, Mapping
 
+import jax
 import numpy as np
+
+from advrm_jax.evaluation.report import integer_ticks
 
 
 def _to_python(value: Any) -> Any:
@@ -50,12 +53,11 @@ class MetricWriter:
     self.total_steps = total_steps
     self.name = name
     self.stream = stream
-    import jax  # pylint: disable=import-outside-toplevel
     # In a multi-host job every process runs the loop; one console line per step is enough.
     self._show = jax.process_index() == 0
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel  # optional writer
       self._tb = SummaryWriter(str(self.directory / "tb"))
     self._start_time = None
     self._start_step = None
@@ -221,8 +223,7 @@ def metrics_figure(points: Mapping[str, list[tuple[int, float]]], title: str = "
   """One panel per metric against step; a matplotlib Figure (None without metrics)."""
   if not points:
     return None
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  from advrm_jax.evaluation.report import integer_ticks  # pylint: disable=import-outside-toplevel
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel  # slow; plots only
   cols = min(3, len(points))
   rows = math.ceil(len(points) / cols)
   # Constrained layout keeps the figure title clear of the panel titles.

@@ -29,6 +29,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from advrm_jax.metrics import EVAL_KEYS, plot_metrics, read_metrics
+from advrm_jax.pipelines import evaluate
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -137,11 +138,7 @@ def metrics_index(workdir: str | pathlib.Path, plots: dict[pathlib.Path, pathlib
 
 
 def evaluate_markdown_fn() -> MarkdownFn | None:
-  """The evaluate stage's REPORT.md renderer, when that stage is installed."""
-  try:
-    from advrm_jax.pipelines import evaluate  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return None
+  """The evaluate stage's REPORT.md renderer."""
   return getattr(evaluate, "write_markdown", None)
 
 

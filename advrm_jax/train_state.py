@@ -121,12 +121,3 @@ def create_train_state(params: Any, param_axes: Any, optimizer: optax.GradientTr
   init = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
                  in_shardings=(shardings.params,), out_shardings=shardings)
   return init(params), shardings
-
-
-def check_finite(metrics: dict[str, jax.Array], step: int, names: tuple[str, ...] = ("loss",)) -> None:
-  """Stops the run with a message naming the step and quantity on NaN/Inf."""
-  for name in names:
-    if name in metrics:
-      value = float(metrics[name])
-      if not jnp.isfinite(value):
-        raise FloatingPointError(f"non-finite {name}={value} at step {step}; the last checkpoint is kept intact")

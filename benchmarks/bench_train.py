@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advrm_jax import sharding as shd
-from advrm_jax.pipelines.sft import jit_sft_step
+from advrm_jax.models.lm import jit_sft_step
 from advrm_jax.train_state import create_train_state, make_optimizer
 from benchmarks import common
 

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from advrm_jax import inference
 from advrm_jax.adversarial import signals
 from advrm_jax.data import synthetic_world as world
 
@@ -99,7 +100,6 @@ def test_scores_and_hidden_equal_one_unchunked_forward(kind):
   # must equal the model's own reward_scores and last_hidden on the whole batch at once.
   from flax import nnx
   from advrm_jax.models.config import ModelConfig
-  from advrm_jax.pipelines import advrm
   from advrm_jax.reward.model import init_reward_model, reward_scores
   cfg = ModelConfig(arch="llama", vocab_size=32, d_model=16, num_layers=1, num_heads=2, num_kv_heads=2,
                     head_dim=8, d_ff=32, max_seq_len=16, tie_embeddings=True)
@@ -110,6 +110,6 @@ def test_scores_and_hidden_equal_one_unchunked_forward(kind):
   expected_scores = np.asarray(reward_scores(graphdef, params, tokens, mask))
   expected_hidden = np.asarray(nnx.merge(graphdef, params).last_hidden(tokens, mask))  # [5, D] or [3, 5, D]
   for member in (0, 2):
-    scores, hidden = advrm.scores_and_hidden(graphdef, params, tokens, mask, member=member, batch_size=2)
+    scores, hidden = inference.scores_and_hidden(graphdef, params, tokens, mask, member=member, batch_size=2)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
     np.testing.assert_allclose(hidden, expected_hidden if kind == "shared" else expected_hidden[member], atol=1e-5)

@@ -22,6 +22,8 @@ import safetensors.numpy
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from advrm_jax import export  # noqa: E402
+from advrm_jax.pipelines import workdir as wd  # noqa: E402
 from advrm_jax.checkpoints import hf, hf_reward  # noqa: E402
 from advrm_jax.reward.model import reward_scores  # noqa: E402
 from tests.test_hf_checkpoints import _randomise_  # noqa: E402
@@ -301,12 +303,12 @@ def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
   config = _advrm_own_config(dirs)
   summary = rm_stage.run(config, workdir)
   assert summary["num_members"] == 2 and summary["test"]["accuracy"]["mean"] is not None
-  graphdef, params, meta = rm_stage.load_reward_model(workdir)
+  graphdef, params, meta = wd.load_reward_model(workdir)
   assert meta["hf_paths"] == [str(d.resolve()) for d in dirs] and meta["ensemble"] == "independent"
   assert meta["tokenizer"]["backbone_path"] == str(dirs[0]) and meta["tokenizer"]["vocab_size"] == 4 + len(WORDS)
   # The stage's rows, scored by the loaded RM, are each HF model's rewards.
   data = tokenize_pairs(list(read_preferences(workdir / "prefs" / "preferences.jsonl"))[:6],
-                        rm_stage.load_tokenizer(meta), 16, 8, padding_side="right")
+                        wd.load_tokenizer(meta), 16, 8, padding_side="right")
   tokens, mask = data["chosen_tokens"], data["chosen_mask"]
   ours = np.asarray(score_fn(graphdef, params, tokens, mask))
   for k, d in enumerate(dirs):
@@ -314,25 +316,25 @@ def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
     np.testing.assert_allclose(ours[k], _hf_rewards(hf_model, tokens, mask), atol=ATOL, rtol=0)
 
   # Export of the imported round: the same files again, plus the tokenizer; also from the command line.
-  written = hf_reward.export_reward_model(workdir / "rm", tmp_path / "export")
+  written = export.export_reward_model(workdir / "rm", tmp_path / "export")
   assert [p.name for p in written] == ["member_0", "member_1"]
   for d, out in zip(dirs, written):
     original, exported = _tensors(d), _tensors(out)
     assert sorted(exported) == sorted(original)
     assert all(exported[k].tobytes() == v.tobytes() and exported[k].dtype == v.dtype for k, v in original.items())
     assert (out / "tokenizer.json").exists()
-  assert hf_reward.main(["export", "--rm_dir", str(workdir), "--out", str(tmp_path / "cli")]) == 0
+  assert export.main(["export", "--rm_dir", str(workdir), "--out", str(tmp_path / "cli")]) == 0
   assert (tmp_path / "cli" / "member_1" / "model.safetensors").exists()
-  assert hf_reward.main(["export", "--rm_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+  assert export.main(["export", "--rm_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
 
   # An advtrain round continues the imported RM (not rm.backbone's checkpoint); its export is what it scores.
   round_dir = tmp_path / "round_1"
   round_cfg = advtrain.round_config(config, workdir / "prefs" / "preferences.jsonl", str(workdir / "rm"), workdir)
   rm_stage.run(round_cfg, round_dir)
-  graphdef1, params1, meta1 = rm_stage.load_reward_model(round_dir)
+  graphdef1, params1, meta1 = wd.load_reward_model(round_dir)
   assert "hf_paths" not in meta1 and (meta1["ensemble"], meta1["num_members"]) == ("independent", 2)
   assert not np.allclose(np.asarray(params1["head_kernel"]), np.asarray(params["head_kernel"]))  # it trained
-  hardened = hf_reward.export_reward_model(round_dir, tmp_path / "hardened")
+  hardened = export.export_reward_model(round_dir, tmp_path / "hardened")
   ours1 = np.asarray(score_fn(graphdef1, params1, tokens, mask))
   for k, out in enumerate(hardened):
     reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
@@ -344,19 +346,20 @@ def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
 def test_rm_paths_config_errors_name_the_key(tmp_path, checkpoints):
   from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
   config = _advrm_own_config([tmp_path / "missing"])
-  with pytest.raises(rm_stage.ConfigError, match=r"rm.paths: .*missing: not a directory"):
+  with pytest.raises(wd.ConfigError, match=r"rm.paths: .*missing: not a directory"):
     rm_stage.run(config, tmp_path / "run")
   config = _advrm_own_config([checkpoints["llama"][1]])
   config.advtrain.init = "scratch"
-  with pytest.raises(rm_stage.ConfigError, match=r"rm.paths: advtrain.init='scratch'"):
+  with pytest.raises(wd.ConfigError, match=r"rm.paths: advtrain.init='scratch'"):
     rm_stage.run(config, tmp_path / "run")
 
 
 @pytest.mark.slow  # sft -> prefs -> rm (imported) -> attack -> filter -> advtrain on a tiny checkpoint: ~2 min
 def test_attack_and_harden_your_own_reward_models(tmp_path):
   """configs/advrm_own.py with rm.paths: the adversary attacks the imported RMs; the hardened RM goes back to HF."""
-  from advrm_jax.pipelines import advrm, advtrain, attack, load_config, prefs, rm as rm_stage, sft  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines import filter as filter_stage  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines import advtrain, attack, load_config, prefs, sft  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines import filter_stage  # pylint: disable=import-outside-toplevel
   from tests.tiny_own_model import EOS_ID, PAD_ID, write_tiny_checkpoint_and_pairs  # pylint: disable=import-outside-toplevel
   checkpoint, pairs = write_tiny_checkpoint_and_pairs(tmp_path)
   vocab_size = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
@@ -378,7 +381,7 @@ def test_attack_and_harden_your_own_reward_models(tmp_path):
     stage.run(config, workdir)
 
   # The adversary's samples were scored by the imported models themselves.
-  collected = advrm.load_npz(workdir / "attack" / "round_0" / "collected.npz", "attack")
+  collected = wd.load_npz(workdir / "attack" / "round_0" / "collected.npz", "attack")
   rows = slice(0, 6)
   tokens = np.concatenate([collected["prompt_tokens"][rows], collected["response_tokens"][rows]], axis=1)
   mask = np.concatenate([collected["prompt_mask"][rows], collected["response_mask"][rows]], axis=1)
@@ -388,8 +391,8 @@ def test_attack_and_harden_your_own_reward_models(tmp_path):
                                atol=ATOL, rtol=0)
 
   # The hardened RM (round 1) as HF directories, scoring as advrm_jax does.
-  hardened = hf_reward.export_reward_model(advrm.rm_path(workdir, 1), workdir / "advtrain" / "round_1" / "hf")
-  graphdef, params, _ = rm_stage.load_reward_model(advrm.rm_path(workdir, 1))
+  hardened = export.export_reward_model(wd.rm_path(workdir, 1), workdir / "advtrain" / "round_1" / "hf")
+  graphdef, params, _ = wd.load_reward_model(wd.rm_path(workdir, 1))
   ours = np.asarray(reward_scores(graphdef, params, tokens, mask))
   for k, out in enumerate(hardened):
     reloaded = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()

@@ -78,7 +78,6 @@ def test_online_iteration_compiles_once_and_updates_everything():
   assert all(np.isfinite(h["loss"]) for h in history)
 
 
-
 @pytest.mark.slow
 def test_online_stage_end_to_end(tmp_path):
   """sft -> prefs -> rm -> online on a shrunk `:small` config; the RM loads and the summary is complete."""
@@ -86,7 +85,7 @@ def test_online_stage_end_to_end(tmp_path):
   import json  # pylint: disable=import-outside-toplevel
   import pathlib  # pylint: disable=import-outside-toplevel
   from advrm_jax.pipelines import run_stages  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.workdir import load_reward_model  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
   spec = importlib.util.spec_from_file_location("synthetic_config", path)
   module = importlib.util.module_from_spec(spec)

@@ -16,10 +16,12 @@ import shutil
 import numpy as np
 import pytest
 
+from advrm_jax import inference
+from advrm_jax.pipelines import workdir as wd
 from advrm_jax.evaluation import quality
-from advrm_jax.pipelines import STAGES, advrm, advtrain, attack, evaluate, load_config, prefs, rlhf, rm, sft
-from advrm_jax.pipelines import filter as filter_stage
-from advrm_jax.pipelines import inspect as inspect_stage
+from advrm_jax.pipelines import STAGES, advtrain, attack, evaluate, load_config, prefs, rlhf, rm, sft
+from advrm_jax.pipelines import filter_stage
+from advrm_jax.pipelines import inspect_stage
 from tests.tiny_own_model import BOS_ID, EOS_ID, PAD_ID, write_tiny_checkpoint_and_pairs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -82,45 +84,45 @@ def test_sft_imports_the_checkpoint_as_the_reference_policy(own_run):
   from advrm_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=import-outside-toplevel
   from advrm_jax.train_state import split_module  # pylint: disable=import-outside-toplevel
   assert (workdir / "sft" / "DONE").exists()
-  model_config, _, params = sft.load_policy(workdir / "sft")
+  model_config, _, params = wd.load_policy(workdir / "sft")
   want_config, want_model = load_hf_checkpoint(checkpoint)
   assert model_config == want_config
   import jax  # pylint: disable=import-outside-toplevel
   jax.tree.map(np.testing.assert_array_equal, params, split_module(want_model)[1])
-  tokenizer = advrm.policy_tokenizer(workdir)
+  tokenizer = wd.policy_tokenizer(workdir)
   assert (tokenizer.eos_id, tokenizer.bos_id) == (EOS_ID, BOS_ID)
-  assert advrm.policy_tokenizer(workdir / "elsewhere") is None  # a synthetic run has no policy_meta.json
+  assert wd.policy_tokenizer(workdir / "elsewhere") is None  # a synthetic run has no policy_meta.json
 
 
 def test_decoding_with_the_policy_tokenizer_stops_at_eos(own_run):
   _, workdir, _, _ = own_run
-  tokenizer = advrm.policy_tokenizer(workdir)
+  tokenizer = wd.policy_tokenizer(workdir)
   cats, calm = tokenizer.encode("cats")[0], tokenizer.encode("calm")[0]
   tokens = np.array([[cats, calm, EOS_ID, cats], [calm, PAD_ID, PAD_ID, PAD_ID]])
   mask = np.array([[1, 1, 1, 1], [1, 0, 0, 0]], bool)
-  assert advrm.decode_responses(tokens, mask, tokenizer) == ["cats calm", "calm"]
+  assert inference.decode_responses(tokens, mask, tokenizer) == ["cats calm", "calm"]
   prompt = np.array([[PAD_ID, BOS_ID, cats]])
-  assert advrm.decode_prompts(prompt, prompt != PAD_ID, tokenizer) == ["cats"]
-  assert np.isnan(advrm.gold_of(prompt, prompt != PAD_ID, tokens, mask, tokenizer)).all()
+  assert inference.decode_prompts(prompt, prompt != PAD_ID, tokenizer) == ["cats"]
+  assert np.isnan(inference.gold_of(prompt, prompt != PAD_ID, tokens, mask, tokenizer)).all()
 
 
 def test_prefs_from_a_file_splits_pairs_and_samples_reference_answers(own_run):
   config, workdir, _, pairs = own_run
   prefs.run(config, workdir)
   stage = workdir / "prefs"
-  train = [json.loads(line) for line in (stage / prefs.TRAIN_FILE).open()]
-  test = [json.loads(line) for line in (stage / prefs.TEST_FILE).open()]
+  train = [json.loads(line) for line in (stage / wd.TRAIN_FILE).open()]
+  test = [json.loads(line) for line in (stage / wd.TEST_FILE).open()]
   assert len(train) + len(test) == len(pairs.read_text().splitlines())
   assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}  # split by prompt
-  reference = advrm.load_reference(workdir)
+  reference = wd.load_reference(workdir)
   num_prompts, n = config.prefs.num_attack_prompts, config.prefs.reference_samples
   assert reference["prompt_tokens"].shape == (num_prompts, config.data.max_prompt_len)
   assert reference["response_tokens"].shape == (num_prompts, n, config.data.max_response_len)
   assert np.isnan(reference["gold"]).all()  # real text has no gold
-  pool = advrm.reference_prompts(reference)
+  pool = wd.reference_prompts(reference)
   assert len(set(pool)) == num_prompts and set(pool) <= {r["prompt"] for r in train}
   # Prompts are encoded as the rm stage encodes them: BOS, then the words, left-padded.
-  tokenizer = advrm.policy_tokenizer(workdir)
+  tokenizer = wd.policy_tokenizer(workdir)
   row = reference["prompt_tokens"][0][reference["prompt_mask"][0]].tolist()
   assert row == [BOS_ID] + tokenizer.encode(pool[0])
   summary = json.loads((stage / "summary.json").read_text())

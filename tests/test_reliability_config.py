@@ -25,9 +25,7 @@ import ml_collections
 import pytest
 
 from advrm_jax import sharding as shd
-from advrm_jax.pipelines import rlhf as rlhf_stage
-from advrm_jax.pipelines import run_stages
-from advrm_jax.pipelines import sft as sft_stage
+from advrm_jax.pipelines import rl_driver, run_stages, sft_driver
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SYNTHETIC = REPO / "configs" / "synthetic.py"
@@ -140,10 +138,10 @@ def tripwires(monkeypatch):
   """Fails the test if a stage gets as far as building or jitting a model."""
   def tripwire(*args, **kwargs):
     raise AssertionError("the stage reached model construction before rejecting its config")
-  monkeypatch.setattr(sft_stage, "Transformer", tripwire)
-  monkeypatch.setattr(sft_stage, "create_train_state", tripwire)
-  monkeypatch.setattr(rlhf_stage, "load_policy", tripwire)
-  monkeypatch.setattr(rlhf_stage, "make_iteration", tripwire)
+  monkeypatch.setattr(sft_driver, "Transformer", tripwire)
+  monkeypatch.setattr(sft_driver, "create_train_state", tripwire)
+  monkeypatch.setattr(rl_driver, "load_policy", tripwire)
+  monkeypatch.setattr(rl_driver, "make_iteration", tripwire)
 
 
 IN_PROCESS_FAULTS = {

@@ -22,6 +22,7 @@ import tempfile
 
 import pytest
 
+from advrm_jax.pipelines import rm_training
 from advrm_jax.data import preferences as prefs
 from advrm_jax.data.batching import tokenize_pairs, tokenize_prompts
 from advrm_jax.data.preferences import DataError, read_preferences, read_prompts
@@ -204,17 +205,16 @@ def test_directory_fifo_and_unreadable_file_are_one_line_errors(tmp_path, on_err
 
 
 def test_empty_test_split_warns_and_says_which_key(caplog):
-  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
   pairs = list(read_preferences(BAD / "ok_pref_bom.jsonl"))[:1]
   data = ml_collections.ConfigDict(dict(source="jsonl", path="one.jsonl", test_fraction=0.1, split_seed=0))
   with caplog.at_level("WARNING"):
-    train, test = rm_stage.split_pairs(pairs, data)
+    train, test = rm_training.split_pairs(pairs, data)
   assert (len(train), len(test)) == (1, 0)
   assert "test split of one.jsonl is empty" in caplog.text and "--config.data.test_fraction" in caplog.text
   data.test_fraction = 1.0
   with pytest.raises(ValueError, match="none is left to train on; lower --config.data.test_fraction"):
-    rm_stage.split_pairs(pairs, data)
+    rm_training.split_pairs(pairs, data)
 
 
 @pytest.mark.parametrize("name", sorted(READ_ERRORS))

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from advrm_jax.pipelines import rm_training
+from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines import rm as rm_stage
 from advrm_jax.reward.data import MemberBatches
 from advrm_jax.reward.model import reward_scores
@@ -44,12 +46,12 @@ def _tiny_synthetic_config(num_steps=6):
 def test_config_without_arguments_reads_the_bundled_example():
   """`configs/rm_hh.py` with no options and no data.path has data in a fresh clone (not a file beside it)."""
   config = _config(None)
-  pairs, info = rm_stage.load_pairs(config)
+  pairs, info = rm_training.load_pairs(config)
   assert pathlib.Path(info["path"]) == REPO / "advrm_jax" / "data" / "examples" / "hh_example.jsonl"
   assert (info["format"], info["num_used"]) == ("hh_rlhf", 64)
   # 16 topics x 4 variants; every prompt is a transcript that ends with the assistant's turn.
   assert all(p.prompt.endswith("\n\nAssistant:") and p.prompt_messages for p in pairs)
-  train, test = rm_stage.split_pairs(pairs, config.data)
+  train, test = rm_training.split_pairs(pairs, config.data)
   assert (len(train), len(test)) == (58, 6)  # round(0.1 * 64) = 6 held-out pairs, one per prompt
 
 
@@ -72,9 +74,9 @@ def test_rm_stage_runs_from_the_entry_point_on_hh(hh_rlhf_path, tmp_path):
   assert (stage_dir / "metrics.jsonl").exists() and list(stage_dir.glob("*.png"))
   assert any((stage_dir / "tb").iterdir())
   assert "[rm] step 8/8" in result.stderr  # the progress line
-  graphdef, params, meta = rm_stage.load_reward_model(workdir)
+  graphdef, params, meta = wd.load_reward_model(workdir)
   assert meta["step"] == 8 and meta["num_members"] == 2
-  tokenizer = rm_stage.load_tokenizer(meta)
+  tokenizer = wd.load_tokenizer(meta)
   ids = tokenizer.encode("\n\nHuman: hi\n\nAssistant: hello") + [tokenizer.eos_id]
   scores = reward_scores(graphdef, params, np.array([ids], np.int32), np.ones((1, len(ids)), np.int32))
   assert scores.shape == (2, 1) and np.isfinite(np.asarray(scores)).all()
@@ -84,7 +86,7 @@ def test_rm_stage_runs_from_the_entry_point_on_hh(hh_rlhf_path, tmp_path):
 def test_resumed_run_ends_with_the_uninterrupted_parameters(tmp_path, monkeypatch):
   config = _tiny_synthetic_config(num_steps=6)
   rm_stage.run(config, tmp_path / "straight")
-  _, straight, _ = rm_stage.load_reward_model(tmp_path / "straight")
+  _, straight, _ = wd.load_reward_model(tmp_path / "straight")
 
   # Crash during step 4 (0-based 3): checkpoints of steps 2 (and maybe none
   # later) are on disk; the rerun must continue from there.
@@ -102,7 +104,7 @@ def test_resumed_run_ends_with_the_uninterrupted_parameters(tmp_path, monkeypatc
   checkpoints = tmp_path / "resumed" / "rm" / "checkpoints"
   assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [2]
   summary = rm_stage.run(config, tmp_path / "resumed")
-  _, resumed, meta = rm_stage.load_reward_model(tmp_path / "resumed")
+  _, resumed, meta = wd.load_reward_model(tmp_path / "resumed")
   assert meta["step"] == 6 and summary["test"] is not None
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
                resumed, straight)
@@ -147,13 +149,13 @@ def test_hf_checkpoint_backbone_is_loaded_into_every_member(tmp_path):
   config = _config("hf,small")
   config.rm.backbone.path = str(tmp_path / "hf")
   config.rm.tokenizer = "byte"
-  tokenizer = rm_stage.build_tokenizer(config, "hf", config.rm.backbone.path)
-  loaded_cfg, params = rm_stage.build_backbone(config, tokenizer, sequence_width=81)
+  tokenizer = rm_training.build_tokenizer(config, "hf", config.rm.backbone.path)
+  loaded_cfg, params = rm_training.build_backbone(config, tokenizer, sequence_width=81)
   assert loaded_cfg.d_model == 32 and loaded_cfg.vocab_size == 300
   np.testing.assert_allclose(params["embed"], np.asarray(model.embed[...]))
   # A sequence longer than the checkpoint's max_seq_len names the keys.
-  with pytest.raises(rm_stage.ConfigError, match="data.max_prompt_len"):
-    rm_stage.build_backbone(config, tokenizer, sequence_width=257)
+  with pytest.raises(wd.ConfigError, match="data.max_prompt_len"):
+    rm_training.build_backbone(config, tokenizer, sequence_width=257)
 
 
 @pytest.mark.slow  # reads the 135M-parameter SmolLM2 GGUF and compiles a 30-layer forward.
@@ -165,8 +167,8 @@ def test_gguf_backbone_scores_a_pair():
     pytest.skip(str(e))
   from advrm_jax.reward.model import init_reward_model
   config = _config("gguf")
-  tokenizer = rm_stage.build_tokenizer(config, "gguf", str(path))
-  cfg, backbone = rm_stage.build_backbone(config, tokenizer, sequence_width=385)
+  tokenizer = rm_training.build_tokenizer(config, "gguf", str(path))
+  cfg, backbone = rm_training.build_backbone(config, tokenizer, sequence_width=385)
   assert cfg.num_layers == 30 and cfg.d_model == 576
   graphdef, params, _ = init_reward_model(cfg, 2, "shared", backbone_params=backbone)
   ids = tokenizer.encode("The capital of France is Paris.") + [tokenizer.eos_id]
@@ -178,20 +180,20 @@ def test_config_errors_name_the_key(tmp_path):
   config = _tiny_synthetic_config()
   config.data.source = "jsonl"
   config.data.path = str(tmp_path / "missing.jsonl")
-  with pytest.raises(rm_stage.ConfigError, match="data.path"):
+  with pytest.raises(wd.ConfigError, match="data.path"):
     rm_stage.run(config, tmp_path)
   config = _tiny_synthetic_config()
   with config.unlocked():
     config.rm.learning_rate = 1.0  # belongs in rm.optimizer
-  with pytest.raises(rm_stage.ConfigError, match=r"rm: unknown key\(s\) \['learning_rate'\]"):
+  with pytest.raises(wd.ConfigError, match=r"rm: unknown key\(s\) \['learning_rate'\]"):
     rm_stage.run(config, tmp_path)
   config = _tiny_synthetic_config()
   config.rm.tokenizer = "backbone"
-  with pytest.raises(rm_stage.ConfigError, match="rm.tokenizer"):
+  with pytest.raises(wd.ConfigError, match="rm.tokenizer"):
     rm_stage.run(config, tmp_path)
   config = _tiny_synthetic_config()
   config.data.use_chat_template = True  # the word tokenizer has no chat template
-  with pytest.raises(rm_stage.ConfigError, match="data.use_chat_template=True"):
+  with pytest.raises(wd.ConfigError, match="data.use_chat_template=True"):
     rm_stage.run(config, tmp_path)
   config = _tiny_synthetic_config()
   config.rm.member_data = "shuffle"  # needs an independent ensemble

@@ -8,7 +8,7 @@ from flax import nnx
 from advrm_jax import sharding as shd
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.models.transformer import Transformer
-from advrm_jax.pipelines.sft import jit_sft_step
+from advrm_jax.models.lm import jit_sft_step
 from advrm_jax.train_state import create_train_state, make_optimizer, split_module
 
 CFG = ModelConfig(arch="llama", vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,

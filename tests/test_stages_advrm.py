@@ -6,7 +6,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from advrm_jax.pipelines import advrm, advtrain, attack, evaluate, prefs
+from advrm_jax import inference
+from advrm_jax.pipelines import workdir as wd
+from advrm_jax.pipelines import advtrain, attack, evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -53,7 +55,7 @@ def test_success_by_seed_against_hand_counted_cases():
   gold = np.array([1.5, 2.5, 0.5, -10.0])  # gold loses: yes, no, yes, yes
   seeds = np.array([0, 0, 1, 1])
   prompt_index = np.array([0, 0, 1, 1])
-  out = attack.success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference_gold)
+  out = inference.success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference_gold)
   assert out["standard"] == [50.0, 100.0]
   # Strict needs gold z < -1.96: only -10 vs mean 1, std sqrt(2) qualifies.
   assert out["strict"] == [0.0, 50.0]
@@ -64,7 +66,7 @@ def test_preference_records_drop_empty_and_identical_pairs():
   prompts = ["user: describe rivers . assistant:"] * 3
   a = ["rivers are calm .", "", "rivers are old ."]
   b = ["rivers connect towns .", "rivers are calm .", "rivers are old ."]
-  records, dropped = prefs.preference_records(prompts, a, b, beta=2.0, seed=0)
+  records, dropped = inference.preference_records(prompts, a, b, beta=2.0, seed=0)
   assert len(records) == 1 and dropped == {"empty_response": 1, "identical_responses": 1}
   assert {records[0]["chosen"], records[0]["rejected"]} == {a[0], b[0]}
   assert "chosen_gold" in records[0]
@@ -82,8 +84,8 @@ def test_round_config_continues_from_the_previous_round(tmp_path):
 
 
 def test_round_paths_and_final_link(tmp_path):
-  assert advrm.rm_path(tmp_path, 0) == tmp_path / "rm"
-  assert advrm.rm_path(tmp_path, 2) == tmp_path / "advtrain" / "round_2" / "rm"
+  assert wd.rm_path(tmp_path, 0) == tmp_path / "rm"
+  assert wd.rm_path(tmp_path, 2) == tmp_path / "advtrain" / "round_2" / "rm"
   (tmp_path / "advtrain" / "round_2").mkdir(parents=True)
   advtrain.link_final(tmp_path, 2)
   advtrain.link_final(tmp_path, 2)  # idempotent (a resumed run re-links)

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from advrm_jax.pipelines import rl_driver
+from advrm_jax.pipelines import workdir as wd
+from advrm_jax.data import synthetic_world as world
 from advrm_jax.checkpoints.orbax_io import save_params
 from advrm_jax.models.transformer import Transformer
-from advrm_jax.pipelines import load_config, rlhf, sft
+from advrm_jax.pipelines import load_config
 from advrm_jax.rl.rewards import FunctionSource
 from advrm_jax.train_state import split_module
 
@@ -24,11 +27,11 @@ def test_train_policy_runs_on_a_data_fsdp_tensor_mesh(tmp_path):
   node = config.rlhf
   node.num_steps, node.log_every, node.checkpoint_every = 1, 1, 1
   # A random reference policy in the `sft` stage's layout.
-  model_config = sft.model_config_from(config)
-  sft.save_model_config(tmp_path / "sft", model_config)
+  model_config = wd.model_config_from(config)
+  wd.save_model_config(tmp_path / "sft", model_config)
   save_params(tmp_path / "sft" / "params", split_module(Transformer(model_config, rngs=nnx.Rngs(0)))[1])
-  prompts = rlhf.synthetic_prompt_arrays(16, 0, "rl", config.world.max_prompt_len)
-  state = rlhf.train_policy("mesh", tmp_path / "run", tmp_path / "sft", config, node,
-                            FunctionSource(rlhf.synthetic_gold), None, prompts, num_seeds=1)
+  prompts = world.prompt_arrays(16, 0, "rl", config.world.max_prompt_len)
+  state = rl_driver.train_policy("mesh", tmp_path / "run", tmp_path / "sft", config, node,
+                                 FunctionSource(world.gold_reward), None, prompts, num_seeds=1)
   assert int(np.asarray(state.step)[0]) == 1
   assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 8

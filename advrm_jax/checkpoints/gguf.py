@@ -136,7 +136,7 @@ def find_smollm2_gguf() -> pathlib.Path:
 def _import_gguf():
   """Imports the ``gguf`` package, with an install hint when it is missing."""
   try:
-    import gguf  # pylint: disable=g-import-not-at-top
+    import gguf  # pylint: disable=g-import-not-at-top  # deferred: only GGUF files need it; a clear error here
   except ImportError as e:
     raise ImportError("Reading GGUF files needs the `gguf` package: pip install 'gguf>=0.17'") from e
   return gguf
@@ -489,8 +489,9 @@ def load_gguf_tokenizer(path: str | pathlib.Path):
       (``tokenizer.ggml.model`` other than ``gpt2``) or has no vocabulary.
   """
   # Imported here so reading tensors never pays for transformers' import.
-  from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
+  from tokenizers import (AddedToken, Tokenizer, decoders, models,  # pylint: disable=g-import-not-at-top  # see above
+                          pre_tokenizers)
+  import transformers  # pylint: disable=g-import-not-at-top  # deferred: slow to import (pulls in torch)
 
   reader = _open(path)
   kind = _field(reader, "tokenizer.ggml.model")

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
+from advrm_jax.data.tokenizer import HFTokenizer
 from advrm_jax.models.config import DTYPES, ModelConfig
 from advrm_jax.models.transformer import Transformer, layer_param_shapes
 
@@ -617,16 +618,8 @@ def load_hf_tokenizer(path: PathLike) -> Any:
   """Loads the tokenizer of a local checkpoint directory.
 
   Returns:
-    An ``advrm_jax.data.tokenizer.HFTokenizer`` (local files only). If that
-    module is unavailable, the bare transformers tokenizer.
+    An ``advrm_jax.data.tokenizer.HFTokenizer`` (local files only).
   """
-  try:
-    from advrm_jax.data.tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    # Imported lazily: transformers is slow to import and only needed here.
-    import transformers  # pylint: disable=g-import-not-at-top
-    return transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True,
-                                                      trust_remote_code=False)
   return HFTokenizer.from_pretrained(path)
 
 

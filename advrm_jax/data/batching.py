@@ -358,3 +358,12 @@ def train_test_split(
   train = [p for i, p in enumerate(pairs) if i not in test_indices]
   test = [p for i, p in enumerate(pairs) if i in test_indices]
   return train, test
+
+
+def step_rows(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """The example indices of global step ``step`` of a run that cycles epochs of ``epoch_batches``.
+
+  Depends only on (seed, step), so a resumed run replays the same batches.
+  """
+  epoch, index = divmod(step, num_examples // batch_size)
+  return epoch_batches(num_examples, batch_size, seed, epoch)[index]

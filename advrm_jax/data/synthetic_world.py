@@ -1310,3 +1310,49 @@ def corpus_statistics(corpus: Sequence[Mapping[str, str]]) -> dict[str, Any]:
     by_class[c] = (float(g.mean()), float(g.std()), int(g.size))
   return {"gold_by_class": by_class, "correlation": corr,
           "gold_mean": float(gold.mean())}
+
+
+# ---------------------------------------------------------------------------
+# Token rows of the world's policy: prompts in, text out.
+# ---------------------------------------------------------------------------
+
+
+def encode_prompts(prompts: Sequence[str], max_prompt_len: int) -> dict[str, np.ndarray]:
+  """[BOS] + each prompt's word ids, left-padded to max_prompt_len."""
+  ids = [[BOS_ID] + TOKENIZER.encode(p) for p in prompts]
+  too_long = [i for i, s in enumerate(ids) if len(s) > max_prompt_len]
+  if too_long:
+    raise ValueError(f"world.max_prompt_len={max_prompt_len} cannot fit prompt {too_long[0]} "
+                     f"({len(ids[too_long[0]])} tokens)")
+  tokens, mask = pad_sequences(ids, max_prompt_len, left=True)
+  return {"tokens": tokens, "mask": mask.astype(np.int32)}
+
+
+def prompt_arrays(num: int, seed: int, split: str, max_prompt_len: int) -> dict[str, np.ndarray]:
+  """[BOS] + prompt, left-padded to max_prompt_len (the world's RL prompt stream)."""
+  return encode_prompts(make_prompts(num, seed, split=split), max_prompt_len)
+
+
+def decode_prompt_rows(prompt_tokens: np.ndarray, prompt_mask: np.ndarray) -> list[str]:
+  """Prompt texts of prompt rows (BOS and padding dropped)."""
+  return [TOKENIZER.decode([t for t, m in zip(row, mask) if m and t != BOS_ID])
+          for row, mask in zip(prompt_tokens, prompt_mask)]
+
+
+def decode_response_rows(response_tokens: np.ndarray, response_mask: np.ndarray) -> list[str]:
+  """Response texts (up to the first EOS)."""
+  return [TOKENIZER.decode_response([t for t, m in zip(row, mask) if m])
+          for row, mask in zip(response_tokens, response_mask)]
+
+
+def sample_table(samples: Mapping[str, np.ndarray], limit: int = 4) -> str:
+  """A markdown table of an RL step's sample responses (the ``text_fn`` of RL runs on the world)."""
+  rows = ["| prompt | response | proxy |", "|---|---|---|"]
+  prompts = samples["samples/prompt_tokens"].reshape(-1, samples["samples/prompt_tokens"].shape[-1])
+  responses = samples["samples/response_tokens"].reshape(-1, samples["samples/response_tokens"].shape[-1])
+  proxy = samples["samples/proxy_reward"].reshape(-1)
+  for p, r, s in list(zip(prompts, responses, proxy))[:limit]:
+    prompt = TOKENIZER.decode([t for t in p if t != BOS_ID])
+    response = TOKENIZER.decode_response(list(r))
+    rows.append(f"| {prompt} | {response} | {float(s):.2f} |")
+  return "\n".join(rows)

@@ -117,7 +117,7 @@ class HFTokenizer:
     """
     # Imported here: transformers is slow to import and only this
     # constructor needs it.
-    import transformers  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top  # deferred: slow to import (pulls in torch)
     # trust_remote_code=False, explicitly: left unset, transformers asks
     # interactively whether to run a checkpoint's custom tokenizer code
     # (auto_map); a path must never lead to running code.

@@ -18,7 +18,7 @@ cheap automatic checks of the failure modes reward hacking tends to produce:
 
 The text checks are pure Python on strings (or token-id sequences);
 ``text_quality`` bundles them for one response and ``quality_flags`` turns
-them into short labels for a report (``pipelines/inspect.py``).
+them into short labels for a report (``pipelines/inspect_stage.py``).
 
 Words are lower-cased runs of letters/digits (apostrophes inside a word
 kept), so punctuation and spacing never make two otherwise equal n-grams

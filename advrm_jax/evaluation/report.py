@@ -221,7 +221,7 @@ def attack_table(ours: Mapping[str, Mapping[str, Any]],
 
 def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
   # Imported lazily: matplotlib is slow to import and only plots need it.
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  # deferred: slow to import, plots only
   # Constrained layout keeps a figure title clear of the panel titles.
   fig = Figure(figsize=(width * ncols, height), dpi=100, layout="constrained")
   axes = fig.subplots(1, ncols, squeeze=False)[0]
@@ -230,7 +230,7 @@ def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
 
 def integer_ticks(ax) -> None:
   """Whole-number ticks on the x axis (steps, rounds)."""
-  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top  # deferred: plots only
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 

@@ -26,10 +26,10 @@ STAGES = {
     "probes": "advrm_jax.pipelines.probes",
     "prefs": "advrm_jax.pipelines.prefs",
     "attack": "advrm_jax.pipelines.attack",
-    "filter": "advrm_jax.pipelines.filter",
+    "filter": "advrm_jax.pipelines.filter_stage",
     "advtrain": "advrm_jax.pipelines.advtrain",
     "advrm": "advrm_jax.pipelines.advrm",
-    "inspect": "advrm_jax.pipelines.inspect",
+    "inspect": "advrm_jax.pipelines.inspect_stage",
     "online": "advrm_jax.pipelines.online",
     "evaluate": "advrm_jax.pipelines.evaluate",
 }

@@ -10,7 +10,7 @@ that retraining the ensemble from scratch on such data did not generalise,
 so by default (``advtrain.init = "previous"``) training continues from RM
 round r - 1 for ``advtrain.num_steps`` steps; ``"scratch"`` retrains.
 
-Training itself is the `rm` stage (``pipelines.rm.run``) on that file with
+Training itself is the `rm` stage's trainer (``rm_training.train_reward_model``) on that file with
 ``rm.init_from`` pointing at the previous round, so the hardened RM has the
 same artefacts and loader as the conventional one.
 
@@ -36,7 +36,6 @@ beyond the control is the adversarial pairs' doing, not the extra training's.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import pathlib
 from typing import Any
@@ -44,24 +43,16 @@ from typing import Any
 from absl import logging
 import jax
 
+from advrm_jax import inference
 from advrm_jax.adversarial.filtering import mix_pairs
-from advrm_jax.pipelines import advrm, prefs
-from advrm_jax.pipelines import filter as filter_stage
-from advrm_jax.pipelines.sft import load_policy
+from advrm_jax.pipelines import workdir as wd
+from advrm_jax.pipelines.rm_training import train_reward_model
 
-STAGE = "advtrain"
+STAGE = wd.ADVTRAIN
 # Arm -> stage directory: Adv-RM's rounds, and the control's (the same schedule with fresh ordinary pairs).
-ARMS = {"adversarial": STAGE, "fresh_pairs": "advtrain_control"}
+ARMS = {"adversarial": STAGE, "fresh_pairs": wd.ADVTRAIN_CONTROL}
 PAIRS_FILE = "pairs.jsonl"
 INITS = ("previous", "scratch")
-
-
-def read_jsonl(path: pathlib.Path, what: str) -> list[dict[str, Any]]:
-  """Every record of a JSON-lines artefact; FileNotFoundError names the stage (``what``) to run."""
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: run {what} first")
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def mix_training_pairs(ordinary: list[Any], adversarial: list[Any], fraction: float, upsample: bool,
@@ -124,12 +115,12 @@ def fresh_reference_pairs(config: Any, workdir: pathlib.Path, round_index: int, 
   the same rule and the same policy as the original preferences, so the control adds ordinary data of the
   size the Adv-RM round adds adversarial data.
   """
-  _, graphdef, params = load_policy(workdir / "sft")
+  _, graphdef, params = wd.load_policy(workdir / "sft")
   salt = 100_003 * round_index
   # Ask for more prompts than needed: pairs whose two answers carry no preference are dropped.
-  records, _ = prefs.sample_labelled_pairs(config, graphdef, params, int(1.5 * num_pairs) + 8,
-                                           config.seed + salt, jax.random.key(config.seed + salt + 1009),
-                                           config.seed + salt)
+  records, _ = inference.sample_labelled_pairs(config, graphdef, params, int(1.5 * num_pairs) + 8,
+                                               config.seed + salt, jax.random.key(config.seed + salt + 1009),
+                                               config.seed + salt)
   if len(records) < num_pairs:
     raise ValueError(f"advtrain (fresh_pairs control): only {len(records)} usable fresh pairs for "
                      f"advtrain.num_pairs={num_pairs}")
@@ -139,17 +130,15 @@ def fresh_reference_pairs(config: Any, workdir: pathlib.Path, round_index: int, 
 
 def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "adversarial") -> None:
   """Trains RM round r (r >= 1) on ordinary + adversarial pairs (``arm="fresh_pairs"``: + fresh pairs)."""
-  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
   if round_index < 1:
     raise ValueError(f"advtrain: round {round_index}; RM round 0 is the `rm` stage's")
   if arm not in ARMS:
     raise ValueError(f"advtrain: unknown arm {arm!r}; expected one of {ARMS}")
   stage = ARMS[arm]
-  out = advrm.round_dir(workdir, stage, round_index)
-  if advrm.is_done(out):
-    logging.info("%s/round_%d: done, skipping", stage, round_index)
-    if round_index == advrm.num_rounds(config):
+  out = wd.round_dir(workdir, stage, round_index)
+  if wd.skip_if_done(out, f"{stage}/round_{round_index}"):
+    if round_index == wd.num_rounds(config):
       link_final(workdir, round_index, stage)
     return
   node = config.advtrain
@@ -158,14 +147,14 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "
   num_pairs = int(node.get("num_pairs", 0))
   if arm == "fresh_pairs" and num_pairs <= 0:
     raise ValueError("advtrain.control needs advtrain.num_pairs > 0 (the control adds that many fresh pairs)")
-  ordinary = read_jsonl(workdir / prefs.STAGE / prefs.TRAIN_FILE, "the `prefs` stage")
+  ordinary = wd.read_jsonl(workdir / wd.PREFS / wd.TRAIN_FILE, "the `prefs` stage")
   source_rounds = range(round_index) if node.accumulate else [round_index - 1]
   adversarial = []
   for r in source_rounds:
-    filter_dir = advrm.round_dir(workdir, filter_stage.STAGE, r)
-    if not advrm.is_done(filter_dir):
+    filter_dir = wd.round_dir(workdir, wd.FILTER, r)
+    if not wd.is_done(filter_dir):
       raise FileNotFoundError(f"advtrain: {filter_dir} is not finished; run the `filter` stage for round {r}")
-    adversarial += read_jsonl(filter_stage.pairs_path(workdir, r), "the `filter` stage")
+    adversarial += wd.read_jsonl(wd.pairs_path(workdir, r), "the `filter` stage")
   seed = config.seed * 1000 + round_index
   if arm == "fresh_pairs":
     mixed = dosed_training_pairs(ordinary, fresh_reference_pairs(config, workdir, round_index, num_pairs),
@@ -179,11 +168,12 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "
                     round_index)
     mixed = list(ordinary)
   # Only the fields the RM reads, so the file is an ordinary preference file.
-  advrm.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
-                                        "adversarial": "r1" in r, "fresh": bool(r.get("fresh"))} for r in mixed])
-  init_from = str(advrm.rm_path(workdir, round_index - 1, arm)) if node.init == "previous" else ""
-  rm_stage.run(round_config(config, out / PAIRS_FILE, init_from, workdir), out, name=f"{stage}/round_{round_index}/rm")
-  advrm.write_json(out / "summary.json", {
+  wd.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+                                     "adversarial": "r1" in r, "fresh": bool(r.get("fresh"))} for r in mixed])
+  init_from = str(wd.rm_path(workdir, round_index - 1, arm)) if node.init == "previous" else ""
+  train_reward_model(round_config(config, out / PAIRS_FILE, init_from, workdir), out,
+                     name=f"{stage}/round_{round_index}/rm")
+  wd.write_json(out / "summary.json", {
       "round": round_index, "arm": arm, "num_ordinary": len(ordinary),
       "num_adversarial_available": len(adversarial),
       "num_adversarial_used": sum(1 for r in mixed if "r1" in r),
@@ -192,8 +182,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "
       "dose": num_pairs if num_pairs > 0 else None,
       "adversarial_fraction": None if num_pairs > 0 else node.adversarial_fraction, "init": node.init,
       "init_from": init_from, "num_steps": node.num_steps, "source_rounds": list(source_rounds)})
-  advrm.mark_done(out)
-  if round_index == advrm.num_rounds(config):
+  wd.mark_done(out)
+  if round_index == wd.num_rounds(config):
     link_final(workdir, round_index, stage)
 
 
@@ -207,8 +197,8 @@ def run_rounds(config: Any, workdir: pathlib.Path, round_index: int) -> None:
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `advtrain`: every round whose filtered pairs exist and whose RM is not trained."""
   workdir = pathlib.Path(workdir)
-  for r in range(1, advrm.num_rounds(config) + 1):
-    if not advrm.is_done(advrm.round_dir(workdir, filter_stage.STAGE, r - 1)):
+  for r in range(1, wd.num_rounds(config) + 1):
+    if not wd.is_done(wd.round_dir(workdir, wd.FILTER, r - 1)):
       if r == 1:
         raise FileNotFoundError("advtrain: the round-0 filter is not finished; run the `filter` stage")
       break

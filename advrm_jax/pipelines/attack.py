@@ -1,7 +1,7 @@
 """Stage `attack`: the Adv-RM adversary against RM round r.
 
 The adversary is a policy initialised from the SFT reference and trained by
-the one RL driver (``rlhf.train_policy``: RLOO by default, PPO by config,
+the one RL driver (``rl_driver.train_policy``: RLOO by default, PPO by config,
 KL to the reference, several seeds vmapped) on
 
   r = R1 - lam * R2 * 1[R1 > T(x)] + penalty * 1[R1 <= T(x)]
@@ -39,16 +39,15 @@ from absl import logging
 import jax
 import numpy as np
 
-from advrm_jax.adversarial.filtering import standardize, uncertainty
+from advrm_jax import inference
 from advrm_jax.adversarial.objective import per_prompt_threshold, split_target
-from advrm_jax.evaluation.attack import attack_success, pooled_within_prompt_std
+from advrm_jax.evaluation.attack import pooled_within_prompt_std
 from advrm_jax.metrics import read_metrics
-from advrm_jax.pipelines import advrm
-from advrm_jax.pipelines.rlhf import train_policy
-from advrm_jax.pipelines.sft import load_policy
+from advrm_jax.pipelines import workdir as wd
+from advrm_jax.pipelines.rl_driver import train_policy
 from advrm_jax.rl.rewards import AdversarySource
 
-STAGE = "attack"
+STAGE = wd.ATTACK
 
 
 class RolloutCollector:
@@ -68,7 +67,7 @@ class RolloutCollector:
 
   def __call__(self, step: int, rollout: dict[str, Any]) -> None:
     arrays = jax.device_get(rollout)
-    advrm.save_npz(self.path(step), **{k: np.asarray(v) for k, v in arrays.items()})
+    wd.save_npz(self.path(step), **{k: np.asarray(v) for k, v in arrays.items()})
 
   def load(self, num_steps: int) -> dict[str, np.ndarray]:
     """All steps' samples flattened to rows, with their seed and step: [M, ...]."""
@@ -78,7 +77,7 @@ class RolloutCollector:
                               "delete the round's checkpoints/ to rerun the attack")
     columns: dict[str, list[np.ndarray]] = {}
     for step in range(1, num_steps + 1):
-      arrays = advrm.load_npz(self.path(step), "the attack")
+      arrays = wd.load_npz(self.path(step), "the attack")
       num_seeds, rows = arrays["response_tokens"].shape[:2]
       for key, value in arrays.items():
         columns.setdefault(key, []).append(value.reshape((num_seeds * rows,) + value.shape[2:]))
@@ -103,59 +102,10 @@ def prompt_indices(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, pool_toke
   return out
 
 
-def success_by_seed(r1: np.ndarray, gold: np.ndarray, seeds: np.ndarray, prompt_index: np.ndarray,
-                    reference_r1: np.ndarray, reference_gold: np.ndarray,
-                    gold_std_floor: float | None = None) -> dict[str, Any]:
-  """Attack success (standard/strict, %) of samples against their prompts' reference samples, per seed.
-
-  Args:
-    r1, gold: [M] the samples' R1 and gold. seeds, prompt_index: [M].
-    reference_r1, reference_gold: [P, n] the reference samples'.
-    gold_std_floor: floor of the strict test's per-prompt gold std (the pooled within-prompt std of
-      the reference: the synthetic gold is discrete, and a prompt whose n samples share one gold value
-      would otherwise count any worse answer as infinitely many std below).
-
-  Without gold (all NaN: an imported policy's samples) the rates are None.
-  """
-  has_gold = bool(np.isfinite(gold).any())
-  strict = {} if gold_std_floor is None else {"gold_std_floor": gold_std_floor}
-  per_seed = []
-  for seed in np.unique(seeds):
-    rows = seeds == seed
-    idx = prompt_index[rows]
-    if not has_gold:
-      per_seed.append({"standard": None, "strict": None, "num_responses": int(rows.sum())})
-      continue
-    per_seed.append(attack_success(r1[rows], reference_r1[idx], gold[rows], reference_gold[idx], **strict))
-  return {"standard": [s["standard"] for s in per_seed], "strict": [s["strict"] for s in per_seed],
-          "num_responses": [s["num_responses"] for s in per_seed]}
-
-
 def attack_threshold(node: Any, reference_r1: np.ndarray) -> np.ndarray:
   """T(x) per attack prompt ([P]) from the reference samples' R1 ([P, n], in the adversary's units)."""
   return np.asarray(per_prompt_threshold(reference_r1, kind=node.threshold, constant=node.get("tau", 0.0)),
                     np.float32)
-
-
-def sample_final(config: Any, workdir: pathlib.Path, params: Any, pool: dict[str, np.ndarray], salt: int,
-                  rm_graphdef: Any, rm_params: Any, tokenizer: Any) -> dict[str, np.ndarray]:
-  """The trained attackers answer every prompt of ``pool`` m times, scored by every member and by gold."""
-  _, policy_graphdef, _ = load_policy(workdir / "sft")
-  node, num_seeds = config.attack, config.num_seeds
-  m = node.final_samples_per_prompt
-  num_prompts = pool["prompt_tokens"].shape[0]
-  final = advrm.sample_responses(
-      policy_graphdef, params, np.repeat(pool["prompt_tokens"], m, axis=0),
-      np.repeat(pool["prompt_mask"], m, axis=0), jax.random.key(config.seed + salt),
-      advrm.sampling_config(node.sampling), config.prefs.sample_batch_size, num_seeds=num_seeds)
-  final = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in final.items()}
-  final["seed"] = np.repeat(np.arange(num_seeds), num_prompts * m)
-  final["prompt_index"] = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
-  final["member_scores"] = advrm.score_members(rm_graphdef, rm_params, final["prompt_tokens"], final["prompt_mask"],
-                                               final["response_tokens"], final["response_mask"])
-  final["gold"] = advrm.gold_of(final["prompt_tokens"], final["prompt_mask"], final["response_tokens"],
-                                final["response_mask"], tokenizer)
-  return final
 
 
 def kl_curve(stage_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
@@ -164,25 +114,14 @@ def kl_curve(stage_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   return np.array([r["step"] for r in rows], np.int64), np.array([r["kl"] for r in rows], np.float64)
 
 
-def disagreement_z(units_scores: np.ndarray, reference_units: np.ndarray, target: int,
-                   r2_kind: str) -> np.ndarray:
-  """z(U) of samples, U = R1 - R2 in the adversary's units, against U of the reference samples."""
-  u = np.asarray(uncertainty(units_scores, "r1_minus_r2", target, r2_kind))
-  reference_u = np.asarray(uncertainty(reference_units.reshape(reference_units.shape[0], -1), "r1_minus_r2",
-                                       target, r2_kind))
-  return np.asarray(standardize(u, reference=reference_u))
-
-
 def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   """Trains the round's adversaries and writes its artefacts (see module doc)."""
-  from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
-  out = advrm.round_dir(workdir, STAGE, round_index)
-  if advrm.is_done(out):
-    logging.info("attack/round_%d: done, skipping", round_index)
+  out = wd.round_dir(workdir, STAGE, round_index)
+  if wd.skip_if_done(out, f"attack/round_{round_index}"):
     return
   node = config.attack
-  rm_graphdef, rm_params, rm_meta = load_reward_model(advrm.rm_path(workdir, round_index))
+  rm_graphdef, rm_params, rm_meta = wd.load_reward_model(wd.rm_path(workdir, round_index))
   num_members = rm_meta["num_members"]
   if num_members < 2:
     raise ValueError(f"attack: RM round {round_index} has {num_members} member; the adversary's R2 needs "
@@ -190,17 +129,17 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   if not 0 <= node.target < num_members:
     raise ValueError(f"attack.target={node.target} is not a member of the {num_members}-member ensemble")
   # None: the synthetic world's policy; else an imported policy's (its samples have no gold).
-  tokenizer = advrm.policy_tokenizer(workdir)
+  tokenizer = wd.policy_tokenizer(workdir)
   if tokenizer is not None:
     rm_tokens = {k: rm_meta["tokenizer"].get(k) for k in ("vocab_size", "eos_id")}
     if rm_tokens != {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}:
       raise ValueError(f"attack: RM round {round_index} reads tokens {rm_tokens} but the policy in "
                        f"{workdir / 'sft'} writes vocab_size={tokenizer.vocab_size}, eos_id={tokenizer.eos_id}; "
                        "give rm.backbone.path the policy's checkpoint (model.path)")
-  reference = advrm.load_reference(workdir)
-  reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
-  units = advrm.reward_units(config, workdir, round_index, rm_graphdef, rm_params, reference)
-  reference_units = advrm.in_units(reference_scores, units)
+  reference = wd.load_reference(workdir)
+  reference_scores = inference.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
+  units = inference.reward_units(config, workdir, round_index, rm_graphdef, rm_params, reference)
+  reference_units = inference.in_units(reference_scores, units)
   reference_r1 = reference_scores[node.target]
   threshold = attack_threshold(node, reference_units[node.target])
   prompts = {"tokens": reference["prompt_tokens"], "mask": reference["prompt_mask"].astype(np.int32),
@@ -211,7 +150,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   num_seeds = config.num_seeds
   collector = RolloutCollector(out / "rollouts")
   policy_text = {} if tokenizer is None else {
-      "gold_fn": None, "text_fn": lambda samples, step: {"samples": advrm.sample_table(samples, tokenizer)}}
+      "gold_fn": None, "text_fn": lambda samples, step: {"samples": inference.sample_table(samples, tokenizer)}}
   state = train_policy(f"attack/round_{round_index}", out, workdir / "sft", config, node, source, source_params,
                        prompts, num_seeds, collect_fn=collector, **policy_text)
 
@@ -219,35 +158,35 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   collected = collector.load(node.num_steps)
   collected["prompt_index"] = prompt_indices(collected["prompt_tokens"], collected["prompt_mask"],
                                              reference["prompt_tokens"], reference["prompt_mask"])
-  collected["member_scores"] = advrm.score_members(rm_graphdef, rm_params, collected["prompt_tokens"],
-                                                   collected["prompt_mask"], collected["response_tokens"],
-                                                   collected["response_mask"])
-  collected["gold"] = advrm.gold_of(collected["prompt_tokens"], collected["prompt_mask"],
-                                    collected["response_tokens"], collected["response_mask"], tokenizer)
+  collected["member_scores"] = inference.score_members(rm_graphdef, rm_params, collected["prompt_tokens"],
+                                                       collected["prompt_mask"], collected["response_tokens"],
+                                                       collected["response_mask"])
+  collected["gold"] = inference.gold_of(collected["prompt_tokens"], collected["prompt_mask"],
+                                        collected["response_tokens"], collected["response_mask"], tokenizer)
   collected["threshold"] = threshold[collected["prompt_index"]]
-  advrm.save_npz(out / "collected.npz", **collected)
+  wd.save_npz(out / "collected.npz", **collected)
 
   # The trained attackers answer every attack prompt m times (what they learned where they trained)...
-  final = sample_final(config, workdir, state.params["policy"], reference, 7919 + round_index, rm_graphdef,
+  final = inference.sample_final(config, workdir, state.params["policy"], reference, 7919 + round_index, rm_graphdef,
                         rm_params, tokenizer)
-  advrm.save_npz(out / "final_samples.npz", **final)
+  wd.save_npz(out / "final_samples.npz", **final)
 
   r1 = collected["member_scores"][node.target]
-  collected_units = advrm.in_units(collected["member_scores"], units)
+  collected_units = inference.in_units(collected["member_scores"], units)
   steps, kl = kl_curve(out)
   summary = {
-      "round": round_index, "rm": str(advrm.rm_path(workdir, round_index)), "num_seeds": num_seeds,
+      "round": round_index, "rm": str(wd.rm_path(workdir, round_index)), "num_seeds": num_seeds,
       "num_steps": node.num_steps, "algorithm": node.rl.algorithm,
       "units": "reference z" if units is not None else "raw",
       "threshold_kind": node.threshold, "threshold_mean": float(threshold.mean()),
       "reference": {"r1_mean": float(reference_r1.mean()), "gold_mean": float(reference["gold"].mean())},
-      "final": dict(success_by_seed(final["member_scores"][node.target], final["gold"], final["seed"],
+      "final": dict(inference.success_by_seed(final["member_scores"][node.target], final["gold"], final["seed"],
                                     final["prompt_index"], reference_r1, reference["gold"]),
                     r1_mean=float(final["member_scores"][node.target].mean()), gold_mean=float(final["gold"].mean()),
-                    above_threshold=float(np.mean(advrm.in_units(final["member_scores"], units)[node.target]
+                    above_threshold=float(np.mean(inference.in_units(final["member_scores"], units)[node.target]
                                                   > threshold[final["prompt_index"]])),
                     eos_fraction=float(final["has_eos"].mean())),
-      "collected": dict(success_by_seed(r1, collected["gold"], collected["seed"], collected["prompt_index"],
+      "collected": dict(inference.success_by_seed(r1, collected["gold"], collected["seed"], collected["prompt_index"],
                                         reference_r1, reference["gold"]),
                         num_samples=int(r1.size),
                         above_threshold=float(np.mean(collected_units[node.target] > collected["threshold"])),
@@ -260,20 +199,20 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
       "kl_curve": {"step": steps.tolist(), "kl": kl.tolist()},
   }
   # ... and, when `prefs` made one, on held-out prompts it never trained on: where attack success is read.
-  if advrm.has_heldout_reference(workdir):
-    heldout = advrm.load_reference(workdir, heldout=True)
-    heldout_final = sample_final(config, workdir, state.params["policy"], heldout, 7919 + 100 + round_index,
+  if wd.has_heldout_reference(workdir):
+    heldout = wd.load_reference(workdir, heldout=True)
+    heldout_final = inference.sample_final(config, workdir, state.params["policy"], heldout, 7919 + 100 + round_index,
                                   rm_graphdef, rm_params, tokenizer)
-    advrm.save_npz(out / "final_heldout.npz", **heldout_final)
-    heldout_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, heldout)  # [K, Ph, m]
-    final_units = advrm.in_units(heldout_final["member_scores"], units)
-    above = final_units[node.target] > attack_threshold(node, advrm.in_units(heldout_scores, units)[node.target])[
+    wd.save_npz(out / "final_heldout.npz", **heldout_final)
+    heldout_scores = inference.reference_member_scores(workdir, rm_graphdef, rm_params, heldout)  # [K, Ph, m]
+    final_units = inference.in_units(heldout_final["member_scores"], units)
+    above = final_units[node.target] > attack_threshold(node, inference.in_units(heldout_scores, units)[node.target])[
         heldout_final["prompt_index"]]
-    z_u = disagreement_z(final_units, reference_units, node.target, node.r2_kind)
+    z_u = inference.disagreement_z(final_units, reference_units, node.target, node.r2_kind)
     summary["final_heldout"] = dict(
-        success_by_seed(heldout_final["member_scores"][node.target], heldout_final["gold"], heldout_final["seed"],
-                        heldout_final["prompt_index"], heldout_scores[node.target], heldout["gold"],
-                        gold_std_floor=pooled_within_prompt_std(heldout["gold"])),
+        inference.success_by_seed(heldout_final["member_scores"][node.target], heldout_final["gold"],
+                                  heldout_final["seed"], heldout_final["prompt_index"], heldout_scores[node.target],
+                                  heldout["gold"], gold_std_floor=pooled_within_prompt_std(heldout["gold"])),
         num_prompts=int(heldout["prompt_tokens"].shape[0]), reference_samples=int(heldout["gold"].shape[1]),
         gold_std_floor=pooled_within_prompt_std(heldout["gold"]),
         gold_mean=float(heldout_final["gold"].mean()), reference_gold_mean=float(heldout["gold"].mean()),
@@ -285,12 +224,12 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   success_by_step = []
   for step in steps:
     rows = collected["step"] == step
-    success_by_step.append(float(np.mean(success_by_seed(
+    success_by_step.append(float(np.mean(inference.success_by_seed(
         r1[rows], collected["gold"][rows], collected["seed"][rows], collected["prompt_index"][rows], reference_r1,
         reference["gold"])["standard"])) if rows.any() and np.isfinite(collected["gold"]).any() else None)
   summary["kl_curve"]["standard_success"] = success_by_step
-  advrm.write_json(out / "summary.json", summary)
-  advrm.mark_done(out)
+  wd.write_json(out / "summary.json", summary)
+  wd.mark_done(out)
   headline = summary.get("final_heldout", summary["final"])
   if tokenizer is None:
     logging.info("attack/round_%d: final attacker success %s%% standard, %s%% strict (%s prompts); %d samples "
@@ -305,10 +244,10 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `attack`: every round whose RM exists and whose attack is not done."""
   workdir = pathlib.Path(workdir)
-  for r in range(advrm.num_rounds(config) + 1):
-    meta = advrm.rm_path(workdir, r) / "rm_meta.json"
-    if not meta.exists() or (r > 0 and not advrm.is_done(advrm.round_dir(workdir, "advtrain", r))):
+  for r in range(wd.num_rounds(config) + 1):
+    meta = wd.rm_path(workdir, r) / "rm_meta.json"
+    if not meta.exists() or (r > 0 and not wd.is_done(wd.round_dir(workdir, "advtrain", r))):
       if r == 0:
-        raise FileNotFoundError(f"attack: no conventional RM at {advrm.rm_path(workdir, 0)}; run the `rm` stage")
+        raise FileNotFoundError(f"attack: no conventional RM at {wd.rm_path(workdir, 0)}; run the `rm` stage")
       break
     run_round(config, workdir, r)

@@ -41,14 +41,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advrm_jax import inference
+from advrm_jax.checkpoints.orbax_io import load_params
 from advrm_jax.evaluation import hacking, report as rep
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.evaluation import exploits
 from advrm_jax.evaluation.attack import (attack_success, pooled_within_prompt_std, uncertainty_gold_correlation,
                                          value_at_kl)
 from advrm_jax.evaluation.perturbation import word_substitution_attack
-from advrm_jax.pipelines import advrm
-from advrm_jax.pipelines.attack import disagreement_z, success_by_seed
+from advrm_jax.metrics import read_metrics
+from advrm_jax.pipelines import workdir as wd
+from advrm_jax.reward.evaluation import pairwise_accuracy
 
 STAGE = "evaluate"
 # KL budgets (nats) at which runs are compared ("matched KL").
@@ -81,11 +84,10 @@ def _nanmean_rows(per_seed: list[list[float]]) -> list[float | None]:
 def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params: Any, meta: dict[str, Any],
                              target: int) -> dict[str, Any]:
   """Pairwise accuracy of an RM on the held-out ordinary preference pairs."""
-  from advrm_jax.reward.evaluation import pairwise_accuracy  # pylint: disable=import-outside-toplevel
-  data = advrm.held_out_pairs(workdir, meta)
+  data = wd.held_out_pairs(workdir, meta)
   num_pairs = data["chosen_tokens"].shape[0]
-  chosen, _ = advrm.scores_and_hidden(rm_graphdef, rm_params, data["chosen_tokens"], data["chosen_mask"])
-  rejected, _ = advrm.scores_and_hidden(rm_graphdef, rm_params, data["rejected_tokens"], data["rejected_mask"])
+  chosen, _ = inference.scores_and_hidden(rm_graphdef, rm_params, data["chosen_tokens"], data["chosen_mask"])
+  rejected, _ = inference.scores_and_hidden(rm_graphdef, rm_params, data["rejected_tokens"], data["rejected_mask"])
   members = pairwise_accuracy(chosen, rejected)
   return {"num_pairs": num_pairs, "target_member": float(members[target]),
           "ensemble_mean": float(pairwise_accuracy(chosen.mean(0), rejected.mean(0))),
@@ -94,9 +96,7 @@ def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params:
 
 def label_gold_agreement(workdir: pathlib.Path) -> float:
   """How often the held-out preference labels agree with gold (ties count 1/2): the accuracy ceiling."""
-  from advrm_jax.pipelines import prefs  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines.advtrain import read_jsonl  # pylint: disable=import-outside-toplevel
-  records = read_jsonl(workdir / prefs.STAGE / prefs.TEST_FILE, "the `prefs` stage")
+  records = wd.read_jsonl(workdir / wd.PREFS / wd.TEST_FILE, "the `prefs` stage")
   chosen = np.array([r["chosen_gold"] for r in records])
   rejected = np.array([r["rejected_gold"] for r in records])
   return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
@@ -104,9 +104,7 @@ def label_gold_agreement(workdir: pathlib.Path) -> float:
 
 def load_policies(workdir: pathlib.Path, run_dir: pathlib.Path, num_seeds: int) -> tuple[Any, Any]:
   """(graphdef, params stacked over seeds) of a finished RL run."""
-  from advrm_jax.checkpoints.orbax_io import load_params  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
-  _, graphdef, params = load_policy(workdir / "sft")
+  _, graphdef, params = wd.load_policy(workdir / "sft")
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_seeds,) + x.shape, x.dtype), params)
   return graphdef, load_params(run_dir / "params", target)
 
@@ -123,26 +121,25 @@ def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str | No
   """
   num_seeds, m = config.num_seeds, config.evaluate.policy_samples_per_prompt
   if run_name is None:
-    from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
-    _, graphdef, single = load_policy(workdir / "sft")
+    _, graphdef, single = wd.load_policy(workdir / "sft")
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds,) + x.shape), single)
   else:
     run_dir = workdir / "rlhf" / run_name
-    if not advrm.is_done(run_dir):
+    if not wd.is_done(run_dir):
       return None
     graphdef, params = load_policies(workdir, run_dir, num_seeds)
   num_prompts = reference["prompt_tokens"].shape[0]
-  out = advrm.sample_responses(graphdef, params, np.repeat(reference["prompt_tokens"], m, axis=0),
-                               np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 4242),
-                               advrm.sampling_config(config.rlhf.sampling), config.prefs.sample_batch_size,
-                               num_seeds=num_seeds)
+  out = inference.sample_responses(graphdef, params, np.repeat(reference["prompt_tokens"], m, axis=0),
+                                   np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 4242),
+                                   inference.sampling_config(config.rlhf.sampling), config.prefs.sample_batch_size,
+                                   num_seeds=num_seeds)
   flat = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in out.items()}
-  r1 = advrm.score_members(rm[0], rm[1], flat["prompt_tokens"], flat["prompt_mask"], flat["response_tokens"],
-                           flat["response_mask"])[config.attack.target]
-  gold = advrm.gold_of(flat["prompt_tokens"], flat["prompt_mask"], flat["response_tokens"], flat["response_mask"])
+  r1 = inference.score_members(rm[0], rm[1], flat["prompt_tokens"], flat["prompt_mask"], flat["response_tokens"],
+                               flat["response_mask"])[config.attack.target]
+  gold = inference.gold_of(flat["prompt_tokens"], flat["prompt_mask"], flat["response_tokens"], flat["response_mask"])
   seeds = np.repeat(np.arange(num_seeds), num_prompts * m)
   prompt_index = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)
-  result = success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"],
+  result = inference.success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"],
                            gold_std_floor=pooled_within_prompt_std(reference["gold"]))
   result.update(run=run_name, r1_mean=float(r1.mean()), gold_mean=float(gold.mean()))
   if samples is not None:
@@ -162,13 +159,13 @@ def substitution_attack_success(config: Any, rm: tuple[Any, Any], reference: dic
 
   def score_fn(candidate_tokens, candidate_mask, example_ids):
     rows = prompt_index[example_ids]
-    return advrm.score_members(rm[0], rm[1], reference["prompt_tokens"][rows], reference["prompt_mask"][rows],
-                               candidate_tokens, candidate_mask)[target]
+    return inference.score_members(rm[0], rm[1], reference["prompt_tokens"][rows], reference["prompt_mask"][rows],
+                                   candidate_tokens, candidate_mask)[target]
 
   result = word_substitution_attack(tokens, mask, score_fn, budget=node.substitution_budget,
                                     search=node.substitution_search)
-  gold = advrm.gold_of(reference["prompt_tokens"][prompt_index], reference["prompt_mask"][prompt_index],
-                       result.tokens, mask)
+  gold = inference.gold_of(reference["prompt_tokens"][prompt_index], reference["prompt_mask"][prompt_index],
+                           result.tokens, mask)
   success = attack_success(result.final_score, reference_r1[prompt_index], gold, reference["gold"][prompt_index],
                            gold_std_floor=pooled_within_prompt_std(reference["gold"]))
   return {"standard": [success["standard"]], "strict": [success["strict"]],
@@ -179,7 +176,6 @@ def substitution_attack_success(config: Any, rm: tuple[Any, Any], reference: dic
 
 def rlhf_curves(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Per-run gold/proxy/KL curves per seed, hacking onsets and final values."""
-  from advrm_jax.metrics import read_metrics  # pylint: disable=import-outside-toplevel
   node, num_seeds = config.evaluate, config.num_seeds
   out = {}
   for name, spec in config.rlhf.runs.items():
@@ -215,12 +211,12 @@ def adversarial_examples(workdir: pathlib.Path, round_index: int, target: int, r
                          reference_r1: np.ndarray, limit: int, heldout: bool) -> list[dict[str, Any]]:
   """Successful attacks of the round's final adversaries (on ``reference``'s prompts), the largest R1 gains first."""
   name = "final_heldout.npz" if heldout else "final_samples.npz"
-  final = advrm.load_npz(advrm.round_dir(workdir, "attack", round_index) / name, "the attack")
+  final = wd.load_npz(wd.round_dir(workdir, "attack", round_index) / name, "the attack")
   r1, gold, idx = final["member_scores"][target], final["gold"], final["prompt_index"]
   ref_r1, ref_gold = reference_r1.mean(1)[idx], reference["gold"].mean(1)[idx]
   success = (r1 > ref_r1) & (gold < ref_gold)
   order = [i for i in np.argsort(-(r1 - ref_r1)) if success[i]]
-  texts = advrm.decode_responses(final["response_tokens"], final["response_mask"])
+  texts = inference.decode_responses(final["response_tokens"], final["response_mask"])
   examples, seen = [], set()
   for i in order:
     if texts[i] in seen:
@@ -313,14 +309,14 @@ def exploit_analysis(config: Any, workdir: pathlib.Path, rm: tuple[Any, Any, Any
   """
   graphdef, params, _ = rm
   node = config.attack
-  reference = advrm.load_reference(workdir)
-  units = advrm.reward_units(config, workdir, 0, graphdef, params, reference)
-  reference_units = advrm.in_units(advrm.reference_member_scores(workdir, graphdef, params, reference), units)
+  reference = wd.load_reference(workdir)
+  units = inference.reward_units(config, workdir, 0, graphdef, params, reference)
+  reference_units = inference.in_units(inference.reference_member_scores(workdir, graphdef, params, reference), units)
 
   def verdicts(prompt_tokens, prompt_mask, response_tokens, response_mask):
-    scores = advrm.in_units(advrm.score_members(graphdef, params, prompt_tokens, prompt_mask, response_tokens,
-                                                response_mask), units)
-    z_u = disagreement_z(scores, reference_units, node.target, node.r2_kind)
+    scores = inference.in_units(inference.score_members(graphdef, params, prompt_tokens, prompt_mask, response_tokens,
+                                                        response_mask), units)
+    z_u = inference.disagreement_z(scores, reference_units, node.target, node.r2_kind)
     # z1 against the reference samples' R1 in the same units: > 0 means the RM prefers it to a typical answer.
     ref_r1 = reference_units[node.target].reshape(-1)
     z1 = (scores[node.target] - ref_r1.mean()) / max(float(ref_r1.std()), 1e-6)
@@ -333,7 +329,7 @@ def exploit_analysis(config: Any, workdir: pathlib.Path, rm: tuple[Any, Any, Any
                                                         "response_mask")))
   out = {"families": exploits.exploit_taxonomy(families, z1, z_u)}
   if rlhf_samples:
-    texts = advrm.decode_responses(rlhf_samples["response_tokens"], rlhf_samples["response_mask"])
+    texts = inference.decode_responses(rlhf_samples["response_tokens"], rlhf_samples["response_mask"])
     labels = [world.classify_exploit(prompts[i], t) for i, t in zip(rlhf_samples["prompt_index"], texts)]
     z1, z_u = verdicts(rlhf_samples["prompt_tokens"], rlhf_samples["prompt_mask"], rlhf_samples["response_tokens"],
                        rlhf_samples["response_mask"])
@@ -567,30 +563,29 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
 
 def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   """Stage `evaluate`: builds the report from whatever stages have finished."""
-  from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
-  advrm.require_synthetic_policy(workdir, "evaluate")
+  wd.require_synthetic_policy(workdir, "evaluate")
   plots = workdir / "plots"
   target = config.attack.target
   # Attack success is measured on the held-out attack prompts when `prefs` made them (the adversary never
   # trained on them), else on the attack pool itself.
-  heldout = advrm.has_heldout_reference(workdir)
-  reference = advrm.load_reference(workdir, heldout=heldout)
-  rounds = advrm.num_rounds(config)
+  heldout = wd.has_heldout_reference(workdir)
+  reference = wd.load_reference(workdir, heldout=heldout)
+  rounds = wd.num_rounds(config)
   report: dict[str, Any] = {"workdir": str(workdir), "num_seeds": config.num_seeds, "num_rounds": rounds,
                             "paper_table1": rep.PAPER_TABLE1, "hacking_window": config.evaluate.hacking_window,
                             "attack_prompts": "held-out" if heldout else "training",
-                            "prefs": advrm.read_json(workdir / "prefs" / "summary.json", "the `prefs` stage")}
+                            "prefs": wd.read_json(workdir / "prefs" / "summary.json", "the `prefs` stage")}
 
   # RMs of every round that exists (and of the fresh-pairs control's rounds).
   rms, reference_r1, control_rms = {}, {}, {}
   for r in range(rounds + 1):
-    if (advrm.rm_path(workdir, r) / "rm_meta.json").exists():
-      graphdef, params, meta = load_reward_model(advrm.rm_path(workdir, r))
+    if (wd.rm_path(workdir, r) / "rm_meta.json").exists():
+      graphdef, params, meta = wd.load_reward_model(wd.rm_path(workdir, r))
       rms[r] = (graphdef, params, meta)
-      reference_r1[r] = advrm.reference_member_scores(workdir, graphdef, params, reference)[target]
-    if r > 0 and (advrm.rm_path(workdir, r, "fresh_pairs") / "rm_meta.json").exists():
-      control_rms[r] = load_reward_model(advrm.rm_path(workdir, r, "fresh_pairs"))
+      reference_r1[r] = inference.reference_member_scores(workdir, graphdef, params, reference)[target]
+    if r > 0 and (wd.rm_path(workdir, r, "fresh_pairs") / "rm_meta.json").exists():
+      control_rms[r] = wd.load_reward_model(wd.rm_path(workdir, r, "fresh_pairs"))
   report["in_distribution_accuracy"] = {f"round_{r}": in_distribution_accuracy(workdir, g, p, m, target)
                                         for r, (g, p, m) in rms.items()}
   report["in_distribution_accuracy"].update({f"fresh_pairs_round_{r}": in_distribution_accuracy(workdir, g, p, m, target)
@@ -600,10 +595,10 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   # Attack success per round.
   attack_rounds, filters, attack_summaries, conventional_samples = [], [], {}, {}
   for r in range(rounds + 1):
-    attack_dir = advrm.round_dir(workdir, "attack", r)
-    if not advrm.is_done(attack_dir) or r not in rms:
+    attack_dir = wd.round_dir(workdir, "attack", r)
+    if not wd.is_done(attack_dir) or r not in rms:
       continue
-    summary = advrm.read_json(attack_dir / "summary.json", "the `attack` stage")
+    summary = wd.read_json(attack_dir / "summary.json", "the `attack` stage")
     attack_summaries[str(r)] = {k: summary.get(k) for k in ("member_reward_corr", "final_kl", "kl_curve",
                                                             "final_heldout", "units", "threshold_kind")}
     final = summary["final_heldout"] if heldout else summary["final"]
@@ -629,9 +624,9 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
                          "source": f"{sub['num_responses'][0]} perturbed reference answers, "
                                    f"{sub['mean_substitutions']:.1f} substitutions"}
     attack_rounds.append(entry)
-    filter_dir = advrm.round_dir(workdir, "filter", r)
-    if advrm.is_done(filter_dir):
-      filters.append(advrm.read_json(filter_dir / "summary.json", "the `filter` stage"))
+    filter_dir = wd.round_dir(workdir, "filter", r)
+    if wd.is_done(filter_dir):
+      filters.append(wd.read_json(filter_dir / "summary.json", "the `filter` stage"))
   report["attack_success"] = {"rounds": attack_rounds, "prompts": report["attack_prompts"]}
   report["attack_summaries"] = attack_summaries
   report["filter"] = filters
@@ -650,7 +645,7 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "final_kl": {"adversary": {r: a.get("final_kl") for r, a in attack_summaries.items()},
                    "rlhf": {name: _mean(run["final_kl"]) for name, run in report["rlhf"].items()}}}
   report["fresh_pairs"] = {
-      "advtrain": [advrm.read_json(advrm.round_dir(workdir, "advtrain_control", r) / "summary.json", "advtrain")
+      "advtrain": [wd.read_json(wd.round_dir(workdir, wd.ADVTRAIN_CONTROL, r) / "summary.json", "advtrain")
                    for r in control_rms],
       "accuracy": {r: report["in_distribution_accuracy"][f"fresh_pairs_round_{r}"] for r in control_rms},
       "rlhf": report["rlhf"].get("fresh_pairs"), "adv_rm_rlhf": report["rlhf"].get("adv_rm")} if control_rms else None
@@ -662,7 +657,7 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   report["online"] = json.loads(online.read_text()) if online.exists() else None
   online_rm = workdir / "online" / "rm"
   if report["online"] is not None and (online_rm / "rm_meta.json").exists():
-    graphdef, params, meta = load_reward_model(online_rm)
+    graphdef, params, meta = wd.load_reward_model(online_rm)
     report["in_distribution_accuracy"]["online"] = in_distribution_accuracy(workdir, graphdef, params, meta, target)
   report["online_vs_rounds"] = online_vs_rounds(report, config)
   report["targets"] = check_targets(report)
@@ -692,12 +687,12 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
           + [online["attack"]["standard_mean"]]]
     rep.plot_attack_success_per_round(plots / "attack_success_per_round.png", series, floors)
     made.append("attack_success_per_round.png")
-    collected = advrm.load_npz(advrm.round_dir(workdir, "attack", 0) / "collected.npz", "the attack")
+    collected = wd.load_npz(wd.round_dir(workdir, "attack", 0) / "collected.npz", "the attack")
     # The U the filter used (whatever filter.uncertainty is), as it wrote it.
-    scores = advrm.load_npz(advrm.round_dir(workdir, "filter", 0) / "scores.npz", "the `filter` stage")
+    scores = wd.load_npz(wd.round_dir(workdir, "filter", 0) / "scores.npz", "the `filter` stage")
     u = scores["uncertainty"]
     # The adversary's own samples are on the training pool: their shortfall is against its reference.
-    gap = advrm.load_reference(workdir)["gold"].mean(1)[collected["prompt_index"]] - collected["gold"]
+    gap = wd.load_reference(workdir)["gold"].mean(1)[collected["prompt_index"]] - collected["gold"]
     rows = np.random.default_rng(0).permutation(u.size)[:3000]
     # Plotted as z(U), the scale of the filter's threshold (same correlations: z is affine in U).
     rep.plot_uncertainty_vs_gold(plots / "uncertainty_vs_gold.png", scores["z"][rows], gap[rows],

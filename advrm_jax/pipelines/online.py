@@ -36,16 +36,21 @@ from absl import logging
 import jax
 import numpy as np
 
+from advrm_jax import inference
 from advrm_jax import sharding as shd
 from advrm_jax.adversarial import online
 from advrm_jax.adversarial.objective import member_standardization, per_prompt_threshold
 from advrm_jax.checkpoints.orbax_io import Checkpointer
-from advrm_jax.data.batching import epoch_batches
-from advrm_jax.pipelines import advrm, prefs
+from advrm_jax.data import synthetic_world as world
+from advrm_jax.data.batching import step_rows
+from advrm_jax.pipelines import rm_training
+from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
+from advrm_jax.pipelines.rl_driver import node_dict, rl_config_from, train_policy
 from advrm_jax.reward import evaluation
 from advrm_jax.rl.engine import init_policy_params, init_rl_state
 from advrm_jax.rl.rewards import AdversarySource
+from advrm_jax.rl.sampler import SamplingConfig
 from advrm_jax.train_state import OPTIMIZER_DEFAULTS, TrainState, make_optimizer
 
 STAGE = "online"
@@ -87,7 +92,7 @@ def compute_budget(config: Any) -> dict[str, Any]:
       "rm_pair_updates": node.num_steps * node.rm_updates * (node.ordinary_pairs + node.adversarial_pairs),
       "rm_steps": node.num_steps * node.rm_updates,
   }
-  rounds = advrm.num_rounds(config)
+  rounds = wd.num_rounds(config)
   # Rounds 0..N-1 train adversaries whose samples feed advtrain; the last
   # attack (on RM N) only evaluates, like the online stage's fresh attack.
   round_budget = {
@@ -102,11 +107,10 @@ def compute_budget(config: Any) -> dict[str, Any]:
 
 def _ordinary_pairs(config: Any, workdir: pathlib.Path, tokenizer: Any, path: pathlib.Path) -> dict[str, np.ndarray]:
   """A preference JSONL file tokenized the way the `rm` stage does."""
-  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
   cfg = copy.deepcopy(config)
   cfg.data.source, cfg.data.path, cfg.data.max_pairs = "jsonl", str(path), 0
-  pairs, _ = rm_stage.load_pairs(cfg, workdir)
-  return rm_stage.tokenize(cfg, pairs, tokenizer, path.name)
+  pairs, _ = rm_training.load_pairs(cfg, workdir)
+  return rm_training.tokenize(cfg, pairs, tokenizer, path.name)
 
 
 def pair_accuracy(graphdef: Any, params: Any, data: dict[str, np.ndarray], mesh: Any,
@@ -123,7 +127,7 @@ def save_reward_model(out: pathlib.Path, rm_state: TrainState, base_meta: dict[s
   out.mkdir(parents=True, exist_ok=True)
   meta = {k: v for k, v in base_meta.items() if k != "step"}
   meta.update(optimizer=optimizer_values, num_steps=int(jax.device_get(rm_state.step)), data=extra)
-  advrm.write_json(out / "rm_meta.json", meta)
+  wd.write_json(out / "rm_meta.json", meta)
   checkpointer = Checkpointer(out / "checkpoints", max_to_keep=1)
   try:
     checkpointer.save(meta["num_steps"], rm_state, {"step": meta["num_steps"]}, force=True)
@@ -134,16 +138,14 @@ def save_reward_model(out: pathlib.Path, rm_state: TrainState, base_meta: dict[s
 def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graphdef: Any, rm_params: Any,
                  reference: dict[str, np.ndarray]) -> dict[str, Any]:
   """A new adversary (the `attack` stage's settings) against the final online RM; its attack success."""
-  from advrm_jax.pipelines.attack import sample_final, success_by_seed  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines.rlhf import train_policy  # pylint: disable=import-outside-toplevel
   node = config.attack
-  reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
+  reference_scores = inference.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
   reference_r1 = reference_scores[node.target]
   units = None
   if node.get("standardize", False):
     loc, scale = member_standardization(reference_scores)
     units = {"loc": np.asarray(loc), "scale": np.asarray(scale)}
-  threshold = np.asarray(per_prompt_threshold(advrm.in_units(reference_scores, units)[node.target],
+  threshold = np.asarray(per_prompt_threshold(inference.in_units(reference_scores, units)[node.target],
                                               kind=node.threshold, constant=node.get("tau", 0.0)), np.float32)
   prompts = {"tokens": reference["prompt_tokens"], "mask": reference["prompt_mask"].astype(np.int32),
              "threshold": threshold}
@@ -151,11 +153,12 @@ def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graph
                            r2_kind=node.r2_kind, standardized=units is not None)
   source_params = rm_params if units is None else {"rm": rm_params, **units}
   num_seeds = config.num_seeds
-  state = train_policy("online/attack", out, workdir / "sft", config, node, source, source_params, prompts,
+  state = train_policy("online/attack", out, workdir / wd.SFT, config, node, source, source_params, prompts,
                        num_seeds)
-  final = sample_final(config, workdir, state.params["policy"], reference, 7919 + 1000, rm_graphdef, rm_params, None)
+  final = inference.sample_final(config, workdir, state.params["policy"], reference, 7919 + 1000, rm_graphdef,
+                                 rm_params, None)
   r1, gold, seeds, prompt_index = final["member_scores"][node.target], final["gold"], final["seed"], final["prompt_index"]
-  success = success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"])
+  success = inference.success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"])
   return dict(success, standard_mean=float(np.mean(success["standard"])),
               strict_mean=float(np.mean(success["strict"])), r1_mean=float(r1.mean()), gold_mean=float(gold.mean()),
               eos_fraction=float(final["has_eos"].mean()), num_steps=node.num_steps)
@@ -163,15 +166,10 @@ def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graph
 
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `online` (module doc): train, save the RM, evaluate, summarise."""
-  from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines.rlhf import _decode_samples, _node_dict, rl_config_from, synthetic_gold  # pylint: disable=import-outside-toplevel
-  from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
-  from advrm_jax.rl.sampler import SamplingConfig  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
-  advrm.require_synthetic_policy(workdir, "online")
+  wd.require_synthetic_policy(workdir, "online")
   out = workdir / STAGE
-  if advrm.is_done(out):
-    logging.info("online: done, skipping")
+  if wd.skip_if_done(out, "online"):
     return
   if "online" not in config:
     raise ValueError("config has no `online` node; see configs/synthetic.py")
@@ -183,16 +181,16 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   shd.check_batch_divisible(node.rm_updates * node.ordinary_pairs, mesh, "online.rm_updates x online.ordinary_pairs")
 
   # Inputs: the same artefacts the round schedule starts from.
-  model_config, policy_graphdef, ref_params = load_policy(workdir / "sft")
-  rm_graphdef, rm_params, rm_meta = rm_stage.load_reward_model(advrm.rm_path(workdir, 0), mesh=mesh)
+  model_config, policy_graphdef, ref_params = wd.load_policy(workdir / wd.SFT)
+  rm_graphdef, rm_params, rm_meta = wd.load_reward_model(wd.rm_path(workdir, 0), mesh=mesh)
   if rm_meta["num_members"] < 2:
     raise ValueError(f"online: the RM has {rm_meta['num_members']} member; the adversary's R2 needs >= 2")
-  reference = advrm.load_reference(workdir)
-  tokenizer = rm_stage.load_tokenizer(rm_meta)
-  train_pairs = _ordinary_pairs(config, workdir, tokenizer, workdir / prefs.STAGE / prefs.TRAIN_FILE)
+  reference = wd.load_reference(workdir)
+  tokenizer = wd.load_tokenizer(rm_meta)
+  train_pairs = _ordinary_pairs(config, workdir, tokenizer, workdir / wd.PREFS / wd.TRAIN_FILE)
 
   rl_config = rl_config_from(node.rl, "online.rl")
-  sampling = SamplingConfig(**_node_dict(node.sampling, SamplingConfig, "online.sampling"))
+  sampling = SamplingConfig(**node_dict(node.sampling, SamplingConfig, "online.sampling"))
   if sampling.max_new_tokens != reference["response_tokens"].shape[-1]:
     raise ValueError(f"online.sampling.max_new_tokens={sampling.max_new_tokens} must equal the reference "
                      f"samples' width {reference['response_tokens'].shape[-1]} (prefs/reference.npz)")
@@ -205,7 +203,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
                                    pad_id=sampling.pad_id)
   jitted = online.jit_online_iteration(online.make_online_iteration(
       policy_graphdef, rm_graphdef, policy_optimizer, rm_optimizer, rl_config, sampling, options,
-      gold_fn=synthetic_gold))
+      gold_fn=world.gold_reward))
   # The reference policy is an argument of the jitted step (never a baked-in
   # constant); the loop's step signature is (state, batch, rng).
   step_fn = lambda state, batch, rng: jitted(state, ref_params, batch, rng)
@@ -220,10 +218,8 @@ def run(config: Any, workdir: pathlib.Path) -> None:
 
   def get_batch(step: int) -> dict[str, np.ndarray]:
     # Depends only on the step, so a resumed run replays the same batches.
-    epoch, index = divmod(step, num_prompts // node.prompts_per_step)
-    rows = epoch_batches(num_prompts, node.prompts_per_step, config.seed + 17, epoch)[index]
-    pair_epoch, pair_index = divmod(step, num_pairs // pairs_per_step)
-    pair_rows = epoch_batches(num_pairs, pairs_per_step, config.seed + 29, pair_epoch)[pair_index]
+    rows = step_rows(num_prompts, node.prompts_per_step, config.seed + 17, step)
+    pair_rows = step_rows(num_pairs, pairs_per_step, config.seed + 29, step)
     batch = {"prompt_tokens": reference["prompt_tokens"][rows],
              "prompt_mask": reference["prompt_mask"][rows].astype(np.int32),
              "reference_tokens": reference["response_tokens"][rows],
@@ -234,25 +230,25 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   loop = LoopConfig(num_steps=node.num_steps, log_every=node.log_every, checkpoint_every=node.checkpoint_every,
                     seed=config.seed)
   state = train_loop(STAGE, out, state, step_fn, get_batch, loop, mesh,
-                     text_fn=lambda samples, step: {"samples": _decode_samples(samples)})
+                     text_fn=lambda samples, step: {"samples": world.sample_table(samples)})
   buffer = jax.device_get(state.buffer)
   valid = np.asarray(buffer.valid)
   buffer_stats = {"inserted": int(buffer.count), "size": int(valid.sum()), "capacity": node.buffer_capacity}
   if valid.any():
     # How often the filter's premise held for what the RM trained on (gold: a measurement only).
-    adv_gold = advrm.gold_of(buffer.prompt_tokens[valid], buffer.prompt_mask[valid],
-                             buffer.adversarial_tokens[valid], buffer.adversarial_mask[valid])
-    chosen_gold = advrm.gold_of(buffer.prompt_tokens[valid], buffer.prompt_mask[valid],
-                                buffer.reference_tokens[valid], buffer.reference_mask[valid])
+    adv_gold = inference.gold_of(buffer.prompt_tokens[valid], buffer.prompt_mask[valid],
+                                 buffer.adversarial_tokens[valid], buffer.adversarial_mask[valid])
+    chosen_gold = inference.gold_of(buffer.prompt_tokens[valid], buffer.prompt_mask[valid],
+                                    buffer.reference_tokens[valid], buffer.reference_mask[valid])
     buffer_stats.update(kept_worse_than_chosen=float(np.mean(adv_gold < chosen_gold)),
                         kept_gold_mean=float(adv_gold.mean()), chosen_gold_mean=float(chosen_gold.mean()))
   save_reward_model(out / RM_DIR, state.rm, rm_meta, rm_optimizer_values,
-                    {"online": str(out), "init_from": str(advrm.rm_path(workdir, 0)), "buffer": buffer_stats})
+                    {"online": str(out), "init_from": str(wd.rm_path(workdir, 0)), "buffer": buffer_stats})
   final_rm_params = state.rm.params
   del state
 
   # Judge it as the rounds are judged.
-  test_path = workdir / prefs.STAGE / prefs.TEST_FILE
+  test_path = workdir / wd.PREFS / wd.TEST_FILE
   test_pairs = _ordinary_pairs(config, workdir, tokenizer, test_path)
   eval_batch = config.rm.eval_batch_size
   accuracy = {"online": pair_accuracy(rm_graphdef, final_rm_params, test_pairs, mesh, eval_batch),
@@ -273,12 +269,12 @@ def run(config: Any, workdir: pathlib.Path) -> None:
       "rlhf_run": RLHF_RUN,
   }
   # The round schedule's last attack, when it has run, for a side-by-side.
-  round_summary = advrm.round_dir(workdir, "attack", advrm.num_rounds(config)) / "summary.json"
+  round_summary = wd.round_dir(workdir, "attack", wd.num_rounds(config)) / "summary.json"
   if round_summary.exists():
     final = json.loads(round_summary.read_text()).get("final", {})
     summary["round_based_final_attack"] = {"standard": final.get("standard"), "strict": final.get("strict")}
-  advrm.write_json(out / "summary.json", summary)
-  advrm.mark_done(out)
+  wd.write_json(out / "summary.json", summary)
+  wd.mark_done(out)
   logging.info("online: fresh attack success %.1f%% standard / %.1f%% strict; accuracy %.3f (conventional %.3f)",
                attack["standard_mean"], attack["strict_mean"], accuracy["online"]["mean"],
                accuracy["conventional"]["mean"])

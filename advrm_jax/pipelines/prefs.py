@@ -23,11 +23,11 @@ Artefacts in WORKDIR/prefs/:
 * ``preferences_test.jsonl``: held-out pairs on prompts not in training
   (split by prompt): the in-distribution accuracy every RM is scored on;
 * ``reference.npz``: attack prompts and their reference samples
-  (see ``advrm.load_reference``): the adversary trains on these prompts;
+  (see ``workdir.load_reference``): the adversary trains on these prompts;
 * ``reference_heldout.npz`` (with ``prefs.num_heldout_prompts``): other
   prompts of the same stream, never trained on, with
   ``prefs.heldout_reference_samples`` reference samples each: where attack
-  success is measured (``advrm.load_reference(workdir, heldout=True)``);
+  success is measured (``workdir.load_reference(workdir, heldout=True)``);
 * ``summary.json``: counts, label noise, the reference policy's gold;
 * ``DONE``.
 
@@ -37,7 +37,6 @@ On your own data (``prefs.source = "jsonl"``, with a policy imported by the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 from typing import Any
@@ -46,47 +45,22 @@ from absl import logging
 import jax
 import numpy as np
 
+from advrm_jax import inference
+from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import prompt_key, tokenize_prompts, train_test_split
 from advrm_jax.data.preferences import PreferencePair, read_preferences, write_preferences
-from advrm_jax.pipelines import advrm
-from advrm_jax.data import synthetic_world as world
-from advrm_jax.pipelines.rlhf import encode_synthetic_prompts, synthetic_prompt_arrays
-from advrm_jax.pipelines.sft import load_policy
+from advrm_jax.pipelines import workdir as wd
 
-STAGE = "prefs"
-TRAIN_FILE = "preferences.jsonl"
-TEST_FILE = "preferences_test.jsonl"
-# Reference samples on the held-out attack prompts (``prefs.num_heldout_prompts``).
-HELDOUT_REFERENCE_FILE = "reference_heldout.npz"
+STAGE = wd.PREFS
 # Where the preference pairs come from (``prefs.source``).
 SOURCES = ("synthetic", "jsonl")
-
-
-def preference_records(prompts: list[str], responses_a: list[str], responses_b: list[str], beta: float,
-                       seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
-  """BT-labelled records from two responses per prompt; drops pairs that carry no preference.
-
-  Returns (records, dropped counts by reason).
-  """
-  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
-  keep = [i for i in range(len(prompts)) if responses_a[i] and responses_b[i] and responses_a[i] != responses_b[i]]
-  dropped = {"empty_response": sum(1 for i in range(len(prompts)) if not responses_a[i] or not responses_b[i]),
-             "identical_responses": sum(1 for i in range(len(prompts))
-                                        if responses_a[i] and responses_a[i] == responses_b[i])}
-  prompts = [prompts[i] for i in keep]
-  responses_a = [responses_a[i] for i in keep]
-  responses_b = [responses_b[i] for i in keep]
-  records = world.make_preference_records(prompts, responses_a, responses_b, beta=beta,
-                                          rng=np.random.default_rng([int(seed), 23]), include_gold=True)
-  return records, dropped
 
 
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `prefs`: writes WORKDIR/prefs/ (see module doc)."""
   workdir = pathlib.Path(workdir)
   stage_dir = workdir / STAGE
-  if advrm.is_done(stage_dir):
-    logging.info("prefs: %s/DONE exists, skipping", stage_dir)
+  if wd.skip_if_done(stage_dir, "prefs"):
     return
   node = config.prefs
   source = node.get("source", "synthetic")
@@ -95,16 +69,16 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   if source == "jsonl":
     run_from_file(config, workdir)
     return
-  advrm.require_synthetic_policy(workdir, "prefs (prefs.source='synthetic')")
+  wd.require_synthetic_policy(workdir, "prefs (prefs.source='synthetic')")
   stage_dir.mkdir(parents=True, exist_ok=True)
-  _, graphdef, params = load_policy(workdir / "sft")
+  _, graphdef, params = wd.load_policy(workdir / wd.SFT)
   # The reference policy as RL sees it (rlhf.sampling) for the attack pool;
   # pairs may be drawn hotter, for more varied preference data.
-  sampling = advrm.sampling_config(config.rlhf.sampling)
+  sampling = inference.sampling_config(config.rlhf.sampling)
   key = jax.random.key(config.seed + 1009)
 
   # 1. Preference pairs: two reference samples per prompt, labelled by BT on gold.
-  records, dropped = sample_labelled_pairs(config, graphdef, params, node.num_prompts, config.seed,
+  records, dropped = inference.sample_labelled_pairs(config, graphdef, params, node.num_prompts, config.seed,
                                            jax.random.fold_in(key, 0), config.seed)
   if not records:
     raise ValueError(f"prefs: the reference policy produced no usable pairs from {node.num_prompts} prompts "
@@ -113,22 +87,22 @@ def run(config: Any, workdir: pathlib.Path) -> None:
            for i, r in enumerate(records)]
   train, test = train_test_split(pairs, node.test_fraction, config.seed)
   by_id = {str(i): r for i, r in enumerate(records)}
-  advrm.write_jsonl(stage_dir / TRAIN_FILE, [by_id[p.id] for p in train])
-  advrm.write_jsonl(stage_dir / TEST_FILE, [by_id[p.id] for p in test])
+  wd.write_jsonl(stage_dir / wd.TRAIN_FILE, [by_id[p.id] for p in train])
+  wd.write_jsonl(stage_dir / wd.TEST_FILE, [by_id[p.id] for p in test])
 
   # 2. Reference samples on the attack prompt pool.
-  attack_prompts = synthetic_prompt_arrays(node.num_attack_prompts, config.seed, "eval", config.world.max_prompt_len)
+  attack_prompts = world.prompt_arrays(node.num_attack_prompts, config.seed, "eval", config.world.max_prompt_len)
   n = node.reference_samples
   repeated = {k: np.repeat(v, n, axis=0) for k, v in attack_prompts.items()}
-  reference = advrm.sample_responses(graphdef, params, repeated["tokens"], repeated["mask"],
-                                     jax.random.fold_in(key, 1), sampling, node.sample_batch_size)
-  reference_gold = advrm.gold_of(reference["prompt_tokens"], reference["prompt_mask"],
-                                 reference["response_tokens"], reference["response_mask"])
+  reference = inference.sample_responses(graphdef, params, repeated["tokens"], repeated["mask"],
+                                         jax.random.fold_in(key, 1), sampling, node.sample_batch_size)
+  reference_gold = inference.gold_of(reference["prompt_tokens"], reference["prompt_mask"],
+                                     reference["response_tokens"], reference["response_mask"])
   num_prompts, width = node.num_attack_prompts, reference["response_tokens"].shape[1]
-  advrm.save_npz(
-      stage_dir / "reference.npz",
+  wd.save_npz(
+      stage_dir / wd.REFERENCE_FILE,
       prompt_tokens=attack_prompts["tokens"], prompt_mask=attack_prompts["mask"].astype(bool),
-      prompts=np.array(advrm.decode_prompts(attack_prompts["tokens"], attack_prompts["mask"].astype(bool))),
+      prompts=np.array(inference.decode_prompts(attack_prompts["tokens"], attack_prompts["mask"].astype(bool))),
       response_tokens=reference["response_tokens"].reshape(num_prompts, n, width),
       response_mask=reference["response_mask"].reshape(num_prompts, n, width).astype(bool),
       gold=reference_gold.reshape(num_prompts, n))
@@ -137,19 +111,19 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   # prompt so that attack success and its strict z-test on held-out prompts rest on a stable reference.
   num_heldout = int(node.get("num_heldout_prompts", 0))
   if num_heldout:
-    train_pool = set(advrm.decode_prompts(attack_prompts["tokens"], attack_prompts["mask"].astype(bool)))
+    train_pool = set(inference.decode_prompts(attack_prompts["tokens"], attack_prompts["mask"].astype(bool)))
     candidates = world.make_prompts(num_prompts + 8 * num_heldout, config.seed, split="eval")[num_prompts:]
     heldout_texts = [p for p in dict.fromkeys(candidates) if p not in train_pool][:num_heldout]
-    heldout = encode_synthetic_prompts(heldout_texts, config.world.max_prompt_len)
+    heldout = world.encode_prompts(heldout_texts, config.world.max_prompt_len)
     m = node.heldout_reference_samples
     repeated = {k: np.repeat(v, m, axis=0) for k, v in heldout.items()}
-    samples = advrm.sample_responses(graphdef, params, repeated["tokens"], repeated["mask"],
-                                     jax.random.fold_in(key, 2), sampling, node.sample_batch_size)
-    heldout_gold = advrm.gold_of(samples["prompt_tokens"], samples["prompt_mask"], samples["response_tokens"],
-                                 samples["response_mask"])
+    samples = inference.sample_responses(graphdef, params, repeated["tokens"], repeated["mask"],
+                                         jax.random.fold_in(key, 2), sampling, node.sample_batch_size)
+    heldout_gold = inference.gold_of(samples["prompt_tokens"], samples["prompt_mask"], samples["response_tokens"],
+                                     samples["response_mask"])
     rows = len(heldout_texts)
-    advrm.save_npz(
-        stage_dir / HELDOUT_REFERENCE_FILE, prompt_tokens=heldout["tokens"],
+    wd.save_npz(
+        stage_dir / wd.HELDOUT_REFERENCE_FILE, prompt_tokens=heldout["tokens"],
         prompt_mask=heldout["mask"].astype(bool), prompts=np.array(heldout_texts),
         response_tokens=samples["response_tokens"].reshape(rows, m, width),
         response_mask=samples["response_mask"].reshape(rows, m, width).astype(bool),
@@ -169,30 +143,10 @@ def run(config: Any, workdir: pathlib.Path) -> None:
       "num_attack_prompts": num_prompts, "reference_samples": n,
       "num_heldout_prompts": len(heldout_texts) if num_heldout else 0,
   }
-  advrm.write_json(stage_dir / "summary.json", summary)
-  advrm.mark_done(stage_dir)
+  wd.write_json(stage_dir / "summary.json", summary)
+  wd.mark_done(stage_dir)
   logging.info("prefs: %d train / %d test pairs (labels agree with gold %.1f%%), reference gold %.2f",
                len(train), len(test), 100 * summary["label_gold_agreement"], summary["reference_gold_mean"])
-
-
-def sample_labelled_pairs(config: Any, graphdef: Any, params: Any, num_prompts: int, prompt_seed: int,
-                          key: jax.Array, label_seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
-  """Two reference-policy answers to each of ``num_prompts`` preference prompts, labelled by BT on gold.
-
-  The `prefs` stage's pairs (``prompt_seed = label_seed = config.seed``) and the fresh-pairs control of
-  `advtrain` (other seeds: new prompts, new answers, new label noise, the same rule) both come from here.
-  Returns (records, dropped) as ``preference_records``.
-  """
-  node = config.prefs
-  sampling = advrm.sampling_config(config.rlhf.sampling)
-  pair_sampling = dataclasses.replace(sampling, temperature=node.pair_temperature)
-  prompt_arrays = synthetic_prompt_arrays(num_prompts, prompt_seed, "preference", config.world.max_prompt_len)
-  doubled = {k: np.repeat(v, 2, axis=0) for k, v in prompt_arrays.items()}
-  samples = advrm.sample_responses(graphdef, params, doubled["tokens"], doubled["mask"], key, pair_sampling,
-                                   node.sample_batch_size)
-  texts = advrm.decode_responses(samples["response_tokens"], samples["response_mask"])
-  prompts = advrm.decode_prompts(prompt_arrays["tokens"], prompt_arrays["mask"].astype(bool))
-  return preference_records(prompts, texts[0::2], texts[1::2], node.beta, label_seed)
 
 
 def run_from_file(config: Any, workdir: pathlib.Path) -> None:
@@ -219,22 +173,21 @@ def run_from_file(config: Any, workdir: pathlib.Path) -> None:
       tokenizer's EOS (its responses would never end).
   """
   # The rm stage's rule for data paths ({workdir}, then the repository root, then the cwd).
-  from advrm_jax.pipelines.rm import _resolve  # pylint: disable=import-outside-toplevel,protected-access
   workdir = pathlib.Path(workdir)
   stage_dir = workdir / STAGE
   node, data = config.prefs, config.data
-  tokenizer = advrm.policy_tokenizer(workdir)
+  tokenizer = wd.policy_tokenizer(workdir)
   if tokenizer is None:
     raise ValueError("prefs.source='jsonl': needs a policy imported by the `sft` stage (model.source 'hf' or "
                      "'gguf'); the synthetic world's policy only knows the world's words")
-  sampling = advrm.sampling_config(config.attack.sampling)
+  sampling = inference.sampling_config(config.attack.sampling)
   eos_ids = sampling.eos_id if isinstance(sampling.eos_id, tuple) else (sampling.eos_id,)
   if tokenizer.eos_id not in eos_ids:
     raise ValueError(f"attack.sampling.eos_id={sampling.eos_id} does not include the policy tokenizer's EOS "
                      f"{tokenizer.eos_id}; set --config.attack.sampling.eos_id={tokenizer.eos_id}")
   if not node.get("path"):
     raise ValueError("prefs.path: no preference file given; set --config.prefs.path=/path/to/pairs.jsonl[.gz]")
-  path = _resolve(node.path, workdir)
+  path = wd.resolve_path(node.path, workdir)
   if not path.exists():
     raise FileNotFoundError(f"prefs.path: preference file {path} not found")
   stage_dir.mkdir(parents=True, exist_ok=True)
@@ -243,8 +196,8 @@ def run_from_file(config: Any, workdir: pathlib.Path) -> None:
   train, test = train_test_split(pairs, node.test_fraction, config.seed)
   if not train:
     raise ValueError(f"prefs.path: {path} leaves no training pairs (prefs.test_fraction={node.test_fraction})")
-  write_preferences(stage_dir / TRAIN_FILE, train)
-  write_preferences(stage_dir / TEST_FILE, test)
+  write_preferences(stage_dir / wd.TRAIN_FILE, train)
+  write_preferences(stage_dir / wd.TEST_FILE, test)
 
   # The attack prompt pool: distinct training prompts, in a seeded order.
   by_prompt: dict[str, PreferencePair] = {}
@@ -258,15 +211,15 @@ def run_from_file(config: Any, workdir: pathlib.Path) -> None:
                              add_bos=data.add_bos)
   prompt_tokens, prompt_mask = encoded["tokens"], encoded["mask"].astype(bool)
 
-  _, graphdef, params = load_policy(workdir / "sft")
+  _, graphdef, params = wd.load_policy(workdir / wd.SFT)
   n, num_prompts = node.reference_samples, len(pool)
-  reference = advrm.sample_responses(graphdef, params, np.repeat(prompt_tokens, n, axis=0),
-                                     np.repeat(prompt_mask, n, axis=0).astype(np.int32),
-                                     jax.random.key(config.seed + 1009), sampling, node.sample_batch_size)
+  reference = inference.sample_responses(graphdef, params, np.repeat(prompt_tokens, n, axis=0),
+                                         np.repeat(prompt_mask, n, axis=0).astype(np.int32),
+                                         jax.random.key(config.seed + 1009), sampling, node.sample_batch_size)
   width = reference["response_tokens"].shape[1]
-  advrm.save_npz(
-      stage_dir / "reference.npz", prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
-      prompts=np.array(advrm.decode_prompts(prompt_tokens, prompt_mask, tokenizer)),
+  wd.save_npz(
+      stage_dir / wd.REFERENCE_FILE, prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
+      prompts=np.array(inference.decode_prompts(prompt_tokens, prompt_mask, tokenizer)),
       prompts_json=np.array([json.dumps(p.prompt, ensure_ascii=False) for p in pool]),
       response_tokens=reference["response_tokens"].reshape(num_prompts, n, width),
       response_mask=reference["response_mask"].reshape(num_prompts, n, width).astype(bool),
@@ -277,7 +230,7 @@ def run_from_file(config: Any, workdir: pathlib.Path) -> None:
       "num_attack_prompts": num_prompts, "reference_samples": n,
       "reference_eos_fraction": float(np.mean(reference["has_eos"])),
   }
-  advrm.write_json(stage_dir / "summary.json", summary)
-  advrm.mark_done(stage_dir)
+  wd.write_json(stage_dir / "summary.json", summary)
+  wd.mark_done(stage_dir)
   logging.info("prefs: %d train / %d test pairs from %s; %d attack prompts x %d reference answers", len(train),
                len(test), path, num_prompts, n)

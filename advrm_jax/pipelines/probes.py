@@ -41,8 +41,8 @@ from advrm_jax.checkpoints.orbax_io import load_params
 from advrm_jax.data import reasoning_world as rw
 from advrm_jax.evaluation import probes as pr
 from advrm_jax.evaluation import report
-from advrm_jax.pipelines import empo as empo_stage
-from advrm_jax.pipelines.sft import load_policy
+from advrm_jax.pipelines import reasoning
+from advrm_jax.pipelines import workdir as wd
 from advrm_jax.rl import empo
 from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample
 
@@ -51,15 +51,15 @@ STAGE = "probes"
 
 def _policy_params(config: Any, workdir: pathlib.Path) -> tuple[nnx.GraphDef, Any, str]:
   """(graphdef, params, description) of the probed policy."""
-  sft_dir = empo_stage.ensure_reference_policy(config, workdir)
-  _, graphdef, ref_params = load_policy(sft_dir)
+  sft_dir = reasoning.ensure_reference_policy(config, workdir)
+  _, graphdef, ref_params = wd.load_policy(sft_dir)
   which = config.probes.policy
   if which == "sft":
     return graphdef, ref_params, "reference (SFT) policy"
   if not which.startswith("empo/"):
     raise ValueError(f"probes.policy: unknown {which!r}; expected 'sft' or 'empo/<run name>'")
   run_dir = pathlib.Path(workdir) / which
-  if not (run_dir / "DONE").exists():
+  if not wd.is_done(run_dir):
     raise FileNotFoundError(f"probes.policy={which!r}: {run_dir}/DONE not found; run stage empo first")
   target = jax.tree.map(lambda x: jnp.zeros((config.num_seeds,) + x.shape, x.dtype), ref_params)
   stacked = load_params(run_dir / "params", target)
@@ -186,7 +186,7 @@ def plot_reliability(path: pathlib.Path, probs: np.ndarray, labels: np.ndarray, 
   ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
   ax.set(xlabel="probe p(correct)", ylabel="fraction correct", xlim=(0, 1), ylim=(0, 1), title=title)
   ax.legend(fontsize="small")
-  return report._save(fig, path)  # pylint: disable=protected-access
+  return report.save_figure(fig, path)
 
 
 def plot_early_exit(path: pathlib.Path, table: list[dict[str, float]]) -> pathlib.Path:
@@ -200,28 +200,27 @@ def plot_early_exit(path: pathlib.Path, table: list[dict[str, float]]) -> pathli
                 textcoords="offset points", xytext=(4, 4))
   ax.set(xlabel="tokens saved (%)", ylabel="final-answer accuracy (%)",
          title="probe-driven early exit (labels: threshold)")
-  return report._save(fig, path)  # pylint: disable=protected-access
+  return report.save_figure(fig, path)
 
 
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `probes` (module docstring)."""
   workdir = pathlib.Path(workdir)
-  out_dir = workdir / empo_stage.STAGE / STAGE
-  if (out_dir / "DONE").exists():
-    logging.info("probes: %s/DONE exists, skipping", out_dir)
-    empo_stage.write_report(workdir)
+  out_dir = workdir / reasoning.EMPO_DIR / STAGE
+  if wd.skip_if_done(out_dir, "probes"):
+    reasoning.write_report(workdir)
     return
   node = config.probes
-  empo_stage.check_world(config)
+  reasoning.check_world(config)
   graphdef, params, policy = _policy_params(config, workdir)
   g = node.samples_per_prompt
   sampling = SamplingConfig(max_new_tokens=config.world.max_response_len, temperature=node.temperature,
                             eos_id=rw.EOS_ID, pad_id=rw.PAD_ID)
   key = jax.random.fold_in(jax.random.key(config.seed), 1234)
   chunk = max(g, (512 // g) * g)
-  train = collect(graphdef, params, empo_stage.prompt_pool(config, node.num_train_prompts, "rl"), g, sampling,
+  train = collect(graphdef, params, reasoning.prompt_pool(config, node.num_train_prompts, "rl"), g, sampling,
                   jax.random.fold_in(key, 0), chunk)
-  test = collect(graphdef, params, empo_stage.prompt_pool(config, node.num_test_prompts, "test"), g, sampling,
+  test = collect(graphdef, params, reasoning.prompt_pool(config, node.num_test_prompts, "test"), g, sampling,
                  jax.random.fold_in(key, 1), chunk)
   tr_rows, tr_cols = _positions(train)
   te_rows, te_cols = _positions(test)
@@ -274,58 +273,5 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   plot_reliability(out_dir / "reliability.png", test_probs[te_rows, te_cols], y_test, node.ece_bins,
                    f"held-out intermediate answers (ECE {metrics['all_intermediates']['ece']:.3f})")
   plot_early_exit(out_dir / "early_exit.png", exit_table)
-  empo_stage.write_report(workdir)
-  (out_dir / "DONE").write_text("ok\n")
-
-
-def report_section(summary: dict[str, Any], rel_dir: str) -> list[str]:
-  """REPORT.md lines for the probes summary (images relative to WORKDIR/empo/)."""
-  data, metrics = summary["data"], summary["metrics"]
-  lines = ["## Correctness probes on hidden states", "",
-           f"A {summary['probe']['kind']} probe on the last-layer hidden state of the {summary['policy']} at "
-           f"each intermediate answer (\"now X\", the X token), class-weighted BCE. "
-           f"{data['train_prompts']} probe-training prompts and {data['test_prompts']} held-out prompts, "
-           f"{data['samples_per_prompt']} samples each at temperature {data['temperature']:g}: "
-           f"{data['train_intermediates']} / {data['test_intermediates']} intermediate answers. "
-           f"Held-out response accuracy: {data['test_response_accuracy']:.3f}.", ""]
-  rows = []
-  for name, label in (("all_intermediates", "held-out, all intermediate answers"),
-                      ("candidate_answers", "held-out, candidate final answers"),
-                      ("train_all_intermediates", "probe-training data")):
-    m = metrics[name]
-    rows.append([label, m["n"], m["positive_rate"], m["roc_auc"], m["ece"], m["brier"]])
-  lines.append(report.markdown_table(["data", "n", "fraction correct", "ROC-AUC", "ECE", "Brier"], rows,
-                                     float_fmt=".3f"))
-  lines += [f"![reliability]({rel_dir}/reliability.png)", "",
-            "Early exit: stop at the first candidate final answer (an attempt's last step) whose probe "
-            "confidence reaches the threshold; \"never\" is the full response.", ""]
-  rows = [["never" if r["threshold"] is None else f"{r['threshold']:g}", r["accuracy"], r["mean_tokens"],
-           100 * r["tokens_saved"], r["exit_rate"]] for r in summary["early_exit"]]
-  lines.append(report.markdown_table(["threshold", "accuracy", "mean tokens", "tokens saved %", "exit rate"],
-                                     rows, float_fmt=".3f"))
-  lines += [f"![early exit]({rel_dir}/early_exit.png)", ""]
-  tie = summary["filter_tie_in"]
-  z_mins = list(next(iter(tie["signals"].values()))["filter"]) if tie["signals"] else []
-  lines += ["### Uncertainty signals for Adv-RM's filter", "",
-            "The probe plays the reward model (R1 = its logit at the final answer, T = 0) and a bootstrap "
-            "ensemble of probes gives the ensemble disagreement; each signal is standardised over the batch "
-            "and used in `filtering.filter_mask` (R1 > T and z > z_min). A good signal keeps responses the "
-            f"reward wrongly likes: {tie['num_liked']} of {tie['num_responses']} held-out responses are liked, "
-            f"{(tie['base_rate'] or 0.0):.3f} of them wrong (the precision of keeping all).", ""]
-  rows = []
-  for name, entry in tie["signals"].items():
-    row = [name, entry["auc_wrong"]]
-    for z in z_mins:
-      f = entry["filter"][z]
-      row += [f["kept"], f["precision"]]
-    rows.append(row)
-  headers = ["signal", "AUC for wrong (liked)"]
-  for z in z_mins:
-    headers += [f"kept z>{z}", f"precision z>{z}"]
-  lines.append(report.markdown_table(headers, rows, float_fmt=".3f"))
-  lines += ["\"probe 1 - p(correct)\" is a monotone function of R1 itself: among liked responses (p > 0.5) it is "
-            "bounded and rarely clears z_min, so it adds nothing to the R1 > T half of the rule. The semantic "
-            "signals come from the policy's own samples and need no reward model. The comparison runs on the "
-            "reasoning task because the synthetic world's free-text responses have no exact answers to "
-            "cluster.", ""]
-  return lines
+  reasoning.write_report(workdir)
+  wd.mark_done(out_dir)

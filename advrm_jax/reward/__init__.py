@@ -9,5 +9,5 @@
 * ``data``: synthetic-world pairs, a byte tokenizer, per-member batches.
 
 The stage that trains and saves an ensemble is ``advrm_jax.pipelines.rm``;
-later stages load it with ``advrm_jax.pipelines.rm.load_reward_model``.
+later stages load it with ``advrm_jax.pipelines.workdir.load_reward_model``.
 """

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import bootstrap_indices, epoch_batches
 from advrm_jax.data.preferences import PreferencePair
 
@@ -87,7 +88,6 @@ def synthetic_preference_pairs(num_pairs: int, seed: int, beta: float = 2.0,
   Returns:
     PreferencePairs with ``source="synthetic"`` and ``id`` = prompt index.
   """
-  from advrm_jax.data import synthetic_world as world  # pylint: disable=import-outside-toplevel
   if num_pairs < 1:
     raise ValueError(f"data.synthetic.num_pairs must be >= 1, got {num_pairs}")
   mix = dict(world.DEFAULT_QUALITY_MIX if quality_mix is None else quality_mix)
@@ -202,4 +202,3 @@ def tokenizer_spec(tokenizer: Any) -> dict[str, Any]:
   return {"class": type(tokenizer).__name__, "vocab_size": int(tokenizer.vocab_size),
           "pad_id": int(tokenizer.pad_id), "eos_id": int(tokenizer.eos_id),
           "bos_id": None if tokenizer.bos_id is None else int(tokenizer.bos_id)}
-

@@ -192,7 +192,7 @@ def reward_scores(graphdef: nnx.GraphDef, params: Params, tokens: Array, mask: A
 
   Args:
     graphdef: ``RewardEnsemble`` structure (static; from ``init_reward_model``
-      or ``advrm_jax.pipelines.rm.load_reward_model``).
+      or ``advrm_jax.pipelines.workdir.load_reward_model``).
     params: Its parameters (pure dict).
     tokens: [B, T] int32 prompt+response rows (either padding side); or
       [K, B, T] per-member rows for an independent ensemble.
@@ -263,12 +263,6 @@ def _check_backbone_shapes(abstract: Params, given: Params, kind: str, num_membe
     if tuple(flat_given[key].shape) != want:
       raise ValueError(f"pretrained backbone parameter {'/'.join(key)!r}: shape {tuple(flat_given[key].shape)}, "
                        f"the model config expects {want}")
-
-
-def num_members_of(graphdef: nnx.GraphDef, params: Params) -> int:
-  """K of an ensemble's parameters."""
-  del graphdef
-  return int(params["head_bias"].shape[0])
 
 
 # ---------------------------------------------------------------------------

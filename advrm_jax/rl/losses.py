@@ -5,7 +5,6 @@ All functions are jittable; string options (``mode``, ``estimator``) and
 the conventions of `advrm_jax.rl.advantages`: [B, T] per-token arrays with a
 [B, T] response mask, float32 compute.
 """
-import dataclasses
 from typing import Dict, Optional, Tuple
 
 import jax
@@ -273,34 +272,6 @@ def adaptive_kl_update(
   coef, current_kl = _f32(coef), _f32(current_kl)
   error = jnp.clip(current_kl / target - 1.0, -0.2, 0.2)
   return coef * (1.0 + error * _f32(n_steps) / horizon)
-
-
-@dataclasses.dataclass(frozen=True)
-class AdaptiveKLController:
-  """Static config plus a pure (init, update) pair; the coefficient is state.
-
-  Frozen and hashable, so it can be closed over or passed as a static
-  argument to `jax.jit`; the coefficient itself is a traced scalar that the
-  caller threads through its training state.
-
-    ctl = AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=10000)
-    coef = ctl.init()
-    coef = ctl.update(coef, current_kl, n_steps)
-  """
-  init_kl_coef: float
-  target: float
-  horizon: float
-
-  def init(self) -> jax.Array:
-    """The initial KL coefficient as a float32 scalar."""
-    return adaptive_kl_init(self.init_kl_coef)
-
-  def update(
-      self, coef: ArrayLike, current_kl: ArrayLike, n_steps: ArrayLike
-  ) -> jax.Array:
-    """The next coefficient after ``n_steps`` samples with observed KL ``current_kl``."""
-    return adaptive_kl_update(coef, current_kl, n_steps, self.target,
-                              self.horizon)
 
 
 def missing_eos_penalty(

@@ -28,6 +28,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from advrm_jax.adversarial.objective import adversary_reward, standardize_members
+from advrm_jax.reward.model import ensemble_aggregate, reward_scores
+
 Array = jax.Array
 
 
@@ -57,7 +60,6 @@ class RewardModelSource:
   member: int = 0
 
   def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
-    from advrm_jax.reward.model import ensemble_aggregate, reward_scores  # pylint: disable=import-outside-toplevel
     scores = reward_scores(self.graphdef, reward_params, rollout.tokens, rollout.mask)  # [K, B]
     reward = ensemble_aggregate(scores, self.aggregate, self.coef, self.member)
     metrics = {"rm_member_mean": jnp.mean(scores), "ensemble_std": jnp.mean(jnp.std(scores, axis=0))}
@@ -78,7 +80,6 @@ class EnsembleMixSource:
   graphdef: Any
 
   def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
-    from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
     scores = reward_scores(self.graphdef, reward_params["rm"], rollout.tokens, rollout.mask)  # [K, B]
     mix = reward_params["mix"]
     reward = (mix["mean"] * jnp.mean(scores, axis=0) + mix["min"] * jnp.min(scores, axis=0)
@@ -131,8 +132,6 @@ class AdversarySource:
   standardized: bool = False
 
   def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
-    from advrm_jax.adversarial.objective import adversary_reward, standardize_members  # pylint: disable=import-outside-toplevel
-    from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
     if self.standardized:
       scores = standardize_members(reward_scores(self.graphdef, reward_params["rm"], rollout.tokens, rollout.mask),
                                    reward_params["loc"], reward_params["scale"])  # [K, B] z units

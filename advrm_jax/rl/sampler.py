@@ -52,7 +52,6 @@ call :func:`sample` directly (``config`` and ``graphdef`` static).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple, Sequence
 
 from flax import nnx
@@ -437,49 +436,6 @@ class Sampler:
                     max_new_tokens_per_row)
 
 
-def greedy_reference(model: nnx.Module, prompt_tokens: Array, prompt_mask: Array,
-                     n: int) -> np.ndarray:
-  """Greedy decoding without a cache, recomputing the full forward each step.
-
-  For tests only. Prompts are used as given (no re-alignment): a buffer of
-  ``n`` masked columns is appended after the prompt, step t fills column
-  ``P + t`` with mask 1, and the next token is read at each row's last real
-  position. Not-yet-filled columns are masked and causally after every query
-  that matters, so they change nothing; the fixed shape means one compile.
-
-  Args:
-    model: a Transformer.
-    prompt_tokens: [B, P] int.
-    prompt_mask: [B, P] bool/int.
-    n: number of tokens to generate (no EOS handling).
-
-  Returns:
-    [B, n] int32 numpy array of greedy tokens.
-  """
-  graphdef, state = nnx.split(model)
-  batch, prompt_len = prompt_tokens.shape
-  tokens = jnp.concatenate([jnp.asarray(prompt_tokens, jnp.int32),
-                            jnp.zeros((batch, n), jnp.int32)], axis=1)
-  mask = jnp.concatenate([jnp.asarray(prompt_mask).astype(bool),
-                          jnp.zeros((batch, n), bool)], axis=1)
-  for t in range(n):
-    nxt = _reference_next_token(graphdef, state, tokens, mask)
-    tokens = tokens.at[:, prompt_len + t].set(nxt)
-    mask = mask.at[:, prompt_len + t].set(True)
-  return np.asarray(tokens[:, prompt_len:])
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _reference_next_token(graphdef: nnx.GraphDef, state: nnx.State, tokens: Array,
-                          mask: Array) -> Array:
-  """Full forward (no cache); argmax at each row's last real position. [B]."""
-  logits = nnx.merge(graphdef, state)(tokens, mask).logits
-  cols = jnp.arange(tokens.shape[1])
-  last = jnp.max(jnp.where(mask, cols[None], -1), axis=1)
-  last_logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
-  return jnp.argmax(last_logits, axis=-1).astype(jnp.int32)
-
-
 __all__: Sequence[str] = (
     "SamplingConfig", "SampleOutput", "sample", "sample_jit", "generate", "Sampler",
-    "left_align", "concat_prompt_response", "filter_logits", "greedy_reference")
+    "left_align", "concat_prompt_response", "filter_logits")

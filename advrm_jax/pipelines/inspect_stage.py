@@ -46,12 +46,11 @@ from typing import Any
 from absl import logging
 import numpy as np
 
+from advrm_jax import inference
 from advrm_jax.adversarial.objective import per_prompt_threshold
 from advrm_jax.evaluation import quality
 from advrm_jax.evaluation.report import markdown_table
-from advrm_jax.pipelines import advrm
-from advrm_jax.pipelines import filter as filter_stage
-from advrm_jax.pipelines.advtrain import read_jsonl
+from advrm_jax.pipelines import workdir as wd
 
 STAGE = "inspect"
 REPORT_FILE = "report.json"
@@ -95,9 +94,9 @@ def _require(path: pathlib.Path, what: str) -> pathlib.Path:
 def rm_rounds(config: Any, workdir: pathlib.Path) -> list[int]:
   """The RM rounds that exist: 0 (the `rm` stage) and every finished `advtrain` round after it."""
   rounds = []
-  for r in range(advrm.num_rounds(config) + 1):
-    meta = advrm.rm_path(workdir, r) / "rm_meta.json"
-    if not meta.exists() or (r > 0 and not advrm.is_done(advrm.round_dir(workdir, "advtrain", r))):
+  for r in range(wd.num_rounds(config) + 1):
+    meta = wd.rm_path(workdir, r) / "rm_meta.json"
+    if not meta.exists() or (r > 0 and not wd.is_done(wd.round_dir(workdir, "advtrain", r))):
       break
     rounds.append(r)
   return rounds
@@ -130,7 +129,7 @@ def adversarial_rows(collected: dict[str, np.ndarray], keep: np.ndarray, pairs: 
                      pool_prompts: list[Any], tokenizer: Any, pairs_file: pathlib.Path) -> np.ndarray:
   """Rows of collected.npz behind the filter's adversarial pairs (the first kept row of each (prompt, text))."""
   kept = np.flatnonzero(keep)
-  texts = advrm.decode_responses(collected["response_tokens"][kept], collected["response_mask"][kept], tokenizer)
+  texts = inference.decode_responses(collected["response_tokens"][kept], collected["response_mask"][kept], tokenizer)
   by_key: dict[tuple[str, str], int] = {}
   for row, text in zip(kept, texts):
     by_key.setdefault((_prompt_key(pool_prompts[collected["prompt_index"][row]]), text), int(row))
@@ -146,21 +145,21 @@ def adversarial_rows(collected: dict[str, np.ndarray], keep: np.ndarray, pairs: 
 
 def _group_rows(config: Any, workdir: pathlib.Path, round_index: int, tokenizer: Any) -> dict[str, Any]:
   """The three groups' rows concatenated: tokens, masks, prompt index, group name, per-row extras."""
-  attack_dir = advrm.round_dir(workdir, "attack", round_index)
-  filter_dir = advrm.round_dir(workdir, filter_stage.STAGE, round_index)
+  attack_dir = wd.round_dir(workdir, "attack", round_index)
+  filter_dir = wd.round_dir(workdir, wd.FILTER, round_index)
   attack_what = f"the `attack` stage (round {round_index})"
   filter_what = f"the `filter` stage (round {round_index})"
-  for name in ("collected.npz", "final_samples.npz", advrm.DONE):
+  for name in ("collected.npz", "final_samples.npz", wd.DONE):
     _require(attack_dir / name, attack_what)
-  for name in (filter_stage.SCORES_FILE, filter_stage.PAIRS_FILE, advrm.DONE):
+  for name in (wd.FILTER_SCORES_FILE, wd.FILTER_PAIRS_FILE, wd.DONE):
     _require(filter_dir / name, filter_what)
-  collected = advrm.load_npz(attack_dir / "collected.npz", attack_what)
-  final = advrm.load_npz(attack_dir / "final_samples.npz", attack_what)
-  scores = advrm.load_npz(filter_dir / filter_stage.SCORES_FILE, filter_what)
-  pairs_file = filter_dir / filter_stage.PAIRS_FILE
-  pairs = read_jsonl(pairs_file, filter_what)
-  reference = advrm.load_reference(workdir)
-  pool_prompts = advrm.reference_prompts(reference)
+  collected = wd.load_npz(attack_dir / "collected.npz", attack_what)
+  final = wd.load_npz(attack_dir / "final_samples.npz", attack_what)
+  scores = wd.load_npz(filter_dir / wd.FILTER_SCORES_FILE, filter_what)
+  pairs_file = filter_dir / wd.FILTER_PAIRS_FILE
+  pairs = wd.read_jsonl(pairs_file, filter_what)
+  reference = wd.load_reference(workdir)
+  pool_prompts = wd.reference_prompts(reference)
   adv = adversarial_rows(collected, scores["keep"], pairs, pool_prompts, tokenizer, pairs_file)
 
   num_prompts, n, _ = reference["response_tokens"].shape
@@ -204,20 +203,19 @@ def _group_rows(config: Any, workdir: pathlib.Path, round_index: int, tokenizer:
 
 def _score(rows: dict[str, Any], config: Any, workdir: pathlib.Path, rounds: list[int]) -> dict[int, dict[str, Any]]:
   """Every response's rewards under each RM round: members, ensemble mean/spread, R1 vs T(x), vs the reference."""
-  from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
   target, threshold_kind = config.attack.target, config.attack.threshold
   is_reference = rows["group"] == "reference"
   num_pool = rows["num_pool"]
   out = {}
   for r in rounds:
-    graphdef, params, meta = load_reward_model(advrm.rm_path(workdir, r))
+    graphdef, params, meta = wd.load_reward_model(wd.rm_path(workdir, r))
     if not 0 <= target < meta["num_members"]:
       raise ValueError(f"attack.target={target} is not a member of RM round {r} ({meta['num_members']} members)")
-    members = advrm.score_members(graphdef, params, rows["prompt_tokens"], rows["prompt_mask"],
+    members = inference.score_members(graphdef, params, rows["prompt_tokens"], rows["prompt_mask"],
                                   rows["response_tokens"], rows["response_mask"])  # [K, N]
     # R1 against T(x) in the adversary's units (reference z when attack.standardize).
-    units = advrm.reward_units(config, workdir, r, graphdef, params, advrm.load_reference(workdir))
-    members = advrm.in_units(members, units)
+    units = inference.reward_units(config, workdir, r, graphdef, params, wd.load_reference(workdir))
+    members = inference.in_units(members, units)
     mean = members.mean(axis=0)
     # The reference answers per prompt, [P, n], in prompt order (the reference group is prompt-major).
     reference_r1 = members[target][is_reference].reshape(num_pool, -1)
@@ -473,34 +471,33 @@ def _headline(groups: dict[str, Any], rounds: list[int]) -> list[str]:
 
 def run(config: Any, workdir: pathlib.Path) -> dict[str, Any] | None:
   """Stage `inspect`: writes WORKDIR/inspect/ (see module doc); returns the report (None when skipped)."""
-  from advrm_jax.pipelines.sft import load_policy  # pylint: disable=import-outside-toplevel
   workdir = pathlib.Path(workdir)
   out = workdir / STAGE
   options = _options(config)
   round_index = options["round"]
   # Named in pipeline order, so the first missing artefact says which stage to run.
   _require(workdir / "prefs" / "reference.npz", "the `prefs` stage")
-  _require(advrm.rm_path(workdir, 0) / "rm_meta.json", "the `rm` stage")
+  _require(wd.rm_path(workdir, 0) / "rm_meta.json", "the `rm` stage")
   rounds = rm_rounds(config, workdir)
-  if advrm.is_done(out):
+  if wd.is_done(out):
     done = json.loads((out / REPORT_FILE).read_text()) if (out / REPORT_FILE).exists() else {}
     if done.get("rm_rounds") == rounds and done.get("round") == round_index:
       logging.info("inspect: %s/DONE exists, skipping", out)
       return None
     logging.info("inspect: RM rounds %s now exist (the report scored %s, attack round %s): recomputing", rounds,
                  done.get("rm_rounds"), done.get("round"))
-    (out / advrm.DONE).unlink()
+    (out / wd.DONE).unlink()
   out.mkdir(parents=True, exist_ok=True)
 
-  tokenizer = advrm.policy_tokenizer(workdir)  # None: the synthetic world
+  tokenizer = wd.policy_tokenizer(workdir)  # None: the synthetic world
   rows = _group_rows(config, workdir, round_index, tokenizer)
-  texts = advrm.decode_responses(rows["response_tokens"], rows["response_mask"], tokenizer)
+  texts = inference.decode_responses(rows["response_tokens"], rows["response_mask"], tokenizer)
   rewards = _score(rows, config, workdir, rounds)
-  _, policy_graphdef, policy_params = load_policy(workdir / "sft")
+  _, policy_graphdef, policy_params = wd.load_policy(workdir / "sft")
   perplexity = quality.response_perplexity(policy_graphdef, policy_params, rows["prompt_tokens"], rows["prompt_mask"],
                                            rows["response_tokens"], rows["response_mask"], options["batch_size"])
   del policy_params
-  eos = advrm.sampling_config(config.attack.sampling).eos_id
+  eos = inference.sampling_config(config.attack.sampling).eos_id
   eos_ids = set(eos) if isinstance(eos, tuple) else {int(eos)}
   metrics, flags, checks = _quality(rows, texts, perplexity, eos_ids)
 
@@ -529,26 +526,26 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any] | None:
       "round": round_index, "rm_rounds": rounds, "attack_target": config.attack.target,
       "threshold": config.attack.threshold, "num_collected": rows["num_collected"], "num_prompts": rows["num_pool"],
       "perplexity_flag_factor": PERPLEXITY_FACTOR,
-      "artefacts": {"collected": str(advrm.round_dir(workdir, "attack", round_index) / "collected.npz"),
-                    "final_samples": str(advrm.round_dir(workdir, "attack", round_index) / "final_samples.npz"),
-                    "adversarial_pairs": str(filter_stage.pairs_path(workdir, round_index)),
+      "artefacts": {"collected": str(wd.round_dir(workdir, "attack", round_index) / "collected.npz"),
+                    "final_samples": str(wd.round_dir(workdir, "attack", round_index) / "final_samples.npz"),
+                    "adversarial_pairs": str(wd.pairs_path(workdir, round_index)),
                     "reference": str(workdir / "prefs" / "reference.npz"),
-                    "rms": {str(r): str(advrm.rm_path(workdir, r)) for r in rounds}},
+                    "rms": {str(r): str(wd.rm_path(workdir, r)) for r in rounds}},
       "groups": groups,
       "headline": _headline(groups, rounds),
       "examples_from": "adversarial" if groups["adversarial"]["num_responses"] else "adversary",
       "examples": [{"prompt": rows["pool_prompts"][int(rows["prompt_index"][a])], "adversarial": side(a),
                     "reference": side(b)} for a, b in picked],
   }
-  advrm.write_jsonl(out / RESPONSES_FILE, [dict(side(i), prompt=rows["pool_prompts"][int(rows["prompt_index"][i])])
-                                           for i in range(len(texts))])
-  advrm.write_json(out / REPORT_FILE, report)
+  wd.write_jsonl(out / RESPONSES_FILE, [dict(side(i), prompt=rows["pool_prompts"][int(rows["prompt_index"][i])])
+                                        for i in range(len(texts))])
+  wd.write_json(out / REPORT_FILE, report)
   # Through JSON, so the markdown shows exactly what report.json holds.
   markdown = render_markdown(json.loads((out / REPORT_FILE).read_text()))
   tmp = out / (MARKDOWN_FILE + ".tmp")
   tmp.write_text(markdown, encoding="utf-8")
   tmp.replace(out / MARKDOWN_FILE)
-  advrm.mark_done(out)
+  wd.mark_done(out)
   for sentence in report["headline"]:
     logging.info("inspect: %s", sentence)
   logging.info("inspect: wrote %s", out / MARKDOWN_FILE)

@@ -35,22 +35,17 @@ from absl import logging
 import jax
 import numpy as np
 
+from advrm_jax import inference
 from advrm_jax.adversarial import signals
 from advrm_jax.adversarial.filtering import build_adversarial_pairs, filter_mask, standardize, uncertainty
+from advrm_jax.data import synthetic_world
 from advrm_jax.evaluation.attack import uncertainty_gold_correlation
-from advrm_jax.pipelines import advrm
+from advrm_jax.pipelines import workdir as wd
 from advrm_jax.rl.sampler import concat_prompt_response
 
-STAGE = "filter"
-PAIRS_FILE = "adversarial_pairs.jsonl"
-SCORES_FILE = "scores.npz"
+STAGE = wd.FILTER
 STANDARDIZE = ("reference", "collected")
 CHOSEN = ("best_by_ensemble", "random")
-
-
-def pairs_path(workdir: pathlib.Path, round_index: int) -> pathlib.Path:
-  """WORKDIR/filter/round_<r>/adversarial_pairs.jsonl."""
-  return advrm.round_dir(workdir, STAGE, round_index) / PAIRS_FILE
 
 
 @dataclasses.dataclass
@@ -69,7 +64,7 @@ class _SignalInputs:
   rm_graphdef: Any
   rm_params: Any
   rm_meta: dict[str, Any]
-  units: dict[str, np.ndarray] | None  # the adversary's reward units (``advrm.reward_units``)
+  units: dict[str, np.ndarray] | None  # the adversary's reward units (``inference.reward_units``)
 
 
 def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
@@ -80,11 +75,10 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[s
   num_members, num_prompts, n = s.reference_scores.shape
   if kind in signals.ENSEMBLE_KINDS:
     # In the adversary's units: with standardised members, U = z1 - z2 (one scale for every member).
-    return (np.asarray(uncertainty(advrm.in_units(scores, s.units), kind, target, r2_kind)),
-            np.asarray(uncertainty(advrm.in_units(s.reference_scores, s.units).reshape(num_members, -1), kind,
+    return (np.asarray(uncertainty(inference.in_units(scores, s.units), kind, target, r2_kind)),
+            np.asarray(uncertainty(inference.in_units(s.reference_scores, s.units).reshape(num_members, -1), kind,
                                    target, r2_kind)), None)
   if kind in signals.SEMANTIC_KINDS:
-    from advrm_jax.data import synthetic_world  # pylint: disable=import-outside-toplevel
     key_fn = synthetic_world.meaning_key if s.tokenizer is None else signals.text_meaning_key
     group = s.config.attack.rl.num_samples
     signals.group_size_check(group, seed=s.collected["seed"], step=s.collected["step"],
@@ -97,10 +91,10 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[s
             signals.semantic(list(s.reference_texts.reshape(-1)), group, kind, key_fn), None)
   # The verdict probe: trained on the held-out labelled pairs, applied to (sample, best reference sample).
   node = s.config.filter.probe
-  pairs = advrm.held_out_pairs(s.workdir, s.rm_meta)
+  pairs = wd.held_out_pairs(s.workdir, s.rm_meta)
   (chosen_scores, chosen_hidden), (rejected_scores, rejected_hidden) = (
-      advrm.scores_and_hidden(s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"], pairs[f"{side}_mask"],
-                              member=target) for side in ("chosen", "rejected"))
+      inference.scores_and_hidden(s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"], pairs[f"{side}_mask"],
+                                  member=target) for side in ("chosen", "rejected"))
   key = jax.random.fold_in(jax.random.PRNGKey(s.config.seed), 1000 + s.round_index)
   params, info = signals.train_verdict_probe(
       key, chosen_hidden, rejected_hidden, chosen_scores[target], rejected_scores[target], hidden=node.hidden,
@@ -111,8 +105,8 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[s
   def sample_hidden(prompt_tokens, prompt_mask, response_tokens, response_mask):
     # Their rewards are known already (collected / reference scores): only the hidden states are new.
     tokens, mask = concat_prompt_response(prompt_tokens, prompt_mask, response_tokens, response_mask, left_pad=False)
-    return advrm.scores_and_hidden(s.rm_graphdef, s.rm_params, np.asarray(tokens), np.asarray(mask),
-                                   member=target)[1]
+    return inference.scores_and_hidden(s.rm_graphdef, s.rm_params, np.asarray(tokens), np.asarray(mask),
+                                       member=target)[1]
 
   width = s.reference["response_tokens"].shape[-1]
   reference_hidden = sample_hidden(np.repeat(s.reference["prompt_tokens"], n, axis=0),
@@ -136,9 +130,8 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[s
 def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   """Filters round r's collected adversary samples into preference pairs."""
   workdir = pathlib.Path(workdir)
-  out = advrm.round_dir(workdir, STAGE, round_index)
-  if advrm.is_done(out):
-    logging.info("filter/round_%d: done, skipping", round_index)
+  out = wd.round_dir(workdir, STAGE, round_index)
+  if wd.skip_if_done(out, f"filter/round_{round_index}"):
     return
   node, target = config.filter, config.attack.target
   if node.standardize not in STANDARDIZE:
@@ -147,26 +140,25 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
     raise ValueError(f"filter.uncertainty: unknown {node.uncertainty!r}; expected one of {signals.KINDS}")
   if node.chosen not in CHOSEN:
     raise ValueError(f"filter.chosen: unknown {node.chosen!r}; expected one of {CHOSEN}")
-  attack_dir = advrm.round_dir(workdir, "attack", round_index)
-  if not advrm.is_done(attack_dir):
+  attack_dir = wd.round_dir(workdir, "attack", round_index)
+  if not wd.is_done(attack_dir):
     raise FileNotFoundError(f"filter: {attack_dir} is not finished; run the `attack` stage for round {round_index}")
-  collected = advrm.load_npz(attack_dir / "collected.npz", "the `attack` stage")
-  reference = advrm.load_reference(workdir)
-  tokenizer = advrm.policy_tokenizer(workdir)  # None: the synthetic world
-  from advrm_jax.pipelines.rm import load_reward_model  # pylint: disable=import-outside-toplevel
-  rm_graphdef, rm_params, rm_meta = load_reward_model(advrm.rm_path(workdir, round_index))
-  reference_scores = advrm.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
+  collected = wd.load_npz(attack_dir / "collected.npz", "the `attack` stage")
+  reference = wd.load_reference(workdir)
+  tokenizer = wd.policy_tokenizer(workdir)  # None: the synthetic world
+  rm_graphdef, rm_params, rm_meta = wd.load_reward_model(wd.rm_path(workdir, round_index))
+  reference_scores = inference.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
   num_members, num_prompts, n = reference_scores.shape
   # R1 > T(x) is decided in the units the adversary's threshold was set in (collected["threshold"]).
-  units = advrm.reward_units(config, workdir, round_index, rm_graphdef, rm_params, reference)
+  units = inference.reward_units(config, workdir, round_index, rm_graphdef, rm_params, reference)
 
   scores = collected["member_scores"]
-  r1 = advrm.in_units(scores, units)[target]
-  texts = advrm.decode_responses(collected["response_tokens"], collected["response_mask"], tokenizer)
-  reference_texts = np.array(advrm.decode_responses(
+  r1 = inference.in_units(scores, units)[target]
+  texts = inference.decode_responses(collected["response_tokens"], collected["response_mask"], tokenizer)
+  reference_texts = np.array(inference.decode_responses(
       reference["response_tokens"].reshape(num_prompts * n, -1),
       reference["response_mask"].reshape(num_prompts * n, -1), tokenizer), dtype=object).reshape(num_prompts, n)
-  ensemble_mean = advrm.in_units(reference_scores, units).mean(axis=0)  # [P, n]
+  ensemble_mean = inference.in_units(reference_scores, units).mean(axis=0)  # [P, n]
   ensemble_mean = np.where(reference_texts != "", ensemble_mean, -np.inf)
   best_reference = np.argmax(ensemble_mean, axis=1)  # [P]
   has_gold = bool(np.isfinite(collected["gold"]).any())
@@ -190,7 +182,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   u, reference_u = computed[node.uncertainty]
   z = np.asarray(standardize(u, reference=reference_u if node.standardize == "reference" else None))
   keep = np.asarray(filter_mask(r1, collected["threshold"], z, node.z_min))
-  advrm.save_npz(out / SCORES_FILE, uncertainty=u, z=z, keep=keep, target=np.int32(target), r1=r1)
+  wd.save_npz(out / wd.FILTER_SCORES_FILE, uncertainty=u, z=z, keep=keep, target=np.int32(target), r1=r1)
 
   # One pair per distinct (prompt, response): the adversary repeats itself.
   seen: set[tuple[int, str]] = set()
@@ -213,14 +205,14 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   prompt_index = collected["prompt_index"][kept_rows]
   chosen_texts = [reference_texts[p, chosen_column[p]] for p in prompt_index]
   chosen_gold = reference["gold"][prompt_index, chosen_column[prompt_index]]
-  pool_prompts = advrm.reference_prompts(reference)
+  pool_prompts = wd.reference_prompts(reference)
   prompts = [pool_prompts[p] for p in prompt_index]
   records = build_adversarial_pairs(
       prompts, [texts[row] for row in kept_rows], chosen_texts,
       extra={"round": [round_index] * kept_rows.size, "seed": collected["seed"][kept_rows],
              "step": collected["step"][kept_rows], "r1": r1[kept_rows], "uncertainty": u[kept_rows],
              "z": z[kept_rows], "rejected_gold": collected["gold"][kept_rows], "chosen_gold": chosen_gold})
-  advrm.write_jsonl(out / PAIRS_FILE, records)
+  wd.write_jsonl(out / wd.FILTER_PAIRS_FILE, records)
 
   # How often the filter's premise held (gold, for the report only).
   gold = collected["gold"]
@@ -251,8 +243,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
     # Which signal would have found the truly worse samples (gold below the reference mean)?
     summary["signals"] = signals.compare({k: v[0] for k, v in computed.items()}, r1 > collected["threshold"],
                                          gold < reference_gold_mean, budget=int(keep.sum()))
-  advrm.write_json(out / "summary.json", summary)
-  advrm.mark_done(out)
+  wd.write_json(out / "summary.json", summary)
+  wd.mark_done(out)
   worse = summary["kept_worse_than_chosen"]
   logging.info("filter/round_%d: kept %d of %d samples (%d pairs)%s", round_index, summary["num_kept"],
                summary["num_collected"], len(records),
@@ -262,8 +254,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `filter`: every round whose attack is done and whose filter is not."""
   workdir = pathlib.Path(workdir)
-  for r in range(advrm.num_rounds(config) + 1):
-    if not advrm.is_done(advrm.round_dir(workdir, "attack", r)):
+  for r in range(wd.num_rounds(config) + 1):
+    if not wd.is_done(wd.round_dir(workdir, "attack", r)):
       if r == 0:
         raise FileNotFoundError("filter: the round-0 attack is not finished; run the `attack` stage")
       break
@@ -284,16 +276,16 @@ def top_samples(workdir: str | pathlib.Path, round_index: int = 0, limit: int = 
     without gold), "seed", "step"}.
   """
   workdir = pathlib.Path(workdir)
-  collected = advrm.load_npz(advrm.round_dir(workdir, "attack", round_index) / "collected.npz", "the `attack` stage")
-  scores = advrm.load_npz(advrm.round_dir(workdir, STAGE, round_index) / SCORES_FILE, "the `filter` stage")
-  tokenizer = advrm.policy_tokenizer(workdir)
-  pool_prompts = advrm.reference_prompts(advrm.load_reference(workdir))
+  collected = wd.load_npz(wd.round_dir(workdir, "attack", round_index) / "collected.npz", "the `attack` stage")
+  scores = wd.load_npz(wd.round_dir(workdir, STAGE, round_index) / wd.FILTER_SCORES_FILE, "the `filter` stage")
+  tokenizer = wd.policy_tokenizer(workdir)
+  pool_prompts = wd.reference_prompts(wd.load_reference(workdir))
   members = collected["member_scores"]
   r1 = scores["r1"]  # in the units of the threshold (reference z when attack.standardize)
   rows, seen = [], set()
   for row in np.argsort(-r1, kind="stable"):
-    response = advrm.decode_responses(collected["response_tokens"][row:row + 1],
-                                      collected["response_mask"][row:row + 1], tokenizer)[0]
+    response = inference.decode_responses(collected["response_tokens"][row:row + 1],
+                                          collected["response_mask"][row:row + 1], tokenizer)[0]
     key = (int(collected["prompt_index"][row]), response)
     if key in seen:
       continue

@@ -1,0 +1,141 @@
+"""The RL driver: trains S policies (vmapped seeds) from the SFT reference against a reward source.
+
+One module used by every stage that runs RL (`rlhf`, `attack`, `online`,
+`empo`): it builds the iteration of ``rl.engine``, jits the seed-vmapped step
+once, and runs it under ``loop.train_loop`` (checkpoints, metrics, resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advrm_jax import sharding as shd
+from advrm_jax.checkpoints.orbax_io import save_params
+from advrm_jax.data import synthetic_world as world
+from advrm_jax.data.batching import step_rows
+from advrm_jax.pipelines.loop import LoopConfig, train_loop
+from advrm_jax.pipelines.workdir import load_policy
+from advrm_jax.rl.engine import RLConfig, RLState, init_policy_params, init_rl_state, make_iteration
+from advrm_jax.rl.sampler import SamplingConfig
+from advrm_jax.train_state import make_optimizer
+
+
+def node_dict(node: Any, cls: type, where: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+  """A config node as constructor kwargs of a frozen dataclass; unknown keys name the key."""
+  values = {k: v for k, v in dict(node).items() if k not in drop}
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def rl_config_from(node: Any, where: str) -> RLConfig:
+  """An RLConfig from a config node; unknown keys are an error naming ``where``."""
+  return RLConfig(**node_dict(node, RLConfig, where))
+
+
+def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, config: Any, node: Any,
+                 reward_source: Any,
+                 reward_params: Any, prompts: dict[str, np.ndarray], num_seeds: int,
+                 gold_fn: Callable | None = world.gold_reward,
+                 text_fn: Callable[[dict[str, np.ndarray], int], dict[str, str]] | None = None,
+                 eval_fn: Callable[[RLState, int], dict[str, Any]] | None = None,
+                 eval_every: int = 0,
+                 collect_fn: Callable[[int, dict[str, Any]], None] | None = None) -> RLState:
+  """Trains ``num_seeds`` policies (vmapped) from the SFT reference.
+
+  Args:
+    name: run name (progress line, sample tables).
+    stage_dir: where checkpoints/metrics go.
+    sft_dir: the finished `sft` stage (reference policy and initialisation).
+    config: the whole experiment config (model, world, mesh, seed).
+    node: the stage's config node: ``rl`` (RLConfig fields), ``optimizer``,
+      ``sampling`` (SamplingConfig fields), ``num_steps``,
+      ``prompts_per_step``, ``log_every``, ``checkpoint_every``.
+    reward_source: a reward source (static; its params in ``reward_params``).
+    prompts: {"tokens", "mask"[, "threshold"]} [N, P] prompt pool.
+    num_seeds: policies trained at once (vmapped).
+    gold_fn: tracked gold reward (metric only).
+    text_fn: sample tables from the "samples/..." arrays (default: the
+      synthetic world's decoder; other tasks pass their own tokenizer's).
+    eval_fn: optional ``(state, step) -> scalars`` (state with the seed
+      axis), run every ``eval_every`` steps and at the end (see train_loop).
+    eval_every: steps between evaluations (0: only at the end).
+    collect_fn: optional ``(step, rollout)`` called after every step with
+      every sampled row of every seed (``prompt_tokens``, ``prompt_mask``,
+      ``response_tokens``, ``response_mask``: device arrays [S, B, ...],
+      prompt-major); ``step`` counts completed steps. The adversary's
+      `attack` stage keeps all of them.
+  Returns the final state (leading seed axis).
+  """
+  stage_dir = pathlib.Path(stage_dir)
+  rl_config = rl_config_from(node.rl, f"{name}.rl")
+  sampling = SamplingConfig(**node_dict(node.sampling, SamplingConfig, f"{name}.sampling"))
+  mesh = shd.make_mesh(tuple(config.mesh.shape))
+  shd.check_batch_divisible(node.prompts_per_step * rl_config.num_samples, mesh, f"{name}.prompts_per_step")
+  if node.prompts_per_step * rl_config.num_samples % rl_config.num_minibatches:
+    raise ValueError(f"{name}.num_minibatches={rl_config.num_minibatches} must divide prompts_per_step x "
+                     f"num_samples = {node.prompts_per_step * rl_config.num_samples}")
+  model_config, graphdef, ref_params = load_policy(sft_dir)
+  optimizer = make_optimizer(node.optimizer, total_steps=node.num_steps)
+  iteration = make_iteration(graphdef, optimizer, rl_config, sampling, reward_source, gold_fn=gold_fn,
+                             emit_rollout=collect_fn is not None)
+  rl_params = init_policy_params(ref_params, model_config.d_model)
+  state = jax.vmap(lambda _: init_rl_state(rl_params, optimizer, rl_config))(jnp.arange(num_seeds))
+  # Committed to the mesh like the step's outputs (and a restored state), so
+  # the first step does not compile a second variant for uncommitted inputs.
+  state = jax.device_put(state, shd.replicated(mesh))
+  # The reference and reward weights are loaded onto one device; on a mesh of
+  # several, jit refuses arguments committed to different devices.
+  ref_params, reward_params = jax.device_put((ref_params, reward_params), shd.replicated(mesh))
+
+  def seeds_step(state, ref_params, reward_params, batch, rng):
+    rngs = jax.random.split(rng, num_seeds)
+    state, metrics = jax.vmap(iteration, in_axes=(0, None, None, None, 0))(state, ref_params, reward_params,
+                                                                           batch, rngs)
+    logged = {}
+    for key, value in metrics.items():
+      if key.startswith(("samples/", "rollout/")):
+        logged[key] = value
+      else:
+        logged[key] = jnp.mean(value)
+        for seed in range(num_seeds):
+          logged[f"{key}/seed{seed}"] = value[seed]
+    return state, logged
+
+  # Weights are arguments, not closure constants: runs that differ only in
+  # weights (another RM round, another aggregate mix) are the same program,
+  # which JAX's persistent compilation cache then compiles once.
+  jitted_step = jax.jit(seeds_step, donate_argnums=(0,))
+
+  def step_fn(state, batch, rng):
+    state, metrics = jitted_step(state, ref_params, reward_params, batch, rng)
+    if collect_fn is not None:
+      # Rollouts go to the collector, never to the metric writer.
+      rollout = {key[len("rollout/"):]: metrics.pop(key) for key in list(metrics) if key.startswith("rollout/")}
+      collect_fn(int(jax.device_get(state.step)[0]), rollout)
+    return state, metrics
+  num_prompts = prompts["tokens"].shape[0]
+  per_step = node.prompts_per_step
+  if num_prompts < per_step:
+    raise ValueError(f"{name}.prompts_per_step={per_step} exceeds the {num_prompts} prompts available")
+
+  def get_batch(step: int) -> dict[str, np.ndarray]:
+    rows = step_rows(num_prompts, per_step, config.seed + 17, step)
+    return {k: v[rows] for k, v in prompts.items()}
+
+  loop = LoopConfig(num_steps=node.num_steps, log_every=node.log_every, checkpoint_every=node.checkpoint_every,
+                    seed=config.seed)
+  if text_fn is None:
+    text_fn = lambda samples, step: {"samples": world.sample_table(samples)}
+  state = train_loop(name, stage_dir, state, step_fn, get_batch, loop, mesh, eval_fn=eval_fn,
+                     eval_every=eval_every, text_fn=text_fn)
+  save_params(stage_dir / "params", state.params["policy"])
+  return state
