@@ -280,6 +280,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.advtrain.num_steps = 2 if small else 200
   # Peak learning rate per round.
   config.advtrain.learning_rate = 1e-3 if small else 5e-6
+  # Also write each round's hardened RM as Hugging Face *ForSequenceClassification directories
+  # (WORKDIR/advtrain/round_<r>/hf/member_<k>/), for the RLHF stack you use.
+  config.advtrain.export_hf = True
 
   # Stage `inspect`: the attack's findings (WORKDIR/inspect/REPORT.md, report.json) beside the policy's own answers,
   # scored by every RM round that exists and checked for repetition, punctuation, prompt copying and perplexity.

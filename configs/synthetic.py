@@ -354,6 +354,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.advtrain.num_steps = 10 if small else 200
   # Peak learning rate per round.
   config.advtrain.learning_rate = 3e-3 if small else 5e-4
+  # Also write each round's hardened RM as Hugging Face *ForSequenceClassification directories (advtrain/round_<r>/hf/).
+  config.advtrain.export_hf = False
 
   # Stage `advrm`: the round schedule.
   config.advrm = ml_collections.ConfigDict()

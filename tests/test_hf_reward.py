@@ -390,8 +390,10 @@ def test_attack_and_harden_your_own_reward_models(tmp_path):
     np.testing.assert_allclose(collected["member_scores"][k][rows], _hf_rewards_unpadded(hf_model, tokens, mask),
                                atol=ATOL, rtol=0)
 
-  # The hardened RM (round 1) as HF directories, scoring as advrm_jax does.
-  hardened = export.export_reward_model(wd.rm_path(workdir, 1), workdir / "advtrain" / "round_1" / "hf")
+  # The advtrain stage wrote the hardened RM (round 1) as HF directories (advtrain.export_hf), scoring as
+  # advrm_jax does.
+  hardened = sorted((workdir / "advtrain" / "round_1" / "hf").glob("member_*"))
+  assert [p.name for p in hardened] == ["member_0", "member_1"]
   graphdef, params, _ = wd.load_reward_model(wd.rm_path(workdir, 1))
   ours = np.asarray(reward_scores(graphdef, params, tokens, mask))
   for k, out in enumerate(hardened):

@@ -15,8 +15,9 @@ Training itself is the `rm` stage's trainer (``rm_training.train_reward_model``)
 same artefacts and loader as the conventional one.
 
 Artefacts in WORKDIR/advtrain/round_<r>/: pairs.jsonl, rm/ (the ensemble:
-checkpoints, rm_meta.json, eval_summary.json, metrics), summary.json, DONE.
-After the last round WORKDIR/advtrain/final links to it (what the `rlhf`
+checkpoints, rm_meta.json, eval_summary.json, metrics), summary.json, DONE, and with
+``advtrain.export_hf`` hf/member_<k>/ (the round's RM as Hugging Face ``*ForSequenceClassification``
+directories, ``advrm_jax.export``). After the last round WORKDIR/advtrain/final links to it (what the `rlhf`
 run of the Adv-RM RM names).
 
 Dose. With ``advtrain.num_pairs`` > 0 (the default experiment: 1,000, about
@@ -45,6 +46,7 @@ import jax
 
 from advrm_jax import inference
 from advrm_jax.adversarial.filtering import mix_pairs
+from advrm_jax.export import export_reward_model
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.rm_training import train_reward_model
 
@@ -182,6 +184,9 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "
       "dose": num_pairs if num_pairs > 0 else None,
       "adversarial_fraction": None if num_pairs > 0 else node.adversarial_fraction, "init": node.init,
       "init_from": init_from, "num_steps": node.num_steps, "source_rounds": list(source_rounds)})
+  if node.get("export_hf", False):
+    # The hardened RM in the format TRL / OpenRLHF-style stacks load (AutoModelForSequenceClassification).
+    export_reward_model(out / "rm", out / "hf")
   wd.mark_done(out)
   if round_index == wd.num_rounds(config):
     link_final(workdir, round_index, stage)
