@@ -1,6 +1,6 @@
 """Stage `evaluate`: WORKDIR/report.json, REPORT.md and plots/ from the other stages' artefacts.
 
-What is measured (DESIGN.md 1.5, issue 5 sections 3-4), every number per
+What is measured (the paper's evaluation, section 1.5 of the design brief), every number per
 seed and as mean +- std over seeds:
 
 * Attack success, standard and strict, against RM round r (target member
@@ -46,16 +46,14 @@ from advrm_jax.checkpoints.orbax_io import load_params
 from advrm_jax.evaluation import hacking, report as rep
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.evaluation import exploits
-from advrm_jax.evaluation.attack import (attack_success, pooled_within_prompt_std, uncertainty_gold_correlation,
-                                         value_at_kl)
+from advrm_jax.evaluation.attack import (KL_TARGETS, attack_success, pooled_within_prompt_std,
+                                         uncertainty_gold_correlation, value_at_kl)
 from advrm_jax.evaluation.perturbation import word_substitution_attack
 from advrm_jax.metrics import read_metrics
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.reward.evaluation import pairwise_accuracy
 
 STAGE = "evaluate"
-# KL budgets (nats) at which runs are compared ("matched KL").
-MATCHED_KL = (2.0, 4.0, 6.0)
 # Method-realised checks and their pass rules, fixed before any outcome was read (issue 16, item 7).
 MIN_MEAN_Z_U = 1.96
 MIN_KEPT_UNIQUE_ROUND_0 = 500
@@ -202,7 +200,7 @@ def rlhf_curves(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
         "peak_gold": _stats([float(hacking.moving_average(g, node.hacking_window).max()) for g in gold]),
         "initial_gold": _stats(gold[:, 0].tolist()),
         # Gold where each seed's KL first reached 2, 4 and 6 nats (None: never reached).
-        "gold_at_kl": {"kl": list(MATCHED_KL), "per_seed": value_at_kl(kl, gold, MATCHED_KL).tolist()},
+        "gold_at_kl": {"kl": list(KL_TARGETS), "per_seed": value_at_kl(kl, gold, KL_TARGETS).tolist()},
     }
   return out
 
@@ -342,7 +340,7 @@ def exploit_analysis(config: Any, workdir: pathlib.Path, rm: tuple[Any, Any, Any
 
 
 # ----------------------------------------------------------------------------
-# Targets (issue 5, "Must show").
+# Targets (the paper's claims, as checks on this run).
 # ----------------------------------------------------------------------------
 
 
@@ -351,7 +349,7 @@ def _mean(stat: dict[str, Any] | None) -> float | None:
 
 
 def check_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-  """Each target of issue 5 with our number and whether it is met."""
+  """Each of the paper's claims as a target, with our number and whether it is met."""
   rows = []
   attack_rounds = report["attack_success"]["rounds"]
   rlhf = report["rlhf"]
@@ -530,8 +528,8 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
   lines += ["## In-distribution pair accuracy (held-out ordinary pairs)", ""]
   acc = report["in_distribution_accuracy"]
   lines.append(rep.markdown_table(
-      ["RM", "Target member", "Ensemble mean", "Members"],
-      [[k, _fmt(100 * v["target_member"]), _fmt(100 * v["ensemble_mean"]),
+      ["RM", "n (held-out pairs)", "Target member %", "Ensemble mean %", "Members %"],
+      [[k, v["num_pairs"], _fmt(100 * v["target_member"]), _fmt(100 * v["ensemble_mean"]),
         ", ".join(f"{100 * a:.1f}" for a in v["members"])] for k, v in acc.items()]))
   lines += [f"Gold itself agrees with these (noisy, BT-sampled) labels on "
             f"{100 * report['label_gold_agreement']:.1f}% of the pairs: the ceiling.", ""]
@@ -635,11 +633,11 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   # Adversary and RLHF at matched KL: the adversary's standard success (its own training prompts) and each
   # RLHF run's gold where the seed-mean KL first reached 2, 4, 6 nats.
   report["matched_kl"] = {
-      "kl": list(MATCHED_KL),
+      "kl": list(KL_TARGETS),
       "adversary_standard_success": {
           r: value_at_kl(np.asarray(a["kl_curve"]["kl"], np.float64),
                          np.asarray([np.nan if v is None else v for v in a["kl_curve"].get("standard_success", [])],
-                                    np.float64), MATCHED_KL).tolist()
+                                    np.float64), KL_TARGETS).tolist()
           for r, a in attack_summaries.items() if a.get("kl_curve") and a["kl_curve"].get("standard_success")},
       "rlhf_gold": {name: _nanmean_rows(run["gold_at_kl"]["per_seed"]) for name, run in report["rlhf"].items()},
       "final_kl": {"adversary": {r: a.get("final_kl") for r, a in attack_summaries.items()},
