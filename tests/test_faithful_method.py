@@ -73,3 +73,26 @@ def test_dose_adds_exactly_num_pairs_and_every_ordinary_pair_once():
   assert sorted(r["prompt"] for r in mixed if "r1" not in r) == sorted(r["prompt"] for r in ordinary)
   with pytest.raises(ValueError, match="num_pairs"):
     dosed_training_pairs(ordinary, [], 30, seed=3)
+
+
+def test_calibration_rule_most_passing_seeds_then_rise_then_smaller_exposure():
+  from launch.calibrate import choose  # pylint: disable=import-outside-toplevel
+
+  def result(exposure, lr, seed, rise, passes):
+    return {"exposure": exposure, "lr": lr, "kl_coef": 0.1, "seed": seed, "rise": rise, "passes": passes,
+            "final_gold": 2.0}
+
+  results = (
+      # (0.0, 1e-3): 2 of 3 pass, mean rise 0.5.
+      [result(0.0, 1e-3, s, r, p) for s, r, p in ((0, 0.6, True), (1, 0.5, True), (2, 0.4, False))]
+      # (0.0, 5e-4): 2 of 3 pass, mean rise 0.6: wins the tie on the rise.
+      + [result(0.0, 5e-4, s, r, p) for s, r, p in ((0, 0.7, True), (1, 0.6, True), (2, 0.5, False))]
+      # (0.05, 5e-4): the same rises and passes as the winner: loses the tie on the exposure.
+      + [result(0.05, 5e-4, s, r, p) for s, r, p in ((0, 0.7, True), (1, 0.6, True), (2, 0.5, False))]
+      # (0.05, 1e-3): a larger rise but only 1 of 3 passes.
+      + [result(0.05, 1e-3, s, r, p) for s, r, p in ((0, 2.0, True), (1, 2.0, False), (2, 2.0, False))])
+  choice = choose(results)
+  assert (choice["chosen"]["exposure"], choice["chosen"]["lr"]) == (0.0, 5e-4)
+  assert choice["chosen"]["passing_seeds"] == 2 and choice["chosen"]["num_seeds"] == 3
+  np.testing.assert_allclose(choice["chosen"]["mean_rise"], 0.6)
+  assert len(choice["table"]) == 4
