@@ -211,29 +211,30 @@ def sample_table(samples: dict[str, np.ndarray], tokenizer: Any, limit: int = 4)
   return "\n".join(rows)
 
 
-def member_standardization(workdir: str | pathlib.Path, round_index: int, rm_graphdef: Any, rm_params: Any,
-                           reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def member_standardization(workdir: str | pathlib.Path, round_index: int,
+                           reference_scores: np.ndarray) -> dict[str, np.ndarray]:
   """RM round r's per-member mean and std over the reference samples (``objective.member_standardization``).
 
-  Stored with the RM round (``reference_standardization.json`` in its directory) the first time it is
-  needed, so the adversary, the filter and the evaluation all read the same z units.
-  Returns {"loc": [K], "scale": [K]} float32.
+  ``reference_scores`` are RM round r's member rewards of prefs/reference.npz's samples ([K, ...], as
+  ``reference_member_scores`` gives them). Stored with the RM round (``reference_standardization.json`` in
+  its directory) the first time they are needed, so the adversary, the filter and the evaluation all read
+  the same z units. Returns {"loc": [K], "scale": [K]} float32.
   """
   path = wd.rm_path(workdir, round_index) / "reference_standardization.json"
   if not path.exists():
-    loc, scale = member_stats(reference_member_scores(workdir, rm_graphdef, rm_params, reference))
+    loc, scale = member_stats(reference_scores)
     wd.write_json(path, {"loc": np.asarray(loc).tolist(), "scale": np.asarray(scale).tolist(),
                          "population": "prefs/reference.npz (the reference policy's samples on the attack pool)"})
   value = wd.read_json(path, "the `attack` stage")
   return {"loc": np.asarray(value["loc"], np.float32), "scale": np.asarray(value["scale"], np.float32)}
 
 
-def reward_units(config: Any, workdir: str | pathlib.Path, round_index: int, rm_graphdef: Any, rm_params: Any,
-                 reference: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+def reward_units(config: Any, workdir: str | pathlib.Path, round_index: int,
+                 reference_scores: np.ndarray) -> dict[str, np.ndarray] | None:
   """RM round r's reference z units when ``attack.standardize`` (see ``member_standardization``), else None."""
   if not config.attack.get("standardize", False):
     return None
-  return member_standardization(workdir, round_index, rm_graphdef, rm_params, reference)
+  return member_standardization(workdir, round_index, reference_scores)
 
 
 def in_units(scores: np.ndarray, units: dict[str, np.ndarray] | None) -> np.ndarray:
@@ -283,10 +284,10 @@ def success_by_seed(r1: np.ndarray, gold: np.ndarray, seeds: np.ndarray, prompt_
           "num_responses": [s["num_responses"] for s in per_seed]}
 
 
-def sample_final(config: Any, workdir: pathlib.Path, params: Any, pool: dict[str, np.ndarray], salt: int,
+def sample_final(config: Any, policy_graphdef: Any, params: Any, pool: dict[str, np.ndarray], salt: int,
                  rm_graphdef: Any, rm_params: Any, tokenizer: Any) -> dict[str, np.ndarray]:
-  """The trained attackers answer every prompt of ``pool`` m times, scored by every member and by gold."""
-  _, policy_graphdef, _ = wd.load_policy(workdir / wd.SFT)
+  """The trained attackers (``params``, seeds stacked) answer every prompt of ``pool`` m times, scored by every
+  member and by gold."""
   node, num_seeds = config.attack, config.num_seeds
   m = node.final_samples_per_prompt
   num_prompts = pool["prompt_tokens"].shape[0]

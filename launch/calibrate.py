@@ -113,7 +113,7 @@ def rl_job(args, seed: int, exposure: float, lr: float, kl: float) -> dict:
   steps, gold, proxy = conventional_curve(work / "rlhf" / "conventional", num_seeds)
   reference_gold = json.loads((work / "prefs" / "summary.json").read_text())["reference_gold_mean"]
   smoothed = hacking.moving_average(gold, window)
-  rise = float(smoothed.max() - reference_gold)
+  rise = hacking.gold_rise(gold, reference_gold, window)
   onset = hacking.hacking_onset(gold, proxy, margin, window, steps)
   return {"seed": seed, "exposure": exposure, "lr": lr, "kl_coef": kl, "seconds": seconds,
           "reference_gold": reference_gold, "peak_gold": float(smoothed.max()), "rise": rise,

@@ -44,21 +44,25 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
   assert (workdir / "advtrain" / "final").resolve() == (workdir / "advtrain" / "round_2").resolve()
   assert (workdir / "advtrain_control" / "final").resolve() == (workdir / "advtrain_control" / "round_2").resolve()
 
-  # Dose and control: each round adds exactly advtrain.num_pairs pairs to the same ordinary set and trains the
-  # same number of steps, adversarial pairs in the Adv-RM arm, fresh gold-labelled pairs in the control.
+  # Dose and control: each round adds exactly advtrain.num_pairs (200 in :small) pairs to the same ordinary
+  # set and trains the same number of steps (10), adversarial pairs in the Adv-RM arm, fresh gold-labelled
+  # pairs in the control. Read from what each RM trained on (pairs.jsonl) and logged (its metrics).
+  num_ordinary = len((workdir / "prefs" / "preferences.jsonl").read_text().splitlines())
   for r in (1, 2):
-    adv = json.loads((workdir / "advtrain" / f"round_{r}" / "summary.json").read_text())
-    control = json.loads((workdir / "advtrain_control" / f"round_{r}" / "summary.json").read_text())
-    assert adv["dose"] == control["dose"] == 200
-    assert control["num_fresh_used"] == 200 and control["num_adversarial_used"] == 0
-    assert adv["num_pairs"] == control["num_pairs"] == adv["num_ordinary"] + 200
-    assert adv["num_steps"] == control["num_steps"]
-    if adv["num_adversarial_available"]:
-      assert adv["num_adversarial_used"] == 200
-      assert 1 <= adv["num_adversarial_unique"] <= min(200, adv["num_adversarial_available"])
+    trained = {}
     for arm in ("advtrain", "advtrain_control"):
-      meta = json.loads((workdir / arm / f"round_{r}" / "rm" / "rm_meta.json").read_text())
-      assert meta["num_steps"] == adv["num_steps"]
+      round_dir = workdir / arm / f"round_{r}"
+      pairs = [json.loads(line) for line in (round_dir / "pairs.jsonl").read_text().splitlines()]
+      steps = [row["step"] for row in map(json.loads, (round_dir / "rm" / "metrics.jsonl").read_text().splitlines())
+               if "loss" in row]
+      trained[arm] = (len(pairs), sum(p["adversarial"] for p in pairs), sum(p["fresh"] for p in pairs), max(steps))
+    assert trained["advtrain_control"] == (num_ordinary + 200, 0, 200, 10)
+    summary = json.loads((workdir / "advtrain" / f"round_{r}" / "summary.json").read_text())
+    if summary["num_adversarial_available"]:
+      assert trained["advtrain"] == (num_ordinary + 200, 200, 0, 10)
+      assert 1 <= summary["num_adversarial_unique"] <= min(200, summary["num_adversarial_available"])
+    else:  # nothing kept: ordinary pairs only, still the same step count
+      assert trained["advtrain"] == (num_ordinary, 0, 0, 10)
   # The reward units are stored with each RM round the adversary attacked.
   units = json.loads((workdir / "rm" / "reference_standardization.json").read_text())
   assert len(units["loc"]) == len(units["scale"]) == 2 and min(units["scale"]) > 0

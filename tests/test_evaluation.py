@@ -208,6 +208,15 @@ def test_uncertainty_gold_correlation():
 # ----------------------------------------------------------------------------
 
 
+def test_gold_rise_is_the_smoothed_peak_above_the_reference():
+  # Trailing means over 2 points of [1.0, 2.0, 3.0, 1.0]: 1.0, 1.5, 2.5, 2.0 -> peak 2.5; 2.5 - 1.8 = 0.7.
+  assert hacking.gold_rise([1.0, 2.0, 3.0, 1.0], 1.8, window=2) == pytest.approx(0.7)
+  # Without smoothing the single best point counts: 3.0 - 1.8.
+  assert hacking.gold_rise([1.0, 2.0, 3.0, 1.0], 1.8, window=1) == pytest.approx(1.2)
+  # A run that only falls rises by its first point minus the reference (negative here).
+  assert hacking.gold_rise([1.0, 0.5], 1.8, window=3) == pytest.approx(-0.8)
+
+
 def test_moving_average_is_trailing():
   np.testing.assert_allclose(hacking.moving_average([1, 2, 3, 4], 2),
                              [1.0, 1.5, 2.5, 3.5])

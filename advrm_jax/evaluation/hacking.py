@@ -57,6 +57,16 @@ def moving_average(x: ArrayLike, window: int = 1) -> np.ndarray:
   return (csum[idx] - csum[lo]) / (idx - lo)
 
 
+def gold_rise(gold: ArrayLike, reference_gold: float, window: int = 1) -> float:
+  """How far an RL run's smoothed gold rose above the reference policy's before anything else.
+
+  The peak of the trailing moving average of ``gold`` ([S] logged points, e.g. the mean over RL seeds)
+  minus ``reference_gold``: the method check `conventional_rlhf_gold_rise` and the calibration's
+  rule (a world where RLHF never helps cannot show hacking delayed).
+  """
+  return float(moving_average(gold, window).max() - reference_gold)
+
+
 def _check_curves(gold: ArrayLike, proxy: ArrayLike,
                   steps: ArrayLike | None) -> tuple[np.ndarray, np.ndarray,
                                                     np.ndarray]:

@@ -138,7 +138,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
                        "give rm.backbone.path the policy's checkpoint (model.path)")
   reference = wd.load_reference(workdir)
   reference_scores = inference.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
-  units = inference.reward_units(config, workdir, round_index, rm_graphdef, rm_params, reference)
+  units = inference.reward_units(config, workdir, round_index, reference_scores)
   reference_units = inference.in_units(reference_scores, units)
   reference_r1 = reference_scores[node.target]
   threshold = attack_threshold(node, reference_units[node.target])
@@ -167,8 +167,9 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   wd.save_npz(out / "collected.npz", **collected)
 
   # The trained attackers answer every attack prompt m times (what they learned where they trained)...
-  final = inference.sample_final(config, workdir, state.params["policy"], reference, 7919 + round_index, rm_graphdef,
-                        rm_params, tokenizer)
+  _, policy_graphdef, _ = wd.load_policy(workdir / wd.SFT)
+  final = inference.sample_final(config, policy_graphdef, state.params["policy"], reference, 7919 + round_index,
+                                 rm_graphdef, rm_params, tokenizer)
   wd.save_npz(out / "final_samples.npz", **final)
 
   r1 = collected["member_scores"][node.target]
@@ -201,8 +202,8 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   # ... and, when `prefs` made one, on held-out prompts it never trained on: where attack success is read.
   if wd.has_heldout_reference(workdir):
     heldout = wd.load_reference(workdir, heldout=True)
-    heldout_final = inference.sample_final(config, workdir, state.params["policy"], heldout, 7919 + 100 + round_index,
-                                  rm_graphdef, rm_params, tokenizer)
+    heldout_final = inference.sample_final(config, policy_graphdef, state.params["policy"], heldout,
+                                           7919 + 100 + round_index, rm_graphdef, rm_params, tokenizer)
     wd.save_npz(out / "final_heldout.npz", **heldout_final)
     heldout_scores = inference.reference_member_scores(workdir, rm_graphdef, rm_params, heldout)  # [K, Ph, m]
     final_units = inference.in_units(heldout_final["member_scores"], units)

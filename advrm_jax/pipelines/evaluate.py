@@ -45,7 +45,7 @@ from advrm_jax import inference
 from advrm_jax.checkpoints.orbax_io import load_params
 from advrm_jax.evaluation import hacking, report as rep
 from advrm_jax.data import synthetic_world as world
-from advrm_jax.evaluation import exploits
+from advrm_jax.evaluation import exploits, statistics
 from advrm_jax.evaluation.attack import (KL_TARGETS, attack_success, pooled_within_prompt_std,
                                          uncertainty_gold_correlation, value_at_kl)
 from advrm_jax.evaluation.perturbation import word_substitution_attack
@@ -71,12 +71,6 @@ REFERENCE = "Reference policy (no attack)"
 
 def _stats(values: list[float]) -> dict[str, Any]:
   return rep.mean_std(values)
-
-
-def _nanmean_rows(per_seed: list[list[float]]) -> list[float | None]:
-  """Column means over seeds of the finite values; None where no seed has one."""
-  values = np.asarray(per_seed, np.float64)
-  return [float(np.mean(c[np.isfinite(c)])) if np.isfinite(c).any() else None for c in values.T]
 
 
 def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params: Any, meta: dict[str, Any],
@@ -199,8 +193,11 @@ def rlhf_curves(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
         # Peak of each seed's smoothed gold curve.
         "peak_gold": _stats([float(hacking.moving_average(g, node.hacking_window).max()) for g in gold]),
         "initial_gold": _stats(gold[:, 0].tolist()),
-        # Gold where each seed's KL first reached 2, 4 and 6 nats (None: never reached).
-        "gold_at_kl": {"kl": list(KL_TARGETS), "per_seed": value_at_kl(kl, gold, KL_TARGETS).tolist()},
+        # Gold where each seed's KL first reached 2, 4 and 6 nats (None: never reached), and the run's value:
+        # the mean over the seeds that reach a budget, None when fewer than half do (the study protocol's rule).
+        "gold_at_kl": {"kl": list(KL_TARGETS),
+                       "per_seed": rep.to_json_safe(value_at_kl(kl, gold, KL_TARGETS).tolist()),
+                       "mean": rep.to_json_safe(statistics.gold_at_matched_kl(kl, gold, KL_TARGETS).tolist())},
     }
   return out
 
@@ -269,7 +266,6 @@ def method_checks(report: dict[str, Any]) -> dict[str, Any]:
   A run failing any of them did not realise the method: its other numbers are not evidence either way.
   """
   checks: dict[str, Any] = {}
-  rounds = report["attack_success"]["rounds"]
   round0 = report.get("attack_summaries", {}).get("0")
   heldout = (round0 or {}).get("final_heldout") or {}
   value = heldout.get("mean_z_u_above_floor")
@@ -283,14 +279,11 @@ def method_checks(report: dict[str, Any]) -> dict[str, Any]:
   checks["member_reward_corr_adversary"] = {"value": corr, "rule": f"<= {MAX_MEMBER_CORR}",
                                             "pass": corr is not None and corr <= MAX_MEMBER_CORR}
   conventional = report["rlhf"].get("conventional")
-  rise = None
-  if conventional:
-    mean_gold = np.mean(np.asarray(conventional["gold"], np.float64), axis=0)
-    window = report["hacking_window"]
-    rise = float(hacking.moving_average(mean_gold, window).max() - report["prefs"]["reference_gold_mean"])
+  rise = None if not conventional else hacking.gold_rise(
+      np.mean(np.asarray(conventional["gold"], np.float64), axis=0), report["prefs"]["reference_gold_mean"],
+      report["hacking_window"])
   checks["conventional_rlhf_gold_rise"] = {"value": rise, "rule": f">= {MIN_GOLD_RISE}",
                                            "pass": rise is not None and rise >= MIN_GOLD_RISE}
-  del rounds
   checks["all_pass"] = all(c["pass"] for c in checks.values() if isinstance(c, dict))
   return checks
 
@@ -308,8 +301,9 @@ def exploit_analysis(config: Any, workdir: pathlib.Path, rm: tuple[Any, Any, Any
   graphdef, params, _ = rm
   node = config.attack
   reference = wd.load_reference(workdir)
-  units = inference.reward_units(config, workdir, 0, graphdef, params, reference)
-  reference_units = inference.in_units(inference.reference_member_scores(workdir, graphdef, params, reference), units)
+  reference_scores = inference.reference_member_scores(workdir, graphdef, params, reference)
+  units = inference.reward_units(config, workdir, 0, reference_scores)
+  reference_units = inference.in_units(reference_scores, units)
 
   def verdicts(prompt_tokens, prompt_mask, response_tokens, response_mask):
     scores = inference.in_units(inference.score_members(graphdef, params, prompt_tokens, prompt_mask, response_tokens,
@@ -503,7 +497,8 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
     if rows:
       lines.append(rep.markdown_table(["Adversary"] + [f"standard success % at {k:g} nats" for k in matched["kl"]]
                                       + ["Final KL"], rows))
-    lines += ["Seed-mean value where a run's KL to the reference first reached each budget (— : never reached). "
+    lines += ["Gold: the mean over a run's seeds of the value where each seed's KL to the reference first reached "
+              "the budget (– : fewer than half of the seeds reached it). Adversary: the same on its seed-mean curve. "
               "An exploit RLHF never reaches within its KL is one hardening against cannot help RLHF.", ""]
   ex = report.get("exploits")
   if ex:
@@ -635,11 +630,12 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   report["matched_kl"] = {
       "kl": list(KL_TARGETS),
       "adversary_standard_success": {
-          r: value_at_kl(np.asarray(a["kl_curve"]["kl"], np.float64),
-                         np.asarray([np.nan if v is None else v for v in a["kl_curve"].get("standard_success", [])],
-                                    np.float64), KL_TARGETS).tolist()
+          r: rep.to_json_safe(value_at_kl(
+              np.asarray(a["kl_curve"]["kl"], np.float64),
+              np.asarray([np.nan if v is None else v for v in a["kl_curve"]["standard_success"]], np.float64),
+              KL_TARGETS).tolist())
           for r, a in attack_summaries.items() if a.get("kl_curve") and a["kl_curve"].get("standard_success")},
-      "rlhf_gold": {name: _nanmean_rows(run["gold_at_kl"]["per_seed"]) for name, run in report["rlhf"].items()},
+      "rlhf_gold": {name: run["gold_at_kl"]["mean"] for name, run in report["rlhf"].items()},
       "final_kl": {"adversary": {r: a.get("final_kl") for r, a in attack_summaries.items()},
                    "rlhf": {name: _mean(run["final_kl"]) for name, run in report["rlhf"].items()}}}
   report["fresh_pairs"] = {

@@ -150,7 +150,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
   reference_scores = inference.reference_member_scores(workdir, rm_graphdef, rm_params, reference)  # [K, P, n]
   num_members, num_prompts, n = reference_scores.shape
   # R1 > T(x) is decided in the units the adversary's threshold was set in (collected["threshold"]).
-  units = inference.reward_units(config, workdir, round_index, rm_graphdef, rm_params, reference)
+  units = inference.reward_units(config, workdir, round_index, reference_scores)
 
   scores = collected["member_scores"]
   r1 = inference.in_units(scores, units)[target]

@@ -213,8 +213,9 @@ def _score(rows: dict[str, Any], config: Any, workdir: pathlib.Path, rounds: lis
       raise ValueError(f"attack.target={target} is not a member of RM round {r} ({meta['num_members']} members)")
     members = inference.score_members(graphdef, params, rows["prompt_tokens"], rows["prompt_mask"],
                                   rows["response_tokens"], rows["response_mask"])  # [K, N]
-    # R1 against T(x) in the adversary's units (reference z when attack.standardize).
-    units = inference.reward_units(config, workdir, r, graphdef, params, wd.load_reference(workdir))
+    # R1 against T(x) in the adversary's units (reference z when attack.standardize); the reference group is
+    # every answer of prefs/reference.npz, the population the units are measured on.
+    units = inference.reward_units(config, workdir, r, members[:, is_reference])
     members = inference.in_units(members, units)
     mean = members.mean(axis=0)
     # The reference answers per prompt, [P, n], in prompt order (the reference group is prompt-major).

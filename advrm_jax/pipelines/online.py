@@ -155,8 +155,9 @@ def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graph
   num_seeds = config.num_seeds
   state = train_policy("online/attack", out, workdir / wd.SFT, config, node, source, source_params, prompts,
                        num_seeds)
-  final = inference.sample_final(config, workdir, state.params["policy"], reference, 7919 + 1000, rm_graphdef,
-                                 rm_params, None)
+  _, policy_graphdef, _ = wd.load_policy(workdir / wd.SFT)
+  final = inference.sample_final(config, policy_graphdef, state.params["policy"], reference, 7919 + 1000,
+                                 rm_graphdef, rm_params, None)
   r1, gold, seeds, prompt_index = final["member_scores"][node.target], final["gold"], final["seed"], final["prompt_index"]
   success = inference.success_by_seed(r1, gold, seeds, prompt_index, reference_r1, reference["gold"])
   return dict(success, standard_mean=float(np.mean(success["standard"])),
