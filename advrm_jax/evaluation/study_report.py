@@ -12,6 +12,14 @@ matched-KL reading `attack.value_at_kl` (through `statistics.gold_at_matched_kl`
 hacking `hacking.hacking_onset` (through `hacking.steps_before_hacking`); nothing is re-derived here.
 
   python -m advrm_jax.report STUDY_DIR     re-renders all of it from the records on disk.
+
+study.json (the protocol's "What study.json reports"): `protocol_commit`; `realisations` {count,
+`included` (the primary analysis), `comparative` (pass the method checks: every other analysis),
+`excluded` [{name, why, checks (the failing ones), excluded_from}]}; `method_checks_pass_rate`;
+`primary` {n, mean, sd, se, t, df, p_t, p_wilcoxon, ci95, verdict, ci_verdict, per_realisation
+[{name, d, targets}], sensitivity}; `secondary` (one key per protocol item, each comparison with its
+per-realisation values, Holm-adjusted `p_holm` in the two families); `moderator`; `n_for_full_study`.
+NaN is written as null.
 """
 
 from __future__ import annotations
@@ -137,6 +145,11 @@ def _finite(value: Any) -> bool:
   return value is not None and math.isfinite(value)
 
 
+def _mean_of_finite(values: Sequence[float | None]) -> float | None:
+  finite = [v for v in values if _finite(v)]
+  return float(np.mean(finite)) if finite else None
+
+
 # ----------------------------------------------------------------------------
 # Per-realisation values.
 # ----------------------------------------------------------------------------
@@ -177,14 +190,14 @@ def hacking_times(record: dict[str, Any], arm: str) -> tuple[np.ndarray, np.ndar
 # ----------------------------------------------------------------------------
 
 
-def paired_comparison(rows: Sequence[dict[str, Any]], key: str = "d") -> dict[str, Any]:
-  """Paired t-test, Wilcoxon signed-rank test and bootstrap 95 % CI of the rows' finite `key` values.
+def paired_comparison(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Paired t-test, Wilcoxon signed-rank test and bootstrap 95 % CI of the rows' finite differences `d`.
 
   Returns:
     {"n", "mean", "sd", "se", "t", "df", "p_t", "p_wilcoxon", "wilcoxon_method", "ci95",
      "per_realisation": rows}; tests are None (with a "note") below two realisations.
   """
-  d = np.asarray([r[key] for r in rows if _finite(r[key])], np.float64)
+  d = np.asarray([r["d"] for r in rows if _finite(r["d"])], np.float64)
   out: dict[str, Any] = {"n": int(d.size), "mean": float(d.mean()) if d.size else None, "sd": None, "se": None,
                          "t": None, "df": None, "p_t": None, "p_wilcoxon": None, "wilcoxon_method": None,
                          "ci95": None}
@@ -204,9 +217,8 @@ def holm_family(comparisons: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
   """Adds `p_holm` (Holm over the family's finite p_t) and `significant` (p_holm < 0.05) to each comparison."""
   tested = [k for k, c in comparisons.items() if _finite(c["p_t"])]
   adjusted = statistics.holm([comparisons[k]["p_t"] for k in tested]) if tested else []
-  for name, comparison in comparisons.items():
-    comparison["p_holm"] = None
-    comparison["significant"] = None
+  for comparison in comparisons.values():
+    comparison.update(p_holm=None, significant=None)
   for name, p in zip(tested, adjusted):
     comparisons[name]["p_holm"] = float(p)
     comparisons[name]["significant"] = bool(p < ALPHA)
@@ -297,10 +309,7 @@ def attack_success_after_two_rounds(passing: Sequence[dict[str, Any]]) -> dict[s
   for arm in arms:
     standard = [rate(r, arm, "standard") for r in passing]
     strict = [rate(r, arm, "strict") for r in passing]
-    per_arm[arm] = {"standard_mean": float(np.mean([v for v in standard if _finite(v)]))
-                                     if any(_finite(v) for v in standard) else None,
-                    "strict_mean": float(np.mean([v for v in strict if _finite(v)]))
-                                   if any(_finite(v) for v in strict) else None,
+    per_arm[arm] = {"standard_mean": _mean_of_finite(standard), "strict_mean": _mean_of_finite(strict),
                     "per_realisation": [{"name": r["name"], "standard": s, "strict": t}
                                         for r, s, t in zip(passing, standard, strict)]}
   comparisons = {}
@@ -331,9 +340,10 @@ def uncertainty_predicts_shortfall(passing: Sequence[dict[str, Any]]) -> dict[st
 def steps_to_hacking(passing: Sequence[dict[str, Any]]) -> dict[str, Any]:
   """Secondary 4: Kaplan-Meier per arm over all runs (descriptive); restricted mean time to hacking, T - C0."""
   arms = [a for a in (CONTROL, TREATMENT, *CONTROLS) if any(a in r["arms"] for r in passing)]
-  times = {arm: [hacking_times(r, arm) for r in passing if arm in r["arms"]] for arm in arms}
+  times = {(r["name"], arm): hacking_times(r, arm) for r in passing for arm in arms if arm in r["arms"]}
   kaplan_meier = {}
-  for arm, runs in times.items():
+  for arm in arms:
+    runs = [times[key] for key in times if key[1] == arm]
     pooled_times = np.concatenate([t for t, _ in runs])
     pooled_events = np.concatenate([e for _, e in runs])
     km = statistics.kaplan_meier(pooled_times, pooled_events)
@@ -342,7 +352,7 @@ def steps_to_hacking(passing: Sequence[dict[str, Any]]) -> dict[str, Any]:
                          "steps": km["steps"], "survival": km["survival"], "variance": km["variance"]}
   rows = []
   for record in passing:
-    rmst = {arm: statistics.restricted_mean_survival(*hacking_times(record, arm), budget=int(record["rl_budget"]))
+    rmst = {arm: statistics.restricted_mean_survival(*times[record["name"], arm], budget=int(record["rl_budget"]))
             for arm in (TREATMENT, CONTROL)}
     rows.append({"name": record["name"], TREATMENT: rmst[TREATMENT], CONTROL: rmst[CONTROL],
                  "d": rmst[TREATMENT] - rmst[CONTROL]})
@@ -441,6 +451,7 @@ def analyse(records: Sequence[dict[str, Any]], protocol_commit: str | None,
   included = [r for r in passing if r["name"] in with_value]
   excluded += [{"name": r["name"], "why": "no matched KL: no KL target reached by both C0 and T", "checks": {},
                 "excluded_from": "primary analysis"} for r in passing if r["name"] not in with_value]
+  # Over every realisation: one stopped by an error did not realise the method either.
   pass_rate = len(passing) / len(records) if records else None
   study = {
       "protocol_commit": protocol_commit,
