@@ -95,6 +95,7 @@ def test_primary_difference_from_hand_made_curves():
   means = d[np.random.default_rng(0).integers(0, 3, size=(10000, 3))].mean(axis=1)
   assert primary["ci95"] == pytest.approx(list(np.quantile(means, [0.025, 0.975])))
   assert study["protocol_commit"] == "abc" and study["realisations"]["included"] == ["s0_p0", "s1_p0", "s2_p0"]
+  assert sr.analyse([s2, s0, s1], "abc") == study  # the records' order does not matter
 
 
 def test_exclusions_name_their_reasons():

@@ -99,7 +99,7 @@ def _require(record: dict[str, Any], path: str, where: str) -> Any:
 
 
 def check_record(record: dict[str, Any], where: str) -> dict[str, Any]:
-  """Validates the keys the analysis reads (docs of the interface: notes/study_schema); returns the record."""
+  """Validates the keys of realisation.json the analysis reads; returns the record."""
   for key in ("name", "sft_seed", "pref_seed", "status"):
     _require(record, key, where)
   if record["status"] not in ("ok", "error"):
@@ -115,7 +115,7 @@ def check_record(record: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def read_records(study_dir: pathlib.Path) -> list[dict[str, Any]]:
-  """Every STUDY_DIR/realisations/*/realisation.json, checked, in (SFT seed, preference seed) order."""
+  """Every STUDY_DIR/realisations/*/realisation.json, checked."""
   records = []
   for path in sorted((pathlib.Path(study_dir) / REALISATIONS_DIR).glob(f"*/{RECORD_FILE}")):
     try:
@@ -123,7 +123,7 @@ def read_records(study_dir: pathlib.Path) -> list[dict[str, Any]]:
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     records.append(check_record(record, str(path)))
-  return sorted(records, key=lambda r: (r["sft_seed"], r["pref_seed"]))
+  return records
 
 
 def _json_value(value: Any) -> Any:
@@ -444,6 +444,11 @@ def analyse(records: Sequence[dict[str, Any]], protocol_commit: str | None,
             protocol_commit_missing: str | None = None) -> dict[str, Any]:
   """The study.json content of the protocol's analyses over the realisations' records."""
   records = [check_record(r, f"realisation {r.get('name', i)}") for i, r in enumerate(records)]
+  names = [r["name"] for r in records]
+  if len(set(names)) < len(names):
+    raise ValueError(f"realisation names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
+  # One order whatever order the records came in, so study.json is the same for the same records.
+  records.sort(key=lambda r: (r["sft_seed"], r["pref_seed"]))
   passing, excluded = realisations_realising_the_method(records)
   ok = [r for r in records if r["status"] == "ok"]
   primary = primary_endpoint(passing, ok)
