@@ -282,3 +282,11 @@ def test_bad_records_are_named(tmp_path):
   (study_dir / "realisations" / "s0_p0" / "realisation.json").write_text("{not json")
   with pytest.raises(ValueError, match=r"realisation.json: not valid JSON \(line 1"):
     sr.write_study(study_dir)
+
+
+def test_protocol_commit_outside_a_checkout_says_why(tmp_path):
+  commit, why = sr.protocol_commit(tmp_path)
+  assert commit is None and "is not a git checkout" in why
+  study = sr.analyse([realisation(0, shifted(C0=0.0, T=0.1))], commit, why)
+  assert study["protocol_commit"] is None and study["protocol_commit_missing"] == why
+  assert "its commit is unknown" in sr.render_markdown(study, "x")
