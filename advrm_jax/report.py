@@ -17,6 +17,10 @@ checkpoint: it only reads the JSON written during the run.
   stage's own renderer (``advrm_jax.pipelines.evaluate.write_markdown``, no
   re-evaluation) and the index is appended; otherwise (a run stopped before
   evaluate, or a config without it) REPORT.md is the index alone.
+
+A study directory (one holding ``realisations/``, the workdir of
+``configs/study.py``) instead gets study.json, STUDY.md and plots/ rebuilt from
+its realisations' records (``advrm_jax.evaluation.study_report.write_study``).
 """
 
 from __future__ import annotations
@@ -191,6 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("workdir", help="the run's WORKDIR")
   parser.add_argument("--no_plots", action="store_true", help="skip re-rendering the PNG plots")
   args = parser.parse_args(argv)
+  workdir = pathlib.Path(args.workdir)
+  if (workdir / "realisations").is_dir():
+    # Imported only for a study: its analysis pulls in scipy.
+    from advrm_jax.evaluation import study_report  # pylint: disable=g-import-not-at-top
+    try:
+      study_report.write_study(workdir, command=f"python -m advrm_jax.report {args.workdir}")
+    except (FileNotFoundError, ValueError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    print(workdir / study_report.STUDY_MD)
+    return 0
   try:
     path = render_report(args.workdir, plots=not args.no_plots)
   except FileNotFoundError as e:

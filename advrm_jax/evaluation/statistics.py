@@ -430,3 +430,32 @@ def mixed_model_random_intercepts(y: ArrayLike, groups: Mapping[str, Sequence[An
           "variance_components": {**{k: float(t * sigma_e2) for k, t in zip(groups, theta)},
                                   "residual": sigma_e2},
           "num_groups": num_groups, "n": n, "reml_neg2_loglik": float(neg2)}
+
+
+def expected_ci_half_width(sd: float, n: int, level: float = 0.95) -> float:
+  """Half-width of the t confidence interval of a mean of n values with SD `sd`: t_{(1+level)/2, n-1} sd / sqrt(n).
+
+  What a study of n realisations should expect its CI of mean(d) to span, e.g. whether a CI inside the
+  equivalence margin is reachable at all.
+  """
+  if n < 2 or sd < 0 or not 0 < level < 1:
+    raise ValueError(f"expected_ci_half_width needs n >= 2, sd >= 0, level in (0, 1); got {n}, {sd}, {level}")
+  return float(stats.t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n))
+
+
+def least_squares_line(x: ArrayLike, y: ArrayLike) -> dict[str, float]:
+  """Ordinary least-squares line y = intercept + slope x over paired values.
+
+  slope = sum (x_i - mean x)(y_i - mean y) / sum (x_i - mean x)^2, intercept = mean y - slope mean x.
+
+  Returns:
+    {"slope", "intercept", "n"}.
+  """
+  x, y = _vector(x, "x", min_size=2), _vector(y, "y", min_size=2)
+  if x.shape != y.shape:
+    raise ValueError(f"x has {x.size} values, y {y.size}: pairs must match")
+  if np.ptp(x) == 0:
+    raise ValueError("x is constant: the slope is undefined")
+  dx = x - x.mean()
+  slope = float(dx @ (y - y.mean()) / (dx @ dx))
+  return {"slope": slope, "intercept": float(y.mean() - slope * x.mean()), "n": int(x.size)}
