@@ -286,6 +286,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attack.log_every = 2 if small else 10
   # Checkpoint every this many steps.
   config.attack.checkpoint_every = 2 if small else 30
+  # Save the policies every this many steps (a multiple of log_every; 0: never): the evaluation samples round
+  # 0's snapshots for attack success at matched KL, measured as RLHF's is.
+  config.attack.snapshot_every = 2 if small else 20
   # Members' rewards in reference z units (each member's mean/std over the reference samples, stored
   # with the RM round): the floor, the penalty and U = z1 - z2 then share one scale.
   config.attack.standardize = True
@@ -404,6 +407,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.rlhf.log_every = 2 if small else 5
   # Checkpoint every this many steps.
   config.rlhf.checkpoint_every = 2 if small else 50
+  # Save the policies every this many steps (a multiple of log_every; 0: never): conventional RLHF's snapshots
+  # give its attack success at matched KL and the over-optimisation baseline at its peak of gold.
+  config.rlhf.snapshot_every = 2 if small else 10
   # RLConfig fields (advrm_jax/rl/engine.py): algorithm, samples per prompt, KL...
   config.rlhf.rl = rl_settings()
   # AdamW for the policies.

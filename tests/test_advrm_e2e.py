@@ -110,6 +110,15 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
   assert set(report["exploits"]["families"]) >= {"off_topic_praise", "style_stacking", "topic_stuffing"}
   assert report["exploits"]["disagreement_share"] is None or 0.0 <= report["exploits"]["disagreement_share"] <= 1.0
   assert report["matched_kl"]["kl"] == [2.0, 4.0, 6.0] and set(report["matched_kl"]["rlhf_gold"]) == set(RUNS)
+  # Snapshots (every 2 steps of 4, and step 0) of the round-0 adversary and of conventional RLHF, read at matched KL.
+  snapshots = report["matched_kl"]["snapshots"]
+  assert set(snapshots) == {"adversary", "conventional_rlhf"}
+  for snap in snapshots.values():
+    assert snap["steps"] == [0, 2, 4] and len(snap["standard"]) == len(snap["kl"]) == 1  # [seeds][snapshots]
+    assert snap["kl"][0][0] == 0.0 and len(snap["at_kl"]["standard"]) == 3
+  assert report["rlhf"]["conventional"]["kl"][0] == snapshots["conventional_rlhf"]["kl"][0][1:]
+  peak = report["over_optimisation_peak"]
+  assert peak["snapshot_step"] in (0, 2, 4) and 0.0 <= peak["standard"]["mean"] <= 100.0
 
   accuracy = report["in_distribution_accuracy"]
   assert set(accuracy) == {"round_0", "round_1", "round_2", "fresh_pairs_round_1", "fresh_pairs_round_2"}

@@ -94,32 +94,36 @@ def label_gold_agreement(workdir: pathlib.Path) -> float:
   return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
-def load_policies(workdir: pathlib.Path, run_dir: pathlib.Path, num_seeds: int) -> tuple[Any, Any]:
-  """(graphdef, params stacked over seeds) of a finished RL run."""
+def load_policies(workdir: pathlib.Path, params_dir: pathlib.Path, num_seeds: int) -> tuple[Any, Any]:
+  """(graphdef, params stacked over seeds) saved by an RL run (its final ``params`` or a snapshot)."""
   _, graphdef, params = wd.load_policy(workdir / "sft")
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_seeds,) + x.shape, x.dtype), params)
-  return graphdef, load_params(run_dir / "params", target)
+  return graphdef, load_params(params_dir, target)
 
 
 def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str | None, rm: tuple[Any, Any],
                           reference: dict[str, np.ndarray], reference_r1: np.ndarray,
-                          samples: dict[str, Any] | None = None) -> dict[str, Any] | None:
+                          samples: dict[str, Any] | None = None,
+                          params_dir: pathlib.Path | None = None) -> dict[str, Any] | None:
   """Attack success of a final RLHF policy's answers (the over-optimisation baseline).
 
   ``run_name=None`` samples the SFT reference policy itself (fresh samples,
-  not the ones the statistics come from), once per seed key. The strict
+  not the ones the statistics come from), once per seed key. ``params_dir``
+  samples the policies saved there instead (an RL run's snapshot). The strict
   test's gold std is floored at the reference's pooled within-prompt std.
   ``samples``, when given, receives the scored answers (for the exploit taxonomy).
   """
   num_seeds, m = config.num_seeds, config.evaluate.policy_samples_per_prompt
-  if run_name is None:
+  if params_dir is not None:
+    graphdef, params = load_policies(workdir, params_dir, num_seeds)
+  elif run_name is None:
     _, graphdef, single = wd.load_policy(workdir / "sft")
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_seeds,) + x.shape), single)
   else:
     run_dir = workdir / "rlhf" / run_name
     if not wd.is_done(run_dir):
       return None
-    graphdef, params = load_policies(workdir, run_dir, num_seeds)
+    graphdef, params = load_policies(workdir, run_dir / "params", num_seeds)
   num_prompts = reference["prompt_tokens"].shape[0]
   out = inference.sample_responses(graphdef, params, np.repeat(reference["prompt_tokens"], m, axis=0),
                                    np.repeat(reference["prompt_mask"], m, axis=0), jax.random.key(config.seed + 4242),
@@ -137,6 +141,53 @@ def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str | No
   if samples is not None:
     samples.update(flat, prompt_index=prompt_index, gold=gold)
   return result
+
+
+def snapshot_attack_success(config: Any, workdir: pathlib.Path, run_dir: pathlib.Path, rm: tuple[Any, Any],
+                            reference: dict[str, np.ndarray], reference_r1: np.ndarray) -> dict[str, Any] | None:
+  """Attack success of every snapshot an RL run saved (``snapshot_every``), with the KL it had then.
+
+  Each snapshot's policies answer the evaluation prompts as the final ones do (`policy_attack_success`);
+  its KL per seed is the one logged at its step (0 at step 0: the reference policy itself). ``at_kl``
+  reads success at the matched-KL targets as gold is read (`statistics.gold_at_matched_kl`: each seed's
+  curve interpolated at its first crossing, the mean over the seeds that reach a target, None when fewer
+  than half do). None when the run saved no snapshot.
+  """
+  paths = sorted((run_dir / "snapshots").glob("step_*"))
+  if not paths:
+    return None
+  logged = {r["step"]: r for r in read_metrics(run_dir / "metrics.jsonl") if "kl" in r}
+  steps, kl, standard, strict, gold = [], [], [], [], []
+  for path in paths:
+    step = int(path.name[len("step_"):])
+    if step and step not in logged:
+      continue  # a snapshot of a step whose metrics a kill lost: no KL to read it at
+    result = policy_attack_success(config, workdir, None, rm, reference, reference_r1, params_dir=path)
+    steps.append(step)
+    kl.append([logged[step][f"kl/seed{s}"] if step else 0.0 for s in range(config.num_seeds)])
+    standard.append(result["standard"])
+    strict.append(result["strict"])
+    gold.append(result["gold_mean"])
+  kl, standard, strict = (np.asarray(x, np.float64).T for x in (kl, standard, strict))  # [seeds, snapshots]
+  return {"steps": steps, "kl": kl.tolist(), "standard": standard.tolist(), "strict": strict.tolist(),
+          "gold_mean": gold,
+          "at_kl": {"kl": list(KL_TARGETS),
+                    "standard": rep.to_json_safe(statistics.gold_at_matched_kl(kl, standard, KL_TARGETS).tolist()),
+                    "strict": rep.to_json_safe(statistics.gold_at_matched_kl(kl, strict, KL_TARGETS).tolist())}}
+
+
+def peak_gold_snapshot(snapshots: dict[str, Any], run: dict[str, Any], window: int) -> dict[str, Any]:
+  """The over-optimisation baseline at the peak of gold: the snapshot nearest the seed-mean smoothed peak.
+
+  ``run`` is the run's entry of ``rlhf_curves``; the peak is that of the trailing moving average of the
+  seed-mean gold (the curve `conventional_rlhf_gold_rise` reads), ties to the earlier snapshot.
+  """
+  smoothed = hacking.moving_average(np.mean(np.asarray(run["gold"], np.float64), axis=0), window)
+  peak_step = int(run["steps"][int(np.argmax(smoothed))])
+  i = int(np.argmin([abs(s - peak_step) for s in snapshots["steps"]]))
+  column = lambda key: [row[i] for row in snapshots[key]]
+  return {"peak_step": peak_step, "snapshot_step": snapshots["steps"][i],
+          "standard": _stats(column("standard")), "strict": _stats(column("strict")), "kl": _stats(column("kl"))}
 
 
 def substitution_attack_success(config: Any, rm: tuple[Any, Any], reference: dict[str, np.ndarray],
@@ -498,8 +549,25 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
       lines.append(rep.markdown_table(["Adversary"] + [f"standard success % at {k:g} nats" for k in matched["kl"]]
                                       + ["Final KL"], rows))
     lines += ["Gold: the mean over a run's seeds of the value where each seed's KL to the reference first reached "
-              "the budget (– : fewer than half of the seeds reached it). Adversary: the same on its seed-mean curve. "
+              "the budget (– : fewer than half of the seeds reached it). Adversary: the same on its seed-mean curve "
+              "of its own training samples. "
               "An exploit RLHF never reaches within its KL is one hardening against cannot help RLHF.", ""]
+    snapshots = matched.get("snapshots") or {}
+    if snapshots:
+      rows = [[f"{name.replace('_', ' ')}, {kind}"] + [_fmt(v) for v in snap["at_kl"][kind]]
+              + [", ".join(str(step) for step in snap["steps"])]
+              for name, snap in snapshots.items() for kind in ("standard", "strict")]
+      lines.append(rep.markdown_table(["Snapshots vs RM round 0"] + [f"success % at {k:g} nats" for k in matched["kl"]]
+                                      + ["Snapshot steps"], rows))
+      lines += ["The round-0 adversary's and conventional RLHF's saved policies answer the evaluation prompts; "
+                "each seed's success-vs-KL curve is read where it first reaches the budget, averaged over the seeds "
+                "that do (– : fewer than half)."]
+    peak = report.get("over_optimisation_peak")
+    if peak:
+      lines += [f"Over-optimisation baseline at conventional RLHF's peak of smoothed gold (step {peak['peak_step']}, "
+                f"snapshot {peak['snapshot_step']}, KL {_fmt(peak['kl'])}): standard {_fmt(peak['standard'])}%, "
+                f"strict {_fmt(peak['strict'])}% (the final policies' are in the attack table)."]
+    lines.append("")
   ex = report.get("exploits")
   if ex:
     lines += ["## Which exploits can disagreement see? (RM round 0)", ""]
@@ -638,6 +706,21 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
       "rlhf_gold": {name: run["gold_at_kl"]["mean"] for name, run in report["rlhf"].items()},
       "final_kl": {"adversary": {r: a.get("final_kl") for r, a in attack_summaries.items()},
                    "rlhf": {name: _mean(run["final_kl"]) for name, run in report["rlhf"].items()}}}
+  # Snapshots of the round-0 adversary and of conventional RLHF (both against RM round 0), answering the
+  # same evaluation prompts: attack success at matched KL measured one way for both, and the over-optimisation
+  # baseline at conventional RLHF's peak of gold beside its final policies.
+  snapshots = {}
+  for label, run_dir in (("adversary", wd.round_dir(workdir, "attack", 0)),
+                         ("conventional_rlhf", workdir / "rlhf" / "conventional")):
+    if 0 in rms and wd.is_done(run_dir):
+      found = snapshot_attack_success(config, workdir, run_dir, rms[0][:2], reference, reference_r1[0])
+      if found:
+        snapshots[label] = found
+  report["matched_kl"]["snapshots"] = snapshots
+  conventional = report["rlhf"].get("conventional")
+  report["over_optimisation_peak"] = (
+      peak_gold_snapshot(snapshots["conventional_rlhf"], conventional, config.evaluate.hacking_window)
+      if "conventional_rlhf" in snapshots and conventional else None)
   report["fresh_pairs"] = {
       "advtrain": [wd.read_json(wd.round_dir(workdir, wd.ADVTRAIN_CONTROL, r) / "summary.json", "advtrain")
                    for r in control_rms],

@@ -41,6 +41,11 @@ def rl_config_from(node: Any, where: str) -> RLConfig:
   return RLConfig(**node_dict(node, RLConfig, where))
 
 
+def snapshot_path(stage_dir: pathlib.Path, step: int) -> pathlib.Path:
+  """Where ``train_policy`` saves the policies of ``step`` (``node.snapshot_every``)."""
+  return pathlib.Path(stage_dir) / "snapshots" / f"step_{step:06d}"
+
+
 def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, config: Any, node: Any,
                  reward_source: Any,
                  reward_params: Any, prompts: dict[str, np.ndarray], num_seeds: int,
@@ -58,7 +63,12 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
     config: the whole experiment config (model, world, mesh, seed).
     node: the stage's config node: ``rl`` (RLConfig fields), ``optimizer``,
       ``sampling`` (SamplingConfig fields), ``num_steps``,
-      ``prompts_per_step``, ``log_every``, ``checkpoint_every``.
+      ``prompts_per_step``, ``log_every``, ``checkpoint_every``, optional
+      ``snapshot_every`` (0: none): the policies (seed axis) are saved to
+      ``stage_dir/snapshots/step_NNNNNN`` at step 0 and every that many steps,
+      a multiple of ``log_every`` so each snapshot has its logged KL (the
+      evaluation samples them: attack success at matched KL, the
+      over-optimisation baseline at the peak of gold).
     reward_source: a reward source (static; its params in ``reward_params``).
     prompts: {"tokens", "mask"[, "threshold"]} [N, P] prompt pool.
     num_seeds: policies trained at once (vmapped).
@@ -115,8 +125,21 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
   # which JAX's persistent compilation cache then compiles once.
   jitted_step = jax.jit(seeds_step, donate_argnums=(0,))
 
+  snapshot_every = int(node.get("snapshot_every", 0))
+  if snapshot_every and (snapshot_every < 0 or snapshot_every % node.log_every):
+    raise ValueError(f"{name}.snapshot_every={snapshot_every} must be a positive multiple of "
+                     f"{name}.log_every={node.log_every} (each snapshot is read with its logged KL)")
+
+  def snapshot(state, step):
+    path = snapshot_path(stage_dir, step)
+    if snapshot_every and step % snapshot_every == 0 and not path.exists():
+      save_params(path, state.params["policy"])
+
+  snapshot(state, 0)
+
   def step_fn(state, batch, rng):
     state, metrics = jitted_step(state, ref_params, reward_params, batch, rng)
+    snapshot(state, int(jax.device_get(state.step)[0]))
     if collect_fn is not None:
       # Rollouts go to the collector, never to the metric writer.
       rollout = {key[len("rollout/"):]: metrics.pop(key) for key in list(metrics) if key.startswith("rollout/")}
