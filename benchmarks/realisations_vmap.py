@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--warmup", type=int, default=None, help="dropped rounds (default 1; --quick 0)")
   parser.add_argument("--parts", default="rl,bt", help="comma-separated: rl, bt")
   parser.add_argument("--bt_pairs", type=int, default=256, help="preference pairs generated per realisation")
+  parser.add_argument("--num_seeds", type=int, default=0,
+                      help="RL seeds vmapped inside each realisation (default: the config's num_seeds)")
   parser.add_argument("--quick", action="store_true", help="tiny sizes (configs/synthetic.py:small, shrunk)")
   parser.add_argument("--json", default="", help="also write the results here")
   args = parser.parse_args(argv)
@@ -287,6 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.error(f"--parts: unknown {unknown}; expected rl and/or bt")
 
   config = load_config(args.quick)
+  if args.num_seeds:
+    config.num_seeds = args.num_seeds
   results: dict[str, Any] = {
       "command": " ".join(["python", "benchmarks/realisations_vmap.py"] + (argv if argv is not None else sys.argv[1:])),
       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": common.machine_info(),
