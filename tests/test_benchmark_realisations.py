@@ -14,7 +14,7 @@ import pytest
 from benchmarks import realisations_vmap
 
 
-pytestmark = pytest.mark.slow  # four RL/BT compiles: about 1 min on an idle 2-core CPU, 3 min under load
+pytestmark = pytest.mark.slow  # four RL/BT compiles: 2 min 45 s on the 2-core CPU at load average 9
 
 
 @pytest.fixture(scope="module")
