@@ -14,7 +14,7 @@ import pytest
 from benchmarks import realisations_vmap
 
 
-pytestmark = pytest.mark.slow  # four RL/BT compiles: 2 min 45 s on the 2-core CPU at load average 9
+pytestmark = pytest.mark.slow  # four RL/BT compiles: 2-3 min on the 2-core CPU at load average 8-10
 
 
 @pytest.fixture(scope="module")
