@@ -46,6 +46,28 @@ def snapshot_path(stage_dir: pathlib.Path, step: int) -> pathlib.Path:
   return pathlib.Path(stage_dir) / "snapshots" / f"step_{step:06d}"
 
 
+def make_seeds_step(iteration: Callable, num_seeds: int) -> Callable:
+  """The RL step of every stage: ``iteration`` vmapped over S stacked seed states and keys.
+
+  ``(state [S], ref_params, reward_params, batch, rng) -> (state [S], metrics)``: the weights and the prompts
+  are shared by the seeds; every scalar metric is logged as the seeds' mean and per seed.
+  """
+  def seeds_step(state, ref_params, reward_params, batch, rng):
+    rngs = jax.random.split(rng, num_seeds)
+    state, metrics = jax.vmap(iteration, in_axes=(0, None, None, None, 0))(state, ref_params, reward_params,
+                                                                           batch, rngs)
+    logged = {}
+    for key, value in metrics.items():
+      if key.startswith(("samples/", "rollout/")):
+        logged[key] = value
+      else:
+        logged[key] = jnp.mean(value)
+        for seed in range(num_seeds):
+          logged[f"{key}/seed{seed}"] = value[seed]
+    return state, logged
+  return seeds_step
+
+
 def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, config: Any, node: Any,
                  reward_source: Any,
                  reward_params: Any, prompts: dict[str, np.ndarray], num_seeds: int,
@@ -106,24 +128,10 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
   # several, jit refuses arguments committed to different devices.
   ref_params, reward_params = jax.device_put((ref_params, reward_params), shd.replicated(mesh))
 
-  def seeds_step(state, ref_params, reward_params, batch, rng):
-    rngs = jax.random.split(rng, num_seeds)
-    state, metrics = jax.vmap(iteration, in_axes=(0, None, None, None, 0))(state, ref_params, reward_params,
-                                                                           batch, rngs)
-    logged = {}
-    for key, value in metrics.items():
-      if key.startswith(("samples/", "rollout/")):
-        logged[key] = value
-      else:
-        logged[key] = jnp.mean(value)
-        for seed in range(num_seeds):
-          logged[f"{key}/seed{seed}"] = value[seed]
-    return state, logged
-
   # Weights are arguments, not closure constants: runs that differ only in
   # weights (another RM round, another aggregate mix) are the same program,
   # which JAX's persistent compilation cache then compiles once.
-  jitted_step = jax.jit(seeds_step, donate_argnums=(0,))
+  jitted_step = jax.jit(make_seeds_step(iteration, num_seeds), donate_argnums=(0,))
 
   snapshot_every = int(node.get("snapshot_every", 0))
   if snapshot_every and (snapshot_every < 0 or snapshot_every % node.log_every):
