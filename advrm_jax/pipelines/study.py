@@ -62,6 +62,14 @@ from advrm_jax.evaluation.attack import uncertainty_gold_correlation
 from advrm_jax.pipelines import advrm, advtrain, attack, evaluate, filter_stage, rlhf, run_stages
 from advrm_jax.pipelines import workdir as wd
 
+try:
+  # The study analysis (docs/study.md); the runner's records are complete without it.
+  from advrm_jax.evaluation import study_report
+except ModuleNotFoundError as e:
+  if e.name != "advrm_jax.evaluation.study_report":
+    raise
+  study_report = None
+
 STAGE = "study"
 RECORD_FILE = "realisation.json"
 # Arms trained by the main chain -> their RLHF run (config.rlhf.runs).
@@ -307,11 +315,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
       except FloatingPointError as second:
         record = error_record(config, sft_seed, pref_seed, second)
     wd.write_json(rdir / RECORD_FILE, record)
-  try:
-    from advrm_jax.evaluation import study_report  # pylint: disable=import-outside-toplevel
-  except ModuleNotFoundError as e:
-    if e.name != "advrm_jax.evaluation.study_report":
-      raise
+  if study_report is None:
     logging.warning("study: advrm_jax.evaluation.study_report is not installed; study.json and STUDY.md not "
                     "written (the records are in %s)", study_dir / "realisations")
     return
