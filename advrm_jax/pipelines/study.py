@@ -64,7 +64,7 @@ from advrm_jax.pipelines import workdir as wd
 
 try:
   # The study analysis (docs/study.md); the runner's records are complete without it.
-  from advrm_jax.evaluation import study_report
+  import advrm_jax.evaluation.study_report as study_report
 except ModuleNotFoundError as e:
   if e.name != "advrm_jax.evaluation.study_report":
     raise
