@@ -55,11 +55,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   runs = config.rlhf.runs
   config.rlhf.runs = ml_collections.ConfigDict({name: dict(runs[name]) for name in
                                                 ("conventional", "adv_rm", "fresh_pairs", "oracle_gold")})
+  # The filter's comparison of every uncertainty signal (summary.json only; the filter decides by
+  # filter.uncertainty alone) is no endpoint of the study: it trains a verdict probe per round.
+  config.filter.compare_signals = False
   if tiny:
-    # As small as every stage still runs: the evaluation's baselines on fewer prompts.
+    # As small as every stage still runs: fewer prompts, one checkpoint per run (the tiny runs' cost is
+    # per run, not per step), a one-word substitution baseline.
     config.prefs.num_prompts = 128
     config.sft.num_examples = 1000
     config.rlhf.num_prompts = 64
+    for node in (config.sft, config.rm, config.attack, config.rlhf):
+      node.checkpoint_every = node.num_steps
+    config.evaluate.substitution_budget = 1
 
   config.study = ml_collections.ConfigDict()
   # [SFT seed, preference/RM seed] of each realisation, in the order they run (the protocol fixes them).
