@@ -203,3 +203,15 @@ def test_a_resumed_realisation_gives_the_same_record(tiny_study):
   assert _records(workdir) == records
   # The finished realisation was skipped, not rewritten.
   assert (workdir / "realisations" / "s0_p0" / "realisation.json").stat().st_mtime_ns == before
+
+
+def test_a_realisation_that_diverges_twice_is_recorded_as_an_error(tmp_path):
+  # A real non-finite loss: the SFT stage with an absurd learning rate stops on it (FloatingPointError), is
+  # resumed once (the protocol's rule 3), stops again, and the realisation gets an error record.
+  config = load_config(f"{CONFIG}:tiny")
+  config.sft.optimizer.learning_rate = 1e30
+  record = study.attempt_realisation(config, tmp_path, 0, 0, None)
+  assert record["status"] == "error" and record["name"] == "s0_p0"
+  assert record["error"].startswith("FloatingPointError: [sft] non-finite") and "\n" not in record["error"]
+  assert record["arms"] == {} and record["method_checks"] is None
+  assert not (tmp_path / "realisations" / "s0_p0" / "main" / "sft" / "DONE").exists()

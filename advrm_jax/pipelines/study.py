@@ -95,6 +95,9 @@ def check_study(config: Any) -> list[tuple[int, int]]:
     raise ValueError(f"study.arms={arms} must contain C0 and T (the primary endpoint compares them)")
   if config.prefs.num_heldout_prompts <= 0:
     raise ValueError("prefs.num_heldout_prompts must be > 0: the study reads attack success on held-out prompts")
+  if config.filter.uncertainty not in signals.ENSEMBLE_KINDS:
+    raise ValueError(f"filter.uncertainty={config.filter.uncertainty!r}: the study's uncertainty endpoint needs an "
+                     f"ensemble signal {signals.ENSEMBLE_KINDS}")
   realisations = []
   for entry in config.study.realisations:
     if len(entry) != 2 or any(not isinstance(v, int) or v < 0 for v in entry):
@@ -169,6 +172,8 @@ def run_probe(main_config: Any, probe_dir: pathlib.Path, main_dir: pathlib.Path,
   for stage in (wd.SFT, wd.PREFS):
     link_dir(main_dir / stage, probe_dir / stage)
   rounds = wd.num_rounds(main_config)
+  if wd.is_done(wd.round_dir(probe_dir, wd.ATTACK, rounds)):
+    return
   # A copy, so the arm's own directory stays as its chain wrote it (the attack stores its z units here).
   shutil.copytree(final_rm, wd.rm_path(probe_dir, rounds), dirs_exist_ok=True)
   attack.run_round(main_config, probe_dir, rounds)
@@ -187,15 +192,12 @@ def in_distribution_shortfall(config: Any, main_dir: pathlib.Path) -> dict[str, 
   shortfall is against the prompt's mean reference gold: as the filter computes it for round 0's
   adversary samples (filter/round_0/summary.json ``uncertainty_gold``), on reference samples instead.
   """
-  kind = config.filter.uncertainty
-  if kind not in signals.ENSEMBLE_KINDS:
-    raise ValueError(f"filter.uncertainty={kind!r}: the study's uncertainty endpoint needs an ensemble signal "
-                     f"{signals.ENSEMBLE_KINDS}")
   graphdef, params, _ = wd.load_reward_model(wd.rm_path(main_dir, 0))
   reference = wd.load_reference(main_dir)
   scores = inference.reference_member_scores(main_dir, graphdef, params, reference)  # [K, P, n]
   units = inference.in_units(scores, inference.reward_units(config, main_dir, 0, scores))
-  u = uncertainty(units.reshape(units.shape[0], -1), kind, config.attack.target, config.attack.r2_kind)
+  u = uncertainty(units.reshape(units.shape[0], -1), config.filter.uncertainty, config.attack.target,
+                  config.attack.r2_kind)
   gold = reference["gold"]
   return correlation(uncertainty_gold_correlation(u, (gold.mean(axis=1, keepdims=True) - gold).reshape(-1)))
 
@@ -284,6 +286,22 @@ def error_record(config: Any, sft_seed: int, pref_seed: int, error: BaseExceptio
           "arms": {}, "uncertainty_shortfall": None}
 
 
+def attempt_realisation(config: Any, study_dir: pathlib.Path, sft_seed: int, pref_seed: int,
+                        sft_owner: pathlib.Path | None) -> dict[str, Any]:
+  """``run_realisation``, resumed once after a non-finite loss; the error record if it stops again.
+
+  The protocol's exclusion rule 3. Other errors propagate: they are bugs or input mistakes.
+  """
+  try:
+    return run_realisation(config, study_dir, sft_seed, pref_seed, sft_owner)
+  except FloatingPointError as first:
+    logging.warning("study: %s stopped (%s); resuming it once", realisation_name(sft_seed, pref_seed), first)
+  try:
+    return run_realisation(config, study_dir, sft_seed, pref_seed, sft_owner)
+  except FloatingPointError as second:
+    return error_record(config, sft_seed, pref_seed, second)
+
+
 def command_line() -> str | None:
   """The command that started this process when it is the entry point (STUDY.md's first line)."""
   if pathlib.Path(sys.argv[0]).resolve() == pathlib.Path(__file__).resolve().parents[1] / "main.py":
@@ -305,15 +323,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
       logging.info("study: %s done, skipping", name)
       continue
     logging.warning("study: realisation %s (%d of %d)", name, index + 1, len(realisations))
-    try:
-      record = run_realisation(config, study_dir, sft_seed, pref_seed, owner)
-    except FloatingPointError as first:
-      # The protocol's rule 3: resumed once from its checkpoints, then recorded as an error.
-      logging.warning("study: %s stopped (%s); resuming it once", name, first)
-      try:
-        record = run_realisation(config, study_dir, sft_seed, pref_seed, owner)
-      except FloatingPointError as second:
-        record = error_record(config, sft_seed, pref_seed, second)
+    record = attempt_realisation(config, study_dir, sft_seed, pref_seed, owner)
     wd.write_json(rdir / RECORD_FILE, record)
   if study_report is None:
     logging.warning("study: advrm_jax.evaluation.study_report is not installed; study.json and STUDY.md not "
