@@ -7,7 +7,7 @@ r"""The powered, paired study of Adv-RM (docs/study_protocol.md; how to run it: 
 One stage, `study` (advrm_jax/pipelines/study.py): every realisation (SFT seed s, preference/RM seed p)
 runs the default experiment (configs/synthetic.py; its `:small` sizes for `:tiny`) with the SFT seed s
 and ``config.seed = s + 1000 p`` (p = 0: exactly ``configs/synthetic.py --config.seed=s`` but for the
-seed count and the RLHF runs below), plus the extra chains of the arms C2 and C3, then writes
+seed count, the RLHF runs and the filter's signal comparison below), plus the extra chains of the arms C2 and C3, then writes
 realisations/s<s>_p<p>/realisation.json.
 
 Sizes (the protocol's table):
