@@ -13,8 +13,7 @@ RM round 0, the RL seeds and the RL prompt order. Layout of STUDY_DIR/realisatio
                decides); attack/round_0 links to main's (the same adversary: the filter comes after it)
   probe_C1/, probe_C2/   a fresh standard adversary (lam = 1, the realisation's attack settings)
                against the arm's final RM, copied to advtrain/round_<N>/rm: attack round N only
-  realisation.json       the record (docs/study.md, notes of the schema), written last: its existence
-               means done
+  realisation.json       the record (its fields: docs/study.md), written last: its existence means done
 
 C2 and C3 link main's sft, prefs and rm (their DONE markers make those stages skip). The fresh adversary
 of the secondary endpoint is, per arm, the attack round N against the arm's final RM with the main
