@@ -97,6 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage `sft`: the reference policy on the mixed-quality corpus.
   config.sft = ml_collections.ConfigDict()
+  # Seed of the SFT corpus, initialisation and batch order (-1: config.seed); configs/study.py varies it
+  # apart from config.seed to make realisations (SFT seed, preference/RM seed).
+  config.sft.seed = -1
   # Corpus size (examples from make_sft_corpus).
   config.sft.num_examples = 2000 if small else 20000
   # Sequences per step.

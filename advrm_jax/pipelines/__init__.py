@@ -32,6 +32,7 @@ STAGES = {
     "inspect": "advrm_jax.pipelines.inspect_stage",
     "online": "advrm_jax.pipelines.online",
     "evaluate": "advrm_jax.pipelines.evaluate",
+    "study": "advrm_jax.pipelines.study",
 }
 
 

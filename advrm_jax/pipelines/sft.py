@@ -125,6 +125,7 @@ def run(config, workdir: pathlib.Path) -> None:
   if max_len > model_config.max_seq_len:
     raise ValueError(f"world.max_prompt_len + world.max_response_len = {max_len} exceeds "
                      f"model.max_seq_len = {model_config.max_seq_len}")
-  data = synthetic_sft_arrays(sft.num_examples, config.seed, max_len, config.world.max_prompt_len,
+  seed = config.seed if sft.get("seed", -1) < 0 else sft.seed
+  data = synthetic_sft_arrays(sft.num_examples, seed, max_len, config.world.max_prompt_len,
                               float(config.world.get("exploit_exposure", 0.0)))
-  train_sft("sft", stage_dir, sft, model_config, data, config.seed, mesh)
+  train_sft("sft", stage_dir, sft, model_config, data, seed, mesh)
