@@ -37,7 +37,7 @@ compilation cache (``compilation_cache_dir``: STUDY_DIR/jax_cache) compiles each
 realisations.
 
 After the loop the study analysis (``advrm_jax.evaluation.study_report.write_study``) writes
-study.json, STUDY.md and plots/ when that module is installed.
+study.json, STUDY.md and plots/.
 """
 
 from __future__ import annotations
@@ -57,17 +57,11 @@ import numpy as np
 from advrm_jax import inference
 from advrm_jax.adversarial import signals
 from advrm_jax.adversarial.filtering import uncertainty
+from advrm_jax.evaluation import study_report
 from advrm_jax.evaluation.attack import uncertainty_gold_correlation
 from advrm_jax.pipelines import advrm, advtrain, attack, evaluate, filter_stage, rlhf, run_stages
 from advrm_jax.pipelines import workdir as wd
 
-try:
-  # The study analysis (docs/study.md); the runner's records are complete without it.
-  import advrm_jax.evaluation.study_report as study_report
-except ModuleNotFoundError as e:
-  if e.name != "advrm_jax.evaluation.study_report":
-    raise
-  study_report = None
 
 STAGE = "study"
 RECORD_FILE = "realisation.json"
@@ -324,8 +318,4 @@ def run(config: Any, workdir: pathlib.Path) -> None:
     logging.warning("study: realisation %s (%d of %d)", name, index + 1, len(realisations))
     record = attempt_realisation(config, study_dir, sft_seed, pref_seed, owner)
     wd.write_json(rdir / RECORD_FILE, record)
-  if study_report is None:
-    logging.warning("study: advrm_jax.evaluation.study_report is not installed; study.json and STUDY.md not "
-                    "written (the records are in %s)", study_dir / "realisations")
-    return
   study_report.write_study(study_dir, command_line())
