@@ -279,10 +279,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Sampling options (SamplingConfig fields).
   config.attack.sampling = sampling()
   # RL iterations per round.
-  # (120: the smallest of 60 / 90 / 120 whose round-0 adversary passed both adversary method checks on one
-  # realisation, docs/calibration.md; it ends further from the reference than 60 steps of RLHF: the report
-  # shows both KLs.)
-  config.attack.num_steps = 4 if small else 120
+  # (240: of 180 / 240 / 360, the budget under which most of seeds 0-4 passed the three adversary method
+  # checks (5 of 5; 180: 4 of 5; 120: 2 of 5), docs/calibration.md addendum 2. It ends far further from the
+  # reference than 60 steps of RLHF (17-37 nats against 5-11): the report shows both KLs.)
+  config.attack.num_steps = 4 if small else 240
   # Prompts per iteration (from the attack pool).
   config.attack.prompts_per_step = 8
   # Log every this many steps.
