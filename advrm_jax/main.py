@@ -153,6 +153,9 @@ def main(argv):
     # adversary round, a BT step per RM); JAX's persistent cache, keyed by
     # the program itself, compiles each of them once.
     jax.config.update("jax_compilation_cache_dir", cache_dir.replace("{workdir}", str(workdir)))
+    # Every program, not only those compiling for over a second (JAX's default): a run's many small ones
+    # (sampling, scoring, evaluation) are rebuilt by every run and round too.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   logging.info("devices: %s", jax.devices())

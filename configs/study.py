@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The filter's comparison of every uncertainty signal (summary.json only; the filter decides by
   # filter.uncertainty alone) is no endpoint of the study: it trains a verdict probe per round.
   config.filter.compare_signals = False
+  # No metrics.png at the end of each of a realisation's ~24 training runs (`python -m advrm_jax.report
+  # STUDY_DIR` renders them); the study's own plots are written by the analysis.
+  config.plots = False
   if tiny:
     # As small as every stage still runs: fewer prompts, one checkpoint per run (the tiny runs' cost is
     # per run, not per step), a one-word substitution baseline.

@@ -45,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # JAX's persistent compilation cache ({workdir} = the run's work dir; "" = off): adversary
   # rounds and RLHF runs rebuild identical programs, which then compile once.
   config.compilation_cache_dir = "{workdir}/jax_cache"
+  # Each training run renders its metrics.png at its end (~1.5 s a run; `python -m advrm_jax.report WORKDIR`
+  # renders them any time).
+  config.plots = True
 
   # (data, fsdp, tensor) mesh; -1 takes all remaining devices.
   config.mesh = ml_collections.ConfigDict()

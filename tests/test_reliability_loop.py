@@ -36,7 +36,7 @@ import pytest
 
 from advrm_jax import sharding as shd
 from advrm_jax.checkpoints.orbax_io import CheckpointMismatchError, Checkpointer, UnreadableCheckpointError
-from advrm_jax.pipelines.loop import LoopConfig, Preempted, train_loop
+from advrm_jax.pipelines.loop import LoopConfig, Preempted, end_of_run_plots, train_loop
 
 NUM_STEPS = 8
 
@@ -141,6 +141,16 @@ def test_resumed_run_replays_rng_and_data_by_step_and_ends_bitwise_equal(tmp_pat
     assert np.array_equal(x, straight_recorder.seen[step][1]), step
   _assert_same_state(state, straight_state)
   assert _metrics(tmp_path) == _metrics(straight_dir)
+
+
+def test_end_of_run_plot_follows_the_switch(tmp_path, straight):
+  # config.plots, which run_stages hands to the switch: a run renders metrics.png at its end only when on (the default).
+  assert (straight[0] / "metrics.png").stat().st_size > 0
+  with end_of_run_plots(False):
+    _run(tmp_path)
+  assert (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "metrics.png").exists()
+  _run(tmp_path)  # switched on again after the block: a rerun of the finished run renders it
+  assert (tmp_path / "metrics.png").stat().st_size > 0
 
 
 def test_final_evaluation_survives_a_kill_after_the_last_checkpoint(tmp_path):

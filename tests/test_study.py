@@ -185,6 +185,8 @@ def test_chains_reuse_the_main_chain_and_change_one_thing(tiny_study):
   assert (rdir / "C3/attack/round_0").resolve() == (rdir / "main/attack/round_0").resolve()
   c3_filter = json.loads((rdir / "C3" / "filter" / "round_0" / "summary.json").read_text())
   assert c3_filter["num_kept"] >= main_filter["num_kept"]
+  # config.plots = False in studies: no run renders its metrics.png (`python -m advrm_jax.report` does).
+  assert list(rdir.rglob("metrics.jsonl")) and not list(rdir.rglob("metrics.png"))
   study = json.loads((workdir / "study.json").read_text())
   assert study["realisations"]["count"] == 2 and (workdir / "STUDY.md").exists()
 

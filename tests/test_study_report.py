@@ -273,6 +273,27 @@ def test_write_study_and_the_report_command_render_the_same_study(tmp_path):
   assert (study_dir / "STUDY.md").read_text().splitlines()[0] == f"Produced by `python -m advrm_jax.report {study_dir}`."
 
 
+def test_write_study_takes_the_runners_error_record(tmp_path):
+  # The record advrm_jax.pipelines.study writes for a realisation that stopped twice: arms {}, null measurements.
+  from advrm_jax.pipelines import load_config  # pylint: disable=g-import-not-at-top  # the runner pulls in JAX
+  from advrm_jax.pipelines import study as runner  # pylint: disable=g-import-not-at-top
+  error = runner.error_record(load_config(str(REPO_ROOT / "configs" / "study.py:tiny")), 3, 0,
+                              FloatingPointError("[rlhf] non-finite loss at step 2"))
+  assert error["arms"] == {} and error["method_checks"] is None and error["uncertainty_shortfall"] is None
+  records = [realisation(i, shifted(C0=0.0, T=0.1 * (i + 1), C1=0.05, C2=0.02)) for i in range(3)] + [error]
+  study_dir = _study_dir(tmp_path, records)
+  study = sr.write_study(study_dir)
+  assert study["realisations"]["count"] == 4 and study["realisations"]["included"] == ["s0_p0", "s1_p0", "s2_p0"]
+  assert study["realisations"]["excluded"] == [{"name": "s3_p0", "checks": {}, "excluded_from": "all analyses",
+                                                "why": "run error: FloatingPointError: [rlhf] non-finite loss at step 2"}]
+  assert study["method_checks_pass_rate"] == pytest.approx(3 / 4)
+  assert study["primary"]["n"] == 3 and study["primary"]["mean"] == pytest.approx(0.2)  # (0.1 + 0.2 + 0.3) / 3
+  assert "s3_p0" in (study_dir / "STUDY.md").read_text()
+  assert json.loads((study_dir / "study.json").read_text()) == study
+  for name in sr.PLOT_FILES:
+    assert (study_dir / "plots" / name).stat().st_size > 0
+
+
 def test_bad_records_are_named(tmp_path):
   record = realisation(0, shifted(C0=0.0, T=0.1))
   del record["arms"]["T"]["kl"]

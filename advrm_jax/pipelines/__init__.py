@@ -76,8 +76,10 @@ def run_stages(config, workdir: pathlib.Path) -> None:
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise ValueError(f"config.stages: unknown stage(s) {unknown}; available: {sorted(STAGES)}")
-  for name in stages:
-    start = time.time()
-    logging.info("stage %s: starting", name)
-    importlib.import_module(STAGES[name]).run(config, workdir)
-    logging.info("stage %s: done in %.1fs", name, time.time() - start)
+  from advrm_jax.pipelines import loop  # pylint: disable=g-import-not-at-top  # deferred: imports JAX
+  with loop.end_of_run_plots(config.get("plots", True)):
+    for name in stages:
+      start = time.time()
+      logging.info("stage %s: starting", name)
+      importlib.import_module(STAGES[name]).run(config, workdir)
+      logging.info("stage %s: done in %.1fs", name, time.time() - start)

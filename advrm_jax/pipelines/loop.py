@@ -17,6 +17,7 @@ bad step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import signal
@@ -96,6 +97,22 @@ def _logged(jsonl_path: pathlib.Path, step: int, scalars: dict[str, Any]) -> boo
     if record.get("step") == step and set(scalars) <= set(record):
       return True
   return False
+
+
+# Whether each run renders metrics.png at its end (config.plots, set by ``end_of_run_plots``): about 1.5 s
+# a run, which the study's many short runs skip; ``python -m advrm_jax.report DIR`` renders them later.
+_plots = True
+
+
+@contextlib.contextmanager
+def end_of_run_plots(enabled: bool):
+  """Within it, ``train_loop`` renders each run's metrics.png at its end only when ``enabled``."""
+  global _plots
+  previous, _plots = _plots, bool(enabled)
+  try:
+    yield
+  finally:
+    _plots = previous
 
 
 @dataclasses.dataclass
@@ -180,5 +197,6 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
   finally:
     writer.close()
     checkpointer.close()  # waits for an in-flight async save: nothing written is lost
-  plot_metrics(writer.jsonl_path, directory / "metrics.png", title=name)
+  if _plots:
+    plot_metrics(writer.jsonl_path, directory / "metrics.png", title=name)
   return state
