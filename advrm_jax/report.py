@@ -33,6 +33,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from advrm_jax.metrics import EVAL_KEYS, plot_metrics, read_metrics
+from advrm_jax.evaluation import study_report
 from advrm_jax.pipelines import evaluate
 
 METRICS_FILE = "metrics.jsonl"
@@ -198,7 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   workdir = pathlib.Path(args.workdir)
   if (workdir / "realisations").is_dir():
     # Imported only for a study: its analysis pulls in scipy.
-    from advrm_jax.evaluation import study_report  # pylint: disable=g-import-not-at-top
     try:
       study_report.write_study(workdir, command=f"python -m advrm_jax.report {args.workdir}")
     except (FileNotFoundError, ValueError) as e:

@@ -219,7 +219,7 @@ def attack_table(ours: Mapping[str, Mapping[str, Any]],
 # ----------------------------------------------------------------------------
 
 
-def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
+def figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
   # Imported lazily: matplotlib is slow to import and only plots need it.
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  # deferred: slow to import, plots only
   # Constrained layout keeps a figure title clear of the panel titles.
@@ -242,7 +242,7 @@ def save_figure(fig, path: str | os.PathLike[str]) -> pathlib.Path:
   return path
 
 
-def _band(ax, steps: np.ndarray, curves: np.ndarray, label: str,
+def band(ax, steps: np.ndarray, curves: np.ndarray, label: str,
           color: Any = None) -> None:
   """Mean line with a ± std band over the seed axis of [seeds, S] curves."""
   mean = np.nanmean(curves, axis=0)
@@ -286,14 +286,14 @@ def reward_curves_figure(curves: Mapping[str, Mapping[str, ArrayLike]],
   """
   if not curves:
     raise ValueError("plot_reward_curves: no curves given")
-  fig, (ax_gold, ax_proxy) = _figure(ncols=2)
+  fig, (ax_gold, ax_proxy) = figure(ncols=2)
   for name, c in curves.items():
     gold = _as_seed_curves(c["gold"], f"curves[{name!r}]['gold']")
     proxy = _as_seed_curves(c["proxy"], f"curves[{name!r}]['proxy']")
     x = np.arange(gold.shape[1]) if steps is None else np.asarray(steps)
-    _band(ax_gold, x, gold, name)
+    band(ax_gold, x, gold, name)
     color = ax_gold.get_lines()[-1].get_color()
-    _band(ax_proxy, x, proxy, name, color)
+    band(ax_proxy, x, proxy, name, color)
     onset = (onsets or {}).get(name)
     if onset is not None:
       ax_gold.axvline(onset, color=color, linestyle="--", alpha=0.7)
@@ -342,7 +342,7 @@ def attack_success_figure(rates: Mapping[str, ArrayLike],
   """
   if not rates:
     raise ValueError("plot_attack_success_per_round: no rates given")
-  fig, (ax,) = _figure()
+  fig, (ax,) = figure()
   for name, values in rates.items():
     _errorbar_series(ax, values, name, marker="o")
   for name, values in (floors or {}).items():
@@ -381,7 +381,7 @@ def uncertainty_figure(u: ArrayLike, gold_gap: ArrayLike,
   gap = np.asarray(gold_gap, np.float64).reshape(-1)
   if u.shape != gap.shape:
     raise ValueError(f"u has {u.size} values, gold_gap {gap.size}")
-  fig, (ax,) = _figure()
+  fig, (ax,) = figure()
   ax.scatter(u, gap, s=8, alpha=0.5)
   title = "uncertainty vs gold shortfall"
   if correlation:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from advrm_jax.evaluation import hacking, statistics
+from advrm_jax.evaluation import report as rep
 from advrm_jax.evaluation.attack import KL_TARGETS, uncertainty_gold_correlation
 
 PROTOCOL_PATH = "docs/study_protocol.md"
@@ -637,13 +638,11 @@ def _empty(ax, what: str) -> None:
 
 def write_plots(study: dict[str, Any], records: Sequence[dict[str, Any]], plots_dir: pathlib.Path) -> list[pathlib.Path]:
   """forest, gold-vs-KL, attack success, Kaplan-Meier and uncertainty-vs-shortfall PNGs under plots_dir."""
-  # Plot helpers of the run report; imported here because they pull in matplotlib.
-  from advrm_jax.evaluation.report import _band, _figure, save_figure  # pylint: disable=g-import-not-at-top
   plots_dir = pathlib.Path(plots_dir)
   primary, secondary = study["primary"], study["secondary"]
   paths = []
 
-  fig, (ax,) = _figure(height=1.5 + 0.3 * max(1, primary["n"]))
+  fig, (ax,) = rep.figure(height=1.5 + 0.3 * max(1, primary["n"]))
   rows = primary["per_realisation"]
   ax.scatter([r["d"] for r in rows], range(len(rows), 0, -1), color="C0", zorder=3)
   if primary["ci95"] is not None:
@@ -656,9 +655,9 @@ def write_plots(study: dict[str, Any], records: Sequence[dict[str, Any]], plots_
   ax.set_yticks(range(len(rows), -1, -1), [r["name"] for r in rows] + ["pooled"])
   ax.set_xlabel("d_r: gold at matched KL, T - C0")
   ax.set_title("Primary difference per realisation")
-  paths.append(save_figure(fig, plots_dir / "forest.png"))
+  paths.append(rep.save_figure(fig, plots_dir / "forest.png"))
 
-  fig, (ax,) = _figure()
+  fig, (ax,) = rep.figure()
   passing = [r for r in records if r["name"] in set(study["realisations"]["comparative"])]
   max_kl = max((np.nanmax(np.asarray(a["kl"], np.float64)) for r in passing for a in r["arms"].values()
                 if np.isfinite(np.asarray(a["kl"], np.float64)).any()), default=0.0)
@@ -669,16 +668,16 @@ def write_plots(study: dict[str, Any], records: Sequence[dict[str, Any]], plots_
       curves = np.stack([arm_gold_at_matched_kl(r["arms"][arm], grid) for r in passing if arm in r["arms"]])
       with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: a KL no realisation reached
-        _band(ax, np.asarray(grid), curves, label=arm)
+        rep.band(ax, np.asarray(grid), curves, label=arm)
     ax.legend(fontsize="small")
   else:
     _empty(ax, "realisation passing the method checks")
   ax.set_xlabel("KL to the reference (nats)")
   ax.set_ylabel("gold reward (mean +- SD over realisations)")
   ax.set_title("Gold vs KL per arm")
-  paths.append(save_figure(fig, plots_dir / "gold_vs_kl.png"))
+  paths.append(rep.save_figure(fig, plots_dir / "gold_vs_kl.png"))
 
-  fig, (ax,) = _figure()
+  fig, (ax,) = rep.figure()
   per_arm = secondary["attack_success_after_two_rounds"]["per_arm"]
   for i, (arm, values) in enumerate(per_arm.items()):
     points = [r["standard"] for r in values["per_realisation"] if r["standard"] is not None]
@@ -688,9 +687,9 @@ def write_plots(study: dict[str, Any], records: Sequence[dict[str, Any]], plots_
   ax.set_xticks(range(len(per_arm)), list(per_arm))
   ax.set_ylabel("standard attack success (%)")
   ax.set_title("Fresh adversary vs each arm's final RM (after 2 rounds)")
-  paths.append(save_figure(fig, plots_dir / "attack_success.png"))
+  paths.append(rep.save_figure(fig, plots_dir / "attack_success.png"))
 
-  fig, (ax,) = _figure()
+  fig, (ax,) = rep.figure()
   hacking_result = secondary["steps_to_hacking"]
   budget = max(hacking_result["budgets"], default=0)
   for arm, km in hacking_result["kaplan_meier"].items():
@@ -705,9 +704,9 @@ def write_plots(study: dict[str, Any], records: Sequence[dict[str, Any]], plots_
   ax.set_xlabel("RL step")
   ax.set_ylabel("share of runs not yet hacked")
   ax.set_title("Kaplan-Meier: steps to hacking")
-  paths.append(save_figure(fig, plots_dir / "kaplan_meier.png"))
+  paths.append(rep.save_figure(fig, plots_dir / "kaplan_meier.png"))
 
-  fig, (ax,) = _figure()
+  fig, (ax,) = rep.figure()
   rows = [r for r in secondary["uncertainty_predicts_shortfall"]["per_realisation"] if r["d"] is not None]
   ax.scatter([r["in_distribution"] for r in rows], [r["adversarial"] for r in rows])
   for r in rows:
@@ -716,7 +715,7 @@ def write_plots(study: dict[str, Any], records: Sequence[dict[str, Any]], plots_
   ax.set_xlabel("r(U, gold shortfall), in-distribution")
   ax.set_ylabel("r(U, gold shortfall), adversarial")
   ax.set_title("Uncertainty vs gold shortfall per realisation")
-  paths.append(save_figure(fig, plots_dir / "uncertainty_shortfall.png"))
+  paths.append(rep.save_figure(fig, plots_dir / "uncertainty_shortfall.png"))
   return paths
 
 

@@ -17,6 +17,9 @@ import time
 
 from absl import logging
 
+# Importing JAX (loop does) initialises no backend: jax.distributed.initialize in main() still comes first.
+from advrm_jax.pipelines import loop
+
 # Stage name -> module exposing ``run(config, workdir)``.
 STAGES = {
     "sft": "advrm_jax.pipelines.sft",
@@ -76,7 +79,6 @@ def run_stages(config, workdir: pathlib.Path) -> None:
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise ValueError(f"config.stages: unknown stage(s) {unknown}; available: {sorted(STAGES)}")
-  from advrm_jax.pipelines import loop  # pylint: disable=g-import-not-at-top  # deferred: imports JAX
   with loop.end_of_run_plots(config.get("plots", True)):
     for name in stages:
       start = time.time()
