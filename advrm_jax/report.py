@@ -198,7 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   workdir = pathlib.Path(args.workdir)
   if (workdir / "realisations").is_dir():
-    # Imported only for a study: its analysis pulls in scipy.
     try:
       study_report.write_study(workdir, command=f"python -m advrm_jax.report {args.workdir}")
     except (FileNotFoundError, ValueError) as e:
