@@ -178,7 +178,7 @@ def plot_reliability(path: pathlib.Path, probs: np.ndarray, labels: np.ndarray, 
                      title: str) -> pathlib.Path:
   """Reliability diagram of probe confidences (fraction correct per bin) as a PNG."""
   bins = pr.reliability_bins(probs, labels, num_bins)
-  fig, (ax,) = report._figure()  # pylint: disable=protected-access
+  fig, (ax,) = report.figure()
   centres = (np.arange(num_bins) + 0.5) / num_bins
   filled = bins["count"] > 0
   ax.bar(centres[filled], bins["accuracy"][filled], width=1.0 / num_bins, alpha=0.6, edgecolor="k",
@@ -191,7 +191,7 @@ def plot_reliability(path: pathlib.Path, probs: np.ndarray, labels: np.ndarray, 
 
 def plot_early_exit(path: pathlib.Path, table: list[dict[str, float]]) -> pathlib.Path:
   """Final-answer accuracy vs tokens saved, one point per early-exit threshold, as a PNG."""
-  fig, (ax,) = report._figure()  # pylint: disable=protected-access
+  fig, (ax,) = report.figure()
   saved = [100 * r["tokens_saved"] for r in table]
   acc = [100 * r["accuracy"] for r in table]
   ax.plot(saved, acc, marker="o")

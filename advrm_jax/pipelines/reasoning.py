@@ -152,12 +152,12 @@ def plot_curves(path: pathlib.Path, summary: dict[str, Any]) -> pathlib.Path | N
             ("train_accuracy", "accuracy of RL samples"))
   if not summary["runs"]:
     return None
-  fig, axes = report._figure(ncols=len(panels), width=4.5)  # pylint: disable=protected-access
+  fig, axes = report.figure(ncols=len(panels), width=4.5)
   for ax, (key, title) in zip(axes, panels):
     for name, entry in summary["runs"].items():
       curve = entry["curves"].get(key)
       if curve:
-        report._band(ax, np.asarray(curve["steps"]), np.asarray(curve["values"], np.float64),  # pylint: disable=protected-access
+        report.band(ax, np.asarray(curve["steps"]), np.asarray(curve["values"], np.float64),
                      entry["label"])
     ax.set(xlabel="RL step", ylabel="accuracy", title=title)
     ax.legend(fontsize="small")
