@@ -147,11 +147,14 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
 
   def step_fn(state, batch, rng):
     state, metrics = jitted_step(state, ref_params, reward_params, batch, rng)
-    snapshot(state, int(jax.device_get(state.step)[0]))
+    if not (snapshot_every or collect_fn):
+      return state, metrics  # no host sync on the step counter
+    step = int(jax.device_get(state.step)[0])
+    snapshot(state, step)
     if collect_fn is not None:
       # Rollouts go to the collector, never to the metric writer.
       rollout = {key[len("rollout/"):]: metrics.pop(key) for key in list(metrics) if key.startswith("rollout/")}
-      collect_fn(int(jax.device_get(state.step)[0]), rollout)
+      collect_fn(step, rollout)
     return state, metrics
   num_prompts = prompts["tokens"].shape[0]
   per_step = node.prompts_per_step
