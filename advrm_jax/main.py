@@ -32,10 +32,12 @@ import traceback
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 from ml_collections import config_flags
 
 # Importing the stages initialises no JAX backend, so jax.distributed.initialize in main() still comes first.
+from advrm_jax.fileio import write_text_atomic
 from advrm_jax.pipelines import run_stages
 from advrm_jax.pipelines.loop import Preempted
 
@@ -145,7 +147,8 @@ def main(argv):
                                  process_id=int(os.environ["JAX_PROCESS_ID"]))
     else:
       jax.distributed.initialize()
-  workdir = pathlib.Path(_WORKDIR.value)
+  # A local directory or a bucket (gs://...): every stage writes through epath.
+  workdir = epath.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   cache_dir = config.get("compilation_cache_dir", "")
   if cache_dir:
@@ -157,7 +160,7 @@ def main(argv):
     # (sampling, scoring, evaluation) are rebuilt by every run and round too.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
   logging.info("devices: %s", jax.devices())
   try:
     run_stages(config, workdir)
