@@ -14,7 +14,7 @@ import os
 
 from etils import epath
 
-PathLike = str | os.PathLike
+PathLike = epath.PathLike
 
 
 def is_remote(path: PathLike) -> bool:

@@ -304,6 +304,10 @@ def command_line() -> str | None:
 
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `study`: every realisation without a record, then the study analysis (module doc)."""
+  if wd.is_remote(workdir):
+    raise wd.ConfigError(f"--workdir {workdir}: the study needs a local work dir (its realisations share sft "
+                         "stages through directory links, which an object store cannot hold); run it on a local "
+                         "disk and copy the study directory to the bucket afterwards")
   study_dir = pathlib.Path(workdir)
   realisations = check_study(config)
   sft_owners: dict[int, pathlib.Path] = {}
