@@ -29,9 +29,11 @@ import argparse
 import json
 import math
 import sys
-from typing import Any, Callable, Sequence
+import os
+from typing import Any, Callable, Iterator, Sequence
 
 from etils import epath
+
 from advrm_jax.metrics import EVAL_KEYS, plot_metrics, read_metrics
 from advrm_jax.evaluation import study_report
 from advrm_jax.pipelines import evaluate
@@ -50,8 +52,20 @@ MarkdownFn = Callable[[epath.Path, dict[str, Any]], None]
 
 def find_metric_logs(workdir: epath.PathLike) -> list[epath.Path]:
   """Every metrics.jsonl under ``workdir``, in path order (stage, then run)."""
-  workdir = epath.Path(workdir)
-  return sorted(p for p in workdir.rglob(METRICS_FILE) if p.is_file())
+  return sorted(_files_named(epath.Path(workdir), METRICS_FILE))
+
+
+def _files_named(directory: epath.Path, name: str) -> Iterator[epath.Path]:
+  """Every file ``name`` under ``directory``, not entering linked directories (as pathlib's rglob).
+
+  epath has no ``**`` glob (on GCS it would be thousands of requests at once); listing works everywhere.
+  """
+  for child in directory.iterdir():
+    if child.is_dir():
+      if not os.path.islink(child):  # advtrain/final links to a round already listed
+        yield from _files_named(child, name)
+    elif child.name == name:
+      yield child
 
 
 def render_plots(workdir: epath.PathLike) -> dict[epath.Path, epath.Path | None]:

@@ -179,7 +179,7 @@ def run(config: Any, workdir: epath.Path) -> None:
   options = online_config_from(config)
   mesh = shd.make_mesh(tuple(config.mesh.shape))
   shd.check_batch_divisible(node.prompts_per_step, mesh, "online.prompts_per_step")
-  shd.check_batch_divisible(node.rm_updates * node.ordinary_pairs, mesh, "online.rm_updates x online.ordinary_pairs")
+  shd.check_batch_divisible(node.ordinary_pairs, mesh, "online.ordinary_pairs", factor=node.rm_updates)
 
   # Inputs: the same artefacts the round schedule starts from.
   model_config, policy_graphdef, ref_params = wd.load_policy(workdir / wd.SFT)
