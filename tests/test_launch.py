@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from launch import multihost
+from launch import tpu_vm
 from launch import xm_launch
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -131,3 +132,70 @@ def test_multihost_child_environment():
   assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=4"
   with pytest.raises(SystemExit):
     multihost.main(["--num_processes=2"])  # no command after --
+
+
+# ---------------------------------------------------------------------------
+# launch/tpu_vm.py: the gcloud recipe for a TPU VM slice.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("accelerator_type, chips, hosts", [
+    # Google's accelerator-type tables: v4 and v5p count TensorCores (2 per chip), v5e/v6e count chips;
+    # multi-host slices have 4 chips per TPU VM.
+    ("v4-8", 4, 1), ("v4-32", 16, 4),
+    ("v5litepod-16", 16, 4), ("v5e-16", 16, 4), ("v5litepod-8", 8, 1), ("v5litepod-4", 4, 1),
+    ("v5p-8", 4, 1), ("v5p-16", 8, 2), ("v5p-64", 32, 8),
+    ("v6e-8", 8, 1), ("v6e-16", 16, 4), ("v6e-256", 256, 64),
+])
+def test_slice_shapes_against_the_published_tables(accelerator_type, chips, hosts):
+  shape = tpu_vm.slice_shape(accelerator_type)
+  assert (shape.chips, shape.hosts) == (chips, hosts)
+
+
+@pytest.mark.parametrize("accelerator_type, match", [
+    ("v4-6", "multiples of 8"), ("v5litepod-2", "1, 4 or 8 chips"), ("v5litepod-18", "multiple of 4"),
+    ("v7-8", "generation one of"), ("tpu_v4", "expected <generation>-<size>"),
+])
+def test_unknown_slices_are_named(accelerator_type, match):
+  with pytest.raises(tpu_vm.SliceError, match=match):
+    tpu_vm.slice_shape(accelerator_type)
+
+
+def _ssh(name, zone, command):
+  return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, "--zone", zone, "--worker=all", "--command", command]
+
+
+def test_tpu_vm_commands_for_v4_8_v5e_16_and_v5p_64():
+  install = 'cd ~/repo && python3 -m pip install -U "jax[tpu]" && python3 -m pip install -e ".[gcs]"'
+  # v4-8: one host, so no jax.distributed job; a local work dir is allowed.
+  copy, setup, run = tpu_vm.slice_commands("v4", "us-central2-b", "v4-8", "configs/synthetic.py:small",
+                                           "/tmp/advrm", ["--config.num_seeds=1"], repo_root="/src/repo")
+  assert copy == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", "/src/repo", "v4:~",
+                  "--zone", "us-central2-b", "--worker=all"]
+  assert setup == _ssh("v4", "us-central2-b", install)
+  assert run == _ssh("v4", "us-central2-b", "cd ~/repo && python3 -m advrm_jax.main "
+                     "--config=configs/synthetic.py:small --workdir=/tmp/advrm --config.num_seeds=1")
+  # v5e-16 (4 hosts) and v5p-64 (8 hosts): every host joins one job writing to the bucket.
+  for accelerator_type in ("v5litepod-16", "v5p-64"):
+    *_, run = tpu_vm.slice_commands("pod", "us-east5-a", accelerator_type, "configs/synthetic.py",
+                                    "gs://bucket/advrm", project="proj", repo_root="/src/repo")
+    assert run == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone", "us-east5-a", "--worker=all",
+                   "--project", "proj", "--command",
+                   "cd ~/repo && python3 -m advrm_jax.main --config=configs/synthetic.py "
+                   "--workdir=gs://bucket/advrm --config.distributed=True"]
+  with pytest.raises(tpu_vm.SliceError, match="8 hosts and no disk they share"):
+    tpu_vm.slice_commands("pod", "z", "v5p-64", "configs/synthetic.py", "/tmp/advrm")
+
+
+def test_tpu_vm_cli_prints_the_recipe(tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / "launch" / "tpu_vm.py"), "--name=pod", "--zone=us-west4-a",
+       "--accelerator_type=v5litepod-16", "--config=configs/synthetic.py", "--workdir=gs://b/run", "--",
+       "--config.num_seeds=1"], capture_output=True, text=True, timeout=60, check=False)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert lines[0] == "# v5litepod-16: 16 chips on 4 host(s), 4 per host"
+  assert shlex.split(lines[3])[-1].endswith("--config.num_seeds=1 --config.distributed=True")
+  bad = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "tpu_vm.py"), "--name=pod", "--zone=z",
+                        "--accelerator_type=v5p-64", "--config=c.py", "--workdir=/tmp/x"],
+                       capture_output=True, text=True, timeout=60, check=False)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: --workdir=/tmp/x: v5p-64 has 8 hosts")
