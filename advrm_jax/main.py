@@ -23,11 +23,13 @@ save of orbax), ``--verbosity=1`` the debug log.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
 import sys
 import traceback
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -43,12 +45,34 @@ from advrm_jax.pipelines.loop import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:arg]).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports: a local path or a "
+                                "bucket (gs://BUCKET/DIR).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Exit code of a run stopped by bad input (argparse's convention for usage errors).
 EXIT_BAD_INPUT = 2
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+# Port of the jax.distributed coordinator on a Vertex AI chief replica (JAX's own default port).
+VERTEX_COORDINATOR_PORT = 8476
+
+
+def vertex_cluster(cluster_spec: str) -> dict[str, Any]:
+  """``jax.distributed.initialize`` arguments of a Vertex AI replica, from its ``CLUSTER_SPEC`` (JSON).
+
+  Vertex AI lists every worker pool's replicas (``{"cluster": {"workerpool0":
+  ["host:port"], "workerpool1": [...]}, "task": {"type": "workerpool1",
+  "index": 0}}``); JAX does not read it. Process ids count pool 0's replicas
+  first, then pool 1's...; the coordinator runs on pool 0's (the chief's) host.
+  """
+  spec = json.loads(cluster_spec)
+  pools = [spec["cluster"][name] for name in sorted(spec["cluster"], key=lambda n: int(n[len("workerpool"):]))]
+  task = spec["task"]
+  before = sum(len(pool) for pool in pools[:int(task["type"][len("workerpool"):])])
+  chief_host = pools[0][0].rsplit(":", 1)[0]
+  return {"coordinator_address": f"{chief_host}:{VERTEX_COORDINATOR_PORT}",
+          "num_processes": sum(len(pool) for pool in pools), "process_id": before + int(task["index"])}
 
 
 def _fail(message: str) -> None:
@@ -145,6 +169,8 @@ def main(argv):
       jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
                                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+    elif "CLUSTER_SPEC" in os.environ:  # Vertex AI worker pools (launch/xm_launch.py --num_hosts)
+      jax.distributed.initialize(**vertex_cluster(os.environ["CLUSTER_SPEC"]))
     else:
       jax.distributed.initialize()
   # A local directory or a bucket (gs://...): every stage writes through epath.
