@@ -47,6 +47,7 @@ import jax
 from advrm_jax import inference
 from advrm_jax.adversarial.filtering import mix_pairs
 from advrm_jax.export import export_reward_model
+from advrm_jax.fileio import is_remote
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.rm_training import train_reward_model
 
@@ -93,7 +94,7 @@ def round_config(config: Any, pairs_file: epath.Path, init_from: str, workdir: e
 def link_final(workdir: epath.Path, round_index: int, stage: str = STAGE) -> None:
   """WORKDIR/<stage>/final -> round_<r> (relative, so the work dir can move)."""
   final = epath.Path(workdir) / stage / "final"
-  if wd.is_remote(final):
+  if is_remote(final):
     return  # an object store has no links: the last round is round_<advrm.num_rounds>
   if os.path.lexists(final):
     os.unlink(final)
@@ -196,6 +197,10 @@ def run_round(config: Any, workdir: epath.Path, round_index: int, arm: str = "ad
 
 def run_rounds(config: Any, workdir: epath.Path, round_index: int) -> None:
   """RM round r of the Adv-RM arm and, with ``advtrain.control``, of the fresh-pairs control arm."""
+  if config.advtrain.get("export_hf", False) and is_remote(workdir):
+    raise wd.ConfigError(f"advtrain.export_hf=True writes Hugging Face files locally but --workdir {workdir} is a "
+                         "bucket; set --config.advtrain.export_hf=False and run `python -m advrm_jax.export` on a "
+                         "local copy of the round's rm/")
   run_round(config, workdir, round_index)
   if config.advtrain.get("control", False):
     run_round(config, workdir, round_index, arm="fresh_pairs")

@@ -45,7 +45,7 @@ import jax
 import numpy as np
 
 from advrm_jax import sharding as shd
-from advrm_jax.fileio import PathLike, is_remote, write_bytes_atomic, write_text_atomic  # pylint: disable=unused-import  # is_remote, write_text_atomic: for stages
+from advrm_jax.fileio import PathLike, write_bytes_atomic, write_text_atomic
 from advrm_jax.checkpoints import gguf, hf, hf_reward
 from advrm_jax.checkpoints.orbax_io import Checkpointer, load_params
 from advrm_jax.data import synthetic_world as world
