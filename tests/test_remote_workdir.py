@@ -14,6 +14,7 @@ every test checks for.
 """
 
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -128,7 +129,7 @@ def test_workdir_files_in_a_bucket_have_the_local_bytes(bucket, tmp_path):
 
 
 def test_metric_writer_and_tensorboard_events_in_a_bucket(bucket):
-  writer = metrics.MetricWriter(f"{BUCKET}/sft", total_steps=3, name="sft", stream=open(os.devnull, "w"))
+  writer = metrics.MetricWriter(f"{BUCKET}/sft", total_steps=3, name="sft", stream=io.StringIO())
   for step in (1, 2, 3):
     writer.write_scalars(step, {"loss": 1.0 / step})
   writer.write_texts(2, {"samples": "a table"})
