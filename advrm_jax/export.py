@@ -19,6 +19,7 @@ from typing import Any
 from absl import logging
 
 from advrm_jax.checkpoints.hf_reward import MEMBER_DIR, PathLike, save_hf_reward_member
+from advrm_jax.fileio import is_remote
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.pipelines import workdir as wd
 
@@ -40,6 +41,9 @@ def export_reward_model(rm_dir: PathLike, out_dir: PathLike, dtype: Any = None,
     The member directories, in member order. Each has ``config.json``,
     the safetensors weights and, for a Hugging Face tokenizer, its files.
   """
+  if is_remote(out_dir):
+    raise ValueError(f"{out_dir}: the Hugging Face export writes local files (safetensors, tokenizer); export to a "
+                     "local directory and copy it to the bucket")
   graphdef, params, meta = wd.load_reward_model(rm_dir)
   del graphdef
   cfg = ModelConfig.from_dict(meta["model"])

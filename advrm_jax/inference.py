@@ -12,9 +12,9 @@ have no gold.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any
 
+from etils import epath
 from flax import nnx
 import jax
 import numpy as np
@@ -211,7 +211,7 @@ def sample_table(samples: dict[str, np.ndarray], tokenizer: Any, limit: int = 4)
   return "\n".join(rows)
 
 
-def member_standardization(workdir: str | pathlib.Path, round_index: int,
+def member_standardization(workdir: epath.PathLike, round_index: int,
                            reference_scores: np.ndarray) -> dict[str, np.ndarray]:
   """RM round r's per-member mean and std over the reference samples (``objective.member_standardization``).
 
@@ -229,7 +229,7 @@ def member_standardization(workdir: str | pathlib.Path, round_index: int,
   return {"loc": np.asarray(value["loc"], np.float32), "scale": np.asarray(value["scale"], np.float32)}
 
 
-def reward_units(config: Any, workdir: str | pathlib.Path, round_index: int,
+def reward_units(config: Any, workdir: epath.PathLike, round_index: int,
                  reference_scores: np.ndarray) -> dict[str, np.ndarray] | None:
   """RM round r's reference z units when ``attack.standardize`` (see ``member_standardization``), else None."""
   if not config.attack.get("standardize", False):
@@ -244,7 +244,7 @@ def in_units(scores: np.ndarray, units: dict[str, np.ndarray] | None) -> np.ndar
   return np.asarray(standardize_members(scores, units["loc"], units["scale"]))
 
 
-def reference_member_scores(workdir: str | pathlib.Path, rm_graphdef: Any, rm_params: Any,
+def reference_member_scores(workdir: epath.PathLike, rm_graphdef: Any, rm_params: Any,
                             reference: dict[str, np.ndarray]) -> np.ndarray:
   """Every member's reward of every reference sample: [K, P, n]."""
   num_prompts, n, width = reference["response_tokens"].shape

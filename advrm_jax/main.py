@@ -23,30 +23,56 @@ save of orbax), ``--verbosity=1`` the debug log.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
 import sys
 import traceback
+from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 from ml_collections import config_flags
 
 # Importing the stages initialises no JAX backend, so jax.distributed.initialize in main() still comes first.
+from advrm_jax.fileio import write_text_atomic
 from advrm_jax.pipelines import run_stages
 from advrm_jax.pipelines.loop import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:arg]).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports: a local path or a "
+                                "bucket (gs://BUCKET/DIR).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Exit code of a run stopped by bad input (argparse's convention for usage errors).
 EXIT_BAD_INPUT = 2
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+# Port of the jax.distributed coordinator on a Vertex AI chief replica (JAX's own default port).
+VERTEX_COORDINATOR_PORT = 8476
+
+
+def vertex_cluster(cluster_spec: str) -> dict[str, Any]:
+  """``jax.distributed.initialize`` arguments of a Vertex AI replica, from its ``CLUSTER_SPEC`` (JSON).
+
+  Vertex AI lists every worker pool's replicas (``{"cluster": {"workerpool0":
+  ["host:port"], "workerpool1": [...]}, "task": {"type": "workerpool1",
+  "index": 0}}``); JAX does not read it. Process ids count pool 0's replicas
+  first, then pool 1's...; the coordinator runs on pool 0's (the chief's) host.
+  """
+  spec = json.loads(cluster_spec)
+  pools = [spec["cluster"][name] for name in sorted(spec["cluster"], key=lambda n: int(n[len("workerpool"):]))]
+  task = spec["task"]
+  before = sum(len(pool) for pool in pools[:int(task["type"][len("workerpool"):])])
+  chief_host = pools[0][0].rsplit(":", 1)[0]
+  return {"coordinator_address": f"{chief_host}:{VERTEX_COORDINATOR_PORT}",
+          "num_processes": sum(len(pool) for pool in pools), "process_id": before + int(task["index"])}
 
 
 def _fail(message: str) -> None:
@@ -143,9 +169,12 @@ def main(argv):
       jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
                                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+    elif "CLUSTER_SPEC" in os.environ:  # Vertex AI worker pools (launch/xm_launch.py --num_hosts)
+      jax.distributed.initialize(**vertex_cluster(os.environ["CLUSTER_SPEC"]))
     else:
       jax.distributed.initialize()
-  workdir = pathlib.Path(_WORKDIR.value)
+  # A local directory or a bucket (gs://...): every stage writes through epath.
+  workdir = epath.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   cache_dir = config.get("compilation_cache_dir", "")
   if cache_dir:
@@ -157,7 +186,7 @@ def main(argv):
     # (sampling, scoring, evaluation) are rebuilt by every run and round too.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
   logging.info("devices: %s", jax.devices())
   try:
     run_stages(config, workdir)

@@ -19,19 +19,21 @@ run's log equals an uninterrupted one.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import pathlib
 import re
 import sys
 import time
 from typing import Any, Iterable, Mapping
 
+from etils import epath
 import jax
 import numpy as np
 
 from advrm_jax.evaluation.report import integer_ticks
+from advrm_jax.fileio import PathLike, append_text, is_remote, save_png, write_text_atomic
 
 
 def _to_python(value: Any) -> Any:
@@ -42,12 +44,39 @@ def _to_python(value: Any) -> Any:
   return value
 
 
+class _EpathEventFile:
+  """A TensorBoard event file in an object store: kept in memory, the whole object written at each flush."""
+
+  def __init__(self, path: str):
+    self.path = epath.Path(path)
+    self.buffer = io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    self.path.write_bytes(self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathEventFiles:
+  """tensorboardX's writer factory (``record_writer.register_writer_factory``) for remote log dirs."""
+
+  def open(self, path: str) -> _EpathEventFile:
+    return _EpathEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
 class MetricWriter:
   """Writes scalars per step for one stage of a run."""
 
-  def __init__(self, directory: str | pathlib.Path, total_steps: int | None = None,
+  def __init__(self, directory: PathLike, total_steps: int | None = None,
                name: str = "", tensorboard: bool = True, stream=sys.stderr):
-    self.directory = pathlib.Path(directory)
+    self.directory = epath.Path(directory)
     self.directory.mkdir(parents=True, exist_ok=True)
     self.jsonl_path = self.directory / "metrics.jsonl"
     self.total_steps = total_steps
@@ -57,8 +86,12 @@ class MetricWriter:
     self._show = jax.process_index() == 0
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel  # optional writer
-      self._tb = SummaryWriter(str(self.directory / "tb"))
+      from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel  # optional writer
+      if is_remote(self.directory):
+        # Event files in a bucket go through epath like every other file
+        # (tensorboardX's own gs:// writer needs google-cloud-storage).
+        record_writer.register_writer_factory(os.fspath(self.directory).split(":")[0], _EpathEventFiles())
+      self._tb = SummaryWriter(os.fspath(self.directory / "tb"))
     self._start_time = None
     self._start_step = None
 
@@ -78,10 +111,8 @@ class MetricWriter:
             kept.append(line)
         except json.JSONDecodeError:
           break  # a line cut by a kill: everything after it is unreliable
-      # Write-then-rename: a kill during the rewrite keeps the old log whole.
-      tmp = path.with_name(path.name + ".tmp")
-      tmp.write_text("".join(l + "\n" for l in kept))
-      os.replace(tmp, path)
+      # An atomic rewrite: a kill during it keeps the old log whole.
+      write_text_atomic(path, "".join(l + "\n" for l in kept))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any],
                     evaluation: Mapping[str, Any] | None = None) -> None:
@@ -100,8 +131,7 @@ class MetricWriter:
     record.update({k: _to_python(v) for k, v in {**scalars, **evaluation}.items()})
     if evaluation:
       record[EVAL_KEYS] = sorted(evaluation)
-    with self.jsonl_path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    append_text(self.jsonl_path, json.dumps(record) + "\n")
     if self._tb is not None:
       for prefix, values in (("", scalars), ("eval/", evaluation)):
         for key, value in values.items():
@@ -116,8 +146,7 @@ class MetricWriter:
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     """Sample tables and other text, for TensorBoard's text tab and a JSONL file."""
-    with (self.directory / "samples.jsonl").open("a") as f:
-      f.write(json.dumps({"step": int(step), **texts}) + "\n")
+    append_text(self.directory / "samples.jsonl", json.dumps({"step": int(step), **texts}) + "\n")
     if self._tb is not None:
       for key, value in texts.items():
         self._tb.add_text(key, value, int(step))
@@ -183,10 +212,10 @@ def is_breakdown(key: str) -> bool:
   return _BREAKDOWN.search(key) is not None
 
 
-def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
+def read_metrics(path: PathLike) -> list[dict[str, Any]]:
   """Reads a metrics.jsonl file, ignoring a final line cut by a kill."""
   records = []
-  for line in pathlib.Path(path).read_text().splitlines():
+  for line in epath.Path(path).read_text().splitlines():
     try:
       records.append(json.loads(line))
     except json.JSONDecodeError:
@@ -242,8 +271,8 @@ def metrics_figure(points: Mapping[str, list[tuple[int, float]]], title: str = "
   return fig
 
 
-def plot_metrics(jsonl_path: str | pathlib.Path, out_path: str | pathlib.Path,
-                 keys: Iterable[str] | None = None, title: str = "") -> pathlib.Path | None:
+def plot_metrics(jsonl_path: PathLike, out_path: PathLike,
+                 keys: Iterable[str] | None = None, title: str = "") -> epath.Path | None:
   """Renders a log's metrics against step: training metrics to ``out_path``, evaluation beside it.
 
   The evaluation results go to ``<out_path stem>_eval.png`` (e.g.
@@ -251,7 +280,7 @@ def plot_metrics(jsonl_path: str | pathlib.Path, out_path: str | pathlib.Path,
   Returns ``out_path``, or the evaluation figure's path when the log has
   only evaluation results, or None when there is nothing numeric to plot.
   """
-  out_path = pathlib.Path(out_path)
+  out_path = epath.Path(out_path)
   series = metric_series(read_metrics(jsonl_path))
   wanted = None if keys is None else set(keys)
   written = []
@@ -259,7 +288,7 @@ def plot_metrics(jsonl_path: str | pathlib.Path, out_path: str | pathlib.Path,
     points = {k: v for k, v in series[kind].items() if wanted is None or k in wanted}
     fig = metrics_figure(points, f"{title}: {kind}" if title else kind)
     if fig is not None:
-      fig.savefig(path)
+      save_png(fig, path)
       written.append(path)
     elif path.exists():
       path.unlink()  # a stale plot of an earlier run in the same directory

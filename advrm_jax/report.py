@@ -28,9 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import pathlib
 import sys
-from typing import Any, Callable, Sequence
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+from etils import epath
 
 from advrm_jax.metrics import EVAL_KEYS, plot_metrics, read_metrics
 from advrm_jax.evaluation import study_report
@@ -45,18 +47,30 @@ EVAL_PLOT_FILE = "metrics_eval.png"  # plot_metrics writes it beside PLOT_FILE
 MAX_SCALARS_IN_TABLE = 12
 MAX_SAMPLE_CHARS = 400
 
-MarkdownFn = Callable[[pathlib.Path, dict[str, Any]], None]
+MarkdownFn = Callable[[epath.Path, dict[str, Any]], None]
 
 
-def find_metric_logs(workdir: str | pathlib.Path) -> list[pathlib.Path]:
+def find_metric_logs(workdir: epath.PathLike) -> list[epath.Path]:
   """Every metrics.jsonl under ``workdir``, in path order (stage, then run)."""
-  workdir = pathlib.Path(workdir)
-  return sorted(p for p in workdir.rglob(METRICS_FILE) if p.is_file())
+  return sorted(_files_named(epath.Path(workdir), METRICS_FILE))
 
 
-def render_plots(workdir: str | pathlib.Path) -> dict[pathlib.Path, pathlib.Path | None]:
+def _files_named(directory: epath.Path, name: str) -> Iterator[epath.Path]:
+  """Every file ``name`` under ``directory``, not entering linked directories (as pathlib's rglob).
+
+  epath has no ``**`` glob (on GCS it would be thousands of requests at once); listing works everywhere.
+  """
+  for child in directory.iterdir():
+    if child.is_dir():
+      if not os.path.islink(child):  # advtrain/final links to a round already listed
+        yield from _files_named(child, name)
+    elif child.name == name:
+      yield child
+
+
+def render_plots(workdir: epath.PathLike) -> dict[epath.Path, epath.Path | None]:
   """Re-renders ``metrics.png`` beside every log; maps log -> PNG (None: nothing numeric to plot)."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   plots = {}
   for log in find_metric_logs(workdir):
     title = str(log.parent.relative_to(workdir)) if log.parent != workdir else workdir.name
@@ -74,7 +88,7 @@ def _fmt(value: Any) -> str:
   return f"{value:.4g}"
 
 
-def _last_sample(directory: pathlib.Path) -> dict[str, Any] | None:
+def _last_sample(directory: epath.Path) -> dict[str, Any] | None:
   path = directory / SAMPLES_FILE
   if not path.exists():
     return None
@@ -82,7 +96,7 @@ def _last_sample(directory: pathlib.Path) -> dict[str, Any] | None:
   return records[-1] if records else None
 
 
-def stage_section(workdir: pathlib.Path, log: pathlib.Path, plot: pathlib.Path | None) -> list[str]:
+def stage_section(workdir: epath.Path, log: epath.Path, plot: epath.Path | None) -> list[str]:
   """Markdown lines for one log: heading, step range, last values, plot, last sample."""
   name = str(log.parent.relative_to(workdir)) if log.parent != workdir else "."
   records = read_metrics(log)
@@ -131,9 +145,9 @@ def stage_section(workdir: pathlib.Path, log: pathlib.Path, plot: pathlib.Path |
   return lines
 
 
-def metrics_index(workdir: str | pathlib.Path, plots: dict[pathlib.Path, pathlib.Path | None]) -> str:
+def metrics_index(workdir: epath.PathLike, plots: dict[epath.Path, epath.Path | None]) -> str:
   """The METRICS.md text: one section per metrics log."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   lines = ["## Training logs", ""]
   if not plots:
     lines += [f"No `{METRICS_FILE}` under `{workdir}`.", ""]
@@ -147,8 +161,8 @@ def evaluate_markdown_fn() -> MarkdownFn | None:
   return getattr(evaluate, "write_markdown", None)
 
 
-def render_report(workdir: str | pathlib.Path, markdown_fn: MarkdownFn | None = None,
-                  plots: bool = True) -> pathlib.Path:
+def render_report(workdir: epath.PathLike, markdown_fn: MarkdownFn | None = None,
+                  plots: bool = True) -> epath.Path:
   """Re-renders plots, METRICS.md and REPORT.md; returns the REPORT.md path.
 
   Args:
@@ -157,7 +171,7 @@ def render_report(workdir: str | pathlib.Path, markdown_fn: MarkdownFn | None = 
       markdown (default: ``evaluate_markdown_fn()``).
     plots: False skips the PNGs (and the image links).
   """
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f"WORKDIR {workdir} is not a directory")
   rendered = render_plots(workdir) if plots else {log: None for log in find_metric_logs(workdir)}
@@ -196,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("workdir", help="the run's WORKDIR")
   parser.add_argument("--no_plots", action="store_true", help="skip re-rendering the PNG plots")
   args = parser.parse_args(argv)
-  workdir = pathlib.Path(args.workdir)
+  workdir = epath.Path(args.workdir)
   if (workdir / "realisations").is_dir():
     try:
       study_report.write_study(workdir, command=f"python -m advrm_jax.report {args.workdir}")

@@ -133,13 +133,23 @@ def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def check_batch_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
-  """Raises a ShardingError naming ``key`` when the batch cannot be split."""
+def nearest_working_batch(value: int, size: int, factor: int = 1) -> int:
+  """The positive value nearest ``value`` (the larger on a tie) for which ``factor * value`` divides into ``size``."""
+  step = size // math.gcd(size, factor)
+  below, above = value // step * step, -(-value // step) * step
+  return above if below == 0 or above - value <= value - below else below
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, key: str, factor: int = 1) -> None:
+  """Raises a one-line ShardingError naming the config ``key`` and a value that works when the batch
+  (``factor`` x ``batch_size`` rows) cannot be split over the mesh's data-parallel axes."""
   size = data_parallel_size(mesh)
-  if batch_size % size:
+  if factor * batch_size % size:
+    rows = f"{factor} x {batch_size}" if factor != 1 else f"{batch_size}"
     raise ShardingError(
-        f"{key}={batch_size} is not divisible by the data-parallel mesh size {size} "
-        f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+        f"{key}={batch_size}: its batch of {rows} rows is not divisible by the data-parallel mesh size {size} "
+        f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); set "
+        f"--config.{key}={nearest_working_batch(batch_size, size, factor)}")
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:

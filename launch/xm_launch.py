@@ -5,10 +5,15 @@ r"""XManager launcher: one ``advrm_jax.main`` job per point of a config-override
       --workdir=/tmp/xm --set=num_seeds=1 --sweep=rm.optimizer.learning_rate=1e-3,3e-3 \
       --sweep=rm.num_members=2,4
 
-  # Launch on Vertex AI with TPUs (pip install -e '.[xmanager]', gcloud set up):
+  # TPU v5e, 16 chips = a 4x4 slice of 4 hosts, through XManager on Cloud (GKE)
+  # (pip install -e '.[xmanager]', an XManager on Cloud deployment):
   xmanager launch launch/xm_launch.py -- --config=configs/synthetic.py \
-      --workdir=/shared/advrm --platform=tpu --accelerator=tpu_v4 --accelerator_count=8 \
+      --workdir=gs://bucket/advrm --platform=tpu --accelerator=tpu_v5e --accelerator_count=16 \
       --sweep=advrm.num_rounds=1,2,3
+
+  # GPUs on Vertex AI, 2 hosts x 8 H100:
+  xmanager launch launch/xm_launch.py -- --config=configs/synthetic.py \
+      --workdir=gs://bucket/advrm --platform=gpu --accelerator=h100 --accelerator_count=8 --num_hosts=2
 
 Sweep syntax: ``--sweep=KEY=V1,V2,...`` (repeatable; the jobs are the
 Cartesian product, first flag slowest). Commas inside brackets belong to the
@@ -18,10 +23,24 @@ a fixed override for every job. Keys are config paths as for ``main.py``'s
 ``--config.KEY=V``; unknown keys fail there, at job start, with a one-line
 error naming the key.
 
-``--workdir`` is a local / POSIX path that every job can read and write (a
-mounted shared file system): advrm_jax handles work dirs with ``pathlib``
-for now, so a ``gs://`` URL is not supported (it would become a local
-directory named ``gs:``).
+``--workdir`` is a bucket (``gs://...``) or a path every job's hosts share:
+each job writes ``<workdir>/<job name>``.
+
+Where the jobs run (``JobSpec.backend``), as xmanager 0.8.5 supports it:
+
+* ``local``: docker on this machine (``xm_local.Local``);
+* ``vertex``: CPU and GPU jobs, and TPU v2/v3, on Vertex AI
+  (``xm_local.Vertex``; xmanager's Vertex client maps only TPU_V2/TPU_V3 to
+  Vertex machine types). ``--num_hosts`` > 1 (GPU/CPU) is a chief pool and a
+  worker pool of ``num_hosts - 1`` replicas; ``advrm_jax.main`` joins them
+  into one ``jax.distributed`` job from Vertex's ``CLUSTER_SPEC``;
+* ``xm_cloud``: TPU v4, v5e, v5p and v6e slices on GKE through XManager on
+  Cloud (``xm_cloud.KubernetesJobExecutor``; xmanager maps them to the GKE
+  accelerators tpu-v4-podslice, tpu-v5-lite-podslice, tpu-v5p-slice,
+  tpu-v6e-slice with the slice's topology). ``--accelerator_count`` is the
+  slice's chips; its hosts follow from the topology (``--num_hosts``, when
+  given, must agree). Without an XManager on Cloud deployment, use the plain
+  recipe ``launch/tpu_vm.py`` on a TPU VM slice.
 
 Structure: ``build_job_specs`` is a pure function from flags to ``JobSpec``s
 (command line, flags, environment, accelerator requirements); only
@@ -38,12 +57,27 @@ import pathlib
 import re
 import shlex
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 
+try:
+  from launch import tpu_vm  # imported as launch.xm_launch (tests, the repository root on the path)
+except ImportError:
+  import tpu_vm  # run as a script: launch/ itself is on the path
+
 PLATFORMS = ("local", "cpu", "gpu", "tpu")
+# TPU generation (xm resource name) -> slice topology per chip count, as GKE / Cloud TPU name them
+# (v4/v5p: 3-D tori; v5e/v6e: 2-D). xmanager's JobRequirements takes the topology string.
+_TOPOLOGIES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+                  512: "8x8x8"}
+_TOPOLOGIES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+TPU_TOPOLOGIES = {"tpu_v4": _TOPOLOGIES_3D, "tpu_v5p": _TOPOLOGIES_3D, "tpu_v5e": _TOPOLOGIES_2D,
+                  "tpu_v6e": _TOPOLOGIES_2D}
+# TPUs xmanager's Vertex client maps (xmanager/cloud/vertex.py: TPU_V2, TPU_V3 -> machine type cloud-tpu).
+VERTEX_TPUS = ("tpu_v2", "tpu_v3")
+BACKENDS = ("local", "vertex", "xm_cloud")
 ENTRYPOINT_MODULE = "advrm_jax.main"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,16 +108,21 @@ class JobSpec:
       (``{"config": ..., "workdir": ..., "config.rm.optimizer.learning_rate": "0.001"}``).
     env: environment variables of the job.
     platform: one of PLATFORMS.
-    requirements: accelerator requirements (``{"tpu_v4": 8}``), the keyword
-      arguments of ``xm.JobRequirements``; empty for CPU jobs.
+    requirements: accelerator requirements, the keyword arguments of
+      ``xm.JobRequirements``: a count for GPUs (``{"a100": 4}``), the slice
+      topology for TPUs (``{"tpu_v5e": "4x4"}``); empty for CPU jobs.
     sweep_values: the swept overrides of this job (a subset of ``args``).
+    backend: one of BACKENDS (module doc).
+    num_hosts: hosts of the job (TPU: of the slice).
   """
   name: str
   args: dict[str, str]
   env: dict[str, str]
   platform: str
-  requirements: dict[str, int]
+  requirements: dict[str, int | str]
   sweep_values: dict[str, str]
+  backend: str = "local"
+  num_hosts: int = 1
 
   def argv(self, python: str = "python") -> list[str]:
     """The command as an argv list (``python -m advrm_jax.main --k=v ...``)."""
@@ -153,9 +192,28 @@ def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
 
 
+def tpu_slice(accelerator: str, chips: int) -> tuple[str, int]:
+  """(topology, hosts) of a TPU slice of ``chips`` chips of ``accelerator`` (tpu_v4, tpu_v5e, tpu_v5p, tpu_v6e).
+
+  Raises LaunchError naming the supported generations and chip counts.
+  """
+  generation = accelerator.lower()
+  if generation in VERTEX_TPUS:
+    raise LaunchError(f"--accelerator={accelerator}: Vertex AI TPU v2/v3 jobs take a core count, not a slice")
+  if generation not in TPU_TOPOLOGIES:
+    raise LaunchError(f"--accelerator={accelerator}: supported TPUs are {sorted(TPU_TOPOLOGIES)} (GKE slices "
+                      f"through xm_cloud) and {list(VERTEX_TPUS)} (Vertex AI)")
+  topologies = TPU_TOPOLOGIES[generation]
+  if chips not in topologies:
+    raise LaunchError(f"--accelerator_count={chips}: a {generation} slice has one of {sorted(topologies)} chips")
+  # The accelerator type of the same slice as Cloud TPU names it (v4/v5p count TensorCores, 2 per chip).
+  size = chips * 2 if generation in ("tpu_v4", "tpu_v5p") else chips
+  return topologies[chips], tpu_vm.slice_shape(f"{generation[len('tpu_'):]}-{size}").hosts
+
+
 def build_job_specs(config: str, workdir: str, sweep: Sequence[str] = (), overrides: Sequence[str] = (),
                     platform: str = "local", accelerator: str | None = None, accelerator_count: int = 0,
-                    num_hosts: int = 1, experiment_name: str = "advrm") -> list[JobSpec]:
+                    num_hosts: int = 0, experiment_name: str = "advrm") -> list[JobSpec]:
   """Job specs of a sweep (pure: no xmanager, no file system, no JAX).
 
   Args:
@@ -164,11 +222,11 @@ def build_job_specs(config: str, workdir: str, sweep: Sequence[str] = (), overri
     sweep: ``KEY=V1,V2`` items (see module doc).
     overrides: ``KEY=V`` items applied to every job.
     platform: local | cpu | gpu | tpu (cpu/gpu/tpu are cloud jobs).
-    accelerator: xm resource name for gpu/tpu (``a100``, ``tpu_v4``...).
-    accelerator_count: accelerators per job (chips for TPUs).
-    num_hosts: > 1 turns on ``config.distributed`` so every host joins one
-      ``jax.distributed`` job (TPU pods and GPU clusters detect the
-      coordinator themselves).
+    accelerator: xm resource name for gpu/tpu (``a100``, ``h100``, ``tpu_v5e``...).
+    accelerator_count: accelerators per host for GPUs; chips of the slice
+      for TPUs (the slice's topology and hosts follow from it).
+    num_hosts: hosts per job (0: one, or the TPU slice's). > 1 turns on
+      ``config.distributed`` so every host joins one ``jax.distributed`` job.
     experiment_name: prefix of the job names.
   """
   if platform not in PLATFORMS:
@@ -182,16 +240,29 @@ def build_job_specs(config: str, workdir: str, sweep: Sequence[str] = (), overri
       raise LaunchError(f"--platform=gpu: --accelerator={accelerator} is a TPU type")
   elif accelerator:
     raise LaunchError(f"--platform={platform} takes no --accelerator (got {accelerator})")
-  if num_hosts < 1:
-    raise LaunchError(f"--num_hosts={num_hosts}: must be >= 1")
+  if num_hosts < 0:
+    raise LaunchError(f"--num_hosts={num_hosts}: must be >= 1 (or 0: derived)")
+  requirements: dict[str, int | str] = {accelerator.lower(): int(accelerator_count)} if accelerator else {}
+  backend = "local" if platform == "local" else "vertex"
+  hosts = num_hosts or 1
+  if platform == "tpu" and accelerator.lower() not in VERTEX_TPUS:
+    topology, hosts = tpu_slice(accelerator, accelerator_count)
+    if num_hosts and num_hosts != hosts:
+      raise LaunchError(f"--num_hosts={num_hosts}: a {accelerator} slice of {accelerator_count} chips "
+                        f"({topology}) has {hosts} host(s)")
+    requirements, backend = {accelerator.lower(): topology}, "xm_cloud"
+  elif platform == "tpu" and hosts > 1:
+    raise LaunchError(f"--num_hosts={num_hosts}: xmanager runs {accelerator} on Vertex AI as one replica; "
+                      f"multi-host TPUs are {sorted(TPU_TOPOLOGIES)} slices")
+  elif platform == "local" and hosts > 1:
+    raise LaunchError(f"--num_hosts={num_hosts}: a local job is one host; rehearse several with launch/multihost.py")
   fixed = dict(_key_value(item, "set") for item in overrides)
   points = expand_sweep(sweep)
   clash = sorted(set(fixed) & set(points[0]))
   if clash:
     raise LaunchError(f"--set and --sweep both give {clash}")
-  if num_hosts > 1:
+  if hosts > 1:
     fixed.setdefault("distributed", "True")
-  requirements = {accelerator.lower(): int(accelerator_count)} if accelerator else {}
   specs = []
   for index, point in enumerate(points):
     suffix = "-".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items())
@@ -202,7 +273,8 @@ def build_job_specs(config: str, workdir: str, sweep: Sequence[str] = (), overri
     args.update({f"config.{k}": v for k, v in fixed.items()})
     args.update({f"config.{k}": v for k, v in point.items()})
     specs.append(JobSpec(name=name, args=args, env=dict(PLATFORM_ENV[platform]), platform=platform,
-                         requirements=dict(requirements), sweep_values=dict(point)))
+                         requirements=dict(requirements), sweep_values=dict(point), backend=backend,
+                         num_hosts=hosts))
   return specs
 
 
@@ -211,6 +283,8 @@ def format_dry_run(specs: Sequence[JobSpec], python: str = "python") -> str:
   lines = [f"# {len(specs)} job(s)"]
   for spec in specs:
     where = spec.platform + (f" {spec.requirements}" if spec.requirements else "")
+    if spec.backend != "local":
+      where += f" on {spec.backend}, {spec.num_hosts} host(s)"
     lines.append(f"# {spec.name} ({where})")
     lines.append(spec.command_line(python))
   return "\n".join(lines)
@@ -230,55 +304,75 @@ def launch_with_xmanager(specs: Sequence[JobSpec], experiment_title: str, repo_r
   """Turns specs into xm objects and adds them to an experiment (imports xmanager).
 
   Args:
-    specs: from ``build_job_specs``; all of one platform.
-    experiment_title: title of a new local-XManager experiment.
+    specs: from ``build_job_specs``; all of one platform and backend.
+    experiment_title: title of a new experiment.
     repo_root: directory packaged into the container.
     base_image: container base image.
     experiment: an existing experiment to add to (tests pass a recorder);
-      default: ``xm_local.create_experiment(experiment_title)``.
+      default: a new one of the backend (``xm_local`` or ``xm_cloud``).
 
   Returns:
     The experiment.
   """
   from xmanager import xm  # pylint: disable=import-outside-toplevel
-  from xmanager import xm_local  # pylint: disable=import-outside-toplevel
-  platforms = {s.platform for s in specs}
-  if len(platforms) != 1:
-    raise LaunchError(f"one platform per experiment, got {sorted(platforms)}")
-  platform = platforms.pop()
+  kinds = {(s.platform, s.backend) for s in specs}
+  if len(kinds) != 1:
+    raise LaunchError(f"one platform and backend per experiment, got {sorted(kinds)}")
+  platform, backend = kinds.pop()
+  if backend == "xm_cloud":
+    try:
+      from xmanager import xm_cloud  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise LaunchError(f"TPU slices ({sorted(TPU_TOPOLOGIES)}) run through xmanager's XManager on Cloud backend "
+                        f"(xmanager >= 0.8.5, xmanager.xm_cloud), which cannot be imported here ({e}); without it, "
+                        "use launch/tpu_vm.py on a TPU VM slice") from e
+    executor_spec = xm_cloud.KubernetesJobExecutor.Spec()
+    make_executor = lambda requirements: xm_cloud.KubernetesJobExecutor(requirements=requirements)
+    create_experiment = xm_cloud.create_experiment
+  else:
+    from xmanager import xm_local  # pylint: disable=import-outside-toplevel
+    local = backend == "local"
+    executor_spec = xm_local.Local.Spec() if local else xm_local.Vertex.Spec()
+    make_executor = lambda requirements: xm_local.Local() if local else xm_local.Vertex(requirements=requirements)
+    create_experiment = xm_local.create_experiment
   repo_root = pathlib.Path(repo_root)
-  local = platform == "local"
   executable_spec = xm.PythonContainer(
       path=str(repo_root), base_image=base_image, entrypoint=xm.ModuleName(ENTRYPOINT_MODULE),
       docker_instructions=docker_instructions(platform, repo_root.name))
-  executor_spec = xm_local.Local.Spec() if local else xm_local.Vertex.Spec()
+
+  def job(executable, spec, replicas=None):
+    requirements = xm.JobRequirements(**spec.requirements, **({"replicas": replicas} if replicas else {}))
+    return xm.Job(executable=executable, executor=make_executor(requirements), args=dict(spec.args),
+                  env_vars=dict(spec.env), name=spec.name)
 
   def add_all(exp):
     [executable] = exp.package([xm.Packageable(executable_spec=executable_spec, executor_spec=executor_spec)])
     for spec in specs:
-      if local:
-        executor = xm_local.Local()
+      if backend == "vertex" and spec.num_hosts > 1:
+        # Vertex AI: the first worker pool is one chief replica, the second the other hosts; each replica
+        # finds the others in CLUSTER_SPEC, from which advrm_jax.main joins one jax.distributed job.
+        exp.add(xm.JobGroup(chief=job(executable, spec), workers=job(executable, spec, spec.num_hosts - 1)))
       else:
-        executor = xm_local.Vertex(requirements=xm.JobRequirements(**spec.requirements))
-      exp.add(xm.Job(executable=executable, executor=executor, args=dict(spec.args), env_vars=dict(spec.env),
-                     name=spec.name))
+        # A TPU slice's hosts come with its topology (xm_cloud starts one pod per host).
+        exp.add(job(executable, spec))
     return exp
 
   if experiment is not None:
     return add_all(experiment)
-  with xm_local.create_experiment(experiment_title=experiment_title) as exp:
+  with create_experiment(experiment_title=experiment_title) as exp:
     return add_all(exp)
 
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file for advrm_jax.main (configs/<name>.py[:arg]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Base work directory, a local/POSIX path (no gs:// yet); each job "
-                                "writes to <workdir>/<job name>.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Base work directory, gs://BUCKET/DIR or a path all hosts share; "
+                                "each job writes to <workdir>/<job name>.")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2,... swept config override (repeatable: product).")
 _SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every job (repeatable).")
 _PLATFORM = flags.DEFINE_enum("platform", "local", PLATFORMS, "local (docker on this machine) or cloud cpu/gpu/tpu.")
 _ACCELERATOR = flags.DEFINE_string("accelerator", None, "xm resource name: a100, h100, v100, t4, tpu_v4, tpu_v5e...")
-_ACCELERATOR_COUNT = flags.DEFINE_integer("accelerator_count", 0, "Accelerators (TPU chips) per job.")
-_NUM_HOSTS = flags.DEFINE_integer("num_hosts", 1, "Hosts per job; > 1 sets config.distributed=True.")
+_ACCELERATOR_COUNT = flags.DEFINE_integer("accelerator_count", 0, "GPUs per host, or the TPU slice's chips.")
+_NUM_HOSTS = flags.DEFINE_integer("num_hosts", 0, "Hosts per job (0: one, or the TPU slice's); > 1 sets "
+                                  "config.distributed=True.")
 _NAME = flags.DEFINE_string("experiment_name", "advrm", "Experiment title and job-name prefix.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the job specs' command lines; launch nothing.")
 _PYTHON = flags.DEFINE_string("python", "python", "Interpreter shown in dry-run command lines.")

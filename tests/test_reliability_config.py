@@ -111,6 +111,30 @@ def test_config_fault_through_entry_point_is_one_error_line_and_compiles_nothing
   assert not (tmp_path / "run" / "sft" / "checkpoints").exists()
 
 
+def test_sixteen_devices_stop_before_any_stage_then_finish_with_the_named_values(tmp_path):
+  # The whole :small pipeline on 16 devices: 8 attack / rlhf prompts per step cannot be split 16 ways.
+  result = run_entry_point(f"{SYNTHETIC}:small", tmp_path / "run", devices=16, timeout=300)
+  last = assert_one_line_error(result, "attack.prompts_per_step=8", "set --config.attack.prompts_per_step=16",
+                               "rlhf.prompts_per_step=8", "set --config.rlhf.prompts_per_step=16",
+                               "data-parallel mesh size 16")
+  assert "sft" not in last  # 32 SFT rows (and the RM's 16 and 64) divide: only the keys to change are named
+  assert sorted(os.listdir(tmp_path / "run")) == ["config.json"]  # no stage started
+
+
+@pytest.mark.parametrize("value, size, factor, expected", [
+    (8, 16, 1, 16),   # nothing below divides: the next multiple
+    (12, 8, 1, 16),   # 8 and 16 are equally near: the larger
+    (10, 8, 1, 8),
+    (24, 16, 1, 32),  # 16 and 32 equally near: the larger
+    (20, 16, 1, 16),
+    (3, 8, 2, 4),     # 2 x value must divide by 8: multiples of 4
+    (5, 8, 4, 6),     # 4 x value divides by 8: even values; 4 and 6 equally near: 6
+])
+def test_nearest_working_batch_against_hand_counted_cases(value, size, factor, expected):
+  assert shd.nearest_working_batch(value, size, factor) == expected
+  assert factor * expected % size == 0
+
+
 def test_config_file_errors_are_one_line(tmp_path):
   result = run_entry_point(f"{SYNTHETIC}:huge", tmp_path, timeout=120)
   assert_one_line_error(result, "configs/synthetic.py", "unknown argument 'huge'")
@@ -164,6 +188,17 @@ IN_PROCESS_FAULTS = {
     "rlhf_unknown_source": (("rlhf",), {"rlhf.runs.oracle_gold.source": "oracle"}, ValueError,
                             ["rlhf.runs.oracle_gold.source", "oracle"]),
     "unknown_stage": (("sft", "typo"), {}, ValueError, ["config.stages", "typo"]),
+    # 4 prompts x 4 samples = 16 rows divide over 8 devices, but the 4-prompt batch is what the loop splits.
+    "attack_prompts_vs_8_devices": (("sft", "prefs", "rm", "attack"), {"attack.prompts_per_step": 4},
+                                    shd.ShardingError, ["attack.prompts_per_step=4",
+                                                        "set --config.attack.prompts_per_step=8"]),
+    "online_pairs_times_updates": (("online",), {"online.ordinary_pairs": 3, "online.rm_updates": 2},
+                                   shd.ShardingError, ["online.ordinary_pairs=3", "2 x 3 rows",
+                                                       "set --config.online.ordinary_pairs=4"]),
+    # Every key of every listed stage in the one error, before the first stage (sft) writes anything.
+    "every_bad_batch_at_once": (("sft", "rm", "rlhf"), {"sft.batch_size": 12, "rm.eval_batch_size": 10},
+                                shd.ShardingError, ["set --config.sft.batch_size=16",
+                                                    "set --config.rm.eval_batch_size=8"]),
 }
 
 

@@ -12,11 +12,13 @@ one is used.
 from __future__ import annotations
 
 import logging
-import pathlib
 from typing import Any
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
+
+from advrm_jax.fileio import PathLike, is_remote
 
 
 class CheckpointMismatchError(ValueError):
@@ -40,11 +42,17 @@ def _flatten_with_paths(tree: Any) -> dict[str, Any]:
   return {"/".join(_key_name(e) for e in path): leaf for path, leaf in leaves}
 
 
+def checkpoint_path(path: PathLike) -> epath.Path:
+  """``path`` as orbax wants it: absolute when local; a ``gs://`` path as it is (orbax writes there itself)."""
+  path = epath.Path(path)
+  return path if is_remote(path) else path.absolute()
+
+
 class Checkpointer:
   """Thin wrapper over ``ocp.CheckpointManager`` for one stage's directory."""
 
-  def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 3, save_interval_steps: int = 1):
-    self.directory = pathlib.Path(directory).absolute()
+  def __init__(self, directory: PathLike, max_to_keep: int = 3, save_interval_steps: int = 1):
+    self.directory = checkpoint_path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True)
     # Handlers named up front: without them a fresh manager (a resumed
@@ -161,21 +169,21 @@ class Checkpointer:
     self.manager.close()
 
 
-def save_params(path: str | pathlib.Path, params: Any) -> None:
+def save_params(path: PathLike, params: Any) -> None:
   """Writes a finished stage's parameters (the artefact later stages load).
 
   Written to a temporary name and renamed by orbax, so a kill never leaves a
   half-written artefact behind under the final name.
   """
-  path = pathlib.Path(path).absolute()
+  path = checkpoint_path(path)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, params, force=True)
     checkpointer.wait_until_finished()
 
 
-def load_params(path: str | pathlib.Path, target: Any) -> Any:
+def load_params(path: PathLike, target: Any) -> Any:
   """Restores parameters saved by ``save_params`` onto ``target``'s shapes/shardings."""
-  path = pathlib.Path(path).absolute()
+  path = checkpoint_path(path)
   if not path.exists():
     raise FileNotFoundError(f"parameter checkpoint {path} not found")
   abstract = jax.tree.map(

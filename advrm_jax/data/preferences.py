@@ -31,8 +31,10 @@ signal about refusing.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import gzip
+import io
 import json
 import os
 import re
@@ -41,7 +43,10 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
+from etils import epath
+
 from advrm_jax.data.tokenizer import Message, Prompt
+from advrm_jax.fileio import is_remote, write_bytes_atomic
 
 PreferenceFormat = Literal["auto", "prompt_chosen_rejected", "hh_rlhf"]
 OnError = Literal["raise", "skip"]
@@ -439,10 +444,11 @@ def _open_binary(path: str):
     OSError: If it does not exist or another I/O error occurs.
   """
   try:
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-      raise DataError(path, None, NOT_A_FILE, f"is {_file_kind(mode)}, not a JSONL or JSONL.gz file")
-    f = open(path, "rb")  # pylint: disable=consider-using-with
+    if not is_remote(path):  # an object in a bucket (gs://) is never a directory, FIFO or device
+      mode = os.stat(path).st_mode
+      if not stat.S_ISREG(mode):
+        raise DataError(path, None, NOT_A_FILE, f"is {_file_kind(mode)}, not a JSONL or JSONL.gz file")
+    f = epath.Path(path).open("rb")  # pylint: disable=consider-using-with
   except PermissionError:
     raise DataError(path, None, UNREADABLE, "cannot be read (permission denied); check its "
                     "permissions or read a copy") from None
@@ -665,11 +671,21 @@ def read_prompts(path: str | os.PathLike[str], *,
                        on_error)
 
 
-def _open_for_writing(path: str | os.PathLike[str]):
-  path = os.fspath(path)
-  if path.endswith(".gz"):
-    return gzip.open(path, "wt", encoding="utf-8")
-  return open(path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+@contextlib.contextmanager
+def _open_for_writing(path: str | os.PathLike[str]) -> Iterator[io.TextIOBase]:
+  """A text stream whose content replaces ``path`` atomically on exit (gzipped when it ends in .gz)."""
+  path = epath.Path(path)
+  buffer = io.BytesIO()
+  if path.name.endswith(".gz"):
+    # As gzip.open(path) writes it: the file's name in the header.
+    with gzip.GzipFile(filename=path.name, mode="wb", fileobj=buffer) as raw, \
+        io.TextIOWrapper(raw, encoding="utf-8") as text:
+      yield text
+  else:
+    text = io.TextIOWrapper(buffer, encoding="utf-8")
+    yield text
+    text.flush()
+  write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_preferences(path: str | os.PathLike[str],

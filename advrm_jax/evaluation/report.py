@@ -1,6 +1,7 @@
 """Report building blocks: statistics, JSON, markdown tables and PNG plots.
 
 The evaluate stage assembles `WORKDIR/report.json` and `WORKDIR/REPORT.md`
+from etils import epath
 from these helpers. Plots use matplotlib's object API (`Figure` + Agg
 canvas), never pyplot's global state, so they are safe in any process and
 need no display.
@@ -12,14 +13,15 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from etils import epath
 import numpy as np
 from numpy.typing import ArrayLike
+
+from advrm_jax.fileio import save_png, write_text_atomic
 
 # Table 1 of Bukharin et al. (2025), synthetic setting: attack success in %
 # (standard, strict).
@@ -110,35 +112,24 @@ def to_json_safe(obj: Any) -> Any:
   raise TypeError(f"cannot write {type(obj).__name__} {obj!r} to report JSON")
 
 
-def write_report_json(path: str | os.PathLike[str],
-                      report: Mapping[str, Any]) -> pathlib.Path:
+def write_report_json(path: epath.PathLike,
+                      report: Mapping[str, Any]) -> epath.Path:
   """Writes `report` as JSON (numpy-safe, NaN/Inf as null), atomically.
 
-  The file is written to a temporary sibling and renamed, so an interrupted
-  write never leaves a truncated report in place of a good one.
+  An interrupted write never leaves a truncated report in place of a good
+  one (``fileio.write_text_atomic``).
 
   Returns:
     The path written.
   """
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   text = json.dumps(to_json_safe(report), indent=2, sort_keys=False,
                     allow_nan=False)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
+  return write_text_atomic(path, text + "\n")
 
 
-def read_report_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_report_json(path: epath.PathLike) -> dict[str, Any]:
   """Reads a report written by `write_report_json`."""
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------
@@ -234,12 +225,9 @@ def integer_ticks(ax) -> None:
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def save_figure(fig, path: str | os.PathLike[str]) -> pathlib.Path:
+def save_figure(fig, path: epath.PathLike) -> epath.Path:
   """Writes a figure as PNG (creating the directory)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, format="png")
-  return path
+  return save_png(fig, path)
 
 
 def band(ax, steps: np.ndarray, curves: np.ndarray, label: str,
@@ -262,7 +250,7 @@ def _as_seed_curves(values: ArrayLike, name: str) -> np.ndarray:
   return arr
 
 
-def plot_reward_curves(path: str | os.PathLike[str], *args, **kwargs) -> pathlib.Path:
+def plot_reward_curves(path: epath.PathLike, *args, **kwargs) -> epath.Path:
   """Writes `reward_curves_figure(*args, **kwargs)` to `path` (PNG); returns the path."""
   return save_figure(reward_curves_figure(*args, **kwargs), path)
 
@@ -306,7 +294,7 @@ def reward_curves_figure(curves: Mapping[str, Mapping[str, ArrayLike]],
   return fig
 
 
-def plot_attack_success_per_round(path: str | os.PathLike[str], *args, **kwargs) -> pathlib.Path:
+def plot_attack_success_per_round(path: epath.PathLike, *args, **kwargs) -> epath.Path:
   """Writes `attack_success_figure(*args, **kwargs)` to `path` (PNG); returns the path."""
   return save_figure(attack_success_figure(*args, **kwargs), path)
 
@@ -353,7 +341,7 @@ def attack_success_figure(rates: Mapping[str, ArrayLike],
   return fig
 
 
-def plot_uncertainty_vs_gold(path: str | os.PathLike[str], *args, **kwargs) -> pathlib.Path:
+def plot_uncertainty_vs_gold(path: epath.PathLike, *args, **kwargs) -> epath.Path:
   """Writes `uncertainty_figure(*args, **kwargs)` to `path` (PNG); returns the path."""
   return save_figure(uncertainty_figure(*args, **kwargs), path)
 

@@ -20,20 +20,20 @@ one stage module that calls other stages: the round schedule is its job.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 from absl import logging
 
+from etils import epath
 from advrm_jax.pipelines import advtrain, attack, filter_stage
 from advrm_jax.pipelines import workdir as wd
 
 STAGE = "advrm"
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
+def run(config: Any, workdir: epath.Path) -> None:
   """Stage `advrm`: every round of the schedule, resuming at the first unfinished step."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   rounds = wd.num_rounds(config)
   for r in range(rounds + 1):
     attack.run_round(config, workdir, r)

@@ -38,15 +38,16 @@ from __future__ import annotations
 
 import copy
 import os
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 
 from advrm_jax import inference
 from advrm_jax.adversarial.filtering import mix_pairs
 from advrm_jax.export import export_reward_model
+from advrm_jax.fileio import is_remote
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.rm_training import train_reward_model
 
@@ -73,7 +74,7 @@ def mix_training_pairs(ordinary: list[Any], adversarial: list[Any], fraction: fl
   return mix_pairs(ordinary, adversarial, num_adversarial / total, seed=seed, total=total)
 
 
-def round_config(config: Any, pairs_file: pathlib.Path, init_from: str, workdir: pathlib.Path) -> Any:
+def round_config(config: Any, pairs_file: epath.Path, init_from: str, workdir: epath.Path) -> Any:
   """The `rm` stage's config for one round: its pairs, its start, its budget.
 
   The rm stage runs with the round's dir as its work dir, so ``{workdir}``
@@ -90,11 +91,13 @@ def round_config(config: Any, pairs_file: pathlib.Path, init_from: str, workdir:
   return round_cfg
 
 
-def link_final(workdir: pathlib.Path, round_index: int, stage: str = STAGE) -> None:
+def link_final(workdir: epath.Path, round_index: int, stage: str = STAGE) -> None:
   """WORKDIR/<stage>/final -> round_<r> (relative, so the work dir can move)."""
-  final = pathlib.Path(workdir) / stage / "final"
-  if final.is_symlink() or final.exists():
-    final.unlink()
+  final = epath.Path(workdir) / stage / "final"
+  if is_remote(final):
+    return  # an object store has no links: the last round is round_<advrm.num_rounds>
+  if os.path.lexists(final):
+    os.unlink(final)
   os.symlink(f"round_{round_index}", final, target_is_directory=True)
 
 
@@ -110,7 +113,7 @@ def dosed_training_pairs(ordinary: list[Any], extra: list[Any], num_pairs: int, 
   return mix_pairs(ordinary, extra, num_pairs / total, seed=seed, total=total)
 
 
-def fresh_reference_pairs(config: Any, workdir: pathlib.Path, round_index: int, num_pairs: int) -> list[Any]:
+def fresh_reference_pairs(config: Any, workdir: epath.Path, round_index: int, num_pairs: int) -> list[Any]:
   """The control's pairs: ``num_pairs`` new reference-policy pairs labelled as the `prefs` stage labels.
 
   New preference prompts (another seed of the same stream), new answers and new Bradley-Terry label noise;
@@ -130,9 +133,9 @@ def fresh_reference_pairs(config: Any, workdir: pathlib.Path, round_index: int, 
           for r in records[:num_pairs]]
 
 
-def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "adversarial") -> None:
+def run_round(config: Any, workdir: epath.Path, round_index: int, arm: str = "adversarial") -> None:
   """Trains RM round r (r >= 1) on ordinary + adversarial pairs (``arm="fresh_pairs"``: + fresh pairs)."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   if round_index < 1:
     raise ValueError(f"advtrain: round {round_index}; RM round 0 is the `rm` stage's")
   if arm not in ARMS:
@@ -192,16 +195,20 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int, arm: str = "
     link_final(workdir, round_index, stage)
 
 
-def run_rounds(config: Any, workdir: pathlib.Path, round_index: int) -> None:
+def run_rounds(config: Any, workdir: epath.Path, round_index: int) -> None:
   """RM round r of the Adv-RM arm and, with ``advtrain.control``, of the fresh-pairs control arm."""
+  if config.advtrain.get("export_hf", False) and is_remote(workdir):
+    raise wd.ConfigError(f"advtrain.export_hf=True writes Hugging Face files locally but --workdir {workdir} is a "
+                         "bucket; set --config.advtrain.export_hf=False and run `python -m advrm_jax.export` on a "
+                         "local copy of the round's rm/")
   run_round(config, workdir, round_index)
   if config.advtrain.get("control", False):
     run_round(config, workdir, round_index, arm="fresh_pairs")
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
+def run(config: Any, workdir: epath.Path) -> None:
   """Stage `advtrain`: every round whose filtered pairs exist and whose RM is not trained."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   for r in range(1, wd.num_rounds(config) + 1):
     if not wd.is_done(wd.round_dir(workdir, wd.FILTER, r - 1)):
       if r == 1:

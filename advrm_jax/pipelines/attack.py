@@ -32,10 +32,10 @@ gold, so gold columns are NaN and success rates None, and ``above_threshold``
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
@@ -57,11 +57,11 @@ class RolloutCollector:
   (they are reproduced exactly) and keeps every earlier one.
   """
 
-  def __init__(self, directory: pathlib.Path):
-    self.directory = pathlib.Path(directory)
+  def __init__(self, directory: epath.Path):
+    self.directory = epath.Path(directory)
     self.directory.mkdir(parents=True, exist_ok=True)
 
-  def path(self, step: int) -> pathlib.Path:
+  def path(self, step: int) -> epath.Path:
     """The file holding the samples of (1-based) step ``step``."""
     return self.directory / f"step_{step:05d}.npz"
 
@@ -108,15 +108,15 @@ def attack_threshold(node: Any, reference_r1: np.ndarray) -> np.ndarray:
                     np.float32)
 
 
-def kl_curve(stage_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+def kl_curve(stage_dir: epath.Path) -> tuple[np.ndarray, np.ndarray]:
   """(steps, seed-mean KL to the reference in nats) of a training run's logged rows."""
   rows = [r for r in read_metrics(stage_dir / "metrics.jsonl") if "kl" in r]
   return np.array([r["step"] for r in rows], np.int64), np.array([r["kl"] for r in rows], np.float64)
 
 
-def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
+def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
   """Trains the round's adversaries and writes its artefacts (see module doc)."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   out = wd.round_dir(workdir, STAGE, round_index)
   if wd.skip_if_done(out, f"attack/round_{round_index}"):
     return
@@ -242,9 +242,9 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
                  100 * summary["final"]["above_threshold"], r1.size)
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
+def run(config: Any, workdir: epath.Path) -> None:
   """Stage `attack`: every round whose RM exists and whose attack is not done."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   for r in range(wd.num_rounds(config) + 1):
     meta = wd.rm_path(workdir, r) / "rm_meta.json"
     if not meta.exists() or (r > 0 and not wd.is_done(wd.round_dir(workdir, "advtrain", r))):

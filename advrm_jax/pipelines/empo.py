@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 from typing import Any, Callable
 
+from etils import epath
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -166,9 +166,9 @@ def reward_source_for(spec: Any, node: Any, rl_config: Any, where: str) -> Any:
   raise ValueError(f"{where}.source: unknown {kind!r}; expected 'semantic' or 'correctness'")
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
+def run(config: Any, workdir: epath.Path) -> None:
   """Stage `empo`: reference policy, then each run of ``config.empo.runs``, then the report."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   check_world(config)
   sft_dir = ensure_reference_policy(config, workdir)
   node = config.empo

@@ -33,10 +33,10 @@ Gold is only ever *measured* here; nothing flows back into training.
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,7 +73,7 @@ def _stats(values: list[float]) -> dict[str, Any]:
   return rep.mean_std(values)
 
 
-def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params: Any, meta: dict[str, Any],
+def in_distribution_accuracy(workdir: epath.Path, rm_graphdef: Any, rm_params: Any, meta: dict[str, Any],
                              target: int) -> dict[str, Any]:
   """Pairwise accuracy of an RM on the held-out ordinary preference pairs."""
   data = wd.held_out_pairs(workdir, meta)
@@ -86,7 +86,7 @@ def in_distribution_accuracy(workdir: pathlib.Path, rm_graphdef: Any, rm_params:
           "members": [float(a) for a in members]}
 
 
-def label_gold_agreement(workdir: pathlib.Path) -> float:
+def label_gold_agreement(workdir: epath.Path) -> float:
   """How often the held-out preference labels agree with gold (ties count 1/2): the accuracy ceiling."""
   records = wd.read_jsonl(workdir / wd.PREFS / wd.TEST_FILE, "the `prefs` stage")
   chosen = np.array([r["chosen_gold"] for r in records])
@@ -94,17 +94,17 @@ def label_gold_agreement(workdir: pathlib.Path) -> float:
   return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
-def load_policies(workdir: pathlib.Path, params_dir: pathlib.Path, num_seeds: int) -> tuple[Any, Any]:
+def load_policies(workdir: epath.Path, params_dir: epath.Path, num_seeds: int) -> tuple[Any, Any]:
   """(graphdef, params stacked over seeds) saved by an RL run (its final ``params`` or a snapshot)."""
   _, graphdef, params = wd.load_policy(workdir / "sft")
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_seeds,) + x.shape, x.dtype), params)
   return graphdef, load_params(params_dir, target)
 
 
-def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str | None, rm: tuple[Any, Any],
+def policy_attack_success(config: Any, workdir: epath.Path, run_name: str | None, rm: tuple[Any, Any],
                           reference: dict[str, np.ndarray], reference_r1: np.ndarray,
                           samples: dict[str, Any] | None = None,
-                          params_dir: pathlib.Path | None = None) -> dict[str, Any] | None:
+                          params_dir: epath.Path | None = None) -> dict[str, Any] | None:
   """Attack success of a final RLHF policy's answers (the over-optimisation baseline).
 
   ``run_name=None`` samples the SFT reference policy itself (fresh samples,
@@ -143,7 +143,7 @@ def policy_attack_success(config: Any, workdir: pathlib.Path, run_name: str | No
   return result
 
 
-def snapshot_attack_success(config: Any, workdir: pathlib.Path, run_dir: pathlib.Path, rm: tuple[Any, Any],
+def snapshot_attack_success(config: Any, workdir: epath.Path, run_dir: epath.Path, rm: tuple[Any, Any],
                             reference: dict[str, np.ndarray], reference_r1: np.ndarray) -> dict[str, Any] | None:
   """Attack success of every snapshot an RL run saved (``snapshot_every``), with the KL it had then.
 
@@ -217,7 +217,7 @@ def substitution_attack_success(config: Any, rm: tuple[Any, Any], reference: dic
           "r1_gain": float((result.final_score - result.initial_score).mean())}
 
 
-def rlhf_curves(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+def rlhf_curves(config: Any, workdir: epath.Path) -> dict[str, Any]:
   """Per-run gold/proxy/KL curves per seed, hacking onsets and final values."""
   node, num_seeds = config.evaluate, config.num_seeds
   out = {}
@@ -253,7 +253,7 @@ def rlhf_curves(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   return out
 
 
-def adversarial_examples(workdir: pathlib.Path, round_index: int, target: int, reference: dict[str, np.ndarray],
+def adversarial_examples(workdir: epath.Path, round_index: int, target: int, reference: dict[str, np.ndarray],
                          reference_r1: np.ndarray, limit: int, heldout: bool) -> list[dict[str, Any]]:
   """Successful attacks of the round's final adversaries (on ``reference``'s prompts), the largest R1 gains first."""
   name = "final_heldout.npz" if heldout else "final_samples.npz"
@@ -339,7 +339,7 @@ def method_checks(report: dict[str, Any]) -> dict[str, Any]:
   return checks
 
 
-def exploit_analysis(config: Any, workdir: pathlib.Path, rm: tuple[Any, Any, Any], pool: dict[str, np.ndarray],
+def exploit_analysis(config: Any, workdir: epath.Path, rm: tuple[Any, Any, Any], pool: dict[str, np.ndarray],
                      rlhf_samples: dict[str, Any] | None) -> dict[str, Any]:
   """Which exploits can a disagreement filter see? RM round 0's verdict and z(U) per exploit family.
 
@@ -456,7 +456,7 @@ def _fmt(value: Any, fmt: str = ".2f") -> str:
   return rep.MISSING if value is None else str(value)
 
 
-def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
+def write_markdown(path: epath.Path, report: dict[str, Any]) -> None:
   """Renders REPORT.md from a report dict (``report.json``); also used by ``python -m advrm_jax.report``."""
   seeds = report["num_seeds"]
   lines = ["# Adv-RM on the synthetic world", ""]
@@ -622,9 +622,9 @@ def write_markdown(path: pathlib.Path, report: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------
 
 
-def run(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+def run(config: Any, workdir: epath.Path) -> dict[str, Any]:
   """Stage `evaluate`: builds the report from whatever stages have finished."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   wd.require_synthetic_policy(workdir, "evaluate")
   plots = workdir / "plots"
   target = config.attack.target

@@ -28,10 +28,10 @@ signal: how well each finds the samples truly worse than the reference's.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
@@ -52,7 +52,7 @@ CHOSEN = ("best_by_ensemble", "random")
 class _SignalInputs:
   """What the uncertainty signals of one round read (``_signal``)."""
   config: Any
-  workdir: pathlib.Path
+  workdir: epath.Path
   round_index: int
   collected: dict[str, np.ndarray]
   texts: list[str]
@@ -127,9 +127,9 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[s
   return u, reference_u, info
 
 
-def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
+def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
   """Filters round r's collected adversary samples into preference pairs."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   out = wd.round_dir(workdir, STAGE, round_index)
   if wd.skip_if_done(out, f"filter/round_{round_index}"):
     return
@@ -251,9 +251,9 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
                "" if worse is None else f"; {100 * worse:.0f}% of them worse than the chosen response by gold")
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
+def run(config: Any, workdir: epath.Path) -> None:
   """Stage `filter`: every round whose attack is done and whose filter is not."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   for r in range(wd.num_rounds(config) + 1):
     if not wd.is_done(wd.round_dir(workdir, "attack", r)):
       if r == 0:
@@ -262,7 +262,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
     run_round(config, workdir, r)
 
 
-def top_samples(workdir: str | pathlib.Path, round_index: int = 0, limit: int = 10) -> list[dict[str, Any]]:
+def top_samples(workdir: epath.PathLike, round_index: int = 0, limit: int = 10) -> list[dict[str, Any]]:
   """What the attack of round r found: its distinct samples that R1 scores highest.
 
   Reads the round's attack (collected.npz) and filter (scores.npz) artefacts,
@@ -275,7 +275,7 @@ def top_samples(workdir: str | pathlib.Path, round_index: int = 0, limit: int = 
     (the filter kept it), "members" (every member's reward), "gold" (None
     without gold), "seed", "step"}.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   collected = wd.load_npz(wd.round_dir(workdir, "attack", round_index) / "collected.npz", "the `attack` stage")
   scores = wd.load_npz(wd.round_dir(workdir, STAGE, round_index) / wd.FILTER_SCORES_FILE, "the `filter` stage")
   tokenizer = wd.policy_tokenizer(workdir)

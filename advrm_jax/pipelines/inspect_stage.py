@@ -38,9 +38,9 @@ perplexity call); a config without an ``inspect`` node gets these defaults.
 
 from __future__ import annotations
 
+from etils import epath
 import html
 import json
-import pathlib
 from typing import Any
 
 from absl import logging
@@ -85,13 +85,13 @@ def _options(config: Any) -> dict[str, Any]:
   return values
 
 
-def _require(path: pathlib.Path, what: str) -> pathlib.Path:
+def _require(path: epath.Path, what: str) -> epath.Path:
   if not path.exists():
     raise FileNotFoundError(f"inspect: {path} not found; run {what} first")
   return path
 
 
-def rm_rounds(config: Any, workdir: pathlib.Path) -> list[int]:
+def rm_rounds(config: Any, workdir: epath.Path) -> list[int]:
   """The RM rounds that exist: 0 (the `rm` stage) and every finished `advtrain` round after it."""
   rounds = []
   for r in range(wd.num_rounds(config) + 1):
@@ -126,7 +126,7 @@ def _fit(array: np.ndarray, width: int, left: bool) -> np.ndarray:
 
 
 def adversarial_rows(collected: dict[str, np.ndarray], keep: np.ndarray, pairs: list[dict[str, Any]],
-                     pool_prompts: list[Any], tokenizer: Any, pairs_file: pathlib.Path) -> np.ndarray:
+                     pool_prompts: list[Any], tokenizer: Any, pairs_file: epath.Path) -> np.ndarray:
   """Rows of collected.npz behind the filter's adversarial pairs (the first kept row of each (prompt, text))."""
   kept = np.flatnonzero(keep)
   texts = inference.decode_responses(collected["response_tokens"][kept], collected["response_mask"][kept], tokenizer)
@@ -143,7 +143,7 @@ def adversarial_rows(collected: dict[str, np.ndarray], keep: np.ndarray, pairs: 
   return np.asarray(rows, np.int64)
 
 
-def _group_rows(config: Any, workdir: pathlib.Path, round_index: int, tokenizer: Any) -> dict[str, Any]:
+def _group_rows(config: Any, workdir: epath.Path, round_index: int, tokenizer: Any) -> dict[str, Any]:
   """The three groups' rows concatenated: tokens, masks, prompt index, group name, per-row extras."""
   attack_dir = wd.round_dir(workdir, "attack", round_index)
   filter_dir = wd.round_dir(workdir, wd.FILTER, round_index)
@@ -201,7 +201,7 @@ def _group_rows(config: Any, workdir: pathlib.Path, round_index: int, tokenizer:
   return rows
 
 
-def _score(rows: dict[str, Any], config: Any, workdir: pathlib.Path, rounds: list[int]) -> dict[int, dict[str, Any]]:
+def _score(rows: dict[str, Any], config: Any, workdir: epath.Path, rounds: list[int]) -> dict[int, dict[str, Any]]:
   """Every response's rewards under each RM round: members, ensemble mean/spread, R1 vs T(x), vs the reference."""
   target, threshold_kind = config.attack.target, config.attack.threshold
   is_reference = rows["group"] == "reference"
@@ -470,9 +470,9 @@ def _headline(groups: dict[str, Any], rounds: list[int]) -> list[str]:
 # ----------------------------------------------------------------------------
 
 
-def run(config: Any, workdir: pathlib.Path) -> dict[str, Any] | None:
+def run(config: Any, workdir: epath.Path) -> dict[str, Any] | None:
   """Stage `inspect`: writes WORKDIR/inspect/ (see module doc); returns the report (None when skipped)."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   out = workdir / STAGE
   options = _options(config)
   round_index = options["round"]
@@ -543,9 +543,7 @@ def run(config: Any, workdir: pathlib.Path) -> dict[str, Any] | None:
   wd.write_json(out / REPORT_FILE, report)
   # Through JSON, so the markdown shows exactly what report.json holds.
   markdown = render_markdown(json.loads((out / REPORT_FILE).read_text()))
-  tmp = out / (MARKDOWN_FILE + ".tmp")
-  tmp.write_text(markdown, encoding="utf-8")
-  tmp.replace(out / MARKDOWN_FILE)
+  wd.write_text_atomic(out / MARKDOWN_FILE, markdown)
   wd.mark_done(out)
   for sentence in report["headline"]:
     logging.info("inspect: %s", sentence)

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import pathlib
 import signal
 from typing import Any, Callable
 
+from etils import epath
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -71,7 +71,7 @@ class _FiniteWatch:
   raises on the first non-finite value, in step order.
   """
 
-  def __init__(self, name: str, keys: tuple[str, ...], checkpoint_dir: pathlib.Path):
+  def __init__(self, name: str, keys: tuple[str, ...], checkpoint_dir: epath.Path):
     self.name, self.keys, self.checkpoint_dir = name, keys, checkpoint_dir
     self.pending: list[tuple[int, dict[str, Any]]] = []
 
@@ -89,7 +89,7 @@ class _FiniteWatch:
               f"checkpoint in {self.checkpoint_dir} is kept intact.")
 
 
-def _logged(jsonl_path: pathlib.Path, step: int, scalars: dict[str, Any]) -> bool:
+def _logged(jsonl_path: epath.Path, step: int, scalars: dict[str, Any]) -> bool:
   """Whether metrics.jsonl already has a row for ``step`` with all of ``scalars``' keys."""
   if not jsonl_path.exists():
     return False
@@ -125,7 +125,7 @@ class LoopConfig:
   seed: int = 0
 
 
-def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Callable,
+def train_loop(name: str, directory: epath.PathLike, state: Any, step_fn: Callable,
                get_batch: Callable[[int], dict[str, np.ndarray]], loop: LoopConfig, mesh: Mesh,
                eval_fn: Callable[[Any, int], dict[str, Any]] | None = None, eval_every: int = 0,
                finite_keys: tuple[str, ...] = ("loss", "grad_norm", "reward", "proxy_reward"),
@@ -151,7 +151,7 @@ def train_loop(name: str, directory: str | pathlib.Path, state: Any, step_fn: Ca
       tables) at every logged step; those arrays are never logged as scalars.
   Returns the final state.
   """
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   checkpointer = Checkpointer(directory / "checkpoints", max_to_keep=loop.keep_checkpoints)
   start = 0
   restored = checkpointer.restore(state)

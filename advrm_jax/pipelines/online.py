@@ -29,10 +29,10 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
@@ -105,7 +105,7 @@ def compute_budget(config: Any) -> dict[str, Any]:
   return {"online": online_budget, "round_based": round_budget}
 
 
-def _ordinary_pairs(config: Any, workdir: pathlib.Path, tokenizer: Any, path: pathlib.Path) -> dict[str, np.ndarray]:
+def _ordinary_pairs(config: Any, workdir: epath.Path, tokenizer: Any, path: epath.Path) -> dict[str, np.ndarray]:
   """A preference JSONL file tokenized the way the `rm` stage does."""
   cfg = copy.deepcopy(config)
   cfg.data.source, cfg.data.path, cfg.data.max_pairs = "jsonl", str(path), 0
@@ -121,7 +121,7 @@ def pair_accuracy(graphdef: Any, params: Any, data: dict[str, np.ndarray], mesh:
   return evaluation.evaluate_scores(chosen, rejected)["accuracy"]
 
 
-def save_reward_model(out: pathlib.Path, rm_state: TrainState, base_meta: dict[str, Any],
+def save_reward_model(out: epath.Path, rm_state: TrainState, base_meta: dict[str, Any],
                       optimizer_values: dict[str, Any], extra: dict[str, Any]) -> None:
   """Writes rm_meta.json + checkpoints/ exactly as the `rm` stage lays them out."""
   out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def save_reward_model(out: pathlib.Path, rm_state: TrainState, base_meta: dict[s
     checkpointer.close()
 
 
-def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graphdef: Any, rm_params: Any,
+def fresh_attack(config: Any, workdir: epath.Path, out: epath.Path, rm_graphdef: Any, rm_params: Any,
                  reference: dict[str, np.ndarray]) -> dict[str, Any]:
   """A new adversary (the `attack` stage's settings) against the final online RM; its attack success."""
   node = config.attack
@@ -165,9 +165,9 @@ def fresh_attack(config: Any, workdir: pathlib.Path, out: pathlib.Path, rm_graph
               eos_fraction=float(final["has_eos"].mean()), num_steps=node.num_steps)
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
+def run(config: Any, workdir: epath.Path) -> None:
   """Stage `online` (module doc): train, save the RM, evaluate, summarise."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   wd.require_synthetic_policy(workdir, "online")
   out = workdir / STAGE
   if wd.skip_if_done(out, "online"):
@@ -179,7 +179,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
   options = online_config_from(config)
   mesh = shd.make_mesh(tuple(config.mesh.shape))
   shd.check_batch_divisible(node.prompts_per_step, mesh, "online.prompts_per_step")
-  shd.check_batch_divisible(node.rm_updates * node.ordinary_pairs, mesh, "online.rm_updates x online.ordinary_pairs")
+  shd.check_batch_divisible(node.ordinary_pairs, mesh, "online.ordinary_pairs", factor=node.rm_updates)
 
   # Inputs: the same artefacts the round schedule starts from.
   model_config, policy_graphdef, ref_params = wd.load_policy(workdir / wd.SFT)

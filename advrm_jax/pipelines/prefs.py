@@ -38,10 +38,10 @@ On your own data (``prefs.source = "jsonl"``, with a policy imported by the
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
@@ -56,9 +56,9 @@ STAGE = wd.PREFS
 SOURCES = ("synthetic", "jsonl")
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
+def run(config: Any, workdir: epath.Path) -> None:
   """Stage `prefs`: writes WORKDIR/prefs/ (see module doc)."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   stage_dir = workdir / STAGE
   if wd.skip_if_done(stage_dir, "prefs"):
     return
@@ -149,7 +149,7 @@ def run(config: Any, workdir: pathlib.Path) -> None:
                len(train), len(test), 100 * summary["label_gold_agreement"], summary["reference_gold_mean"])
 
 
-def run_from_file(config: Any, workdir: pathlib.Path) -> None:
+def run_from_file(config: Any, workdir: epath.Path) -> None:
   """Stage `prefs` on your own preference file and a policy imported by the `sft` stage.
 
   * The pairs of ``prefs.path`` (JSONL/JSONL.gz; ``prefs.format``,
@@ -173,7 +173,7 @@ def run_from_file(config: Any, workdir: pathlib.Path) -> None:
       tokenizer's EOS (its responses would never end).
   """
   # The rm stage's rule for data paths ({workdir}, then the repository root, then the cwd).
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   stage_dir = workdir / STAGE
   node, data = config.prefs, config.data
   tokenizer = wd.policy_tokenizer(workdir)

@@ -27,10 +27,10 @@ and re-renders WORKDIR/empo/REPORT.md.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample
 STAGE = "probes"
 
 
-def _policy_params(config: Any, workdir: pathlib.Path) -> tuple[nnx.GraphDef, Any, str]:
+def _policy_params(config: Any, workdir: epath.Path) -> tuple[nnx.GraphDef, Any, str]:
   """(graphdef, params, description) of the probed policy."""
   sft_dir = reasoning.ensure_reference_policy(config, workdir)
   _, graphdef, ref_params = wd.load_policy(sft_dir)
@@ -58,7 +58,7 @@ def _policy_params(config: Any, workdir: pathlib.Path) -> tuple[nnx.GraphDef, An
     return graphdef, ref_params, "reference (SFT) policy"
   if not which.startswith("empo/"):
     raise ValueError(f"probes.policy: unknown {which!r}; expected 'sft' or 'empo/<run name>'")
-  run_dir = pathlib.Path(workdir) / which
+  run_dir = epath.Path(workdir) / which
   if not wd.is_done(run_dir):
     raise FileNotFoundError(f"probes.policy={which!r}: {run_dir}/DONE not found; run stage empo first")
   target = jax.tree.map(lambda x: jnp.zeros((config.num_seeds,) + x.shape, x.dtype), ref_params)
@@ -174,8 +174,8 @@ def filter_comparison(member_logits: np.ndarray, data: dict[str, np.ndarray], nu
   return out
 
 
-def plot_reliability(path: pathlib.Path, probs: np.ndarray, labels: np.ndarray, num_bins: int,
-                     title: str) -> pathlib.Path:
+def plot_reliability(path: epath.Path, probs: np.ndarray, labels: np.ndarray, num_bins: int,
+                     title: str) -> epath.Path:
   """Reliability diagram of probe confidences (fraction correct per bin) as a PNG."""
   bins = pr.reliability_bins(probs, labels, num_bins)
   fig, (ax,) = report.figure()
@@ -189,7 +189,7 @@ def plot_reliability(path: pathlib.Path, probs: np.ndarray, labels: np.ndarray, 
   return report.save_figure(fig, path)
 
 
-def plot_early_exit(path: pathlib.Path, table: list[dict[str, float]]) -> pathlib.Path:
+def plot_early_exit(path: epath.Path, table: list[dict[str, float]]) -> epath.Path:
   """Final-answer accuracy vs tokens saved, one point per early-exit threshold, as a PNG."""
   fig, (ax,) = report.figure()
   saved = [100 * r["tokens_saved"] for r in table]
@@ -203,9 +203,9 @@ def plot_early_exit(path: pathlib.Path, table: list[dict[str, float]]) -> pathli
   return report.save_figure(fig, path)
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
+def run(config: Any, workdir: epath.Path) -> None:
   """Stage `probes` (module docstring)."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   out_dir = workdir / reasoning.EMPO_DIR / STAGE
   if wd.skip_if_done(out_dir, "probes"):
     reasoning.write_report(workdir)

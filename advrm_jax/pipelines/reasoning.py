@@ -8,9 +8,9 @@ sections.
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
+from etils import epath
 import numpy as np
 
 from advrm_jax import sharding as shd
@@ -67,9 +67,9 @@ def reasoning_sft_arrays(config: Any, num_examples: int, seed: int) -> dict[str,
   return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
 
 
-def ensure_reference_policy(config: Any, workdir: pathlib.Path) -> pathlib.Path:
+def ensure_reference_policy(config: Any, workdir: epath.Path) -> epath.Path:
   """Trains (or resumes, or skips when DONE) the SFT reference policy; returns its directory."""
-  sft_dir = pathlib.Path(workdir) / EMPO_DIR / "sft"
+  sft_dir = epath.Path(workdir) / EMPO_DIR / "sft"
   if wd.is_done(sft_dir):
     return sft_dir
   check_world(config)
@@ -100,9 +100,9 @@ def _seed_curves(records: list[dict[str, Any]], key: str, num_seeds: int) -> tup
   return steps, curves
 
 
-def summarize(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
+def summarize(config: Any, workdir: epath.Path) -> dict[str, Any]:
   """summary.json: reference accuracy, per-run curves and final accuracy mean ± std."""
-  stage_dir = pathlib.Path(workdir) / EMPO_DIR
+  stage_dir = epath.Path(workdir) / EMPO_DIR
   num_seeds = config.num_seeds
   reference = json.loads((stage_dir / "reference_eval.json").read_text())
   summary: dict[str, Any] = {
@@ -145,7 +145,7 @@ def summarize(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   return summary
 
 
-def plot_curves(path: pathlib.Path, summary: dict[str, Any]) -> pathlib.Path | None:
+def plot_curves(path: epath.Path, summary: dict[str, Any]) -> epath.Path | None:
   """Held-out sampled / greedy accuracy and training-sample accuracy vs step, bands over seeds."""
   panels = (("eval_accuracy_sampled", "held-out accuracy (sampled)"),
             ("eval_accuracy_greedy", "held-out accuracy (greedy)"),
@@ -165,7 +165,7 @@ def plot_curves(path: pathlib.Path, summary: dict[str, Any]) -> pathlib.Path | N
   return report.save_figure(fig, path)
 
 
-def _empo_section(summary: dict[str, Any], stage_dir: pathlib.Path) -> list[str]:
+def _empo_section(summary: dict[str, Any], stage_dir: epath.Path) -> list[str]:
   task = summary["task"]
   lines = ["## EMPO: semantic-entropy rewards without labels", "",
            f"Reasoning task: arithmetic in words, {task['num_ops'][0]}-{task['num_ops'][1]} operations. "
@@ -209,9 +209,9 @@ def _empo_section(summary: dict[str, Any], stage_dir: pathlib.Path) -> list[str]
   return lines
 
 
-def write_report(workdir: pathlib.Path) -> pathlib.Path:
+def write_report(workdir: epath.Path) -> epath.Path:
   """Renders WORKDIR/empo/REPORT.md (and the curves PNG) from the summaries that exist."""
-  stage_dir = pathlib.Path(workdir) / EMPO_DIR
+  stage_dir = epath.Path(workdir) / EMPO_DIR
   lines = ["# EMPO and correctness probes on the reasoning task", "",
            "Reproduce: `python -m advrm_jax.main --config configs/empo_reasoning.py --workdir WORKDIR` "
            "(stages `empo`, `probes`; `:small` for a smoke run).", ""]

@@ -8,9 +8,9 @@ once, and runs it under ``loop.train_loop`` (checkpoints, metrics, resume).
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Callable
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,9 +41,9 @@ def rl_config_from(node: Any, where: str) -> RLConfig:
   return RLConfig(**node_dict(node, RLConfig, where))
 
 
-def snapshot_path(stage_dir: pathlib.Path, step: int) -> pathlib.Path:
+def snapshot_path(stage_dir: epath.Path, step: int) -> epath.Path:
   """Where ``train_policy`` saves the policies of ``step`` (``node.snapshot_every``)."""
-  return pathlib.Path(stage_dir) / "snapshots" / f"step_{step:06d}"
+  return epath.Path(stage_dir) / "snapshots" / f"step_{step:06d}"
 
 
 def make_seeds_step(iteration: Callable, num_seeds: int) -> Callable:
@@ -68,7 +68,7 @@ def make_seeds_step(iteration: Callable, num_seeds: int) -> Callable:
   return seeds_step
 
 
-def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, config: Any, node: Any,
+def train_policy(name: str, stage_dir: epath.Path, sft_dir: epath.Path, config: Any, node: Any,
                  reward_source: Any,
                  reward_params: Any, prompts: dict[str, np.ndarray], num_seeds: int,
                  gold_fn: Callable | None = world.gold_reward,
@@ -107,7 +107,7 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
       `attack` stage keeps all of them.
   Returns the final state (leading seed axis).
   """
-  stage_dir = pathlib.Path(stage_dir)
+  stage_dir = epath.Path(stage_dir)
   rl_config = rl_config_from(node.rl, f"{name}.rl")
   sampling = SamplingConfig(**node_dict(node.sampling, SamplingConfig, f"{name}.sampling"))
   mesh = shd.make_mesh(tuple(config.mesh.shape))

@@ -15,10 +15,10 @@ the Adv-RM RM), each in WORKDIR/rlhf/<name>/.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 
+from etils import epath
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.rl_driver import train_policy
@@ -27,7 +27,7 @@ from advrm_jax.rl.rewards import EnsembleMixSource, FunctionSource, aggregate_mi
 STAGE = "rlhf"
 
 
-def reward_source_for(run: Any, workdir: pathlib.Path, where: str) -> tuple[Any, Any]:
+def reward_source_for(run: Any, workdir: epath.Path, where: str) -> tuple[Any, Any]:
   """(source, params) for one entry of config.rlhf.runs."""
   kind = run.get("source", "rm")
   if kind == "gold":
@@ -42,9 +42,9 @@ def reward_source_for(run: Any, workdir: pathlib.Path, where: str) -> tuple[Any,
   return EnsembleMixSource(rm_graphdef), {"rm": rm_params, "mix": mix}
 
 
-def run(config: Any, workdir: pathlib.Path) -> None:
+def run(config: Any, workdir: epath.Path) -> None:
   """Stage `rlhf`: one policy group per ``config.rlhf.runs`` entry."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   wd.require_synthetic_policy(workdir, "rlhf")
   node = config.rlhf
   prompts = world.prompt_arrays(node.num_prompts, config.seed, "rl", config.world.max_prompt_len)

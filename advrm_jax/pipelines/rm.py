@@ -9,12 +9,12 @@ ensemble with ``workdir.load_reward_model``.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
+from etils import epath
 from advrm_jax.pipelines.rm_training import train_reward_model
 
 
-def run(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
+def run(config: Any, workdir: epath.PathLike) -> dict[str, Any]:
   """Trains (or imports, with ``rm.paths``) and evaluates RM round 0; returns the evaluation summary."""
   return train_reward_model(config, workdir)

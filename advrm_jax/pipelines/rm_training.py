@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import functools
 import json
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 import numpy as np
 
 from advrm_jax import sharding as shd
@@ -99,7 +99,7 @@ def build_tokenizer(config: Any, backbone_source: str, backbone_path: str) -> An
                     "has no tokenizer); use 'byte' or 'word'")
 
 
-def _backbone_path(config: Any, workdir: str | pathlib.Path | None = None) -> str:
+def _backbone_path(config: Any, workdir: epath.PathLike | None = None) -> str:
   source, path = config.rm.backbone.source, config.rm.backbone.path
   if source == "gguf" and not path:
     return str(gguf.find_smollm2_gguf())
@@ -114,7 +114,7 @@ def _backbone_path(config: Any, workdir: str | pathlib.Path | None = None) -> st
 
 
 def build_backbone(config: Any, tokenizer: Any, sequence_width: int,
-                   workdir: str | pathlib.Path | None = None) -> tuple[ModelConfig, Any]:
+                   workdir: epath.PathLike | None = None) -> tuple[ModelConfig, Any]:
   """Backbone config and pretrained params (None for a from-scratch backbone).
 
   ``rm.backbone.source = "policy"`` starts from a finished `sft` stage's
@@ -172,7 +172,7 @@ def _check_fits(cfg: ModelConfig, tokenizer: Any, sequence_width: int, vocab_key
 # ---------------------------------------------------------------------------
 
 
-def load_pairs(config: Any, workdir: str | pathlib.Path | None = None) -> tuple[list[Any], dict[str, Any]]:
+def load_pairs(config: Any, workdir: epath.PathLike | None = None) -> tuple[list[Any], dict[str, Any]]:
   """Preference pairs from ``config.data`` and a JSON-ready description."""
   data = config.data
   if data.source == "synthetic":
@@ -270,7 +270,7 @@ def _evaluate(score_fn: Any, params: Any, data: dict[str, np.ndarray], rm_config
                                     num_bins=rm_config.eval.ece_bins)
 
 
-def train_reward_model(config: Any, workdir: str | pathlib.Path, name: str = STAGE) -> dict[str, Any]:
+def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) -> dict[str, Any]:
   """Trains and evaluates the RM ensemble; returns the evaluation summary.
 
   ``name`` labels the progress lines and plots (``advtrain/round_1/rm`` when
@@ -278,7 +278,7 @@ def train_reward_model(config: Any, workdir: str | pathlib.Path, name: str = STA
   """
   _check_config(config)
   rm_config, data_config = config.rm, config.data
-  stage_dir = pathlib.Path(workdir) / STAGE
+  stage_dir = epath.Path(workdir) / STAGE
   stage_dir.mkdir(parents=True, exist_ok=True)
   mesh = shd.make_mesh(tuple(config.mesh.shape))
   shd.check_batch_divisible(rm_config.batch_size, mesh, "rm.batch_size")
@@ -399,7 +399,7 @@ def _gold_accuracy(pairs: list[Any], data: dict[str, np.ndarray] | None) -> floa
 # ---------------------------------------------------------------------------
 
 
-def _import_reward_models(config: Any, workdir: str | pathlib.Path, stage_dir: pathlib.Path,
+def _import_reward_models(config: Any, workdir: epath.PathLike, stage_dir: epath.Path,
                           mesh: Any) -> dict[str, Any]:
   """RM round 0 = the ``*ForSequenceClassification`` directories of ``rm.paths``, one member each.
 
@@ -434,7 +434,7 @@ def _import_reward_models(config: Any, workdir: str | pathlib.Path, stage_dir: p
   policy = wd.policy_tokenizer(workdir)
   if policy is not None and (policy.vocab_size, policy.eos_id) != (tokenizer.vocab_size, tokenizer.eos_id):
     raise ConfigError(f"{where}: the reward model's tokenizer (vocab_size {tokenizer.vocab_size}, eos_id "
-                      f"{tokenizer.eos_id}) is not the policy's in {pathlib.Path(workdir) / 'sft'} (vocab_size "
+                      f"{tokenizer.eos_id}) is not the policy's in {epath.Path(workdir) / 'sft'} (vocab_size "
                       f"{policy.vocab_size}, eos_id {policy.eos_id}); the RM must read the tokens the adversary writes")
   _check_chat_template(config, tokenizer)
   _check_fits(model_cfg, tokenizer, data_config.max_prompt_len + data_config.max_response_len + 1, where, where,

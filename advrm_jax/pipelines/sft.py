@@ -10,9 +10,9 @@ same layout, plus ``policy_meta.json`` naming its tokenizer, so the `prefs`,
 from __future__ import annotations
 
 import json
-import pathlib
 
 from absl import logging
+from etils import epath
 import numpy as np
 
 from advrm_jax import sharding as shd
@@ -63,7 +63,7 @@ def synthetic_sft_arrays(num_examples: int, seed: int, max_len: int,
 # Where the policy comes from (``model.source``): trained here, or imported.
 POLICY_SOURCES = ("scratch", "hf", "gguf")
 
-def import_policy(config, stage_dir: pathlib.Path) -> None:
+def import_policy(config, stage_dir: epath.Path) -> None:
   """The `sft` stage for a pretrained policy: the checkpoint is the reference policy.
 
   Reads ``model.source`` ("hf": a Hugging Face checkpoint directory;
@@ -80,8 +80,8 @@ def import_policy(config, stage_dir: pathlib.Path) -> None:
     path = str(gguf.find_smollm2_gguf())
   if not path:
     raise ValueError(f"model.path: required for model.source={source!r}")
-  path = str(pathlib.Path(path).expanduser().resolve())
-  if not pathlib.Path(path).exists():
+  path = str(epath.Path(path).expanduser().resolve())
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f"model.path: {path} does not exist")
   if source == "hf":
     model_config, model = hf.load_hf_checkpoint(path, dtype=node.dtype, param_dtype=node.param_dtype)
@@ -103,9 +103,9 @@ def import_policy(config, stage_dir: pathlib.Path) -> None:
   logging.info("sft: %s checkpoint %s is the reference policy (%s)", source, path, tokenizer)
 
 
-def run(config, workdir: pathlib.Path) -> None:
+def run(config, workdir: epath.Path) -> None:
   """Stage `sft`: writes WORKDIR/sft/{checkpoints, model_config.json, metrics}."""
-  stage_dir = pathlib.Path(workdir) / wd.SFT
+  stage_dir = epath.Path(workdir) / wd.SFT
   if wd.skip_if_done(stage_dir, "sft"):
     return
   source = config.model.get("source", "scratch")

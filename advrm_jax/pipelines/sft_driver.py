@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
+from etils import epath
 from flax import nnx
 import numpy as np
 
@@ -18,7 +18,7 @@ from advrm_jax.pipelines.loop import LoopConfig, train_loop
 from advrm_jax.train_state import create_train_state, make_optimizer, split_module
 
 
-def train_sft(name: str, out_dir: pathlib.Path, node: Any, model_config: ModelConfig, data: dict[str, np.ndarray],
+def train_sft(name: str, out_dir: epath.Path, node: Any, model_config: ModelConfig, data: dict[str, np.ndarray],
               seed: int, mesh: Any) -> None:
   """Trains a policy on ``data`` and hands it over in ``out_dir`` (what ``workdir.load_policy`` reads).
 

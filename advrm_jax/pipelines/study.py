@@ -59,6 +59,7 @@ from advrm_jax.adversarial import signals
 from advrm_jax.adversarial.filtering import uncertainty
 from advrm_jax.evaluation import study_report
 from advrm_jax.evaluation.attack import uncertainty_gold_correlation
+from advrm_jax.fileio import is_remote
 from advrm_jax.pipelines import advrm, advtrain, attack, evaluate, filter_stage, rlhf, run_stages
 from advrm_jax.pipelines import workdir as wd
 
@@ -304,6 +305,10 @@ def command_line() -> str | None:
 
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `study`: every realisation without a record, then the study analysis (module doc)."""
+  if is_remote(workdir):
+    raise wd.ConfigError(f"--workdir {workdir}: the study needs a local work dir (its realisations share sft "
+                         "stages through directory links, which an object store cannot hold); run it on a local "
+                         "disk and copy the study directory to the bucket afterwards")
   study_dir = pathlib.Path(workdir)
   realisations = check_study(config)
   sft_owners: dict[int, pathlib.Path] = {}

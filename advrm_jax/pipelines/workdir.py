@@ -25,21 +25,27 @@ Layout of WORKDIR:
   rlhf/<run>/              policies trained against each RM (stage `rlhf`)
   report.json, REPORT.md, plots/   in WORKDIR itself (stage `evaluate`,
                            which has no directory of its own)
+
+WORKDIR may be a local directory or a remote one (``gs://bucket/dir``, or
+any scheme ``etils.epath`` and orbax/tensorstore can write): every path goes
+through ``epath.Path``, never the builtin ``open`` or ``pathlib``, so a pod
+without a shared POSIX disk can keep its run in a bucket.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import pathlib
 from typing import Any
 
 from absl import logging
+from etils import epath
 from flax import nnx
 import jax
 import numpy as np
 
 from advrm_jax import sharding as shd
+from advrm_jax.fileio import PathLike, write_bytes_atomic, write_text_atomic
 from advrm_jax.checkpoints import gguf, hf, hf_reward
 from advrm_jax.checkpoints.orbax_io import Checkpointer, load_params
 from advrm_jax.data import synthetic_world as world
@@ -78,24 +84,24 @@ class ConfigError(ValueError):
   """A config value that cannot work, named by its key."""
 
 
-def round_dir(workdir: str | pathlib.Path, stage: str, round_index: int) -> pathlib.Path:
+def round_dir(workdir: PathLike, stage: str, round_index: int) -> epath.Path:
   """WORKDIR/<stage>/round_<r>."""
-  return pathlib.Path(workdir) / stage / f"round_{round_index}"
+  return epath.Path(workdir) / stage / f"round_{round_index}"
 
 
-def rm_path(workdir: str | pathlib.Path, round_index: int, arm: str = "adversarial") -> pathlib.Path:
+def rm_path(workdir: PathLike, round_index: int, arm: str = "adversarial") -> epath.Path:
   """Where RM round r lives (what `load_reward_model` accepts); ``arm="fresh_pairs"``: the control's round."""
   if round_index == 0:
-    return pathlib.Path(workdir) / RM
+    return epath.Path(workdir) / RM
   return round_dir(workdir, ADVTRAIN_CONTROL if arm == "fresh_pairs" else ADVTRAIN, round_index) / RM
 
 
-def is_done(directory: pathlib.Path) -> bool:
+def is_done(directory: PathLike) -> bool:
   """Whether ``directory`` holds the DONE marker of a finished stage or round."""
-  return (pathlib.Path(directory) / DONE).exists()
+  return (epath.Path(directory) / DONE).exists()
 
 
-def skip_if_done(directory: pathlib.Path, label: str) -> bool:
+def skip_if_done(directory: PathLike, label: str) -> bool:
   """``is_done``, with the log line that says the finished stage or round ``label`` is skipped."""
   if is_done(directory):
     logging.info("%s: done, skipping", label)
@@ -103,54 +109,42 @@ def skip_if_done(directory: pathlib.Path, label: str) -> bool:
   return False
 
 
-def mark_done(directory: pathlib.Path) -> None:
+def mark_done(directory: PathLike) -> None:
   """Writes the DONE marker that makes later launches skip this stage or round."""
-  (pathlib.Path(directory) / DONE).write_text("ok\n")
+  write_text_atomic(epath.Path(directory) / DONE, "ok\n")
 
 
-def write_json(path: str | pathlib.Path, value: Any, sort_keys: bool = False) -> None:
+def write_json(path: PathLike, value: Any, sort_keys: bool = False) -> None:
   """Atomic JSON write (NaN/Inf as null): a kill never leaves half a file."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(to_json_safe(value), indent=2, allow_nan=False, sort_keys=sort_keys))
-  os.replace(tmp, path)
+  write_text_atomic(path, json.dumps(to_json_safe(value), indent=2, allow_nan=False, sort_keys=sort_keys))
 
 
-def read_json(path: str | pathlib.Path, what: str) -> Any:
+def read_json(path: PathLike, what: str) -> Any:
   """Reads a JSON artefact; FileNotFoundError says which stage (``what``) writes it."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run {what} first")
   return json.loads(path.read_text())
 
 
-def write_jsonl(path: str | pathlib.Path, records: list[dict[str, Any]]) -> None:
+def write_jsonl(path: PathLike, records: list[dict[str, Any]]) -> None:
   """Atomic JSON-lines write (NaN/Inf as null): a kill never leaves half a file."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(to_json_safe(record), ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
+  write_text_atomic(path, "".join(json.dumps(to_json_safe(record), ensure_ascii=False) + "\n" for record in records))
 
 
-def save_npz(path: str | pathlib.Path, **arrays: Any) -> None:
-  """Atomic ``np.savez`` (write to a temporary name, then rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.stem + ".tmp.npz")
-  np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-  os.replace(tmp, path)
+def save_npz(path: PathLike, **arrays: Any) -> None:
+  """Atomic ``np.savez`` (built in memory, then ``write_bytes_atomic``)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+  write_bytes_atomic(path, buffer.getvalue())
 
 
-def load_npz(path: str | pathlib.Path, what: str) -> dict[str, np.ndarray]:
+def load_npz(path: PathLike, what: str) -> dict[str, np.ndarray]:
   """Loads every array of an .npz artefact (no pickles); FileNotFoundError names the stage to run."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run {what} first")
-  with np.load(path, allow_pickle=False) as data:
+  with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
     return {k: data[k] for k in data.files}
 
 
@@ -162,13 +156,12 @@ def num_rounds(config: Any) -> int:
   return rounds
 
 
-def read_jsonl(path: str | pathlib.Path, what: str) -> list[dict[str, Any]]:
+def read_jsonl(path: PathLike, what: str) -> list[dict[str, Any]]:
   """Every record of a JSON-lines artefact; FileNotFoundError names the stage (``what``) to run."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: run {what} first")
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def model_config_from(config) -> ModelConfig:
@@ -179,15 +172,14 @@ def model_config_from(config) -> ModelConfig:
   return ModelConfig.from_dict(values)
 
 
-def save_model_config(directory: pathlib.Path, model_config: ModelConfig) -> None:
+def save_model_config(directory: PathLike, model_config: ModelConfig) -> None:
   """Writes ``model_config.json`` (what ``load_policy`` rebuilds the policy from)."""
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
+  write_text_atomic(epath.Path(directory) / "model_config.json", json.dumps(model_config.to_dict(), indent=2))
 
 
-def load_policy(stage_dir: str | pathlib.Path) -> tuple[ModelConfig, nnx.GraphDef, Any]:
+def load_policy(stage_dir: PathLike) -> tuple[ModelConfig, nnx.GraphDef, Any]:
   """(model config, graphdef, params) of a finished sft stage, on the default device."""
-  stage_dir = pathlib.Path(stage_dir)
+  stage_dir = epath.Path(stage_dir)
   config_path = stage_dir / "model_config.json"
   if not config_path.exists():
     raise FileNotFoundError(f"{config_path} not found: run the `sft` stage first")
@@ -196,19 +188,19 @@ def load_policy(stage_dir: str | pathlib.Path) -> tuple[ModelConfig, nnx.GraphDe
   return model_config, graphdef, load_params(stage_dir / "params", params)
 
 
-def policy_tokenizer(workdir: str | pathlib.Path) -> Any:
+def policy_tokenizer(workdir: PathLike) -> Any:
   """The tokenizer of a policy imported by the `sft` stage; None for the synthetic world's policy."""
-  meta_path = pathlib.Path(workdir) / SFT / POLICY_META_FILE
+  meta_path = epath.Path(workdir) / SFT / POLICY_META_FILE
   if not meta_path.exists():
     return None
   return load_tokenizer(json.loads(meta_path.read_text()))
 
 
-def require_synthetic_policy(workdir: str | pathlib.Path, stage: str) -> None:
+def require_synthetic_policy(workdir: PathLike, stage: str) -> None:
   """Stops a stage that needs the synthetic world's prompts or gold when the policy is an imported checkpoint."""
-  if (pathlib.Path(workdir) / SFT / POLICY_META_FILE).exists():
+  if (epath.Path(workdir) / SFT / POLICY_META_FILE).exists():
     raise ValueError(f"{stage}: needs the synthetic world (its prompts and exact gold reward), but the policy in "
-                     f"{pathlib.Path(workdir) / 'sft'} is an imported checkpoint; on your own model run the stages "
+                     f"{epath.Path(workdir) / 'sft'} is an imported checkpoint; on your own model run the stages "
                      "sft, prefs, rm, attack, filter and advtrain (configs/advrm_own.py)")
 
 
@@ -220,7 +212,7 @@ def reference_prompts(reference: dict[str, np.ndarray]) -> list[Any]:
   return [str(p) for p in reference["prompts"]]
 
 
-def load_reference(workdir: str | pathlib.Path, heldout: bool = False) -> dict[str, np.ndarray]:
+def load_reference(workdir: PathLike, heldout: bool = False) -> dict[str, np.ndarray]:
   """The `prefs` stage's reference samples on the attack prompt pool (``heldout``: on the held-out pool).
 
   Returns prompt_tokens [P, Lp], prompt_mask, prompts [P] (text),
@@ -229,32 +221,32 @@ def load_reference(workdir: str | pathlib.Path, heldout: bool = False) -> dict[s
   ``reference_prompts``).
   """
   name = HELDOUT_REFERENCE_FILE if heldout else REFERENCE_FILE
-  return load_npz(pathlib.Path(workdir) / PREFS / name, "the `prefs` stage")
+  return load_npz(epath.Path(workdir) / PREFS / name, "the `prefs` stage")
 
 
-def has_heldout_reference(workdir: str | pathlib.Path) -> bool:
+def has_heldout_reference(workdir: PathLike) -> bool:
   """Whether the `prefs` stage wrote a held-out attack pool (``prefs.num_heldout_prompts``)."""
-  return (pathlib.Path(workdir) / PREFS / HELDOUT_REFERENCE_FILE).exists()
+  return (epath.Path(workdir) / PREFS / HELDOUT_REFERENCE_FILE).exists()
 
 
-def held_out_pairs(workdir: str | pathlib.Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+def held_out_pairs(workdir: PathLike, meta: dict[str, Any]) -> dict[str, np.ndarray]:
   """The `prefs` stage's held-out pairs tokenised as the RM described by ``meta`` (rm_meta.json) was trained.
 
   Returns ``tokenize_pairs`` output (chosen/rejected tokens and masks, [N, L]).
   """
-  pairs = list(read_preferences(pathlib.Path(workdir) / PREFS / TEST_FILE))
+  pairs = list(read_preferences(epath.Path(workdir) / PREFS / TEST_FILE))
   seq = meta["sequence"]
   return tokenize_pairs(pairs, load_tokenizer(meta), seq["max_prompt_len"], seq["max_response_len"],
                         padding_side=seq["padding_side"], on_overlength="truncate", add_bos=seq["add_bos"],
                         use_chat_template=seq.get("use_chat_template", False))
 
 
-def pairs_path(workdir: pathlib.Path, round_index: int) -> pathlib.Path:
+def pairs_path(workdir: PathLike, round_index: int) -> epath.Path:
   """WORKDIR/filter/round_<r>/adversarial_pairs.jsonl."""
   return round_dir(workdir, FILTER, round_index) / FILTER_PAIRS_FILE
 
 
-def resolve_path(path: str, workdir: str | pathlib.Path | None = None) -> pathlib.Path:
+def resolve_path(path: str, workdir: PathLike | None = None) -> epath.Path:
   """Relative paths are relative to the repository root (where configs/ lives), then the cwd.
 
   ``{workdir}`` in a path stands for the run's work dir, so a config can
@@ -264,10 +256,10 @@ def resolve_path(path: str, workdir: str | pathlib.Path | None = None) -> pathli
     if workdir is None:
       raise ConfigError(f"path {path!r} uses {{workdir}}, which is unknown here")
     path = path.replace("{workdir}", str(workdir))
-  candidate = pathlib.Path(path).expanduser()
+  candidate = epath.Path(path).expanduser()
   if candidate.is_absolute():
     return candidate
-  repo_root = pathlib.Path(__file__).resolve().parents[2]
+  repo_root = epath.Path(__file__).resolve().parents[2]
   in_repo = repo_root / candidate
   return in_repo if in_repo.exists() or not candidate.exists() else candidate
 
@@ -287,16 +279,16 @@ def load_imported_reward_models(meta: dict[str, Any], mesh: Any) -> tuple[nnx.Gr
   return graphdef, jax.device_put(params, param_shardings), param_shardings
 
 
-def rm_stage_dir(path: str | pathlib.Path) -> pathlib.Path:
+def rm_stage_dir(path: PathLike) -> epath.Path:
   """The directory holding rm_meta.json: ``path`` itself, its ``rm/``, or its parent (``rm/checkpoints``)."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   for candidate in (path, path / RM, path.parent):
     if (candidate / RM_META_FILE).exists():
       return candidate
   raise FileNotFoundError(f"{path}: no {RM_META_FILE} found here or in {path / RM}; run the 'rm' stage first")
 
 
-def load_reward_model(path: str | pathlib.Path, mesh: Any = None,
+def load_reward_model(path: PathLike, mesh: Any = None,
                       step: int | None = None) -> tuple[nnx.GraphDef, Any, dict[str, Any]]:
   """Loads a trained ensemble: ``(graphdef, params, meta)``.
 
