@@ -19,6 +19,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from advrm_jax.config_node import from_node
+
 ARCHITECTURES = ("llama", "gpt2")
 ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -104,18 +106,14 @@ class ModelConfig:
     return out
 
   @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-    """Builds a config from a plain mapping (e.g. an ml_collections node).
+  def from_dict(cls, values: dict[str, Any], where: str = "config.model") -> "ModelConfig":
+    """Builds a config from a plain mapping (an ml_collections node, a saved model_config.json).
 
-    Unknown keys are an error naming the key, so a typo in a config file does
-    not silently fall back to a default.
+    Unknown keys are an error naming the key's path ``where``.<key> (``config_node.from_node``), so a typo
+    in a config file does not silently fall back to a default.
     """
     values = dict(values)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"model: unknown key(s) {unknown}; known keys are {sorted(known)}")
     rope = values.get("rope_scaling") or {}
     if isinstance(rope, dict) or hasattr(rope, "items"):
       values["rope_scaling"] = tuple(sorted(dict(rope).items()))
-    return cls(**values)
+    return from_node(cls, values, where)
