@@ -100,6 +100,9 @@ _MODEL = {
     "dtype": "Compute dtype.",
     "attention": ('Attention kernel of training forwards: "auto" (cuDNN flash attention on an NVIDIA GPU with '
                   'bf16/f16 compute, else XLA), "xla" or "cudnn" (`models.transformer.resolve_attention`).'),
+    "fused_projections": ('Where the forward multiplies by fused q|k|v and gate|up kernels: "cached" (prefill and '
+                          'decode with a KV cache), "all" or "none"; the same parameters in every mode '
+                          '(`models.config.FUSED_PROJECTIONS`; written to model_config.json only when not "cached").'),
     "remat": ('Rematerialisation of each layer in the backward pass: "none", "dots" (keep weight-GEMM outputs) '
               'or "full" (keep only layer inputs) (`models.transformer.REMAT_POLICIES`).'),
 }

@@ -1,6 +1,7 @@
 """config_node.from_node: typed, frozen config nodes, and one error format for unknown keys everywhere."""
 
 import dataclasses
+import json
 import pathlib
 import runpy
 
@@ -106,3 +107,38 @@ def test_common_factories_keep_field_references():
   config.model.dtype = "bfloat16"
   config.data.max_response_len = 5
   assert config.rm.backbone.dtype == "bfloat16" and config.attack.sampling.max_new_tokens == 5
+
+
+# sft/model_config.json as the `sft` stage of configs/synthetic.py:small wrote it before the field existed.
+OLD_MODEL_CONFIG_JSON = """{
+  "arch": "llama",
+  "vocab_size": 150,
+  "d_model": 32,
+  "num_layers": 1,
+  "num_heads": 4,
+  "num_kv_heads": 2,
+  "head_dim": 16,
+  "d_ff": 64,
+  "max_seq_len": 128,
+  "norm_eps": 1e-05,
+  "rope_theta": 10000.0,
+  "rope_scaling": {},
+  "tie_embeddings": true,
+  "qkv_bias": false,
+  "param_dtype": "float32",
+  "dtype": "float32",
+  "attention": "auto",
+  "remat": "none"
+}"""
+
+
+def test_fused_projections_field_old_model_config_files_load_and_default_runs_write_the_same_bytes():
+  cfg = ModelConfig.from_dict(json.loads(OLD_MODEL_CONFIG_JSON))
+  assert cfg.fused_projections == "cached"
+  # The default is not written: model_config.json (wd.save_model_config's json.dumps(indent=2)) keeps its bytes.
+  assert json.dumps(cfg.to_dict(), indent=2) == OLD_MODEL_CONFIG_JSON
+  chosen = cfg.replace(fused_projections="none")
+  assert chosen.to_dict()["fused_projections"] == "none"
+  assert ModelConfig.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
+  with pytest.raises(ValueError, match=r"model.fused_projections: unsupported value 'some'"):
+    cfg.replace(fused_projections="some")

@@ -31,6 +31,10 @@ ATTENTION = ("auto", "xla", "cudnn")
 # "none" everything, "dots" the weight GEMMs' outputs (attention and elementwise ops are recomputed),
 # "full" only the layer's input (the whole layer is recomputed).
 REMAT = ("none", "dots", "full")
+# Where the forward multiplies by fused q|k|v and gate|up kernels (read at trace time): "cached" (prefill and
+# decode with a KV cache, where per-op overhead dominates), "all" or "none" (benchmarks/bench_fused_projections.py).
+# The parameters are the same in every mode; the logits agree to float rounding.
+FUSED_PROJECTIONS = ("cached", "all", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,7 @@ class ModelConfig:
   dtype: str = "float32"
   attention: str = "auto"
   remat: str = "none"
+  fused_projections: str = "cached"
 
   def __post_init__(self):
     if self.arch not in ARCHITECTURES:
@@ -70,7 +75,7 @@ class ModelConfig:
     for key in ("param_dtype", "dtype"):
       if getattr(self, key) not in DTYPES:
         raise ValueError(f"model.{key}: unsupported dtype {getattr(self, key)!r}; expected one of {tuple(DTYPES)}")
-    for key, allowed in (("attention", ATTENTION), ("remat", REMAT)):
+    for key, allowed in (("attention", ATTENTION), ("remat", REMAT), ("fused_projections", FUSED_PROJECTIONS)):
       if getattr(self, key) not in allowed:
         raise ValueError(f"model.{key}: unsupported value {getattr(self, key)!r}; expected one of {allowed}")
     if self.num_heads % self.num_kv_heads:
@@ -100,9 +105,17 @@ class ModelConfig:
     return dataclasses.replace(self, **changes)
 
   def to_dict(self) -> dict[str, Any]:
-    """A JSON-ready dict (``rope_scaling`` as a dict); ``from_dict`` reads it back."""
+    """A JSON-ready dict (``rope_scaling`` as a dict); ``from_dict`` reads it back.
+
+    ``fused_projections`` is written only when it is not the default "cached": model_config.json and
+    rm_meta.json of a default run stay byte for byte what they were before the field existed, so older
+    work dirs resume and compare equal (``rm.init_from`` checks the saved backbone against this dict),
+    while a chosen mode still reaches the stages that rebuild the policy from model_config.json.
+    """
     out = dataclasses.asdict(self)
     out["rope_scaling"] = dict(self.rope_scaling)
+    if out["fused_projections"] == FUSED_PROJECTIONS[0]:
+      del out["fused_projections"]
     return out
 
   @classmethod
