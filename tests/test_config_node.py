@@ -11,6 +11,7 @@ import pytest
 from advrm_jax.config_node import ConfigError, check_keys, from_node
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.pipelines.inspect_stage import InspectConfig
+from advrm_jax.pipelines.nodes import AttackConfig, FilterConfig, ProbeConfig
 from advrm_jax.pipelines.online import OnlineStageConfig
 from advrm_jax.rl.engine import RLConfig
 from advrm_jax.train_state import OPTIMIZER_DEFAULTS, OptimizerConfig, make_optimizer
@@ -142,3 +143,21 @@ def test_fused_projections_field_old_model_config_files_load_and_default_runs_wr
   assert ModelConfig.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
   with pytest.raises(ValueError, match=r"model.fused_projections: unsupported value 'some'"):
     cfg.replace(fused_projections="some")
+
+
+@pytest.mark.parametrize("config_file,arg", [("synthetic.py", "small"), ("advrm_own.py", "small")])
+def test_attack_and_filter_nodes_of_both_adversarial_configs_are_typed(config_file, arg):
+  config = runpy.run_path(str(REPO / "configs" / config_file))["get_config"](arg)
+  attack = from_node(AttackConfig, config.attack, "config.attack")
+  assert isinstance(attack.rl, RLConfig) and isinstance(attack.optimizer, OptimizerConfig)
+  # advrm_own.py sets neither the floor nor z units: the synthetic world's keys default off.
+  expected = (-1.0, True, 2) if config_file == "synthetic.py" else (0.0, False, 0)
+  assert (attack.tau, attack.standardize, attack.snapshot_every) == expected
+  filt = from_node(FilterConfig, config.filter, "config.filter")
+  assert filt.probe == ProbeConfig(hidden=0, num_steps=500, learning_rate=1e-2, weight_decay=1e-2)
+  config.attack.lamda = 0.5  # not locked: a misspelt key is added, and the node names it
+  with pytest.raises(ConfigError, match=r"^config.attack.lamda: unknown key; .*did you mean 'lam'\?$"):
+    from_node(AttackConfig, config.attack, "config.attack")
+  config.filter.probe.hiden = 8
+  with pytest.raises(ConfigError, match=r"^config.filter.probe.hiden: unknown key; .*did you mean 'hidden'\?$"):
+    from_node(FilterConfig, config.filter, "config.filter")

@@ -122,7 +122,7 @@ def train_policy(name: str, stage_dir: pathlib.Path, sft_dir: pathlib.Path, conf
   # which JAX's persistent compilation cache then compiles once.
   jitted_step = jax.jit(make_seeds_step(iteration, num_seeds), donate_argnums=(0,))
 
-  snapshot_every = int(node.get("snapshot_every", 0))
+  snapshot_every = int(getattr(node, "snapshot_every", 0))  # a config node or a typed one (AttackConfig)
   if snapshot_every and (snapshot_every < 0 or snapshot_every % node.log_every):
     raise ValueError(f"{name}.snapshot_every={snapshot_every} must be a positive multiple of "
                      f"{name}.log_every={node.log_every} (each snapshot is read with its logged KL)")
