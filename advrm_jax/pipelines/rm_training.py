@@ -38,13 +38,13 @@ import numpy as np
 
 from advrm_jax import sharding as shd
 from advrm_jax.checkpoints import gguf, hf, hf_reward
+from advrm_jax.config_node import ConfigError, check_keys
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import tokenize_pairs, train_test_split
 from advrm_jax.data.preferences import read_preferences
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
-from advrm_jax.config_node import ConfigError, check_keys
 from advrm_jax.reward import evaluation
 from advrm_jax.reward.data import MemberBatches, synthetic_preference_pairs, tokenizer_spec
 from advrm_jax.reward.losses import jit_bt_step
