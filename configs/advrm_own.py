@@ -139,10 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Pretrained backbones want a small learning rate.
       learning_rate=1e-3 if small else 1e-5,
       warmup_steps=0 if small else 30, log_every=2 if small else 25, checkpoint_every=4 if small else 100,
-      eval_batch_size=8 if small else 32)
-  # Your own Hugging Face reward models (*ForSequenceClassification directories, one member each) as RM round 0
-  # instead of an ensemble trained on the policy's backbone; () = train one. The rm stage records and evaluates them.
-  config.rm.paths = ()
+      eval_batch_size=8 if small else 32, paths=())
 
   # Stage `attack`: the adversary (RL from the policy) against RM round r.
   config.attack = common.attack(

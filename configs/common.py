@@ -31,15 +31,21 @@ def mesh() -> ml_collections.ConfigDict:
   return node
 
 
-def scratch_llama(*, small: bool, vocab_size: int, max_seq_len: int, **fields: Any) -> ml_collections.ConfigDict:
+def scratch_llama(*, small: bool, vocab_size: int, max_seq_len: int, source: str | None = None,
+                  dtype: str | None = None) -> ml_collections.ConfigDict:
   """A small Llama trained from scratch (ModelConfig fields), halved in depth and width by ``small``.
 
-  ``fields`` adds other ModelConfig / model keys (``source``, dtypes).
+  ``source`` (the `model` node's weight source) and ``dtype`` (parameter and compute dtype) are added
+  when given: the policy's `model` node has them, ``rm.backbone.model`` does not.
   """
-  return ml_collections.ConfigDict(dict(
-      **fields, arch="llama", vocab_size=vocab_size, d_model=32 if small else 64, num_layers=1 if small else 2,
+  node = ml_collections.ConfigDict() if source is None else ml_collections.ConfigDict(dict(source=source))
+  node.update(dict(
+      arch="llama", vocab_size=vocab_size, d_model=32 if small else 64, num_layers=1 if small else 2,
       num_heads=4, num_kv_heads=2, head_dim=16, d_ff=64 if small else 128, max_seq_len=max_seq_len,
       tie_embeddings=True))
+  if dtype is not None:
+    node.update(dict(param_dtype=dtype, dtype=dtype))
+  return node
 
 
 def rl(*, algorithm: str, num_samples: int, kl_coef: float, kl_estimator: str = "k1", kl_in_reward: bool = True,
@@ -120,8 +126,11 @@ def reward_model(*, ensemble: str, num_members: int, tokenizer: str,
                  backbone: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-name
                  batch_size: int, num_steps: int, learning_rate: float, warmup_steps: int, log_every: int,
                  checkpoint_every: int, eval_batch_size: int, eval_every: int = 0,
-                 eval_train_pairs: int = 0) -> ml_collections.ConfigDict:
-  """Stage `rm`: a Bradley-Terry reward-model ensemble (advrm_jax.pipelines.rm)."""
+                 eval_train_pairs: int = 0, paths: tuple[str, ...] | None = None) -> ml_collections.ConfigDict:
+  """Stage `rm`: a Bradley-Terry reward-model ensemble (advrm_jax.pipelines.rm).
+
+  ``paths``: the key ``rm.paths`` (your own reward models), for configs that offer it.
+  """
   node = ml_collections.ConfigDict()
   # "shared": K scalar heads on one backbone; "independent": K vmapped backbones.
   node.ensemble = ensemble
@@ -143,6 +152,11 @@ def reward_model(*, ensemble: str, num_members: int, tokenizer: str,
   # Start from a trained ensemble instead ("" = fresh; advtrain sets it per round): its WORKDIR, rm/ dir or
   # checkpoints; "{workdir}" stands for this run's work dir.
   node.init_from = ""
+  if paths is not None:
+    # Your own Hugging Face reward models (*ForSequenceClassification directories, one member each) as RM round
+    # 0 instead of an ensemble trained on the policy's backbone; () = train one. The rm stage records and
+    # evaluates them.
+    node.paths = paths
   # Where the reward models' transformer comes from.
   node.backbone = backbone
   # Pairs per step (per member); must divide over the data-parallel devices.
@@ -181,11 +195,12 @@ def attack(*, rl: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-
            optimizer: ml_collections.ConfigDict,
            sampling: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-name
            num_steps: int, prompts_per_step: int, log_every: int, checkpoint_every: int, penalty: float,
-           threshold: str, final_samples_per_prompt: int,
+           threshold: str, final_samples_per_prompt: int, tau: float | None = None,
            **fields: Any) -> ml_collections.ConfigDict:
   """Stage `attack`: the adversary (RL from the reference policy) against RM round r.
 
-  ``fields``: further keys of the synthetic world's attack (snapshot_every, standardize, tau).
+  ``tau`` (the floor of threshold "constant") and ``fields`` (snapshot_every, standardize) are the
+  synthetic world's further keys.
   """
   node = ml_collections.ConfigDict()
   # RLConfig fields (advrm_jax/rl/engine.py).
@@ -214,6 +229,9 @@ def attack(*, rl: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-
   # T(x): "constant" (attack.tau for every prompt), or from the reference samples' R1: "mean", "max" or
   # "quantile".
   node.threshold = threshold
+  if tau is not None:
+    # The floor of threshold "constant" (z units with attack.standardize).
+    node.tau = tau
   # Samples per attack prompt from each final adversary (attack success of the trained attacker).
   node.final_samples_per_prompt = final_samples_per_prompt
   return node

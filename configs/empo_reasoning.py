@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Exactly the reasoning task's vocabulary (checked), so no id is undecodable.
       vocab_size=35,
       max_seq_len=64,
-      param_dtype="float32", dtype="float32")
+      dtype="float32")
 
   # The reasoning task (reasoning_world.py) and its SFT corpus mix.
   config.world = ml_collections.ConfigDict()

@@ -71,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vocab_size=150,
       # Longest sequence the model is built for (prompt + response fits in it).
       max_seq_len=128,
-      param_dtype="float32", dtype="float32")
+      dtype="float32")
 
   # Synthetic world sizes.
   config.world = ml_collections.ConfigDict()
@@ -207,7 +207,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # samples' R1: "mean" (the per-prompt mean; kept for ablation: it put half of all ordinary answers under
       # the penalty), "max" or "quantile".
       threshold="constant",
-      # The floor of threshold "constant" (z units with attack.standardize).
       tau=-1.0,
       final_samples_per_prompt=2 if small else 4)
 
