@@ -36,11 +36,13 @@ from absl import flags
 from absl import logging
 from etils import epath
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 # Importing the stages initialises no JAX backend, so jax.distributed.initialize in main() still comes first.
+from advrm_jax.config_node import ConfigError, check_keys
 from advrm_jax.fileio import write_text_atomic
-from advrm_jax.pipelines import run_stages
+from advrm_jax.pipelines import load_config, run_stages
 from advrm_jax.pipelines.loop import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:arg]).",
@@ -81,13 +83,42 @@ def _fail(message: str) -> None:
   sys.exit(EXIT_BAD_INPUT)
 
 
+def _unknown_override(argv: list[str], config: Any) -> str | None:
+  """``--config.a.b: config.a.b: unknown key; known: ...`` for the first override naming a key ``config`` lacks.
+
+  The message after the flag is ``config_node.check_keys``'s, the one every config node's check gives.
+  """
+  for flag in (a.split("=", 1)[0] for a in argv if a.startswith("--config.")):
+    node, parts = config, flag[len("--config."):].split(".")
+    for i, part in enumerate(parts):
+      known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      if part not in known:
+        try:
+          check_keys([part], known, ".".join(["config", *parts[:i]]))
+        except ConfigError as e:
+          return f"{flag}: {e}"
+      node = node[part]
+  return None
+
+
 def _override_with_key(argv: list[str], error: Exception) -> str:
   """Names the ``--config.a.b=v`` override an unknown-key error came from.
 
   ml_collections reports only the last path component ("'bogus'", maybe with
   a did-you-mean hint), wrapped in an AttributeError around a KeyError; the
-  override that used it is what the user typed.
+  override that used it is what the user typed. The config file, loaded
+  again without the overrides, gives the message the config nodes' own check
+  gives (the known keys, a close match).
   """
+  # absl has not parsed --config when an override fails: its value is read from argv.
+  specs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  specs += [b for a, b in zip(argv, argv[1:]) if a == "--config"]
+  try:
+    message = _unknown_override(argv, load_config(specs[-1])) if specs else None
+  except Exception:  # pylint: disable=broad-except  # a broken config file: ml_collections' words below
+    message = None
+  if message:
+    return message
   while error.args and isinstance(error.args[0], BaseException):
     error = error.args[0]
   message = str(error.args[0]) if error.args else str(error)

@@ -9,6 +9,7 @@ members, seeds) and orbax all treat as an ordinary pytree.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax
@@ -19,6 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from advrm_jax import sharding as shd
+from advrm_jax.config_node import from_node
 
 
 @flax.struct.dataclass
@@ -29,9 +31,21 @@ class TrainState:
   opt_state: Any
 
 
-OPTIMIZER_DEFAULTS = dict(
-    learning_rate=3e-4, schedule="cosine", warmup_steps=0, total_steps=1000,
-    weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8)
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """An ``optimizer`` config node: AdamW with gradient clipping, warm-up and a decay schedule."""
+  learning_rate: float = 3e-4
+  schedule: str = "cosine"
+  warmup_steps: int = 0
+  total_steps: int = 1000
+  weight_decay: float = 0.0
+  grad_clip: float = 1.0
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+
+
+OPTIMIZER_DEFAULTS = dataclasses.asdict(OptimizerConfig())
 
 
 def make_schedule(learning_rate: float, schedule: str, warmup_steps: int, total_steps: int) -> optax.Schedule:
@@ -61,28 +75,21 @@ def _decays(path) -> bool:
   return name.endswith("kernel") or name in ("embed", "pos_embed", "lm_head")
 
 
-def make_optimizer(config: Any = None, **overrides) -> optax.GradientTransformation:
-  """AdamW with gradient clipping and a schedule from an ``optimizer`` config node.
+def make_optimizer(config: Any = None, where: str = "config.optimizer", **overrides) -> optax.GradientTransformation:
+  """AdamW with gradient clipping and a schedule from an ``optimizer`` config node (or an OptimizerConfig).
 
-  Weight decay applies to weight matrices only (kernels, embeddings), never
-  to norm scales or biases (see ``_decays``).
+  ``where`` is the node's path, named by the error on an unknown key; ``overrides`` set fields after the
+  node's (a stage's ``total_steps``). Weight decay applies to weight matrices only (kernels, embeddings),
+  never to norm scales or biases (see ``_decays``).
   """
-  values = dict(OPTIMIZER_DEFAULTS)
-  if config is not None:
-    given = dict(config)
-    unknown = sorted(set(given) - set(OPTIMIZER_DEFAULTS))
-    if unknown:
-      raise ValueError(f"optimizer: unknown key(s) {unknown}; known keys are {sorted(OPTIMIZER_DEFAULTS)}")
-    values.update(given)
-  values.update(overrides)
-  schedule = make_schedule(values["learning_rate"], values["schedule"], values["warmup_steps"],
-                           values["total_steps"])
+  values = from_node(OptimizerConfig, config, where, **overrides)
+  schedule = make_schedule(values.learning_rate, values.schedule, values.warmup_steps, values.total_steps)
   decay_mask = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: _decays(path), params)
   chain = []
-  if values["grad_clip"]:
-    chain.append(optax.clip_by_global_norm(values["grad_clip"]))
-  chain.append(optax.adamw(schedule, b1=values["b1"], b2=values["b2"], eps=values["eps"],
-                           weight_decay=values["weight_decay"], mask=decay_mask))
+  if values.grad_clip:
+    chain.append(optax.clip_by_global_norm(values.grad_clip))
+  chain.append(optax.adamw(schedule, b1=values.b1, b2=values.b2, eps=values.eps,
+                           weight_decay=values.weight_decay, mask=decay_mask))
   return optax.chain(*chain)
 
 

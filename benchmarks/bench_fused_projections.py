@@ -1,4 +1,4 @@
-r"""Fused q|k|v and gate|up projections: where do they pay? (``transformer.FUSED_PROJECTIONS``)
+r"""Fused q|k|v and gate|up projections: where do they pay? (``ModelConfig.fused_projections``)
 
   python benchmarks/bench_fused_projections.py [--size d256] [--repeats 7]
 
@@ -40,7 +40,10 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=7)
   args = parser.parse_args()
   cfg = common.SIZES[args.size]
-  graphdef, params, _ = split_module(T.Transformer(cfg, rngs=nnx.Rngs(0)))
+  # One set of parameters; each mode is a graph of its own (the mode is a static field of the config).
+  graphdefs = {mode: split_module(T.Transformer(cfg.replace(fused_projections=mode), rngs=nnx.Rngs(0)))[0]
+               for mode in MODES}
+  _, params, _ = split_module(T.Transformer(cfg, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(0)
   prompts = jnp.asarray(rng.integers(common.FIRST_DATA_ID, cfg.vocab_size, (16, 16)), jnp.int32)
   prompt_mask = jnp.ones((16, 16), bool)
@@ -48,39 +51,32 @@ def main() -> None:
   tokens = jnp.asarray(rng.integers(common.FIRST_DATA_ID, cfg.vocab_size, (32, 64)), jnp.int32)
   key = jax.random.PRNGKey(0)
 
-  def make(mode):
-    # The mode is read while tracing, so each jitted function keeps its own.
+  def make(graphdef):
     def sample_fn(p):
-      T.FUSED_PROJECTIONS = mode
       return sample(graphdef, p, prompts, prompt_mask, key, sampling).tokens
 
     def loss_grad_fn(p):
-      T.FUSED_PROJECTIONS = mode
-
       def loss(p):
         return jnp.mean(nnx.merge(graphdef, p)(tokens, compute_logits=True).logits[:, -1] ** 2)
       return jax.value_and_grad(loss)(p)
     return {"sample": jax.jit(sample_fn), "loss + grad": jax.jit(loss_grad_fn)}
 
-  fns = {mode: make(mode) for mode in MODES}
-  try:
-    reference = None
+  fns = {mode: make(graphdefs[mode]) for mode in MODES}
+  reference = None
+  for mode in MODES:
+    out = (np.asarray(fns[mode]["sample"](params)), float(fns[mode]["loss + grad"](params)[0]))
+    if reference is None:
+      reference = out
+    elif not (np.array_equal(out[0], reference[0]) and abs(out[1] - reference[1]) <= 1e-5 * abs(reference[1])):
+      raise SystemExit(f"mode {mode!r} changes the results: tokens equal {np.mean(out[0] == reference[0]):.3f}, "
+                       f"loss {out[1]} vs {reference[1]}")
+  times = {(mode, what): [] for mode in MODES for what in ("sample", "loss + grad")}
+  for _ in range(args.repeats + 1):
     for mode in MODES:
-      out = (np.asarray(fns[mode]["sample"](params)), float(fns[mode]["loss + grad"](params)[0]))
-      if reference is None:
-        reference = out
-      elif not (np.array_equal(out[0], reference[0]) and abs(out[1] - reference[1]) <= 1e-5 * abs(reference[1])):
-        raise SystemExit(f"mode {mode!r} changes the results: tokens equal {np.mean(out[0] == reference[0]):.3f}, "
-                         f"loss {out[1]} vs {reference[1]}")
-    times = {(mode, what): [] for mode in MODES for what in ("sample", "loss + grad")}
-    for _ in range(args.repeats + 1):
-      for mode in MODES:
-        for what, fn in fns[mode].items():
-          start = time.perf_counter()
-          jax.block_until_ready(fn(params))
-          times[(mode, what)].append(time.perf_counter() - start)
-  finally:
-    T.FUSED_PROJECTIONS = "cached"
+      for what, fn in fns[mode].items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn(params))
+        times[(mode, what)].append(time.perf_counter() - start)
   print(f"{args.size}: medians of {args.repeats} rounds (first dropped), ratio to 'none'")
   for what in ("sample", "loss + grad"):
     base = statistics.median(times[("none", what)][1:])

@@ -57,16 +57,17 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
 from advrm_jax import sharding as shd  # pylint: disable=wrong-import-position
+from advrm_jax.config_node import from_node  # pylint: disable=wrong-import-position
 from advrm_jax.data import synthetic_world as world  # pylint: disable=wrong-import-position
 from advrm_jax.data.batching import step_rows  # pylint: disable=wrong-import-position
 from advrm_jax.models.transformer import Transformer  # pylint: disable=wrong-import-position
 from advrm_jax.pipelines import workdir as wd  # pylint: disable=wrong-import-position
-from advrm_jax.pipelines.rl_driver import make_seeds_step, node_dict, rl_config_from  # pylint: disable=wrong-import-position
+from advrm_jax.pipelines.rl_driver import make_seeds_step  # pylint: disable=wrong-import-position
 from advrm_jax.pipelines.rm_training import tokenize  # pylint: disable=wrong-import-position
 from advrm_jax.reward.data import MemberBatches, synthetic_preference_pairs  # pylint: disable=wrong-import-position
 from advrm_jax.reward.losses import jit_bt_step, make_bt_step  # pylint: disable=wrong-import-position
 from advrm_jax.reward.model import init_reward_model  # pylint: disable=wrong-import-position
-from advrm_jax.rl.engine import init_policy_params, init_rl_state, make_iteration  # pylint: disable=wrong-import-position
+from advrm_jax.rl.engine import RLConfig, init_policy_params, init_rl_state, make_iteration  # pylint: disable=wrong-import-position
 from advrm_jax.rl.rewards import EnsembleMixSource, aggregate_mix  # pylint: disable=wrong-import-position
 from advrm_jax.rl.sampler import SamplingConfig  # pylint: disable=wrong-import-position
 from advrm_jax.train_state import abstract_module, create_train_state, make_optimizer  # pylint: disable=wrong-import-position
@@ -131,9 +132,9 @@ def rl_bench(config, count: int) -> Bench:
   node = config.rlhf
   model_config, graphdef, policies = realisation_policies(config, count)
   rm_graphdef, _, rm_params = realisation_rms(config, model_config, policies)
-  rl_config = rl_config_from(node.rl, "rlhf.rl")
-  sampling = SamplingConfig(**node_dict(node.sampling, SamplingConfig, "rlhf.sampling"))
-  optimizer = make_optimizer(node.optimizer, total_steps=node.num_steps)
+  rl_config = from_node(RLConfig, node.rl, "config.rlhf.rl")
+  sampling = from_node(SamplingConfig, node.sampling, "config.rlhf.sampling")
+  optimizer = make_optimizer(node.optimizer, "config.rlhf.optimizer", total_steps=node.num_steps)
   iteration = make_iteration(graphdef, optimizer, rl_config, sampling, EnsembleMixSource(rm_graphdef),
                              gold_fn=world.gold_reward)
   step = make_seeds_step(iteration, config.num_seeds)

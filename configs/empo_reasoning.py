@@ -16,8 +16,14 @@ WORKDIR/empo/probes/. ``:small`` shrinks every budget (end-to-end tests).
 """
 
 import math
+import pathlib
+import runpy
+import types
 
 import ml_collections
+
+# Config files are loaded by path (configs/ is no package); so is common.py, the blocks they share.
+common = types.SimpleNamespace(**runpy.run_path(str(pathlib.Path(__file__).resolve().with_name("common.py"))))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,26 +41,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distributed = False
 
   # (data, fsdp, tensor) mesh; -1 takes all remaining devices.
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.shape = (-1, 1, 1)
+  config.mesh = common.mesh()
 
   # The policy backbone: a small Llama trained from scratch on the task.
-  config.model = ml_collections.ConfigDict()
-  # Only "scratch": the `empo` stage always trains its reference policy from scratch and does not read this key.
-  config.model.source = "scratch"
-  config.model.arch = "llama"
-  # Exactly the reasoning task's vocabulary (checked), so no id is undecodable.
-  config.model.vocab_size = 35
-  config.model.d_model = 32 if small else 64
-  config.model.num_layers = 1 if small else 2
-  config.model.num_heads = 4
-  config.model.num_kv_heads = 2
-  config.model.head_dim = 16
-  config.model.d_ff = 64 if small else 128
-  config.model.max_seq_len = 64
-  config.model.tie_embeddings = True
-  config.model.param_dtype = "float32"
-  config.model.dtype = "float32"
+  config.model = common.scratch_llama(
+      # Only "scratch": the `empo` stage always trains its reference policy from scratch and does not read this key.
+      source="scratch",
+      small=small,
+      # Exactly the reasoning task's vocabulary (checked), so no id is undecodable.
+      vocab_size=35,
+      max_seq_len=64,
+      dtype="float32")
 
   # The reasoning task (reasoning_world.py) and its SFT corpus mix.
   config.world = ml_collections.ConfigDict()
@@ -98,13 +95,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.empo.checkpoint_every = 2 if small else 50
   # RLConfig fields. EMPO drops prompts by zeroing their group (exactly zero GRPO
   # advantage), which needs whiten_advantages=False and the KL in the loss (checked).
-  config.empo.rl = ml_collections.ConfigDict(dict(
-      algorithm="grpo", num_samples=4 if small else 8, ppo_epochs=1, num_minibatches=1, kl_coef=0.02,
-      kl_estimator="k3", kl_in_reward=False, whiten_advantages=False, missing_eos_penalty=0.0))
-  config.empo.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4, schedule="constant", warmup_steps=0, grad_clip=1.0))
-  config.empo.sampling = ml_collections.ConfigDict(dict(
-      max_new_tokens=config.world.max_response_len, temperature=1.0, top_k=0, top_p=1.0, eos_id=1, pad_id=0))
+  config.empo.rl = common.rl(algorithm="grpo", num_samples=4 if small else 8, kl_coef=0.02, kl_estimator="k3",
+                             kl_in_reward=False, whiten_advantages=False, missing_eos_penalty=0.0)
+  config.empo.optimizer = common.rl_optimizer(1e-4)
+  config.empo.sampling = common.sampling(max_new_tokens=config.world.max_response_len, temperature=1.0, eos_id=1,
+                                         pad_id=0)
   # EMPO's semantic clustering (advrm_jax/rl/empo.py).
   config.empo.semantic = ml_collections.ConfigDict()
   # Reward each response by its cluster's share "prob" = p(c|q) or "log_prob" = log p(c|q).

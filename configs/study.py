@@ -18,8 +18,9 @@ Sizes (the protocol's table):
   default  32 realisations (SFT seeds 0..7 x preference seeds 0..3), every arm, 8 RL seeds
 """
 
-import importlib.util
 import pathlib
+import runpy
+import types
 
 import ml_collections
 
@@ -28,14 +29,8 @@ ALL_ARMS = ("C0", "T", "C1", "C2", "C3", "oracle")
 SCREEN_ARMS = ("C0", "T", "C1", "C2")
 NUM_SFT_SEEDS, NUM_PREF_SEEDS = 8, 4
 
-
-def _synthetic_config(arg: str) -> ml_collections.ConfigDict:
-  """configs/synthetic.py's get_config(arg) (config files are not a package: loaded by path)."""
-  path = pathlib.Path(__file__).resolve().parent / "synthetic.py"
-  spec = importlib.util.spec_from_file_location("advrm_config_synthetic", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+# Config files are loaded by path (configs/ is no package): the default experiment this study repeats.
+synthetic = types.SimpleNamespace(**runpy.run_path(str(pathlib.Path(__file__).resolve().with_name("synthetic.py"))))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -43,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if size not in ("tiny", "screen", ""):
     raise ValueError(f"configs/study.py: unknown argument {size!r}; expected nothing, 'tiny' or 'screen'")
   tiny = size == "tiny"
-  config = _synthetic_config("small" if tiny else "")
+  config = synthetic.get_config("small" if tiny else "")
   config.stages = ("study",)
   # RL seeds per arm per realisation (RLHF and adversary policies, vmapped).
   config.num_seeds = 2 if tiny else 8

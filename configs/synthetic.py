@@ -23,7 +23,14 @@ Gold reaches the reward models only through preference labels, and the
 policies only in the run named ``oracle_gold``.
 """
 
+import pathlib
+import runpy
+import types
+
 import ml_collections
+
+# Config files are loaded by path (configs/ is no package); so is common.py, the blocks they share.
+common = types.SimpleNamespace(**runpy.run_path(str(pathlib.Path(__file__).resolve().with_name("common.py"))))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -50,40 +57,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.plots = True
 
   # (data, fsdp, tensor) mesh; -1 takes all remaining devices.
-  config.mesh = ml_collections.ConfigDict()
-  config.mesh.shape = (-1, 1, 1)
+  config.mesh = common.mesh()
 
   # The policy / reference backbone (a small Llama trained from scratch).
-  config.model = ml_collections.ConfigDict()
-  # Where weights come from (read by the `sft` stage): "scratch" trains the policy on the world's corpus, which
-  # the synthetic world needs; "hf" / "gguf" import a checkpoint instead (configs/advrm_own.py), and then
-  # `prefs` (synthetic pairs), `online`, `rlhf` and `evaluate` stop with an error.
-  config.model.source = "scratch"
-  # Transformer family (advrm_jax.models.config).
-  config.model.arch = "llama"
-  # Exactly the synthetic world's WordTokenizer vocabulary (checked by the sft stage),
-  # so a policy can never emit an id the world cannot decode.
-  config.model.vocab_size = 150
-  # Width of the residual stream.
-  config.model.d_model = 32 if small else 64
-  # Transformer blocks.
-  config.model.num_layers = 1 if small else 2
-  # Query heads.
-  config.model.num_heads = 4
-  # Key/value heads (grouped-query attention).
-  config.model.num_kv_heads = 2
-  # Width of each head.
-  config.model.head_dim = 16
-  # Hidden width of the SwiGLU MLP.
-  config.model.d_ff = 64 if small else 128
-  # Longest sequence the model is built for (prompt + response fits in it).
-  config.model.max_seq_len = 128
-  # Share the input embedding and the LM head.
-  config.model.tie_embeddings = True
-  # Parameter storage dtype.
-  config.model.param_dtype = "float32"
-  # Compute dtype.
-  config.model.dtype = "float32"
+  config.model = common.scratch_llama(
+      # Where weights come from (read by the `sft` stage): "scratch" trains the policy on the world's corpus, which
+      # the synthetic world needs; "hf" / "gguf" import a checkpoint instead (configs/advrm_own.py), and then
+      # `prefs` (synthetic pairs), `online`, `rlhf` and `evaluate` stop with an error.
+      source="scratch",
+      small=small,
+      # Exactly the synthetic world's WordTokenizer vocabulary (checked by the sft stage),
+      # so a policy can never emit an id the world cannot decode.
+      vocab_size=150,
+      # Longest sequence the model is built for (prompt + response fits in it).
+      max_seq_len=128,
+      dtype="float32")
 
   # Synthetic world sizes.
   config.world = ml_collections.ConfigDict()
@@ -141,230 +129,99 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.prefs.sample_batch_size = 64 if small else 256
 
   # Stage `rm`'s preference data (advrm_jax.pipelines.rm; keys as configs/rm_hh.py).
-  config.data = ml_collections.ConfigDict()
-  # Read the pairs the `prefs` stage wrote.
-  config.data.source = "jsonl"
-  # {workdir} is replaced by the run's work dir.
-  config.data.path = "{workdir}/prefs/preferences.jsonl"
-  # "auto" detects prompt/chosen/rejected records.
-  config.data.format = "auto"
-  # Stop at the first bad record (file and line named).
-  config.data.on_error = "raise"
-  # Use at most this many pairs (0 = all).
-  config.data.max_pairs = 0
-  # The rm stage's own held-out split (monitoring only; the report uses prefs' test file).
-  config.data.test_fraction = 0.05
-  # Seed of that split.
-  config.data.split_seed = 0
-  # Most prompt tokens per row (BOS included): the world's prompt length.
-  config.data.max_prompt_len = config.world.get_ref("max_prompt_len")
-  # Most response tokens per row (EOS not counted).
-  config.data.max_response_len = config.world.get_ref("max_response_len")
-  # Right padding for training; the reward is read at the last real token.
-  config.data.padding_side = "right"
-  # Over-long pairs are cut (none are: the world's widths bound them).
-  config.data.on_overlength = "truncate"
-  # The word tokenizer has no chat template.
-  config.data.use_chat_template = False
-  # BOS before the prompt, as the policy's prompts have it.
-  config.data.add_bos = True
+  config.data = common.preference_data(
+      # The pairs the `prefs` stage wrote ({workdir} is replaced by the run's work dir).
+      path="{workdir}/prefs/preferences.jsonl",
+      # Most prompt tokens per row (BOS included): the world's prompt length.
+      max_prompt_len=config.world.get_ref("max_prompt_len"),
+      # Most response tokens per row (EOS not counted): the world's response length.
+      max_response_len=config.world.get_ref("max_response_len"),
+      # The word tokenizer has no chat template.
+      use_chat_template=False,
+      # The rm stage's own held-out split (monitoring only; the report uses prefs' test file).
+      test_fraction=0.05,
+      # BOS before the prompt, as the policy's prompts have it.
+      add_bos=True)
 
   # Stage `rm`: the conventional ensemble (RM round 0).
-  config.rm = rm = ml_collections.ConfigDict()
-  # "independent": K whole backbones, each from the SFT model with its own head seed, data order and
-  # bootstrap (the paper's two separately trained RMs; vmapped, one jitted step for all K);
-  # "shared": K heads on one backbone (cheaper, but the heads made the same mistakes: R1 and R2
-  # correlated 0.98 on the adversary's samples and the adversary found no disagreement).
-  rm.ensemble = "independent"
-  # Ensemble size K (R1 = member `attack.target`, R2 = the mean of the others); K=4 is a documented variant.
-  rm.num_members = 2
-  # Each member fits its own bootstrap resample of the pairs.
-  rm.member_data = "bootstrap"
-  # Seed of the batch order and the resamples.
-  rm.data_seed = 0
-  # Seed of the backbone initialisation (independent members get split keys).
-  rm.init_seed = 0
-  # Seed of the reward heads.
-  rm.head_seed = 1
-  # The synthetic world's word tokenizer.
-  rm.tokenizer = "word"
-  # Start from a trained ensemble's parameters ("" = fresh; advtrain sets it per round).
-  rm.init_from = ""
-  rm.backbone = ml_collections.ConfigDict()
-  # "policy": start from the SFT reference policy (as RMs usually start from the SFT model);
-  # "scratch": a fresh backbone of rm.backbone.model's shape.
-  rm.backbone.source = "policy"
-  # The policy's stage dir for "policy".
-  rm.backbone.path = "{workdir}/sft"
-  # Compute dtype.
-  rm.backbone.dtype = "float32"
-  # Parameter dtype.
-  rm.backbone.param_dtype = "float32"
-  # Backbone shape for "scratch" (ModelConfig fields; vocab_size 0 = the tokenizer's).
-  rm.backbone.model = ml_collections.ConfigDict(dict(
-      arch="llama", vocab_size=0, d_model=32 if small else 64, num_layers=1 if small else 2,
-      num_heads=4, num_kv_heads=2, head_dim=16, d_ff=64 if small else 128, max_seq_len=128,
-      tie_embeddings=True))
-  # Pairs per step (per member).
-  rm.batch_size = 16 if small else 32
-  # Bradley-Terry margin.
-  rm.margin = 0.0
-  # Reward centering (Eisenstein et al.): keeps members on one scale.
-  rm.centering_coef = 0.01
-  # Training steps.
-  rm.num_steps = 20 if small else 600
-  rm.optimizer = ml_collections.ConfigDict()
-  # Peak learning rate (AdamW).
-  rm.optimizer.learning_rate = 3e-3 if small else 1e-3
-  # Decay after warm-up.
-  rm.optimizer.schedule = "cosine"
-  # Linear warm-up steps.
-  rm.optimizer.warmup_steps = 2 if small else 20
-  # Schedule length: follows rm.num_steps.
-  rm.optimizer.total_steps = rm.get_ref("num_steps")
-  # Decoupled weight decay.
-  rm.optimizer.weight_decay = 0.0
-  # Global gradient-norm clip.
-  rm.optimizer.grad_clip = 1.0
-  # Adam first-moment decay.
-  rm.optimizer.b1 = 0.9
-  # Adam second-moment decay.
-  rm.optimizer.b2 = 0.95
-  # Adam epsilon.
-  rm.optimizer.eps = 1e-8
-  # Log every this many steps.
-  rm.log_every = 10 if small else 50
-  # Checkpoint every this many steps.
-  rm.checkpoint_every = 10 if small else 200
-  # Checkpoints kept.
-  rm.keep_checkpoints = 2
-  # Evaluate the rm stage's own test split only at the end.
-  rm.eval_every = 0
-  # Rows per evaluation call.
-  rm.eval_batch_size = 64
-  # Training pairs evaluated at the end (0 = skip).
-  rm.eval_train_pairs = 0
-  rm.eval = ml_collections.ConfigDict()
-  # c of the mean - c*std aggregate.
-  rm.eval.std_coef = 1.0
-  # Calibration bins.
-  rm.eval.ece_bins = 10
+  config.rm = common.reward_model(
+      # "independent": K whole backbones, each from the SFT model with its own head seed, data order and
+      # bootstrap (the paper's two separately trained RMs; vmapped, one jitted step for all K);
+      # "shared": K heads on one backbone (cheaper, but the heads made the same mistakes: R1 and R2
+      # correlated 0.98 on the adversary's samples and the adversary found no disagreement).
+      ensemble="independent",
+      # Ensemble size K (R1 = member `attack.target`, R2 = the mean of the others); K=4 is a documented variant.
+      num_members=2,
+      # The synthetic world's word tokenizer.
+      tokenizer="word",
+      # "policy": start from the SFT reference policy (as RMs usually start from the SFT model) in its stage
+      # dir; "scratch": a fresh backbone of rm.backbone.model's shape (vocab_size 0 = the tokenizer's).
+      backbone=common.backbone(source="policy", path="{workdir}/sft",
+                               model=common.scratch_llama(small=small, vocab_size=0, max_seq_len=128)),
+      batch_size=16 if small else 32, num_steps=20 if small else 600, learning_rate=3e-3 if small else 1e-3,
+      warmup_steps=2 if small else 20, log_every=10 if small else 50, checkpoint_every=10 if small else 200,
+      eval_batch_size=64)
 
   # RL sampling shared by the reference samples, the adversary and RLHF: temperature 0.7 (the reference
   # policy then answers with gold ~2.3 instead of ~1.5 at temperature 1).
   def sampling():
-    return ml_collections.ConfigDict(dict(
-        max_new_tokens=config.world.max_response_len, temperature=0.7, top_k=0, top_p=1.0, eos_id=1, pad_id=0))
+    return common.sampling(max_new_tokens=config.world.max_response_len, temperature=0.7, eos_id=1, pad_id=0)
 
   # One RL regime for RLHF and the adversary (the authors use one small KL coefficient and learning rate
   # for both). Chosen on conventional RLHF alone (docs/reproducing.md, "Calibration"): it must first raise
   # gold above the reference policy's before it hacks. RLConfig fields: RLOO with 4 samples per prompt (the
   # first author's setting; "ppo" works too), KL as a per-token mean (the authors' form).
   def rl_settings():
-    return ml_collections.ConfigDict(dict(
-        algorithm="rloo", num_samples=4, ppo_epochs=1, num_minibatches=1, kl_coef=0.1, kl_estimator="k1",
-        kl_in_reward=True, kl_aggregate="mean", missing_eos_penalty=2.0))
+    return common.rl(algorithm="rloo", num_samples=4, kl_coef=0.1, kl_aggregate="mean")
 
   # AdamW for RL (constant learning rate). Calibration (docs/results/calibration_h200): lr 5e-4 with KL 0.1 per
   # token made conventional RLHF rise >= 0.3 gold and then hack in 3 of 5 realisations (lr 1e-3: 3 of 5 with a
   # smaller rise; the bar of 4 of 5 was missed by both).
   def rl_optimizer():
-    return ml_collections.ConfigDict(dict(learning_rate=5e-4, schedule="constant", warmup_steps=0, grad_clip=1.0))
+    return common.rl_optimizer(5e-4)
 
   # Stage `attack`: the adversary (RL from the reference policy) against RM round r.
-  config.attack = ml_collections.ConfigDict()
-  # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting); "ppo" works too.
-  # The same KL regime as RLHF (per-token mean, one coefficient), as the authors run both.
-  config.attack.rl = rl_settings()
-  # AdamW for the adversary: the same regime as RLHF (an exploit 30 nats away is one RLHF never reaches,
-  # and hardening against it cannot help RLHF).
-  config.attack.optimizer = rl_optimizer()
-  # Sampling options (SamplingConfig fields).
-  config.attack.sampling = sampling()
-  # RL iterations per round.
-  # (240: of 180 / 240 / 360, the budget under which most of seeds 0-4 passed the three adversary method
-  # checks (5 of 5; 180: 4 of 5; 120: 2 of 5), docs/calibration.md addendum 2. It ends far further from the
-  # reference than 60 steps of RLHF (17-37 nats against 5-11): the report shows both KLs.)
-  config.attack.num_steps = 4 if small else 240
-  # Prompts per iteration (from the attack pool).
-  config.attack.prompts_per_step = 8
-  # Log every this many steps.
-  config.attack.log_every = 2 if small else 10
-  # Checkpoint every this many steps.
-  config.attack.checkpoint_every = 2 if small else 30
-  # Save the policies every this many steps (a multiple of log_every; 0: never): the evaluation samples round
-  # 0's snapshots for attack success at matched KL, measured as RLHF's is.
-  config.attack.snapshot_every = 2 if small else 20
-  # Members' rewards in reference z units (each member's mean/std over the reference samples, stored
-  # with the RM round): the floor, the penalty and U = z1 - z2 then share one scale.
-  config.attack.standardize = True
-  # lambda of R1 - lambda * R2.
-  config.attack.lam = 1.0
-  # Added to R1 when R1 <= T(x), in the reward's units (the first author's -25 on raw rewards).
-  config.attack.penalty = -5.0
-  # The attacked member R1.
-  config.attack.target = 0
-  # R2: "mean", "min" or "max" of the other members.
-  config.attack.r2_kind = "mean"
-  # T(x): "constant" (attack.tau for every prompt: the authors' fixed low anchor), or from the reference
-  # samples' R1: "mean" (the per-prompt mean; kept for ablation: it put half of all ordinary answers under
-  # the penalty), "max" or "quantile".
-  config.attack.threshold = "constant"
-  # The floor of threshold "constant" (z units with attack.standardize).
-  config.attack.tau = -1.0
-  # Samples per attack prompt from each final adversary (attack success of the trained attacker).
-  config.attack.final_samples_per_prompt = 2 if small else 4
+  config.attack = common.attack(
+      # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting); "ppo" works too.
+      # The same KL regime as RLHF (per-token mean, one coefficient), as the authors run both.
+      rl=rl_settings(),
+      # AdamW for the adversary: the same regime as RLHF (an exploit 30 nats away is one RLHF never reaches,
+      # and hardening against it cannot help RLHF).
+      optimizer=rl_optimizer(),
+      sampling=sampling(),
+      # RL iterations per round.
+      # (240: of 180 / 240 / 360, the budget under which most of seeds 0-4 passed the three adversary method
+      # checks (5 of 5; 180: 4 of 5; 120: 2 of 5), docs/calibration.md addendum 2. It ends far further from the
+      # reference than 60 steps of RLHF (17-37 nats against 5-11): the report shows both KLs.)
+      num_steps=4 if small else 240,
+      prompts_per_step=8, log_every=2 if small else 10, checkpoint_every=2 if small else 30,
+      # Save the policies every this many steps (a multiple of log_every; 0: never): the evaluation samples round
+      # 0's snapshots for attack success at matched KL, measured as RLHF's is.
+      snapshot_every=2 if small else 20,
+      # Members' rewards in reference z units (each member's mean/std over the reference samples, stored
+      # with the RM round): the floor, the penalty and U = z1 - z2 then share one scale.
+      standardize=True,
+      # Added to R1 when R1 <= T(x), in the reward's units (the first author's -25 on raw rewards).
+      penalty=-5.0,
+      # T(x): "constant" (attack.tau for every prompt: the authors' fixed low anchor), or from the reference
+      # samples' R1: "mean" (the per-prompt mean; kept for ablation: it put half of all ordinary answers under
+      # the penalty), "max" or "quantile".
+      threshold="constant",
+      tau=-1.0,
+      final_samples_per_prompt=2 if small else 4)
 
   # Stage `filter`: which adversarial samples become rejected responses.
-  config.filter = ml_collections.ConfigDict()
-  # U: "r1_minus_r2" (the paper's R1 - R2), "std" (ensemble std), "semantic_surprisal" / "semantic_entropy"
-  # (EMPO's semantic entropy over the adversary's samples per prompt) or "probe" (1 - a probe's confidence
-  # that the target member's verdict is right); advrm_jax/adversarial/signals.py.
-  config.filter.uncertainty = "r1_minus_r2"
-  # Also compute every other signal and compare them with gold in the summary (needs gold: the synthetic world).
-  config.filter.compare_signals = True
-  # The verdict probe of U = "probe": trained on the held-out pairs (prefs/preferences_test.jsonl).
-  config.filter.probe = ml_collections.ConfigDict()
-  # 0: a linear probe; else the width of its one hidden layer.
-  config.filter.probe.hidden = 0
-  # Full-batch AdamW steps.
-  config.filter.probe.num_steps = 500
-  # AdamW learning rate.
-  config.filter.probe.learning_rate = 1e-2
-  # AdamW weight decay (a few hundred pairs for hundreds of hidden dimensions: keep it).
-  config.filter.probe.weight_decay = 1e-2
-  # z(U) against "reference" (U of the reference samples) or "collected" (all adversary samples).
-  config.filter.standardize = "reference"
-  # Keep z(U) > z_min (and R1 > T(x)).
-  config.filter.z_min = 1.96
-  # Most adversarial pairs per round (a random subset beyond it; the paper added ~1,000).
-  config.filter.max_pairs = 256 if small else 2000
-  # Chosen side: the reference sample the ensemble mean likes best ("best_by_ensemble") or "random".
-  config.filter.chosen = "best_by_ensemble"
+  config.filter = common.filter_stage(compare_signals=True, max_pairs=256 if small else 2000)
 
   # Stage `advtrain`: RM round r + 1 from RM round r and the adversarial pairs.
-  config.advtrain = ml_collections.ConfigDict()
-  # Adversarial pairs added per round (drawn from the kept set; the paper added about 1,000). 0: use
-  # adversarial_fraction / upsample instead.
-  config.advtrain.num_pairs = 200 if small else 1000
-  # Also run the fresh-pairs control: the same schedule with num_pairs fresh reference pairs labelled by
-  # Bradley-Terry on gold (WORKDIR/advtrain_control/), and an RLHF run against it.
-  config.advtrain.control = True
-  # "previous": continue from RM round r (the probe found retraining from scratch did not generalise);
-  # "scratch": a fresh ensemble.
-  config.advtrain.init = "previous"
-  # Share of adversarial pairs in each round's training set (advtrain.num_pairs = 0 only).
-  config.advtrain.adversarial_fraction = 0.3
-  # Repeat adversarial pairs to reach that share (False: each at most once, the share may fall short).
-  config.advtrain.upsample = False
-  # Use the adversarial pairs of every earlier round, not only the latest.
-  config.advtrain.accumulate = True
-  # Training steps per round.
-  config.advtrain.num_steps = 10 if small else 200
-  # Peak learning rate per round.
-  config.advtrain.learning_rate = 3e-3 if small else 5e-4
-  # Also write each round's hardened RM as Hugging Face *ForSequenceClassification directories (advtrain/round_<r>/hf/).
-  config.advtrain.export_hf = False
+  config.advtrain = common.advtrain(
+      # Adversarial pairs added per round (drawn from the kept set; the paper added about 1,000). 0: use
+      # adversarial_fraction / upsample instead.
+      num_pairs=200 if small else 1000,
+      # Also run the fresh-pairs control: the same schedule with num_pairs fresh reference pairs labelled by
+      # Bradley-Terry on gold (WORKDIR/advtrain_control/), and an RLHF run against it.
+      control=True,
+      num_steps=10 if small else 200, learning_rate=3e-3 if small else 5e-4, export_hf=False)
 
   # Stage `advrm`: the round schedule.
   config.advrm = ml_collections.ConfigDict()

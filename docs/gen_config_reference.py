@@ -8,7 +8,9 @@ Keys, defaults (the plain config and the variants listed in ``CONFIGS``, e.g.
 ``:small``) and types come from ``get_config(arg)`` of each file in ``configs/``; a key that follows
 another through an ml_collections ``FieldReference`` says which. The meaning
 of a key is the ``#`` comment block right above its assignment in the config
-file; keys written inside a ``dict(...)`` literal (optimizer, rl, sampling,
+file, or, in a node built by a factory of ``configs/common.py``, above the
+keyword argument that sets it in the factory's call or else above its
+assignment in the factory (``comments``); keys written inside a ``dict(...)`` literal (optimizer, rl, sampling,
 backbone.model nodes) or left uncommented get the meaning from ``FALLBACK``
 below, which follows the dataclass each node is turned into
 (``train_state.OPTIMIZER_DEFAULTS``, ``rl.engine.RLConfig``,
@@ -24,6 +26,7 @@ stage and needs no accelerator.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import fnmatch
 import importlib.util
@@ -97,6 +100,9 @@ _MODEL = {
     "dtype": "Compute dtype.",
     "attention": ('Attention kernel of training forwards: "auto" (cuDNN flash attention on an NVIDIA GPU with '
                   'bf16/f16 compute, else XLA), "xla" or "cudnn" (`models.transformer.resolve_attention`).'),
+    "fused_projections": ('Where the forward multiplies by fused q|k|v and gate|up kernels: "cached" (prefill and '
+                          'decode with a KV cache), "all" or "none"; the same parameters in every mode '
+                          '(`models.config.FUSED_PROJECTIONS`; written to model_config.json only when not "cached").'),
     "remat": ('Rematerialisation of each layer in the backward pass: "none", "dots" (keep weight-GEMM outputs) '
               'or "full" (keep only layer inputs) (`models.transformer.REMAT_POLICIES`).'),
 }
@@ -130,9 +136,11 @@ FALLBACK: tuple[tuple[str, str], ...] = (
      "config is built: overriding empo.rl.num_samples does not update it)."),
 )
 
-_ASSIGNMENT = re.compile(r"^\s*(config|rm)\.([\w.]+)\s*=")
+_ASSIGNMENT = re.compile(r"^\s*config\.([\w.]+)\s*=")
+_NODE_ASSIGNMENT = re.compile(r"^\s*node\.([\w.]+)\s*=")
 _DICT_ENTRY = re.compile(r'^\s*"(\w+)"\s*:\s*\{')
 _BANNER = re.compile(r"^#\s*-+.*-+\s*$")
+COMMON = REPO / "configs" / "common.py"
 
 
 def load_module(path: pathlib.Path):
@@ -142,39 +150,86 @@ def load_module(path: pathlib.Path):
   return module
 
 
-def comments(path: pathlib.Path) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
-  """({dotted key: comment above its assignment}, {dict-literal entry name: comment}, {dotted key: line})."""
+def _comment_above(lines: list[str], i: int) -> str:
+  """The ``#`` comment block right above line ``i`` (0-based), banners dropped."""
+  block, j = [], i - 1
+  while j >= 0 and lines[j].strip().startswith("#"):
+    block.insert(0, lines[j].strip())
+    j -= 1
+  return " ".join(l.lstrip("#").strip() for l in block if not _BANNER.match(l)).strip()
+
+
+def _dotted(node: ast.AST) -> str | None:
+  """``config.a.b`` -> "a.b"; None for anything else."""
+  parts = []
+  while isinstance(node, ast.Attribute):
+    parts.insert(0, node.attr)
+    node = node.value
+  return ".".join(parts) if isinstance(node, ast.Name) and node.id == "config" and parts else None
+
+
+def _factory(call: ast.AST) -> str | None:
+  """The name F of a ``common.F(...)`` call; None for anything else."""
+  if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+      and call.func.value.id == "common"):
+    return call.func.attr
+  return None
+
+
+def _factory_calls(call: ast.Call, path: str, lines: list[str], keys: dict[str, str],
+                   built: dict[str, list[str]]) -> None:
+  """Records what ``common.F(...)`` builds at ``path``: F -> path, and the comments above its keyword arguments.
+
+  A keyword argument alone at the start of its line with a comment block above documents ``path.<argument>``;
+  one that is itself a ``common.G(...)`` call builds ``path.<argument>``.
+  """
+  built.setdefault(_factory(call), []).append(path)
+  for keyword in call.keywords:
+    if keyword.arg is None:
+      continue
+    line = lines[keyword.lineno - 1]
+    if not line[:keyword.col_offset].strip():
+      text = _comment_above(lines, keyword.lineno - 1)
+      if text:
+        keys.setdefault(f"{path}.{keyword.arg}", text)
+    if _factory(keyword.value):
+      _factory_calls(keyword.value, f"{path}.{keyword.arg}", lines, keys, built)
+
+
+def comments(path: pathlib.Path) -> tuple[dict[str, str], dict[str, str]]:
+  """({dotted key: its meaning}, {dict-literal entry name: comment}).
+
+  A key's meaning is the comment block above its assignment ``config.<key> = ...`` in the config file, else
+  above the keyword argument that sets it in a ``config.<node> = common.F(...)`` call, else above
+  ``node.<key> = ...`` in the factory F of configs/common.py.
+  """
   lines = path.read_text().splitlines()
-  keys, entries, where = {}, {}, {}
+  keys, entries = {}, {}
   for i, line in enumerate(lines):
     match = _ASSIGNMENT.match(line)
     entry = _DICT_ENTRY.match(line)
-    if match:
-      where.setdefault(("rm." if match.group(1) == "rm" else "") + match.group(2), i)
-    if not match and not entry:
-      continue
-    block, j = [], i - 1
-    while j >= 0 and lines[j].strip().startswith("#"):
-      block.insert(0, lines[j].strip())
-      j -= 1
-    text = " ".join(l.lstrip("#").strip() for l in block if not _BANNER.match(l)).strip()
+    text = _comment_above(lines, i) if (match or entry) else ""
     if not text:
       continue
     if match:
-      prefix = "rm." if match.group(1) == "rm" else ""
-      keys.setdefault(prefix + match.group(2), text)
+      keys.setdefault(match.group(1), text)
     else:
       entries.setdefault(entry.group(1), text)
-  return keys, entries, where
-
-
-def _line_of(path: str, where: dict[str, int]) -> int:
-  """Line of the assignment of ``path`` or of its nearest assigned parent (dict-literal keys)."""
-  parts = path.split(".")
-  for n in range(len(parts), 0, -1):
-    if ".".join(parts[:n]) in where:
-      return where[".".join(parts[:n])]
-  return 10 ** 9
+  built: dict[str, list[str]] = {}
+  for statement in ast.walk(ast.parse("\n".join(lines))):
+    if (isinstance(statement, ast.Assign) and len(statement.targets) == 1 and _dotted(statement.targets[0])
+        and _factory(statement.value)):
+      _factory_calls(statement.value, _dotted(statement.targets[0]), lines, keys, built)
+  common_lines = COMMON.read_text().splitlines()
+  for function in ast.parse(COMMON.read_text()).body:
+    if not isinstance(function, ast.FunctionDef) or function.name not in built:
+      continue
+    for i in range(function.lineno - 1, function.end_lineno):
+      match = _NODE_ASSIGNMENT.match(common_lines[i])
+      text = _comment_above(common_lines, i) if match else ""
+      for node_path in built[function.name] if text else ():
+        keys.setdefault(f"{node_path}.{match.group(1)}", text)
+  return keys, entries
 
 
 def _fields(node) -> dict[str, Any]:
@@ -186,7 +241,7 @@ def flatten(node, prefix: str = "") -> list[tuple[str, Any, Any, bool]]:
   from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
   rows = []
   raw = _fields(node)
-  for key in node.keys():
+  for key in raw:
     path = f"{prefix}{key}"
     value = node[key]
     if isinstance(value, ConfigDict) and not prefix.endswith("runs."):
@@ -243,10 +298,9 @@ def config_tables(relpath: str, variants: tuple[str | None, ...], missing: list[
   path = REPO / relpath
   module = load_module(path)
   configs = [module.get_config(v) for v in variants]
-  own, entries, where = comments(path)
-  # Definition order (the config file's), so a section reads like the file; ties keep ml_collections' order.
-  rows = sorted(flatten(configs[0]), key=lambda row: (_line_of(row[0].split(".", 1)[0], where),
-                                                      _line_of(row[0], where)))
+  own, entries = comments(path)
+  # Definition order (the order the keys were set in), so a section reads like the file.
+  rows = flatten(configs[0])
   others = [{p: v for p, v, _, _ in flatten(c)} for c in configs[1:]]
   # The first path holding a FieldReference owns it; later ones follow it.
   owners: dict[int, str] = {}

@@ -90,7 +90,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 # ---------------------------------------------------------------------------
 
 ENTRY_POINT_FAULTS = {
-    "unknown_key": (1, ["--config.sft.bogus=1"], ["--config.sft.bogus", "unknown config key 'bogus'"]),
+    "unknown_key": (1, ["--config.sft.bogus=1"],
+                    ["--config.sft.bogus: config.sft.bogus: unknown key; known: batch_size,"]),
     "wrong_type": (1, ["--config.sft.batch_size=many"], ["--config.sft.batch_size=many", "invalid literal for int"]),
     "batch_not_divisible": (2, ["--config.mesh.shape=(2,1,1)", "--config.sft.batch_size=7"],
                             ["sft.batch_size=7", "not divisible", "data-parallel mesh size 2"]),

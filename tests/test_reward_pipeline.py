@@ -185,7 +185,7 @@ def test_config_errors_name_the_key(tmp_path):
   config = _tiny_synthetic_config()
   with config.unlocked():
     config.rm.learning_rate = 1.0  # belongs in rm.optimizer
-  with pytest.raises(wd.ConfigError, match=r"rm: unknown key\(s\) \['learning_rate'\]"):
+  with pytest.raises(wd.ConfigError, match=r"^config.rm.learning_rate: unknown key; known: .*backbone"):
     rm_stage.run(config, tmp_path)
   config = _tiny_synthetic_config()
   config.rm.tokenizer = "backbone"

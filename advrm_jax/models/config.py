@@ -19,6 +19,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from advrm_jax.config_node import from_node
+
 ARCHITECTURES = ("llama", "gpt2")
 ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -29,6 +31,10 @@ ATTENTION = ("auto", "xla", "cudnn")
 # "none" everything, "dots" the weight GEMMs' outputs (attention and elementwise ops are recomputed),
 # "full" only the layer's input (the whole layer is recomputed).
 REMAT = ("none", "dots", "full")
+# Where the forward multiplies by fused q|k|v and gate|up kernels (read at trace time): "cached" (prefill and
+# decode with a KV cache, where per-op overhead dominates), "all" or "none" (benchmarks/bench_fused_projections.py).
+# The parameters are the same in every mode; the logits agree to float rounding.
+FUSED_PROJECTIONS = ("cached", "all", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +67,7 @@ class ModelConfig:
   dtype: str = "float32"
   attention: str = "auto"
   remat: str = "none"
+  fused_projections: str = "cached"
 
   def __post_init__(self):
     if self.arch not in ARCHITECTURES:
@@ -68,7 +75,7 @@ class ModelConfig:
     for key in ("param_dtype", "dtype"):
       if getattr(self, key) not in DTYPES:
         raise ValueError(f"model.{key}: unsupported dtype {getattr(self, key)!r}; expected one of {tuple(DTYPES)}")
-    for key, allowed in (("attention", ATTENTION), ("remat", REMAT)):
+    for key, allowed in (("attention", ATTENTION), ("remat", REMAT), ("fused_projections", FUSED_PROJECTIONS)):
       if getattr(self, key) not in allowed:
         raise ValueError(f"model.{key}: unsupported value {getattr(self, key)!r}; expected one of {allowed}")
     if self.num_heads % self.num_kv_heads:
@@ -98,24 +105,28 @@ class ModelConfig:
     return dataclasses.replace(self, **changes)
 
   def to_dict(self) -> dict[str, Any]:
-    """A JSON-ready dict (``rope_scaling`` as a dict); ``from_dict`` reads it back."""
+    """A JSON-ready dict (``rope_scaling`` as a dict); ``from_dict`` reads it back.
+
+    ``fused_projections`` is written only when it is not the default "cached": model_config.json and
+    rm_meta.json of a default run stay byte for byte what they were before the field existed, so older
+    work dirs resume and compare equal (``rm.init_from`` checks the saved backbone against this dict),
+    while a chosen mode still reaches the stages that rebuild the policy from model_config.json.
+    """
     out = dataclasses.asdict(self)
     out["rope_scaling"] = dict(self.rope_scaling)
+    if out["fused_projections"] == FUSED_PROJECTIONS[0]:
+      del out["fused_projections"]
     return out
 
   @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-    """Builds a config from a plain mapping (e.g. an ml_collections node).
+  def from_dict(cls, values: dict[str, Any], where: str = "config.model") -> "ModelConfig":
+    """Builds a config from a plain mapping (an ml_collections node, a saved model_config.json).
 
-    Unknown keys are an error naming the key, so a typo in a config file does
-    not silently fall back to a default.
+    Unknown keys are an error naming the key's path ``where``.<key> (``config_node.from_node``), so a typo
+    in a config file does not silently fall back to a default.
     """
     values = dict(values)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"model: unknown key(s) {unknown}; known keys are {sorted(known)}")
     rope = values.get("rope_scaling") or {}
     if isinstance(rope, dict) or hasattr(rope, "items"):
       values["rope_scaling"] = tuple(sorted(dict(rope).items()))
-    return cls(**values)
+    return from_node(cls, values, where)

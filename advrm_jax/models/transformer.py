@@ -144,9 +144,10 @@ class Transformer(nnx.Module):
     return init_cache(self.cfg, batch_size, max_len)
 
   def _layer_arrays(self, cached: bool) -> dict[str, Array]:
-    """The stacked [L, ...] layer params, projections fused as FUSED_PROJECTIONS says."""
+    """The stacked [L, ...] layer params, projections fused as ``cfg.fused_projections`` says."""
     params = self.layers.arrays()
-    if FUSED_PROJECTIONS == "all" or (FUSED_PROJECTIONS == "cached" and cached):
+    mode = self.cfg.fused_projections
+    if mode == "all" or (mode == "cached" and cached):
       params = fuse_projections(params)
     return params
 
@@ -300,11 +301,6 @@ def resolve_attention(cfg: ModelConfig, length: int) -> str:
                        f"multiple of 8 and <= 128 (got dtype={cfg.dtype!r}, head_dim={cfg.head_dim})")
     return "cudnn"
   return "cudnn" if cudnn_ok and length % 2 == 0 and _on_cuda() else "xla"
-
-
-# Where the forward multiplies by fused q|k|v and gate|up kernels (read at trace time): "cached"
-# (prefill and decode with a KV cache), "all" or "none" (benchmarks/bench_fused_projections.py).
-FUSED_PROJECTIONS = "cached"
 
 
 def fuse_projections(params: dict[str, Array]) -> dict[str, Array]:

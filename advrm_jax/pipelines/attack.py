@@ -41,9 +41,11 @@ import numpy as np
 
 from advrm_jax import inference
 from advrm_jax.adversarial.objective import per_prompt_threshold, split_target
+from advrm_jax.config_node import from_node
 from advrm_jax.evaluation.attack import pooled_within_prompt_std
 from advrm_jax.metrics import read_metrics
 from advrm_jax.pipelines import workdir as wd
+from advrm_jax.pipelines.nodes import AttackConfig
 from advrm_jax.pipelines.rl_driver import train_policy
 from advrm_jax.rl.rewards import AdversarySource
 
@@ -102,9 +104,9 @@ def prompt_indices(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, pool_toke
   return out
 
 
-def attack_threshold(node: Any, reference_r1: np.ndarray) -> np.ndarray:
+def attack_threshold(node: AttackConfig, reference_r1: np.ndarray) -> np.ndarray:
   """T(x) per attack prompt ([P]) from the reference samples' R1 ([P, n], in the adversary's units)."""
-  return np.asarray(per_prompt_threshold(reference_r1, kind=node.threshold, constant=node.get("tau", 0.0)),
+  return np.asarray(per_prompt_threshold(reference_r1, kind=node.threshold, constant=node.tau),
                     np.float32)
 
 
@@ -120,7 +122,7 @@ def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
   out = wd.round_dir(workdir, STAGE, round_index)
   if wd.skip_if_done(out, f"attack/round_{round_index}"):
     return
-  node = config.attack
+  node = from_node(AttackConfig, config.attack, "config.attack")
   rm_graphdef, rm_params, rm_meta = wd.load_reward_model(wd.rm_path(workdir, round_index))
   num_members = rm_meta["num_members"]
   if num_members < 2:

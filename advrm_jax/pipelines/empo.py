@@ -30,13 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advrm_jax.config_node import from_node
 from advrm_jax.data import reasoning_world as rw
 from advrm_jax.evaluation import report
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.reasoning import (EMPO_DIR, check_world, ensure_reference_policy, prompt_pool, summarize,
                                            write_report)
-from advrm_jax.pipelines.rl_driver import node_dict, rl_config_from, train_policy
+from advrm_jax.pipelines.rl_driver import train_policy
 from advrm_jax.rl import empo
+from advrm_jax.rl.engine import RLConfig
 from advrm_jax.rl.rewards import FunctionSource
 from advrm_jax.rl.sampler import SamplingConfig, sample
 
@@ -172,8 +174,8 @@ def run(config: Any, workdir: epath.Path) -> None:
   check_world(config)
   sft_dir = ensure_reference_policy(config, workdir)
   node = config.empo
-  rl_config = rl_config_from(node.rl, "empo.rl")
-  sampling = SamplingConfig(**node_dict(node.sampling, SamplingConfig, "empo.sampling"))
+  rl_config = from_node(RLConfig, node.rl, "config.empo.rl")
+  sampling = from_node(SamplingConfig, node.sampling, "config.empo.sampling")
   prompts = prompt_pool(config, node.num_prompts, "rl")
   train_prompts = {k: prompts[k] for k in ("tokens", "mask")}  # no labels reach the RL driver
   eval_prompts = {k: jnp.asarray(v) for k, v in prompt_pool(config, node.num_eval_prompts, "test").items()}

@@ -38,9 +38,11 @@ import numpy as np
 from advrm_jax import inference
 from advrm_jax.adversarial import signals
 from advrm_jax.adversarial.filtering import build_adversarial_pairs, filter_mask, standardize, uncertainty
+from advrm_jax.config_node import from_node
 from advrm_jax.data import synthetic_world
 from advrm_jax.evaluation.attack import uncertainty_gold_correlation
 from advrm_jax.pipelines import workdir as wd
+from advrm_jax.pipelines.nodes import FilterConfig
 from advrm_jax.rl.sampler import concat_prompt_response
 
 STAGE = wd.FILTER
@@ -133,7 +135,7 @@ def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
   out = wd.round_dir(workdir, STAGE, round_index)
   if wd.skip_if_done(out, f"filter/round_{round_index}"):
     return
-  node, target = config.filter, config.attack.target
+  node, target = from_node(FilterConfig, config.filter, "config.filter"), config.attack.target
   if node.standardize not in STANDARDIZE:
     raise ValueError(f"filter.standardize: unknown {node.standardize!r}; expected one of {STANDARDIZE}")
   if node.uncertainty not in signals.KINDS:

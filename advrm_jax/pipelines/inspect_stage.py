@@ -38,6 +38,7 @@ perplexity call); a config without an ``inspect`` node gets these defaults.
 
 from __future__ import annotations
 
+import dataclasses
 from etils import epath
 import html
 import json
@@ -47,6 +48,7 @@ from absl import logging
 import numpy as np
 
 from advrm_jax import inference
+from advrm_jax.config_node import ConfigError, from_node
 from advrm_jax.adversarial.objective import per_prompt_threshold
 from advrm_jax.evaluation import quality
 from advrm_jax.evaluation.report import markdown_table
@@ -67,22 +69,25 @@ GROUP_NOUNS = {
     "adversary": "final adversary's answers",
     "adversarial": "adversarial answers the filter kept",
 }
-DEFAULTS = {"round": 0, "num_examples": 8, "batch_size": 16}
 # "high perplexity": this many times the reference answers' median perplexity.
 PERPLEXITY_FACTOR = 4.0
 # Characters of a response / prompt shown in REPORT.md.
 MAX_CHARS = 400
 
 
-def _options(config: Any) -> dict[str, Any]:
-  node = config.get("inspect", None)
-  values = dict(DEFAULTS, **(dict(node) if node is not None else {}))
-  unknown = sorted(set(values) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f"inspect: unknown key(s) {unknown}; known keys are {sorted(DEFAULTS)}")
-  if values["round"] < 0 or values["num_examples"] < 0 or values["batch_size"] < 1:
-    raise ValueError(f"inspect: round and num_examples must be >= 0 and batch_size >= 1, got {values}")
-  return values
+@dataclasses.dataclass(frozen=True)
+class InspectConfig:
+  """The `inspect` config node (configs/advrm_own.py); a config without one gets these defaults."""
+  # The attack round whose samples are inspected.
+  round: int = 0
+  # Prompts shown in REPORT.md.
+  num_examples: int = 8
+  # Rows per jitted perplexity call.
+  batch_size: int = 16
+
+  def __post_init__(self):
+    if self.round < 0 or self.num_examples < 0 or self.batch_size < 1:
+      raise ConfigError(f"config.inspect: round and num_examples must be >= 0 and batch_size >= 1, got {self}")
 
 
 def _require(path: epath.Path, what: str) -> epath.Path:
@@ -474,8 +479,8 @@ def run(config: Any, workdir: epath.Path) -> dict[str, Any] | None:
   """Stage `inspect`: writes WORKDIR/inspect/ (see module doc); returns the report (None when skipped)."""
   workdir = epath.Path(workdir)
   out = workdir / STAGE
-  options = _options(config)
-  round_index = options["round"]
+  options = from_node(InspectConfig, config.get("inspect", None), "config.inspect")
+  round_index = options.round
   # Named in pipeline order, so the first missing artefact says which stage to run.
   _require(workdir / "prefs" / "reference.npz", "the `prefs` stage")
   _require(wd.rm_path(workdir, 0) / "rm_meta.json", "the `rm` stage")
@@ -496,7 +501,7 @@ def run(config: Any, workdir: epath.Path) -> dict[str, Any] | None:
   rewards = _score(rows, config, workdir, rounds)
   _, policy_graphdef, policy_params = wd.load_policy(workdir / "sft")
   perplexity = quality.response_perplexity(policy_graphdef, policy_params, rows["prompt_tokens"], rows["prompt_mask"],
-                                           rows["response_tokens"], rows["response_mask"], options["batch_size"])
+                                           rows["response_tokens"], rows["response_mask"], options.batch_size)
   del policy_params
   eos = inference.sampling_config(config.attack.sampling).eos_id
   eos_ids = set(eos) if isinstance(eos, tuple) else {int(eos)}
@@ -521,7 +526,7 @@ def run(config: Any, workdir: epath.Path) -> dict[str, Any] | None:
 
   chosen_texts = {int(row): rows["pairs"][int(rows["pair"][row])]["chosen"]
                   for row in np.flatnonzero(rows["group"] == "adversarial")}
-  picked = select_examples(rows, rewards, np.array(texts, dtype=object), chosen_texts, options["num_examples"])
+  picked = select_examples(rows, rewards, np.array(texts, dtype=object), chosen_texts, options.num_examples)
   groups = {g: summarize(rows, rewards, checks, g) for g in GROUPS}
   report = {
       "round": round_index, "rm_rounds": rounds, "attack_target": config.attack.target,

@@ -27,6 +27,7 @@ fresh adversary), summary.json, DONE.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 from typing import Any
@@ -41,34 +42,46 @@ from advrm_jax import sharding as shd
 from advrm_jax.adversarial import online
 from advrm_jax.adversarial.objective import member_standardization, per_prompt_threshold
 from advrm_jax.checkpoints.orbax_io import Checkpointer
+from advrm_jax.config_node import ConfigError, from_node
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import step_rows
 from advrm_jax.pipelines import rm_training
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
-from advrm_jax.pipelines.rl_driver import node_dict, rl_config_from, train_policy
+from advrm_jax.pipelines.rl_driver import train_policy
 from advrm_jax.reward import evaluation
-from advrm_jax.rl.engine import init_policy_params, init_rl_state
+from advrm_jax.rl.engine import RLConfig, init_policy_params, init_rl_state
 from advrm_jax.rl.rewards import AdversarySource
 from advrm_jax.rl.sampler import SamplingConfig
-from advrm_jax.train_state import OPTIMIZER_DEFAULTS, TrainState, make_optimizer
+from advrm_jax.train_state import OptimizerConfig, TrainState, make_optimizer
 
 STAGE = "online"
 RM_DIR = "rm"
-NODE_KEYS = ("num_steps", "prompts_per_step", "log_every", "checkpoint_every", "rl", "optimizer", "sampling",
-             "rm_updates", "ordinary_pairs", "adversarial_pairs", "buffer_capacity", "bootstrap", "rm_optimizer")
 # The rlhf run entry for the online RM (add it to config.rlhf.runs).
 RLHF_RUN = {"source": "rm", "rm_stage": "online/rm", "aggregate": "member", "member": 0}
 
 
-def _check_node(node: Any) -> None:
-  unknown = sorted(set(dict(node)) - set(NODE_KEYS))
-  missing = sorted(set(NODE_KEYS) - set(dict(node)))
-  if unknown or missing:
-    raise ValueError(f"online: unknown key(s) {unknown}, missing key(s) {missing}; expected {sorted(NODE_KEYS)}")
-  for key in ("num_steps", "prompts_per_step", "rm_updates", "ordinary_pairs", "buffer_capacity"):
-    if node[key] < 1:
-      raise ValueError(f"online.{key} must be >= 1, got {node[key]}")
+@dataclasses.dataclass(frozen=True)
+class OnlineStageConfig:
+  """The `online` config node (configs/synthetic.py); every key is required."""
+  num_steps: int
+  prompts_per_step: int
+  log_every: int
+  checkpoint_every: int
+  rl: RLConfig
+  optimizer: OptimizerConfig
+  sampling: SamplingConfig
+  rm_updates: int
+  ordinary_pairs: int
+  adversarial_pairs: int
+  buffer_capacity: int
+  bootstrap: bool
+  rm_optimizer: OptimizerConfig
+
+  def __post_init__(self):
+    for key in ("num_steps", "prompts_per_step", "rm_updates", "ordinary_pairs", "buffer_capacity"):
+      if getattr(self, key) < 1:
+        raise ConfigError(f"config.online.{key} must be >= 1, got {getattr(self, key)}")
 
 
 def online_config_from(config: Any) -> online.OnlineConfig:
@@ -154,7 +167,7 @@ def fresh_attack(config: Any, workdir: epath.Path, out: epath.Path, rm_graphdef:
   source_params = rm_params if units is None else {"rm": rm_params, **units}
   num_seeds = config.num_seeds
   state = train_policy("online/attack", out, workdir / wd.SFT, config, node, source, source_params, prompts,
-                       num_seeds)
+                       num_seeds, where="config.attack")
   _, policy_graphdef, _ = wd.load_policy(workdir / wd.SFT)
   final = inference.sample_final(config, policy_graphdef, state.params["policy"], reference, 7919 + 1000,
                                  rm_graphdef, rm_params, None)
@@ -174,8 +187,7 @@ def run(config: Any, workdir: epath.Path) -> None:
     return
   if "online" not in config:
     raise ValueError("config has no `online` node; see configs/synthetic.py")
-  node = config.online
-  _check_node(node)
+  node = from_node(OnlineStageConfig, config.online, "config.online")
   options = online_config_from(config)
   mesh = shd.make_mesh(tuple(config.mesh.shape))
   shd.check_batch_divisible(node.prompts_per_step, mesh, "online.prompts_per_step")
@@ -190,14 +202,13 @@ def run(config: Any, workdir: epath.Path) -> None:
   tokenizer = wd.load_tokenizer(rm_meta)
   train_pairs = _ordinary_pairs(config, workdir, tokenizer, workdir / wd.PREFS / wd.TRAIN_FILE)
 
-  rl_config = rl_config_from(node.rl, "online.rl")
-  sampling = SamplingConfig(**node_dict(node.sampling, SamplingConfig, "online.sampling"))
+  rl_config, sampling = node.rl, node.sampling
   if sampling.max_new_tokens != reference["response_tokens"].shape[-1]:
     raise ValueError(f"online.sampling.max_new_tokens={sampling.max_new_tokens} must equal the reference "
                      f"samples' width {reference['response_tokens'].shape[-1]} (prefs/reference.npz)")
   policy_optimizer = make_optimizer(node.optimizer, total_steps=node.num_steps)
-  rm_optimizer_values = {k: v for k, v in dict(node.rm_optimizer).items() if k in OPTIMIZER_DEFAULTS}
-  rm_optimizer = make_optimizer(rm_optimizer_values)
+  rm_optimizer_values = dict(config.online.rm_optimizer)  # the keys set, as rm_meta.json records them
+  rm_optimizer = make_optimizer(node.rm_optimizer)
   adversary = init_rl_state(init_policy_params(ref_params, model_config.d_model), policy_optimizer, rl_config)
   state = online.init_online_state(adversary, rm_params, rm_optimizer, node.buffer_capacity,
                                    reference["prompt_tokens"].shape[1], sampling.max_new_tokens,

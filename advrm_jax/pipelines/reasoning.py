@@ -78,7 +78,7 @@ def ensure_reference_policy(config: Any, workdir: epath.Path) -> epath.Path:
   shd.check_batch_divisible(node.batch_size, mesh, "reasoning_sft.batch_size")
   model_config = wd.model_config_from(config)
   data = reasoning_sft_arrays(config, node.num_examples, config.seed)
-  train_sft("empo/sft", sft_dir, node, model_config, data, config.seed, mesh)
+  train_sft("empo/sft", sft_dir, node, model_config, data, config.seed, mesh, where="config.reasoning_sft")
   return sft_dir
 
 

@@ -7,7 +7,6 @@ once, and runs it under ``loop.train_loop`` (checkpoints, metrics, resume).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 from etils import epath
@@ -17,6 +16,7 @@ import numpy as np
 
 from advrm_jax import sharding as shd
 from advrm_jax.checkpoints.orbax_io import save_params
+from advrm_jax.config_node import from_node
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import step_rows
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
@@ -24,21 +24,6 @@ from advrm_jax.pipelines.workdir import load_policy
 from advrm_jax.rl.engine import RLConfig, RLState, init_policy_params, init_rl_state, make_iteration
 from advrm_jax.rl.sampler import SamplingConfig
 from advrm_jax.train_state import make_optimizer
-
-
-def node_dict(node: Any, cls: type, where: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-  """A config node as constructor kwargs of a frozen dataclass; unknown keys name the key."""
-  values = {k: v for k, v in dict(node).items() if k not in drop}
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - known)
-  if unknown:
-    raise ValueError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-
-
-def rl_config_from(node: Any, where: str) -> RLConfig:
-  """An RLConfig from a config node; unknown keys are an error naming ``where``."""
-  return RLConfig(**node_dict(node, RLConfig, where))
 
 
 def snapshot_path(stage_dir: epath.Path, step: int) -> epath.Path:
@@ -75,7 +60,8 @@ def train_policy(name: str, stage_dir: epath.Path, sft_dir: epath.Path, config: 
                  text_fn: Callable[[dict[str, np.ndarray], int], dict[str, str]] | None = None,
                  eval_fn: Callable[[RLState, int], dict[str, Any]] | None = None,
                  eval_every: int = 0,
-                 collect_fn: Callable[[int, dict[str, Any]], None] | None = None) -> RLState:
+                 collect_fn: Callable[[int, dict[str, Any]], None] | None = None,
+                 where: str = "") -> RLState:
   """Trains ``num_seeds`` policies (vmapped) from the SFT reference.
 
   Args:
@@ -105,18 +91,21 @@ def train_policy(name: str, stage_dir: epath.Path, sft_dir: epath.Path, config: 
       ``response_tokens``, ``response_mask``: device arrays [S, B, ...],
       prompt-major); ``step`` counts completed steps. The adversary's
       `attack` stage keeps all of them.
+    where: ``node``'s path in the config (``config.rlhf``), which errors name; "" = ``config.<stage>`` of
+      ``name`` ("<stage>/<run>").
   Returns the final state (leading seed axis).
   """
   stage_dir = epath.Path(stage_dir)
-  rl_config = rl_config_from(node.rl, f"{name}.rl")
-  sampling = SamplingConfig(**node_dict(node.sampling, SamplingConfig, f"{name}.sampling"))
+  where = where or "config." + name.split("/")[0]
+  rl_config = from_node(RLConfig, node.rl, f"{where}.rl")
+  sampling = from_node(SamplingConfig, node.sampling, f"{where}.sampling")
   mesh = shd.make_mesh(tuple(config.mesh.shape))
   shd.check_batch_divisible(node.prompts_per_step * rl_config.num_samples, mesh, f"{name}.prompts_per_step")
   if node.prompts_per_step * rl_config.num_samples % rl_config.num_minibatches:
     raise ValueError(f"{name}.num_minibatches={rl_config.num_minibatches} must divide prompts_per_step x "
                      f"num_samples = {node.prompts_per_step * rl_config.num_samples}")
   model_config, graphdef, ref_params = load_policy(sft_dir)
-  optimizer = make_optimizer(node.optimizer, total_steps=node.num_steps)
+  optimizer = make_optimizer(node.optimizer, f"{where}.optimizer", total_steps=node.num_steps)
   iteration = make_iteration(graphdef, optimizer, rl_config, sampling, reward_source, gold_fn=gold_fn,
                              emit_rollout=collect_fn is not None)
   rl_params = init_policy_params(ref_params, model_config.d_model)
@@ -133,7 +122,7 @@ def train_policy(name: str, stage_dir: epath.Path, sft_dir: epath.Path, config: 
   # which JAX's persistent compilation cache then compiles once.
   jitted_step = jax.jit(make_seeds_step(iteration, num_seeds), donate_argnums=(0,))
 
-  snapshot_every = int(node.get("snapshot_every", 0))
+  snapshot_every = int(getattr(node, "snapshot_every", 0))  # a config node or a typed one (AttackConfig)
   if snapshot_every and (snapshot_every < 0 or snapshot_every % node.log_every):
     raise ValueError(f"{name}.snapshot_every={snapshot_every} must be a positive multiple of "
                      f"{name}.log_every={node.log_every} (each snapshot is read with its logged KL)")

@@ -38,13 +38,13 @@ import numpy as np
 
 from advrm_jax import sharding as shd
 from advrm_jax.checkpoints import gguf, hf, hf_reward
+from advrm_jax.config_node import ConfigError, check_keys
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import tokenize_pairs, train_test_split
 from advrm_jax.data.preferences import read_preferences
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
-from advrm_jax.pipelines.workdir import ConfigError
 from advrm_jax.reward import evaluation
 from advrm_jax.reward.data import MemberBatches, synthetic_preference_pairs, tokenizer_spec
 from advrm_jax.reward.losses import jit_bt_step
@@ -67,12 +67,6 @@ SYNTHETIC_KEYS = ("num_pairs", "beta", "seed")
 EVAL_KEYS = ("std_coef", "ece_bins")
 TOKENIZERS = ("auto", "byte", "word", "backbone")
 BACKBONE_SOURCES = ("scratch", "hf", "gguf", "policy")
-
-
-def _check_keys(node: Any, known: tuple[str, ...], where: str) -> None:
-  unknown = sorted(set(node.keys()) - set(known))
-  if unknown:
-    raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
 
 
 # ---------------------------------------------------------------------------
@@ -134,7 +128,9 @@ def build_backbone(config: Any, tokenizer: Any, sequence_width: int,
       values["vocab_size"] = tokenizer.vocab_size  # 0 means "the tokenizer's"
     values.update(dtype=node.dtype, param_dtype=node.param_dtype)
     try:
-      cfg = ModelConfig.from_dict(values)
+      cfg = ModelConfig.from_dict(values, "config.rm.backbone.model")
+    except ConfigError:
+      raise
     except ValueError as e:
       raise ConfigError(f"rm.backbone.{e}") from None
     params = None
@@ -177,7 +173,7 @@ def load_pairs(config: Any, workdir: epath.PathLike | None = None) -> tuple[list
   data = config.data
   if data.source == "synthetic":
     syn = data.synthetic
-    _check_keys(syn, SYNTHETIC_KEYS, "data.synthetic")
+    check_keys(syn.keys(), SYNTHETIC_KEYS, "config.data.synthetic")
     pairs = synthetic_preference_pairs(syn.num_pairs, syn.seed, syn.beta)
     info = {"source": "synthetic", "num_pairs": len(pairs), "beta": syn.beta, "seed": syn.seed}
   elif data.source == "jsonl":
@@ -238,10 +234,10 @@ def tokenize(config: Any, pairs: list[Any], tokenizer: Any, what: str) -> dict[s
 
 
 def _check_config(config: Any) -> None:
-  _check_keys(config.rm, RM_KEYS, "rm")
-  _check_keys(config.rm.backbone, BACKBONE_KEYS, "rm.backbone")
-  _check_keys(config.rm.eval, EVAL_KEYS, "rm.eval")
-  _check_keys(config.data, DATA_KEYS, "data")
+  check_keys(config.rm.keys(), RM_KEYS, "config.rm")
+  check_keys(config.rm.backbone.keys(), BACKBONE_KEYS, "config.rm.backbone")
+  check_keys(config.rm.eval.keys(), EVAL_KEYS, "config.rm.eval")
+  check_keys(config.data.keys(), DATA_KEYS, "config.data")
   for key in ("num_members", "batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
               "eval_batch_size"):
     if config.rm[key] < 1:
@@ -329,7 +325,7 @@ def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) 
     del init_graphdef
     data_info["init_from"] = str(init_dir)
   optimizer_values = dict(rm_config.optimizer)
-  optimizer = make_optimizer(optimizer_values)
+  optimizer = make_optimizer(optimizer_values, "config.rm.optimizer")
   state, shardings = create_train_state(params, axes, optimizer, mesh)
   del params
   step_fn = jit_bt_step(graphdef, optimizer, shardings, mesh, margin=rm_config.margin,

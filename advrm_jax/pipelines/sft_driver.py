@@ -19,7 +19,7 @@ from advrm_jax.train_state import create_train_state, make_optimizer, split_modu
 
 
 def train_sft(name: str, out_dir: epath.Path, node: Any, model_config: ModelConfig, data: dict[str, np.ndarray],
-              seed: int, mesh: Any) -> None:
+              seed: int, mesh: Any, where: str = "config.sft") -> None:
   """Trains a policy on ``data`` and hands it over in ``out_dir`` (what ``workdir.load_policy`` reads).
 
   Args:
@@ -31,9 +31,10 @@ def train_sft(name: str, out_dir: epath.Path, node: Any, model_config: ModelConf
     data: tokens [N, T], mask [N, T], loss_mask [N, T] (1 on response tokens).
     seed: initialisation and batch order.
     mesh: where the train state lives (the batch size is checked by the caller).
+    where: the node's path in the config (errors name its keys by it).
   """
   graphdef, params, axes = split_module(Transformer(model_config, rngs=nnx.Rngs(seed)))
-  optimizer = make_optimizer(node.optimizer, total_steps=node.num_steps)
+  optimizer = make_optimizer(node.optimizer, f"{where}.optimizer", total_steps=node.num_steps)
   state, shardings = create_train_state(params, axes, optimizer, mesh)
   step_fn = jit_sft_step(graphdef, optimizer, shardings, mesh)
   num_examples = data["tokens"].shape[0]

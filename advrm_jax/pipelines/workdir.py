@@ -48,6 +48,7 @@ from advrm_jax import sharding as shd
 from advrm_jax.fileio import PathLike, write_bytes_atomic, write_text_atomic
 from advrm_jax.checkpoints import gguf, hf, hf_reward
 from advrm_jax.checkpoints.orbax_io import Checkpointer, load_params
+from advrm_jax.config_node import ConfigError  # pylint: disable=unused-import  # stages raise wd.ConfigError
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import tokenize_pairs
 from advrm_jax.data.preferences import read_preferences
@@ -78,10 +79,6 @@ FILTER_SCORES_FILE = "scores.npz"
 RM_META_FILE = "rm_meta.json"
 # sft/ of an imported policy: its source and tokenizer.
 POLICY_META_FILE = "policy_meta.json"
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work, named by its key."""
 
 
 def round_dir(workdir: PathLike, stage: str, round_index: int) -> epath.Path:
