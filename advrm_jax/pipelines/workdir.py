@@ -185,14 +185,26 @@ def save_model_config(directory: pathlib.Path, model_config: ModelConfig) -> Non
   (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
 
 
-def load_policy(stage_dir: str | pathlib.Path) -> tuple[ModelConfig, nnx.GraphDef, Any]:
-  """(model config, graphdef, params) of a finished sft stage, on the default device."""
+def policy_axes(model_config: ModelConfig) -> Any:
+  """Logical axis names of a policy's parameters (a tree parallel to them); nothing is allocated."""
+  return abstract_module(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))[2]
+
+
+def load_policy(stage_dir: str | pathlib.Path, mesh: Any = None) -> tuple[ModelConfig, nnx.GraphDef, Any]:
+  """(model config, graphdef, params) of a finished sft stage.
+
+  With ``mesh`` the params are split by their logical axes (``sharding.DEFAULT_RULES``: fsdp x tensor), each
+  device reading only its shards; without, they are on the default device.
+  """
   stage_dir = pathlib.Path(stage_dir)
   config_path = stage_dir / "model_config.json"
   if not config_path.exists():
     raise FileNotFoundError(f"{config_path} not found: run the `sft` stage first")
   model_config = ModelConfig.from_dict(json.loads(config_path.read_text()))
-  graphdef, params, _ = abstract_module(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
+  graphdef, params, axes = abstract_module(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
+  if mesh is not None:
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params,
+                          shd.tree_shardings(axes, params, mesh))
   return model_config, graphdef, load_params(stage_dir / "params", params)
 
 
