@@ -143,9 +143,18 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Places a host batch (tree of numpy arrays) split along its first axis."""
+  """Places a host batch (tree of numpy arrays) split along its first axis.
+
+  Each process transfers only the rows of its own devices
+  (``jax.make_array_from_callback`` asks for addressable shards only), so in
+  a multi-process job no host places, or needs, another host's rows; with
+  one process it is a plain sharded ``device_put``.
+  """
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(place, batch)
 
 
 def is_sharded(array: jax.Array) -> bool:

@@ -158,6 +158,7 @@ def run_round(config: Any, workdir: pathlib.Path, round_index: int) -> None:
                        prompts, num_seeds, collect_fn=collector, **policy_text)
 
   # Every sample of the run, scored by every member and by gold.
+  wd.sync("attack rollouts written")  # by process 0; every process reads them all next
   collected = collector.load(node.num_steps)
   collected["prompt_index"] = prompt_indices(collected["prompt_tokens"], collected["prompt_mask"],
                                              reference["prompt_tokens"], reference["prompt_mask"])

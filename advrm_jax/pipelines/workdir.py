@@ -37,6 +37,7 @@ from typing import Any
 from absl import logging
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from advrm_jax import sharding as shd
@@ -103,13 +104,28 @@ def skip_if_done(directory: pathlib.Path, label: str) -> bool:
   return False
 
 
+def writes_artefacts() -> bool:
+  """Whether this process writes the run's files: process 0 of a multi-process job (every process runs
+  every stage on a shared work dir; orbax checkpoints, written collectively, are the exception)."""
+  return jax.process_index() == 0
+
+
+def sync(label: str) -> None:
+  """In a multi-process job, waits until every process gets here (after process 0 wrote what all read)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(label)
+
+
 def mark_done(directory: pathlib.Path) -> None:
   """Writes the DONE marker that makes later launches skip this stage or round."""
-  (pathlib.Path(directory) / DONE).write_text("ok\n")
+  if writes_artefacts():
+    (pathlib.Path(directory) / DONE).write_text("ok\n")
 
 
 def write_json(path: str | pathlib.Path, value: Any, sort_keys: bool = False) -> None:
   """Atomic JSON write (NaN/Inf as null): a kill never leaves half a file."""
+  if not writes_artefacts():
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + ".tmp")
@@ -127,6 +143,8 @@ def read_json(path: str | pathlib.Path, what: str) -> Any:
 
 def write_jsonl(path: str | pathlib.Path, records: list[dict[str, Any]]) -> None:
   """Atomic JSON-lines write (NaN/Inf as null): a kill never leaves half a file."""
+  if not writes_artefacts():
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(path.suffix + ".tmp")
@@ -138,6 +156,8 @@ def write_jsonl(path: str | pathlib.Path, records: list[dict[str, Any]]) -> None
 
 def save_npz(path: str | pathlib.Path, **arrays: Any) -> None:
   """Atomic ``np.savez`` (write to a temporary name, then rename)."""
+  if not writes_artefacts():
+    return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.stem + ".tmp.npz")
@@ -181,6 +201,8 @@ def model_config_from(config) -> ModelConfig:
 
 def save_model_config(directory: pathlib.Path, model_config: ModelConfig) -> None:
   """Writes ``model_config.json`` (what ``load_policy`` rebuilds the policy from)."""
+  if not writes_artefacts():
+    return
   directory.mkdir(parents=True, exist_ok=True)
   (directory / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
 
