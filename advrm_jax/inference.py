@@ -98,7 +98,8 @@ def sample_responses(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prom
     key = jax.random.fold_in(rng, index)
     keys = key if num_seeds is None else jax.random.split(key, num_seeds)
     if on_mesh is not None:
-      out = on_mesh(params, tokens, mask, keys)
+      placed = shd.shard_batch({"tokens": tokens, "mask": mask}, mesh)  # each process its own rows
+      out = on_mesh(params, placed["tokens"], placed["mask"], keys)
     elif num_seeds is None:
       out = sample_jit(graphdef, params, tokens, mask, key, sampling)
     else:
