@@ -12,7 +12,7 @@ from advrm_jax.pipelines import online as online_stage
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.models.transformer import Transformer
 from advrm_jax.reward.model import init_reward_model
-from advrm_jax.rl.engine import RLConfig, init_policy_params, init_rl_state
+from advrm_jax.rl.engine import RLConfig
 from advrm_jax.rl.sampler import SamplingConfig
 from advrm_jax.train_state import make_optimizer, split_module
 
