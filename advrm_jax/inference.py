@@ -19,6 +19,7 @@ from flax import nnx
 import jax
 import numpy as np
 
+from advrm_jax import sharding as shd
 from advrm_jax.adversarial.filtering import standardize, uncertainty
 from advrm_jax.adversarial.objective import member_standardization as member_stats
 from advrm_jax.adversarial.objective import standardize_members
@@ -50,9 +51,21 @@ def _sample_seeds(graphdef, params, prompt_tokens, prompt_mask, rngs, config):
 _sample_seeds_jit = jax.jit(_sample_seeds, static_argnames=("graphdef", "config"))
 
 
+def _mesh_sampler(graphdef: Any, params: Any, sampling: SamplingConfig, mesh: Any, num_seeds: int | None):
+  """The chunk sampler jitted for ``mesh`` with explicit shardings: the params as they lie (split by their
+  logical axes), prompt rows over data x fsdp, the outputs replicated (every host reads them whole)."""
+  rows = shd.batch_sharding(mesh)
+  if num_seeds is None:
+    fn = lambda p, tokens, mask, key: sample(graphdef, p, tokens, mask, key, sampling)
+  else:
+    fn = lambda p, tokens, mask, keys: _sample_seeds(graphdef, p, tokens, mask, keys, sampling)
+  return jax.jit(fn, in_shardings=(shd.shardings_on(params, mesh), rows, rows, shd.replicated(mesh)),
+                 out_shardings=shd.replicated(mesh))
+
+
 def sample_responses(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
                      rng: jax.Array, sampling: SamplingConfig, batch_size: int,
-                     num_seeds: int | None = None) -> dict[str, np.ndarray]:
+                     num_seeds: int | None = None, mesh: Any = None) -> dict[str, np.ndarray]:
   """Samples one response per prompt row in fixed-size jitted chunks.
 
   Args:
@@ -65,6 +78,9 @@ def sample_responses(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prom
     batch_size: rows per jitted call (the last chunk is padded, so one
       compilation serves every call with the same width).
     num_seeds: S for stacked params, None for one policy.
+    mesh: sample on this mesh (``batch_size`` divisible by its data x fsdp
+      size; the caller checks it, naming its config key); None: where the
+      params lie.
 
   Returns:
     {"prompt_tokens" [N, P] (left-aligned as the sampler returns them),
@@ -72,6 +88,7 @@ def sample_responses(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prom
     "has_eos" [N]} numpy; with num_seeds every array gets a leading [S] axis.
   """
   num_rows = prompt_tokens.shape[0]
+  on_mesh = None if mesh is None else _mesh_sampler(graphdef, params, sampling, mesh, num_seeds)
   outputs = []
   for index, start in enumerate(range(0, num_rows, batch_size)):
     rows = min(batch_size, num_rows - start)
@@ -79,10 +96,14 @@ def sample_responses(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prom
     mask = _pad_rows(np.asarray(prompt_mask[start:start + batch_size], np.int32), batch_size)
     mask[rows:, -1] = 1  # pad rows get one real token: the sampler needs one
     key = jax.random.fold_in(rng, index)
-    if num_seeds is None:
+    keys = key if num_seeds is None else jax.random.split(key, num_seeds)
+    if on_mesh is not None:
+      placed = shd.shard_batch({"tokens": tokens, "mask": mask}, mesh)  # each process its own rows
+      out = on_mesh(params, placed["tokens"], placed["mask"], keys)
+    elif num_seeds is None:
       out = sample_jit(graphdef, params, tokens, mask, key, sampling)
     else:
-      out = _sample_seeds_jit(graphdef, params, tokens, mask, jax.random.split(key, num_seeds), sampling)
+      out = _sample_seeds_jit(graphdef, params, tokens, mask, keys, sampling)
     out = jax.device_get(out)
     take = (lambda x: x[:rows]) if num_seeds is None else (lambda x: x[:, :rows])
     outputs.append({"prompt_tokens": take(out.prompt_tokens), "prompt_mask": take(out.prompt_mask),
@@ -225,6 +246,7 @@ def member_standardization(workdir: epath.PathLike, round_index: int,
     loc, scale = member_stats(reference_scores)
     wd.write_json(path, {"loc": np.asarray(loc).tolist(), "scale": np.asarray(scale).tolist(),
                          "population": "prefs/reference.npz (the reference policy's samples on the attack pool)"})
+  wd.sync("reference standardization written")  # by process 0; every process reads it next
   value = wd.read_json(path, "the `attack` stage")
   return {"loc": np.asarray(value["loc"], np.float32), "scale": np.asarray(value["scale"], np.float32)}
 
@@ -291,10 +313,12 @@ def sample_final(config: Any, policy_graphdef: Any, params: Any, pool: dict[str,
   node, num_seeds = config.attack, config.num_seeds
   m = node.final_samples_per_prompt
   num_prompts = pool["prompt_tokens"].shape[0]
+  mesh = shd.make_mesh(tuple(config.mesh.shape))  # the attack's mesh, where ``params`` lie
+  shd.check_batch_divisible(config.prefs.sample_batch_size, mesh, "prefs.sample_batch_size")
   final = sample_responses(
       policy_graphdef, params, np.repeat(pool["prompt_tokens"], m, axis=0),
       np.repeat(pool["prompt_mask"], m, axis=0), jax.random.key(config.seed + salt),
-      sampling_config(node.sampling), config.prefs.sample_batch_size, num_seeds=num_seeds)
+      sampling_config(node.sampling), config.prefs.sample_batch_size, num_seeds=num_seeds, mesh=mesh)
   final = {k: v.reshape((num_seeds * num_prompts * m,) + v.shape[2:]) for k, v in final.items()}
   final["seed"] = np.repeat(np.arange(num_seeds), num_prompts * m)
   final["prompt_index"] = np.tile(np.repeat(np.arange(num_prompts), m), num_seeds)

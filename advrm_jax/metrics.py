@@ -82,10 +82,11 @@ class MetricWriter:
     self.total_steps = total_steps
     self.name = name
     self.stream = stream
-    # In a multi-host job every process runs the loop; one console line per step is enough.
-    self._show = jax.process_index() == 0
+    # In a multi-host job every process runs the loop; process 0 alone writes the logs (one row per step)
+    # and the console lines, the others only pass through.
+    self._writes = jax.process_index() == 0
     self._tb = None
-    if tensorboard:
+    if tensorboard and self._writes:
       from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel  # optional writer
       if is_remote(self.directory):
         # Event files in a bucket go through epath like every other file
@@ -102,7 +103,7 @@ class MetricWriter:
     again, and its logs must equal an uninterrupted run's.
     """
     for path in (self.jsonl_path, self.directory / "samples.jsonl"):
-      if not path.exists():
+      if not self._writes or not path.exists():
         continue
       kept = []
       for line in path.read_text().splitlines():
@@ -126,6 +127,8 @@ class MetricWriter:
 
     Non-finite floats are written to the JSON as strings ("nan", "inf").
     """
+    if not self._writes:
+      return
     evaluation = dict(evaluation or {})
     record = {"step": int(step), "time": time.time()}
     record.update({k: _to_python(v) for k, v in {**scalars, **evaluation}.items()})
@@ -138,14 +141,16 @@ class MetricWriter:
           value = np.asarray(value)
           if value.size == 1 and np.issubdtype(value.dtype, np.number):
             self._tb.add_scalar(prefix + key, float(value), int(step))
-    if self._show and scalars:
+    if scalars:
       self._progress(step, scalars)
-    if self._show and evaluation:
+    if evaluation:
       print(f"[{self.name}] eval at step {self._of_total(step)}: {_headline(evaluation, 8)}", file=self.stream,
             flush=True)
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     """Sample tables and other text, for TensorBoard's text tab and a JSONL file."""
+    if not self._writes:
+      return
     append_text(self.directory / "samples.jsonl", json.dumps({"step": int(step), **texts}) + "\n")
     if self._tb is not None:
       for key, value in texts.items():

@@ -153,11 +153,45 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, key: str, factor: int = 1
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Places a host batch (tree of numpy arrays) split along its first axis."""
+  """Places a host batch (tree of numpy arrays) split along its first axis.
+
+  Each process transfers only the rows of its own devices
+  (``jax.make_array_from_callback`` asks for addressable shards only), so in
+  a multi-process job no host places, or needs, another host's rows; with
+  one process it is a plain sharded ``device_put``.
+  """
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(place, batch)
 
 
 def is_sharded(array: jax.Array) -> bool:
   """True when the array is split (not fully replicated) across devices."""
   return not array.sharding.is_fully_replicated
+
+
+def with_leading_axis(shardings: Any) -> Any:
+  """The shardings of the same arrays stacked on a new, unsplit leading axis (e.g. vmapped seeds)."""
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings,
+                      is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def shardings_on(tree: Any, mesh: Mesh) -> Any:
+  """Each leaf's own NamedSharding when it already lives on ``mesh``, else replicated on ``mesh``.
+
+  For arguments assembled by callers: weights loaded sharded by their logical
+  axes keep that layout; host arrays and small single-device values (ensemble
+  mix weights, standardisation constants) get a full copy on every device.
+  """
+  def sharding(x):
+    own = getattr(x, "sharding", None)
+    return own if isinstance(own, NamedSharding) and own.mesh == mesh else replicated(mesh)
+  return jax.tree.map(sharding, tree)
+
+
+def place(tree: Any, mesh: Mesh) -> tuple[Any, Any]:
+  """(``tree`` on ``mesh`` as ``shardings_on`` lays it out, those shardings)."""
+  shardings = shardings_on(tree, mesh)
+  return jax.device_put(tree, shardings), shardings

@@ -105,15 +105,20 @@ def abstract_module(factory: Callable[[], nnx.Module]) -> tuple[nnx.GraphDef, An
   return split_module(module)
 
 
+def opt_state_shardings(optimizer: optax.GradientTransformation, params: Any, param_shardings: Any,
+                        mesh: Mesh) -> Any:
+  """Shardings of ``optimizer.init(params)``: moments follow their parameters, the rest is replicated."""
+  opt_shape = jax.eval_shape(optimizer.init, params)
+  return optax.tree_map_params(optimizer, lambda _, sharding: sharding, opt_shape, param_shardings,
+                               transform_non_params=lambda _: shd.replicated(mesh))
+
+
 def state_shardings(optimizer: optax.GradientTransformation, params: Any, param_axes: Any,
                     mesh: Mesh, rules=shd.DEFAULT_RULES) -> TrainState:
   """Shardings of a TrainState: optimizer moments follow their parameters."""
   param_shardings = shd.tree_shardings(param_axes, params, mesh, rules)
-  opt_shape = jax.eval_shape(optimizer.init, params)
-  opt_shardings = optax.tree_map_params(
-      optimizer, lambda _, sharding: sharding, opt_shape, param_shardings,
-      transform_non_params=lambda _: shd.replicated(mesh))
-  return TrainState(step=shd.replicated(mesh), params=param_shardings, opt_state=opt_shardings)
+  return TrainState(step=shd.replicated(mesh), params=param_shardings,
+                    opt_state=opt_state_shardings(optimizer, params, param_shardings, mesh))
 
 
 def create_train_state(params: Any, param_axes: Any, optimizer: optax.GradientTransformation,

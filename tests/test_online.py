@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from advrm_jax import sharding as shd
 from advrm_jax.adversarial import online
+from advrm_jax.pipelines import online as online_stage
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.models.transformer import Transformer
 from advrm_jax.reward.model import init_reward_model
-from advrm_jax.rl.engine import RLConfig, init_policy_params, init_rl_state
+from advrm_jax.rl.engine import RLConfig
 from advrm_jax.rl.sampler import SamplingConfig
 from advrm_jax.train_state import make_optimizer, split_module
 
@@ -36,20 +38,31 @@ def _batch(step):
 
 
 def _setup(z_min):
+  """The online state and step as the `online` stage builds them, on a (2, 2, 2) mesh of the 8 forced devices."""
+  mesh = shd.make_mesh((2, 2, 2))
   rl_config = RLConfig(algorithm="rloo", num_samples=2, kl_coef=0.05)
-  graphdef, policy_params, _ = split_module(Transformer(CFG, rngs=nnx.Rngs(0)))
-  rm_graphdef, rm_params, _ = init_reward_model(CFG, 2, "independent", seed=3)
+  graphdef, policy_params, policy_axes = split_module(Transformer(CFG, rngs=nnx.Rngs(0)))
+  rm_graphdef, rm_params, rm_axes = init_reward_model(CFG, 2, "independent", seed=3)
+  # Placed as load_policy / load_reward_model place them on a mesh: split by their logical axes.
+  policy_params = jax.device_put(policy_params, shd.tree_shardings(policy_axes, policy_params, mesh))
+  rm_params = jax.device_put(rm_params, shd.tree_shardings(rm_axes, rm_params, mesh))
   policy_opt = make_optimizer(learning_rate=1e-2, schedule="constant", grad_clip=1.0)
   rm_opt = make_optimizer(learning_rate=1e-2, schedule="constant", grad_clip=1.0)
-  adversary = init_rl_state(init_policy_params(policy_params, CFG.d_model), policy_opt, rl_config)
-  state = online.init_online_state(adversary, rm_params, rm_opt, capacity=16, prompt_len=PROMPT_LEN,
-                                   response_len=SAMPLING.max_new_tokens)
+  state, shardings = online_stage.init_sharded_state(CFG, policy_params, rm_params, policy_opt, rm_opt, rl_config,
+                                                     16, PROMPT_LEN, SAMPLING, mesh)
   # z_min far below any z: every sample above its threshold is kept, so the
   # buffer path is exercised deterministically on random models.
   config = online.OnlineConfig(z_min=z_min, rm_updates=2, adversarial_pairs=3)
   step = online.jit_online_iteration(online.make_online_iteration(
-      graphdef, rm_graphdef, policy_opt, rm_opt, rl_config, SAMPLING, config))
+      graphdef, rm_graphdef, policy_opt, rm_opt, rl_config, SAMPLING, config), shardings,
+      shd.shardings_on(policy_params, mesh), mesh)
   return state, policy_params, rm_params, step
+
+
+def _split_on_fsdp(array, axis):
+  """``array`` is split in two along ``axis`` by the fsdp mesh axis."""
+  spec = tuple(array.sharding.spec) + (None,) * array.ndim
+  return "fsdp" in str(spec[axis]) and array.addressable_shards[0].data.shape[axis] == array.shape[axis] // 2
 
 
 def test_online_iteration_compiles_once_and_updates_everything():
@@ -61,6 +74,14 @@ def test_online_iteration_compiles_once_and_updates_everything():
     state, metrics = step(state, ref_params, jax.tree.map(jnp.asarray, _batch(i)), jax.random.key(i))
     history.append({k: float(v) for k, v in metrics.items() if not k.startswith("samples/")})
   assert step._cache_size() == 1  # one compilation across iterations
+  # Adversary, its optimizer moments and the ensemble stay split over fsdp (embed axis) after the steps.
+  adversary_q = state.adversary.params["policy"]["layers"]["q_kernel"]  # [L, D, H, Dh]
+  assert _split_on_fsdp(adversary_q, 1) and "tensor" in str(adversary_q.sharding.spec)
+  assert state.adversary.opt_state[1][0].mu["policy"]["layers"]["q_kernel"].sharding == adversary_q.sharding
+  assert _split_on_fsdp(state.adversary.params["value_head"]["kernel"], 0)
+  rm_q = state.rm.params["backbone"]["layers"]["q_kernel"]  # [K, L, D, H, Dh]
+  assert _split_on_fsdp(rm_q, 2)
+  assert state.rm.opt_state[1][0].mu["backbone"]["layers"]["q_kernel"].sharding == rm_q.sharding
   assert int(state.step) == 3 and int(state.rm.step) == 3 * 2
   kept = sum(h["filter/kept"] for h in history)
   assert kept > 0

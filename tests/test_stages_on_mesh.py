@@ -1,8 +1,9 @@
 """The RL driver of the `attack` and `rlhf` stages on a multi-device mesh (as colab/03_tpu.ipynb runs it).
 
-The reference policy and the reward weights are loaded onto one device;
-before ``train_policy`` placed them on the mesh, jit refused them next to
-the mesh-resident RL state ("incompatible devices").
+The reference policy is read onto the mesh split by its logical axes and the
+RL state laid out the same way (fsdp x tensor); a reward weight on one device
+is placed on the mesh too, where jit would otherwise refuse it next to the
+mesh-resident RL state ("incompatible devices").
 """
 
 import jax
@@ -35,3 +36,7 @@ def test_train_policy_runs_on_a_data_fsdp_tensor_mesh(tmp_path):
                                  FunctionSource(world.gold_reward), None, prompts, num_seeds=1)
   assert int(np.asarray(state.step)[0]) == 1
   assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 8
+  # The driver's policy is split like SFT's: embed over fsdp, heads over tensor (seed axis first, whole).
+  q = state.params["policy"]["layers"]["q_kernel"]  # [S, L, D, H, Dh]
+  assert tuple(q.sharding.spec)[:4] == (None, None, "fsdp", "tensor")
+  assert q.addressable_shards[0].data.shape[2] == q.shape[2] // 2

@@ -50,7 +50,9 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from advrm_jax import sharding as shd
 from advrm_jax.adversarial import filtering
 from advrm_jax.adversarial.objective import (member_standardization, per_prompt_threshold, split_target,
                                              standardize_members)
@@ -301,6 +303,19 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
   return online_iteration
 
 
-def jit_online_iteration(online_iteration: Callable) -> Callable:
-  """Jitted once; the state is donated (it holds the buffer and both models' optimizer states)."""
-  return jax.jit(online_iteration, donate_argnums=(0,))
+def online_state_shardings(adversary: RLState, rm: TrainState, mesh: Mesh) -> OnlineState:
+  """Shardings of an OnlineState from its adversary's and ensemble's (split by their logical axes).
+
+  The buffer is replicated: it is written at ring slots that follow no batch
+  row, and it is small (capacity x (prompt + two responses) tokens).
+  """
+  return OnlineState(step=shd.replicated(mesh), adversary=adversary, rm=rm, buffer=shd.replicated(mesh))
+
+
+def jit_online_iteration(online_iteration: Callable, state_shardings: OnlineState, ref_shardings: Any,
+                         mesh: Mesh) -> Callable:
+  """Jitted once with explicit shardings; the state is donated (it holds the buffer and both models'
+  optimizer states). Metrics come back replicated."""
+  return jax.jit(online_iteration,
+                 in_shardings=(state_shardings, ref_shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
+                 out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=(0,))

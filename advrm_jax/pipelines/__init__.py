@@ -20,6 +20,7 @@ from absl import logging
 # Importing JAX (loop does) initialises no backend: jax.distributed.initialize in main() still comes first.
 from advrm_jax import sharding as shd
 from advrm_jax.pipelines import loop
+from advrm_jax.pipelines import workdir as wd
 
 # Stage name -> module exposing ``run(config, workdir)``.
 STAGES = {
@@ -134,4 +135,5 @@ def run_stages(config, workdir: pathlib.Path) -> None:
       start = time.time()
       logging.info("stage %s: starting", name)
       importlib.import_module(STAGES[name]).run(config, workdir)
+      wd.sync(f"stage {name} done")  # the next stage, on every process, reads what process 0 wrote
       logging.info("stage %s: done in %.1fs", name, time.time() - start)

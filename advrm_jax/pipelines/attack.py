@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from advrm_jax import inference
+from advrm_jax import sharding as shd
 from advrm_jax.adversarial.objective import per_prompt_threshold, split_target
 from advrm_jax.config_node import from_node
 from advrm_jax.evaluation.attack import pooled_within_prompt_std
@@ -123,7 +124,9 @@ def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
   if wd.skip_if_done(out, f"attack/round_{round_index}"):
     return
   node = from_node(AttackConfig, config.attack, "config.attack")
-  rm_graphdef, rm_params, rm_meta = wd.load_reward_model(wd.rm_path(workdir, round_index))
+  # On the RL mesh, split by the ensemble's logical axes (as the `rm` stage trained it).
+  rm_graphdef, rm_params, rm_meta = wd.load_reward_model(wd.rm_path(workdir, round_index),
+                                                         mesh=shd.make_mesh(tuple(config.mesh.shape)))
   num_members = rm_meta["num_members"]
   if num_members < 2:
     raise ValueError(f"attack: RM round {round_index} has {num_members} member; the adversary's R2 needs "
@@ -157,6 +160,7 @@ def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
                        prompts, num_seeds, collect_fn=collector, **policy_text)
 
   # Every sample of the run, scored by every member and by gold.
+  wd.sync("attack rollouts written")  # by process 0; every process reads them all next
   collected = collector.load(node.num_steps)
   collected["prompt_index"] = prompt_indices(collected["prompt_tokens"], collected["prompt_mask"],
                                              reference["prompt_tokens"], reference["prompt_mask"])

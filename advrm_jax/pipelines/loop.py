@@ -197,6 +197,6 @@ def train_loop(name: str, directory: epath.PathLike, state: Any, step_fn: Callab
   finally:
     writer.close()
     checkpointer.close()  # waits for an in-flight async save: nothing written is lost
-  if _plots:
+  if _plots and jax.process_index() == 0:
     plot_metrics(writer.jsonl_path, directory / "metrics.png", title=name)
   return state

@@ -48,12 +48,12 @@ from advrm_jax.data.batching import step_rows
 from advrm_jax.pipelines import rm_training
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
-from advrm_jax.pipelines.rl_driver import train_policy
+from advrm_jax.pipelines.rl_driver import policy_state_shardings, train_policy
 from advrm_jax.reward import evaluation
 from advrm_jax.rl.engine import RLConfig, init_policy_params, init_rl_state
 from advrm_jax.rl.rewards import AdversarySource
 from advrm_jax.rl.sampler import SamplingConfig
-from advrm_jax.train_state import OptimizerConfig, TrainState, make_optimizer
+from advrm_jax.train_state import OptimizerConfig, TrainState, make_optimizer, opt_state_shardings
 
 STAGE = "online"
 RM_DIR = "rm"
@@ -178,6 +178,28 @@ def fresh_attack(config: Any, workdir: epath.Path, out: epath.Path, rm_graphdef:
               eos_fraction=float(final["has_eos"].mean()), num_steps=node.num_steps)
 
 
+def init_sharded_state(model_config: Any, ref_params: Any, rm_params: Any, policy_optimizer: Any,
+                       rm_optimizer: Any, rl_config: Any, capacity: int, prompt_len: int, sampling: SamplingConfig,
+                       mesh: Any) -> tuple[online.OnlineState, online.OnlineState]:
+  """A fresh online state on ``mesh`` and its shardings.
+
+  The adversary is laid out as every RL policy (``policy_state_shardings``);
+  the ensemble keeps the layout ``rm_params`` came in (``load_reward_model``
+  on ``mesh``: split by logical axes), its optimizer moments following.
+  """
+  adversary_params = init_policy_params(ref_params, model_config.d_model)
+  adversary_shardings = policy_state_shardings(model_config, adversary_params, policy_optimizer, mesh)
+  rm_param_shardings = shd.shardings_on(rm_params, mesh)
+  rm_shardings = TrainState(step=shd.replicated(mesh), params=rm_param_shardings,
+                            opt_state=opt_state_shardings(rm_optimizer, rm_params, rm_param_shardings, mesh))
+  shardings = online.online_state_shardings(adversary_shardings, rm_shardings, mesh)
+  init = jax.jit(lambda adversary, rm: online.init_online_state(
+      init_rl_state(adversary, policy_optimizer, rl_config), rm, rm_optimizer, capacity, prompt_len,
+      sampling.max_new_tokens, pad_id=sampling.pad_id), out_shardings=shardings)
+  return init(jax.device_put(adversary_params, adversary_shardings.params),
+              jax.device_put(rm_params, rm_param_shardings)), shardings
+
+
 def run(config: Any, workdir: epath.Path) -> None:
   """Stage `online` (module doc): train, save the RM, evaluate, summarise."""
   workdir = epath.Path(workdir)
@@ -193,8 +215,8 @@ def run(config: Any, workdir: epath.Path) -> None:
   shd.check_batch_divisible(node.prompts_per_step, mesh, "online.prompts_per_step")
   shd.check_batch_divisible(node.ordinary_pairs, mesh, "online.ordinary_pairs", factor=node.rm_updates)
 
-  # Inputs: the same artefacts the round schedule starts from.
-  model_config, policy_graphdef, ref_params = wd.load_policy(workdir / wd.SFT)
+  # Inputs: the same artefacts the round schedule starts from, split by their logical axes.
+  model_config, policy_graphdef, ref_params = wd.load_policy(workdir / wd.SFT, mesh)
   rm_graphdef, rm_params, rm_meta = wd.load_reward_model(wd.rm_path(workdir, 0), mesh=mesh)
   if rm_meta["num_members"] < 2:
     raise ValueError(f"online: the RM has {rm_meta['num_members']} member; the adversary's R2 needs >= 2")
@@ -209,13 +231,12 @@ def run(config: Any, workdir: epath.Path) -> None:
   policy_optimizer = make_optimizer(node.optimizer, total_steps=node.num_steps)
   rm_optimizer_values = dict(config.online.rm_optimizer)  # the keys set, as rm_meta.json records them
   rm_optimizer = make_optimizer(node.rm_optimizer)
-  adversary = init_rl_state(init_policy_params(ref_params, model_config.d_model), policy_optimizer, rl_config)
-  state = online.init_online_state(adversary, rm_params, rm_optimizer, node.buffer_capacity,
-                                   reference["prompt_tokens"].shape[1], sampling.max_new_tokens,
-                                   pad_id=sampling.pad_id)
+  state, state_shardings = init_sharded_state(model_config, ref_params, rm_params, policy_optimizer, rm_optimizer,
+                                              rl_config, node.buffer_capacity, reference["prompt_tokens"].shape[1],
+                                              sampling, mesh)
   jitted = online.jit_online_iteration(online.make_online_iteration(
       policy_graphdef, rm_graphdef, policy_optimizer, rm_optimizer, rl_config, sampling, options,
-      gold_fn=world.gold_reward))
+      gold_fn=world.gold_reward), state_shardings, shd.shardings_on(ref_params, mesh), mesh)
   # The reference policy is an argument of the jitted step (never a baked-in
   # constant); the loop's step signature is (state, batch, rng).
   step_fn = lambda state, batch, rng: jitted(state, ref_params, batch, rng)

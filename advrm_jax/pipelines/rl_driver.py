@@ -20,8 +20,9 @@ from advrm_jax.config_node import from_node
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import step_rows
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
-from advrm_jax.pipelines.workdir import load_policy
-from advrm_jax.rl.engine import RLConfig, RLState, init_policy_params, init_rl_state, make_iteration
+from advrm_jax.pipelines.workdir import load_policy, policy_axes
+from advrm_jax.rl.engine import (RLConfig, RLState, init_policy_params, init_rl_state, make_iteration,
+                                 policy_param_axes, rl_state_shardings)
 from advrm_jax.rl.sampler import SamplingConfig
 from advrm_jax.train_state import make_optimizer
 
@@ -51,6 +52,44 @@ def make_seeds_step(iteration: Callable, num_seeds: int) -> Callable:
           logged[f"{key}/seed{seed}"] = value[seed]
     return state, logged
   return seeds_step
+
+
+def policy_state_shardings(model_config: Any, rl_params: Any, optimizer: Any, mesh: Any) -> RLState:
+  """Shardings of one policy's RL state: parameters split by their logical axes (fsdp x tensor, as in
+  `sft` and `rm`), optimizer moments following them."""
+  param_shardings = shd.tree_shardings(policy_param_axes(policy_axes(model_config)), rl_params, mesh)
+  return rl_state_shardings(optimizer, rl_params, param_shardings, mesh)
+
+
+def init_seed_states(rl_params: Any, shardings: RLState, optimizer: Any, rl_config: RLConfig,
+                     num_seeds: int) -> tuple[RLState, RLState]:
+  """``num_seeds`` fresh RL states stacked on a leading seed axis, and their shardings.
+
+  Each seed is laid out as one policy is (``shardings``, from
+  ``policy_state_shardings``). The seed axis itself is not split (each device
+  holds its slice of every seed): the seeds share every prompt of the step,
+  whose rows are already split over data x fsdp, and S (1-5) seldom divides
+  the data axis, which would then have to carry the seeds instead of the batch.
+  """
+  stacked = shd.with_leading_axis(shardings)
+  init = jax.jit(lambda p: jax.vmap(lambda _: init_rl_state(p, optimizer, rl_config))(jnp.arange(num_seeds)),
+                 out_shardings=stacked)
+  return init(jax.device_put(rl_params, shardings.params)), stacked
+
+
+def jit_seeds_step(iteration: Callable, num_seeds: int, state_shardings: RLState, ref_shardings: Any,
+                   reward_shardings: Any, mesh: Any) -> Callable:
+  """``make_seeds_step`` jitted once with explicit shardings, the state donated.
+
+  Weights are arguments, not closure constants: runs that differ only in
+  weights (another RM round, another aggregate mix) are the same program,
+  which JAX's persistent compilation cache then compiles once. Metrics come
+  back replicated (scalars and small sample tables), readable on every host.
+  """
+  return jax.jit(make_seeds_step(iteration, num_seeds),
+                 in_shardings=(state_shardings, ref_shardings, reward_shardings, shd.batch_sharding(mesh),
+                               shd.replicated(mesh)),
+                 out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=(0,))
 
 
 def train_policy(name: str, stage_dir: epath.Path, sft_dir: epath.Path, config: Any, node: Any,
@@ -104,23 +143,18 @@ def train_policy(name: str, stage_dir: epath.Path, sft_dir: epath.Path, config: 
   if node.prompts_per_step * rl_config.num_samples % rl_config.num_minibatches:
     raise ValueError(f"{name}.num_minibatches={rl_config.num_minibatches} must divide prompts_per_step x "
                      f"num_samples = {node.prompts_per_step * rl_config.num_samples}")
-  model_config, graphdef, ref_params = load_policy(sft_dir)
+  # The reference policy is read straight into its shards; the reward weights keep the layout their loader
+  # gave them (``load_reward_model(..., mesh)``: split by logical axes), anything else is replicated.
+  model_config, graphdef, ref_params = load_policy(sft_dir, mesh)
+  reward_params, reward_shardings = shd.place(reward_params, mesh)
   optimizer = make_optimizer(node.optimizer, f"{where}.optimizer", total_steps=node.num_steps)
   iteration = make_iteration(graphdef, optimizer, rl_config, sampling, reward_source, gold_fn=gold_fn,
                              emit_rollout=collect_fn is not None)
   rl_params = init_policy_params(ref_params, model_config.d_model)
-  state = jax.vmap(lambda _: init_rl_state(rl_params, optimizer, rl_config))(jnp.arange(num_seeds))
-  # Committed to the mesh like the step's outputs (and a restored state), so
-  # the first step does not compile a second variant for uncommitted inputs.
-  state = jax.device_put(state, shd.replicated(mesh))
-  # The reference and reward weights are loaded onto one device; on a mesh of
-  # several, jit refuses arguments committed to different devices.
-  ref_params, reward_params = jax.device_put((ref_params, reward_params), shd.replicated(mesh))
-
-  # Weights are arguments, not closure constants: runs that differ only in
-  # weights (another RM round, another aggregate mix) are the same program,
-  # which JAX's persistent compilation cache then compiles once.
-  jitted_step = jax.jit(make_seeds_step(iteration, num_seeds), donate_argnums=(0,))
+  state, state_shardings = init_seed_states(rl_params, policy_state_shardings(model_config, rl_params, optimizer, mesh),
+                                            optimizer, rl_config, num_seeds)
+  jitted_step = jit_seeds_step(iteration, num_seeds, state_shardings, shd.shardings_on(ref_params, mesh),
+                               reward_shardings, mesh)
 
   snapshot_every = int(getattr(node, "snapshot_every", 0))  # a config node or a typed one (AttackConfig)
   if snapshot_every and (snapshot_every < 0 or snapshot_every % node.log_every):

@@ -42,6 +42,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from advrm_jax import sharding as shd
@@ -106,13 +107,28 @@ def skip_if_done(directory: PathLike, label: str) -> bool:
   return False
 
 
+def writes_artefacts() -> bool:
+  """Whether this process writes the run's files: process 0 of a multi-process job (every process runs
+  every stage on a shared work dir; orbax checkpoints, written collectively, are the exception)."""
+  return jax.process_index() == 0
+
+
+def sync(label: str) -> None:
+  """In a multi-process job, waits until every process gets here (after process 0 wrote what all read)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(label)
+
+
 def mark_done(directory: PathLike) -> None:
   """Writes the DONE marker that makes later launches skip this stage or round."""
-  write_text_atomic(epath.Path(directory) / DONE, "ok\n")
+  if writes_artefacts():
+    write_text_atomic(epath.Path(directory) / DONE, "ok\n")
 
 
 def write_json(path: PathLike, value: Any, sort_keys: bool = False) -> None:
   """Atomic JSON write (NaN/Inf as null): a kill never leaves half a file."""
+  if not writes_artefacts():
+    return
   write_text_atomic(path, json.dumps(to_json_safe(value), indent=2, allow_nan=False, sort_keys=sort_keys))
 
 
@@ -126,11 +142,15 @@ def read_json(path: PathLike, what: str) -> Any:
 
 def write_jsonl(path: PathLike, records: list[dict[str, Any]]) -> None:
   """Atomic JSON-lines write (NaN/Inf as null): a kill never leaves half a file."""
+  if not writes_artefacts():
+    return
   write_text_atomic(path, "".join(json.dumps(to_json_safe(record), ensure_ascii=False) + "\n" for record in records))
 
 
 def save_npz(path: PathLike, **arrays: Any) -> None:
   """Atomic ``np.savez`` (built in memory, then ``write_bytes_atomic``)."""
+  if not writes_artefacts():
+    return
   buffer = io.BytesIO()
   np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
   write_bytes_atomic(path, buffer.getvalue())
@@ -171,17 +191,31 @@ def model_config_from(config) -> ModelConfig:
 
 def save_model_config(directory: PathLike, model_config: ModelConfig) -> None:
   """Writes ``model_config.json`` (what ``load_policy`` rebuilds the policy from)."""
+  if not writes_artefacts():
+    return
   write_text_atomic(epath.Path(directory) / "model_config.json", json.dumps(model_config.to_dict(), indent=2))
 
 
-def load_policy(stage_dir: PathLike) -> tuple[ModelConfig, nnx.GraphDef, Any]:
-  """(model config, graphdef, params) of a finished sft stage, on the default device."""
+def policy_axes(model_config: ModelConfig) -> Any:
+  """Logical axis names of a policy's parameters (a tree parallel to them); nothing is allocated."""
+  return abstract_module(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))[2]
+
+
+def load_policy(stage_dir: PathLike, mesh: Any = None) -> tuple[ModelConfig, nnx.GraphDef, Any]:
+  """(model config, graphdef, params) of a finished sft stage.
+
+  With ``mesh`` the params are split by their logical axes (``sharding.DEFAULT_RULES``: fsdp x tensor), each
+  device reading only its shards; without, they are on the default device.
+  """
   stage_dir = epath.Path(stage_dir)
   config_path = stage_dir / "model_config.json"
   if not config_path.exists():
     raise FileNotFoundError(f"{config_path} not found: run the `sft` stage first")
   model_config = ModelConfig.from_dict(json.loads(config_path.read_text()))
-  graphdef, params, _ = abstract_module(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
+  graphdef, params, axes = abstract_module(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
+  if mesh is not None:
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params,
+                          shd.tree_shardings(axes, params, mesh))
   return model_config, graphdef, load_params(stage_dir / "params", params)
 
 

@@ -24,7 +24,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from advrm_jax import sharding as shd
 from advrm_jax.reward.model import ensemble_aggregate, ensemble_uncertainty, reward_scores
@@ -52,11 +52,12 @@ def make_scorer(graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any = None)
     param_shardings: the params' shardings (e.g. the train state's); None
       lets jit take them from the arrays it is given.
   """
-  out_sharding = NamedSharding(mesh, P(None, shd.BATCH_AXES))
   batch_sharding = shd.batch_sharding(mesh)
   in_shardings = None if param_shardings is None else (param_shardings, batch_sharding, batch_sharding)
+  # Scores come back replicated ([K, B] floats, small): every host of a multi-process job can read them,
+  # where rows split over data x fsdp would leave each host only its own.
   return jax.jit(lambda params, tokens, mask: reward_scores(graphdef, params, tokens, mask),
-                 in_shardings=in_shardings, out_shardings=out_sharding)
+                 in_shardings=in_shardings, out_shardings=shd.replicated(mesh))
 
 
 def score_rows(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: int, mesh: Mesh) -> np.ndarray:

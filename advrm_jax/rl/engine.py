@@ -32,12 +32,15 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from advrm_jax import sharding as shd
 from advrm_jax.models.lm import token_logprobs_from_logits
 from advrm_jax.rl import advantages as adv
 from advrm_jax.rl import losses
 from advrm_jax.rl.rewards import Rollout
 from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample
+from advrm_jax.train_state import opt_state_shardings
 
 Array = jax.Array
 
@@ -117,6 +120,14 @@ def policy_param_axes(policy_axes: Any, critic_axes: Any | None = None) -> dict[
   if critic_axes is not None:
     axes["critic"] = critic_axes
   return axes
+
+
+def rl_state_shardings(optimizer: optax.GradientTransformation, params: Any, param_shardings: Any,
+                       mesh: Mesh) -> RLState:
+  """Shardings of ``init_rl_state(params, ...)``: optimizer moments follow their parameters."""
+  return RLState(step=shd.replicated(mesh), params=param_shardings,
+                 opt_state=opt_state_shardings(optimizer, params, param_shardings, mesh),
+                 kl_coef=shd.replicated(mesh))
 
 
 def init_rl_state(params: Any, optimizer: optax.GradientTransformation, config: RLConfig) -> RLState:
