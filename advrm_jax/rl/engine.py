@@ -1,6 +1,6 @@
 """One jitted RL iteration for language models: PPO, RLOO and GRPO.
 
-``iteration(state, ref_params, reward_params, prompts, rng) -> (state, metrics)``
+``iteration(state, ref_params, reward_params, prompts, rng) -> (state, IterationOutput)``
 does, inside a single ``jax.jit``:
 
 1. repeat each prompt ``num_samples`` times (prompt-major rows) and sample
@@ -25,7 +25,7 @@ keys runs several seeds at once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 from flax import nnx
@@ -43,6 +43,21 @@ from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample
 from advrm_jax.train_state import opt_state_shardings
 
 Array = jax.Array
+
+
+class IterationOutput(NamedTuple):
+  """What one RL iteration returns besides the new state (a pytree: vmapped seeds stack every leaf).
+
+  metrics: scalars (losses, rewards, KL, ...), the only part written as metrics.
+  samples: the first sample of every prompt, for sample tables: ``prompt_tokens`` [P, Lp],
+    ``response_tokens`` [P, Lr], ``proxy_reward`` [P].
+  rollout: every sampled row, prompt-major (``prompt_tokens``, ``prompt_mask``,
+    ``response_tokens``, ``response_mask``: [B, ...]) when the iteration was built with
+    ``emit_rollout``, else None.
+  """
+  metrics: dict[str, Array]
+  samples: dict[str, Array]
+  rollout: dict[str, Array] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,10 +189,8 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     gold_fn: optional exact gold ``fn(prompt_tokens, prompt_mask,
       response_tokens, response_mask) -> [B]`` -- tracked as a metric only,
       never seen by the policy.
-    emit_rollout: also return every sampled row as ``rollout/prompt_tokens``,
-      ``rollout/prompt_mask``, ``rollout/response_tokens`` and
-      ``rollout/response_mask`` ([B, ...], prompt-major), e.g. for the
-      adversary, whose samples across the whole run are the product.
+    emit_rollout: also return every sampled row (``IterationOutput.rollout``),
+      e.g. for the adversary, whose samples across the whole run are the product.
   """
   k = config.num_samples
   temperature = sampling.temperature if sampling.temperature > 0 else 1.0
@@ -297,14 +310,13 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     if gold_fn is not None:
       gold = gold_fn(samples.prompt_tokens, samples.prompt_mask, samples.tokens, samples.response_mask)
       metrics["gold_reward"] = jnp.mean(gold)
-    # Per-sample arrays for sample tables (the loop logs them as text, not scalars).
-    metrics["samples/response_tokens"] = samples.tokens[::k]
-    metrics["samples/prompt_tokens"] = samples.prompt_tokens[::k]
-    metrics["samples/proxy_reward"] = proxy_scores[::k]
+    table = {"prompt_tokens": samples.prompt_tokens[::k], "response_tokens": samples.tokens[::k],
+             "proxy_reward": proxy_scores[::k]}
+    every_row = None
     if emit_rollout:
-      metrics.update({"rollout/prompt_tokens": samples.prompt_tokens, "rollout/prompt_mask": samples.prompt_mask,
-                      "rollout/response_tokens": samples.tokens, "rollout/response_mask": samples.response_mask})
+      every_row = {"prompt_tokens": samples.prompt_tokens, "prompt_mask": samples.prompt_mask,
+                 "response_tokens": samples.tokens, "response_mask": samples.response_mask}
     new_state = RLState(step=state.step + 1, params=params, opt_state=opt_state, kl_coef=kl_coef)
-    return new_state, metrics
+    return new_state, IterationOutput(metrics=metrics, samples=table, rollout=every_row)
 
   return iteration
