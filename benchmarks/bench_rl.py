@@ -79,10 +79,10 @@ def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int =
     for _ in range(steps_per_round):
       def one():
         holder["step"] += 1
-        holder["state"], metrics = compiled(holder["state"], models.params, None, jprompts,
-                                            jax.random.fold_in(key, holder["step"]))
-        jax.block_until_ready(metrics["loss"])
-        holder["length"] = float(metrics["response_length"])
+        holder["state"], out = compiled(holder["state"], models.params, None, jprompts,
+                                        jax.random.fold_in(key, holder["step"]))
+        jax.block_until_ready(out.metrics["loss"])
+        holder["length"] = float(out.metrics["response_length"])
       times.append(common.timed(one))
     return times
   sides = {"ours": ours}

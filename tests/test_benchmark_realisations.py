@@ -48,8 +48,8 @@ def test_vmapped_width_two_equals_two_serial_calls(quick, part):
 def test_rl_samples_are_identical_tokens(quick):
   # Sampling is discrete: equal tokens show the vmapped sampler drew exactly the serial draws.
   check = quick["rl"]["check"]
-  for r, (_, metrics) in enumerate(check["serial"]):
-    np.testing.assert_array_equal(check["vmapped"][1]["samples/response_tokens"][r], metrics["samples/response_tokens"])
+  for r, (_, out) in enumerate(check["serial"]):
+    np.testing.assert_array_equal(check["vmapped"][1].samples["response_tokens"][r], out.samples["response_tokens"])
 
 
 def test_table_rows(quick):

@@ -205,7 +205,7 @@ def test_empo_reward_runs_inside_the_jitted_rl_iteration():
                                      SamplingConfig(max_new_tokens=8, eos_id=rw.EOS_ID, pad_id=0), source,
                                      gold_fn=rw.correctness_reward))
   prompts = {k: jnp.asarray(v) for k, v in rw.prompt_arrays(rw.make_problems(2, 0, "rl")).items()}
-  state, metrics = iteration(state, params, None, prompts, jax.random.key(0))
+  state, out = iteration(state, params, None, prompts, jax.random.key(0))
   for key in ("loss", "empo/semantic_entropy", "empo/kept_fraction", "gold_reward"):
-    assert np.isfinite(float(metrics[key])), key
+    assert np.isfinite(float(out.metrics[key])), key
   assert int(state.step) == 1

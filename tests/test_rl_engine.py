@@ -51,8 +51,8 @@ def _train(config: RLConfig, steps: int):
   prompts = jax.tree.map(jnp.asarray, _prompts())
   history = []
   for i in range(steps):
-    state, metrics = step(state, ref_params, None, prompts, jax.random.key(i))
-    history.append({k: float(v) for k, v in metrics.items() if not k.startswith("samples/")})
+    state, out = step(state, ref_params, None, prompts, jax.random.key(i))
+    history.append({k: float(v) for k, v in out.metrics.items()})
   return history, step
 
 
@@ -104,9 +104,9 @@ def test_mesh_222_iteration_matches_single_device():
     step = jax.jit(iteration, in_shardings=(state_sh, ref_sh, None, shd.batch_sharding(mesh), shd.replicated(mesh)),
                    out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
     prompts = shd.shard_batch(_prompts(), mesh)
-    state, metrics = step(state, jax.device_put(params, ref_sh), None, prompts, jax.random.key(3))
-    results.append((jax.device_get(state.params), jax.device_get(metrics)))
+    state, out = step(state, jax.device_put(params, ref_sh), None, prompts, jax.random.key(3))
+    results.append((jax.device_get(state.params), jax.device_get(out)))
   (p1, m1), (p8, m8) = results
-  np.testing.assert_array_equal(m1["samples/response_tokens"], m8["samples/response_tokens"])
-  np.testing.assert_allclose(m1["loss"], m8["loss"], atol=1e-5)
+  np.testing.assert_array_equal(m1.samples["response_tokens"], m8.samples["response_tokens"])
+  np.testing.assert_allclose(m1.metrics["loss"], m8.metrics["loss"], atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p8)

@@ -210,9 +210,8 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
 
     # 2. The adversary's RL iteration against the current (pre-update) ensemble.
     prompts = {"tokens": prompt_tokens, "mask": prompt_mask, "threshold": threshold}
-    adversary, adv_metrics = adversary_step(state.adversary, ref_params, source_params, prompts, adv_rng)
-    rollout = {key[len("rollout/"):]: adv_metrics.pop(key) for key in list(adv_metrics)
-               if key.startswith("rollout/")}
+    adversary, adv_out = adversary_step(state.adversary, ref_params, source_params, prompts, adv_rng)
+    rollout = adv_out.rollout
 
     # 3. Filter its samples and push the kept ones into the ring buffer.
     sample_scores = jax.lax.stop_gradient(score(rm_params, rollout["prompt_tokens"], rollout["prompt_mask"],
@@ -291,12 +290,13 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
     rm_state, rm_metrics = jax.lax.scan(rm_update, state.rm, (ordinary, jax.random.split(rm_rng, num_updates)))
     rm_metrics = jax.tree.map(jnp.mean, rm_metrics)
 
-    metrics = {f"adv/{key}" if not key.startswith(("samples/", "adv/")) else key: value
-               for key, value in adv_metrics.items()}
+    metrics = {key if key.startswith("adv/") else f"adv/{key}": value for key, value in adv_out.metrics.items()}
+    # The stage's train_loop reads the sample tables under "samples/" (its text_fn).
+    metrics.update({f"samples/{key}": value for key, value in adv_out.samples.items()})
     metrics.update({f"rm/{key}": value for key, value in rm_metrics.items()})
     metrics.update(filter_metrics)
     # The loop's NaN guard reads "loss": both halves must stay finite.
-    metrics["loss"] = rm_metrics["loss"] + adv_metrics["loss"]
+    metrics["loss"] = rm_metrics["loss"] + adv_out.metrics["loss"]
     new_state = OnlineState(step=state.step + 1, adversary=adversary, rm=rm_state, buffer=buffer)
     return new_state, metrics
 

@@ -35,22 +35,20 @@ def snapshot_path(stage_dir: epath.Path, step: int) -> epath.Path:
 def make_seeds_step(iteration: Callable, num_seeds: int) -> Callable:
   """The RL step of every stage: ``iteration`` vmapped over S stacked seed states and keys.
 
-  ``(state [S], ref_params, reward_params, batch, rng) -> (state [S], metrics)``: the weights and the prompts
-  are shared by the seeds; every scalar metric is logged as the seeds' mean and per seed.
+  ``(state [S], ref_params, reward_params, batch, rng) -> (state [S], IterationOutput)``: the weights and
+  the prompts are shared by the seeds; every metric is logged as the seeds' mean and per seed; samples and
+  rollout keep their leading seed axis.
   """
   def seeds_step(state, ref_params, reward_params, batch, rng):
     rngs = jax.random.split(rng, num_seeds)
-    state, metrics = jax.vmap(iteration, in_axes=(0, None, None, None, 0))(state, ref_params, reward_params,
-                                                                           batch, rngs)
+    state, out = jax.vmap(iteration, in_axes=(0, None, None, None, 0))(state, ref_params, reward_params,
+                                                                       batch, rngs)
     logged = {}
-    for key, value in metrics.items():
-      if key.startswith(("samples/", "rollout/")):
-        logged[key] = value
-      else:
-        logged[key] = jnp.mean(value)
-        for seed in range(num_seeds):
-          logged[f"{key}/seed{seed}"] = value[seed]
-    return state, logged
+    for key, value in out.metrics.items():
+      logged[key] = jnp.mean(value)
+      for seed in range(num_seeds):
+        logged[f"{key}/seed{seed}"] = value[seed]
+    return state, out._replace(metrics=logged)
   return seeds_step
 
 
@@ -83,8 +81,9 @@ def jit_seeds_step(iteration: Callable, num_seeds: int, state_shardings: RLState
 
   Weights are arguments, not closure constants: runs that differ only in
   weights (another RM round, another aggregate mix) are the same program,
-  which JAX's persistent compilation cache then compiles once. Metrics come
-  back replicated (scalars and small sample tables), readable on every host.
+  which JAX's persistent compilation cache then compiles once. The whole
+  output comes back replicated, readable on every host: metrics (scalars),
+  sample tables and, when emitted, the rollout (the collector keeps every row).
   """
   return jax.jit(make_seeds_step(iteration, num_seeds),
                  in_shardings=(state_shardings, ref_shardings, reward_shardings, shd.batch_sharding(mesh),
@@ -169,15 +168,15 @@ def train_policy(name: str, stage_dir: epath.Path, sft_dir: epath.Path, config: 
   snapshot(state, 0)
 
   def step_fn(state, batch, rng):
-    state, metrics = jitted_step(state, ref_params, reward_params, batch, rng)
+    state, out = jitted_step(state, ref_params, reward_params, batch, rng)
+    # train_loop reads sample tables under "samples/" (its text_fn); the rollout goes to the collector only.
+    metrics = {**out.metrics, **{f"samples/{key}": value for key, value in out.samples.items()}}
     if not (snapshot_every or collect_fn):
       return state, metrics  # no host sync on the step counter
     step = int(jax.device_get(state.step)[0])
     snapshot(state, step)
     if collect_fn is not None:
-      # Rollouts go to the collector, never to the metric writer.
-      rollout = {key[len("rollout/"):]: metrics.pop(key) for key in list(metrics) if key.startswith("rollout/")}
-      collect_fn(step, rollout)
+      collect_fn(step, out.rollout)
     return state, metrics
   num_prompts = prompts["tokens"].shape[0]
   per_step = node.prompts_per_step

@@ -1,6 +1,6 @@
 """One jitted RL iteration for language models: PPO, RLOO and GRPO.
 
-``iteration(state, ref_params, reward_params, prompts, rng) -> (state, metrics)``
+``iteration(state, ref_params, reward_params, prompts, rng) -> (state, IterationOutput)``
 does, inside a single ``jax.jit``:
 
 1. repeat each prompt ``num_samples`` times (prompt-major rows) and sample
@@ -15,6 +15,10 @@ does, inside a single ``jax.jit``:
    ``lax.scan``s;
 7. adaptive KL coefficient update.
 
+Steps 1, 2, 3-5 and 6 are the closures ``rollout_step``, ``score_step``,
+``advantages_step`` and ``update_step`` of ``make_iteration``, which
+``iteration`` composes; they are traced into the one program, not jitted apart.
+
 Policy parameters are ``{"policy": transformer params, "value_head": ...}``,
 plus ``"critic"`` (a separate transformer) when ``critic="separate"``. With
 ``critic="shared"`` the value head reads the policy's final hidden state.
@@ -25,7 +29,7 @@ keys runs several seeds at once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 from flax import nnx
@@ -43,6 +47,21 @@ from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample
 from advrm_jax.train_state import opt_state_shardings
 
 Array = jax.Array
+
+
+class IterationOutput(NamedTuple):
+  """What one RL iteration returns besides the new state (a pytree: vmapped seeds stack every leaf).
+
+  metrics: scalars (losses, rewards, KL, ...), the only part written as metrics.
+  samples: the first sample of every prompt, for sample tables: ``prompt_tokens`` [P, Lp],
+    ``response_tokens`` [P, Lr], ``proxy_reward`` [P].
+  rollout: every sampled row, prompt-major (``prompt_tokens``, ``prompt_mask``,
+    ``response_tokens``, ``response_mask``: [B, ...]) when the iteration was built with
+    ``emit_rollout``, else None.
+  """
+  metrics: dict[str, Array]
+  samples: dict[str, Array]
+  rollout: dict[str, Array] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,49 +193,50 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     gold_fn: optional exact gold ``fn(prompt_tokens, prompt_mask,
       response_tokens, response_mask) -> [B]`` -- tracked as a metric only,
       never seen by the policy.
-    emit_rollout: also return every sampled row as ``rollout/prompt_tokens``,
-      ``rollout/prompt_mask``, ``rollout/response_tokens`` and
-      ``rollout/response_mask`` ([B, ...], prompt-major), e.g. for the
-      adversary, whose samples across the whole run are the product.
+    emit_rollout: also return every sampled row (``IterationOutput.rollout``),
+      e.g. for the adversary, whose samples across the whole run are the product.
   """
   k = config.num_samples
   temperature = sampling.temperature if sampling.temperature > 0 else 1.0
   use_values = config.algorithm == "ppo"
 
-  def iteration(state: RLState, ref_params: Any, reward_params: Any, prompts: dict[str, Array], rng: Array):
-    sample_rng, shuffle_rng = jax.random.split(rng)
+  def rollout_step(policy_params: Any, prompts: dict[str, Array], rng: Array):
+    """1. Repeat each prompt k times (prompt-major) and sample a response per row."""
     prompt_tokens = jnp.repeat(prompts["tokens"], k, axis=0)
     prompt_mask = jnp.repeat(prompts["mask"], k, axis=0)
     threshold = jnp.repeat(prompts.get("threshold", jnp.zeros(prompts["tokens"].shape[0])), k, axis=0)
-    batch = prompt_tokens.shape[0]
-    prompt_len = prompt_tokens.shape[1]
-
-    # 1. Sample.
-    samples = sample(graphdef, state.params["policy"], prompt_tokens, prompt_mask, sample_rng, sampling)
+    samples = sample(graphdef, policy_params, prompt_tokens, prompt_mask, rng, sampling)
     samples = jax.tree.map(jax.lax.stop_gradient, samples)
     tokens, mask = concat_prompt_response(samples.prompt_tokens, samples.prompt_mask, samples.tokens,
                                           samples.response_mask, pad_id=sampling.pad_id, left_pad=False)
-    response_mask = samples.response_mask.astype(jnp.float32)
     rollout = Rollout(samples.prompt_tokens, samples.prompt_mask, samples.tokens, samples.response_mask,
                       tokens, mask, threshold)
+    return samples, rollout
 
-    # 2. Score.
-    scores, reward_metrics = reward_source(reward_params, rollout)
-    proxy_scores = scores
+  def score_step(reward_params: Any, rollout: Rollout, has_eos: Array):
+    """2. Reward-source scores (the proxy reward) and the scores the policy is trained on."""
+    proxy_scores, reward_metrics = reward_source(reward_params, rollout)
+    scores = proxy_scores
     if config.missing_eos_penalty:
-      scores = losses.missing_eos_penalty(scores, samples.has_eos, config.missing_eos_penalty)
+      scores = losses.missing_eos_penalty(scores, has_eos, config.missing_eos_penalty)
+    return scores, proxy_scores, reward_metrics
 
-    # 3. Old policy / reference log-probs and values (no gradient).
+  def advantages_step(params: Any, ref_params: Any, rollout: Rollout, scores: Array, kl_coef: Array):
+    """3-5. Old policy / reference log-probs and values (no gradient), KL, rewards and advantages.
+
+    Returns the update's data (one row per sample) and each response's KL to the reference (nats).
+    """
+    tokens, mask = rollout.tokens, rollout.mask
+    prompt_len = rollout.prompt_tokens.shape[1]
+    response_mask = rollout.response_mask.astype(jnp.float32)
     old_logprobs, _, old_values = _response_logprobs_and_values(
-        graphdef, state.params, tokens, mask, prompt_len, temperature, use_values, config.critic)
+        graphdef, params, tokens, mask, prompt_len, temperature, use_values, config.critic)
     ref_logprobs, _, _ = _response_logprobs_and_values(
         graphdef, {"policy": ref_params}, tokens, mask, prompt_len, temperature, False, config.critic)
     token_kl = losses.kl_penalty(old_logprobs, ref_logprobs, config.kl_estimator) * response_mask
     sequence_kl = token_kl.sum(axis=1)  # nats per response: what `kl` reports whatever the aggregate
     token_kl_for_reward = losses.kl_for_reward(token_kl, response_mask, config.kl_aggregate)
-    kl_coef = state.kl_coef
 
-    # 4-5. Rewards and advantages.
     if use_values:
       kl_for_reward = token_kl_for_reward if config.kl_in_reward else None
       token_rewards = adv.per_token_rewards(scores, response_mask, kl_for_reward,
@@ -234,8 +254,14 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     if config.whiten_advantages:
       advantages = adv.masked_whiten(advantages, response_mask)
     advantages = jax.lax.stop_gradient(advantages)
+    data = {"tokens": tokens, "mask": mask, "response_mask": response_mask, "old_logprobs": old_logprobs,
+            "ref_logprobs": ref_logprobs, "advantages": advantages, "returns": returns, "old_values": old_values}
+    return data, sequence_kl
 
-    # 6. Epochs x minibatches of clipped updates.
+  def update_step(params: Any, opt_state: Any, data: dict[str, Array], kl_coef: Array, rng: Array):
+    """6. ``ppo_epochs`` x ``num_minibatches`` clipped updates; the update metrics averaged over them."""
+    batch = data["tokens"].shape[0]
+    prompt_len = data["tokens"].shape[1] - data["response_mask"].shape[1]
     minibatch = batch // config.num_minibatches
 
     def loss_fn(params, mb):
@@ -261,9 +287,6 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
       metrics.update(loss=total, entropy=entropy_mean)
       return total, metrics
 
-    data = {"tokens": tokens, "mask": mask, "response_mask": response_mask, "old_logprobs": old_logprobs,
-            "ref_logprobs": ref_logprobs, "advantages": advantages, "returns": returns, "old_values": old_values}
-
     def epoch(carry, epoch_rng):
       def minibatch_step(carry, rows):
         params, opt_state = carry
@@ -277,13 +300,22 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
       return jax.lax.scan(minibatch_step, carry, order)
 
     (params, opt_state), update_metrics = jax.lax.scan(
-        epoch, (state.params, state.opt_state), jax.random.split(shuffle_rng, config.ppo_epochs))
-    update_metrics = jax.tree.map(jnp.mean, update_metrics)
+        epoch, (params, opt_state), jax.random.split(rng, config.ppo_epochs))
+    return params, opt_state, jax.tree.map(jnp.mean, update_metrics)
+
+  def iteration(state: RLState, ref_params: Any, reward_params: Any, prompts: dict[str, Array], rng: Array):
+    sample_rng, shuffle_rng = jax.random.split(rng)
+    samples, rollout = rollout_step(state.params["policy"], prompts, sample_rng)
+    scores, proxy_scores, reward_metrics = score_step(reward_params, rollout, samples.has_eos)
+    data, sequence_kl = advantages_step(state.params, ref_params, rollout, scores, state.kl_coef)
+    params, opt_state, update_metrics = update_step(state.params, state.opt_state, data, state.kl_coef,
+                                                    shuffle_rng)
 
     # 7. Adaptive KL.
+    kl_coef = state.kl_coef
     mean_kl = jnp.mean(sequence_kl)
     if config.adaptive_kl_target is not None:
-      kl_coef = losses.adaptive_kl_update(kl_coef, mean_kl, batch, config.adaptive_kl_target,
+      kl_coef = losses.adaptive_kl_update(kl_coef, mean_kl, data["tokens"].shape[0], config.adaptive_kl_target,
                                           config.adaptive_kl_horizon)
 
     metrics = dict(update_metrics)
@@ -293,18 +325,18 @@ def make_iteration(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
         response_length=jnp.mean(samples.lengths.astype(jnp.float32)),
         eos_fraction=jnp.mean(samples.has_eos.astype(jnp.float32)))
     if use_values:
-      metrics["value_explained_variance"] = losses.explained_variance(old_values, returns, response_mask)
+      metrics["value_explained_variance"] = losses.explained_variance(data["old_values"], data["returns"],
+                                                                      data["response_mask"])
     if gold_fn is not None:
       gold = gold_fn(samples.prompt_tokens, samples.prompt_mask, samples.tokens, samples.response_mask)
       metrics["gold_reward"] = jnp.mean(gold)
-    # Per-sample arrays for sample tables (the loop logs them as text, not scalars).
-    metrics["samples/response_tokens"] = samples.tokens[::k]
-    metrics["samples/prompt_tokens"] = samples.prompt_tokens[::k]
-    metrics["samples/proxy_reward"] = proxy_scores[::k]
+    table = {"prompt_tokens": samples.prompt_tokens[::k], "response_tokens": samples.tokens[::k],
+             "proxy_reward": proxy_scores[::k]}
+    every_row = None
     if emit_rollout:
-      metrics.update({"rollout/prompt_tokens": samples.prompt_tokens, "rollout/prompt_mask": samples.prompt_mask,
-                      "rollout/response_tokens": samples.tokens, "rollout/response_mask": samples.response_mask})
+      every_row = {"prompt_tokens": samples.prompt_tokens, "prompt_mask": samples.prompt_mask,
+                   "response_tokens": samples.tokens, "response_mask": samples.response_mask}
     new_state = RLState(step=state.step + 1, params=params, opt_state=opt_state, kl_coef=kl_coef)
-    return new_state, metrics
+    return new_state, IterationOutput(metrics=metrics, samples=table, rollout=every_row)
 
   return iteration
