@@ -151,11 +151,11 @@ def run_rl(mesh):
   prompts = {"tokens": tokens * mask, "mask": mask}
   prompts = to_global(prompts, jax.tree.map(lambda _: shd.batch_sharding(mesh), prompts))
   key = to_global(jax.random.key_data(jax.random.key(3)), shd.replicated(mesh))
-  state, metrics = step(state, to_global(jax.tree.map(np.asarray, params), ref_sh), None, prompts,
-                        jax.random.wrap_key_data(key))
-  metrics = jax.tree.map(np.asarray, metrics)
-  response_tokens = metrics.pop("samples/response_tokens")
-  scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+  state, out = step(state, to_global(jax.tree.map(np.asarray, params), ref_sh), None, prompts,
+                    jax.random.wrap_key_data(key))
+  out = jax.tree.map(np.asarray, out)
+  response_tokens = out.samples["response_tokens"]
+  scalars = {k: float(v) for k, v in out.metrics.items() if np.ndim(v) == 0}
   return {"metrics": scalars, "response_tokens": response_tokens.tolist()}, to_host(state.params, mesh)
 
 

@@ -134,6 +134,8 @@ def _write_config(directory: pathlib.Path, config: Any) -> None:
 
 def link_dir(source: pathlib.Path, link: pathlib.Path) -> None:
   """``link`` -> ``source`` (relative, so STUDY_DIR can move); kept as it is when it exists (a resume)."""
+  # Work-dir helpers return epath paths; links are local-only (``run`` refuses a remote study dir).
+  source, link = pathlib.Path(source), pathlib.Path(link)
   if link.is_symlink() or link.exists():
     return
   link.parent.mkdir(parents=True, exist_ok=True)
