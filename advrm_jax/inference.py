@@ -219,9 +219,9 @@ def sample_table(samples: dict[str, np.ndarray], tokenizer: Any, limit: int = 4)
   The ``text_fn`` of RL runs on an imported policy (``rl_driver.train_policy``
   defaults to the synthetic world's decoder).
   """
-  prompts = samples["samples/prompt_tokens"].reshape(-1, samples["samples/prompt_tokens"].shape[-1])[:limit]
-  responses = samples["samples/response_tokens"].reshape(-1, samples["samples/response_tokens"].shape[-1])[:limit]
-  proxy = samples["samples/proxy_reward"].reshape(-1)[:limit]
+  prompts = samples["prompt_tokens"].reshape(-1, samples["prompt_tokens"].shape[-1])[:limit]
+  responses = samples["response_tokens"].reshape(-1, samples["response_tokens"].shape[-1])[:limit]
+  proxy = samples["proxy_reward"].reshape(-1)[:limit]
   # Sample tables carry no masks: padding is the tokenizer's pad id.
   prompt_texts = decode_prompts(prompts, prompts != tokenizer.pad_id, tokenizer)
   response_texts = decode_responses(responses, np.ones_like(responses, bool), tokenizer)

@@ -71,8 +71,8 @@ def test_online_iteration_compiles_once_and_updates_everything():
   rm_before = jax.tree.map(np.asarray, rm_params)
   history = []
   for i in range(3):
-    state, metrics = step(state, ref_params, jax.tree.map(jnp.asarray, _batch(i)), jax.random.key(i))
-    history.append({k: float(v) for k, v in metrics.items() if not k.startswith("samples/")})
+    state, out = step(state, ref_params, jax.tree.map(jnp.asarray, _batch(i)), jax.random.key(i))
+    history.append({k: float(v) for k, v in out.metrics.items()})
   assert step._cache_size() == 1  # one compilation across iterations
   # Adversary, its optimizer moments and the ensemble stay split over fsdp (embed axis) after the steps.
   adversary_q = state.adversary.params["policy"]["layers"]["q_kernel"]  # [L, D, H, Dh]

@@ -79,7 +79,7 @@ class _Recorder:
       w = w * value  # a diverged step poisons the parameters too
     if self.sigterm_at == step:
       os.kill(os.getpid(), signal.SIGTERM)  # the flag is checked after this step
-    return {"w": w, "count": state["count"] + 1}, metrics
+    return {"w": w, "count": state["count"] + 1}, metrics, {}
 
 
 def _loop(**kwargs) -> LoopConfig:
@@ -141,6 +141,28 @@ def test_resumed_run_replays_rng_and_data_by_step_and_ends_bitwise_equal(tmp_pat
     assert np.array_equal(x, straight_recorder.seen[step][1]), step
   _assert_same_state(state, straight_state)
   assert _metrics(tmp_path) == _metrics(straight_dir)
+
+
+def test_sample_tables_get_the_steps_samples_at_logged_steps_only_and_resume_like_the_metrics(tmp_path):
+  def step_fn(state, batch, rng):
+    state, metrics, _ = _Recorder()(state, batch, rng)
+    return state, metrics, {"batch_step": batch["step"]}
+
+  def text_fn(samples, step):
+    del step
+    return {"samples": f"{type(samples['batch_step']).__name__} {samples['batch_step'].tolist()}"}
+  loop = _loop(log_every=3)  # logged steps 3, 6 and the last, 8 (checkpoints every 2)
+  train_loop("test", tmp_path / "straight", _initial_state(), step_fn, _get_batch, loop, _mesh(), text_fn=text_fn)
+  with pytest.raises(_Interrupted):  # killed before step 8, after step 6's row: resumed from step 6
+    train_loop("test", tmp_path / "resumed", _initial_state(), step_fn, _crash_at(7), loop, _mesh(), text_fn=text_fn)
+  train_loop("test", tmp_path / "resumed", _initial_state(), step_fn, _get_batch, loop, _mesh(), text_fn=text_fn)
+  for run in ("straight", "resumed"):
+    # Logged step s ran the batch of step index s - 1, its samples read to the host (numpy).
+    rows = [json.loads(l) for l in (tmp_path / run / "samples.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 3, "samples": "ndarray [2, 2]"}, {"step": 6, "samples": "ndarray [5, 5]"},
+                    {"step": 8, "samples": "ndarray [7, 7]"}], run
+    # The samples are no metric: the rows hold the step's scalars only.
+    assert [sorted(r) for r in _metrics(tmp_path / run)] == [["grad_norm", "loss", "reward", "step"]] * 3, run
 
 
 def test_end_of_run_plot_follows_the_switch(tmp_path, straight):
@@ -369,7 +391,7 @@ class _SlowStep:
   def __call__(self, state, batch, rng):
     state, metrics = self._step(state, batch, rng)
     self.last_loss = metrics["loss"]
-    return state, metrics
+    return state, metrics, {}
 
   def get_batch(self, step: int) -> dict[str, np.ndarray]:
     if self.last_loss is not None:

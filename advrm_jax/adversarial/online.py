@@ -7,7 +7,7 @@ granularity of one RL iteration, the way GAN-style training does, so the
 ensemble is hardened against what the adversary finds *now* rather than
 against what an adversary found a whole round ago:
 
-  online_iteration(state, ref_params, batch, rng) -> (state, metrics)
+  online_iteration(state, ref_params, batch, rng) -> (state, IterationOutput)
 
 does, inside one ``jax.jit``:
 
@@ -58,7 +58,7 @@ from advrm_jax.adversarial.objective import (member_standardization, per_prompt_
                                              standardize_members)
 from advrm_jax.reward.losses import make_bt_step
 from advrm_jax.reward.model import reward_scores
-from advrm_jax.rl.engine import RLConfig, RLState, make_iteration
+from advrm_jax.rl.engine import IterationOutput, RLConfig, RLState, make_iteration
 from advrm_jax.rl.rewards import AdversarySource
 from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response
 from advrm_jax.train_state import TrainState
@@ -153,7 +153,7 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
                           rm_optimizer: optax.GradientTransformation, rl_config: RLConfig,
                           sampling: SamplingConfig, config: OnlineConfig,
                           gold_fn: Callable[..., Array] | None = None):
-  """Builds ``online_iteration(state, ref_params, batch, rng) -> (state, metrics)`` (module doc).
+  """Builds ``online_iteration(state, ref_params, batch, rng) -> (state, IterationOutput)`` (module doc).
 
   Args:
     policy_graphdef: the adversary's (= reference policy's) transformer.
@@ -291,14 +291,13 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
     rm_metrics = jax.tree.map(jnp.mean, rm_metrics)
 
     metrics = {key if key.startswith("adv/") else f"adv/{key}": value for key, value in adv_out.metrics.items()}
-    # The stage's train_loop reads the sample tables under "samples/" (its text_fn).
-    metrics.update({f"samples/{key}": value for key, value in adv_out.samples.items()})
     metrics.update({f"rm/{key}": value for key, value in rm_metrics.items()})
     metrics.update(filter_metrics)
     # The loop's NaN guard reads "loss": both halves must stay finite.
     metrics["loss"] = rm_metrics["loss"] + adv_out.metrics["loss"]
     new_state = OnlineState(step=state.step + 1, adversary=adversary, rm=rm_state, buffer=buffer)
-    return new_state, metrics
+    # The adversary's sample tables; its every-row rollout went into the buffer above.
+    return new_state, IterationOutput(metrics=metrics, samples=adv_out.samples, rollout=None)
 
   return online_iteration
 
@@ -315,7 +314,7 @@ def online_state_shardings(adversary: RLState, rm: TrainState, mesh: Mesh) -> On
 def jit_online_iteration(online_iteration: Callable, state_shardings: OnlineState, ref_shardings: Any,
                          mesh: Mesh) -> Callable:
   """Jitted once with explicit shardings; the state is donated (it holds the buffer and both models'
-  optimizer states). Metrics come back replicated."""
+  optimizer states). Metrics and sample tables come back replicated."""
   return jax.jit(online_iteration,
                  in_shardings=(state_shardings, ref_shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
                  out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=(0,))

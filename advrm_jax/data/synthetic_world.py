@@ -1358,9 +1358,9 @@ def decode_response_rows(response_tokens: np.ndarray, response_mask: np.ndarray)
 def sample_table(samples: Mapping[str, np.ndarray], limit: int = 4) -> str:
   """A markdown table of an RL step's sample responses (the ``text_fn`` of RL runs on the world)."""
   rows = ["| prompt | response | proxy |", "|---|---|---|"]
-  prompts = samples["samples/prompt_tokens"].reshape(-1, samples["samples/prompt_tokens"].shape[-1])
-  responses = samples["samples/response_tokens"].reshape(-1, samples["samples/response_tokens"].shape[-1])
-  proxy = samples["samples/proxy_reward"].reshape(-1)
+  prompts = samples["prompt_tokens"].reshape(-1, samples["prompt_tokens"].shape[-1])
+  responses = samples["response_tokens"].reshape(-1, samples["response_tokens"].shape[-1])
+  proxy = samples["proxy_reward"].reshape(-1)
   for p, r, s in list(zip(prompts, responses, proxy))[:limit]:
     prompt = TOKENIZER.decode([t for t in p if t != BOS_ID])
     response = TOKENIZER.decode_response(list(r))

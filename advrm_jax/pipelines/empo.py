@@ -48,9 +48,9 @@ EQUIVALENCES = {"exact": empo.exact_match, "within_one": empo.within_one}
 
 def decode_samples(samples: dict[str, np.ndarray], limit: int = 4) -> str:
   """A markdown table of sampled responses (reasoning tokenizer)."""
-  prompts = samples["samples/prompt_tokens"].reshape(-1, samples["samples/prompt_tokens"].shape[-1])
-  responses = samples["samples/response_tokens"].reshape(-1, samples["samples/response_tokens"].shape[-1])
-  proxy = samples["samples/proxy_reward"].reshape(-1)
+  prompts = samples["prompt_tokens"].reshape(-1, samples["prompt_tokens"].shape[-1])
+  responses = samples["response_tokens"].reshape(-1, samples["response_tokens"].shape[-1])
+  proxy = samples["proxy_reward"].reshape(-1)
   rows = ["| prompt | response | reward |", "|---|---|---|"]
   for p, r, s in list(zip(prompts, responses, proxy))[:limit]:
     prompt = rw.TOKENIZER.decode([t for t in p if t != rw.BOS_ID])

@@ -125,18 +125,25 @@ class LoopConfig:
   seed: int = 0
 
 
+def without_samples(step_fn: Callable) -> Callable:
+  """A ``(state, batch, rng) -> (state, metrics)`` step in train_loop's signature: no sample arrays."""
+  return lambda state, batch, rng: (*step_fn(state, batch, rng), {})
+
+
 def train_loop(name: str, directory: epath.PathLike, state: Any, step_fn: Callable,
                get_batch: Callable[[int], dict[str, np.ndarray]], loop: LoopConfig, mesh: Mesh,
                eval_fn: Callable[[Any, int], dict[str, Any]] | None = None, eval_every: int = 0,
                finite_keys: tuple[str, ...] = ("loss", "grad_norm", "reward", "proxy_reward"),
                text_fn: Callable[[dict[str, np.ndarray], int], dict[str, str]] | None = None) -> Any:
-  """Runs ``state, metrics = step_fn(state, batch, rng)`` for loop.num_steps steps.
+  """Runs ``state, metrics, samples = step_fn(state, batch, rng)`` for loop.num_steps steps.
 
   Args:
     name: stage name for the progress line.
     directory: the stage's work directory (checkpoints/, metrics.jsonl, tb/).
     state: the initial (sharded) state; also the restore target.
-    step_fn: the jitted pure step.
+    step_fn: the jitted pure step: the new state, its metrics (scalars, the
+      only values written to metrics.jsonl) and its sample arrays for
+      ``text_fn`` (``{}`` for stages without sample tables).
     get_batch: host batch for a step (must depend only on the step).
     loop: step counts and intervals.
     mesh: the device mesh batches are placed on.
@@ -147,8 +154,8 @@ def train_loop(name: str, directory: epath.PathLike, state: Any, step_fn: Callab
       norm is among them because a NaN gradient poisons the parameters while
       the step's loss (computed before the update) is still finite: watching
       the loss alone would checkpoint NaN parameters as the "last good" state.
-    text_fn: turns the step's "samples/..." arrays into texts (sample
-      tables) at every logged step; those arrays are never logged as scalars.
+    text_fn: turns the step's sample arrays into texts (sample tables,
+      samples.jsonl) at every logged step.
   Returns the final state.
   """
   directory = epath.Path(directory)
@@ -165,7 +172,7 @@ def train_loop(name: str, directory: epath.PathLike, state: Any, step_fn: Callab
     with _SigtermFlag() as sigterm:
       for step in range(start, loop.num_steps):
         batch = shd.shard_batch(get_batch(step), mesh)
-        state, metrics = step_fn(state, batch, jax.random.fold_in(seed_key, step))
+        state, metrics, samples = step_fn(state, batch, jax.random.fold_in(seed_key, step))
         done = step + 1
         watch.add(done, metrics)
         log = done % loop.log_every == 0 or done == loop.num_steps
@@ -175,11 +182,9 @@ def train_loop(name: str, directory: epath.PathLike, state: Any, step_fn: Callab
           continue  # nothing read from the device: the next step is dispatched at once
         watch.check()
         if log or evaluate:
-          host_metrics = jax.device_get(metrics)
-          samples = {k: host_metrics.pop(k) for k in list(host_metrics) if k.startswith("samples/")}
           if text_fn is not None and samples:
-            writer.write_texts(done, text_fn(samples, done))
-          writer.write_scalars(done, host_metrics, evaluation=eval_fn(state, done) if evaluate else None)
+            writer.write_texts(done, text_fn(jax.device_get(samples), done))
+          writer.write_scalars(done, jax.device_get(metrics), evaluation=eval_fn(state, done) if evaluate else None)
         if save:
           checkpointer.save(done, state, {"step": done}, force=True)
         if sigterm.raised:

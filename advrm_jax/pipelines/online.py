@@ -238,8 +238,11 @@ def run(config: Any, workdir: epath.Path) -> None:
       policy_graphdef, rm_graphdef, policy_optimizer, rm_optimizer, rl_config, sampling, options,
       gold_fn=world.gold_reward), state_shardings, shd.shardings_on(ref_params, mesh), mesh)
   # The reference policy is an argument of the jitted step (never a baked-in
-  # constant); the loop's step signature is (state, batch, rng).
-  step_fn = lambda state, batch, rng: jitted(state, ref_params, batch, rng)
+  # constant); the loop's step signature is (state, batch, rng) -> (state, metrics, samples).
+
+  def step_fn(state, batch, rng):
+    state, out = jitted(state, ref_params, batch, rng)
+    return state, out.metrics, out.samples
 
   num_prompts = reference["prompt_tokens"].shape[0]
   num_pairs = train_pairs["chosen_tokens"].shape[0]

@@ -119,7 +119,7 @@ def train_policy(name: str, stage_dir: epath.Path, sft_dir: epath.Path, config: 
     prompts: {"tokens", "mask"[, "threshold"]} [N, P] prompt pool.
     num_seeds: policies trained at once (vmapped).
     gold_fn: tracked gold reward (metric only).
-    text_fn: sample tables from the "samples/..." arrays (default: the
+    text_fn: sample tables from ``IterationOutput.samples`` (default: the
       synthetic world's decoder; other tasks pass their own tokenizer's).
     eval_fn: optional ``(state, step) -> scalars`` (state with the seed
       axis), run every ``eval_every`` steps and at the end (see train_loop).
@@ -169,15 +169,13 @@ def train_policy(name: str, stage_dir: epath.Path, sft_dir: epath.Path, config: 
 
   def step_fn(state, batch, rng):
     state, out = jitted_step(state, ref_params, reward_params, batch, rng)
-    # train_loop reads sample tables under "samples/" (its text_fn); the rollout goes to the collector only.
-    metrics = {**out.metrics, **{f"samples/{key}": value for key, value in out.samples.items()}}
-    if not (snapshot_every or collect_fn):
-      return state, metrics  # no host sync on the step counter
-    step = int(jax.device_get(state.step)[0])
-    snapshot(state, step)
-    if collect_fn is not None:
-      collect_fn(step, out.rollout)
-    return state, metrics
+    # The rollout goes to the collector only; train_loop logs the metrics and tables the samples.
+    if snapshot_every or collect_fn:  # else no host sync on the step counter
+      step = int(jax.device_get(state.step)[0])
+      snapshot(state, step)
+      if collect_fn is not None:
+        collect_fn(step, out.rollout)
+    return state, out.metrics, out.samples
   num_prompts = prompts["tokens"].shape[0]
   per_step = node.prompts_per_step
   if num_prompts < per_step:

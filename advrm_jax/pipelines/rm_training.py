@@ -44,7 +44,7 @@ from advrm_jax.data.batching import tokenize_pairs, train_test_split
 from advrm_jax.data.preferences import read_preferences
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.pipelines import workdir as wd
-from advrm_jax.pipelines.loop import LoopConfig, train_loop
+from advrm_jax.pipelines.loop import LoopConfig, train_loop, without_samples
 from advrm_jax.reward import evaluation
 from advrm_jax.reward.data import MemberBatches, synthetic_preference_pairs, tokenizer_spec
 from advrm_jax.reward.losses import jit_bt_step
@@ -328,8 +328,8 @@ def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) 
   optimizer = make_optimizer(optimizer_values, "config.rm.optimizer")
   state, shardings = create_train_state(params, axes, optimizer, mesh)
   del params
-  step_fn = jit_bt_step(graphdef, optimizer, shardings, mesh, margin=rm_config.margin,
-                        centering_coef=rm_config.centering_coef)
+  step_fn = without_samples(jit_bt_step(graphdef, optimizer, shardings, mesh, margin=rm_config.margin,
+                                        centering_coef=rm_config.centering_coef))
   batches = MemberBatches(num_train, rm_config.batch_size, num_members, mode=rm_config.member_data,
                           per_member_rows=kind == "independent", seed=rm_config.data_seed)
 

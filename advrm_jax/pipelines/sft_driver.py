@@ -14,7 +14,7 @@ from advrm_jax.models.config import ModelConfig
 from advrm_jax.models.lm import jit_sft_step
 from advrm_jax.models.transformer import Transformer
 from advrm_jax.pipelines import workdir as wd
-from advrm_jax.pipelines.loop import LoopConfig, train_loop
+from advrm_jax.pipelines.loop import LoopConfig, train_loop, without_samples
 from advrm_jax.train_state import create_train_state, make_optimizer, split_module
 
 
@@ -36,7 +36,7 @@ def train_sft(name: str, out_dir: epath.Path, node: Any, model_config: ModelConf
   graphdef, params, axes = split_module(Transformer(model_config, rngs=nnx.Rngs(seed)))
   optimizer = make_optimizer(node.optimizer, f"{where}.optimizer", total_steps=node.num_steps)
   state, shardings = create_train_state(params, axes, optimizer, mesh)
-  step_fn = jit_sft_step(graphdef, optimizer, shardings, mesh)
+  step_fn = without_samples(jit_sft_step(graphdef, optimizer, shardings, mesh))
   num_examples = data["tokens"].shape[0]
 
   def get_batch(step: int) -> dict[str, np.ndarray]:
