@@ -46,20 +46,54 @@ def write_text_atomic(path: PathLike, text: str) -> epath.Path:
   return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def append_text(path: PathLike, text: str) -> None:
-  """Appends ``text`` to a log file (created when missing).
+class AppendedText:
+  """A log file written by appending rows (metrics.jsonl, samples.jsonl), created when missing.
 
-  Object stores cannot append: there the object is read and written again
-  whole (logs are small, and the write is atomic, so a kill keeps the old
-  log).
+  Locally each ``append`` goes straight to the file. An object store cannot
+  append, and rewriting the whole object at every row costs O(rows^2) bytes
+  over a run; so there the log's text is kept in memory (read once) and
+  ``flush`` writes it in one object write (atomic: a kill keeps the previous
+  object). The training loop flushes just before each checkpoint save and at
+  the end of a stage (also on an error or SIGTERM), so a hard kill (SIGKILL,
+  a lost VM) loses only the rows logged after the last checkpoint -- the rows
+  a resumed run drops from a local log anyway (``MetricWriter.truncate_after``)
+  and logs again: the resumed log equals the local one.
   """
-  path = epath.Path(path)
-  if is_remote(path):
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    path.write_text(old + text, encoding="utf-8")
-    return
-  with path.open("a", encoding="utf-8") as f:
-    f.write(text)
+
+  def __init__(self, path: PathLike):
+    self.path = epath.Path(path)
+    self._remote = is_remote(self.path)
+    self._text: str | None = None  # remote only: the whole log, flushed or not (None: not read yet)
+    self._dirty = False
+
+  def read(self) -> str:
+    """The log's text, rows not flushed yet included ("" when there is none)."""
+    if self._remote and self._text is not None:
+      return self._text
+    text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+    if self._remote:
+      self._text = text
+    return text
+
+  def append(self, text: str) -> None:
+    if self._remote:
+      self._text = self.read() + text
+      self._dirty = True
+      return
+    with self.path.open("a", encoding="utf-8") as f:
+      f.write(text)
+
+  def rewrite(self, text: str) -> None:
+    """Replaces the whole log at once (an atomic write: a kill during it keeps the old log whole)."""
+    write_text_atomic(self.path, text)
+    if self._remote:
+      self._text, self._dirty = text, False
+
+  def flush(self) -> None:
+    """Writes the rows appended since the last flush (remote: one object write; locally they already are)."""
+    if self._dirty:
+      self.path.write_text(self._text, encoding="utf-8")
+      self._dirty = False
 
 
 def save_png(fig, path: PathLike) -> epath.Path:

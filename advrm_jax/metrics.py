@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from advrm_jax.evaluation.report import integer_ticks
-from advrm_jax.fileio import PathLike, append_text, is_remote, save_png, write_text_atomic
+from advrm_jax.fileio import AppendedText, PathLike, is_remote, save_png
 
 
 def _to_python(value: Any) -> Any:
@@ -79,6 +79,9 @@ class MetricWriter:
     self.directory = epath.Path(directory)
     self.directory.mkdir(parents=True, exist_ok=True)
     self.jsonl_path = self.directory / "metrics.jsonl"
+    # Remote logs are written at ``flush``/``close`` (``AppendedText``); local rows at once.
+    self.metrics_log = AppendedText(self.jsonl_path)
+    self._samples_log = AppendedText(self.directory / "samples.jsonl")
     self.total_steps = total_steps
     self.name = name
     self.stream = stream
@@ -102,18 +105,18 @@ class MetricWriter:
     Both the scalars and the sample tables: the resumed run logs those steps
     again, and its logs must equal an uninterrupted run's.
     """
-    for path in (self.jsonl_path, self.directory / "samples.jsonl"):
-      if not self._writes or not path.exists():
+    for log in (self.metrics_log, self._samples_log):
+      text = log.read() if self._writes else ""
+      if not text:
         continue
       kept = []
-      for line in path.read_text().splitlines():
+      for line in text.splitlines():
         try:
           if json.loads(line).get("step", 0) <= step:
             kept.append(line)
         except json.JSONDecodeError:
           break  # a line cut by a kill: everything after it is unreliable
-      # An atomic rewrite: a kill during it keeps the old log whole.
-      write_text_atomic(path, "".join(l + "\n" for l in kept))
+      log.rewrite("".join(l + "\n" for l in kept))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any],
                     evaluation: Mapping[str, Any] | None = None) -> None:
@@ -134,7 +137,7 @@ class MetricWriter:
     record.update({k: _to_python(v) for k, v in {**scalars, **evaluation}.items()})
     if evaluation:
       record[EVAL_KEYS] = sorted(evaluation)
-    append_text(self.jsonl_path, json.dumps(record) + "\n")
+    self.metrics_log.append(json.dumps(record) + "\n")
     if self._tb is not None:
       for prefix, values in (("", scalars), ("eval/", evaluation)):
         for key, value in values.items():
@@ -151,7 +154,7 @@ class MetricWriter:
     """Sample tables and other text, for TensorBoard's text tab and a JSONL file."""
     if not self._writes:
       return
-    append_text(self.directory / "samples.jsonl", json.dumps({"step": int(step), **texts}) + "\n")
+    self._samples_log.append(json.dumps({"step": int(step), **texts}) + "\n")
     if self._tb is not None:
       for key, value in texts.items():
         self._tb.add_text(key, value, int(step))
@@ -175,12 +178,16 @@ class MetricWriter:
           flush=True)
 
   def flush(self) -> None:
-    """Flushes the TensorBoard writer."""
+    """Writes the logs' rows not stored yet (remote work dirs) and flushes the TensorBoard writer."""
+    self.metrics_log.flush()
+    self._samples_log.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
-    """Closes the TensorBoard writer (each JSON line is already on disk when written)."""
+    """Writes the logs' rows not stored yet and closes the TensorBoard writer."""
+    self.metrics_log.flush()
+    self._samples_log.flush()
     if self._tb is not None:
       self._tb.close()
       self._tb = None
@@ -219,8 +226,13 @@ def is_breakdown(key: str) -> bool:
 
 def read_metrics(path: PathLike) -> list[dict[str, Any]]:
   """Reads a metrics.jsonl file, ignoring a final line cut by a kill."""
+  return parse_metrics(epath.Path(path).read_text())
+
+
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+  """The rows of metrics.jsonl text, ignoring a final line cut by a kill."""
   records = []
-  for line in epath.Path(path).read_text().splitlines():
+  for line in text.splitlines():
     try:
       records.append(json.loads(line))
     except json.JSONDecodeError:

@@ -13,30 +13,36 @@ A stray builtin ``open("gs://bucket/...")``, ``pathlib.Path("gs://...")``,
 every test checks for.
 """
 
+import collections
 import importlib.util
 import io
 import json
 import os
 import pathlib
 import sys
+import types
 
 import fsspec
 from etils import epath
 from etils.epath import backend as epath_backend
 from fsspec.implementations.local import LocalFileSystem
 import jax
+import jax.numpy as jnp
 import numpy as np
 from orbax.checkpoint._src.path import gcs_utils
 import pytest
 
 from advrm_jax import metrics
+from advrm_jax import sharding as shd
 from advrm_jax.checkpoints.orbax_io import Checkpointer, load_params, save_params
 from advrm_jax.data.preferences import PreferencePair, read_preferences, write_preferences
 from advrm_jax.pipelines import prefs, sft
 from advrm_jax.pipelines import workdir as wd
+from advrm_jax.pipelines.loop import LoopConfig, end_of_run_plots, train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUCKET = "gs://bucket/run"
+OBJECT_WRITES = collections.Counter()  # object writes through fsspec, by key below BUCKET
 
 
 def _fake_gcs_class(store: pathlib.Path) -> type:
@@ -61,6 +67,11 @@ def _fake_gcs_class(store: pathlib.Path) -> type:
 
     def glob(self, path, **kwargs):
       return [p.removeprefix(root + "/") for p in super().glob(path, **kwargs)]
+
+    def _open(self, path, mode="rb", **kwargs):
+      if "w" in mode or "a" in mode:
+        OBJECT_WRITES[self._strip_protocol(path).removeprefix(f"{root}/bucket/run/")] += 1
+      return super()._open(path, mode=mode, **kwargs)
 
   return FakeGCS
 
@@ -191,3 +202,51 @@ def test_sft_and_prefs_stages_write_their_work_dir_to_the_bucket(bucket):
   assert reference["response_tokens"].shape[:2] == (8, 2)
   num_pairs = sum(1 for _ in read_preferences(workdir / "prefs" / wd.TRAIN_FILE))
   assert num_pairs == wd.read_json(workdir / "prefs" / "summary.json", "prefs")["num_train"]
+
+
+def _logging_loop(directory, get_batch=None):
+  """train_loop over NUM_LOGGED steps, each logged (metrics and a sample table), a checkpoint every CHECKPOINT_EVERY."""
+  def step_fn(state, batch, rng):
+    del rng
+    w = state["w"] * 0.5 + jnp.mean(batch["x"])
+    return {"w": w}, {"loss": jnp.sum(w ** 2)}, {"x": batch["x"]}
+
+  def batch_of(step):
+    return {"x": np.full((1, 2), 0.25 * step, np.float32)}
+
+  def text_fn(samples, step):
+    del step
+    return {"samples": str(samples["x"].tolist())}
+
+  with end_of_run_plots(False):
+    train_loop("remote", directory, {"w": jnp.zeros((2,), jnp.float32)}, step_fn, get_batch or batch_of,
+               LoopConfig(num_steps=NUM_LOGGED, log_every=1, checkpoint_every=CHECKPOINT_EVERY, keep_checkpoints=2),
+               shd.make_mesh((1, 1, 1), jax.devices()[:1]), text_fn=text_fn)
+
+
+NUM_LOGGED, CHECKPOINT_EVERY = 12, 4
+
+
+def test_remote_logs_are_written_at_checkpoints_and_equal_the_local_files(bucket, tmp_path, monkeypatch):
+  monkeypatch.setattr(metrics, "time", types.SimpleNamespace(time=lambda: 0.0))  # rows equal byte for byte
+  _logging_loop(tmp_path / "local")
+  OBJECT_WRITES.clear()
+  _logging_loop(f"{BUCKET}/loop")
+  # One object write per checkpoint (steps 4, 8, 12), not one per row (12): O(rows x checkpoints) bytes, not rows^2.
+  assert OBJECT_WRITES["loop/metrics.jsonl"] == OBJECT_WRITES["loop/samples.jsonl"] == NUM_LOGGED // CHECKPOINT_EVERY
+  for name in ("metrics.jsonl", "samples.jsonl"):
+    assert (bucket / "loop" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+  assert [r["step"] for r in metrics.read_metrics(bucket / "loop" / "metrics.jsonl")] == list(range(1, 13))
+
+  # Crashed before step 11: the rows of steps 9, 10 (after the step-8 checkpoint) are written as the loop
+  # ends, as a local log has them; the resumed run drops and logs them again, like a local one.
+  def crash_at_10(step):
+    if step == 10:
+      raise RuntimeError("crash before step 11")
+    return {"x": np.full((1, 2), 0.25 * step, np.float32)}
+  with pytest.raises(RuntimeError, match="crash before step 11"):
+    _logging_loop(f"{BUCKET}/resumed", crash_at_10)
+  assert [r["step"] for r in metrics.read_metrics(bucket / "resumed" / "metrics.jsonl")] == list(range(1, 11))
+  _logging_loop(f"{BUCKET}/resumed")
+  for name in ("metrics.jsonl", "samples.jsonl"):
+    assert (bucket / "resumed" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name

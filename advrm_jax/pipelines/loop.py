@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 
 from advrm_jax import sharding as shd
 from advrm_jax.checkpoints.orbax_io import Checkpointer
-from advrm_jax.metrics import MetricWriter, plot_metrics, read_metrics
+from advrm_jax.metrics import MetricWriter, parse_metrics, plot_metrics
 
 
 class Preempted(SystemExit):
@@ -89,11 +89,9 @@ class _FiniteWatch:
               f"checkpoint in {self.checkpoint_dir} is kept intact.")
 
 
-def _logged(jsonl_path: epath.Path, step: int, scalars: dict[str, Any]) -> bool:
-  """Whether metrics.jsonl already has a row for ``step`` with all of ``scalars``' keys."""
-  if not jsonl_path.exists():
-    return False
-  for record in read_metrics(jsonl_path):
+def _logged(writer: MetricWriter, step: int, scalars: dict[str, Any]) -> bool:
+  """Whether metrics.jsonl (rows not flushed yet included) has a row for ``step`` with all of ``scalars``' keys."""
+  for record in parse_metrics(writer.metrics_log.read()):
     if record.get("step") == step and set(scalars) <= set(record):
       return True
   return False
@@ -186,6 +184,9 @@ def train_loop(name: str, directory: epath.PathLike, state: Any, step_fn: Callab
             writer.write_texts(done, text_fn(jax.device_get(samples), done))
           writer.write_scalars(done, jax.device_get(metrics), evaluation=eval_fn(state, done) if evaluate else None)
         if save:
+          # Logs first (remote ones are written only now): a kill after them keeps rows past the newest
+          # checkpoint, which the resumed run drops (truncate_after); the reverse order would lose rows for good.
+          writer.flush()
           checkpointer.save(done, state, {"step": done}, force=True)
         if sigterm.raised:
           raise Preempted(done)
@@ -195,12 +196,13 @@ def train_loop(name: str, directory: epath.PathLike, state: Any, step_fn: Callab
       # `rm` is) still gets the final evaluation -- stages keep its result --
       # and the log row is written unless it already was.
       scalars = eval_fn(state, loop.num_steps)
-      if start < loop.num_steps or not _logged(writer.jsonl_path, loop.num_steps, scalars):
+      if start < loop.num_steps or not _logged(writer, loop.num_steps, scalars):
         writer.write_scalars(loop.num_steps, {}, evaluation=scalars)
     if checkpointer.latest_step() != loop.num_steps:
+      writer.flush()  # logs before the checkpoint, as in the loop
       checkpointer.save(loop.num_steps, state, {"step": loop.num_steps}, force=True)
   finally:
-    writer.close()
+    writer.close()  # also writes the remote logs' last rows (after an error or SIGTERM too, as a local log has them)
     checkpointer.close()  # waits for an in-flight async save: nothing written is lost
   if _plots and jax.process_index() == 0:
     plot_metrics(writer.jsonl_path, directory / "metrics.png", title=name)
