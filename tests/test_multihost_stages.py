@@ -112,7 +112,9 @@ def test_every_stage_on_two_processes_matches_one_process(tmp_path):
     # The 1-process run's rows (an RM's final evaluation has a row of its own), none twice.
     assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one], stage
     trained = [r["step"] for r in rows_two if "loss" in r]
-    assert trained == list(range(1, len(trained) + 1)) and trained, (stage, trained)
+    assert trained and trained == sorted(set(trained)), (stage, trained)
+    if stage in ("sft", "rm", "attack/round_0", "rlhf/conventional"):  # log_every=1: a row for every step
+      assert trained == list(range(1, len(trained) + 1)), (stage, trained)
   loss = lambda rows: [r["loss"] for r in rows if "loss" in r]
   np.testing.assert_allclose(loss(_rows(two / "sft" / "metrics.jsonl")), loss(_rows(one / "sft" / "metrics.jsonl")),
                              atol=1e-3, rtol=0)

@@ -175,6 +175,7 @@ def run_round(config: Any, workdir: epath.Path, round_index: int, arm: str = "ad
   # Only the fields the RM reads, so the file is an ordinary preference file.
   wd.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
                                      "adversarial": "r1" in r, "fresh": bool(r.get("fresh"))} for r in mixed])
+  wd.sync("advtrain pairs written")  # by process 0; every process trains on them next
   init_from = str(wd.rm_path(workdir, round_index - 1, arm)) if node.init == "previous" else ""
   train_reward_model(round_config(config, out / PAIRS_FILE, init_from, workdir), out,
                      name=f"{stage}/round_{round_index}/rm")

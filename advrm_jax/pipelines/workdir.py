@@ -120,9 +120,15 @@ def sync(label: str) -> None:
 
 
 def mark_done(directory: PathLike) -> None:
-  """Writes the DONE marker that makes later launches skip this stage or round."""
+  """Writes the DONE marker that makes later launches skip this stage or round.
+
+  Every process calls it; process 0 writes, and the others wait for it here, so that the next stage's
+  ``is_done`` check reads the marker on every process (a process that ran ahead would find the stage
+  unfinished).
+  """
   if writes_artefacts():
     write_text_atomic(epath.Path(directory) / DONE, "ok\n")
+  sync(f"{directory} done")
 
 
 def write_json(path: PathLike, value: Any, sort_keys: bool = False) -> None:
