@@ -72,18 +72,14 @@ def _numbers(tree, prefix: str = "") -> dict[str, float]:
 
 
 def drift(one: pathlib.Path, two: pathlib.Path) -> dict[str, tuple[float, str]]:
-  """Per stage metrics.jsonl (and report.json), the largest |difference| of a number both runs logged, and where.
-
-  Times are left out (they measure the machine, not the run).
-  """
+  """Per metrics.jsonl and JSON artefact (stage summaries, report.json), the largest |difference| of a number
+  both runs wrote, and where. Times are left out (they measure the machine, not the run)."""
   out = {}
-  sources = {str(p.parent.relative_to(one)): (p, two / p.relative_to(one)) for p in one.rglob("metrics.jsonl")}
-  sources["report.json"] = (one / "report.json", two / "report.json")
-  for name, (a, b) in sorted(sources.items()):
-    if not (a.exists() and b.exists()):
+  for name in sorted(_files(one)):
+    if not (name.endswith((".json", "metrics.jsonl")) and name != "config.json" and (two / name).exists()):
       continue
-    load = _rows if a.suffix == ".jsonl" else lambda p: json.loads(p.read_text())
-    first, second = _numbers(load(a)), _numbers(load(b))
+    load = _rows if name.endswith(".jsonl") else lambda p: json.loads(p.read_text())
+    first, second = _numbers(load(one / name)), _numbers(load(two / name))
     diffs = {k: abs(first[k] - second[k]) for k in first.keys() & second.keys() if not k.endswith("/time")}
     worst = max(diffs, key=diffs.get, default="")
     out[name] = (diffs.get(worst, 0.0), worst)

@@ -94,6 +94,8 @@ def round_config(config: Any, pairs_file: epath.Path, init_from: str, workdir: e
 def link_final(workdir: epath.Path, round_index: int, stage: str = STAGE) -> None:
   """WORKDIR/<stage>/final -> round_<r> (relative, so the work dir can move)."""
   final = epath.Path(workdir) / stage / "final"
+  if not wd.writes_artefacts():
+    return  # process 0 links (two processes replacing one link race each other)
   if is_remote(final):
     return  # an object store has no links: the last round is round_<advrm.num_rounds>
   if os.path.lexists(final):
