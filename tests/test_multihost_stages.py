@@ -99,7 +99,11 @@ def test_every_stage_on_two_processes_matches_one_process(tmp_path):
   single_code = single.wait(timeout=TIMEOUT_SECONDS)
   logs = {p.name: p.read_text()[-3000:] for p in sorted(tmp_path.glob("*.log"))}
   assert codes == [0, 0] and single_code == 0, logs
+  check_runs_agree(one, two)
 
+
+def check_runs_agree(one: pathlib.Path, two: pathlib.Path) -> None:
+  """The checks of the module docstring on two finished work dirs (1 process, 2 processes)."""
   assert _files(two) == _files(one)
   stages = sorted(str(p.parent.relative_to(one)) for p in one.rglob("metrics.jsonl"))
   assert {"sft", "rm", "attack/round_0", "attack/round_1", "advtrain/round_1/rm", "rlhf/conventional"} <= set(stages)
