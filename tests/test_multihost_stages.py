@@ -9,9 +9,9 @@ Checked:
 * both finish, and the 2-process run writes every artefact once: one metrics.jsonl row per logged step in
   every stage (process 0 alone writes them), the same files, the same eval_summary.json and report.json keys;
 * the SFT losses and the RM's held-out accuracy agree with the 1-process run to 1e-3;
-* the later stages (whose scores and samples live on devices of both processes, read by every host) agree to
-  the drift measured for them (docs/scaling.md): float-order differences between the two programs reach
-  sampling, where a flipped token changes a whole response.
+* every number the later stages write (whose scores and samples live on devices of both processes, read by
+  every host) agrees to 1e-3 (measured: 1.9e-6 at most, docs/scaling.md); a float-order difference that
+  flipped a sampled token would change a whole response and show up here.
 
 ``python -m tests.test_multihost_stages ONE_WORKDIR TWO_WORKDIR`` prints how far two finished runs drift apart,
 stage by stage (the numbers in docs/scaling.md).
@@ -46,8 +46,9 @@ FLAGS = [
     "--config.rlhf.log_every=1", "--config.rlhf.checkpoint_every=2", "--config.rlhf.snapshot_every=2",
     "--config.evaluate.policy_samples_per_prompt=1", "--config.evaluate.substitution_budget=1",
 ]
-# Measured drift of the later stages between the two runs (docs/scaling.md), with room to spare.
-LATER_STAGE_ATOL = 0.05
+# Every number of every JSON artefact and metrics row, later stages included: the drift measured between the
+# two runs of this test was 1.9e-6 at most (docs/scaling.md); attack success and filter counts were equal.
+LATER_STAGE_ATOL = 1e-3
 
 
 def _rows(path: pathlib.Path) -> list[dict]:
