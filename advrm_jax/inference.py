@@ -27,7 +27,7 @@ from advrm_jax.data import synthetic_world as world
 from advrm_jax.evaluation.attack import attack_success
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.reward.model import reward_scores
-from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample, sample_jit
+from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample
 
 
 def sampling_config(node: Any) -> SamplingConfig:
@@ -48,7 +48,9 @@ def _sample_seeds(graphdef, params, prompt_tokens, prompt_mask, rngs, config):
   return jax.vmap(lambda p, r: sample(graphdef, p, prompt_tokens, prompt_mask, r, config))(params, rngs)
 
 
-_sample_seeds_jit = jax.jit(_sample_seeds, static_argnames=("graphdef", "config"))
+# Outputs replicated on the params' mesh: every host of a multi-process job reads the samples whole.
+_sample_jit = shd.jit_host_readable(sample, static_argnames=("graphdef", "config"))
+_sample_seeds_jit = shd.jit_host_readable(_sample_seeds, static_argnames=("graphdef", "config"))
 
 
 def _mesh_sampler(graphdef: Any, params: Any, sampling: SamplingConfig, mesh: Any, num_seeds: int | None):
@@ -101,7 +103,7 @@ def sample_responses(graphdef: Any, params: Any, prompt_tokens: np.ndarray, prom
       placed = shd.shard_batch({"tokens": tokens, "mask": mask}, mesh)  # each process its own rows
       out = on_mesh(params, placed["tokens"], placed["mask"], keys)
     elif num_seeds is None:
-      out = sample_jit(graphdef, params, tokens, mask, key, sampling)
+      out = _sample_jit(graphdef, params, tokens, mask, key, sampling)
     else:
       out = _sample_seeds_jit(graphdef, params, tokens, mask, keys, sampling)
     out = jax.device_get(out)
@@ -127,10 +129,11 @@ def _scores_and_hidden_chunk(graphdef, params, tokens, mask, member):
   return model.heads(hidden), (hidden if hidden.ndim == 2 else hidden[member])
 
 
-_score_chunk_jit = jax.jit(_score_chunk, static_argnames=("graphdef",))
+# Scores and hidden states come back replicated on the RM's mesh, readable on every host.
+_score_chunk_jit = shd.jit_host_readable(_score_chunk, static_argnames=("graphdef",))
 
 
-_scores_and_hidden_chunk_jit = jax.jit(_scores_and_hidden_chunk, static_argnames=("graphdef", "member"))
+_scores_and_hidden_chunk_jit = shd.jit_host_readable(_scores_and_hidden_chunk, static_argnames=("graphdef", "member"))
 
 
 def _map_rows(fn, graphdef: Any, params: Any, arrays: tuple[np.ndarray, ...], batch_size: int,

@@ -16,8 +16,9 @@ then replicated along that axis instead of failing to compile.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from flax import nnx
 import jax
@@ -189,6 +190,34 @@ def shardings_on(tree: Any, mesh: Mesh) -> Any:
     own = getattr(x, "sharding", None)
     return own if isinstance(own, NamedSharding) and own.mesh == mesh else replicated(mesh)
   return jax.tree.map(sharding, tree)
+
+
+def mesh_of(tree: Any) -> Mesh | None:
+  """The mesh the leaves of ``tree`` lie on (the first NamedSharding found); None when none lies on one
+  (host arrays, a single device)."""
+  for leaf in jax.tree.leaves(tree):
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+      return sharding.mesh
+  return None
+
+
+def jit_host_readable(fn: Callable, static_argnames: Sequence[str]) -> Callable:
+  """``fn(graphdef, params, ...)`` jitted with its outputs replicated on the mesh ``params`` lie on.
+
+  In a multi-process job the params span every process's devices, and an output left to the compiler may
+  come back split across processes, where no host can read it whole; replicated, every host reads it
+  (``np.asarray``/``device_get``). One program per (mesh, static args, shapes); params on no mesh (host
+  arrays, one device) get a plain jit, as before.
+  """
+  plain = jax.jit(fn, static_argnames=static_argnames)
+  @functools.cache
+  def on_mesh(mesh: Mesh) -> Callable:
+    return jax.jit(fn, static_argnames=static_argnames, out_shardings=replicated(mesh))
+  def call(graphdef, params, *args, **kwargs):
+    mesh = mesh_of(params)
+    return (plain if mesh is None else on_mesh(mesh))(graphdef, params, *args, **kwargs)
+  return call
 
 
 def place(tree: Any, mesh: Mesh) -> tuple[Any, Any]:

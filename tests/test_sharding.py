@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from advrm_jax import sharding as shd
 from advrm_jax.models.config import ModelConfig
@@ -66,3 +67,19 @@ def test_mesh_and_batch_errors_name_the_key():
     shd.make_mesh((4, 4, 4))
   with pytest.raises(shd.ShardingError, match="rm.batch_size=6"):
     shd.check_batch_divisible(6, shd.make_mesh((2, 2, 2)), "rm.batch_size")
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (forced host) devices")
+def test_jit_host_readable_replicates_outputs_on_the_params_mesh():
+  mesh = shd.make_mesh((2, 2, 2))
+  weights = np.arange(32 * 4, dtype=np.float32).reshape(32, 4)  # w[k, j] = 4k + j
+  readable = shd.jit_host_readable(lambda scale, w, x: scale * (x @ w), static_argnames=("scale",))
+  ones = np.ones((8, 32), np.float32)
+  # Hand-computed: 2 * sum_k (4k + j) = 2 * (4 * 496 + 32 j) = 3968 + 64 j, in every row.
+  expected = np.broadcast_to(3968.0 + 64.0 * np.arange(4, dtype=np.float32), (8, 4))
+  out = readable(2.0, jax.device_put(weights, NamedSharding(mesh, P("fsdp", "tensor"))), ones)
+  assert out.sharding.mesh == mesh and out.sharding.is_fully_replicated
+  np.testing.assert_array_equal(np.asarray(out), expected)
+  host = readable(2.0, weights, ones)  # params on no mesh: a plain jit
+  assert shd.mesh_of(weights) is None
+  np.testing.assert_array_equal(np.asarray(host), expected)

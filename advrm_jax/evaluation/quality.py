@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advrm_jax import sharding as shd
 from advrm_jax.models.lm import token_logprobs_from_logits
 from advrm_jax.rl.sampler import concat_prompt_response, left_align
 
@@ -267,7 +268,8 @@ def response_nll(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, 
   return jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
 
 
-response_nll_jit = jax.jit(response_nll, static_argnames=("graphdef",))
+# Replicated on the policy's mesh: every host of a multi-process job reads the NLLs whole.
+response_nll_jit = shd.jit_host_readable(response_nll, static_argnames=("graphdef",))
 
 
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:

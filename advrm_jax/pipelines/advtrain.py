@@ -94,6 +94,8 @@ def round_config(config: Any, pairs_file: epath.Path, init_from: str, workdir: e
 def link_final(workdir: epath.Path, round_index: int, stage: str = STAGE) -> None:
   """WORKDIR/<stage>/final -> round_<r> (relative, so the work dir can move)."""
   final = epath.Path(workdir) / stage / "final"
+  if not wd.writes_artefacts():
+    return  # process 0 links (two processes replacing one link race each other)
   if is_remote(final):
     return  # an object store has no links: the last round is round_<advrm.num_rounds>
   if os.path.lexists(final):
@@ -175,6 +177,7 @@ def run_round(config: Any, workdir: epath.Path, round_index: int, arm: str = "ad
   # Only the fields the RM reads, so the file is an ordinary preference file.
   wd.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
                                      "adversarial": "r1" in r, "fresh": bool(r.get("fresh"))} for r in mixed])
+  wd.sync("advtrain pairs written")  # by process 0; every process trains on them next
   init_from = str(wd.rm_path(workdir, round_index - 1, arm)) if node.init == "previous" else ""
   train_reward_model(round_config(config, out / PAIRS_FILE, init_from, workdir), out,
                      name=f"{stage}/round_{round_index}/rm")

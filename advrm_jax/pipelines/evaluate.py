@@ -739,15 +739,19 @@ def run(config: Any, workdir: epath.Path) -> dict[str, Any]:
   report["online_vs_rounds"] = online_vs_rounds(report, config)
   report["targets"] = check_targets(report)
 
-  # Plots.
+  # Plots, the report and REPORT.md: every process computed the report (its scoring runs on every
+  # process's devices), process 0 alone writes the files.
   made = []
+  def plot(draw, name, *args, **kwargs):
+    if wd.writes_artefacts():
+      draw(plots / name, *args, **kwargs)
+    made.append(name)
   if report["rlhf"]:
     curves = {(f"{k} (oracle)" if v["oracle"] else k): {"gold": v["gold"], "proxy": v["proxy"]}
               for k, v in report["rlhf"].items()}
     first = next(iter(report["rlhf"].values()))
     onsets = {(f"{k} (oracle)" if v["oracle"] else k): v["hacking"]["hacked_mean"] for k, v in report["rlhf"].items()}
-    rep.plot_reward_curves(plots / "rlhf_gold_proxy.png", curves, steps=first["steps"], onsets=onsets)
-    made.append("rlhf_gold_proxy.png")
+    plot(rep.plot_reward_curves, "rlhf_gold_proxy.png", curves, steps=first["steps"], onsets=onsets)
   if attack_rounds:
     def per_seed(method, kind):  # [seeds, rounds]: error bars over seeds
       return np.array([[np.nan if v is None else v for v in r[method][kind]["values"]] for r in attack_rounds],
@@ -762,8 +766,7 @@ def run(config: Any, workdir: epath.Path) -> dict[str, Any]:
       series["online standard (same compute)"] = [
           [attack_rounds[0][ADV_RM]["standard"]["mean"]] + [np.nan] * (len(attack_rounds) - 2)
           + [online["attack"]["standard_mean"]]]
-    rep.plot_attack_success_per_round(plots / "attack_success_per_round.png", series, floors)
-    made.append("attack_success_per_round.png")
+    plot(rep.plot_attack_success_per_round, "attack_success_per_round.png", series, floors)
     collected = wd.load_npz(wd.round_dir(workdir, "attack", 0) / "collected.npz", "the attack")
     # The U the filter used (whatever filter.uncertainty is), as it wrote it.
     scores = wd.load_npz(wd.round_dir(workdir, "filter", 0) / "scores.npz", "the `filter` stage")
@@ -772,13 +775,13 @@ def run(config: Any, workdir: epath.Path) -> dict[str, Any]:
     gap = wd.load_reference(workdir)["gold"].mean(1)[collected["prompt_index"]] - collected["gold"]
     rows = np.random.default_rng(0).permutation(u.size)[:3000]
     # Plotted as z(U), the scale of the filter's threshold (same correlations: z is affine in U).
-    rep.plot_uncertainty_vs_gold(plots / "uncertainty_vs_gold.png", scores["z"][rows], gap[rows],
-                                 uncertainty_gold_correlation(u, gap), xlabel="z(U), the filter's uncertainty",
-                                 threshold=config.filter.z_min)
-    made.append("uncertainty_vs_gold.png")
+    plot(rep.plot_uncertainty_vs_gold, "uncertainty_vs_gold.png", scores["z"][rows], gap[rows],
+         uncertainty_gold_correlation(u, gap), xlabel="z(U), the filter's uncertainty",
+         threshold=config.filter.z_min)
   report["plots"] = made
-  rep.write_report_json(workdir / "report.json", report)
-  write_markdown(workdir / "REPORT.md", report)
+  if wd.writes_artefacts():
+    rep.write_report_json(workdir / "report.json", report)
+    write_markdown(workdir / "REPORT.md", report)
   logging.info("evaluate: wrote %s and %s", workdir / "report.json", workdir / "REPORT.md")
   for t in report["targets"]:
     logging.info("target %-60s %-30s met=%s", t["target"], _fmt(t["value"]), t["met"])

@@ -316,7 +316,8 @@ def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) 
     # Continue from a trained ensemble (e.g. the previous adversarial-training
     # round) instead of a fresh initialisation; the optimizer starts afresh.
     init_dir = wd.resolve_path(rm_config.init_from, workdir)
-    init_graphdef, params, init_meta = wd.load_reward_model(init_dir)
+    # Read straight into this run's shards (a multi-process job cannot move one process's copy to the mesh).
+    init_graphdef, params, init_meta = wd.load_reward_model(init_dir, mesh=mesh)
     same_backbone = init_meta["model"] == json.loads(json.dumps(model_cfg.to_dict()))
     if (init_meta["ensemble"], init_meta["num_members"]) != (kind, num_members) or not same_backbone:
       raise ConfigError(f"rm.init_from: {init_dir} holds a {init_meta['num_members']}-member "

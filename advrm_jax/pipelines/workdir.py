@@ -120,9 +120,15 @@ def sync(label: str) -> None:
 
 
 def mark_done(directory: PathLike) -> None:
-  """Writes the DONE marker that makes later launches skip this stage or round."""
+  """Writes the DONE marker that makes later launches skip this stage or round.
+
+  Every process calls it; process 0 writes, and the others wait for it here, so that the next stage's
+  ``is_done`` check reads the marker on every process (a process that ran ahead would find the stage
+  unfinished).
+  """
   if writes_artefacts():
     write_text_atomic(epath.Path(directory) / DONE, "ok\n")
+  sync(f"{directory} done")
 
 
 def write_json(path: PathLike, value: Any, sort_keys: bool = False) -> None:
@@ -325,8 +331,9 @@ def load_reward_model(path: PathLike, mesh: Any = None,
 
   Args:
     path: the run's WORKDIR, its ``rm/`` directory, or ``rm/checkpoints``.
-    mesh: where to place the params (default: one device). Parameters are
-      sharded by their logical axes.
+    mesh: where to place the params (default: this process's first device; in a
+      multi-process job each process then holds, and scores with, a whole copy). Parameters
+      are sharded by their logical axes.
     step: checkpoint step (default: the newest readable one).
 
   Returns:
@@ -337,7 +344,8 @@ def load_reward_model(path: PathLike, mesh: Any = None,
   stage_dir = rm_stage_dir(path)
   meta = json.loads((stage_dir / RM_META_FILE).read_text())
   if mesh is None:
-    mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
+    # jax.devices()[0] would be process 0's device, which no other process can read or restore onto.
+    mesh = shd.make_mesh((1, 1, 1), jax.local_devices()[:1])
   if meta.get("hf_paths"):
     # Imported reward models (rm.paths): their directories are the checkpoint.
     graphdef, params, _ = load_imported_reward_models(meta, mesh)
