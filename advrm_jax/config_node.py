@@ -69,8 +69,14 @@ def from_node(cls: type[T], node: Mapping[str, Any] | T | None, where: str, **ov
   values = dict(node) if node is not None else {}
   fields = {f.name: f for f in dataclasses.fields(cls)}
   check_keys(values, fields, where)
-  missing = sorted(name for name, f in fields.items() if name not in values and name not in overrides
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+  missing = sorted(
+    name
+    for name, f in fields.items()
+    if name not in values
+    and name not in overrides
+    and f.default is dataclasses.MISSING
+    and f.default_factory is dataclasses.MISSING
+  )
   if missing:
     raise ConfigError(f"{', '.join(f'{where}.{name}' for name in missing)}: required key(s) missing")
   types = _field_types(cls)

@@ -45,10 +45,12 @@ from advrm_jax.fileio import write_text_atomic
 from advrm_jax.pipelines import load_config, run_stages
 from advrm_jax.pipelines.loop import Preempted
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:arg]).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports: a local path or a "
-                                "bucket (gs://BUCKET/DIR).")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file (configs/<name>.py[:arg]).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, metrics and reports: a local path or a bucket (gs://BUCKET/DIR)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Exit code of a run stopped by bad input (argparse's convention for usage errors).
@@ -69,12 +71,15 @@ def vertex_cluster(cluster_spec: str) -> dict[str, Any]:
   first, then pool 1's...; the coordinator runs on pool 0's (the chief's) host.
   """
   spec = json.loads(cluster_spec)
-  pools = [spec["cluster"][name] for name in sorted(spec["cluster"], key=lambda n: int(n[len("workerpool"):]))]
+  pools = [spec["cluster"][name] for name in sorted(spec["cluster"], key=lambda n: int(n[len("workerpool") :]))]
   task = spec["task"]
-  before = sum(len(pool) for pool in pools[:int(task["type"][len("workerpool"):])])
+  before = sum(len(pool) for pool in pools[: int(task["type"][len("workerpool") :])])
   chief_host = pools[0][0].rsplit(":", 1)[0]
-  return {"coordinator_address": f"{chief_host}:{VERTEX_COORDINATOR_PORT}",
-          "num_processes": sum(len(pool) for pool in pools), "process_id": before + int(task["index"])}
+  return {
+    "coordinator_address": f"{chief_host}:{VERTEX_COORDINATOR_PORT}",
+    "num_processes": sum(len(pool) for pool in pools),
+    "process_id": before + int(task["index"]),
+  }
 
 
 def _fail(message: str) -> None:
@@ -89,7 +94,7 @@ def _unknown_override(argv: list[str], config: Any) -> str | None:
   The message after the flag is ``config_node.check_keys``'s, the one every config node's check gives.
   """
   for flag in (a.split("=", 1)[0] for a in argv if a.startswith("--config.")):
-    node, parts = config, flag[len("--config."):].split(".")
+    node, parts = config, flag[len("--config.") :].split(".")
     for i, part in enumerate(parts):
       known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
       if part not in known:
@@ -125,7 +130,7 @@ def _override_with_key(argv: list[str], error: Exception) -> str:
   match = re.match(r"\s*'([^']*)'\s*(.*)", message, re.S)
   key, hint = (match.group(1), match.group(2).strip()) if match else (message, "")
   overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  culprits = [o for o in overrides if key in o[len("--config."):].split(".")]
+  culprits = [o for o in overrides if key in o[len("--config.") :].split(".")]
   where = ", ".join(culprits or overrides) or "--config"
   return f"{where}: unknown config key {key!r}" + (f" ({hint})" if hint else "")
 
@@ -197,9 +202,11 @@ def main(argv):
     # and ids from the variables launch/multihost.py sets.
     if "JAX_NUM_PROCESSES" in os.environ:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
-      jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                                 num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                                 process_id=int(os.environ["JAX_PROCESS_ID"]))
+      jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]),
+      )
     elif "CLUSTER_SPEC" in os.environ:  # Vertex AI worker pools (launch/xm_launch.py --num_hosts)
       jax.distributed.initialize(**vertex_cluster(os.environ["CLUSTER_SPEC"]))
     else:
@@ -222,8 +229,10 @@ def main(argv):
   try:
     run_stages(config, workdir)
   except Preempted as e:
-    logging.warning("preempted by SIGTERM after step %d: checkpoint written, exiting cleanly; rerun the same "
-                    "command to resume", e.step)
+    logging.warning(
+      "preempted by SIGTERM after step %d: checkpoint written, exiting cleanly; rerun the same command to resume",
+      e.step,
+    )
     raise
   except (ValueError, OSError, FloatingPointError) as e:
     if not _is_input_error(e):

@@ -74,8 +74,14 @@ class _EpathEventFiles:
 class MetricWriter:
   """Writes scalars per step for one stage of a run."""
 
-  def __init__(self, directory: PathLike, total_steps: int | None = None,
-               name: str = "", tensorboard: bool = True, stream=sys.stderr):
+  def __init__(
+    self,
+    directory: PathLike,
+    total_steps: int | None = None,
+    name: str = "",
+    tensorboard: bool = True,
+    stream=sys.stderr,
+  ):
     self.directory = epath.Path(directory)
     self.directory.mkdir(parents=True, exist_ok=True)
     self.jsonl_path = self.directory / "metrics.jsonl"
@@ -91,6 +97,7 @@ class MetricWriter:
     self._tb = None
     if tensorboard and self._writes:
       from tensorboardX import SummaryWriter, record_writer  # pylint: disable=import-outside-toplevel  # optional writer
+
       if is_remote(self.directory):
         # Event files in a bucket go through epath like every other file
         # (tensorboardX's own gs:// writer needs google-cloud-storage).
@@ -118,8 +125,7 @@ class MetricWriter:
           break  # a line cut by a kill: everything after it is unreliable
       log.rewrite("".join(l + "\n" for l in kept))
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any],
-                    evaluation: Mapping[str, Any] | None = None) -> None:
+  def write_scalars(self, step: int, scalars: Mapping[str, Any], evaluation: Mapping[str, Any] | None = None) -> None:
     """Logs one step: a metrics.jsonl row, TensorBoard scalars and the console lines.
 
     Args:
@@ -147,8 +153,9 @@ class MetricWriter:
     if scalars:
       self._progress(step, scalars)
     if evaluation:
-      print(f"[{self.name}] eval at step {self._of_total(step)}: {_headline(evaluation, 8)}", file=self.stream,
-            flush=True)
+      print(
+        f"[{self.name}] eval at step {self._of_total(step)}: {_headline(evaluation, 8)}", file=self.stream, flush=True
+      )
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
     """Sample tables and other text, for TensorBoard's text tab and a JSONL file."""
@@ -174,8 +181,7 @@ class MetricWriter:
       speed = f" {rate:.3g} steps/s"
       if self.total_steps:
         speed += f" eta {_fmt_seconds((self.total_steps - step) / rate)}"
-    print(f"[{self.name}] step {self._of_total(step)}{speed} {_headline(scalars, 6)}", file=self.stream,
-          flush=True)
+    print(f"[{self.name}] step {self._of_total(step)}{speed} {_headline(scalars, 6)}", file=self.stream, flush=True)
 
   def flush(self) -> None:
     """Writes the logs' rows not stored yet (remote work dirs) and flushes the TensorBoard writer."""
@@ -270,6 +276,7 @@ def metrics_figure(points: Mapping[str, list[tuple[int, float]]], title: str = "
   if not points:
     return None
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel  # slow; plots only
+
   cols = min(3, len(points))
   rows = math.ceil(len(points) / cols)
   # Constrained layout keeps the figure title clear of the panel titles.
@@ -281,15 +288,16 @@ def metrics_figure(points: Mapping[str, list[tuple[int, float]]], title: str = "
     ax.set_title(key)
     ax.set_xlabel("step")
     integer_ticks(ax)
-  for ax in list(axes.flat)[len(points):]:
+  for ax in list(axes.flat)[len(points) :]:
     ax.axis("off")
   if title:
     fig.suptitle(title)
   return fig
 
 
-def plot_metrics(jsonl_path: PathLike, out_path: PathLike,
-                 keys: Iterable[str] | None = None, title: str = "") -> epath.Path | None:
+def plot_metrics(
+  jsonl_path: PathLike, out_path: PathLike, keys: Iterable[str] | None = None, title: str = ""
+) -> epath.Path | None:
   """Renders a log's metrics against step: training metrics to ``out_path``, evaluation beside it.
 
   The evaluation results go to ``<out_path stem>_eval.png`` (e.g.

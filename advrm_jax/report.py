@@ -104,9 +104,11 @@ def stage_section(workdir: epath.Path, log: epath.Path, plot: epath.Path | None)
   if not records:
     return lines + ["No records logged (the stage stopped before its first log step).", ""]
   first, last = records[0], records[-1]
-  lines.append(f"{len(records)} records, steps {first.get('step')}..{last.get('step')}"
-               + (f", {last['time'] - first['time']:.0f} s of logging" if "time" in first and "time" in last else "")
-               + ".")
+  lines.append(
+    f"{len(records)} records, steps {first.get('step')}..{last.get('step')}"
+    + (f", {last['time'] - first['time']:.0f} s of logging" if "time" in first and "time" in last else "")
+    + "."
+  )
   lines.append("")
   # The last value of every metric, whichever row logged it (evaluation results and training
   # metrics are logged at different steps).
@@ -161,8 +163,7 @@ def evaluate_markdown_fn() -> MarkdownFn | None:
   return getattr(evaluate, "write_markdown", None)
 
 
-def render_report(workdir: epath.PathLike, markdown_fn: MarkdownFn | None = None,
-                  plots: bool = True) -> epath.Path:
+def render_report(workdir: epath.PathLike, markdown_fn: MarkdownFn | None = None, plots: bool = True) -> epath.Path:
   """Re-renders plots, METRICS.md and REPORT.md; returns the REPORT.md path.
 
   Args:
@@ -195,9 +196,11 @@ def render_report(workdir: epath.PathLike, markdown_fn: MarkdownFn | None = None
       evaluate_note = f"report.json could not be rendered by the evaluate stage ({type(e).__name__}: {e})."
   else:
     body = f"# Report of `{workdir.name}`\n\n"
-    evaluate_note = ("No report.json: the evaluate stage has not run (or the run stopped before it); "
-                     "below are the training logs only." if not report_json.exists() else
-                     "report.json exists but the evaluate stage's renderer is not available.")
+    evaluate_note = (
+      "No report.json: the evaluate stage has not run (or the run stopped before it); below are the training logs only."
+      if not report_json.exists()
+      else "report.json exists but the evaluate stage's renderer is not available."
+    )
   if evaluate_note:
     body += f"_{evaluate_note}_\n\n"
   report_md.write_text(body.rstrip() + "\n\n" + index)

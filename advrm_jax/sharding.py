@@ -30,16 +30,16 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", BATCH_AXES),
-    ("embed", "fsdp"),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("layers", None),
-    ("head_dim", None),
-    ("norm", None),
-    ("members", None),
+  ("batch", BATCH_AXES),
+  ("embed", "fsdp"),
+  ("vocab", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("layers", None),
+  ("head_dim", None),
+  ("norm", None),
+  ("members", None),
 )
 
 
@@ -68,16 +68,18 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), devices: Sequence[jax.Devi
     shape[shape.index(-1)] = len(devices) // known
   if math.prod(shape) > len(devices):
     raise ShardingError(
-        f"mesh.shape {tuple(mesh_shape)} needs {math.prod(shape)} devices but only {len(devices)} are available "
-        "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)")
-  used = np.asarray(devices[:math.prod(shape)]).reshape(shape)
+      f"mesh.shape {tuple(mesh_shape)} needs {math.prod(shape)} devices but only {len(devices)} are available "
+      "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+    )
+  used = np.asarray(devices[: math.prod(shape)]).reshape(shape)
   # Auto axes: jit propagates shardings from in/out_shardings; explicit
   # sharding-in-types (jax 0.10's make_mesh default) is not needed here.
   return Mesh(used, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
-def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
-                    rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> P:
+def logical_to_spec(
+  names: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
+) -> P:
   """Maps logical axis names of one array to a PartitionSpec on ``mesh``."""
   if not names:
     return P()
@@ -104,18 +106,24 @@ def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int], me
 
 def logical_axes(state: Any) -> Any:
   """Logical axis names of each Variable in an ``nnx.State`` (pure-dict tree)."""
+
   def names(variable):
     return tuple(variable.get_metadata().get("out_sharding") or ())
+
   axes = jax.tree.map(names, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return nnx.to_pure_dict(axes) if isinstance(axes, nnx.State) else axes
 
 
-def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh,
-                   rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+def tree_shardings(
+  axes_tree: Any, shapes_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
+) -> Any:
   """NamedShardings for a tree of arrays given a parallel tree of axis names."""
   return jax.tree.map(
-      lambda names, x: NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)),
-      axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, tuple))
+    lambda names, x: NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)),
+    axes_tree,
+    shapes_tree,
+    is_leaf=lambda x: isinstance(x, tuple),
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -148,9 +156,10 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, key: str, factor: int = 1
   if factor * batch_size % size:
     rows = f"{factor} x {batch_size}" if factor != 1 else f"{batch_size}"
     raise ShardingError(
-        f"{key}={batch_size}: its batch of {rows} rows is not divisible by the data-parallel mesh size {size} "
-        f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); set "
-        f"--config.{key}={nearest_working_batch(batch_size, size, factor)}")
+      f"{key}={batch_size}: its batch of {rows} rows is not divisible by the data-parallel mesh size {size} "
+      f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); set "
+      f"--config.{key}={nearest_working_batch(batch_size, size, factor)}"
+    )
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
@@ -162,9 +171,11 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   one process it is a plain sharded ``device_put``.
   """
   sharding = batch_sharding(mesh)
+
   def place(x):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
   return jax.tree.map(place, batch)
 
 
@@ -175,8 +186,9 @@ def is_sharded(array: jax.Array) -> bool:
 
 def with_leading_axis(shardings: Any) -> Any:
   """The shardings of the same arrays stacked on a new, unsplit leading axis (e.g. vmapped seeds)."""
-  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings,
-                      is_leaf=lambda x: isinstance(x, NamedSharding))
+  return jax.tree.map(
+    lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings, is_leaf=lambda x: isinstance(x, NamedSharding)
+  )
 
 
 def shardings_on(tree: Any, mesh: Mesh) -> Any:
@@ -186,9 +198,11 @@ def shardings_on(tree: Any, mesh: Mesh) -> Any:
   axes keep that layout; host arrays and small single-device values (ensemble
   mix weights, standardisation constants) get a full copy on every device.
   """
+
   def sharding(x):
     own = getattr(x, "sharding", None)
     return own if isinstance(own, NamedSharding) and own.mesh == mesh else replicated(mesh)
+
   return jax.tree.map(sharding, tree)
 
 
@@ -211,12 +225,15 @@ def jit_host_readable(fn: Callable, static_argnames: Sequence[str]) -> Callable:
   arrays, one device) get a plain jit, as before.
   """
   plain = jax.jit(fn, static_argnames=static_argnames)
+
   @functools.cache
   def on_mesh(mesh: Mesh) -> Callable:
     return jax.jit(fn, static_argnames=static_argnames, out_shardings=replicated(mesh))
+
   def call(graphdef, params, *args, **kwargs):
     mesh = mesh_of(params)
     return (plain if mesh is None else on_mesh(mesh))(graphdef, params, *args, **kwargs)
+
   return call
 
 

@@ -26,6 +26,7 @@ from advrm_jax.config_node import from_node
 @flax.struct.dataclass
 class TrainState:
   """What a gradient stage trains and checkpoints: step counter, parameters, optimizer state."""
+
   step: jax.Array
   params: Any
   opt_state: Any
@@ -34,6 +35,7 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """An ``optimizer`` config node: AdamW with gradient clipping, warm-up and a decay schedule."""
+
   learning_rate: float = 3e-4
   schedule: str = "cosine"
   warmup_steps: int = 0
@@ -88,8 +90,9 @@ def make_optimizer(config: Any = None, where: str = "config.optimizer", **overri
   chain = []
   if values.grad_clip:
     chain.append(optax.clip_by_global_norm(values.grad_clip))
-  chain.append(optax.adamw(schedule, b1=values.b1, b2=values.b2, eps=values.eps,
-                           weight_decay=values.weight_decay, mask=decay_mask))
+  chain.append(
+    optax.adamw(schedule, b1=values.b1, b2=values.b2, eps=values.eps, weight_decay=values.weight_decay, mask=decay_mask)
+  )
   return optax.chain(*chain)
 
 
@@ -105,24 +108,33 @@ def abstract_module(factory: Callable[[], nnx.Module]) -> tuple[nnx.GraphDef, An
   return split_module(module)
 
 
-def opt_state_shardings(optimizer: optax.GradientTransformation, params: Any, param_shardings: Any,
-                        mesh: Mesh) -> Any:
+def opt_state_shardings(optimizer: optax.GradientTransformation, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
   """Shardings of ``optimizer.init(params)``: moments follow their parameters, the rest is replicated."""
   opt_shape = jax.eval_shape(optimizer.init, params)
-  return optax.tree_map_params(optimizer, lambda _, sharding: sharding, opt_shape, param_shardings,
-                               transform_non_params=lambda _: shd.replicated(mesh))
+  return optax.tree_map_params(
+    optimizer,
+    lambda _, sharding: sharding,
+    opt_shape,
+    param_shardings,
+    transform_non_params=lambda _: shd.replicated(mesh),
+  )
 
 
-def state_shardings(optimizer: optax.GradientTransformation, params: Any, param_axes: Any,
-                    mesh: Mesh, rules=shd.DEFAULT_RULES) -> TrainState:
+def state_shardings(
+  optimizer: optax.GradientTransformation, params: Any, param_axes: Any, mesh: Mesh, rules=shd.DEFAULT_RULES
+) -> TrainState:
   """Shardings of a TrainState: optimizer moments follow their parameters."""
   param_shardings = shd.tree_shardings(param_axes, params, mesh, rules)
-  return TrainState(step=shd.replicated(mesh), params=param_shardings,
-                    opt_state=opt_state_shardings(optimizer, params, param_shardings, mesh))
+  return TrainState(
+    step=shd.replicated(mesh),
+    params=param_shardings,
+    opt_state=opt_state_shardings(optimizer, params, param_shardings, mesh),
+  )
 
 
-def create_train_state(params: Any, param_axes: Any, optimizer: optax.GradientTransformation,
-                       mesh: Mesh, rules=shd.DEFAULT_RULES) -> tuple[TrainState, TrainState]:
+def create_train_state(
+  params: Any, param_axes: Any, optimizer: optax.GradientTransformation, mesh: Mesh, rules=shd.DEFAULT_RULES
+) -> tuple[TrainState, TrainState]:
   """Places params on the mesh and initialises the optimizer state sharded.
 
   Returns (state, shardings); pass ``shardings`` as in/out shardings of the
@@ -130,6 +142,9 @@ def create_train_state(params: Any, param_axes: Any, optimizer: optax.GradientTr
   """
   shardings = state_shardings(optimizer, params, param_axes, mesh, rules)
   params = jax.device_put(params, shardings.params)
-  init = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
-                 in_shardings=(shardings.params,), out_shardings=shardings)
+  init = jax.jit(
+    lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
+    in_shardings=(shardings.params,),
+    out_shardings=shardings,
+  )
   return init(params), shardings

@@ -64,31 +64,51 @@ from advrm_jax.train_state import TrainState, abstract_module, make_optimizer, s
 from benchmarks.common import sampling_flops, train_flops  # pylint: disable=wrong-import-position
 
 SHAPES = {
-    "smollm2_135m": ModelConfig(vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3,
-                                head_dim=64, d_ff=1536, max_seq_len=1024, rope_theta=100000.0,
-                                tie_embeddings=True),
-    "llama_1b_like": ModelConfig(vocab_size=32000, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8,
-                                 head_dim=64, d_ff=8192, max_seq_len=1024, rope_theta=500000.0,
-                                 tie_embeddings=False),
+  "smollm2_135m": ModelConfig(
+    vocab_size=49152,
+    d_model=576,
+    num_layers=30,
+    num_heads=9,
+    num_kv_heads=3,
+    head_dim=64,
+    d_ff=1536,
+    max_seq_len=1024,
+    rope_theta=100000.0,
+    tie_embeddings=True,
+  ),
+  "llama_1b_like": ModelConfig(
+    vocab_size=32000,
+    d_model=2048,
+    num_layers=16,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=64,
+    d_ff=8192,
+    max_seq_len=1024,
+    rope_theta=500000.0,
+    tie_embeddings=False,
+  ),
 }
 # --tiny: the same two layouts (tied 3:1 GQA, untied 4:1 GQA) at CPU size.
 TINY_SHAPES = {
-    "smollm2_135m": SHAPES["smollm2_135m"].replace(vocab_size=512, d_model=48, num_layers=2, num_heads=3,
-                                                   num_kv_heads=1, head_dim=16, d_ff=96, max_seq_len=64),
-    "llama_1b_like": SHAPES["llama_1b_like"].replace(vocab_size=512, d_model=64, num_layers=2, num_heads=4,
-                                                     num_kv_heads=1, head_dim=16, d_ff=128, max_seq_len=64),
+  "smollm2_135m": SHAPES["smollm2_135m"].replace(
+    vocab_size=512, d_model=48, num_layers=2, num_heads=3, num_kv_heads=1, head_dim=16, d_ff=96, max_seq_len=64
+  ),
+  "llama_1b_like": SHAPES["llama_1b_like"].replace(
+    vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=1, head_dim=16, d_ff=128, max_seq_len=64
+  ),
 }
 # (section, shape, workload); workloads are (full, tiny) sizes. The 1B-like rows come first: they
 # carry the issue's targets (MFU, the 32 x 512 step that ran out of memory).
 PLAN = (
-    ("bt", "llama_1b_like", dict(pairs=(8, 2), length=(512, 32), remat="none")),
-    ("bt", "llama_1b_like", dict(pairs=(32, 4), length=(512, 32), remat="full")),
-    ("bt", "smollm2_135m", dict(pairs=(32, 4), length=(512, 32), remat="none")),
-    ("sampler", "llama_1b_like", dict(batch=(64, 4), prompt=(64, 8), new=(192, 8))),
-    ("sampler", "smollm2_135m", dict(batch=(64, 4), prompt=(64, 8), new=(192, 8))),
-    ("sft", "smollm2_135m", dict(batch=(16, 4), length=(512, 32), remat="none")),
-    ("sft", "llama_1b_like", dict(batch=(16, 4), length=(512, 32), remat="full")),
-    ("rl", "smollm2_135m", dict(prompts=(16, 2), samples=(4, 2), prompt=(64, 8), new=(128, 8))),
+  ("bt", "llama_1b_like", dict(pairs=(8, 2), length=(512, 32), remat="none")),
+  ("bt", "llama_1b_like", dict(pairs=(32, 4), length=(512, 32), remat="full")),
+  ("bt", "smollm2_135m", dict(pairs=(32, 4), length=(512, 32), remat="none")),
+  ("sampler", "llama_1b_like", dict(batch=(64, 4), prompt=(64, 8), new=(192, 8))),
+  ("sampler", "smollm2_135m", dict(batch=(64, 4), prompt=(64, 8), new=(192, 8))),
+  ("sft", "smollm2_135m", dict(batch=(16, 4), length=(512, 32), remat="none")),
+  ("sft", "llama_1b_like", dict(batch=(16, 4), length=(512, 32), remat="full")),
+  ("rl", "smollm2_135m", dict(prompts=(16, 2), samples=(4, 2), prompt=(64, 8), new=(128, 8))),
 )
 LR = 1e-5
 WARMUP, REPEATS = 1, 3
@@ -100,8 +120,11 @@ class Run:
   def __init__(self, out: pathlib.Path, budget_s: float, tiny: bool):
     self.out, self.budget_s, self.tiny = out, budget_s, tiny
     self.start = time.perf_counter()
-    self.results: dict[str, Any] = {"command": " ".join([sys.executable, *sys.argv]), "setup": setup_info(tiny),
-                                    "sections": {}}
+    self.results: dict[str, Any] = {
+      "command": " ".join([sys.executable, *sys.argv]),
+      "setup": setup_info(tiny),
+      "sections": {},
+    }
     out.mkdir(parents=True, exist_ok=True)
 
   def section(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
@@ -125,8 +148,14 @@ class Run:
 
 
 def setup_info(tiny: bool) -> dict[str, Any]:
-  info = {"jax": jax.__version__, "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-          "num_devices": jax.device_count(), "python": platform.python_version(), "tiny": tiny}
+  info = {
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "device": str(jax.devices()[0].device_kind),
+    "num_devices": jax.device_count(),
+    "python": platform.python_version(),
+    "tiny": tiny,
+  }
   for name in ("flax", "optax", "torch", "transformers"):
     try:
       info[name] = __import__(name).__version__
@@ -134,6 +163,7 @@ def setup_info(tiny: bool) -> dict[str, Any]:
       info[name] = f"unavailable: {error}"
   try:
     import torch  # pylint: disable=import-outside-toplevel
+
     info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
   except Exception:  # pylint: disable=broad-except
     pass
@@ -144,6 +174,7 @@ def release_memory() -> None:
   gc.collect()
   try:
     import torch  # pylint: disable=import-outside-toplevel
+
     if torch.cuda.is_available():
       torch.cuda.empty_cache()
   except Exception:  # pylint: disable=broad-except
@@ -188,6 +219,7 @@ class TorchSide:
   def __init__(self, cfg: ModelConfig, params: Any):
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
+
     self.torch = torch
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     self.dtype = torch.bfloat16 if accelerated() else torch.float32
@@ -195,8 +227,9 @@ class TorchSide:
     config = transformers.AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
     with torch.device(self.device):
       model = transformers.AutoModelForCausalLM.from_config(config, dtype=self.dtype)
-    tensors = {name: torch.from_numpy(np.array(value, np.float32))
-               for name, value in hf_tensors_from_params(cfg, params).items()}
+    tensors = {
+      name: torch.from_numpy(np.array(value, np.float32)) for name, value in hf_tensors_from_params(cfg, params).items()
+    }
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [name for name in missing if not (cfg.tie_embeddings and name == "lm_head.weight")]
     if missing or unexpected:
@@ -218,8 +251,9 @@ class TorchSide:
     return int(self.torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
 
   def adamw(self, parameters):
-    return self.torch.optim.AdamW(parameters, lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0,
-                                  fused=self.device == "cuda")
+    return self.torch.optim.AdamW(
+      parameters, lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=self.device == "cuda"
+    )
 
 
 class Shape:
@@ -252,7 +286,7 @@ def matmul_peak(tiny: bool) -> dict[str, Any]:
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
   fn = jax.jit(lambda a, b: a @ b)
   seconds = median_seconds(lambda: fn(a, a).block_until_ready(), warmup=2, repeats=10)
-  return {"n": n, "dtype": "bfloat16", "seconds": seconds, "flops_per_s": 2.0 * n ** 3 / seconds}
+  return {"n": n, "dtype": "bfloat16", "seconds": seconds, "flops_per_s": 2.0 * n**3 / seconds}
 
 
 def bt_step_abstract(cfg: ModelConfig, pairs: int, length: int):
@@ -261,8 +295,9 @@ def bt_step_abstract(cfg: ModelConfig, pairs: int, length: int):
   optimizer = make_optimizer(learning_rate=LR, schedule="constant", weight_decay=0.0)
   state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), params)
   token_shape = jax.ShapeDtypeStruct((pairs, length), jnp.int32)
-  batch = dict(chosen_tokens=token_shape, chosen_mask=token_shape, rejected_tokens=token_shape,
-               rejected_mask=token_shape)
+  batch = dict(
+    chosen_tokens=token_shape, chosen_mask=token_shape, rejected_tokens=token_shape, rejected_mask=token_shape
+  )
   return jax.jit(make_bt_step(graphdef, optimizer), donate_argnums=(0,)), state, batch, jax.random.key(0)
 
 
@@ -274,32 +309,35 @@ def memory_1b(tiny: bool) -> dict[str, Any]:
   begin = time.perf_counter()
   compiled = step.lower(state, batch, rng).compile()
   analysis = compiled.memory_analysis()
-  return {"config": "d2048, 16 layers, GQA 32/8, vocab 32000, ffn 8192; 32 pairs x 512; remat full; bf16 compute; "
-                    "f32 parameters and AdamW state",
-          "compile_s": time.perf_counter() - begin,
-          "temp_bytes": None if analysis is None else int(analysis.temp_size_in_bytes),
-          "argument_bytes": None if analysis is None else int(analysis.argument_size_in_bytes)}
+  return {
+    "config": "d2048, 16 layers, GQA 32/8, vocab 32000, ffn 8192; 32 pairs x 512; remat full; bf16 compute; "
+    "f32 parameters and AdamW state",
+    "compile_s": time.perf_counter() - begin,
+    "temp_bytes": None if analysis is None else int(analysis.temp_size_in_bytes),
+    "argument_bytes": None if analysis is None else int(analysis.argument_size_in_bytes),
+  }
 
 
 def memory_remat() -> dict[str, Any]:
   """Compile-only BT-step temporaries by remat policy: d256 at 4 and 8 layers (8 pairs x 1,024), and
   the 1B-like step at 32 x 512 without remat."""
-  d256 = ModelConfig(vocab_size=512, d_model=256, num_heads=4, num_kv_heads=4, head_dim=64, d_ff=1024,
-                     max_seq_len=1024)
+  d256 = ModelConfig(vocab_size=512, d_model=256, num_heads=4, num_kv_heads=4, head_dim=64, d_ff=1024, max_seq_len=1024)
   out: dict[str, Any] = {}
   for remat in ("none", "dots", "full"):
     for layers in (4, 8):
       step, state, batch, rng = bt_step_abstract(d256.replace(num_layers=layers, remat=remat), 8, 1024)
       out[f"d256_{layers}_layers_{remat}_temp_bytes"] = temp_bytes(step.lower(state, batch, rng).compile())
-    out[f"d256_{remat}_growth_4_to_8_layers"] = (out[f"d256_8_layers_{remat}_temp_bytes"] /
-                                                 out[f"d256_4_layers_{remat}_temp_bytes"])
+    out[f"d256_{remat}_growth_4_to_8_layers"] = (
+      out[f"d256_8_layers_{remat}_temp_bytes"] / out[f"d256_4_layers_{remat}_temp_bytes"]
+    )
   step, state, batch, rng = bt_step_abstract(SHAPES["llama_1b_like"].replace(dtype="bfloat16"), 32, 512)
   out["1b_like_32x512_none_bf16_temp_bytes"] = temp_bytes(step.lower(state, batch, rng).compile())
   return out
 
 
-def time_ours(out: dict[str, Any], cfg: ModelConfig, make: Callable, count: int, unit: str, flops: float,
-              peak: float | None) -> float:
+def time_ours(
+  out: dict[str, Any], cfg: ModelConfig, make: Callable, count: int, unit: str, flops: float, peak: float | None
+) -> float:
   """Compiles and times our step (state donated) into ``out``; returns its median seconds.
 
   ``make(cfg) -> (step, state, args)``. When cuDNN attention fails (to compile or to run), the
@@ -328,14 +366,24 @@ def _time_ours(out, cfg, make, count, unit, flops, peak) -> float:
     holder["state"], metrics = compiled(holder["state"], *args)
     jax.block_until_ready(holder["state"])
     return float(metrics["loss"])
+
   out["ours_first_loss"] = ours()
   seconds = median_seconds(ours)
   out.update({"ours_s": seconds, f"ours_{unit}_per_s": count / seconds, "ours_mfu": mfu(flops, seconds, peak)})
   return seconds
 
 
-def time_torch(out: dict[str, Any], side: TorchSide, loss_fn: Callable, parameters: list, count: int, unit: str,
-               flops: float, peak: float | None, ours_seconds: float) -> None:
+def time_torch(
+  out: dict[str, Any],
+  side: TorchSide,
+  loss_fn: Callable,
+  parameters: list,
+  count: int,
+  unit: str,
+  flops: float,
+  peak: float | None,
+  ours_seconds: float,
+) -> None:
   """Times a plain PyTorch eager step (``loss_fn()``, backward, clip 1.0, AdamW) into ``out``."""
   torch = side.torch
   optimizer = side.adamw(parameters)
@@ -348,11 +396,19 @@ def time_torch(out: dict[str, Any], side: TorchSide, loss_fn: Callable, paramete
     optimizer.zero_grad(set_to_none=True)
     side.synchronize()
     return loss.item()
+
   side.reset_peak()
   out["torch_first_loss"] = theirs()
   seconds = median_seconds(theirs)
-  out.update({"torch_s": seconds, f"torch_{unit}_per_s": count / seconds, "torch_mfu": mfu(flops, seconds, peak),
-              "torch_max_memory_allocated": side.peak_bytes(), "ratio_ours_over_torch": seconds / ours_seconds})
+  out.update(
+    {
+      "torch_s": seconds,
+      f"torch_{unit}_per_s": count / seconds,
+      "torch_mfu": mfu(flops, seconds, peak),
+      "torch_max_memory_allocated": side.peak_bytes(),
+      "ratio_ours_over_torch": seconds / ours_seconds,
+    }
+  )
 
 
 def bt(shape: Shape, pairs: int, length: int, remat: str, peak: float | None) -> dict[str, Any]:
@@ -361,8 +417,14 @@ def bt(shape: Shape, pairs: int, length: int, remat: str, peak: float | None) ->
   chosen, rejected = tokens(rng, (pairs, length), cfg), tokens(rng, (pairs, length), cfg)
   ones = np.ones((pairs, length), np.int32)
   flops = train_flops(cfg, 2 * pairs, length, lm_head=False)
-  out: dict[str, Any] = {"pairs": pairs, "length": length, "remat": remat, "dtype": cfg.dtype,
-                         "attention": T.resolve_attention(cfg, length), "model_flops_per_step": flops}
+  out: dict[str, Any] = {
+    "pairs": pairs,
+    "length": length,
+    "remat": remat,
+    "dtype": cfg.dtype,
+    "attention": T.resolve_attention(cfg, length),
+    "model_flops_per_step": flops,
+  }
   heads = []
 
   def make(cfg):
@@ -371,9 +433,14 @@ def bt(shape: Shape, pairs: int, length: int, remat: str, peak: float | None) ->
     heads.append(np.asarray(params["head_kernel"], np.float32))  # [D, 1]: the torch side starts from it too
     optimizer = make_optimizer(learning_rate=LR, schedule="constant", weight_decay=0.0)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-    batch = {name: jnp.asarray(value) for name, value in
-             dict(chosen_tokens=chosen, chosen_mask=ones, rejected_tokens=rejected, rejected_mask=ones).items()}
+    batch = {
+      name: jnp.asarray(value)
+      for name, value in dict(
+        chosen_tokens=chosen, chosen_mask=ones, rejected_tokens=rejected, rejected_mask=ones
+      ).items()
+    }
     return make_bt_step(graphdef, optimizer), state, (batch, jax.random.key(0))
+
   seconds = time_ours(out, cfg, make, pairs, "pairs", flops, peak)
   release_memory()
 
@@ -390,8 +457,10 @@ def bt(shape: Shape, pairs: int, length: int, remat: str, peak: float | None) ->
   def loss_fn():
     rewards = score(model(input_ids=rows, attention_mask=mask).last_hidden_state[:, -1]).float()[:, 0]
     return -torch.nn.functional.logsigmoid(rewards[:pairs] - rewards[pairs:]).mean()
-  time_torch(out, side, loss_fn, list(model.parameters()) + list(score.parameters()), pairs, "pairs", flops, peak,
-             seconds)
+
+  time_torch(
+    out, side, loss_fn, list(model.parameters()) + list(score.parameters()), pairs, "pairs", flops, peak, seconds
+  )
   return out
 
 
@@ -400,8 +469,14 @@ def sft(shape: Shape, batch: int, length: int, remat: str, peak: float | None) -
   rows = tokens(np.random.default_rng(1), (batch, length), cfg)
   ones = np.ones((batch, length), np.int32)
   flops = train_flops(cfg, batch, length)
-  out: dict[str, Any] = {"batch": batch, "length": length, "remat": remat, "dtype": cfg.dtype,
-                         "attention": T.resolve_attention(cfg, length), "model_flops_per_step": flops}
+  out: dict[str, Any] = {
+    "batch": batch,
+    "length": length,
+    "remat": remat,
+    "dtype": cfg.dtype,
+    "attention": T.resolve_attention(cfg, length),
+    "model_flops_per_step": flops,
+  }
 
   def make(cfg):
     graphdef, _, _ = abstract_module(lambda: T.Transformer(cfg, rngs=nnx.Rngs(0)))  # remat is in the graphdef
@@ -410,6 +485,7 @@ def sft(shape: Shape, batch: int, length: int, remat: str, peak: float | None) -
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
     data = {"tokens": jnp.asarray(rows), "mask": jnp.asarray(ones), "loss_mask": jnp.asarray(ones)}
     return make_sft_step(graphdef, optimizer), state, (data, None)
+
   seconds = time_ours(out, cfg, make, batch * length, "tokens", flops, peak)
   release_memory()
 
@@ -421,6 +497,7 @@ def sft(shape: Shape, batch: int, length: int, remat: str, peak: float | None) -
   def loss_fn():
     logits = side.model(input_ids=trows, attention_mask=mask).logits[:, :-1].float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), trows[:, 1:].reshape(-1))
+
   time_torch(out, side, loss_fn, list(side.model.parameters()), batch * length, "tokens", flops, peak, seconds)
   return out
 
@@ -433,8 +510,14 @@ def sampler(shape: Shape, batch: int, prompt: int, new: int, peak: float | None)
   config = SamplingConfig(max_new_tokens=new, temperature=0.0, top_k=0, top_p=1.0, eos_id=None, pad_id=0)
   jprompts, jmask, key = jnp.asarray(prompts), jnp.asarray(mask), jax.random.key(0)
   flops = sampling_flops(cfg, batch, prompt, new)
-  out: dict[str, Any] = {"batch": batch, "prompt": prompt, "new": new, "dtype": cfg.dtype, "mode": "greedy",
-                         "model_flops_per_call": flops}
+  out: dict[str, Any] = {
+    "batch": batch,
+    "prompt": prompt,
+    "new": new,
+    "dtype": cfg.dtype,
+    "mode": "greedy",
+    "model_flops_per_call": flops,
+  }
   begin = time.perf_counter()
   compiled = sample_jit.lower(shape.graphdef, shape.params, jprompts, jmask, key, config=config).compile()
   out["ours_compile_s"] = time.perf_counter() - begin
@@ -450,18 +533,31 @@ def sampler(shape: Shape, batch: int, prompt: int, new: int, peak: float | None)
 
   def generate():
     with torch.inference_mode():
-      result = side.model.generate(input_ids=tprompts, attention_mask=tmask, do_sample=False, max_new_tokens=new,
-                                   min_new_tokens=new, use_cache=True, eos_token_id=None, pad_token_id=0)
+      result = side.model.generate(
+        input_ids=tprompts,
+        attention_mask=tmask,
+        do_sample=False,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        use_cache=True,
+        eos_token_id=None,
+        pad_token_id=0,
+      )
     side.synchronize()
     return result
+
   side.reset_peak()
   theirs = generate()[:, prompt:].cpu().numpy()
   seconds_t = median_seconds(generate, warmup=0, repeats=2)
-  out.update(generate_s=seconds_t, generate_tokens_per_s=batch * new / seconds_t,
-             generate_max_memory_allocated=side.peak_bytes(), ratio_ours_over_generate=seconds_t / seconds,
-             # bf16 rounding differs between the kernels, so greedy paths may part after a while.
-             greedy_first_token_agreement=float(np.mean(ours_tokens[:, 0] == theirs[:, 0])),
-             greedy_token_agreement=float(np.mean(ours_tokens == theirs)))
+  out.update(
+    generate_s=seconds_t,
+    generate_tokens_per_s=batch * new / seconds_t,
+    generate_max_memory_allocated=side.peak_bytes(),
+    ratio_ours_over_generate=seconds_t / seconds,
+    # bf16 rounding differs between the kernels, so greedy paths may part after a while.
+    greedy_first_token_agreement=float(np.mean(ours_tokens[:, 0] == theirs[:, 0])),
+    greedy_token_agreement=float(np.mean(ours_tokens == theirs)),
+  )
   return out
 
 
@@ -475,13 +571,15 @@ def even_fraction(prompt_tokens, prompt_mask, response_tokens, response_mask):
 def rl(shape: Shape, prompts: int, samples: int, prompt: int, new: int, peak: float | None) -> dict[str, Any]:
   from advrm_jax.rl.engine import RLConfig, init_policy_params, init_rl_state, make_iteration  # pylint: disable=import-outside-toplevel
   from advrm_jax.rl.rewards import FunctionSource  # pylint: disable=import-outside-toplevel
+
   del peak
   cfg = shape.cfg
   config = RLConfig(algorithm="grpo", num_samples=samples, kl_coef=0.04, kl_estimator="k3", kl_in_reward=False)
   sampling = SamplingConfig(max_new_tokens=new, temperature=1.0, eos_id=None, pad_id=0)
   optimizer = make_optimizer(learning_rate=LR, schedule="constant", weight_decay=0.0)
-  iteration = jax.jit(make_iteration(shape.graphdef, optimizer, config, sampling, FunctionSource(even_fraction)),
-                      donate_argnums=(0,))
+  iteration = jax.jit(
+    make_iteration(shape.graphdef, optimizer, config, sampling, FunctionSource(even_fraction)), donate_argnums=(0,)
+  )
   policy = jax.tree.map(jnp.copy, shape.params)
   state = init_rl_state(init_policy_params(policy, cfg.d_model), optimizer, config)
   rows = tokens(np.random.default_rng(3), (prompts, prompt), cfg)
@@ -489,13 +587,21 @@ def rl(shape: Shape, prompts: int, samples: int, prompt: int, new: int, peak: fl
   key = jax.random.key(0)
   begin = time.perf_counter()
   compiled = iteration.lower(state, shape.params, None, batch, key).compile()
-  out: dict[str, Any] = {"prompts": prompts, "samples": samples, "prompt": prompt, "new": new, "dtype": cfg.dtype,
-                         "ours_compile_s": time.perf_counter() - begin, "ours_temp_bytes": temp_bytes(compiled)}
+  out: dict[str, Any] = {
+    "prompts": prompts,
+    "samples": samples,
+    "prompt": prompt,
+    "new": new,
+    "dtype": cfg.dtype,
+    "ours_compile_s": time.perf_counter() - begin,
+    "ours_temp_bytes": temp_bytes(compiled),
+  }
   holder = {"state": state}
 
   def ours():
     holder["state"], metrics = compiled(holder["state"], shape.params, None, batch, key)
     jax.block_until_ready(metrics)
+
   seconds = median_seconds(ours)
   out.update(ours_s=seconds, ours_samples_per_s=prompts * samples / seconds)
   return out
@@ -511,16 +617,28 @@ def decode_attention(tiny: bool) -> dict[str, Any]:
   v = 0.5 * k
   mask = jnp.asarray(rng.random((batch, 1, slots)) < 0.9)
   hand = jax.jit(lambda q, k, v, m: T._attention(q, k, v, m, head_major=True))  # pylint: disable=protected-access
-  library = jax.jit(lambda q, k, v, m: jax.nn.dot_product_attention(
-      q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask=m[:, None], implementation="xla"))
+  library = jax.jit(
+    lambda q, k, v, m: jax.nn.dot_product_attention(
+      q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), mask=m[:, None], implementation="xla"
+    )
+  )
   difference = float(jnp.max(jnp.abs(hand(q, k, v, mask) - library(q, k, v, mask))))
   timing = {}
   for name, fn in (("hand_written", hand), ("dot_product_attention", library)):
-    timing[name] = median_seconds(lambda fn=fn: [fn(q, k, v, mask) for _ in range(20)][-1].block_until_ready(),
-                                  warmup=1, repeats=5) / 20
-  return {"batch": batch, "slots": slots, "kv_heads": kv_heads, "group": group, "head_dim": head_dim,
-          "max_abs_difference": difference, **{f"{n}_s": s for n, s in timing.items()},
-          "dot_product_attention_over_hand_written": timing["dot_product_attention"] / timing["hand_written"]}
+    timing[name] = (
+      median_seconds(lambda fn=fn: [fn(q, k, v, mask) for _ in range(20)][-1].block_until_ready(), warmup=1, repeats=5)
+      / 20
+    )
+  return {
+    "batch": batch,
+    "slots": slots,
+    "kv_heads": kv_heads,
+    "group": group,
+    "head_dim": head_dim,
+    "max_abs_difference": difference,
+    **{f"{n}_s": s for n, s in timing.items()},
+    "dot_product_attention_over_hand_written": timing["dot_product_attention"] / timing["hand_written"],
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -538,44 +656,83 @@ def _fmt(value: Any) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
   setup = results["setup"]
-  lines = [f"# benchmarks/accelerator.py on {setup.get('device')} ({setup.get('backend')})", "",
-           f"`{results['command']}`; total {results.get('total_s')} s", "",
-           "Versions: " + ", ".join(f"{k} {setup.get(k)}" for k in ("jax", "flax", "optax", "torch", "transformers")),
-           f"; torch device: {setup.get('torch_device')}", ""]
+  lines = [
+    f"# benchmarks/accelerator.py on {setup.get('device')} ({setup.get('backend')})",
+    "",
+    f"`{results['command']}`; total {results.get('total_s')} s",
+    "",
+    "Versions: " + ", ".join(f"{k} {setup.get(k)}" for k in ("jax", "flax", "optax", "torch", "transformers")),
+    f"; torch device: {setup.get('torch_device')}",
+    "",
+  ]
   peak = results["sections"].get("matmul_peak", {}).get("flops_per_s")
   if peak:
     lines += [f"bf16 matmul peak measured in this run: {peak / 1e12:.1f} TFLOP/s", ""]
-  lines += ["| section | ours | peer | ratio (peer time / ours) | ours MFU | peer MFU | ours temp GiB | peer max alloc GiB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  lines += [
+    "| section | ours | peer | ratio (peer time / ours) | ours MFU | peer MFU | ours temp GiB | peer max alloc GiB |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   gib = lambda b: None if b is None else b / 2**30
   for name, r in results["sections"].items():
     if "error" in r or "skipped" in r:
       lines.append(f"| {name} | {'error: ' + r['error'][:120] if 'error' in r else r['skipped']} |  |  |  |  |  |  |")
       continue
     if name.startswith("bt/"):
-      row = (f"{_fmt(r['ours_pairs_per_s'])} pairs/s", f"{_fmt(r['torch_pairs_per_s'])} pairs/s",
-             r["ratio_ours_over_torch"], r["ours_mfu"], r["torch_mfu"], gib(r["ours_temp_bytes"]),
-             gib(r["torch_max_memory_allocated"]))
+      row = (
+        f"{_fmt(r['ours_pairs_per_s'])} pairs/s",
+        f"{_fmt(r['torch_pairs_per_s'])} pairs/s",
+        r["ratio_ours_over_torch"],
+        r["ours_mfu"],
+        r["torch_mfu"],
+        gib(r["ours_temp_bytes"]),
+        gib(r["torch_max_memory_allocated"]),
+      )
     elif name.startswith("sft/"):
-      row = (f"{_fmt(r['ours_tokens_per_s'])} tok/s", f"{_fmt(r['torch_tokens_per_s'])} tok/s",
-             r["ratio_ours_over_torch"], r["ours_mfu"], r["torch_mfu"], gib(r["ours_temp_bytes"]),
-             gib(r["torch_max_memory_allocated"]))
+      row = (
+        f"{_fmt(r['ours_tokens_per_s'])} tok/s",
+        f"{_fmt(r['torch_tokens_per_s'])} tok/s",
+        r["ratio_ours_over_torch"],
+        r["ours_mfu"],
+        r["torch_mfu"],
+        gib(r["ours_temp_bytes"]),
+        gib(r["torch_max_memory_allocated"]),
+      )
     elif name.startswith("sampler/"):
-      row = (f"{_fmt(r['ours_tokens_per_s'])} tok/s", f"{_fmt(r['generate_tokens_per_s'])} tok/s (generate)",
-             r["ratio_ours_over_generate"], r["ours_mfu"], None, gib(r["ours_temp_bytes"]),
-             gib(r["generate_max_memory_allocated"]))
+      row = (
+        f"{_fmt(r['ours_tokens_per_s'])} tok/s",
+        f"{_fmt(r['generate_tokens_per_s'])} tok/s (generate)",
+        r["ratio_ours_over_generate"],
+        r["ours_mfu"],
+        None,
+        gib(r["ours_temp_bytes"]),
+        gib(r["generate_max_memory_allocated"]),
+      )
     elif name.startswith("rl/"):
       row = (f"{_fmt(r['ours_samples_per_s'])} samples/s", "-", None, None, None, gib(r["ours_temp_bytes"]), None)
     elif name == "memory_1b_bt_32x512":
       row = ("compile only", "-", None, None, None, gib(r["temp_bytes"]), None)
     elif name == "memory_remat":
       growth = ", ".join(f"{p} {r[f'd256_{p}_growth_4_to_8_layers']:.2f}x" for p in ("none", "dots", "full"))
-      row = (f"compile only: d256 temporaries 4 -> 8 layers {growth}; 1B-like 32 x 512 without remat "
-             f"{gib(r['1b_like_32x512_none_bf16_temp_bytes']):.1f} GiB", "-", None, None, None, None, None)
+      row = (
+        f"compile only: d256 temporaries 4 -> 8 layers {growth}; 1B-like 32 x 512 without remat "
+        f"{gib(r['1b_like_32x512_none_bf16_temp_bytes']):.1f} GiB",
+        "-",
+        None,
+        None,
+        None,
+        None,
+        None,
+      )
     elif name == "decode_attention":
-      row = (f"hand-written {_fmt(r['hand_written_s'] * 1e6)} us", f"dot_product_attention "
-             f"{_fmt(r['dot_product_attention_s'] * 1e6)} us", r["dot_product_attention_over_hand_written"],
-             None, None, None, None)
+      row = (
+        f"hand-written {_fmt(r['hand_written_s'] * 1e6)} us",
+        f"dot_product_attention {_fmt(r['dot_product_attention_s'] * 1e6)} us",
+        r["dot_product_attention_over_hand_written"],
+        None,
+        None,
+        None,
+        None,
+      )
     else:
       continue
     lines.append(f"| {name} | " + " | ".join(_fmt(x) for x in row) + " |")
@@ -587,8 +744,9 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="directory for accelerator.json and accelerator.md")
   parser.add_argument("--tiny", action="store_true", help="CPU-sized shapes and workloads")
-  parser.add_argument("--budget_s", type=float, default=330.0,
-                      help="skip the sections that would start after this many seconds")
+  parser.add_argument(
+    "--budget_s", type=float, default=330.0, help="skip the sections that would start after this many seconds"
+  )
   parser.add_argument("--only", default="", help="comma-separated section prefixes, e.g. bt,sampler")
   args = parser.parse_args(argv)
   run = Run(pathlib.Path(args.out), args.budget_s, args.tiny)

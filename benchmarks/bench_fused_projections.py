@@ -41,8 +41,9 @@ def main() -> None:
   args = parser.parse_args()
   cfg = common.SIZES[args.size]
   # One set of parameters; each mode is a graph of its own (the mode is a static field of the config).
-  graphdefs = {mode: split_module(T.Transformer(cfg.replace(fused_projections=mode), rngs=nnx.Rngs(0)))[0]
-               for mode in MODES}
+  graphdefs = {
+    mode: split_module(T.Transformer(cfg.replace(fused_projections=mode), rngs=nnx.Rngs(0)))[0] for mode in MODES
+  }
   _, params, _ = split_module(T.Transformer(cfg, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(0)
   prompts = jnp.asarray(rng.integers(common.FIRST_DATA_ID, cfg.vocab_size, (16, 16)), jnp.int32)
@@ -58,7 +59,9 @@ def main() -> None:
     def loss_grad_fn(p):
       def loss(p):
         return jnp.mean(nnx.merge(graphdef, p)(tokens, compute_logits=True).logits[:, -1] ** 2)
+
       return jax.value_and_grad(loss)(p)
+
     return {"sample": jax.jit(sample_fn), "loss + grad": jax.jit(loss_grad_fn)}
 
   fns = {mode: make(graphdefs[mode]) for mode in MODES}
@@ -68,8 +71,10 @@ def main() -> None:
     if reference is None:
       reference = out
     elif not (np.array_equal(out[0], reference[0]) and abs(out[1] - reference[1]) <= 1e-5 * abs(reference[1])):
-      raise SystemExit(f"mode {mode!r} changes the results: tokens equal {np.mean(out[0] == reference[0]):.3f}, "
-                       f"loss {out[1]} vs {reference[1]}")
+      raise SystemExit(
+        f"mode {mode!r} changes the results: tokens equal {np.mean(out[0] == reference[0]):.3f}, "
+        f"loss {out[1]} vs {reference[1]}"
+      )
   times = {(mode, what): [] for mode in MODES for what in ("sample", "loss + grad")}
   for _ in range(args.repeats + 1):
     for mode in MODES:

@@ -27,12 +27,16 @@ def run(repeats: int, warmup: int = 1, sizes=(1024, 2048, 3072)) -> dict[str, An
     b = rng.standard_normal((n, n), dtype=np.float32)
     ja, jb = jnp.asarray(a), jnp.asarray(b)
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
-    samples = common.interleave({
+    samples = common.interleave(
+      {
         "jax": lambda: common.timed(lambda: jax.block_until_ready(matmul(ja, jb))),
         "torch": lambda: common.timed(lambda: torch.mm(ta, tb)),
-    }, repeats, warmup)
+      },
+      repeats,
+      warmup,
+    )
     for side, values in samples.items():
-      out[side][str(n)] = 2 * n ** 3 / common.median(values)
+      out[side][str(n)] = 2 * n**3 / common.median(values)
   out["jax_peak_flops_per_s"] = max(out["jax"].values())
   out["torch_peak_flops_per_s"] = max(out["torch"].values())
   return out

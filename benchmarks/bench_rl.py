@@ -52,21 +52,40 @@ def even_fraction_trl(prompts, completions, completion_ids, **kwargs):
   return [sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
 
 
-def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int = 2, num_prompts: int = 4,
-        num_samples: int = 4, prompt_len: int = 16, new_tokens: int = 64, with_trl: bool = True) -> dict[str, Any]:
+def run(
+  models: common.Models,
+  repeats: int,
+  warmup: int,
+  steps_per_round: int = 2,
+  num_prompts: int = 4,
+  num_samples: int = 4,
+  prompt_len: int = 16,
+  new_tokens: int = 64,
+  with_trl: bool = True,
+) -> dict[str, Any]:
   rng = np.random.default_rng(5)
   prompts = common.random_tokens(rng, (num_prompts, prompt_len), models.cfg.vocab_size)
   batch = num_prompts * num_samples
   out: dict[str, Any] = {"samples_per_iteration": batch, "prompt_len": prompt_len, "new_tokens": new_tokens}
 
-  config = RLConfig(algorithm="grpo", num_samples=num_samples, ppo_epochs=1, num_minibatches=1,
-                    kl_coef=BETA, kl_estimator="k3", kl_in_reward=False, whiten_advantages=False,
-                    loss_mode="token_mean")
+  config = RLConfig(
+    algorithm="grpo",
+    num_samples=num_samples,
+    ppo_epochs=1,
+    num_minibatches=1,
+    kl_coef=BETA,
+    kl_estimator="k3",
+    kl_in_reward=False,
+    whiten_advantages=False,
+    loss_mode="token_mean",
+  )
   sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, eos_id=None, pad_id=common.PAD_ID)
-  opt = make_optimizer(None, learning_rate=LR, schedule="constant", weight_decay=0.0, grad_clip=1.0,
-                       b1=0.9, b2=0.95, eps=1e-8)
-  iteration = jax.jit(make_iteration(models.graphdef, opt, config, sampling, FunctionSource(even_fraction)),
-                      donate_argnums=(0,))
+  opt = make_optimizer(
+    None, learning_rate=LR, schedule="constant", weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8
+  )
+  iteration = jax.jit(
+    make_iteration(models.graphdef, opt, config, sampling, FunctionSource(even_fraction)), donate_argnums=(0,)
+  )
   state = init_rl_state(init_policy_params(models.params, models.cfg.d_model), opt, config)
   jprompts = {"tokens": jnp.asarray(prompts), "mask": jnp.ones(prompts.shape, bool)}
   key = jax.random.key(0)
@@ -77,14 +96,18 @@ def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int =
   def ours():
     times = []
     for _ in range(steps_per_round):
+
       def one():
         holder["step"] += 1
-        holder["state"], out = compiled(holder["state"], models.params, None, jprompts,
-                                        jax.random.fold_in(key, holder["step"]))
+        holder["state"], out = compiled(
+          holder["state"], models.params, None, jprompts, jax.random.fold_in(key, holder["step"])
+        )
         jax.block_until_ready(out.metrics["loss"])
         holder["length"] = float(out.metrics["response_length"])
+
       times.append(common.timed(one))
     return times
+
   sides = {"ours": ours}
   if with_trl:
     try:
@@ -109,32 +132,68 @@ def _trl_side(models, prompts, num_samples, new_tokens, steps_per_round):
   from datasets import Dataset  # pylint: disable=import-outside-toplevel
   from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
   from trl import GRPOConfig, GRPOTrainer  # pylint: disable=import-outside-toplevel
+
   steps = steps_per_round + 1  # n + 1 step ends give n intervals
   texts = [common.ids_to_text(p) for p in prompts]
   data = Dataset.from_dict({"prompt": texts * steps})
   args = GRPOConfig(
-      output_dir=os.fspath(common.workdir()), per_device_train_batch_size=len(texts) * num_samples,
-      num_generations=num_samples, max_completion_length=new_tokens,
-      generation_kwargs={"min_new_tokens": new_tokens}, temperature=1.0, top_p=1.0, top_k=0, beta=BETA,
-      num_iterations=1, loss_type="dapo", scale_rewards="group", learning_rate=LR,
-      lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8,
-      weight_decay=0.0, max_grad_norm=1.0, max_steps=steps, bf16=False, fp16=False,
-      gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
-      logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=0, log_completions=False,
-      shuffle_dataset=False)
+    output_dir=os.fspath(common.workdir()),
+    per_device_train_batch_size=len(texts) * num_samples,
+    num_generations=num_samples,
+    max_completion_length=new_tokens,
+    generation_kwargs={"min_new_tokens": new_tokens},
+    temperature=1.0,
+    top_p=1.0,
+    top_k=0,
+    beta=BETA,
+    num_iterations=1,
+    loss_type="dapo",
+    scale_rewards="group",
+    learning_rate=LR,
+    lr_scheduler_type="constant",
+    warmup_steps=0,
+    adam_beta1=0.9,
+    adam_beta2=0.95,
+    adam_epsilon=1e-8,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    max_steps=steps,
+    bf16=False,
+    fp16=False,
+    gradient_checkpointing=False,
+    use_cpu=True,
+    report_to="none",
+    save_strategy="no",
+    logging_steps=10**6,
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+    seed=0,
+    log_completions=False,
+    shuffle_dataset=False,
+  )
   model = AutoModelForCausalLM.from_pretrained(str(models.hf_dir), dtype=torch.float32)
   model.generation_config.eos_token_id = None
   recorder = _StepTimes()
-  trainer = GRPOTrainer(model=model, reward_funcs=[even_fraction_trl], args=args, train_dataset=data,
-                        processing_class=common.make_tokenizer(models.cfg.vocab_size),
-                        callbacks=[recorder.callback])
+  trainer = GRPOTrainer(
+    model=model,
+    reward_funcs=[even_fraction_trl],
+    args=args,
+    train_dataset=data,
+    processing_class=common.make_tokenizer(models.cfg.vocab_size),
+    callbacks=[recorder.callback],
+  )
 
   def side():
     trainer.train()
     return recorder.deltas()
 
-  sanity = {"bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing,
-            "mixed_precision": str(trainer.accelerator.mixed_precision), "beta": args.beta,
-            "ref_model": trainer.ref_model is not None, "dtype": str(next(model.parameters()).dtype),
-            "torch_threads": torch.get_num_threads()}
+  sanity = {
+    "bf16": args.bf16,
+    "gradient_checkpointing": args.gradient_checkpointing,
+    "mixed_precision": str(trainer.accelerator.mixed_precision),
+    "beta": args.beta,
+    "ref_model": trainer.ref_model is not None,
+    "dtype": str(next(model.parameters()).dtype),
+    "torch_threads": torch.get_num_threads(),
+  }
   return side, sanity

@@ -45,9 +45,9 @@ def _torch_rm(models: common.Models, head_kernel: np.ndarray):
   torch = common.setup_torch()
   from transformers import AutoModelForSequenceClassification  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
+
   transformers.logging.set_verbosity_error()  # "score.weight newly initialized" is expected
-  model = AutoModelForSequenceClassification.from_pretrained(str(models.hf_dir), num_labels=1,
-                                                             dtype=torch.float32)
+  model = AutoModelForSequenceClassification.from_pretrained(str(models.hf_dir), num_labels=1, dtype=torch.float32)
   model.config.pad_token_id = common.PAD_ID
   with torch.no_grad():
     model.score.weight.copy_(torch.as_tensor(np.asarray(head_kernel).T))
@@ -64,7 +64,6 @@ class _StepTimes:
     times = self.times = []
 
     class Callback(TrainerCallback):
-
       def on_step_end(self, args, state, control, **kwargs):
         times.append(time.perf_counter())
 
@@ -76,8 +75,15 @@ class _StepTimes:
     return out
 
 
-def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int = 3, pairs: int = 16,
-        length: int = 64, with_trl: bool = True) -> dict[str, Any]:
+def run(
+  models: common.Models,
+  repeats: int,
+  warmup: int,
+  steps_per_round: int = 3,
+  pairs: int = 16,
+  length: int = 64,
+  with_trl: bool = True,
+) -> dict[str, Any]:
   torch = common.setup_torch()
   rng = np.random.default_rng(3)
   chosen = common.random_tokens(rng, (pairs, length), models.cfg.vocab_size)
@@ -91,17 +97,21 @@ def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int =
   if package is not None:
     init_reward_model, jit_bt_step = package
     graphdef, params, axes = init_reward_model(
-        models.cfg, 1, "shared",
-        # A copy: the step donates its state, which must not free the shared weights.
-        backbone_params=jax.tree.map(lambda x: jnp.array(x, copy=True), models.params))
+      models.cfg,
+      1,
+      "shared",
+      # A copy: the step donates its state, which must not free the shared weights.
+      backbone_params=jax.tree.map(lambda x: jnp.array(x, copy=True), models.params),
+    )
     head_kernel = np.asarray(params["head_kernel"])
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
     opt = optimizer()
     state, shardings = create_train_state(params, axes, opt, mesh)
     step_fn = jit_bt_step(graphdef, opt, shardings, mesh)
     ones = np.ones_like(chosen)
-    batch = shd.shard_batch({"chosen_tokens": chosen, "chosen_mask": ones, "rejected_tokens": rejected,
-                             "rejected_mask": ones}, mesh)
+    batch = shd.shard_batch(
+      {"chosen_tokens": chosen, "chosen_mask": ones, "rejected_tokens": rejected, "rejected_mask": ones}, mesh
+    )
     key = jax.random.key(0)
     compile_s, compiled = common.compile_seconds(step_fn, state, batch, key)
     out["compile_s"] = compile_s
@@ -110,11 +120,14 @@ def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int =
     def ours():
       times = []
       for _ in range(steps_per_round):
+
         def one():
           holder["state"], metrics = compiled(holder["state"], batch, key)
           jax.block_until_ready(metrics["loss"])
+
         times.append(common.timed(one))
       return times
+
     holder["state"], metrics = compiled(holder["state"], batch, key)
     out["first_loss_ours"] = float(metrics["loss"])
     sides["ours"] = ours
@@ -135,6 +148,7 @@ def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int =
     topt.step()
     topt.zero_grad(set_to_none=True)
     return float(loss)
+
   out["first_loss_torch"] = torch_step()
   if "first_loss_ours" in out:
     assert abs(out["first_loss_ours"] - out["first_loss_torch"]) < 1e-3, out
@@ -168,27 +182,58 @@ def _trl_side(models, head_kernel, chosen, rejected, steps_per_round):
   torch = common.setup_torch()
   from datasets import Dataset  # pylint: disable=import-outside-toplevel
   from trl import RewardConfig, RewardTrainer  # pylint: disable=import-outside-toplevel
+
   pairs = chosen.shape[0]
   steps = steps_per_round + 1  # n + 1 step ends give n intervals
-  data = Dataset.from_dict({"chosen_ids": [list(map(int, r)) for r in np.tile(chosen, (steps, 1))],
-                            "rejected_ids": [list(map(int, r)) for r in np.tile(rejected, (steps, 1))]})
+  data = Dataset.from_dict(
+    {
+      "chosen_ids": [list(map(int, r)) for r in np.tile(chosen, (steps, 1))],
+      "rejected_ids": [list(map(int, r)) for r in np.tile(rejected, (steps, 1))],
+    }
+  )
   args = RewardConfig(
-      output_dir=os.fspath(common.workdir()), per_device_train_batch_size=pairs, max_steps=steps,
-      learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95,
-      adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=1.0, bf16=False, fp16=False,
-      gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=10**6,
-      disable_tqdm=True, dataloader_num_workers=0, seed=0, max_length=None)
+    output_dir=os.fspath(common.workdir()),
+    per_device_train_batch_size=pairs,
+    max_steps=steps,
+    learning_rate=LR,
+    lr_scheduler_type="constant",
+    warmup_steps=0,
+    adam_beta1=0.9,
+    adam_beta2=0.95,
+    adam_epsilon=1e-8,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    bf16=False,
+    fp16=False,
+    gradient_checkpointing=False,
+    use_cpu=True,
+    report_to="none",
+    save_strategy="no",
+    logging_steps=10**6,
+    disable_tqdm=True,
+    dataloader_num_workers=0,
+    seed=0,
+    max_length=None,
+  )
   model = _torch_rm(models, head_kernel)
   recorder = _StepTimes()
-  trainer = RewardTrainer(model=model, args=args, train_dataset=data,
-                          processing_class=common.make_tokenizer(models.cfg.vocab_size),
-                          callbacks=[recorder.callback])
+  trainer = RewardTrainer(
+    model=model,
+    args=args,
+    train_dataset=data,
+    processing_class=common.make_tokenizer(models.cfg.vocab_size),
+    callbacks=[recorder.callback],
+  )
 
   def side():
     trainer.train()
     return recorder.deltas()
 
-  sanity = {"bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing,
-            "mixed_precision": str(trainer.accelerator.mixed_precision),
-            "dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads()}
+  sanity = {
+    "bf16": args.bf16,
+    "gradient_checkpointing": args.gradient_checkpointing,
+    "mixed_precision": str(trainer.accelerator.mixed_precision),
+    "dtype": str(next(model.parameters()).dtype),
+    "torch_threads": torch.get_num_threads(),
+  }
   return side, sanity

@@ -42,6 +42,7 @@ STEPS = 16
 
 def decode_loop(graphdef, hoist: bool):
   """STEPS decode steps through the package's cached forward."""
+
   def run(params, cache, token):
     model = nnx.merge(graphdef, params)
     layers = model.unstacked_layers() if hoist else None
@@ -52,7 +53,9 @@ def decode_loop(graphdef, hoist: bool):
       nxt = jnp.argmax(out.logits[:, -1], -1).astype(jnp.int32)[:, None]
       # Keep the write index fixed so every step sees the same cache length.
       return out.cache._replace(index=cache.index), nxt
+
     return jax.lax.fori_loop(0, STEPS, body, (cache, token))
+
   return jax.jit(run)
 
 
@@ -63,7 +66,9 @@ def nocache_loop(graphdef):
     def body(_, token):
       logits = model(token).logits
       return jnp.argmax(logits[:, -1], -1).astype(jnp.int32)[:, None]
+
     return jax.lax.fori_loop(0, STEPS, body, token)
+
   return jax.jit(run)
 
 
@@ -82,15 +87,19 @@ def pieces_us(cfg, batch: int) -> dict[str, float]:
   def gumbel(key):
     def body(i, total):
       return total + jax.random.gumbel(jax.random.fold_in(key, i), (batch, cfg.vocab_size))
+
     return jax.lax.fori_loop(0, STEPS, body, jnp.zeros((batch, cfg.vocab_size)))
+
   ms = interleaved_ms({"gemm": lambda: gemm(rows, kernel), "gumbel": lambda: gumbel(key)})
   return {name: 1e3 * value for name, value in ms.items()}
 
 
 def interleaved_ms(calls: dict, repeats: int = 7) -> dict[str, float]:
   """Median ms per decode step of each call, the calls alternating (``common.interleave``)."""
-  samples = common.interleave({name: lambda call=call: common.timed(lambda: jax.block_until_ready(call()))
-                               for name, call in calls.items()}, repeats)
+  samples = common.interleave(
+    {name: lambda call=call: common.timed(lambda: jax.block_until_ready(call())) for name, call in calls.items()},
+    repeats,
+  )
   return {name: 1e3 * common.median(values) / STEPS for name, values in samples.items()}
 
 
@@ -109,13 +118,19 @@ def main():
   for length in (int(s) for s in args.lengths.split(",")):
     cache = T.init_cache(cfg, args.batch, length)
     cache = cache._replace(mask=jnp.ones((args.batch, length), bool), index=jnp.asarray(length // 2, jnp.int32))
-    ms = interleaved_ms({"hoisted": lambda c=cache: hoisted(params, c, token),
-                         "in_loop": lambda c=cache: in_loop(params, c, token),
-                         "nocache": lambda: nocache(params, token)})
+    ms = interleaved_ms(
+      {
+        "hoisted": lambda c=cache: hoisted(params, c, token),
+        "in_loop": lambda c=cache: in_loop(params, c, token),
+        "nocache": lambda: nocache(params, token),
+      }
+    )
     print(f"{length:>14} {ms['hoisted']:>9.2f} {ms['in_loop']:>15.2f} {ms['nocache']:>9.2f}")
   us = pieces_us(cfg, args.batch)
-  print(f"per step: [{args.batch}, {cfg.d_model}] @ [{cfg.d_model}, {2 * cfg.d_ff}] GEMM {us['gemm']:.0f} us; "
-        f"Gumbel noise for [{args.batch}, {cfg.vocab_size}] logits {us['gumbel']:.0f} us")
+  print(
+    f"per step: [{args.batch}, {cfg.d_model}] @ [{cfg.d_model}, {2 * cfg.d_ff}] GEMM {us['gemm']:.0f} us; "
+    f"Gumbel noise for [{args.batch}, {cfg.vocab_size}] logits {us['gumbel']:.0f} us"
+  )
 
 
 if __name__ == "__main__":

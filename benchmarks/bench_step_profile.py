@@ -50,8 +50,10 @@ def main():
   cfg = common.SIZES[args.size]
   pairs, length = 16, 64
   rng = np.random.default_rng(3)
-  batch = {"chosen_tokens": common.random_tokens(rng, (pairs, length), cfg.vocab_size),
-           "rejected_tokens": common.random_tokens(rng, (pairs, length), cfg.vocab_size)}
+  batch = {
+    "chosen_tokens": common.random_tokens(rng, (pairs, length), cfg.vocab_size),
+    "rejected_tokens": common.random_tokens(rng, (pairs, length), cfg.vocab_size),
+  }
   batch["chosen_mask"] = np.ones_like(batch["chosen_tokens"])
   batch["rejected_mask"] = np.ones_like(batch["rejected_tokens"])
   graphdef, params, axes = init_reward_model(cfg, 1, "shared", seed=0)
@@ -66,6 +68,7 @@ def main():
   def loss_fn(p, b):
     chosen, rejected = pair_scores(graphdef, p, b)
     return bradley_terry_loss(chosen, rejected)[0]
+
   loss = jax.jit(loss_fn)
   grad = jax.jit(jax.value_and_grad(loss_fn))
   grads = jax.tree.map(jnp.ones_like, params)
@@ -85,6 +88,7 @@ def main():
       x = x + (q + k + v) @ w["o_kernel"][i].reshape(-1, cfg.d_model)
       x = x + ((x @ w["gate_kernel"][i]) * (x @ w["up_kernel"][i])) @ w["down_kernel"][i]
     return jnp.sum(x)
+
   dense = jax.jit(jax.grad(dense_chain))
 
   # Attention core only, all layers, causal mask, forward + backward.
@@ -97,30 +101,39 @@ def main():
     for _ in range(cfg.num_layers):
       total = total + jnp.sum(T._attention(q, k, v, causal))  # pylint: disable=protected-access
     return total
+
   attention = jax.jit(jax.grad(attention_chain, argnums=(0, 1, 2)))
 
   def full():
     holder["state"], metrics = step(holder["state"], jbatch, key)
     return metrics["loss"]
+
   probe = common.MatmulProbe()
   pieces = {
-      "full step": full,
-      "loss + grad": lambda: grad(params, jbatch),
-      "loss (forward)": lambda: loss(params, jbatch),
-      "optimizer (clip + AdamW)": lambda: opt_step(grads, opt_state, params),
-      "matmuls only (fwd + bwd)": lambda: dense(layers, x0),
-      "attention only (fwd + bwd)": lambda: attention(*qkv),
+    "full step": full,
+    "loss + grad": lambda: grad(params, jbatch),
+    "loss (forward)": lambda: loss(params, jbatch),
+    "optimizer (clip + AdamW)": lambda: opt_step(grads, opt_state, params),
+    "matmuls only (fwd + bwd)": lambda: dense(layers, x0),
+    "attention only (fwd + bwd)": lambda: attention(*qkv),
   }
   flops = {
-      "full step": common.train_flops(cfg, 2 * pairs, length, lm_head=False),
-      "loss + grad": common.train_flops(cfg, 2 * pairs, length, lm_head=False),
-      "loss (forward)": common.forward_flops(cfg, 2 * pairs, length, lm_head=False),
-      "matmuls only (fwd + bwd)": 3 * 2 * rows * common.matmul_params(cfg, lm_head=False),
-      "attention only (fwd + bwd)": 3 * 2 * 2 * cfg.num_layers * 2 * pairs * length * length * cfg.num_heads
-                                    * cfg.head_dim,
+    "full step": common.train_flops(cfg, 2 * pairs, length, lm_head=False),
+    "loss + grad": common.train_flops(cfg, 2 * pairs, length, lm_head=False),
+    "loss (forward)": common.forward_flops(cfg, 2 * pairs, length, lm_head=False),
+    "matmuls only (fwd + bwd)": 3 * 2 * rows * common.matmul_params(cfg, lm_head=False),
+    "attention only (fwd + bwd)": 3
+    * 2
+    * 2
+    * cfg.num_layers
+    * 2
+    * pairs
+    * length
+    * length
+    * cfg.num_heads
+    * cfg.head_dim,
   }
-  sides = {name: (lambda fn=fn: common.timed(lambda: jax.block_until_ready(fn())))
-           for name, fn in pieces.items()}
+  sides = {name: (lambda fn=fn: common.timed(lambda: jax.block_until_ready(fn()))) for name, fn in pieces.items()}
   sides["2048^3 matmul"] = probe
   samples = common.interleave(sides, args.repeats, warmup=1)
   peak = probe.flops / statistics.median(samples["2048^3 matmul"])

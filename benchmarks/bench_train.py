@@ -23,8 +23,9 @@ LR = 1e-4
 
 
 def optimizer():
-  return make_optimizer(None, learning_rate=LR, schedule="constant", weight_decay=0.0, grad_clip=1.0,
-                        b1=0.9, b2=0.95, eps=1e-8)
+  return make_optimizer(
+    None, learning_rate=LR, schedule="constant", weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8
+  )
 
 
 def torch_adamw(torch, parameters):
@@ -33,10 +34,18 @@ def torch_adamw(torch, parameters):
   return torch.optim.AdamW(parameters, lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, foreach=True)
 
 
-def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int = 3, batch: int = 16,
-        prompt_len: int = 16, response_len: int = 64) -> dict[str, Any]:
+def run(
+  models: common.Models,
+  repeats: int,
+  warmup: int,
+  steps_per_round: int = 3,
+  batch: int = 16,
+  prompt_len: int = 16,
+  response_len: int = 64,
+) -> dict[str, Any]:
   torch = common.setup_torch()
   from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
+
   length = prompt_len + response_len
   rng = np.random.default_rng(2)
   tokens = common.random_tokens(rng, (batch, length), models.cfg.vocab_size)
@@ -59,9 +68,11 @@ def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int =
   def ours():
     times = []
     for _ in range(steps_per_round):
+
       def one():
         holder["state"], metrics = compiled(holder["state"], jbatch, key)
         jax.block_until_ready(metrics["loss"])
+
       times.append(common.timed(one))
     return times
 
@@ -98,12 +109,24 @@ def run(models: common.Models, repeats: int, warmup: int, steps_per_round: int =
   tokens_per_step = batch * length
   flops = common.train_flops(models.cfg, batch, length)
   return {
-      "batch": batch, "length": length, "ours_tokens_per_s": tokens_per_step / t_ours,
-      "torch_tokens_per_s": tokens_per_step / t_peer, "ours_s": t_ours, "torch_s": t_peer,
-      "ratio": t_peer / t_ours, "model_flops_per_step": flops, "ours_flops_per_s": flops / t_ours,
-      "torch_flops_per_s": flops / t_peer, "compile_s": compile_s,
-      "peak_interleaved_flops_per_s": peak, "raw": {k: common.spread(v) for k, v in samples.items()},
-      "sanity": {"first_loss_ours": first_ours_loss, "first_loss_torch": first_torch_loss,
-                 "torch_threads": torch.get_num_threads(), "torch_autocast": torch.is_autocast_enabled("cpu"),
-                 "torch_training_mode": model.training},
+    "batch": batch,
+    "length": length,
+    "ours_tokens_per_s": tokens_per_step / t_ours,
+    "torch_tokens_per_s": tokens_per_step / t_peer,
+    "ours_s": t_ours,
+    "torch_s": t_peer,
+    "ratio": t_peer / t_ours,
+    "model_flops_per_step": flops,
+    "ours_flops_per_s": flops / t_ours,
+    "torch_flops_per_s": flops / t_peer,
+    "compile_s": compile_s,
+    "peak_interleaved_flops_per_s": peak,
+    "raw": {k: common.spread(v) for k, v in samples.items()},
+    "sanity": {
+      "first_loss_ours": first_ours_loss,
+      "first_loss_torch": first_torch_loss,
+      "torch_threads": torch.get_num_threads(),
+      "torch_autocast": torch.is_autocast_enabled("cpu"),
+      "torch_training_mode": model.training,
+    },
   }

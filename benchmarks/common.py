@@ -51,10 +51,30 @@ TORCH_THREADS = 2
 # MLP width is ~8/3 d rounded to a multiple of 64, as Llama does; untied
 # embeddings (Llama's default), so the LM head is a separate matrix.
 SIZES: dict[str, ModelConfig] = {
-    "d256": ModelConfig(arch="llama", vocab_size=512, d_model=256, num_layers=4, num_heads=4,
-                        num_kv_heads=4, head_dim=64, d_ff=704, max_seq_len=512, tie_embeddings=False),
-    "d512": ModelConfig(arch="llama", vocab_size=512, d_model=512, num_layers=8, num_heads=8,
-                        num_kv_heads=8, head_dim=64, d_ff=1408, max_seq_len=512, tie_embeddings=False),
+  "d256": ModelConfig(
+    arch="llama",
+    vocab_size=512,
+    d_model=256,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=4,
+    head_dim=64,
+    d_ff=704,
+    max_seq_len=512,
+    tie_embeddings=False,
+  ),
+  "d512": ModelConfig(
+    arch="llama",
+    vocab_size=512,
+    d_model=512,
+    num_layers=8,
+    num_heads=8,
+    num_kv_heads=8,
+    head_dim=64,
+    d_ff=1408,
+    max_seq_len=512,
+    tie_embeddings=False,
+  ),
 }
 
 # Token ids 0..2 are pad / bos / eos in the word-level tokenizer built for
@@ -66,17 +86,19 @@ FIRST_DATA_ID = 3
 @dataclasses.dataclass
 class Models:
   """One size's weights on both sides."""
+
   name: str
   cfg: ModelConfig
   graphdef: nnx.GraphDef
-  params: Any            # pure dict of jax arrays
-  axes: Any              # logical axis names, parallel to params
-  hf_dir: pathlib.Path   # the exported checkpoint transformers loads
+  params: Any  # pure dict of jax arrays
+  axes: Any  # logical axis names, parallel to params
+  hf_dir: pathlib.Path  # the exported checkpoint transformers loads
 
 
 def setup_torch():
   """Imports torch with the thread count fixed; returns the module."""
   import torch  # pylint: disable=import-outside-toplevel
+
   torch.set_num_threads(TORCH_THREADS)
   torch.manual_seed(0)
   return torch
@@ -102,12 +124,14 @@ def make_tokenizer(vocab_size: int):
   """
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
   from transformers import PreTrainedTokenizerFast  # pylint: disable=import-outside-toplevel
+
   vocab = {f"t{i}": i for i in range(vocab_size)}
   tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t1"))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
   tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-  return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=f"t{PAD_ID}", bos_token=f"t{BOS_ID}",
-                                 eos_token=f"t{EOS_ID}", unk_token="t1")
+  return PreTrainedTokenizerFast(
+    tokenizer_object=tok, pad_token=f"t{PAD_ID}", bos_token=f"t{BOS_ID}", eos_token=f"t{EOS_ID}", unk_token="t1"
+  )
 
 
 def ids_to_text(ids) -> str:
@@ -118,6 +142,7 @@ def torch_causal_lm(models: Models):
   """transformers' LlamaForCausalLM on the exported weights, f32, eval mode."""
   torch = setup_torch()
   from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
+
   model = AutoModelForCausalLM.from_pretrained(os.fspath(models.hf_dir), dtype=torch.float32)
   model.eval()
   model.generation_config.eos_token_id = None
@@ -153,8 +178,9 @@ def timed(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - start
 
 
-def interleave(sides: dict[str, Callable[[], list[float] | float]], repeats: int,
-               warmup: int = 1) -> dict[str, list[float]]:
+def interleave(
+  sides: dict[str, Callable[[], list[float] | float]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
   """Runs each side ``warmup + repeats`` times, alternating sides each round.
 
   Args:
@@ -187,10 +213,11 @@ class MatmulProbe:
 
   def __init__(self, n: int = 2048):
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
     rng = np.random.default_rng(n)
     self.a = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
     self.b = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
-    self.flops = 2.0 * n ** 3
+    self.flops = 2.0 * n**3
     self.fn = jax.jit(jnp.matmul)
 
   def __call__(self) -> float:
@@ -269,8 +296,14 @@ def machine_info() -> dict[str, Any]:
     load = os.getloadavg()
   except OSError:
     load = (float("nan"),) * 3
-  return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "python": platform.python_version(),
-          "platform": platform.platform(), "load_average_at_start": [round(x, 2) for x in load]}
+  return {
+    "cpu": cpu,
+    "cpu_flags": flags,
+    "cores": os.cpu_count(),
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "load_average_at_start": [round(x, 2) for x in load],
+  }
 
 
 def versions() -> dict[str, str]:
@@ -282,8 +315,9 @@ def versions() -> dict[str, str]:
     except ImportError:
       out[name] = "not installed"
   try:
-    out["advrm_jax_commit"] = subprocess.run(["git", "-C", os.fspath(REPO), "rev-parse", "--short", "HEAD"],
-                                             capture_output=True, text=True, check=False).stdout.strip()
+    out["advrm_jax_commit"] = subprocess.run(
+      ["git", "-C", os.fspath(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
   except OSError:
     out["advrm_jax_commit"] = "?"
   return out

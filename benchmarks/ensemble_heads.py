@@ -82,6 +82,7 @@ def _make_stepper(cfg, num_members, kind, mode, data, batch_size, mesh):
     holder["i"] += 1
     holder["state"], metrics = step(holder["state"], batch, key)
     return metrics["loss"]
+
   return run_step
 
 
@@ -100,13 +101,23 @@ def main():
   args = parser.parse_args()
 
   head_dim = args.d_model // args.num_heads
-  cfg = ModelConfig(arch="llama", vocab_size=args.vocab_size, d_model=args.d_model, num_layers=args.num_layers,
-                    num_heads=args.num_heads, num_kv_heads=args.num_heads, head_dim=head_dim,
-                    d_ff=4 * args.d_model, max_seq_len=args.seq_len)
+  cfg = ModelConfig(
+    arch="llama",
+    vocab_size=args.vocab_size,
+    d_model=args.d_model,
+    num_layers=args.num_layers,
+    num_heads=args.num_heads,
+    num_kv_heads=args.num_heads,
+    head_dim=head_dim,
+    d_ff=4 * args.d_model,
+    max_seq_len=args.seq_len,
+  )
   mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
   data = _pairs(4 * args.batch_size, args.seq_len, args.vocab_size)
-  print(f"backend {jax.default_backend()}, {cfg.num_layers} layers, d_model {cfg.d_model}, "
-        f"{args.batch_size} pairs x {args.seq_len} tokens per step, median of {args.repeats} steps")
+  print(
+    f"backend {jax.default_backend()}, {cfg.num_layers} layers, d_model {cfg.d_model}, "
+    f"{args.batch_size} pairs x {args.seq_len} tokens per step, median of {args.repeats} steps"
+  )
 
   names, variants = [], []
   for k in (int(v) for v in args.members.split(",")):

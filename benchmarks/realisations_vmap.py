@@ -94,11 +94,12 @@ def load_config(quick: bool):
 @dataclasses.dataclass
 class Bench:
   """One step function and the inputs of ``count`` realisations (lists, one entry per realisation)."""
+
   name: str
-  step: Callable          # pure (state, *inputs) -> (state, metrics); the production program jits it as is
-  production: Callable    # the jitted step one realisation runs in the pipeline (the serial side)
-  states: list            # donated by the step
-  inputs: list            # per realisation: the step's other arguments (a tuple)
+  step: Callable  # pure (state, *inputs) -> (state, metrics); the production program jits it as is
+  production: Callable  # the jitted step one realisation runs in the pipeline (the serial side)
+  states: list  # donated by the step
+  inputs: list  # per realisation: the step's other arguments (a tuple)
 
   def stacked(self, width: int):
     """(states, inputs) of the first ``width`` realisations stacked on a new leading axis (fresh arrays)."""
@@ -121,9 +122,17 @@ def realisation_policies(config, count: int) -> tuple[Any, Any, list]:
 def realisation_rms(config, model_config, policies: list) -> tuple[Any, Any, list]:
   """(RM graphdef, axes, [RM params]): the `rm` stage's ensemble, backbones from each realisation's policy."""
   rm = config.rm
-  out = [init_reward_model(model_config, rm.num_members, rm.ensemble, seed=rm.init_seed,
-                           head_seed=rm.head_seed + 1000 * r, backbone_params=policy)
-         for r, policy in enumerate(policies)]
+  out = [
+    init_reward_model(
+      model_config,
+      rm.num_members,
+      rm.ensemble,
+      seed=rm.init_seed,
+      head_seed=rm.head_seed + 1000 * r,
+      backbone_params=policy,
+    )
+    for r, policy in enumerate(policies)
+  ]
   return out[0][0], out[0][2], [params for _, params, _ in out]
 
 
@@ -135,8 +144,9 @@ def rl_bench(config, count: int) -> Bench:
   rl_config = from_node(RLConfig, node.rl, "config.rlhf.rl")
   sampling = from_node(SamplingConfig, node.sampling, "config.rlhf.sampling")
   optimizer = make_optimizer(node.optimizer, "config.rlhf.optimizer", total_steps=node.num_steps)
-  iteration = make_iteration(graphdef, optimizer, rl_config, sampling, EnsembleMixSource(rm_graphdef),
-                             gold_fn=world.gold_reward)
+  iteration = make_iteration(
+    graphdef, optimizer, rl_config, sampling, EnsembleMixSource(rm_graphdef), gold_fn=world.gold_reward
+  )
   step = make_seeds_step(iteration, config.num_seeds)
   mix = aggregate_mix("member", config.rm.num_members, member=0)
   prompts = world.prompt_arrays(node.num_prompts, config.seed, "rl", config.world.max_prompt_len)
@@ -165,8 +175,14 @@ def bt_bench(config, count: int, num_pairs: int) -> Bench:
     state, shardings = create_train_state(params, axes, optimizer, mesh)
     pairs = synthetic_preference_pairs(num_pairs, seed=config.seed + r, beta=config.prefs.beta)
     data = tokenize(config, pairs, tokenizer, "train")
-    batches = MemberBatches(data["chosen_tokens"].shape[0], rm.batch_size, rm.num_members, mode=rm.member_data,
-                            per_member_rows=rm.ensemble == "independent", seed=rm.data_seed + r)
+    batches = MemberBatches(
+      data["chosen_tokens"].shape[0],
+      rm.batch_size,
+      rm.num_members,
+      mode=rm.member_data,
+      per_member_rows=rm.ensemble == "independent",
+      seed=rm.data_seed + r,
+    )
     states.append(state)
     inputs.append(({k: jnp.asarray(v) for k, v in batches.batch(data, 0).items()}, jax.random.key(r)))
   production = jit_bt_step(graphdef, optimizer, shardings, mesh, margin=rm.margin, centering_coef=rm.centering_coef)
@@ -198,8 +214,9 @@ def measure(bench: Bench, widths: list[int], repeats: int, warmup: int) -> dict[
   and ``check_max_abs_diff``.
   """
   out: dict[str, Any] = {"compile_s": {}}
-  out["compile_s"]["one"], production = common.compile_seconds(bench.production, copy_tree(bench.states[0]),
-                                                               *bench.inputs[0])
+  out["compile_s"]["one"], production = common.compile_seconds(
+    bench.production, copy_tree(bench.states[0]), *bench.inputs[0]
+  )
   vmapped: dict[int, dict[str, Any]] = {}
   for width in widths:
     states, inputs = bench.stacked(width)
@@ -214,7 +231,7 @@ def measure(bench: Bench, widths: list[int], repeats: int, warmup: int) -> dict[
     out["check"] = {"width": check_width, "vmapped": together, "serial": alone}
     out["check_max_abs_diff"] = max_difference(together, alone)
 
-  serial_states = [copy_tree(s) for s in bench.states[:max(widths)]]
+  serial_states = [copy_tree(s) for s in bench.states[: max(widths)]]
 
   def vmapped_side(width):
     holder = vmapped[width]
@@ -224,6 +241,7 @@ def measure(bench: Bench, widths: list[int], repeats: int, warmup: int) -> dict[
       holder["states"], metrics = holder["fn"](holder["states"], *holder["inputs"])
       jax.block_until_ready((holder["states"], metrics))
       return time.perf_counter() - start
+
     return run
 
   def serial_side(width):
@@ -235,6 +253,7 @@ def measure(bench: Bench, widths: list[int], repeats: int, warmup: int) -> dict[
         outputs.append(metrics)
       jax.block_until_ready((serial_states[:width], outputs))
       return time.perf_counter() - start
+
     return run
 
   # "one" is serial W=1: the production program on one realisation.
@@ -246,24 +265,39 @@ def measure(bench: Bench, widths: list[int], repeats: int, warmup: int) -> dict[
   out["median_s"] = {name: common.median(values) for name, values in samples.items()}
   out["raw"] = {name: common.spread(values) for name, values in samples.items()}
   one = out["median_s"]["serial_1"]
-  out["rows"] = [{"width": w, "vmapped_s": out["median_s"][f"vmapped_{w}"], "serial_s": out["median_s"][f"serial_{w}"],
-                  "vmapped_over_one": out["median_s"][f"vmapped_{w}"] / one,
-                  "speedup": out["median_s"][f"serial_{w}"] / out["median_s"][f"vmapped_{w}"],
-                  "compile_s": out["compile_s"][f"vmapped_{w}"]} for w in widths]
+  out["rows"] = [
+    {
+      "width": w,
+      "vmapped_s": out["median_s"][f"vmapped_{w}"],
+      "serial_s": out["median_s"][f"serial_{w}"],
+      "vmapped_over_one": out["median_s"][f"vmapped_{w}"] / one,
+      "speedup": out["median_s"][f"serial_{w}"] / out["median_s"][f"vmapped_{w}"],
+      "compile_s": out["compile_s"][f"vmapped_{w}"],
+    }
+    for w in widths
+  ]
   return out
 
 
 def table(name: str, result: dict[str, Any]) -> str:
-  lines = [f"| {name}: W | vmapped (s) | serial, W calls (s) | vmapped W / one | serial / vmapped | "
-           "compile vmapped (s) |", "|---:|---:|---:|---:|---:|---:|"]
+  lines = [
+    f"| {name}: W | vmapped (s) | serial, W calls (s) | vmapped W / one | serial / vmapped | compile vmapped (s) |",
+    "|---:|---:|---:|---:|---:|---:|",
+  ]
   for row in result["rows"]:
-    lines.append(f"| {row['width']} | {row['vmapped_s']:.3f} | {row['serial_s']:.3f} | {row['vmapped_over_one']:.2f} | "
-                 f"{row['speedup']:.2f} | {row['compile_s']:.1f} |")
-  lines.append(f"\none = serial W=1, {result['median_s']['serial_1']:.3f} s (the production program, compile "
-               f"{result['compile_s']['one']:.1f} s)")
+    lines.append(
+      f"| {row['width']} | {row['vmapped_s']:.3f} | {row['serial_s']:.3f} | {row['vmapped_over_one']:.2f} | "
+      f"{row['speedup']:.2f} | {row['compile_s']:.1f} |"
+    )
+  lines.append(
+    f"\none = serial W=1, {result['median_s']['serial_1']:.3f} s (the production program, compile "
+    f"{result['compile_s']['one']:.1f} s)"
+  )
   if "check" in result:
-    lines.append(f"vmapped W={result['check']['width']} vs its serial calls: max |difference| "
-                 f"{result['check_max_abs_diff']:.2g} over every state and metric leaf")
+    lines.append(
+      f"vmapped W={result['check']['width']} vs its serial calls: max |difference| "
+      f"{result['check_max_abs_diff']:.2g} over every state and metric leaf"
+    )
   return "\n".join(lines)
 
 
@@ -274,8 +308,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--warmup", type=int, default=None, help="dropped rounds (default 1; --quick 0)")
   parser.add_argument("--parts", default="rl,bt", help="comma-separated: rl, bt")
   parser.add_argument("--bt_pairs", type=int, default=256, help="preference pairs generated per realisation")
-  parser.add_argument("--num_seeds", type=int, default=0,
-                      help="RL seeds vmapped inside each realisation (default: the config's num_seeds)")
+  parser.add_argument(
+    "--num_seeds",
+    type=int,
+    default=0,
+    help="RL seeds vmapped inside each realisation (default: the config's num_seeds)",
+  )
   parser.add_argument("--quick", action="store_true", help="tiny sizes (configs/synthetic.py:small, shrunk)")
   parser.add_argument("--json", default="", help="also write the results here")
   args = parser.parse_args(argv)
@@ -293,16 +331,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if args.num_seeds:
     config.num_seeds = args.num_seeds
   results: dict[str, Any] = {
-      "command": " ".join(["python", "benchmarks/realisations_vmap.py"] + (argv if argv is not None else sys.argv[1:])),
-      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": common.machine_info(),
-      "versions": common.versions(), "backend": jax.default_backend(), "devices": jax.device_count(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "widths": widths, "repeats": repeats, "warmup": warmup,
-      "sizes": {"model": dict(config.model), "num_seeds": config.num_seeds,
-                "rl_rows_per_seed": config.rlhf.prompts_per_step * config.rlhf.rl.num_samples,
-                "max_new_tokens": config.rlhf.sampling.max_new_tokens, "rm_members": config.rm.num_members,
-                "rm_ensemble": config.rm.ensemble, "rm_batch_size": config.rm.batch_size}}
-  builders = {"rl": lambda: rl_bench(config, max(widths)),
-              "bt": lambda: bt_bench(config, max(widths), args.bt_pairs)}
+    "command": " ".join(["python", "benchmarks/realisations_vmap.py"] + (argv if argv is not None else sys.argv[1:])),
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "machine": common.machine_info(),
+    "versions": common.versions(),
+    "backend": jax.default_backend(),
+    "devices": jax.device_count(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "widths": widths,
+    "repeats": repeats,
+    "warmup": warmup,
+    "sizes": {
+      "model": dict(config.model),
+      "num_seeds": config.num_seeds,
+      "rl_rows_per_seed": config.rlhf.prompts_per_step * config.rlhf.rl.num_samples,
+      "max_new_tokens": config.rlhf.sampling.max_new_tokens,
+      "rm_members": config.rm.num_members,
+      "rm_ensemble": config.rm.ensemble,
+      "rm_batch_size": config.rm.batch_size,
+    },
+  }
+  builders = {"rl": lambda: rl_bench(config, max(widths)), "bt": lambda: bt_bench(config, max(widths), args.bt_pairs)}
   for part in parts:
     bench = builders[part]()
     result = measure(bench, widths, repeats, warmup)
@@ -313,10 +362,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eight = next((row for row in results[part]["rows"] if row["width"] == 8), None)
     if eight is not None:
       results[part]["target_8_within_3x_of_one"] = eight["vmapped_over_one"] <= 3.0
-      print(f"{part}: 8 realisations vmapped in {eight['vmapped_over_one']:.2f}x the time of one "
-            f"(target <= 3x: {'met' if eight['vmapped_over_one'] <= 3.0 else 'NOT met'})")
-  print(f"load average at start {results['machine']['load_average_at_start']}, at end "
-        f"{results['load_average_at_end']}")
+      print(
+        f"{part}: 8 realisations vmapped in {eight['vmapped_over_one']:.2f}x the time of one "
+        f"(target <= 3x: {'met' if eight['vmapped_over_one'] <= 3.0 else 'NOT met'})"
+      )
+  print(f"load average at start {results['machine']['load_average_at_start']}, at end {results['load_average_at_end']}")
   if args.json:
     # The check's raw outputs stay out of the file (arrays); its max difference is in it.
     saved = {k: ({kk: vv for kk, vv in v.items() if kk != "check"} if k in parts else v) for k, v in results.items()}

@@ -53,8 +53,12 @@ def main(argv=None) -> None:
   from advrm_jax.models.transformer import Transformer  # pylint: disable=import-outside-toplevel
   from advrm_jax.reward.losses import jit_bt_step  # pylint: disable=import-outside-toplevel
   from advrm_jax.reward.model import RewardEnsemble  # pylint: disable=import-outside-toplevel
-  from advrm_jax.train_state import (TrainState, abstract_module, make_optimizer,  # pylint: disable=import-outside-toplevel
-                                     state_shardings)
+  from advrm_jax.train_state import (
+    TrainState,
+    abstract_module,
+    make_optimizer,  # pylint: disable=import-outside-toplevel
+    state_shardings,
+  )
   from benchmarks.accelerator import SHAPES  # pylint: disable=import-outside-toplevel
 
   cfg = SHAPES[args.model].replace(dtype="bfloat16", param_dtype="float32", remat=args.remat)
@@ -73,20 +77,39 @@ def main(argv=None) -> None:
   rng = jax.random.key(0)
   steps = {}
   graphdef, state, shardings = abstract_state(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  steps["sft"] = (jit_sft_step(graphdef, optimizer, shardings, mesh), state,
-                  dict(tokens=tokens, mask=tokens, loss_mask=tokens))
+  steps["sft"] = (
+    jit_sft_step(graphdef, optimizer, shardings, mesh),
+    state,
+    dict(tokens=tokens, mask=tokens, loss_mask=tokens),
+  )
   graphdef, state, shardings = abstract_state(lambda: RewardEnsemble(cfg, args.members, rngs=nnx.Rngs(0)))
-  steps["bt"] = (jit_bt_step(graphdef, optimizer, shardings, mesh), state,
-                 dict(chosen_tokens=tokens, chosen_mask=tokens, rejected_tokens=tokens, rejected_mask=tokens))
+  steps["bt"] = (
+    jit_bt_step(graphdef, optimizer, shardings, mesh),
+    state,
+    dict(chosen_tokens=tokens, chosen_mask=tokens, rejected_tokens=tokens, rejected_mask=tokens),
+  )
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   for name, (step, state, batch) in steps.items():
     analysis = step.lower(state, batch, rng).compile().memory_analysis()
-    print(json.dumps({
-        "step": name, "model": args.model, "params": num_params if name == "bt" else None, "mesh": dict(mesh.shape),
-        "batch": args.batch, "length": args.length, "members": args.members if name == "bt" else None,
-        "remat": args.remat, "argument_bytes": int(analysis.argument_size_in_bytes),
-        "output_bytes": int(analysis.output_size_in_bytes), "alias_bytes": int(analysis.alias_size_in_bytes),
-        "temp_bytes": int(analysis.temp_size_in_bytes)}), flush=True)
+    print(
+      json.dumps(
+        {
+          "step": name,
+          "model": args.model,
+          "params": num_params if name == "bt" else None,
+          "mesh": dict(mesh.shape),
+          "batch": args.batch,
+          "length": args.length,
+          "members": args.members if name == "bt" else None,
+          "remat": args.remat,
+          "argument_bytes": int(analysis.argument_size_in_bytes),
+          "output_bytes": int(analysis.output_size_in_bytes),
+          "alias_bytes": int(analysis.alias_size_in_bytes),
+          "temp_bytes": int(analysis.temp_size_in_bytes),
+        }
+      ),
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   options = {o.strip() for o in (arg or "").split(",") if o.strip()}
   unknown = options - {"gguf", "hf", "small", "cpu"}
   if unknown:
-    raise ValueError(f"configs/advrm_own.py: unknown option(s) {sorted(unknown)}; expected some of gguf, hf, small, "
-                     "cpu")
+    raise ValueError(
+      f"configs/advrm_own.py: unknown option(s) {sorted(unknown)}; expected some of gguf, hf, small, cpu"
+    )
   small = "small" in options
   source = "hf" if "hf" in options else "gguf"
 
@@ -111,59 +112,84 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage `rm`'s preference data (advrm_jax.pipelines.rm; keys as configs/rm_hh.py).
   config.data = common.preference_data(
-      # The training pairs the `prefs` stage wrote ({workdir} is replaced by the run's work dir).
-      path="{workdir}/prefs/preferences.jsonl",
-      # Most prompt tokens per row (BOS included); longer prompts keep their end. Also the attack pool's width.
-      max_prompt_len=16 if small else 256,
-      # Most response tokens per row (EOS not counted); also the adversary's max_new_tokens.
-      max_response_len=8 if small else 64,
-      # Render prompts with the tokenizer's chat template (instruct models; SmolLM2 has one).
-      use_chat_template=source == "gguf")
+    # The training pairs the `prefs` stage wrote ({workdir} is replaced by the run's work dir).
+    path="{workdir}/prefs/preferences.jsonl",
+    # Most prompt tokens per row (BOS included); longer prompts keep their end. Also the attack pool's width.
+    max_prompt_len=16 if small else 256,
+    # Most response tokens per row (EOS not counted); also the adversary's max_new_tokens.
+    max_response_len=8 if small else 64,
+    # Render prompts with the tokenizer's chat template (instruct models; SmolLM2 has one).
+    use_chat_template=source == "gguf",
+  )
 
   # Stage `rm`: the ensemble (RM round 0) on the policy's backbone.
   config.rm = common.reward_model(
-      # "shared": K heads on one backbone; "independent": K whole backbones (K times the memory).
-      ensemble="shared",
-      num_members=2 if small else 4,
-      # The backbone's own tokenizer (the adversary writes the same token ids).
-      tokenizer="auto",
-      # The policy's checkpoint (the RM must read the tokens the adversary writes); its shape for "scratch" is
-      # unused with a checkpoint backbone.
-      backbone=common.backbone(
-          source=config.model.get_ref("source"), path=config.model.get_ref("path"),
-          dtype=config.model.get_ref("dtype"), param_dtype=config.model.get_ref("param_dtype"),
-          model=ml_collections.ConfigDict(dict(
-              arch="llama", vocab_size=0, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16,
-              d_ff=64, max_seq_len=128, tie_embeddings=True))),
-      batch_size=8 if small else 16, num_steps=4 if small else 500,
-      # Pretrained backbones want a small learning rate.
-      learning_rate=1e-3 if small else 1e-5,
-      warmup_steps=0 if small else 30, log_every=2 if small else 25, checkpoint_every=4 if small else 100,
-      eval_batch_size=8 if small else 32, paths=())
+    # "shared": K heads on one backbone; "independent": K whole backbones (K times the memory).
+    ensemble="shared",
+    num_members=2 if small else 4,
+    # The backbone's own tokenizer (the adversary writes the same token ids).
+    tokenizer="auto",
+    # The policy's checkpoint (the RM must read the tokens the adversary writes); its shape for "scratch" is
+    # unused with a checkpoint backbone.
+    backbone=common.backbone(
+      source=config.model.get_ref("source"),
+      path=config.model.get_ref("path"),
+      dtype=config.model.get_ref("dtype"),
+      param_dtype=config.model.get_ref("param_dtype"),
+      model=ml_collections.ConfigDict(
+        dict(
+          arch="llama",
+          vocab_size=0,
+          d_model=32,
+          num_layers=1,
+          num_heads=2,
+          num_kv_heads=2,
+          head_dim=16,
+          d_ff=64,
+          max_seq_len=128,
+          tie_embeddings=True,
+        )
+      ),
+    ),
+    batch_size=8 if small else 16,
+    num_steps=4 if small else 500,
+    # Pretrained backbones want a small learning rate.
+    learning_rate=1e-3 if small else 1e-5,
+    warmup_steps=0 if small else 30,
+    log_every=2 if small else 25,
+    checkpoint_every=4 if small else 100,
+    eval_batch_size=8 if small else 32,
+    paths=(),
+  )
 
   # Stage `attack`: the adversary (RL from the policy) against RM round r.
   config.attack = common.attack(
-      # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting).
-      rl=common.rl(algorithm="rloo", num_samples=2 if small else 4, kl_coef=0.05),
-      optimizer=common.rl_optimizer(1e-3 if small else 1e-5),
-      # Sampling options (SamplingConfig fields); eos_id / pad_id must be the tokenizer's (2 is SmolLM2's
-      # <|im_end|>), which the `prefs` stage checks.
-      sampling=common.sampling(max_new_tokens=config.data.get_ref("max_response_len"), temperature=0.7, eos_id=2,
-                               pad_id=2),
-      num_steps=2 if small else 100, prompts_per_step=4 if small else 8, log_every=1 if small else 10,
-      checkpoint_every=2 if small else 50,
-      # Added to R1 when R1 <= T(x) (the first author's -25).
-      penalty=-25.0,
-      # T(x) from the reference answers' R1: "mean", "max" or "quantile".
-      threshold="mean",
-      final_samples_per_prompt=1 if small else 4)
+    # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting).
+    rl=common.rl(algorithm="rloo", num_samples=2 if small else 4, kl_coef=0.05),
+    optimizer=common.rl_optimizer(1e-3 if small else 1e-5),
+    # Sampling options (SamplingConfig fields); eos_id / pad_id must be the tokenizer's (2 is SmolLM2's
+    # <|im_end|>), which the `prefs` stage checks.
+    sampling=common.sampling(
+      max_new_tokens=config.data.get_ref("max_response_len"), temperature=0.7, eos_id=2, pad_id=2
+    ),
+    num_steps=2 if small else 100,
+    prompts_per_step=4 if small else 8,
+    log_every=1 if small else 10,
+    checkpoint_every=2 if small else 50,
+    # Added to R1 when R1 <= T(x) (the first author's -25).
+    penalty=-25.0,
+    # T(x) from the reference answers' R1: "mean", "max" or "quantile".
+    threshold="mean",
+    final_samples_per_prompt=1 if small else 4,
+  )
 
   # Stage `filter`: which adversarial samples become rejected responses (no gold to compare signals with).
   config.filter = common.filter_stage(compare_signals=False, max_pairs=1000)
 
   # Stage `advtrain`: RM round r + 1 from RM round r, your pairs and the adversarial pairs.
-  config.advtrain = common.advtrain(num_steps=2 if small else 200, learning_rate=1e-3 if small else 5e-6,
-                                    export_hf=True)
+  config.advtrain = common.advtrain(
+    num_steps=2 if small else 200, learning_rate=1e-3 if small else 5e-6, export_hf=True
+  )
 
   # Stage `inspect`: the attack's findings (WORKDIR/inspect/REPORT.md, report.json) beside the policy's own answers,
   # scored by every RM round that exists and checked for repetition, punctuation, prompt copying and perplexity.

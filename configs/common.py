@@ -31,46 +31,84 @@ def mesh() -> ml_collections.ConfigDict:
   return node
 
 
-def scratch_llama(*, small: bool, vocab_size: int, max_seq_len: int, source: str | None = None,
-                  dtype: str | None = None) -> ml_collections.ConfigDict:
+def scratch_llama(
+  *, small: bool, vocab_size: int, max_seq_len: int, source: str | None = None, dtype: str | None = None
+) -> ml_collections.ConfigDict:
   """A small Llama trained from scratch (ModelConfig fields), halved in depth and width by ``small``.
 
   ``source`` (the `model` node's weight source) and ``dtype`` (parameter and compute dtype) are added
   when given: the policy's `model` node has them, ``rm.backbone.model`` does not.
   """
   node = ml_collections.ConfigDict() if source is None else ml_collections.ConfigDict(dict(source=source))
-  node.update(dict(
-      arch="llama", vocab_size=vocab_size, d_model=32 if small else 64, num_layers=1 if small else 2,
-      num_heads=4, num_kv_heads=2, head_dim=16, d_ff=64 if small else 128, max_seq_len=max_seq_len,
-      tie_embeddings=True))
+  node.update(
+    dict(
+      arch="llama",
+      vocab_size=vocab_size,
+      d_model=32 if small else 64,
+      num_layers=1 if small else 2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=16,
+      d_ff=64 if small else 128,
+      max_seq_len=max_seq_len,
+      tie_embeddings=True,
+    )
+  )
   if dtype is not None:
     node.update(dict(param_dtype=dtype, dtype=dtype))
   return node
 
 
-def rl(*, algorithm: str, num_samples: int, kl_coef: float, kl_estimator: str = "k1", kl_in_reward: bool = True,
-       missing_eos_penalty: float = 2.0, **fields: Any) -> ml_collections.ConfigDict:
+def rl(
+  *,
+  algorithm: str,
+  num_samples: int,
+  kl_coef: float,
+  kl_estimator: str = "k1",
+  kl_in_reward: bool = True,
+  missing_eos_penalty: float = 2.0,
+  **fields: Any,
+) -> ml_collections.ConfigDict:
   """RLConfig fields (advrm_jax/rl/engine.py): one PPO epoch of one minibatch per iteration."""
-  return ml_collections.ConfigDict(dict(
-      algorithm=algorithm, num_samples=num_samples, ppo_epochs=1, num_minibatches=1, kl_coef=kl_coef,
-      kl_estimator=kl_estimator, kl_in_reward=kl_in_reward, **fields, missing_eos_penalty=missing_eos_penalty))
+  return ml_collections.ConfigDict(
+    dict(
+      algorithm=algorithm,
+      num_samples=num_samples,
+      ppo_epochs=1,
+      num_minibatches=1,
+      kl_coef=kl_coef,
+      kl_estimator=kl_estimator,
+      kl_in_reward=kl_in_reward,
+      **fields,
+      missing_eos_penalty=missing_eos_penalty,
+    )
+  )
 
 
 def rl_optimizer(learning_rate: float) -> ml_collections.ConfigDict:
   """AdamW at a constant learning rate (an RL run has no natural end for a decay)."""
-  return ml_collections.ConfigDict(dict(learning_rate=learning_rate, schedule="constant", warmup_steps=0,
-                                        grad_clip=1.0))
+  return ml_collections.ConfigDict(
+    dict(learning_rate=learning_rate, schedule="constant", warmup_steps=0, grad_clip=1.0)
+  )
 
 
 def sampling(*, max_new_tokens: Any, temperature: float, eos_id: int, pad_id: int) -> ml_collections.ConfigDict:
   """SamplingConfig fields (advrm_jax/rl/sampler.py): plain temperature sampling (no top-k, no nucleus)."""
-  return ml_collections.ConfigDict(dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0,
-                                        eos_id=eos_id, pad_id=pad_id))
+  return ml_collections.ConfigDict(
+    dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0, eos_id=eos_id, pad_id=pad_id)
+  )
 
 
-def preference_data(*, path: str, max_prompt_len: Any, max_response_len: Any, use_chat_template: bool,
-                    source: str = "jsonl", test_fraction: float = 0.1,
-                    add_bos: bool = False) -> ml_collections.ConfigDict:
+def preference_data(
+  *,
+  path: str,
+  max_prompt_len: Any,
+  max_response_len: Any,
+  use_chat_template: bool,
+  source: str = "jsonl",
+  test_fraction: float = 0.1,
+  add_bos: bool = False,
+) -> ml_collections.ConfigDict:
   """Stage `rm`'s preference data (advrm_jax.pipelines.rm)."""
   node = ml_collections.ConfigDict()
   # "jsonl": read data.path; "synthetic": generate the synthetic world's pairs.
@@ -103,8 +141,9 @@ def preference_data(*, path: str, max_prompt_len: Any, max_response_len: Any, us
   return node
 
 
-def backbone(*, source: Any, path: Any, model: ml_collections.ConfigDict, dtype: Any = "float32",
-             param_dtype: Any = "float32") -> ml_collections.ConfigDict:
+def backbone(
+  *, source: Any, path: Any, model: ml_collections.ConfigDict, dtype: Any = "float32", param_dtype: Any = "float32"
+) -> ml_collections.ConfigDict:
   """The reward models' backbone (``rm.backbone``)."""
   node = ml_collections.ConfigDict()
   # "scratch" (a fresh backbone of rm.backbone.model's shape), "policy" (the SFT policy), "hf" (checkpoint
@@ -122,11 +161,23 @@ def backbone(*, source: Any, path: Any, model: ml_collections.ConfigDict, dtype:
   return node
 
 
-def reward_model(*, ensemble: str, num_members: int, tokenizer: str,
-                 backbone: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-name
-                 batch_size: int, num_steps: int, learning_rate: float, warmup_steps: int, log_every: int,
-                 checkpoint_every: int, eval_batch_size: int, eval_every: int = 0,
-                 eval_train_pairs: int = 0, paths: tuple[str, ...] | None = None) -> ml_collections.ConfigDict:
+def reward_model(
+  *,
+  ensemble: str,
+  num_members: int,
+  tokenizer: str,
+  backbone: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-name
+  batch_size: int,
+  num_steps: int,
+  learning_rate: float,
+  warmup_steps: int,
+  log_every: int,
+  checkpoint_every: int,
+  eval_batch_size: int,
+  eval_every: int = 0,
+  eval_train_pairs: int = 0,
+  paths: tuple[str, ...] | None = None,
+) -> ml_collections.ConfigDict:
   """Stage `rm`: a Bradley-Terry reward-model ensemble (advrm_jax.pipelines.rm).
 
   ``paths``: the key ``rm.paths`` (your own reward models), for configs that offer it.
@@ -168,9 +219,19 @@ def reward_model(*, ensemble: str, num_members: int, tokenizer: str,
   # Training steps.
   node.num_steps = num_steps
   # AdamW with warm-up and cosine decay; the schedule's length follows rm.num_steps.
-  node.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=learning_rate, schedule="cosine", warmup_steps=warmup_steps,
-      total_steps=node.get_ref("num_steps"), weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8))
+  node.optimizer = ml_collections.ConfigDict(
+    dict(
+      learning_rate=learning_rate,
+      schedule="cosine",
+      warmup_steps=warmup_steps,
+      total_steps=node.get_ref("num_steps"),
+      weight_decay=0.0,
+      grad_clip=1.0,
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+    )
+  )
   # Log training metrics every this many steps.
   node.log_every = log_every
   # Save an orbax checkpoint every this many steps.
@@ -191,12 +252,21 @@ def reward_model(*, ensemble: str, num_members: int, tokenizer: str,
   return node
 
 
-def attack(*, rl: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-name
-           optimizer: ml_collections.ConfigDict,
-           sampling: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-name
-           num_steps: int, prompts_per_step: int, log_every: int, checkpoint_every: int, penalty: float,
-           threshold: str, final_samples_per_prompt: int, tau: float | None = None,
-           **fields: Any) -> ml_collections.ConfigDict:
+def attack(
+  *,
+  rl: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-name
+  optimizer: ml_collections.ConfigDict,
+  sampling: ml_collections.ConfigDict,  # pylint: disable=redefined-outer-name
+  num_steps: int,
+  prompts_per_step: int,
+  log_every: int,
+  checkpoint_every: int,
+  penalty: float,
+  threshold: str,
+  final_samples_per_prompt: int,
+  tau: float | None = None,
+  **fields: Any,
+) -> ml_collections.ConfigDict:
   """Stage `attack`: the adversary (RL from the reference policy) against RM round r.
 
   ``tau`` (the floor of threshold "constant") and ``fields`` (snapshot_every, standardize) are the

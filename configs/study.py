@@ -48,8 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.advtrain.control = True
   # Only the arms' RLHF runs (the ensemble baselines are not in the study).
   runs = config.rlhf.runs
-  config.rlhf.runs = ml_collections.ConfigDict({name: dict(runs[name]) for name in
-                                                ("conventional", "adv_rm", "fresh_pairs", "oracle_gold")})
+  config.rlhf.runs = ml_collections.ConfigDict(
+    {name: dict(runs[name]) for name in ("conventional", "adv_rm", "fresh_pairs", "oracle_gold")}
+  )
   # The filter's comparison of every uncertainty signal (summary.json only; the filter decides by
   # filter.uncertainty alone) is no endpoint of the study: it trains a verdict probe per round.
   config.filter.compare_signals = False

@@ -37,8 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   options = [o.strip() for o in (arg or "").split(",") if o.strip()]
   for option in options:
     if option not in ("small", "online"):
-      raise ValueError(f"configs/synthetic.py: unknown argument {option!r}; expected nothing or some of "
-                       "'small', 'online' (comma-separated)")
+      raise ValueError(
+        f"configs/synthetic.py: unknown argument {option!r}; expected nothing or some of "
+        "'small', 'online' (comma-separated)"
+      )
   small = "small" in options
   config = ml_collections.ConfigDict()
   # Stages run in order; each resumes from (or skips, when done) its artefacts in WORKDIR/<stage>/.
@@ -61,17 +63,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The policy / reference backbone (a small Llama trained from scratch).
   config.model = common.scratch_llama(
-      # Where weights come from (read by the `sft` stage): "scratch" trains the policy on the world's corpus, which
-      # the synthetic world needs; "hf" / "gguf" import a checkpoint instead (configs/advrm_own.py), and then
-      # `prefs` (synthetic pairs), `online`, `rlhf` and `evaluate` stop with an error.
-      source="scratch",
-      small=small,
-      # Exactly the synthetic world's WordTokenizer vocabulary (checked by the sft stage),
-      # so a policy can never emit an id the world cannot decode.
-      vocab_size=150,
-      # Longest sequence the model is built for (prompt + response fits in it).
-      max_seq_len=128,
-      dtype="float32")
+    # Where weights come from (read by the `sft` stage): "scratch" trains the policy on the world's corpus, which
+    # the synthetic world needs; "hf" / "gguf" import a checkpoint instead (configs/advrm_own.py), and then
+    # `prefs` (synthetic pairs), `online`, `rlhf` and `evaluate` stop with an error.
+    source="scratch",
+    small=small,
+    # Exactly the synthetic world's WordTokenizer vocabulary (checked by the sft stage),
+    # so a policy can never emit an id the world cannot decode.
+    vocab_size=150,
+    # Longest sequence the model is built for (prompt + response fits in it).
+    max_seq_len=128,
+    dtype="float32",
+  )
 
   # Synthetic world sizes.
   config.world = ml_collections.ConfigDict()
@@ -102,9 +105,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Checkpoint every this many steps.
   config.sft.checkpoint_every = 10 if small else 200
   # AdamW with warm-up and decay (advrm_jax.train_state.make_optimizer).
-  config.sft.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-2, schedule="cosine", warmup_steps=10 if small else 50,
-      weight_decay=0.0, grad_clip=1.0))
+  config.sft.optimizer = ml_collections.ConfigDict(
+    dict(learning_rate=1e-2, schedule="cosine", warmup_steps=10 if small else 50, weight_decay=0.0, grad_clip=1.0)
+  )
 
   # Stage `prefs`: preference pairs and reference samples from the reference policy.
   config.prefs = ml_collections.ConfigDict()
@@ -130,37 +133,44 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage `rm`'s preference data (advrm_jax.pipelines.rm; keys as configs/rm_hh.py).
   config.data = common.preference_data(
-      # The pairs the `prefs` stage wrote ({workdir} is replaced by the run's work dir).
-      path="{workdir}/prefs/preferences.jsonl",
-      # Most prompt tokens per row (BOS included): the world's prompt length.
-      max_prompt_len=config.world.get_ref("max_prompt_len"),
-      # Most response tokens per row (EOS not counted): the world's response length.
-      max_response_len=config.world.get_ref("max_response_len"),
-      # The word tokenizer has no chat template.
-      use_chat_template=False,
-      # The rm stage's own held-out split (monitoring only; the report uses prefs' test file).
-      test_fraction=0.05,
-      # BOS before the prompt, as the policy's prompts have it.
-      add_bos=True)
+    # The pairs the `prefs` stage wrote ({workdir} is replaced by the run's work dir).
+    path="{workdir}/prefs/preferences.jsonl",
+    # Most prompt tokens per row (BOS included): the world's prompt length.
+    max_prompt_len=config.world.get_ref("max_prompt_len"),
+    # Most response tokens per row (EOS not counted): the world's response length.
+    max_response_len=config.world.get_ref("max_response_len"),
+    # The word tokenizer has no chat template.
+    use_chat_template=False,
+    # The rm stage's own held-out split (monitoring only; the report uses prefs' test file).
+    test_fraction=0.05,
+    # BOS before the prompt, as the policy's prompts have it.
+    add_bos=True,
+  )
 
   # Stage `rm`: the conventional ensemble (RM round 0).
   config.rm = common.reward_model(
-      # "independent": K whole backbones, each from the SFT model with its own head seed, data order and
-      # bootstrap (the paper's two separately trained RMs; vmapped, one jitted step for all K);
-      # "shared": K heads on one backbone (cheaper, but the heads made the same mistakes: R1 and R2
-      # correlated 0.98 on the adversary's samples and the adversary found no disagreement).
-      ensemble="independent",
-      # Ensemble size K (R1 = member `attack.target`, R2 = the mean of the others); K=4 is a documented variant.
-      num_members=2,
-      # The synthetic world's word tokenizer.
-      tokenizer="word",
-      # "policy": start from the SFT reference policy (as RMs usually start from the SFT model) in its stage
-      # dir; "scratch": a fresh backbone of rm.backbone.model's shape (vocab_size 0 = the tokenizer's).
-      backbone=common.backbone(source="policy", path="{workdir}/sft",
-                               model=common.scratch_llama(small=small, vocab_size=0, max_seq_len=128)),
-      batch_size=16 if small else 32, num_steps=20 if small else 600, learning_rate=3e-3 if small else 1e-3,
-      warmup_steps=2 if small else 20, log_every=10 if small else 50, checkpoint_every=10 if small else 200,
-      eval_batch_size=64)
+    # "independent": K whole backbones, each from the SFT model with its own head seed, data order and
+    # bootstrap (the paper's two separately trained RMs; vmapped, one jitted step for all K);
+    # "shared": K heads on one backbone (cheaper, but the heads made the same mistakes: R1 and R2
+    # correlated 0.98 on the adversary's samples and the adversary found no disagreement).
+    ensemble="independent",
+    # Ensemble size K (R1 = member `attack.target`, R2 = the mean of the others); K=4 is a documented variant.
+    num_members=2,
+    # The synthetic world's word tokenizer.
+    tokenizer="word",
+    # "policy": start from the SFT reference policy (as RMs usually start from the SFT model) in its stage
+    # dir; "scratch": a fresh backbone of rm.backbone.model's shape (vocab_size 0 = the tokenizer's).
+    backbone=common.backbone(
+      source="policy", path="{workdir}/sft", model=common.scratch_llama(small=small, vocab_size=0, max_seq_len=128)
+    ),
+    batch_size=16 if small else 32,
+    num_steps=20 if small else 600,
+    learning_rate=3e-3 if small else 1e-3,
+    warmup_steps=2 if small else 20,
+    log_every=10 if small else 50,
+    checkpoint_every=10 if small else 200,
+    eval_batch_size=64,
+  )
 
   # RL sampling shared by the reference samples, the adversary and RLHF: temperature 0.7 (the reference
   # policy then answers with gold ~2.3 instead of ~1.5 at temperature 1).
@@ -182,46 +192,52 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Stage `attack`: the adversary (RL from the reference policy) against RM round r.
   config.attack = common.attack(
-      # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting); "ppo" works too.
-      # The same KL regime as RLHF (per-token mean, one coefficient), as the authors run both.
-      rl=rl_settings(),
-      # AdamW for the adversary: the same regime as RLHF (an exploit 30 nats away is one RLHF never reaches,
-      # and hardening against it cannot help RLHF).
-      optimizer=rl_optimizer(),
-      sampling=sampling(),
-      # RL iterations per round.
-      # (240: of 180 / 240 / 360, the budget under which most of seeds 0-4 passed the three adversary method
-      # checks (5 of 5; 180: 4 of 5; 120: 2 of 5), docs/calibration.md addendum 2. It ends far further from the
-      # reference than 60 steps of RLHF (17-37 nats against 5-11): the report shows both KLs.)
-      num_steps=4 if small else 240,
-      prompts_per_step=8, log_every=2 if small else 10, checkpoint_every=2 if small else 30,
-      # Save the policies every this many steps (a multiple of log_every; 0: never): the evaluation samples round
-      # 0's snapshots for attack success at matched KL, measured as RLHF's is.
-      snapshot_every=2 if small else 20,
-      # Members' rewards in reference z units (each member's mean/std over the reference samples, stored
-      # with the RM round): the floor, the penalty and U = z1 - z2 then share one scale.
-      standardize=True,
-      # Added to R1 when R1 <= T(x), in the reward's units (the first author's -25 on raw rewards).
-      penalty=-5.0,
-      # T(x): "constant" (attack.tau for every prompt: the authors' fixed low anchor), or from the reference
-      # samples' R1: "mean" (the per-prompt mean; kept for ablation: it put half of all ordinary answers under
-      # the penalty), "max" or "quantile".
-      threshold="constant",
-      tau=-1.0,
-      final_samples_per_prompt=2 if small else 4)
+    # RLConfig fields: RLOO with 4 samples per prompt (the first author's setting); "ppo" works too.
+    # The same KL regime as RLHF (per-token mean, one coefficient), as the authors run both.
+    rl=rl_settings(),
+    # AdamW for the adversary: the same regime as RLHF (an exploit 30 nats away is one RLHF never reaches,
+    # and hardening against it cannot help RLHF).
+    optimizer=rl_optimizer(),
+    sampling=sampling(),
+    # RL iterations per round.
+    # (240: of 180 / 240 / 360, the budget under which most of seeds 0-4 passed the three adversary method
+    # checks (5 of 5; 180: 4 of 5; 120: 2 of 5), docs/calibration.md addendum 2. It ends far further from the
+    # reference than 60 steps of RLHF (17-37 nats against 5-11): the report shows both KLs.)
+    num_steps=4 if small else 240,
+    prompts_per_step=8,
+    log_every=2 if small else 10,
+    checkpoint_every=2 if small else 30,
+    # Save the policies every this many steps (a multiple of log_every; 0: never): the evaluation samples round
+    # 0's snapshots for attack success at matched KL, measured as RLHF's is.
+    snapshot_every=2 if small else 20,
+    # Members' rewards in reference z units (each member's mean/std over the reference samples, stored
+    # with the RM round): the floor, the penalty and U = z1 - z2 then share one scale.
+    standardize=True,
+    # Added to R1 when R1 <= T(x), in the reward's units (the first author's -25 on raw rewards).
+    penalty=-5.0,
+    # T(x): "constant" (attack.tau for every prompt: the authors' fixed low anchor), or from the reference
+    # samples' R1: "mean" (the per-prompt mean; kept for ablation: it put half of all ordinary answers under
+    # the penalty), "max" or "quantile".
+    threshold="constant",
+    tau=-1.0,
+    final_samples_per_prompt=2 if small else 4,
+  )
 
   # Stage `filter`: which adversarial samples become rejected responses.
   config.filter = common.filter_stage(compare_signals=True, max_pairs=256 if small else 2000)
 
   # Stage `advtrain`: RM round r + 1 from RM round r and the adversarial pairs.
   config.advtrain = common.advtrain(
-      # Adversarial pairs added per round (drawn from the kept set; the paper added about 1,000). 0: use
-      # adversarial_fraction / upsample instead.
-      num_pairs=200 if small else 1000,
-      # Also run the fresh-pairs control: the same schedule with num_pairs fresh reference pairs labelled by
-      # Bradley-Terry on gold (WORKDIR/advtrain_control/), and an RLHF run against it.
-      control=True,
-      num_steps=10 if small else 200, learning_rate=3e-3 if small else 5e-4, export_hf=False)
+    # Adversarial pairs added per round (drawn from the kept set; the paper added about 1,000). 0: use
+    # adversarial_fraction / upsample instead.
+    num_pairs=200 if small else 1000,
+    # Also run the fresh-pairs control: the same schedule with num_pairs fresh reference pairs labelled by
+    # Bradley-Terry on gold (WORKDIR/advtrain_control/), and an RLHF run against it.
+    control=True,
+    num_steps=10 if small else 200,
+    learning_rate=3e-3 if small else 5e-4,
+    export_hf=False,
+  )
 
   # Stage `advrm`: the round schedule.
   config.advrm = ml_collections.ConfigDict()
@@ -254,9 +270,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Poisson(1) bootstrap weights per member on ordinary pairs (keeps members diverse).
   config.online.bootstrap = True
   # The ensemble's AdamW (constant: the run has no natural end for a decay).
-  config.online.rm_optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=config.advtrain.learning_rate, schedule="constant", warmup_steps=0, grad_clip=1.0,
-      b1=0.9, b2=0.95))
+  config.online.rm_optimizer = ml_collections.ConfigDict(
+    dict(
+      learning_rate=config.advtrain.learning_rate, schedule="constant", warmup_steps=0, grad_clip=1.0, b1=0.9, b2=0.95
+    )
+  )
 
   # Stage `rlhf`: policies trained against each reward model, scored by gold.
   config.rlhf = ml_collections.ConfigDict()
@@ -282,7 +300,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # One policy group per entry: source "rm" (rm_stage: a dir under WORKDIR holding an RM;
   # aggregate mean | min | mean_minus_std | mean_minus_var | member; coef; member) or
   # "gold" (the oracle baseline, labelled as such in reports).
-  config.rlhf.runs = ml_collections.ConfigDict({
+  config.rlhf.runs = ml_collections.ConfigDict(
+    {
       # The conventional RM: one member (the attacked R1) of the round-0 ensemble.
       "conventional": {"source": "rm", "rm_stage": "rm", "aggregate": "member", "member": 0},
       # Ensemble baselines on the same round-0 ensemble.
@@ -295,7 +314,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "fresh_pairs": {"source": "rm", "rm_stage": "advtrain_control/final", "aggregate": "member", "member": 0},
       # Oracle: the policy optimises gold itself (an upper reference, not a method).
       "oracle_gold": {"source": "gold"},
-  })
+    }
+  )
   # Train only these runs (names of rlhf.runs; empty: all), e.g. the calibration's ("conventional",).
   config.rlhf.only = ()
   if "online" in options:

@@ -43,97 +43,113 @@ END = "<!-- END GENERATED -->"
 # (config file, variants shown as columns). The default of rm_hh.py and advrm_own.py is their ``gguf``
 # option; advrm_own.py also shows ``hf``, which changes the policy source and the chat-template default.
 CONFIGS = (
-    ("configs/synthetic.py", (None, "small")),
-    ("configs/rm_hh.py", (None, "small")),
-    ("configs/advrm_own.py", (None, "hf", "small")),
-    ("configs/empo_reasoning.py", (None, "small")),
+  ("configs/synthetic.py", (None, "small")),
+  ("configs/rm_hh.py", (None, "small")),
+  ("configs/advrm_own.py", (None, "hf", "small")),
+  ("configs/empo_reasoning.py", (None, "small")),
 )
 
 # Meanings of keys the config files do not comment, by glob over the dotted path
 # (first match wins). Keep them in line with the code that consumes the key.
 _OPT = {
-    "learning_rate": "Peak learning rate (AdamW).",
-    "schedule": '"constant", "cosine" or "linear" after warm-up (cosine and linear decay to 0.1 x the peak).',
-    "warmup_steps": "Linear warm-up steps from 0.",
-    "total_steps": ("Schedule length. Read only by the `rm` stage (the configs tie it to rm.num_steps); sft, "
-                    "reasoning_sft and every RL optimizer use their stage's num_steps, online.rm_optimizer 1000."),
-    "weight_decay": "Decoupled weight decay, on weight matrices (kernels, embeddings) only.",
-    "grad_clip": "Global gradient-norm clip (0 = off).",
-    "b1": "Adam first-moment decay.",
-    "b2": "Adam second-moment decay.",
-    "eps": "Adam epsilon.",
+  "learning_rate": "Peak learning rate (AdamW).",
+  "schedule": '"constant", "cosine" or "linear" after warm-up (cosine and linear decay to 0.1 x the peak).',
+  "warmup_steps": "Linear warm-up steps from 0.",
+  "total_steps": (
+    "Schedule length. Read only by the `rm` stage (the configs tie it to rm.num_steps); sft, "
+    "reasoning_sft and every RL optimizer use their stage's num_steps, online.rm_optimizer 1000."
+  ),
+  "weight_decay": "Decoupled weight decay, on weight matrices (kernels, embeddings) only.",
+  "grad_clip": "Global gradient-norm clip (0 = off).",
+  "b1": "Adam first-moment decay.",
+  "b2": "Adam second-moment decay.",
+  "eps": "Adam epsilon.",
 }
 _RL = {
-    "algorithm": '"ppo" (GAE + value head), "rloo" or "grpo".',
-    "num_samples": "Responses per prompt (k); RLOO/GRPO need >= 2.",
-    "ppo_epochs": "Passes over each rollout per iteration.",
-    "num_minibatches": "Minibatches per pass; must divide prompts_per_step x num_samples.",
-    "kl_coef": "KL-to-reference coefficient (the initial value when adaptive).",
-    "kl_estimator": '"k1", "k3", "k2" or "abs".',
-    "kl_in_reward": "True: KL folded into the reward; False: added to the loss.",
-    "kl_aggregate": '"sum": KL summed over the response; "mean": per-token mean (the Adv-RM authors\' form).',
-    "whiten_advantages": "Whiten advantages over the batch.",
-    "missing_eos_penalty": ("Subtracted from the reward of a response with no EOS (`rl.losses.missing_eos_penalty`); "
-                            "must be >= 0: `RLConfig` rejects a negative value, which would reward responses that "
-                            "never end."),
+  "algorithm": '"ppo" (GAE + value head), "rloo" or "grpo".',
+  "num_samples": "Responses per prompt (k); RLOO/GRPO need >= 2.",
+  "ppo_epochs": "Passes over each rollout per iteration.",
+  "num_minibatches": "Minibatches per pass; must divide prompts_per_step x num_samples.",
+  "kl_coef": "KL-to-reference coefficient (the initial value when adaptive).",
+  "kl_estimator": '"k1", "k3", "k2" or "abs".',
+  "kl_in_reward": "True: KL folded into the reward; False: added to the loss.",
+  "kl_aggregate": '"sum": KL summed over the response; "mean": per-token mean (the Adv-RM authors\' form).',
+  "whiten_advantages": "Whiten advantages over the batch.",
+  "missing_eos_penalty": (
+    "Subtracted from the reward of a response with no EOS (`rl.losses.missing_eos_penalty`); "
+    "must be >= 0: `RLConfig` rejects a negative value, which would reward responses that "
+    "never end."
+  ),
 }
 _SAMPLING = {
-    "max_new_tokens": "Response columns sampled (the longest response).",
-    "temperature": "Softmax temperature; 0 = greedy.",
-    "top_k": "Keep the k most likely tokens; 0 = off.",
-    "top_p": "Nucleus sampling mass; 1.0 = off.",
-    "eos_id": "Token id (or tuple of ids) that ends a response.",
-    "pad_id": "Id written after a response ends and used for prompt padding.",
+  "max_new_tokens": "Response columns sampled (the longest response).",
+  "temperature": "Softmax temperature; 0 = greedy.",
+  "top_k": "Keep the k most likely tokens; 0 = off.",
+  "top_p": "Nucleus sampling mass; 1.0 = off.",
+  "eos_id": "Token id (or tuple of ids) that ends a response.",
+  "pad_id": "Id written after a response ends and used for prompt padding.",
 }
 _MODEL = {
-    "arch": '"llama" or "gpt2" (`models.config.ModelConfig`).',
-    "vocab_size": "Embedding rows.",
-    "d_model": "Width of the residual stream.",
-    "num_layers": "Transformer blocks.",
-    "num_heads": "Query heads.",
-    "num_kv_heads": "Key/value heads (grouped-query attention); must divide num_heads.",
-    "head_dim": "Width of each head.",
-    "d_ff": "Hidden width of the MLP.",
-    "max_seq_len": "Longest sequence the model is built for.",
-    "tie_embeddings": "Share the input embedding and the LM head.",
-    "param_dtype": "Parameter storage dtype.",
-    "dtype": "Compute dtype.",
-    "attention": ('Attention kernel of training forwards: "auto" (cuDNN flash attention on an NVIDIA GPU with '
-                  'bf16/f16 compute, else XLA), "xla" or "cudnn" (`models.transformer.resolve_attention`).'),
-    "fused_projections": ('Where the forward multiplies by fused q|k|v and gate|up kernels: "cached" (prefill and '
-                          'decode with a KV cache), "all" or "none"; the same parameters in every mode '
-                          '(`models.config.FUSED_PROJECTIONS`; written to model_config.json only when not "cached").'),
-    "remat": ('Rematerialisation of each layer in the backward pass: "none", "dots" (keep weight-GEMM outputs) '
-              'or "full" (keep only layer inputs) (`models.transformer.REMAT_POLICIES`).'),
+  "arch": '"llama" or "gpt2" (`models.config.ModelConfig`).',
+  "vocab_size": "Embedding rows.",
+  "d_model": "Width of the residual stream.",
+  "num_layers": "Transformer blocks.",
+  "num_heads": "Query heads.",
+  "num_kv_heads": "Key/value heads (grouped-query attention); must divide num_heads.",
+  "head_dim": "Width of each head.",
+  "d_ff": "Hidden width of the MLP.",
+  "max_seq_len": "Longest sequence the model is built for.",
+  "tie_embeddings": "Share the input embedding and the LM head.",
+  "param_dtype": "Parameter storage dtype.",
+  "dtype": "Compute dtype.",
+  "attention": (
+    'Attention kernel of training forwards: "auto" (cuDNN flash attention on an NVIDIA GPU with '
+    'bf16/f16 compute, else XLA), "xla" or "cudnn" (`models.transformer.resolve_attention`).'
+  ),
+  "fused_projections": (
+    'Where the forward multiplies by fused q|k|v and gate|up kernels: "cached" (prefill and '
+    'decode with a KV cache), "all" or "none"; the same parameters in every mode '
+    '(`models.config.FUSED_PROJECTIONS`; written to model_config.json only when not "cached").'
+  ),
+  "remat": (
+    'Rematerialisation of each layer in the backward pass: "none", "dots" (keep weight-GEMM outputs) '
+    'or "full" (keep only layer inputs) (`models.transformer.REMAT_POLICIES`).'
+  ),
 }
 FALLBACK: tuple[tuple[str, str], ...] = (
-    *((f"*optimizer.{k}", v) for k, v in _OPT.items()),
-    *((f"*.rl.{k}", v) for k, v in _RL.items()),
-    *((f"*sampling.{k}", v) for k, v in _SAMPLING.items()),
-    *((f"*model.{k}", v) for k, v in _MODEL.items()),
-    ("mesh.shape", "(data, fsdp, tensor) device mesh; one -1 takes the remaining devices."),
-    ("probes.num_steps", "Probe training steps."),
-    ("*.num_steps", "Training steps (RL iterations in RL stages)."),
-    ("*.log_every", "Log metrics every this many steps."),
-    ("*.checkpoint_every", "Save an orbax checkpoint every this many steps."),
-    ("*.batch_size", "Sequences per step; must divide over the data-parallel devices (data x fsdp)."),
-    ("world.max_response_len", "Longest response (incl. EOS) in tokens."),
-    ("world.check_after_correct", "Probability of checking again (a new attempt) after a correct attempt."),
-    ("empo.num_eval_prompts", 'Held-out accuracy prompts ("test" split).'),
-    ("probes.num_test_prompts", 'Held-out prompts ("test" split).'),
-    ("probes.temperature", "Sampling temperature of the probed responses."),
-    ("probes.learning_rate", "Probe learning rate."),
-    ("probes.weight_decay", "Probe weight decay."),
-    ("evaluate.substitution_search", '"importance" (TextFooler\'s one pass in order of word importance) or "greedy" '
-     "(best single substitution per round; stronger, costlier)."),
-    ("online.ordinary_pairs", "Ordinary preference pairs (the `prefs` training file) per BT step."),
-    ("online.adversarial_pairs", "Pairs drawn from the replay buffer per BT step (empty slots get weight 0)."),
-    ("rlhf.runs.ensemble_min", "Ensemble baseline: worst case min_k R_k of the round-0 ensemble."),
-    ("rlhf.runs.uncertainty_weighted", "Ensemble baseline: mean - coef * var of the round-0 ensemble."),
-    ("empo.runs.empo", "EMPO: the semantic-cluster reward, which never sees a label."),
-    ("empo.runs.correctness", "The supervised baseline: reward 1 iff the final answer is exact."),
-    ("empo.semantic.entropy_max", "Upper end of the kept entropy window (computed as 0.58 ln(rl.num_samples) when the "
-     "config is built: overriding empo.rl.num_samples does not update it)."),
+  *((f"*optimizer.{k}", v) for k, v in _OPT.items()),
+  *((f"*.rl.{k}", v) for k, v in _RL.items()),
+  *((f"*sampling.{k}", v) for k, v in _SAMPLING.items()),
+  *((f"*model.{k}", v) for k, v in _MODEL.items()),
+  ("mesh.shape", "(data, fsdp, tensor) device mesh; one -1 takes the remaining devices."),
+  ("probes.num_steps", "Probe training steps."),
+  ("*.num_steps", "Training steps (RL iterations in RL stages)."),
+  ("*.log_every", "Log metrics every this many steps."),
+  ("*.checkpoint_every", "Save an orbax checkpoint every this many steps."),
+  ("*.batch_size", "Sequences per step; must divide over the data-parallel devices (data x fsdp)."),
+  ("world.max_response_len", "Longest response (incl. EOS) in tokens."),
+  ("world.check_after_correct", "Probability of checking again (a new attempt) after a correct attempt."),
+  ("empo.num_eval_prompts", 'Held-out accuracy prompts ("test" split).'),
+  ("probes.num_test_prompts", 'Held-out prompts ("test" split).'),
+  ("probes.temperature", "Sampling temperature of the probed responses."),
+  ("probes.learning_rate", "Probe learning rate."),
+  ("probes.weight_decay", "Probe weight decay."),
+  (
+    "evaluate.substitution_search",
+    '"importance" (TextFooler\'s one pass in order of word importance) or "greedy" '
+    "(best single substitution per round; stronger, costlier).",
+  ),
+  ("online.ordinary_pairs", "Ordinary preference pairs (the `prefs` training file) per BT step."),
+  ("online.adversarial_pairs", "Pairs drawn from the replay buffer per BT step (empty slots get weight 0)."),
+  ("rlhf.runs.ensemble_min", "Ensemble baseline: worst case min_k R_k of the round-0 ensemble."),
+  ("rlhf.runs.uncertainty_weighted", "Ensemble baseline: mean - coef * var of the round-0 ensemble."),
+  ("empo.runs.empo", "EMPO: the semantic-cluster reward, which never sees a label."),
+  ("empo.runs.correctness", "The supervised baseline: reward 1 iff the final answer is exact."),
+  (
+    "empo.semantic.entropy_max",
+    "Upper end of the kept entropy window (computed as 0.58 ln(rl.num_samples) when the "
+    "config is built: overriding empo.rl.num_samples does not update it).",
+  ),
 )
 
 _ASSIGNMENT = re.compile(r"^\s*config\.([\w.]+)\s*=")
@@ -170,14 +186,19 @@ def _dotted(node: ast.AST) -> str | None:
 
 def _factory(call: ast.AST) -> str | None:
   """The name F of a ``common.F(...)`` call; None for anything else."""
-  if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
-      and call.func.value.id == "common"):
+  if (
+    isinstance(call, ast.Call)
+    and isinstance(call.func, ast.Attribute)
+    and isinstance(call.func.value, ast.Name)
+    and call.func.value.id == "common"
+  ):
     return call.func.attr
   return None
 
 
-def _factory_calls(call: ast.Call, path: str, lines: list[str], keys: dict[str, str],
-                   built: dict[str, list[str]]) -> None:
+def _factory_calls(
+  call: ast.Call, path: str, lines: list[str], keys: dict[str, str], built: dict[str, list[str]]
+) -> None:
   """Records what ``common.F(...)`` builds at ``path``: F -> path, and the comments above its keyword arguments.
 
   A keyword argument alone at the start of its line with a comment block above documents ``path.<argument>``;
@@ -188,7 +209,7 @@ def _factory_calls(call: ast.Call, path: str, lines: list[str], keys: dict[str, 
     if keyword.arg is None:
       continue
     line = lines[keyword.lineno - 1]
-    if not line[:keyword.col_offset].strip():
+    if not line[: keyword.col_offset].strip():
       text = _comment_above(lines, keyword.lineno - 1)
       if text:
         keys.setdefault(f"{path}.{keyword.arg}", text)
@@ -217,8 +238,12 @@ def comments(path: pathlib.Path) -> tuple[dict[str, str], dict[str, str]]:
       entries.setdefault(entry.group(1), text)
   built: dict[str, list[str]] = {}
   for statement in ast.walk(ast.parse("\n".join(lines))):
-    if (isinstance(statement, ast.Assign) and len(statement.targets) == 1 and _dotted(statement.targets[0])
-        and _factory(statement.value)):
+    if (
+      isinstance(statement, ast.Assign)
+      and len(statement.targets) == 1
+      and _dotted(statement.targets[0])
+      and _factory(statement.value)
+    ):
       _factory_calls(statement.value, _dotted(statement.targets[0]), lines, keys, built)
   common_lines = COMMON.read_text().splitlines()
   for function in ast.parse(COMMON.read_text()).body:
@@ -239,6 +264,7 @@ def _fields(node) -> dict[str, Any]:
 def flatten(node, prefix: str = "") -> list[tuple[str, Any, Any, bool]]:
   """[(dotted key, value, raw field, is_node)] in definition order; ``runs`` entries stay whole."""
   from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+
   rows = []
   raw = _fields(node)
   for key in raw:
@@ -254,6 +280,7 @@ def flatten(node, prefix: str = "") -> list[tuple[str, Any, Any, bool]]:
 
 def _fmt(value: Any) -> str:
   from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+
   if isinstance(value, ConfigDict):
     value = value.to_dict()
   if isinstance(value, dict):
@@ -267,6 +294,7 @@ def _fmt(value: Any) -> str:
 
 def _type(value: Any) -> str:
   from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+
   if isinstance(value, (ConfigDict, dict)):
     return "dict"
   return type(value).__name__.replace("NoneType", "None")
@@ -295,6 +323,7 @@ def meaning(path: str, own: dict[str, str], entries: dict[str, str]) -> str | No
 def config_tables(relpath: str, variants: tuple[str | None, ...], missing: list[str]) -> list[str]:
   """Markdown for one config file: one table per top-level section."""
   from ml_collections import FieldReference  # pylint: disable=import-outside-toplevel
+
   path = REPO / relpath
   module = load_module(path)
   configs = [module.get_config(v) for v in variants]
@@ -348,15 +377,22 @@ def dataclass_defaults() -> list[str]:
   from advrm_jax.rl.engine import RLConfig  # pylint: disable=import-outside-toplevel
   from advrm_jax.rl.sampler import SamplingConfig  # pylint: disable=import-outside-toplevel
   from advrm_jax.train_state import OPTIMIZER_DEFAULTS  # pylint: disable=import-outside-toplevel
+
   lines = ["### Defaults of keys a config leaves out", ""]
   tables = (
-      ("`*.optimizer`, `online.rm_optimizer` (`advrm_jax.train_state.OPTIMIZER_DEFAULTS`)",
-       list(OPTIMIZER_DEFAULTS.items())),
-      ("`*.rl` (`advrm_jax.rl.engine.RLConfig`)", [(f.name, f.default) for f in dataclasses.fields(RLConfig)]),
-      ("`*.sampling` (`advrm_jax.rl.sampler.SamplingConfig`)",
-       [(f.name, f.default) for f in dataclasses.fields(SamplingConfig)]),
-      ("`model`, `rm.backbone.model` (`advrm_jax.models.config.ModelConfig`)",
-       [(f.name, f.default) for f in dataclasses.fields(ModelConfig)]),
+    (
+      "`*.optimizer`, `online.rm_optimizer` (`advrm_jax.train_state.OPTIMIZER_DEFAULTS`)",
+      list(OPTIMIZER_DEFAULTS.items()),
+    ),
+    ("`*.rl` (`advrm_jax.rl.engine.RLConfig`)", [(f.name, f.default) for f in dataclasses.fields(RLConfig)]),
+    (
+      "`*.sampling` (`advrm_jax.rl.sampler.SamplingConfig`)",
+      [(f.name, f.default) for f in dataclasses.fields(SamplingConfig)],
+    ),
+    (
+      "`model`, `rm.backbone.model` (`advrm_jax.models.config.ModelConfig`)",
+      [(f.name, f.default) for f in dataclasses.fields(ModelConfig)],
+    ),
   )
   for title, items in tables:
     lines += [f"{title}:", "", "| key | default |", "|---|---|"]
@@ -379,7 +415,7 @@ def replace_block(document: str, block: str) -> str:
   start, end = document.find(BEGIN), document.find(END)
   if start < 0 or end < 0:
     raise SystemExit(f"{DOC}: no generated block ({BEGIN!r} ... {END!r})")
-  return document[:start] + block + document[end + len(END) + 1:]
+  return document[:start] + block + document[end + len(END) + 1 :]
 
 
 def main(argv: list[str] | None = None) -> int:

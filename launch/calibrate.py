@@ -42,7 +42,7 @@ from advrm_jax.metrics import read_metrics  # pylint: disable=wrong-import-posit
 
 
 def _settings(text: str) -> list[tuple[float, float]]:
-  """"lr:kl,lr:kl" -> [(lr, kl)]."""
+  """ "lr:kl,lr:kl" -> [(lr, kl)]."""
   out = []
   for item in text.split(","):
     lr, kl = item.split(":")
@@ -56,23 +56,33 @@ def _floats(text: str) -> list[float]:
 
 def rl_overrides(lr: float, kl: float) -> list[str]:
   """One RL regime for RLHF and the adversary (configs/synthetic.py shares it the same way)."""
-  return [f"--config.{node}.{key}={value}" for node in ("rlhf", "attack")
-          for key, value in (("optimizer.learning_rate", lr), ("rl.kl_coef", kl))]
+  return [
+    f"--config.{node}.{key}={value}"
+    for node in ("rlhf", "attack")
+    for key, value in (("optimizer.learning_rate", lr), ("rl.kl_coef", kl))
+  ]
 
 
 def run_main(args, workdir: pathlib.Path, overrides: list[str], log: pathlib.Path) -> float:
   """One ``python -m advrm_jax.main`` run; returns its wall time; raises with the log's tail on failure."""
   config = f"{args.config}:{args.arg}" if args.arg else args.config
-  command = [sys.executable, "-m", "advrm_jax.main", f"--config={config}", f"--workdir={workdir}",
-             f"--config.compilation_cache_dir={args.out / 'jax_cache'}"] + overrides
+  command = [
+    sys.executable,
+    "-m",
+    "advrm_jax.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    f"--config.compilation_cache_dir={args.out / 'jax_cache'}",
+  ] + overrides
   start = time.time()
   remaining = args.deadline - start
   if remaining < 30:
     raise RuntimeError(f"not started: the --deadline_s budget is spent ({workdir})")
   with open(log, "w") as f:
     try:
-      result = subprocess.run(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=os.environ, check=False,
-                              timeout=remaining)
+      result = subprocess.run(
+        command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=os.environ, check=False, timeout=remaining
+      )
     except subprocess.TimeoutExpired as e:
       raise RuntimeError(f"stopped at the --deadline_s budget: {workdir}") from e
   if result.returncode:
@@ -84,8 +94,12 @@ def run_main(args, workdir: pathlib.Path, overrides: list[str], log: pathlib.Pat
 def base_job(args, seed: int, exposure: float) -> dict:
   work = args.out / f"e{exposure:g}_s{seed}" / "base"
   work.mkdir(parents=True, exist_ok=True)
-  seconds = run_main(args, work, [f"--config.seed={seed}", f"--config.world.exploit_exposure={exposure}",
-                                  "--config.stages=('sft','prefs','rm')"], work.parent / "base.log")
+  seconds = run_main(
+    args,
+    work,
+    [f"--config.seed={seed}", f"--config.world.exploit_exposure={exposure}", "--config.stages=('sft','prefs','rm')"],
+    work.parent / "base.log",
+  )
   return {"seed": seed, "exposure": exposure, "seconds": seconds}
 
 
@@ -104,21 +118,42 @@ def rl_job(args, seed: int, exposure: float, lr: float, kl: float) -> dict:
   if work.exists():
     shutil.rmtree(work)
   shutil.copytree(base, work, ignore=shutil.ignore_patterns("jax_cache"))
-  seconds = run_main(args, work, [f"--config.seed={seed}", f"--config.world.exploit_exposure={exposure}",
-                                  "--config.stages=('rlhf',)", "--config.rlhf.only=('conventional',)"]
-                     + rl_overrides(lr, kl), work.parent / f"rl_{lr:g}_{kl:g}.log")
+  seconds = run_main(
+    args,
+    work,
+    [
+      f"--config.seed={seed}",
+      f"--config.world.exploit_exposure={exposure}",
+      "--config.stages=('rlhf',)",
+      "--config.rlhf.only=('conventional',)",
+    ]
+    + rl_overrides(lr, kl),
+    work.parent / f"rl_{lr:g}_{kl:g}.log",
+  )
   config = json.loads((work / "config.json").read_text())
-  num_seeds, window, margin = config["num_seeds"], config["evaluate"]["hacking_window"], \
-      config["evaluate"]["hacking_margin"]
+  num_seeds, window, margin = (
+    config["num_seeds"],
+    config["evaluate"]["hacking_window"],
+    config["evaluate"]["hacking_margin"],
+  )
   steps, gold, proxy = conventional_curve(work / "rlhf" / "conventional", num_seeds)
   reference_gold = json.loads((work / "prefs" / "summary.json").read_text())["reference_gold_mean"]
   smoothed = hacking.moving_average(gold, window)
   rise = hacking.gold_rise(gold, reference_gold, window)
   onset = hacking.hacking_onset(gold, proxy, margin, window, steps)
-  return {"seed": seed, "exposure": exposure, "lr": lr, "kl_coef": kl, "seconds": seconds,
-          "reference_gold": reference_gold, "peak_gold": float(smoothed.max()), "rise": rise,
-          "final_gold": float(smoothed[-1]), "hacking_onset": onset,
-          "passes": bool(rise >= args.min_rise and onset is not None)}
+  return {
+    "seed": seed,
+    "exposure": exposure,
+    "lr": lr,
+    "kl_coef": kl,
+    "seconds": seconds,
+    "reference_gold": reference_gold,
+    "peak_gold": float(smoothed.max()),
+    "rise": rise,
+    "final_gold": float(smoothed[-1]),
+    "hacking_onset": onset,
+    "passes": bool(rise >= args.min_rise and onset is not None),
+  }
 
 
 def choose(results: list[dict]) -> dict:
@@ -126,10 +161,18 @@ def choose(results: list[dict]) -> dict:
   groups: dict[tuple[float, float, float], list[dict]] = {}
   for r in results:
     groups.setdefault((r["exposure"], r["lr"], r["kl_coef"]), []).append(r)
-  table = [{"exposure": e, "lr": lr, "kl_coef": kl, "passing_seeds": sum(r["passes"] for r in rs),
-            "num_seeds": len(rs), "mean_rise": float(np.mean([r["rise"] for r in rs])),
-            "mean_final_gold": float(np.mean([r["final_gold"] for r in rs]))}
-           for (e, lr, kl), rs in sorted(groups.items())]
+  table = [
+    {
+      "exposure": e,
+      "lr": lr,
+      "kl_coef": kl,
+      "passing_seeds": sum(r["passes"] for r in rs),
+      "num_seeds": len(rs),
+      "mean_rise": float(np.mean([r["rise"] for r in rs])),
+      "mean_final_gold": float(np.mean([r["final_gold"] for r in rs])),
+    }
+    for (e, lr, kl), rs in sorted(groups.items())
+  ]
   best = max(table, key=lambda g: (g["passing_seeds"], g["mean_rise"], -g["exposure"]))
   return {"table": table, "chosen": best}
 
@@ -140,17 +183,28 @@ def full_job(args, seed: int, exposure: float, lr: float, kl: float) -> dict:
   if work.exists():
     shutil.rmtree(work)
   shutil.copytree(base, work, ignore=shutil.ignore_patterns("jax_cache"))
-  seconds = run_main(args, work, [f"--config.seed={seed}", f"--config.world.exploit_exposure={exposure}"]
-                     + rl_overrides(lr, kl), args.out / f"full_s{seed}.log")
+  seconds = run_main(
+    args,
+    work,
+    [f"--config.seed={seed}", f"--config.world.exploit_exposure={exposure}"] + rl_overrides(lr, kl),
+    args.out / f"full_s{seed}.log",
+  )
   report = json.loads((work / "report.json").read_text())
   rlhf = report["rlhf"]
   final = lambda name: (rlhf.get(name) or {}).get("final_gold", {}).get("mean")
   rounds = report["attack_success"]["rounds"]
-  return {"seed": seed, "seconds": seconds, "method_checks": report["method_checks"],
-          "outcomes": {"attack_standard_by_round": [r["Adv-RM"]["standard"]["mean"] for r in rounds],
-                       "final_gold": {name: final(name) for name in ("conventional", "adv_rm", "fresh_pairs",
-                                                                     "ensemble_mean", "oracle_gold")},
-                       "disagreement_share": (report.get("exploits") or {}).get("disagreement_share")}}
+  return {
+    "seed": seed,
+    "seconds": seconds,
+    "method_checks": report["method_checks"],
+    "outcomes": {
+      "attack_standard_by_round": [r["Adv-RM"]["standard"]["mean"] for r in rounds],
+      "final_gold": {
+        name: final(name) for name in ("conventional", "adv_rm", "fresh_pairs", "ensemble_mean", "oracle_gold")
+      },
+      "disagreement_share": (report.get("exploits") or {}).get("disagreement_share"),
+    },
+  }
 
 
 def _pool(args, fn, jobs: list[tuple]) -> list[dict]:
@@ -169,26 +223,41 @@ def _pool(args, fn, jobs: list[tuple]) -> list[dict]:
 
 def _write(args, state: dict) -> None:
   (args.out / "calibration.json").write_text(json.dumps(state, indent=2, default=str))
-  lines = ["# Calibration on conventional RLHF", "",
-           f"Command: `python launch/calibrate.py {' '.join(sys.argv[1:])}`", ""]
+  lines = [
+    "# Calibration on conventional RLHF",
+    "",
+    f"Command: `python launch/calibrate.py {' '.join(sys.argv[1:])}`",
+    "",
+  ]
   if "choice" in state:
-    lines += ["| exposure | lr | kl_coef (per-token mean) | passing seeds | mean rise | mean final gold |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {g['exposure']:g} | {g['lr']:g} | {g['kl_coef']:g} | {g['passing_seeds']}/{g['num_seeds']} | "
-              f"{g['mean_rise']:.2f} | {g['mean_final_gold']:.2f} |" for g in state["choice"]["table"]]
+    lines += [
+      "| exposure | lr | kl_coef (per-token mean) | passing seeds | mean rise | mean final gold |",
+      "|---|---|---|---|---|---|",
+    ]
+    lines += [
+      f"| {g['exposure']:g} | {g['lr']:g} | {g['kl_coef']:g} | {g['passing_seeds']}/{g['num_seeds']} | "
+      f"{g['mean_rise']:.2f} | {g['mean_final_gold']:.2f} |"
+      for g in state["choice"]["table"]
+    ]
     c = state["choice"]["chosen"]
     lines += ["", f"Chosen by the rule: exposure {c['exposure']:g}, lr {c['lr']:g}, kl_coef {c['kl_coef']:g}.", ""]
   full = [f for f in state.get("full", []) if "error" not in f]
   if full:
     names = [k for k in full[0]["method_checks"] if k != "all_pass"]
-    lines += ["## Method checks per realisation", "",
-              "| seed | " + " | ".join(names) + " | all pass |", "|---" * (len(names) + 2) + "|"]
+    lines += [
+      "## Method checks per realisation",
+      "",
+      "| seed | " + " | ".join(names) + " | all pass |",
+      "|---" * (len(names) + 2) + "|",
+    ]
     for f in sorted(full, key=lambda f: f["seed"]):
       checks = f["method_checks"]
       cell = lambda c: f"{c['value']:.2f}" if isinstance(c["value"], float) else str(c["value"])
-      lines.append(f"| {f['seed']} | " + " | ".join(
-          f"{cell(checks[n])} ({'pass' if checks[n]['pass'] else 'FAIL'})" for n in names)
-          + f" | {checks['all_pass']} |")
+      lines.append(
+        f"| {f['seed']} | "
+        + " | ".join(f"{cell(checks[n])} ({'pass' if checks[n]['pass'] else 'FAIL'})" for n in names)
+        + f" | {checks['all_pass']} |"
+      )
   (args.out / "calibration.md").write_text("\n".join(lines) + "\n")
 
 
@@ -199,14 +268,19 @@ def main() -> None:
   parser.add_argument("--arg", default="", help="the config's argument, e.g. small")
   parser.add_argument("--seeds", default="0,1,2,3,4")
   parser.add_argument("--exposures", default="0.0,0.05")
-  parser.add_argument("--settings", default="1e-3:0.1,5e-4:0.5,3e-4:0.1",
-                      help="learning_rate:kl_coef pairs (kl_coef per-token mean)")
+  parser.add_argument(
+    "--settings", default="1e-3:0.1,5e-4:0.5,3e-4:0.1", help="learning_rate:kl_coef pairs (kl_coef per-token mean)"
+  )
   parser.add_argument("--min_rise", type=float, default=0.3)
   parser.add_argument("--jobs", type=int, default=2)
   parser.add_argument("--full", action="store_true", help="then run the whole experiment with the winner")
-  parser.add_argument("--deadline_s", type=float, default=0.0,
-                      help="wall-clock budget of the whole script (0: none); runs still going then are stopped "
-                           "and reported as such, and the results so far are written")
+  parser.add_argument(
+    "--deadline_s",
+    type=float,
+    default=0.0,
+    help="wall-clock budget of the whole script (0: none); runs still going then are stopped "
+    "and reported as such, and the results so far are written",
+  )
   args = parser.parse_args()
   args.out = args.out.resolve()
   args.deadline = time.time() + args.deadline_s if args.deadline_s > 0 else float("inf")
@@ -226,8 +300,9 @@ def main() -> None:
   _write(args, state)
   if args.full and "choice" in state:
     c = state["choice"]["chosen"]
-    state["full"] = _pool(args, full_job, [(s, c["exposure"], c["lr"], c["kl_coef"]) for s in seeds
-                                           if (s, c["exposure"]) in ok])
+    state["full"] = _pool(
+      args, full_job, [(s, c["exposure"], c["lr"], c["kl_coef"]) for s in seeds if (s, c["exposure"]) in ok]
+    )
     state["seconds_total"] = time.time() - start
     _write(args, state)
   print((args.out / "calibration.md").read_text())

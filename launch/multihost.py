@@ -46,8 +46,14 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(process_id: int, num_processes: int, port: int, devices_per_process: int | None = 4,
-                platform: str | None = "cpu", base_env: Mapping[str, str] | None = None) -> dict[str, str]:
+def process_env(
+  process_id: int,
+  num_processes: int,
+  port: int,
+  devices_per_process: int | None = 4,
+  platform: str | None = "cpu",
+  base_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
   """The environment of one child process (a pure function, for tests).
 
   Args:
@@ -67,8 +73,7 @@ def process_env(process_id: int, num_processes: int, port: int, devices_per_proc
   if devices_per_process is not None:
     # Replace any inherited device count (pytest's conftest forces 8) but keep
     # other XLA flags.
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
     env["XLA_FLAGS"] = " ".join(flags)
   if platform is not None:
@@ -83,6 +88,7 @@ def initialize_from_env(timeout_seconds: int = 300) -> tuple[int, int]:
   variables (a plain single-process run) it does nothing and returns (0, 1).
   """
   import jax  # pylint: disable=import-outside-toplevel
+
   if ENV_NUM_PROCESSES not in os.environ:
     return 0, 1
   # Normally taken from the environment at import; set again in case jax was
@@ -90,14 +96,25 @@ def initialize_from_env(timeout_seconds: int = 300) -> tuple[int, int]:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   num_processes = int(os.environ[ENV_NUM_PROCESSES])
   process_id = int(os.environ[ENV_PROCESS_ID])
-  jax.distributed.initialize(coordinator_address=os.environ[ENV_COORDINATOR], num_processes=num_processes,
-                             process_id=process_id, initialization_timeout=timeout_seconds)
+  jax.distributed.initialize(
+    coordinator_address=os.environ[ENV_COORDINATOR],
+    num_processes=num_processes,
+    process_id=process_id,
+    initialization_timeout=timeout_seconds,
+  )
   return process_id, num_processes
 
 
-def launch(command: Sequence[str], num_processes: int, devices_per_process: int | None = 4,
-           port: int | None = None, platform: str | None = "cpu", cwd: str | None = None,
-           log_prefix: str | None = None, base_env: Mapping[str, str] | None = None) -> list[subprocess.Popen]:
+def launch(
+  command: Sequence[str],
+  num_processes: int,
+  devices_per_process: int | None = 4,
+  port: int | None = None,
+  platform: str | None = "cpu",
+  cwd: str | None = None,
+  log_prefix: str | None = None,
+  base_env: Mapping[str, str] | None = None,
+) -> list[subprocess.Popen]:
   """Starts ``num_processes`` copies of ``command``; returns their Popen handles.
 
   With ``log_prefix``, process i writes stdout and stderr to
@@ -108,8 +125,9 @@ def launch(command: Sequence[str], num_processes: int, devices_per_process: int 
   for i in range(num_processes):
     env = process_env(i, num_processes, port, devices_per_process, platform, base_env)
     out = open(f"{log_prefix}.{i}.log", "w") if log_prefix else None  # pylint: disable=consider-using-with
-    procs.append(subprocess.Popen(list(command), env=env, cwd=cwd, stdout=out,
-                                  stderr=subprocess.STDOUT if out else None))
+    procs.append(
+      subprocess.Popen(list(command), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT if out else None)
+    )
     if out:
       out.close()  # the child holds its own descriptor
   return procs
@@ -150,11 +168,16 @@ def _terminate(procs: Sequence[subprocess.Popen]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
-                                   usage="%(prog)s [options] -- command [args...]")
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n", 1)[0], usage="%(prog)s [options] -- command [args...]"
+  )
   parser.add_argument("--num_processes", type=int, default=2)
-  parser.add_argument("--devices_per_process", type=int, default=4,
-                      help="forced host CPU devices per process; 0 keeps the inherited XLA_FLAGS")
+  parser.add_argument(
+    "--devices_per_process",
+    type=int,
+    default=4,
+    help="forced host CPU devices per process; 0 keeps the inherited XLA_FLAGS",
+  )
   parser.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
   parser.add_argument("--platform", default="cpu", help="JAX_PLATFORMS of the children ('' keeps the inherited)")
   parser.add_argument("--log_prefix", default=None, help="write process i's output to PREFIX.i.log")
@@ -164,8 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   command = args.command[1:] if args.command[:1] == ["--"] else args.command
   if not command:
     parser.error("no command given (put it after --)")
-  procs = launch(command, args.num_processes, args.devices_per_process or None, args.port,
-                 args.platform or None, log_prefix=args.log_prefix)
+  procs = launch(
+    command,
+    args.num_processes,
+    args.devices_per_process or None,
+    args.port,
+    args.platform or None,
+    log_prefix=args.log_prefix,
+  )
   codes = wait(procs, args.timeout)
   for i, code in enumerate(codes):
     if code:

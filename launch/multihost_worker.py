@@ -45,14 +45,28 @@ from advrm_jax.models.transformer import Transformer  # pylint: disable=wrong-im
 from advrm_jax.reward.data import MemberBatches  # pylint: disable=wrong-import-position
 from advrm_jax.reward.losses import make_bt_step  # pylint: disable=wrong-import-position
 from advrm_jax.reward.model import init_reward_model  # pylint: disable=wrong-import-position
-from advrm_jax.rl.engine import (RLConfig, init_policy_params, init_rl_state, make_iteration,  # pylint: disable=wrong-import-position
-                                 policy_param_axes)
+from advrm_jax.rl.engine import (
+  RLConfig,
+  init_policy_params,
+  init_rl_state,
+  make_iteration,  # pylint: disable=wrong-import-position
+  policy_param_axes,
+)
 from advrm_jax.rl.rewards import FunctionSource  # pylint: disable=wrong-import-position
 from advrm_jax.rl.sampler import SamplingConfig  # pylint: disable=wrong-import-position
 from advrm_jax.train_state import TrainState, make_optimizer, state_shardings  # pylint: disable=wrong-import-position
 
-RM_CFG = ModelConfig(arch="llama", vocab_size=24, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2,
-                     head_dim=16, d_ff=64, max_seq_len=16)
+RM_CFG = ModelConfig(
+  arch="llama",
+  vocab_size=24,
+  d_model=32,
+  num_layers=1,
+  num_heads=2,
+  num_kv_heads=2,
+  head_dim=16,
+  d_ff=64,
+  max_seq_len=16,
+)
 RL_CFG = ModelConfig(vocab_size=16, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16, d_ff=64)
 SAMPLING = SamplingConfig(max_new_tokens=8, temperature=1.0, eos_id=1, pad_id=0)
 TARGET = 7
@@ -60,9 +74,11 @@ TARGET = 7
 
 def to_global(tree, shardings):
   """Host arrays -> global arrays; every process passes the same full values."""
+
   def put(x, sharding):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
   return jax.tree.map(put, tree, shardings)
 
 
@@ -79,24 +95,33 @@ def checksums(tree) -> dict[str, dict[str, float]]:
   for path, x in leaves:
     x = np.asarray(x, np.float64)
     weights = np.random.default_rng(x.size).standard_normal(x.shape)
-    out[jax.tree_util.keystr(path)] = {"sum": float(x.sum()), "abs_sum": float(np.abs(x).sum()),
-                                       "weighted": float((x * weights).sum())}
+    out[jax.tree_util.keystr(path)] = {
+      "sum": float(x.sum()),
+      "abs_sum": float(np.abs(x).sum()),
+      "weighted": float((x * weights).sum()),
+    }
   return out
 
 
 def toy_pairs(num: int, seed: int = 0) -> dict[str, np.ndarray]:
   """Chosen rows end with token 3, rejected rows with token 4 (as in tests/test_reward_losses.py)."""
   rng = np.random.default_rng(seed)
+
   def rows(last):
     tokens = rng.integers(5, RM_CFG.vocab_size, (num, 8)).astype(np.int32)
     lengths = rng.integers(3, 9, num)
     mask = (np.arange(8)[None] < lengths[:, None]).astype(np.int32)
     tokens[np.arange(num), lengths - 1] = last
     return tokens * mask, mask
+
   chosen_tokens, chosen_mask = rows(3)
   rejected_tokens, rejected_mask = rows(4)
-  return {"chosen_tokens": chosen_tokens, "chosen_mask": chosen_mask,
-          "rejected_tokens": rejected_tokens, "rejected_mask": rejected_mask}
+  return {
+    "chosen_tokens": chosen_tokens,
+    "chosen_mask": chosen_mask,
+    "rejected_tokens": rejected_tokens,
+    "rejected_mask": rejected_mask,
+  }
 
 
 def run_rm(mesh, steps: int = 2):
@@ -105,14 +130,20 @@ def run_rm(mesh, steps: int = 2):
   params = jax.tree.map(np.asarray, params)
   optimizer = make_optimizer(learning_rate=1e-2, schedule="constant")
   shardings = state_shardings(optimizer, params, axes, mesh)
-  init = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
-                 in_shardings=(shardings.params,), out_shardings=shardings)
+  init = jax.jit(
+    lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
+    in_shardings=(shardings.params,),
+    out_shardings=shardings,
+  )
   state = init(to_global(params, shardings.params))
   # Centering gives the head bias a real gradient (see test_reward_losses.py:
   # an exactly-zero gradient makes Adam amplify rounding noise).
-  step = jax.jit(make_bt_step(graphdef, optimizer, centering_coef=0.01),
-                 in_shardings=(shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
-                 out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
+  step = jax.jit(
+    make_bt_step(graphdef, optimizer, centering_coef=0.01),
+    in_shardings=(shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
+    out_shardings=(shardings, shd.replicated(mesh)),
+    donate_argnums=(0,),
+  )
   data = toy_pairs(16)
   batches = MemberBatches(16, 8, 2, mode="bootstrap", seed=0)
   losses, metrics = [], {}
@@ -137,13 +168,18 @@ def run_rl(mesh):
   rl_params = init_policy_params(params, RL_CFG.d_model)
   shardings = state_shardings(optimizer, rl_params, policy_param_axes(axes), mesh)
   state = init_rl_state(rl_params, optimizer, config)
-  state_sh = type(state)(step=shd.replicated(mesh), params=shardings.params, opt_state=shardings.opt_state,
-                         kl_coef=shd.replicated(mesh))
+  state_sh = type(state)(
+    step=shd.replicated(mesh), params=shardings.params, opt_state=shardings.opt_state, kl_coef=shd.replicated(mesh)
+  )
   state = to_global(jax.tree.map(np.asarray, state), state_sh)
   ref_sh = shd.tree_shardings(axes, params, mesh)
   iteration = make_iteration(graphdef, optimizer, config, SAMPLING, FunctionSource(target_count))
-  step = jax.jit(iteration, in_shardings=(state_sh, ref_sh, None, shd.batch_sharding(mesh), shd.replicated(mesh)),
-                 out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
+  step = jax.jit(
+    iteration,
+    in_shardings=(state_sh, ref_sh, None, shd.batch_sharding(mesh), shd.replicated(mesh)),
+    out_shardings=(state_sh, shd.replicated(mesh)),
+    donate_argnums=(0,),
+  )
   rng = np.random.default_rng(0)
   tokens = rng.integers(2, RL_CFG.vocab_size, (8, 4)).astype(np.int32)
   mask = np.ones((8, 4), np.int32)
@@ -151,8 +187,9 @@ def run_rl(mesh):
   prompts = {"tokens": tokens * mask, "mask": mask}
   prompts = to_global(prompts, jax.tree.map(lambda _: shd.batch_sharding(mesh), prompts))
   key = to_global(jax.random.key_data(jax.random.key(3)), shd.replicated(mesh))
-  state, out = step(state, to_global(jax.tree.map(np.asarray, params), ref_sh), None, prompts,
-                    jax.random.wrap_key_data(key))
+  state, out = step(
+    state, to_global(jax.tree.map(np.asarray, params), ref_sh), None, prompts, jax.random.wrap_key_data(key)
+  )
   out = jax.tree.map(np.asarray, out)
   response_tokens = out.samples["response_tokens"]
   scalars = {k: float(v) for k, v in out.metrics.items() if np.ndim(v) == 0}
@@ -177,12 +214,15 @@ def main() -> None:
   rm_seconds = time.time() - start
   rl_result, rl_params = run_rl(mesh)
   result = {
-      "process_index": jax.process_index(), "process_count": jax.process_count(),
-      "local_devices": jax.local_device_count(), "global_devices": jax.device_count(),
-      "rm": dict(rm_result, checksums=checksums(rm_params)),
-      "rl": dict(rl_result, checksums=checksums(rl_params)),
-      "seconds": time.time() - start, "rm_seconds": rm_seconds,
-      "cpu_seconds": time.process_time(),
+    "process_index": jax.process_index(),
+    "process_count": jax.process_count(),
+    "local_devices": jax.local_device_count(),
+    "global_devices": jax.device_count(),
+    "rm": dict(rm_result, checksums=checksums(rm_params)),
+    "rl": dict(rl_result, checksums=checksums(rl_params)),
+    "seconds": time.time() - start,
+    "rm_seconds": rm_seconds,
+    "cpu_seconds": time.process_time(),
   }
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,14 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHIPS_PER_MULTI_HOST_VM = 4
 # Generation -> (whether the accelerator-type number counts TensorCores (2 per chip) rather than chips,
 # the largest slice one VM holds, in chips).
-GENERATIONS = {"v2": (True, 4), "v3": (True, 4), "v4": (True, 4), "v5p": (True, 4),
-               "v5e": (False, 8), "v6e": (False, 8)}
+GENERATIONS = {
+  "v2": (True, 4),
+  "v3": (True, 4),
+  "v4": (True, 4),
+  "v5p": (True, 4),
+  "v5e": (False, 8),
+  "v6e": (False, 8),
+}
 _ALIASES = {"v5litepod": "v5e"}
 
 
@@ -50,6 +56,7 @@ class SliceError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class SliceShape:
   """A TPU slice: generation (``v5e``...), chips, hosts (TPU VMs) and chips per host."""
+
   generation: str
   chips: int
   hosts: int
@@ -64,21 +71,26 @@ def slice_shape(accelerator_type: str) -> SliceShape:
   match = re.fullmatch(r"(v\d+[a-z]*|v5litepod)-(\d+)", accelerator_type.strip().lower())
   generation = _ALIASES.get(match.group(1), match.group(1)) if match else None
   if generation not in GENERATIONS:
-    raise SliceError(f"--accelerator_type={accelerator_type}: expected <generation>-<size> with generation one of "
-                     f"{sorted(GENERATIONS)} or v5litepod (e.g. v4-8, v5litepod-16, v5p-64, v6e-8)")
+    raise SliceError(
+      f"--accelerator_type={accelerator_type}: expected <generation>-<size> with generation one of "
+      f"{sorted(GENERATIONS)} or v5litepod (e.g. v4-8, v5litepod-16, v5p-64, v6e-8)"
+    )
   size = int(match.group(2))
   counts_cores, single_vm_chips = GENERATIONS[generation]
   chips = size // 2 if counts_cores else size
   if counts_cores and (size < 8 or size % 8):
-    raise SliceError(f"--accelerator_type={accelerator_type}: {generation} sizes count TensorCores (2 per chip) "
-                     "in multiples of 8 (v4-8 = 4 chips on one host)")
+    raise SliceError(
+      f"--accelerator_type={accelerator_type}: {generation} sizes count TensorCores (2 per chip) "
+      "in multiples of 8 (v4-8 = 4 chips on one host)"
+    )
   if chips <= single_vm_chips:
     if chips not in (1, 4, 8):
       raise SliceError(f"--accelerator_type={accelerator_type}: a single-host slice has 1, 4 or 8 chips")
     return SliceShape(generation, chips, 1)
   if chips % CHIPS_PER_MULTI_HOST_VM:
-    raise SliceError(f"--accelerator_type={accelerator_type}: a multi-host slice has a multiple of "
-                     f"{CHIPS_PER_MULTI_HOST_VM} chips")
+    raise SliceError(
+      f"--accelerator_type={accelerator_type}: a multi-host slice has a multiple of {CHIPS_PER_MULTI_HOST_VM} chips"
+    )
   return SliceShape(generation, chips, chips // CHIPS_PER_MULTI_HOST_VM)
 
 
@@ -89,9 +101,16 @@ def _gcloud_ssh(name: str, zone: str, project: str | None, command: str) -> list
   return argv + ["--command", command]
 
 
-def slice_commands(name: str, zone: str, accelerator_type: str, config: str, workdir: str,
-                   overrides: Sequence[str] = (), project: str | None = None,
-                   repo_root: str | pathlib.Path = REPO_ROOT) -> list[list[str]]:
+def slice_commands(
+  name: str,
+  zone: str,
+  accelerator_type: str,
+  config: str,
+  workdir: str,
+  overrides: Sequence[str] = (),
+  project: str | None = None,
+  repo_root: str | pathlib.Path = REPO_ROOT,
+) -> list[list[str]]:
   """The argv lists that copy this checkout to every host, install it and start the run (pure: runs nothing).
 
   Raises SliceError for an unknown accelerator type, or a multi-host slice
@@ -99,12 +118,25 @@ def slice_commands(name: str, zone: str, accelerator_type: str, config: str, wor
   """
   shape = slice_shape(accelerator_type)
   if shape.hosts > 1 and "://" not in workdir:
-    raise SliceError(f"--workdir={workdir}: {accelerator_type} has {shape.hosts} hosts and no disk they share; "
-                     "use a bucket, e.g. --workdir=gs://BUCKET/advrm")
+    raise SliceError(
+      f"--workdir={workdir}: {accelerator_type} has {shape.hosts} hosts and no disk they share; "
+      "use a bucket, e.g. --workdir=gs://BUCKET/advrm"
+    )
   # Into the home directory under the checkout's own name: copying again updates the files in place.
   remote_dir = f"~/{pathlib.Path(repo_root).name}"
-  copy = ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", str(repo_root), f"{name}:~",
-          "--zone", zone, "--worker=all"] + (["--project", project] if project else [])
+  copy = [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "scp",
+    "--recurse",
+    str(repo_root),
+    f"{name}:~",
+    "--zone",
+    zone,
+    "--worker=all",
+  ] + (["--project", project] if project else [])
   install = f'cd {remote_dir} && python3 -m pip install -U "jax[tpu]" && python3 -m pip install -e ".[gcs]"'
   main = ["python3", "-m", "advrm_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
   if shape.hosts > 1:
@@ -114,8 +146,9 @@ def slice_commands(name: str, zone: str, accelerator_type: str, config: str, wor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--name", required=True, help="TPU VM (slice) name, as created with gcloud.")
   parser.add_argument("--zone", required=True)
   parser.add_argument("--project", default=None)
@@ -126,14 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("overrides", nargs="*", help="After --: --config.KEY=VALUE flags for advrm_jax.main.")
   args = parser.parse_args(argv)
   try:
-    commands = slice_commands(args.name, args.zone, args.accelerator_type, args.config, args.workdir,
-                              args.overrides, args.project)
+    commands = slice_commands(
+      args.name, args.zone, args.accelerator_type, args.config, args.workdir, args.overrides, args.project
+    )
   except SliceError as e:
     sys.stderr.write(f"error: {e}\n")
     return 2
   shape = slice_shape(args.accelerator_type)
-  print(f"# {args.accelerator_type}: {shape.chips} chips on {shape.hosts} host(s), "
-        f"{shape.chips_per_host} per host")
+  print(f"# {args.accelerator_type}: {shape.chips} chips on {shape.hosts} host(s), {shape.chips_per_host} per host")
   for command in commands:
     print(shlex.join(command))
     if args.run:

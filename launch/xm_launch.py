@@ -70,11 +70,23 @@ except ImportError:
 PLATFORMS = ("local", "cpu", "gpu", "tpu")
 # TPU generation (xm resource name) -> slice topology per chip count, as GKE / Cloud TPU name them
 # (v4/v5p: 3-D tori; v5e/v6e: 2-D). xmanager's JobRequirements takes the topology string.
-_TOPOLOGIES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-                  512: "8x8x8"}
+_TOPOLOGIES_3D = {
+  4: "2x2x1",
+  8: "2x2x2",
+  16: "2x2x4",
+  32: "2x4x4",
+  64: "4x4x4",
+  128: "4x4x8",
+  256: "4x8x8",
+  512: "8x8x8",
+}
 _TOPOLOGIES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-TPU_TOPOLOGIES = {"tpu_v4": _TOPOLOGIES_3D, "tpu_v5p": _TOPOLOGIES_3D, "tpu_v5e": _TOPOLOGIES_2D,
-                  "tpu_v6e": _TOPOLOGIES_2D}
+TPU_TOPOLOGIES = {
+  "tpu_v4": _TOPOLOGIES_3D,
+  "tpu_v5p": _TOPOLOGIES_3D,
+  "tpu_v5e": _TOPOLOGIES_2D,
+  "tpu_v6e": _TOPOLOGIES_2D,
+}
 # TPUs xmanager's Vertex client maps (xmanager/cloud/vertex.py: TPU_V2, TPU_V3 -> machine type cloud-tpu).
 VERTEX_TPUS = ("tpu_v2", "tpu_v3")
 BACKENDS = ("local", "vertex", "xm_cloud")
@@ -85,10 +97,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # plugin cannot change the numbers; GPU jobs stop XLA from grabbing 75% of
 # memory up front (the sampler's KV cache grows during RL).
 PLATFORM_ENV: dict[str, dict[str, str]] = {
-    "local": {"JAX_PLATFORMS": "cpu"},
-    "cpu": {"JAX_PLATFORMS": "cpu"},
-    "gpu": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
-    "tpu": {},
+  "local": {"JAX_PLATFORMS": "cpu"},
+  "cpu": {"JAX_PLATFORMS": "cpu"},
+  "gpu": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+  "tpu": {},
 }
 # pip extras of jax per platform for the container image.
 PLATFORM_JAX = {"local": "jax", "cpu": "jax", "gpu": "jax[cuda12]", "tpu": "jax[tpu]"}
@@ -115,6 +127,7 @@ class JobSpec:
     backend: one of BACKENDS (module doc).
     num_hosts: hosts of the job (TPU: of the slice).
   """
+
   name: str
   args: dict[str, str]
   env: dict[str, str]
@@ -160,7 +173,7 @@ def _key_value(item: str, flag: str) -> tuple[str, str]:
   key, sep, value = item.partition("=")
   key = key.strip()
   if key.startswith("config."):
-    key = key[len("config."):]  # accept main.py's spelling too
+    key = key[len("config.") :]  # accept main.py's spelling too
   if not sep or not _KEY.match(key):
     raise LaunchError(f"--{flag}={item}: expected KEY=VALUE with a dotted config key")
   return key, value
@@ -201,19 +214,29 @@ def tpu_slice(accelerator: str, chips: int) -> tuple[str, int]:
   if generation in VERTEX_TPUS:
     raise LaunchError(f"--accelerator={accelerator}: Vertex AI TPU v2/v3 jobs take a core count, not a slice")
   if generation not in TPU_TOPOLOGIES:
-    raise LaunchError(f"--accelerator={accelerator}: supported TPUs are {sorted(TPU_TOPOLOGIES)} (GKE slices "
-                      f"through xm_cloud) and {list(VERTEX_TPUS)} (Vertex AI)")
+    raise LaunchError(
+      f"--accelerator={accelerator}: supported TPUs are {sorted(TPU_TOPOLOGIES)} (GKE slices "
+      f"through xm_cloud) and {list(VERTEX_TPUS)} (Vertex AI)"
+    )
   topologies = TPU_TOPOLOGIES[generation]
   if chips not in topologies:
     raise LaunchError(f"--accelerator_count={chips}: a {generation} slice has one of {sorted(topologies)} chips")
   # The accelerator type of the same slice as Cloud TPU names it (v4/v5p count TensorCores, 2 per chip).
   size = chips * 2 if generation in ("tpu_v4", "tpu_v5p") else chips
-  return topologies[chips], tpu_vm.slice_shape(f"{generation[len('tpu_'):]}-{size}").hosts
+  return topologies[chips], tpu_vm.slice_shape(f"{generation[len('tpu_') :]}-{size}").hosts
 
 
-def build_job_specs(config: str, workdir: str, sweep: Sequence[str] = (), overrides: Sequence[str] = (),
-                    platform: str = "local", accelerator: str | None = None, accelerator_count: int = 0,
-                    num_hosts: int = 0, experiment_name: str = "advrm") -> list[JobSpec]:
+def build_job_specs(
+  config: str,
+  workdir: str,
+  sweep: Sequence[str] = (),
+  overrides: Sequence[str] = (),
+  platform: str = "local",
+  accelerator: str | None = None,
+  accelerator_count: int = 0,
+  num_hosts: int = 0,
+  experiment_name: str = "advrm",
+) -> list[JobSpec]:
   """Job specs of a sweep (pure: no xmanager, no file system, no JAX).
 
   Args:
@@ -248,12 +271,15 @@ def build_job_specs(config: str, workdir: str, sweep: Sequence[str] = (), overri
   if platform == "tpu" and accelerator.lower() not in VERTEX_TPUS:
     topology, hosts = tpu_slice(accelerator, accelerator_count)
     if num_hosts and num_hosts != hosts:
-      raise LaunchError(f"--num_hosts={num_hosts}: a {accelerator} slice of {accelerator_count} chips "
-                        f"({topology}) has {hosts} host(s)")
+      raise LaunchError(
+        f"--num_hosts={num_hosts}: a {accelerator} slice of {accelerator_count} chips ({topology}) has {hosts} host(s)"
+      )
     requirements, backend = {accelerator.lower(): topology}, "xm_cloud"
   elif platform == "tpu" and hosts > 1:
-    raise LaunchError(f"--num_hosts={num_hosts}: xmanager runs {accelerator} on Vertex AI as one replica; "
-                      f"multi-host TPUs are {sorted(TPU_TOPOLOGIES)} slices")
+    raise LaunchError(
+      f"--num_hosts={num_hosts}: xmanager runs {accelerator} on Vertex AI as one replica; "
+      f"multi-host TPUs are {sorted(TPU_TOPOLOGIES)} slices"
+    )
   elif platform == "local" and hosts > 1:
     raise LaunchError(f"--num_hosts={num_hosts}: a local job is one host; rehearse several with launch/multihost.py")
   fixed = dict(_key_value(item, "set") for item in overrides)
@@ -272,9 +298,18 @@ def build_job_specs(config: str, workdir: str, sweep: Sequence[str] = (), overri
     # are at the end of its command line.
     args.update({f"config.{k}": v for k, v in fixed.items()})
     args.update({f"config.{k}": v for k, v in point.items()})
-    specs.append(JobSpec(name=name, args=args, env=dict(PLATFORM_ENV[platform]), platform=platform,
-                         requirements=dict(requirements), sweep_values=dict(point), backend=backend,
-                         num_hosts=hosts))
+    specs.append(
+      JobSpec(
+        name=name,
+        args=args,
+        env=dict(PLATFORM_ENV[platform]),
+        platform=platform,
+        requirements=dict(requirements),
+        sweep_values=dict(point),
+        backend=backend,
+        num_hosts=hosts,
+      )
+    )
   return specs
 
 
@@ -293,14 +328,19 @@ def format_dry_run(specs: Sequence[JobSpec], python: str = "python") -> str:
 def docker_instructions(platform: str, repo_dir_name: str) -> list[str]:
   """Image recipe: the repository copied in and installed with the platform's jax."""
   return [
-      f"COPY {repo_dir_name}/ /workdir/{repo_dir_name}",
-      f"WORKDIR /workdir/{repo_dir_name}",
-      f"RUN python -m pip install --no-cache-dir -e . '{PLATFORM_JAX[platform]}'",
+    f"COPY {repo_dir_name}/ /workdir/{repo_dir_name}",
+    f"WORKDIR /workdir/{repo_dir_name}",
+    f"RUN python -m pip install --no-cache-dir -e . '{PLATFORM_JAX[platform]}'",
   ]
 
 
-def launch_with_xmanager(specs: Sequence[JobSpec], experiment_title: str, repo_root: str | pathlib.Path = REPO_ROOT,
-                         base_image: str = "python:3.11", experiment: Any = None) -> Any:
+def launch_with_xmanager(
+  specs: Sequence[JobSpec],
+  experiment_title: str,
+  repo_root: str | pathlib.Path = REPO_ROOT,
+  base_image: str = "python:3.11",
+  experiment: Any = None,
+) -> Any:
   """Turns specs into xm objects and adds them to an experiment (imports xmanager).
 
   Args:
@@ -315,6 +355,7 @@ def launch_with_xmanager(specs: Sequence[JobSpec], experiment_title: str, repo_r
     The experiment.
   """
   from xmanager import xm  # pylint: disable=import-outside-toplevel
+
   kinds = {(s.platform, s.backend) for s in specs}
   if len(kinds) != 1:
     raise LaunchError(f"one platform and backend per experiment, got {sorted(kinds)}")
@@ -323,27 +364,38 @@ def launch_with_xmanager(specs: Sequence[JobSpec], experiment_title: str, repo_r
     try:
       from xmanager import xm_cloud  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise LaunchError(f"TPU slices ({sorted(TPU_TOPOLOGIES)}) run through xmanager's XManager on Cloud backend "
-                        f"(xmanager >= 0.8.5, xmanager.xm_cloud), which cannot be imported here ({e}); without it, "
-                        "use launch/tpu_vm.py on a TPU VM slice") from e
+      raise LaunchError(
+        f"TPU slices ({sorted(TPU_TOPOLOGIES)}) run through xmanager's XManager on Cloud backend "
+        f"(xmanager >= 0.8.5, xmanager.xm_cloud), which cannot be imported here ({e}); without it, "
+        "use launch/tpu_vm.py on a TPU VM slice"
+      ) from e
     executor_spec = xm_cloud.KubernetesJobExecutor.Spec()
     make_executor = lambda requirements: xm_cloud.KubernetesJobExecutor(requirements=requirements)
     create_experiment = xm_cloud.create_experiment
   else:
     from xmanager import xm_local  # pylint: disable=import-outside-toplevel
+
     local = backend == "local"
     executor_spec = xm_local.Local.Spec() if local else xm_local.Vertex.Spec()
     make_executor = lambda requirements: xm_local.Local() if local else xm_local.Vertex(requirements=requirements)
     create_experiment = xm_local.create_experiment
   repo_root = pathlib.Path(repo_root)
   executable_spec = xm.PythonContainer(
-      path=str(repo_root), base_image=base_image, entrypoint=xm.ModuleName(ENTRYPOINT_MODULE),
-      docker_instructions=docker_instructions(platform, repo_root.name))
+    path=str(repo_root),
+    base_image=base_image,
+    entrypoint=xm.ModuleName(ENTRYPOINT_MODULE),
+    docker_instructions=docker_instructions(platform, repo_root.name),
+  )
 
   def job(executable, spec, replicas=None):
     requirements = xm.JobRequirements(**spec.requirements, **({"replicas": replicas} if replicas else {}))
-    return xm.Job(executable=executable, executor=make_executor(requirements), args=dict(spec.args),
-                  env_vars=dict(spec.env), name=spec.name)
+    return xm.Job(
+      executable=executable,
+      executor=make_executor(requirements),
+      args=dict(spec.args),
+      env_vars=dict(spec.env),
+      name=spec.name,
+    )
 
   def add_all(exp):
     [executable] = exp.package([xm.Packageable(executable_spec=executable_spec, executor_spec=executor_spec)])
@@ -364,15 +416,19 @@ def launch_with_xmanager(specs: Sequence[JobSpec], experiment_title: str, repo_r
 
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file for advrm_jax.main (configs/<name>.py[:arg]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Base work directory, gs://BUCKET/DIR or a path all hosts share; "
-                                "each job writes to <workdir>/<job name>.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "Base work directory, gs://BUCKET/DIR or a path all hosts share; each job writes to <workdir>/<job name>.",
+)
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2,... swept config override (repeatable: product).")
 _SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every job (repeatable).")
 _PLATFORM = flags.DEFINE_enum("platform", "local", PLATFORMS, "local (docker on this machine) or cloud cpu/gpu/tpu.")
 _ACCELERATOR = flags.DEFINE_string("accelerator", None, "xm resource name: a100, h100, v100, t4, tpu_v4, tpu_v5e...")
 _ACCELERATOR_COUNT = flags.DEFINE_integer("accelerator_count", 0, "GPUs per host, or the TPU slice's chips.")
-_NUM_HOSTS = flags.DEFINE_integer("num_hosts", 0, "Hosts per job (0: one, or the TPU slice's); > 1 sets "
-                                  "config.distributed=True.")
+_NUM_HOSTS = flags.DEFINE_integer(
+  "num_hosts", 0, "Hosts per job (0: one, or the TPU slice's); > 1 sets config.distributed=True."
+)
 _NAME = flags.DEFINE_string("experiment_name", "advrm", "Experiment title and job-name prefix.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the job specs' command lines; launch nothing.")
 _PYTHON = flags.DEFINE_string("python", "python", "Interpreter shown in dry-run command lines.")
@@ -384,8 +440,17 @@ def main(argv: Sequence[str]) -> None:
   if not _CONFIG.value or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")
   try:
-    specs = build_job_specs(_CONFIG.value, _WORKDIR.value, _SWEEP.value, _SET.value, _PLATFORM.value,
-                            _ACCELERATOR.value, _ACCELERATOR_COUNT.value, _NUM_HOSTS.value, _NAME.value)
+    specs = build_job_specs(
+      _CONFIG.value,
+      _WORKDIR.value,
+      _SWEEP.value,
+      _SET.value,
+      _PLATFORM.value,
+      _ACCELERATOR.value,
+      _ACCELERATOR_COUNT.value,
+      _NUM_HOSTS.value,
+      _NAME.value,
+    )
   except LaunchError as e:
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)

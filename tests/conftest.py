@@ -11,6 +11,7 @@ rerun, the same stage in another test) then loads its executables instead of
 compiling them again. The cache is keyed by the program, the XLA flags and the
 devices, and a cached executable is the same binary, so no result changes.
 """
+
 import os
 import pathlib
 import shutil

@@ -3,6 +3,7 @@
 Memory claims are checked compile-only: ``jax.jit(step).lower(abstract shapes).compile()``
 and its ``memory_analysis()``, so no large array is ever allocated.
 """
+
 import functools
 import json
 import pathlib
@@ -23,8 +24,7 @@ from advrm_jax.reward.losses import make_bt_step
 from advrm_jax.reward.model import RewardEnsemble, init_reward_model
 from advrm_jax.train_state import TrainState, abstract_module, make_optimizer, split_module
 
-SMALL = dict(vocab_size=97, d_model=32, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64,
-             max_seq_len=64)
+SMALL = dict(vocab_size=97, d_model=32, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64, max_seq_len=64)
 
 
 def _padded_batch(batch=4, length=12, vocab=97, seed=0):
@@ -55,8 +55,8 @@ def test_xla_attention_matches_reference_with_gqa_and_padding():
   q = rng.normal(size=(3, 10, 6, 8)).astype(np.float32)
   k, v = (rng.normal(size=(3, 10, 2, 8)).astype(np.float32) for _ in range(2))
   keys = np.ones((3, 10), bool)
-  keys[1, :3] = False   # left padding
-  keys[2, 7:] = False   # right padding
+  keys[1, :3] = False  # left padding
+  keys[2, 7:] = False  # right padding
   mask = np.tril(np.ones((10, 10), bool))[None] & keys[:, None, :]
   got = np.asarray(T._dot_product_attention(q, k, v, jnp.asarray(mask), "xla"))  # pylint: disable=protected-access
   want = _reference_attention(q, k, v, mask)
@@ -67,7 +67,7 @@ def test_xla_attention_matches_reference_with_gqa_and_padding():
 
 def test_attention_and_remat_config_values():
   cfg = ModelConfig(**SMALL)
-  assert T.resolve_attention(cfg, 16) == "xla"   # auto on CPU
+  assert T.resolve_attention(cfg, 16) == "xla"  # auto on CPU
   assert T.resolve_attention(cfg.replace(dtype="bfloat16"), 16) == ("cudnn" if T._on_cuda() else "xla")  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="model.attention='cudnn' needs model.dtype"):
     T.resolve_attention(cfg.replace(attention="cudnn"), 16)
@@ -118,10 +118,12 @@ def _bt_step_temp_bytes(cfg, pairs, length):
 
 def test_full_remat_temporaries_grow_with_one_layer_not_all():
   # The issue's shape: d256, 8 pairs x 1,024 tokens, 4 vs 8 layers (1.82x without remat here).
-  base = ModelConfig(vocab_size=512, d_model=256, num_heads=4, num_kv_heads=4, head_dim=64, d_ff=1024,
-                     max_seq_len=1024)
-  temp = {(remat, layers): _bt_step_temp_bytes(base.replace(num_layers=layers, remat=remat), 8, 1024)
-          for remat in ("none", "full") for layers in (4, 8)}
+  base = ModelConfig(vocab_size=512, d_model=256, num_heads=4, num_kv_heads=4, head_dim=64, d_ff=1024, max_seq_len=1024)
+  temp = {
+    (remat, layers): _bt_step_temp_bytes(base.replace(num_layers=layers, remat=remat), 8, 1024)
+    for remat in ("none", "full")
+    for layers in (4, 8)
+  }
   assert temp[("none", 8)] / temp[("none", 4)] > 1.6
   assert temp[("full", 8)] / temp[("full", 4)] < 1.3
   assert temp[("full", 8)] < temp[("none", 8)] / 3
@@ -164,14 +166,19 @@ def test_chunked_lm_loss_equals_plain_loss_and_grads():
 def test_chunked_lm_loss_drops_the_full_vocab_logits_buffer():
   # SmolLM2's vocabulary on a narrow model: the [B, T, V] float32 logits are the largest buffer.
   vocab, batch, length = 49152, 8, 512
-  cfg = ModelConfig(vocab_size=vocab, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                    d_ff=128, max_seq_len=length)
+  cfg = ModelConfig(
+    vocab_size=vocab, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, d_ff=128, max_seq_len=length
+  )
   graphdef, params, _ = abstract_module(lambda: T.Transformer(cfg, rngs=nnx.Rngs(0)))
   tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   logits_bytes = batch * (length - 1) * vocab * 4
-  temp = {chunk: _LOSS_GRAD.lower(graphdef, params, tokens, tokens, tokens, chunk).compile()
-                 .memory_analysis().temp_size_in_bytes
-          for chunk in (0, None)}   # None: the default, LOSS_CHUNK positions at this vocabulary size
+  temp = {
+    chunk: _LOSS_GRAD.lower(graphdef, params, tokens, tokens, tokens, chunk)
+    .compile()
+    .memory_analysis()
+    .temp_size_in_bytes
+    for chunk in (0, None)
+  }  # None: the default, LOSS_CHUNK positions at this vocabulary size
   # Plain: the logits, their softmax and gradient, 3.2x one [B, T-1, V] tensor here; chunked: three
   # [B, 128, V] blocks, less than one full tensor.
   assert temp[0] > 2 * logits_bytes
@@ -181,16 +188,28 @@ def test_chunked_lm_loss_drops_the_full_vocab_logits_buffer():
 def test_1b_like_bt_step_fits_in_40_gib_of_temporaries_with_full_remat_and_bf16():
   # The step that ran out of memory on an H200 (139 GiB of temporaries there, ~200 GiB compiled for
   # CPU here with remat="none"): d2048, 16 layers, GQA 32/8, vocab 32,000, 32 pairs x 512 tokens.
-  cfg = ModelConfig(vocab_size=32000, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
-                    d_ff=8192, max_seq_len=512, tie_embeddings=False, dtype="bfloat16", remat="full")
+  cfg = ModelConfig(
+    vocab_size=32000,
+    d_model=2048,
+    num_layers=16,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=64,
+    d_ff=8192,
+    max_seq_len=512,
+    tie_embeddings=False,
+    dtype="bfloat16",
+    remat="full",
+  )
   assert _bt_step_temp_bytes(cfg, 32, 512) <= 40 * 2**30
 
 
 @pytest.mark.slow
 def test_accelerator_benchmark_tiny_runs_every_section(tmp_path):
   repo = pathlib.Path(__file__).resolve().parents[1]
-  subprocess.run([sys.executable, "benchmarks/accelerator.py", "--tiny", "--out", str(tmp_path)], cwd=repo,
-                 check=True, timeout=900)
+  subprocess.run(
+    [sys.executable, "benchmarks/accelerator.py", "--tiny", "--out", str(tmp_path)], cwd=repo, check=True, timeout=900
+  )
   sections = json.loads((tmp_path / "accelerator.json").read_text())["sections"]
   assert not [name for name, result in sections.items() if "error" in result or "skipped" in result]
   assert len(sections) == 12

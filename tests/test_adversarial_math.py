@@ -1,6 +1,5 @@
 """Hand-computed tests of the adversary's objective, filter and buffer."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,9 +9,7 @@ from advrm_jax.adversarial import filtering
 from advrm_jax.adversarial import objective
 
 # K = 3 members, B = 3 responses. Member 0 is R1.
-SCORES = np.array([[2.0, 0.5, 3.0],
-                   [1.0, 0.0, -1.0],
-                   [0.0, 2.0, 1.0]], np.float32)
+SCORES = np.array([[2.0, 0.5, 3.0], [1.0, 0.0, -1.0], [0.0, 2.0, 1.0]], np.float32)
 # R1 = [2, 0.5, 3]; R2 (mean of members 1, 2) = [0.5, 1.0, 0.0].
 THRESHOLD = np.array([1.0, 1.0, 3.0], np.float32)
 
@@ -47,13 +44,11 @@ def test_adversary_reward_both_branches():
   np.testing.assert_allclose(metrics["r2_mean"], 0.5, rtol=1e-6)
   # R1 - R2 = [1.5, -0.5, 3].
   np.testing.assert_allclose(metrics["disagreement_mean"], 4 / 3, rtol=1e-6)
-  np.testing.assert_allclose(metrics["reward_mean"], (1.5 - 24.5 - 22) / 3,
-                             rtol=1e-6)
+  np.testing.assert_allclose(metrics["reward_mean"], (1.5 - 24.5 - 22) / 3, rtol=1e-6)
 
 
 def test_adversary_reward_lambda_penalty_and_kinds():
-  reward, _ = objective.adversary_reward(SCORES, THRESHOLD, lam=2.0,
-                                         penalty=-10.0)
+  reward, _ = objective.adversary_reward(SCORES, THRESHOLD, lam=2.0, penalty=-10.0)
   np.testing.assert_allclose(reward, [2.0 - 2 * 0.5, 0.5 - 10, 3.0 - 10])
   reward, _ = objective.adversary_reward(SCORES, THRESHOLD, r2_kind="min")
   np.testing.assert_allclose(reward[0], 2.0 - 0.0)
@@ -65,10 +60,8 @@ def test_adversary_reward_lambda_penalty_and_kinds():
 
 
 def test_adversary_reward_under_jit():
-  fn = jax.jit(objective.adversary_reward,
-               static_argnames=("target", "r2_kind"))
-  reward, metrics = fn(SCORES, THRESHOLD, 1.0, -25.0, target=0,
-                       r2_kind="mean")
+  fn = jax.jit(objective.adversary_reward, static_argnames=("target", "r2_kind"))
+  reward, metrics = fn(SCORES, THRESHOLD, 1.0, -25.0, target=0, r2_kind="mean")
   np.testing.assert_allclose(reward, [1.5, -24.5, -22.0])
   assert metrics["above_threshold"].shape == ()
 
@@ -85,13 +78,10 @@ def test_adversary_reward_errors():
 def test_per_prompt_threshold():
   ref = np.array([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 4.0]])
   np.testing.assert_allclose(objective.per_prompt_threshold(ref), [3.0, 2.0])
-  np.testing.assert_allclose(objective.per_prompt_threshold(ref, "max"),
-                             [6.0, 4.0])
-  np.testing.assert_allclose(
-      objective.per_prompt_threshold(ref, "quantile", q=0.5), [2.5, 2.0])
+  np.testing.assert_allclose(objective.per_prompt_threshold(ref, "max"), [6.0, 4.0])
+  np.testing.assert_allclose(objective.per_prompt_threshold(ref, "quantile", q=0.5), [2.5, 2.0])
   # Linear interpolation at position 0.25 * 3 = 0.75 of the sorted row.
-  np.testing.assert_allclose(
-      objective.per_prompt_threshold(ref, "quantile", q=0.25), [1.75, 0.0])
+  np.testing.assert_allclose(objective.per_prompt_threshold(ref, "quantile", q=0.25), [1.75, 0.0])
   with pytest.raises(ValueError, match="threshold kind"):
     objective.per_prompt_threshold(ref, "median")
   with pytest.raises(ValueError, match=r"\[P, n\]"):
@@ -102,8 +92,7 @@ def test_broadcast_threshold_is_prompt_major():
   t = objective.broadcast_threshold(jnp.array([3.0, 2.0]), 2)
   np.testing.assert_allclose(t, [3.0, 3.0, 2.0, 2.0])
   jitted = jax.jit(objective.broadcast_threshold, static_argnums=1)
-  np.testing.assert_allclose(jitted(jnp.array([1.0, 5.0, 7.0]), 3),
-                             [1, 1, 1, 5, 5, 5, 7, 7, 7])
+  np.testing.assert_allclose(jitted(jnp.array([1.0, 5.0, 7.0]), 3), [1, 1, 1, 5, 5, 5, 7, 7, 7])
 
 
 # ----------------------------------------------------------------------------
@@ -124,29 +113,23 @@ def test_standardize_batch_reference_and_stats():
   u = jnp.array([1.0, 2.0, 3.0, 4.0])
   # Mean 2.5, population std sqrt(1.25).
   s = np.sqrt(1.25)
-  np.testing.assert_allclose(filtering.standardize(u),
-                             [-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s],
-                             rtol=1e-6)
+  np.testing.assert_allclose(filtering.standardize(u), [-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], rtol=1e-6)
   # Reference population [0, 2]: mean 1, std 1.
-  np.testing.assert_allclose(
-      filtering.standardize(u, reference=jnp.array([0.0, 2.0])),
-      [0.0, 1.0, 2.0, 3.0])
-  np.testing.assert_allclose(filtering.standardize(u, reference=(1.0, 0.5)),
-                             [0.0, 2.0, 4.0, 6.0])
+  np.testing.assert_allclose(filtering.standardize(u, reference=jnp.array([0.0, 2.0])), [0.0, 1.0, 2.0, 3.0])
+  np.testing.assert_allclose(filtering.standardize(u, reference=(1.0, 0.5)), [0.0, 2.0, 4.0, 6.0])
   # The masked-out row does not enter the statistics (mean 2, std 1) but is
   # standardised too.
   np.testing.assert_allclose(
-      filtering.standardize(jnp.array([1.0, 3.0, 100.0]),
-                            mask=jnp.array([True, True, False])),
-      [-1.0, 1.0, 98.0])
+    filtering.standardize(jnp.array([1.0, 3.0, 100.0]), mask=jnp.array([True, True, False])), [-1.0, 1.0, 98.0]
+  )
   # A constant population gives 0, not NaN.
   np.testing.assert_allclose(filtering.standardize(jnp.ones(3)), [0, 0, 0])
 
 
 def test_filter_mask_is_strict_on_both_tests():
-  keep = filtering.filter_mask(r1=jnp.array([2.0, 2.0, 0.5, 3.0]),
-                               threshold=jnp.array([1.0, 1.0, 1.0, 3.0]),
-                               z_u=jnp.array([2.0, 1.96, 5.0, 5.0]))
+  keep = filtering.filter_mask(
+    r1=jnp.array([2.0, 2.0, 0.5, 3.0]), threshold=jnp.array([1.0, 1.0, 1.0, 3.0]), z_u=jnp.array([2.0, 1.96, 5.0, 5.0])
+  )
   np.testing.assert_array_equal(keep, [True, False, False, False])
 
 
@@ -154,8 +137,7 @@ def test_filter_pipeline_under_jit():
   @jax.jit
   def keep_fn(scores, threshold, reference_u):
     r1, _ = objective.split_target(scores)
-    z = filtering.standardize(filtering.uncertainty(scores),
-                              reference=reference_u)
+    z = filtering.standardize(filtering.uncertainty(scores), reference=reference_u)
     return filtering.filter_mask(r1, threshold, z)
 
   # U = [1.5, -0.5, 3]; reference population [0, 1]: mean 0.5, std 0.5, so
@@ -173,15 +155,12 @@ def _items(batch: int, base: int) -> dict:
   """Rows whose tokens encode (base, row): prompt = base + row, etc."""
   rows = np.arange(batch)[:, None]
   return {
-      "prompt_tokens": np.broadcast_to(base + rows,
-                                       (batch, 2)).astype(np.int32),
-      "prompt_mask": np.ones((batch, 2), bool),
-      "adversarial_tokens": np.broadcast_to(base + 100 + rows,
-                                            (batch, 3)).astype(np.int32),
-      "adversarial_mask": np.tile([True, True, False], (batch, 1)),
-      "reference_tokens": np.broadcast_to(base + 200 + rows,
-                                          (batch, 3)).astype(np.int32),
-      "reference_mask": np.ones((batch, 3), bool),
+    "prompt_tokens": np.broadcast_to(base + rows, (batch, 2)).astype(np.int32),
+    "prompt_mask": np.ones((batch, 2), bool),
+    "adversarial_tokens": np.broadcast_to(base + 100 + rows, (batch, 3)).astype(np.int32),
+    "adversarial_mask": np.tile([True, True, False], (batch, 1)),
+    "reference_tokens": np.broadcast_to(base + 200 + rows, (batch, 3)).astype(np.int32),
+    "reference_mask": np.ones((batch, 3), bool),
   }
 
 
@@ -202,10 +181,8 @@ def test_buffer_add_ring_wraparound_and_keep_mask():
   buf = add(buf, _items(3, base=20), jnp.array([True, True, True]))
   np.testing.assert_array_equal(buf.valid, [True] * 4)
   np.testing.assert_array_equal(buf.prompt_tokens[:, 0], [22, 12, 20, 21])
-  np.testing.assert_array_equal(buf.adversarial_tokens[:, 0],
-                                [122, 112, 120, 121])
-  np.testing.assert_array_equal(buf.reference_tokens[:, 0],
-                                [222, 212, 220, 221])
+  np.testing.assert_array_equal(buf.adversarial_tokens[:, 0], [122, 112, 120, 121])
+  np.testing.assert_array_equal(buf.reference_tokens[:, 0], [222, 212, 220, 221])
   np.testing.assert_array_equal(buf.inserted_at, [4, 1, 2, 3])
   np.testing.assert_array_equal(buf.adversarial_mask[0], [True, True, False])
   assert int(buf.count) == 5
@@ -227,8 +204,7 @@ def test_buffer_add_checks_fields_and_shapes():
   buf = filtering.init_buffer(4, 2, 3)
   items = _items(2, 0)
   with pytest.raises(ValueError, match="lack fields"):
-    filtering.buffer_add(buf, {"prompt_tokens": items["prompt_tokens"]},
-                         jnp.ones(2, bool))
+    filtering.buffer_add(buf, {"prompt_tokens": items["prompt_tokens"]}, jnp.ones(2, bool))
   items["adversarial_tokens"] = np.zeros((2, 5), np.int32)
   with pytest.raises(ValueError, match="adversarial_tokens"):
     filtering.buffer_add(buf, items, jnp.ones(2, bool))
@@ -236,8 +212,7 @@ def test_buffer_add_checks_fields_and_shapes():
 
 def test_buffer_sample_only_valid_rows():
   buf = filtering.init_buffer(capacity=8, prompt_len=2, response_len=3)
-  buf = filtering.buffer_add(buf, _items(3, base=10),
-                             jnp.array([True, False, True]))
+  buf = filtering.buffer_add(buf, _items(3, base=10), jnp.array([True, False, True]))
   sample = jax.jit(filtering.buffer_sample, static_argnames=("n", "replace"))
 
   items, valid = sample(buf, jax.random.key(0), n=64)
@@ -246,8 +221,7 @@ def test_buffer_sample_only_valid_rows():
   drawn = set(np.asarray(items["prompt_tokens"][:, 0]).tolist())
   assert drawn == {10, 12}  # Both valid rows, nothing else (64 draws).
   # Rows stay whole: the adversarial side belongs to the same item.
-  np.testing.assert_array_equal(items["adversarial_tokens"][:, 0],
-                                items["prompt_tokens"][:, 0] + 100)
+  np.testing.assert_array_equal(items["adversarial_tokens"][:, 0], items["prompt_tokens"][:, 0] + 100)
 
   # Without replacement: 2 valid rows for 3 draws -> one flagged invalid.
   items, valid = sample(buf, jax.random.key(1), n=3, replace=False)
@@ -268,13 +242,14 @@ def test_buffer_sample_only_valid_rows():
 
 def test_build_adversarial_pairs(caplog):
   records = filtering.build_adversarial_pairs(
-      prompts=["p1", "p2", "p3", "p4"],
-      adversarial_responses=["bad", "same", "", "worse"],
-      reference_responses=["good", "same", "fine", "ok"],
-      extra={"r1": np.array([1.5, 2.0, 3.0, 4.0], np.float32)})
+    prompts=["p1", "p2", "p3", "p4"],
+    adversarial_responses=["bad", "same", "", "worse"],
+    reference_responses=["good", "same", "fine", "ok"],
+    extra={"r1": np.array([1.5, 2.0, 3.0, 4.0], np.float32)},
+  )
   assert records == [
-      {"prompt": "p1", "chosen": "good", "rejected": "bad", "r1": 1.5},
-      {"prompt": "p4", "chosen": "ok", "rejected": "worse", "r1": 4.0},
+    {"prompt": "p1", "chosen": "good", "rejected": "bad", "r1": 1.5},
+    {"prompt": "p4", "chosen": "ok", "rejected": "worse", "r1": 4.0},
   ]
   assert isinstance(records[0]["r1"], float)
   assert "dropped 1 of 4 pairs with identical" in caplog.text
@@ -296,13 +271,10 @@ def test_mix_pairs_ratio_and_upsampling():
   assert sum(i.startswith("a") for i in ids) == 5
   # Upsampled evenly: each adversarial pair used 2 or 3 times.
   assert sorted([ids.count("a0"), ids.count("a1")]) == [2, 3]
-  assert filtering.mix_pairs(ordinary, adversarial, 0.5, seed=0,
-                             total=10) == mixed  # Deterministic.
+  assert filtering.mix_pairs(ordinary, adversarial, 0.5, seed=0, total=10) == mixed  # Deterministic.
   assert filtering.mix_pairs(ordinary, adversarial, 0.0, seed=1) != []
-  assert all(r["id"].startswith("o") for r in
-             filtering.mix_pairs(ordinary, adversarial, 0.0, seed=1))
-  assert sorted(r["id"] for r in filtering.mix_pairs(
-      ordinary, adversarial, 1.0, seed=1)) == ["a0", "a1"]
+  assert all(r["id"].startswith("o") for r in filtering.mix_pairs(ordinary, adversarial, 0.0, seed=1))
+  assert sorted(r["id"] for r in filtering.mix_pairs(ordinary, adversarial, 1.0, seed=1)) == ["a0", "a1"]
   with pytest.raises(ValueError, match="adversarial_fraction"):
     filtering.mix_pairs(ordinary, adversarial, 1.5, seed=0)
   with pytest.raises(ValueError, match="empty"):

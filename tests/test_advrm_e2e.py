@@ -17,15 +17,20 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic.py"
-RUNS = ("conventional", "ensemble_mean", "ensemble_min", "uncertainty_weighted", "adv_rm", "fresh_pairs",
-        "oracle_gold")
+RUNS = ("conventional", "ensemble_mean", "ensemble_min", "uncertainty_weighted", "adv_rm", "fresh_pairs", "oracle_gold")
 
 
 def _run(workdir: pathlib.Path, *overrides: str) -> subprocess.CompletedProcess:
   # One CPU device: the small run is about the pipeline, not the mesh.
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  return subprocess.run([sys.executable, "-m", "advrm_jax.main", f"--config={CONFIG}:small", f"--workdir={workdir}",
-                         *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+  return subprocess.run(
+    [sys.executable, "-m", "advrm_jax.main", f"--config={CONFIG}:small", f"--workdir={workdir}", *overrides],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=3600,
+  )
 
 
 def _is_percent(stat) -> bool:
@@ -38,8 +43,17 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
   result = _run(workdir)
   assert result.returncode == 0, result.stderr[-4000:]
 
-  for done in ("sft", "prefs", "attack/round_0", "filter/round_0", "advtrain/round_1", "advtrain/round_2",
-               "attack/round_2", "filter/round_2", *(f"rlhf/{r}" for r in RUNS)):
+  for done in (
+    "sft",
+    "prefs",
+    "attack/round_0",
+    "filter/round_0",
+    "advtrain/round_1",
+    "advtrain/round_2",
+    "attack/round_2",
+    "filter/round_2",
+    *(f"rlhf/{r}" for r in RUNS),
+  ):
     assert (workdir / done / "DONE").exists(), done
   assert (workdir / "advtrain" / "final").resolve() == (workdir / "advtrain" / "round_2").resolve()
   assert (workdir / "advtrain_control" / "final").resolve() == (workdir / "advtrain_control" / "round_2").resolve()
@@ -53,8 +67,11 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
     for arm in ("advtrain", "advtrain_control"):
       round_dir = workdir / arm / f"round_{r}"
       pairs = [json.loads(line) for line in (round_dir / "pairs.jsonl").read_text().splitlines()]
-      steps = [row["step"] for row in map(json.loads, (round_dir / "rm" / "metrics.jsonl").read_text().splitlines())
-               if "loss" in row]
+      steps = [
+        row["step"]
+        for row in map(json.loads, (round_dir / "rm" / "metrics.jsonl").read_text().splitlines())
+        if "loss" in row
+      ]
       trained[arm] = (len(pairs), sum(p["adversarial"] for p in pairs), sum(p["fresh"] for p in pairs), max(steps))
     assert trained["advtrain_control"] == (num_ordinary + 200, 0, 200, 10)
     summary = json.loads((workdir / "advtrain" / f"round_{r}" / "summary.json").read_text())
@@ -99,8 +116,13 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
 
   # The method checks come first, each with its value, rule and verdict.
   checks = report["method_checks"]
-  assert set(checks) == {"adversary_final_mean_zU", "kept_unique_per_round", "member_reward_corr_adversary",
-                         "conventional_rlhf_gold_rise", "all_pass"}
+  assert set(checks) == {
+    "adversary_final_mean_zU",
+    "kept_unique_per_round",
+    "member_reward_corr_adversary",
+    "conventional_rlhf_gold_rise",
+    "all_pass",
+  }
   assert len(checks["kept_unique_per_round"]["value"]) == 3
   assert checks["all_pass"] == all(c["pass"] for k, c in checks.items() if k != "all_pass")
   assert report["attack_success"]["prompts"] == "held-out"
@@ -126,8 +148,10 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
     assert 0.0 <= value["target_member"] <= 1.0 and len(value["members"]) == 2
   assert 0.5 <= report["label_gold_agreement"] <= 1.0
 
-  assert {t["target"] for t in report["targets"]} >= {"Adv-RM attack success (round 0, standard) >= 80%",
-                                                       "After 2 rounds, attack success <= 20%"}
+  assert {t["target"] for t in report["targets"]} >= {
+    "Adv-RM attack success (round 0, standard) >= 80%",
+    "After 2 rounds, attack success <= 20%",
+  }
   assert report["paper_table1"]["Adv-RM"] == [99.31, 92.91]
   markdown = (workdir / "REPORT.md").read_text()
   assert "Table 1" in markdown and "Targets" in markdown and "Which uncertainty signal" in markdown
@@ -140,7 +164,12 @@ def test_small_config_runs_every_stage_and_writes_a_sane_report(tmp_path):
   # Every artefact is in place: a rerun skips the finished stages and rebuilds the same report.
   again = _run(workdir, "--verbosity=0")  # the skip messages are INFO lines
   assert again.returncode == 0, again.stderr[-4000:]
-  for skipped in ("sft: ", "prefs: ", "attack/round_0: done, skipping", "advtrain/round_2: done, skipping",
-                  "rlhf/conventional: done, skipping"):
+  for skipped in (
+    "sft: ",
+    "prefs: ",
+    "attack/round_0: done, skipping",
+    "advtrain/round_2: done, skipping",
+    "rlhf/conventional: done, skipping",
+  ):
     assert skipped in again.stderr, skipped
   assert json.loads((workdir / "report.json").read_text())["attack_success"] == report["attack_success"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -36,7 +38,7 @@ def imported_names(node: ast.AST, module: str, is_package: bool) -> list[str]:
     return [alias.name for alias in node.names]
   assert isinstance(node, ast.ImportFrom)
   if node.level:
-    base = module.split(".")[:len(module.split(".")) - node.level + (1 if is_package else 0)]
+    base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
     prefix = ".".join(base + ([node.module] if node.module else []))
   else:
     prefix = node.module or ""
@@ -76,7 +78,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[path.pop()] = 2
         stack.pop()
       elif state.get(child) == 1:
-        return path[path.index(child):] + [child]
+        return path[path.index(child) :] + [child]
       elif not state.get(child):
         state[child] = 1
         path.append(child)
@@ -124,10 +126,15 @@ def deferred_ok(line: str) -> bool:
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_no_import_inside_functions(name):
   path = modules()[name]
-  bad = [f"{path.relative_to(ROOT.parent)}:{line}: {text}" for line, text in function_imports(path)
-         if not deferred_ok(text)]
-  assert not bad, ("imports inside functions (move them to the top; only " + ", ".join(DEFERRED) +
-                   " may be deferred, with the reason in a comment on the line):\n" + "\n".join(bad))
+  bad = [
+    f"{path.relative_to(ROOT.parent)}:{line}: {text}" for line, text in function_imports(path) if not deferred_ok(text)
+  ]
+  assert not bad, (
+    "imports inside functions (move them to the top; only "
+    + ", ".join(DEFERRED)
+    + " may be deferred, with the reason in a comment on the line):\n"
+    + "\n".join(bad)
+  )
 
 
 def test_deferred_rule_needs_the_package_and_a_reason():
@@ -145,9 +152,35 @@ def test_no_stage_imports_another_stage():
   is their job (and no stage calls them).
   """
   graph = import_graph()
-  stages = {f"{PACKAGE}.pipelines.{m}" for m in ("sft", "rlhf", "rm", "empo", "probes", "prefs", "attack",
-                                                 "filter_stage", "advtrain", "inspect_stage", "online", "evaluate")}
+  stages = {
+    f"{PACKAGE}.pipelines.{m}"
+    for m in (
+      "sft",
+      "rlhf",
+      "rm",
+      "empo",
+      "probes",
+      "prefs",
+      "attack",
+      "filter_stage",
+      "advtrain",
+      "inspect_stage",
+      "online",
+      "evaluate",
+    )
+  }
   schedules = {f"{PACKAGE}.pipelines.advrm", f"{PACKAGE}.pipelines.study"}
-  bad = sorted((a, b) for a in stages | schedules for b in graph.get(a, ())
-               if b in stages | schedules and a not in schedules)
+  bad = sorted(
+    (a, b) for a in stages | schedules for b in graph.get(a, ()) if b in stages | schedules and a not in schedules
+  )
   assert not bad, bad
+
+
+@pytest.mark.parametrize("command", [["format", "--check"], ["check"]], ids=["format", "lint"])
+def test_the_repo_follows_its_one_formatter_and_linter_config(command):
+  """pyproject.toml's [tool.ruff] is the style: `ruff format .` and `ruff check --fix .` mend a failure."""
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  result = subprocess.run(
+    [sys.executable, "-m", "ruff", *command, "."], cwd=repo, capture_output=True, text=True, check=False
+  )
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

@@ -35,8 +35,13 @@ def test_vmapped_width_two_equals_two_serial_calls(quick, part):
     mine, theirs = _leaves(vmapped), _leaves(serial)
     assert [p for p, _ in mine] == [p for p, _ in theirs]
     for (path, a), (_, b) in zip(mine, theirs):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6,
-                                 err_msg=f"{part} realisation {r} {jax.tree_util.keystr(path)}")
+      np.testing.assert_allclose(
+        np.asarray(a),
+        np.asarray(b),
+        rtol=1e-5,
+        atol=1e-6,
+        err_msg=f"{part} realisation {r} {jax.tree_util.keystr(path)}",
+      )
   # One step was taken by each side.
   state0, _ = check["serial"][0]
   assert np.all(np.asarray(state0.step) == 1)

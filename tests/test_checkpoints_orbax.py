@@ -43,7 +43,10 @@ def test_mismatched_model_names_the_parameter(tmp_path):
   ckpt.save(1, state)
   ckpt.wait()
   other, _ = _state(CFG.replace(d_ff=48))
-  with pytest.raises(CheckpointMismatchError, match=r"parameter params/layers/down_kernel has shape \(1, 32, 16\), the model expects \(1, 48, 16\)"):
+  with pytest.raises(
+    CheckpointMismatchError,
+    match=r"parameter params/layers/down_kernel has shape \(1, 32, 16\), the model expects \(1, 48, 16\)",
+  ):
     ckpt.restore(other)
 
 

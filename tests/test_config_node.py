@@ -38,8 +38,9 @@ def test_unknown_key_names_its_path_the_known_keys_and_a_close_match():
   assert str(info.value) == "config.attack.lamda: unknown key; known: lam, penalty; did you mean 'lam'?"
   with pytest.raises(ConfigError) as info:
     check_keys(["zzz", "penalti"], ["lam", "penalty"], "config.attack")
-  assert str(info.value) == ("config.attack.penalti, config.attack.zzz: unknown keys; known: lam, penalty; "
-                             "did you mean 'penalty' for 'penalti'?")
+  assert str(info.value) == (
+    "config.attack.penalti, config.attack.zzz: unknown keys; known: lam, penalty; did you mean 'penalty' for 'penalti'?"
+  )
   with pytest.raises(ConfigError, match=r"^config.seed.x: unknown key \(config.seed holds no keys\)$"):
     check_keys(["x"], [], "config.seed")
 
@@ -66,8 +67,11 @@ def test_every_node_checks_the_same_way():
     ModelConfig.from_dict({"d_modle": 8})
   with pytest.raises(ConfigError, match=r"^config.rm.backbone.model.n_layers: unknown key"):
     ModelConfig.from_dict({"n_layers": 1}, "config.rm.backbone.model")
-  with pytest.raises(ConfigError, match=r"^config.sft.optimizer.lr: unknown key; known: b1, b2, eps, grad_clip, "
-                     r"learning_rate, schedule"):
+  with pytest.raises(
+    ConfigError,
+    match=r"^config.sft.optimizer.lr: unknown key; known: b1, b2, eps, grad_clip, "
+    r"learning_rate, schedule",
+  ):
     make_optimizer({"lr": 1e-3}, "config.sft.optimizer")
   with pytest.raises(ConfigError, match=r"^config.inspect.rounds: unknown key; .*did you mean 'round'\?$"):
     from_node(InspectConfig, {"rounds": 1}, "config.inspect")
@@ -95,8 +99,17 @@ def test_the_online_node_of_the_synthetic_config_is_typed_and_complete():
 
 def test_optimizer_defaults_are_the_dataclass_defaults():
   # The documented defaults (docs/configs.md) of a key an optimizer node leaves out.
-  assert OPTIMIZER_DEFAULTS == dict(learning_rate=3e-4, schedule="cosine", warmup_steps=0, total_steps=1000,
-                                    weight_decay=0.0, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8)
+  assert OPTIMIZER_DEFAULTS == dict(
+    learning_rate=3e-4,
+    schedule="cosine",
+    warmup_steps=0,
+    total_steps=1000,
+    weight_decay=0.0,
+    grad_clip=1.0,
+    b1=0.9,
+    b2=0.95,
+    eps=1e-8,
+  )
 
 
 def test_common_factories_keep_field_references():

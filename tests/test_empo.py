@@ -20,7 +20,7 @@ from advrm_jax.rl.sampler import SamplingConfig
 from advrm_jax.train_state import make_optimizer, split_module
 
 # Three prompts x G = 4 answers; -1 is "no answer".
-KEYS = np.array([5, 5, 3, -1,   7, 7, 7, 7,   1, 2, -1, -1])
+KEYS = np.array([5, 5, 3, -1, 7, 7, 7, 7, 1, 2, -1, -1])
 H0 = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))  # 0.6365
 
 
@@ -30,8 +30,8 @@ def _responses(texts, width=24):
   mask = np.zeros((len(texts), width), bool)
   for i, text in enumerate(texts):
     ids = rw.TOKENIZER.encode(text) + [rw.EOS_ID]
-    tokens[i, :len(ids)] = ids
-    mask[i, :len(ids)] = True
+    tokens[i, : len(ids)] = ids
+    mask[i, : len(ids)] = True
   return tokens, mask
 
 
@@ -39,13 +39,15 @@ def _responses(texts, width=24):
 
 
 def test_answer_extraction_by_hand():
-  tokens, mask = _responses([
+  tokens, mask = _responses(
+    [
       "now five . now nine . check . now six . now ten . answer ten .",
-      "now three . answer",                 # "answer" with nothing after it
-      "answer check seven .",               # a non-number after "answer"
+      "now three . answer",  # "answer" with nothing after it
+      "answer check seven .",  # a non-number after "answer"
       "now two . answer four . answer six .",  # the first "answer" counts
-      "now two .",                          # no "answer" at all
-  ])
+      "now two .",  # no "answer" at all
+    ]
+  )
   tokens[4, 4:7] = rw.TOKENIZER.encode("answer one .")  # after EOS: ignored
   mask[4, 4:7] = True
   values, positions = rw.final_answer(tokens, mask)
@@ -74,8 +76,12 @@ def test_true_values_and_labels_by_hand():
   np.testing.assert_array_equal(rw.true_answer(prompts["tokens"], prompts["mask"]), [6, 6])
 
   # Attempt 1 slips at step 1 (nine instead of ten), attempt 2 is right.
-  tokens, mask = _responses(["now five . now nine . now five . check . now five . now ten . now six . answer six .",
-                             "now five . now six . now seven . answer seven ."])
+  tokens, mask = _responses(
+    [
+      "now five . now nine . now five . check . now five . now ten . now six . answer six .",
+      "now five . now six . now seven . answer seven .",
+    ]
+  )
   labels = rw.intermediate_labels(prompts["tokens"], prompts["mask"], tokens, mask)
   cols = np.nonzero(np.asarray(labels["is_answer"][0]))[0]
   np.testing.assert_array_equal(np.asarray(labels["correct"][0])[cols], [1, 0, 0, 1, 1, 1])
@@ -109,8 +115,9 @@ def test_sft_corpus_is_imperfect_and_parses():
   values, _ = rw.final_answer(tokens, mask)
   prompts = rw.prompt_arrays(rw.make_problems(400, 0, "sft"))  # the corpus's own prompts
   assert np.all(np.asarray(values) >= 0)
-  np.testing.assert_array_equal(rw.correctness_reward(prompts["tokens"], prompts["mask"], tokens, mask),
-                                [c["correct"] for c in corpus])
+  np.testing.assert_array_equal(
+    rw.correctness_reward(prompts["tokens"], prompts["mask"], tokens, mask), [c["correct"] for c in corpus]
+  )
 
 
 # ---------------------------------------------------------------- EMPO maths
@@ -118,16 +125,16 @@ def test_sft_corpus_is_imperfect_and_parses():
 
 def test_cluster_shares_and_entropy_by_hand():
   scores, info = empo.empo_scores(KEYS, KEYS >= 0, num_samples=4)
-  np.testing.assert_allclose(scores, [2 / 3, 2 / 3, 1 / 3, 0, 1, 1, 1, 1, .5, .5, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(scores, [2 / 3, 2 / 3, 1 / 3, 0, 1, 1, 1, 1, 0.5, 0.5, 0, 0], rtol=1e-6)
   np.testing.assert_allclose(info["entropy"], [H0, 0.0, math.log(2)], rtol=1e-6)
   np.testing.assert_array_equal(info["ids"], [[0, 0, 2, -1], [0, 0, 0, 0], [0, 1, -1, -1]])
   np.testing.assert_array_equal(info["keep"], [True, True, True])
 
   # "no answer" as its own cluster: group 1 is {5,5}, {3}, {none}: n = 4.
   scores, info = empo.empo_scores(KEYS, KEYS >= 0, 4, no_answer="cluster")
-  np.testing.assert_allclose(scores[:4], [.5, .5, .25, .25])
-  np.testing.assert_allclose(info["entropy"][0], -(.5 * math.log(.5) + 2 * .25 * math.log(.25)), rtol=1e-6)
-  np.testing.assert_allclose(scores[8:], [.25, .25, .5, .5])
+  np.testing.assert_allclose(scores[:4], [0.5, 0.5, 0.25, 0.25])
+  np.testing.assert_allclose(info["entropy"][0], -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)), rtol=1e-6)
+  np.testing.assert_allclose(scores[8:], [0.25, 0.25, 0.5, 0.5])
 
   # log p(c|q); an excluded answerless response gets the floor log(1 / 2G).
   scores, _ = empo.empo_scores(KEYS, KEYS >= 0, 4, reward="log_prob")
@@ -171,13 +178,28 @@ def test_semantic_uncertainty_feeds_the_adv_rm_filter():
 
 
 def test_source_inside_jit_matches_hand_values_and_config_checks():
-  texts = ["answer five .", "now one . answer five .", "answer three .", "now two .",
-           "answer seven .", "answer seven .", "answer seven .", "answer seven ."]
+  texts = [
+    "answer five .",
+    "now one . answer five .",
+    "answer three .",
+    "now two .",
+    "answer seven .",
+    "answer seven .",
+    "answer seven .",
+    "answer seven .",
+  ]
   tokens, mask = _responses(texts, width=8)
   source = empo.SemanticEntropySource(num_samples=4, key_fn=rw.final_answer_key)
   prompt = jnp.zeros((8, 2), jnp.int32)
-  rollout = Rollout(prompt, jnp.ones((8, 2), bool), jnp.asarray(tokens), jnp.asarray(mask),
-                    jnp.concatenate([prompt, tokens], 1), jnp.ones((8, 10), bool), jnp.zeros(8))
+  rollout = Rollout(
+    prompt,
+    jnp.ones((8, 2), bool),
+    jnp.asarray(tokens),
+    jnp.asarray(mask),
+    jnp.concatenate([prompt, tokens], 1),
+    jnp.ones((8, 10), bool),
+    jnp.zeros(8),
+  )
   scores, metrics = jax.jit(source)(None, rollout)
   np.testing.assert_allclose(scores, [2 / 3, 2 / 3, 1 / 3, 0, 1, 1, 1, 1], rtol=1e-6)
   np.testing.assert_allclose(metrics["empo/semantic_entropy"], H0 / 2, rtol=1e-6)
@@ -187,23 +209,36 @@ def test_source_inside_jit_matches_hand_values_and_config_checks():
     empo.check_rl_config(RLConfig(algorithm="grpo", num_samples=4, kl_in_reward=False), source)
   with pytest.raises(ValueError, match="kl_in_reward"):
     empo.check_rl_config(RLConfig(algorithm="grpo", num_samples=4, whiten_advantages=False), source)
-  empo.check_rl_config(RLConfig(algorithm="grpo", num_samples=4, whiten_advantages=False, kl_in_reward=False),
-                       source)
+  empo.check_rl_config(RLConfig(algorithm="grpo", num_samples=4, whiten_advantages=False, kl_in_reward=False), source)
 
 
 def test_empo_reward_runs_inside_the_jitted_rl_iteration():
-  cfg = ModelConfig(vocab_size=rw.VOCAB_SIZE, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16,
-                    d_ff=64, max_seq_len=32)
+  cfg = ModelConfig(
+    vocab_size=rw.VOCAB_SIZE,
+    d_model=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=2,
+    head_dim=16,
+    d_ff=64,
+    max_seq_len=32,
+  )
   graphdef, params, _ = split_module(Transformer(cfg, rngs=nnx.Rngs(0)))
-  config = RLConfig(algorithm="grpo", num_samples=4, whiten_advantages=False, kl_in_reward=False,
-                    kl_estimator="k3")
+  config = RLConfig(algorithm="grpo", num_samples=4, whiten_advantages=False, kl_in_reward=False, kl_estimator="k3")
   source = empo.SemanticEntropySource(num_samples=4, key_fn=rw.final_answer_key, entropy_max=1.0)
   empo.check_rl_config(config, source)
   optimizer = make_optimizer(learning_rate=1e-3, schedule="constant")
   state = init_rl_state(init_policy_params(params, cfg.d_model), optimizer, config)
-  iteration = jax.jit(make_iteration(graphdef, optimizer, config,
-                                     SamplingConfig(max_new_tokens=8, eos_id=rw.EOS_ID, pad_id=0), source,
-                                     gold_fn=rw.correctness_reward))
+  iteration = jax.jit(
+    make_iteration(
+      graphdef,
+      optimizer,
+      config,
+      SamplingConfig(max_new_tokens=8, eos_id=rw.EOS_ID, pad_id=0),
+      source,
+      gold_fn=rw.correctness_reward,
+    )
+  )
   prompts = {k: jnp.asarray(v) for k, v in rw.prompt_arrays(rw.make_problems(2, 0, "rl")).items()}
   state, out = iteration(state, params, None, prompts, jax.random.key(0))
   for key in ("loss", "empo/semantic_entropy", "empo/kept_fraction", "gold_reward"):

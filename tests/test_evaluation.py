@@ -26,8 +26,7 @@ def test_attack_success_standard_against_reference_mean():
   ref_gold = np.array([[2.0, 4.0], [1.0, 1.0], [0.0, 2.0]])
   adv_proxy = np.array([2.5, 0.5, 6.0])
   adv_gold = np.array([2.0, 0.0, 1.0])
-  out = attack.attack_success_standard(adv_proxy, ref_proxy, adv_gold,
-                                       ref_gold)
+  out = attack.attack_success_standard(adv_proxy, ref_proxy, adv_gold, ref_gold)
   np.testing.assert_array_equal(out["proxy_win"], [True, False, True])
   # Prompt 2: gold 1 == mean 1 is not a loss (strict).
   np.testing.assert_array_equal(out["gold_loss"], [True, True, False])
@@ -35,8 +34,7 @@ def test_attack_success_standard_against_reference_mean():
   np.testing.assert_allclose(out["rate"], 1 / 3, rtol=1e-6)
   # One reference sample per prompt, given as [P]: plain comparison with
   # proxy [1, 0, 5] (all beaten) and gold [2, 1, 0] (only prompt 1 lost).
-  out = attack.attack_success_standard(adv_proxy, ref_proxy[:, 0], adv_gold,
-                                       ref_gold[:, 0])
+  out = attack.attack_success_standard(adv_proxy, ref_proxy[:, 0], adv_gold, ref_gold[:, 0])
   np.testing.assert_array_equal(out["success"], [False, True, False])
 
 
@@ -53,23 +51,18 @@ ADV_GOLD = np.array([0.5, 0.9, -1.0])  # z = [-2.5, -0.1 / min_std, -1.5]
 def test_attack_success_strict_hand_computed():
   out = attack.attack_success_strict(ADV_PROXY, REF_PROXY, ADV_GOLD, REF_GOLD)
   np.testing.assert_allclose(out["proxy_z"], [0.5, 0.5, 2.0], rtol=1e-6)
-  np.testing.assert_allclose(out["gold_z"], [-2.5, -0.1 / 1e-6, -1.5],
-                             rtol=1e-4)
+  np.testing.assert_allclose(out["gold_z"], [-2.5, -0.1 / 1e-6, -1.5], rtol=1e-4)
   np.testing.assert_array_equal(out["success"], [True, True, False])
   np.testing.assert_allclose(out["rate"], 2 / 3, rtol=1e-6)
   assert int(out["num_degenerate_gold"]) == 1
   # A larger std floor turns the degenerate prompt's -0.1 into z = -0.2.
-  out = attack.attack_success_strict(ADV_PROXY, REF_PROXY, ADV_GOLD, REF_GOLD,
-                                     min_std=0.5)
+  out = attack.attack_success_strict(ADV_PROXY, REF_PROXY, ADV_GOLD, REF_GOLD, min_std=0.5)
   np.testing.assert_array_equal(out["success"], [True, False, False])
   # Population std (ddof = 0): prompt 0's gold std is sqrt(2/3).
-  out = attack.attack_success_strict(ADV_PROXY, REF_PROXY, ADV_GOLD, REF_GOLD,
-                                     ddof=0)
-  np.testing.assert_allclose(out["gold_z"][0], -2.5 / np.sqrt(2 / 3),
-                             rtol=1e-5)
+  out = attack.attack_success_strict(ADV_PROXY, REF_PROXY, ADV_GOLD, REF_GOLD, ddof=0)
+  np.testing.assert_allclose(out["gold_z"][0], -2.5 / np.sqrt(2 / 3), rtol=1e-5)
   # Standard on the same data: every prompt succeeds (strict is stricter).
-  std_out = attack.attack_success_standard(ADV_PROXY, REF_PROXY, ADV_GOLD,
-                                           REF_GOLD)
+  std_out = attack.attack_success_standard(ADV_PROXY, REF_PROXY, ADV_GOLD, REF_GOLD)
   np.testing.assert_allclose(std_out["rate"], 1.0)
 
 
@@ -85,8 +78,7 @@ def test_attack_success_jit_and_multiple_adversarial_samples():
   np.testing.assert_array_equal(out["success"][:, 0], [True, True, False])
   np.testing.assert_array_equal(out["success"][:, 1], [False] * 3)
   np.testing.assert_allclose(out["rate"], 2 / 6, rtol=1e-6)
-  out = attack.attack_success_standard(adv_proxy, REF_PROXY, adv_gold,
-                                       REF_GOLD)
+  out = attack.attack_success_standard(adv_proxy, REF_PROXY, adv_gold, REF_GOLD)
   np.testing.assert_allclose(out["rate"], 3 / 6, rtol=1e-6)
 
 
@@ -97,20 +89,16 @@ def test_attack_success_summary_in_percent_and_errors():
   assert summary["num_responses"] == 3
   assert summary["num_degenerate_gold"] == 1
   with pytest.raises(ValueError, match="more than ddof"):
-    attack.attack_success_strict(ADV_PROXY, REF_PROXY[:, :1], ADV_GOLD,
-                                 REF_GOLD[:, :1])
+    attack.attack_success_strict(ADV_PROXY, REF_PROXY[:, :1], ADV_GOLD, REF_GOLD[:, :1])
   with pytest.raises(ValueError, match="P=3"):
-    attack.attack_success_standard(ADV_PROXY[:2], REF_PROXY, ADV_GOLD,
-                                   REF_GOLD)
+    attack.attack_success_standard(ADV_PROXY[:2], REF_PROXY, ADV_GOLD, REF_GOLD)
 
 
 def test_pooled_within_prompt_std_hand_computed():
   # Variances (ddof=1): [1, 3] -> 2, [2, 2] -> 0; sqrt(mean) = 1.
-  assert attack.pooled_within_prompt_std([[1.0, 3.0], [2.0, 2.0]]) == (
-      pytest.approx(1.0))
+  assert attack.pooled_within_prompt_std([[1.0, 3.0], [2.0, 2.0]]) == (pytest.approx(1.0))
   # [3,3,3,3] -> 0, [3,3,2,2] -> 1/3, [1,3,1,3] -> 4/3: sqrt(5/9).
-  assert attack.pooled_within_prompt_std(DISCRETE_REF_GOLD) == pytest.approx(
-      np.sqrt(5) / 3)
+  assert attack.pooled_within_prompt_std(DISCRETE_REF_GOLD) == pytest.approx(np.sqrt(5) / 3)
   with pytest.raises(ValueError, match="n >= 2"):
     attack.pooled_within_prompt_std([[1.0], [2.0]])
 
@@ -133,27 +121,24 @@ def test_strict_criterion_with_pooled_gold_floor_on_discrete_gold():
   #   prompt 0: -1/0.745 = -1.34 (no), -1.5/0.745 = -2.01 (yes);
   #   prompt 1: -1.5/0.745 = -2.01 (yes), -1/0.745 = -1.34 (no);
   #   prompt 2: -2/1.155 = -1.73 (no), -2.5/1.155 = -2.17 (yes).
-  out = attack.attack_success_strict(DISCRETE_ADV_PROXY, DISCRETE_REF_PROXY,
-                                     DISCRETE_ADV_GOLD, DISCRETE_REF_GOLD,
-                                     gold_std_floor=floor)
+  out = attack.attack_success_strict(
+    DISCRETE_ADV_PROXY, DISCRETE_REF_PROXY, DISCRETE_ADV_GOLD, DISCRETE_REF_GOLD, gold_std_floor=floor
+  )
   s5 = np.sqrt(5) / 3
   np.testing.assert_allclose(
-      out["gold_z"], [[-1 / s5, -1.5 / s5], [-1.5 / s5, -1 / s5],
-                      [-2 / np.sqrt(4 / 3), -2.5 / np.sqrt(4 / 3)]], rtol=1e-5)
-  np.testing.assert_array_equal(out["success"], [[False, True], [True, False],
-                                                 [False, True]])
+    out["gold_z"], [[-1 / s5, -1.5 / s5], [-1.5 / s5, -1 / s5], [-2 / np.sqrt(4 / 3), -2.5 / np.sqrt(4 / 3)]], rtol=1e-5
+  )
+  np.testing.assert_array_equal(out["success"], [[False, True], [True, False], [False, True]])
   assert float(out["rate"]) == pytest.approx(3 / 6)
   # The floor is the gold's alone: prompt 0's proxy std 0 stays at min_std.
   np.testing.assert_allclose(out["proxy_z"][0], [1e6, 1e6], rtol=1e-4)
   # Without the floor, prompt 0 counts both (z = -1e6, -1.5e6) and prompt
   # 1 divides by 0.577: -2.60 (yes), -1.73 (no): 4 of 6.
-  out = attack.attack_success_strict(DISCRETE_ADV_PROXY, DISCRETE_REF_PROXY,
-                                     DISCRETE_ADV_GOLD, DISCRETE_REF_GOLD)
-  np.testing.assert_array_equal(out["success"], [[True, True], [True, False],
-                                                 [False, True]])
-  summary = attack.attack_success(DISCRETE_ADV_PROXY, DISCRETE_REF_PROXY,
-                                  DISCRETE_ADV_GOLD, DISCRETE_REF_GOLD,
-                                  gold_std_floor=floor)
+  out = attack.attack_success_strict(DISCRETE_ADV_PROXY, DISCRETE_REF_PROXY, DISCRETE_ADV_GOLD, DISCRETE_REF_GOLD)
+  np.testing.assert_array_equal(out["success"], [[True, True], [True, False], [False, True]])
+  summary = attack.attack_success(
+    DISCRETE_ADV_PROXY, DISCRETE_REF_PROXY, DISCRETE_ADV_GOLD, DISCRETE_REF_GOLD, gold_std_floor=floor
+  )
   assert summary["strict"] == pytest.approx(50.0)
   assert summary["standard"] == pytest.approx(100.0)
   assert summary["num_degenerate_gold"] == 1
@@ -167,17 +152,13 @@ def test_value_at_kl_interpolates_at_first_crossing():
   # -> 20 - 5 * 1.5 / 2.5 = 17; 6: between (5, 15) and (7, 17) -> 16;
   # 3: logged exactly -> 13; 8: never reached -> NaN.
   np.testing.assert_allclose(attack.value_at_kl(kl, values), [12, 17, 16])
-  np.testing.assert_allclose(attack.value_at_kl(kl, values, (3.0, 8.0)),
-                             [13, np.nan])
+  np.testing.assert_allclose(attack.value_at_kl(kl, values, (3.0, 8.0)), [13, np.nan])
   # A step with non-finite KL is not a logged point.
-  np.testing.assert_allclose(
-      attack.value_at_kl([0.0, np.nan, 4.0], [0.0, 100.0, 4.0], (2.0,)), [2])
+  np.testing.assert_allclose(attack.value_at_kl([0.0, np.nan, 4.0], [0.0, 100.0, 4.0], (2.0,)), [2])
   # Above the target from the first step: nothing to interpolate from.
-  np.testing.assert_allclose(attack.value_at_kl([2.5, 3.0], [1.0, 2.0],
-                                                (2.0, 2.5)), [np.nan, 1.0])
+  np.testing.assert_allclose(attack.value_at_kl([2.5, 3.0], [1.0, 2.0], (2.0, 2.5)), [np.nan, 1.0])
   # [S, T]: one row per seed.
-  out = attack.value_at_kl([kl[:4] + [5.0, 7.0], [0.0, 2.0, 4.0, 6.0, 6, 6]],
-                           [values, [0.0, 1.0, 2.0, 3.0, 9, 9]])
+  out = attack.value_at_kl([kl[:4] + [5.0, 7.0], [0.0, 2.0, 4.0, 6.0, 6, 6]], [values, [0.0, 1.0, 2.0, 3.0, 9, 9]])
   np.testing.assert_allclose(out, [[12, 17, 16], [1, 2, 3]])
   with pytest.raises(ValueError, match="one shape"):
     attack.value_at_kl([0.0, 1.0], [0.0])
@@ -190,15 +171,14 @@ def test_uncertainty_gold_correlation():
   assert out["spearman"] == pytest.approx(1.0)
   assert out["n"] == 5
   # x vs x^2: sum dx dy = 60, sum dx^2 = 10, sum dy^2 = 374.
-  out = attack.uncertainty_gold_correlation(x, x ** 2)
+  out = attack.uncertainty_gold_correlation(x, x**2)
   assert out["pearson"] == pytest.approx(60 / math.sqrt(3740), rel=1e-9)
   assert out["spearman"] == pytest.approx(1.0)
   # Tied u: ranks [1.5, 1.5, 3, 4] vs [1, 2, 3, 4] -> 4.5 / sqrt(4.5 * 5).
   out = attack.uncertainty_gold_correlation([1, 1, 2, 3], [1, 2, 3, 4])
   assert out["spearman"] == pytest.approx(4.5 / math.sqrt(22.5), rel=1e-9)
   # Undefined cases are NaN, non-finite pairs dropped.
-  assert math.isnan(attack.uncertainty_gold_correlation(
-      [1, 1, 1], [1, 2, 3])["pearson"])
+  assert math.isnan(attack.uncertainty_gold_correlation([1, 1, 1], [1, 2, 3])["pearson"])
   out = attack.uncertainty_gold_correlation([1, 2, np.nan, 3], [2, 4, 0, 6])
   assert out["n"] == 3 and out["pearson"] == pytest.approx(1.0)
 
@@ -218,8 +198,7 @@ def test_gold_rise_is_the_smoothed_peak_above_the_reference():
 
 
 def test_moving_average_is_trailing():
-  np.testing.assert_allclose(hacking.moving_average([1, 2, 3, 4], 2),
-                             [1.0, 1.5, 2.5, 3.5])
+  np.testing.assert_allclose(hacking.moving_average([1, 2, 3, 4], 2), [1.0, 1.5, 2.5, 3.5])
   np.testing.assert_allclose(hacking.moving_average([1, 2, 3], 1), [1, 2, 3])
 
 
@@ -229,8 +208,7 @@ def test_hacking_onset_known_step():
   # Peak 2 at point 2; point 3 is only 0.2 below; point 4 is 0.6 below with
   # proxy 3 > 2.
   assert hacking.hacking_onset(gold, proxy, margin=0.5) == 4
-  assert hacking.hacking_onset(gold, proxy, margin=0.5,
-                               steps=np.arange(6) * 10) == 40
+  assert hacking.hacking_onset(gold, proxy, margin=0.5, steps=np.arange(6) * 10) == 40
   assert hacking.hacking_onset(gold, proxy, margin=1.5) is None
   # Window 2: gold [0, .5, 1.5, 1.9, 1.6, 1.2] peaks at point 3; point 5 is
   # 0.7 below with smoothed proxy 3.25 > 2.25.
@@ -243,10 +221,8 @@ def test_hacking_onset_never():
   # Gold falls but so does the proxy: degradation, not hacking.
   assert hacking.hacking_onset([0, 2, 1, 0], [0, 2, 1, 0], margin=0.5) is None
   # Proxy must exceed its value at the gold peak (3), not just rise again.
-  assert hacking.hacking_onset([0, 2, 1, 0.5], [0, 3, 2.5, 2.9],
-                               margin=1.0) is None
-  assert hacking.hacking_onset([0, 2, 1, 0.5], [0, 3, 2.5, 3.1],
-                               margin=1.0) == 3
+  assert hacking.hacking_onset([0, 2, 1, 0.5], [0, 3, 2.5, 2.9], margin=1.0) is None
+  assert hacking.hacking_onset([0, 2, 1, 0.5], [0, 3, 2.5, 3.1], margin=1.0) == 3
   assert hacking.hacking_onset([], [], margin=1.0) is None
 
 
@@ -263,10 +239,8 @@ def test_steps_before_hacking_and_errors():
   proxy = [0.0, 1.0, 2.0, 2.5, 3.0, 3.5]
   assert hacking.steps_before_hacking(gold, proxy, 0.5) == (4, True)
   assert hacking.steps_before_hacking(gold, proxy, 1.5) == (5, False)
-  assert hacking.steps_before_hacking(gold, proxy, 1.5, budget=100) == (
-      100, False)
-  assert hacking.steps_before_hacking(
-      gold, proxy, 1.5, steps=np.arange(6) * 10) == (50, False)
+  assert hacking.steps_before_hacking(gold, proxy, 1.5, budget=100) == (100, False)
+  assert hacking.steps_before_hacking(gold, proxy, 1.5, steps=np.arange(6) * 10) == (50, False)
   with pytest.raises(ValueError, match="same length"):
     hacking.hacking_onset([1, 2], [1], margin=1.0)
   with pytest.raises(ValueError, match="finite"):
@@ -286,15 +260,13 @@ def test_aggregate_onsets_with_censored_seeds():
   # Lower bound over [10, 20, 50]: mean 80/3, sample variance 1300/3.
   assert summary["lower_bound_mean"] == pytest.approx(80 / 3)
   assert summary["lower_bound_std"] == pytest.approx(math.sqrt(1300 / 3))
-  assert hacking.format_onsets(summary) == (
-      ">= 27 ± 21 (1/3 no hacking within 50 steps)")
+  assert hacking.format_onsets(summary) == (">= 27 ± 21 (1/3 no hacking within 50 steps)")
 
   none = hacking.aggregate_onsets([None, None], budget=50)
   assert none["hacked_mean"] is None and none["hacked_std"] is None
   assert none["lower_bound_mean"] == 50 and none["lower_bound_std"] == 0
   assert hacking.format_onsets(none) == "no hacking within 50 steps (2/2 seeds)"
-  assert hacking.format_onsets(hacking.aggregate_onsets([4, 6], 50)) == (
-      "5 ± 1")
+  assert hacking.format_onsets(hacking.aggregate_onsets([4, 6], 50)) == ("5 ± 1")
 
 
 # ----------------------------------------------------------------------------
@@ -304,13 +276,10 @@ def test_aggregate_onsets_with_censored_seeds():
 
 def test_mean_std():
   out = report.mean_std([1.0, 2.0, 3.0, None, float("nan")])
-  assert out == {"mean": 2.0, "std": 1.0, "n": 3,
-                 "values": [1.0, 2.0, 3.0, None, None]}
-  assert report.mean_std([]) == {"mean": None, "std": None, "n": 0,
-                                 "values": []}
+  assert out == {"mean": 2.0, "std": 1.0, "n": 3, "values": [1.0, 2.0, 3.0, None, None]}
+  assert report.mean_std([]) == {"mean": None, "std": None, "n": 0, "values": []}
   assert report.mean_std(np.array([4.0]))["std"] == 0.0
-  assert report.format_mean_std(report.mean_std([0.1, 0.3]), scale=100,
-                                fmt=".1f") == "20.0 ± 14.1"
+  assert report.format_mean_std(report.mean_std([0.1, 0.3]), scale=100, fmt=".1f") == "20.0 ± 14.1"
   assert report.format_mean_std(report.mean_std([])) == "–"
 
 
@@ -319,19 +288,30 @@ Point = collections.namedtuple("Point", ["x", "y"])
 
 def test_report_json_round_trip(tmp_path):
   data = {
-      "attack": {"standard": np.float32(0.5), "per_seed": np.array([1, 2])},
-      "nan": float("nan"), "inf": np.float64(np.inf),
-      "jax": jnp.array([1.5, 2.5]), "scalar": jnp.float32(3.0),
-      "flag": np.bool_(True), "count": np.int64(7), "tuple": (1, None),
-      "point": Point(1, 2.0), 3: "int key",
+    "attack": {"standard": np.float32(0.5), "per_seed": np.array([1, 2])},
+    "nan": float("nan"),
+    "inf": np.float64(np.inf),
+    "jax": jnp.array([1.5, 2.5]),
+    "scalar": jnp.float32(3.0),
+    "flag": np.bool_(True),
+    "count": np.int64(7),
+    "tuple": (1, None),
+    "point": Point(1, 2.0),
+    3: "int key",
   }
   path = report.write_report_json(tmp_path / "sub" / "report.json", data)
   loaded = report.read_report_json(path)
   assert loaded == {
-      "attack": {"standard": 0.5, "per_seed": [1, 2]},
-      "nan": None, "inf": None, "jax": [1.5, 2.5], "scalar": 3.0,
-      "flag": True, "count": 7, "tuple": [1, None],
-      "point": {"x": 1, "y": 2.0}, "3": "int key",
+    "attack": {"standard": 0.5, "per_seed": [1, 2]},
+    "nan": None,
+    "inf": None,
+    "jax": [1.5, 2.5],
+    "scalar": 3.0,
+    "flag": True,
+    "count": 7,
+    "tuple": [1, None],
+    "point": {"x": 1, "y": 2.0},
+    "3": "int key",
   }
   # Plain JSON (no NaN tokens) and no leftover temporary file.
   assert "NaN" not in path.read_text()
@@ -342,21 +322,21 @@ def test_report_json_round_trip(tmp_path):
 
 
 def test_markdown_table():
-  table = report.markdown_table(["RM", "gold", "note"],
-                                [["conventional", 1.234, None],
-                                 ["adv|rm", float("nan"), np.int64(3)]])
-  assert table == ("| RM | gold | note |\n"
-                   "|---|---|---|\n"
-                   "| conventional | 1.23 | – |\n"
-                   "| adv\\|rm | – | 3 |\n")
+  table = report.markdown_table(
+    ["RM", "gold", "note"], [["conventional", 1.234, None], ["adv|rm", float("nan"), np.int64(3)]]
+  )
+  assert table == ("| RM | gold | note |\n|---|---|---|\n| conventional | 1.23 | – |\n| adv\\|rm | – | 3 |\n")
   with pytest.raises(ValueError, match="row 0 has 1 cells"):
     report.markdown_table(["a", "b"], [["x"]])
 
 
 def test_attack_table_lists_paper_numbers():
-  table = report.attack_table({
+  table = report.attack_table(
+    {
       "Adv-RM": {"standard": report.mean_std([96.0, 98.0]), "strict": 90.0},
-      "Online Adv-RM": {"standard": 50.0, "strict": None}})
+      "Online Adv-RM": {"standard": 50.0, "strict": None},
+    }
+  )
   lines = table.splitlines()
   assert lines[2] == "| Adv-RM | 97.00 ± 1.41 | 90.00 | 99.31 | 92.91 |"
   assert "| RM over-optimisation | – | – | 8.31 | 2.85 |" in lines
@@ -372,22 +352,22 @@ def _is_png(path) -> bool:
 
 def test_plots_write_png(tmp_path):
   rng = np.random.default_rng(0)
-  curves = {"conventional": {"gold": rng.normal(size=(3, 20)),
-                             "proxy": rng.normal(size=(3, 20))},
-            "adv-rm": {"gold": rng.normal(size=20),
-                       "proxy": rng.normal(size=20)}}
-  p1 = report.plot_reward_curves(tmp_path / "curves.png", curves,
-                                 steps=np.arange(20) * 5,
-                                 onsets={"conventional": 40.0, "adv-rm": None})
+  curves = {
+    "conventional": {"gold": rng.normal(size=(3, 20)), "proxy": rng.normal(size=(3, 20))},
+    "adv-rm": {"gold": rng.normal(size=20), "proxy": rng.normal(size=20)},
+  }
+  p1 = report.plot_reward_curves(
+    tmp_path / "curves.png", curves, steps=np.arange(20) * 5, onsets={"conventional": 40.0, "adv-rm": None}
+  )
   p2 = report.plot_attack_success_per_round(
-      tmp_path / "plots" / "attack.png",
-      {"standard": [[96.0, 40.0, 10.0], [98.0, 30.0, 12.0]],
-       "strict": [90.0, 20.0, 5.0]})
+    tmp_path / "plots" / "attack.png",
+    {"standard": [[96.0, 40.0, 10.0], [98.0, 30.0, 12.0]], "strict": [90.0, 20.0, 5.0]},
+  )
   u = rng.normal(size=50)
   gap = u + rng.normal(size=50)
   p3 = report.plot_uncertainty_vs_gold(
-      tmp_path / "scatter.png", u, gap,
-      correlation=attack.uncertainty_gold_correlation(u, gap))
+    tmp_path / "scatter.png", u, gap, correlation=attack.uncertainty_gold_correlation(u, gap)
+  )
   for p in (p1, p2, p3):
     assert _is_png(p), p
 
@@ -413,13 +393,10 @@ def _encode(responses, width=10):
 
 
 def test_word_substitution_greedy_finds_optimum():
-  tokens, mask = _encode(["rivers are truly calm .", "rivers are old ."],
-                         width=8)
-  out = perturbation.word_substitution_attack(tokens, mask, _toy_score,
-                                              budget=2, search="greedy")
+  tokens, mask = _encode(["rivers are truly calm .", "rivers are old ."], width=8)
+  out = perturbation.word_substitution_attack(tokens, mask, _toy_score, budget=2, search="greedy")
   # Best single swaps: calm -> bright (+3), then truly -> clearly (+2).
-  assert sw.TOKENIZER.decode_response(out.tokens[0]) == (
-      "rivers are clearly bright .")
+  assert sw.TOKENIZER.decode_response(out.tokens[0]) == ("rivers are clearly bright .")
   np.testing.assert_allclose(out.initial_score, [-2.0, 0.0])
   np.testing.assert_allclose(out.final_score, [3.0, 1.0])
   # Row 1: old -> bright (+1), then nothing helps.
@@ -435,25 +412,19 @@ def test_word_substitution_importance_order_and_budget():
   tokens, mask = _encode(["rivers are truly calm ."], width=8)
   # "calm" holds the score down most (deleting it gains 2), so TextFooler
   # replaces it first; with budget 1 "truly" stays.
-  out = perturbation.word_substitution_attack(tokens, mask, _toy_score,
-                                              budget=1, search="importance")
-  assert sw.TOKENIZER.decode_response(out.tokens[0]) == (
-      "rivers are truly bright .")
+  out = perturbation.word_substitution_attack(tokens, mask, _toy_score, budget=1, search="importance")
+  assert sw.TOKENIZER.decode_response(out.tokens[0]) == ("rivers are truly bright .")
   assert out.final_score[0] == pytest.approx(1.0)
-  out = perturbation.word_substitution_attack(tokens, mask, _toy_score,
-                                              budget=5)
-  assert sw.TOKENIZER.decode_response(out.tokens[0]) == (
-      "rivers are clearly bright .")
+  out = perturbation.word_substitution_attack(tokens, mask, _toy_score, budget=5)
+  assert sw.TOKENIZER.decode_response(out.tokens[0]) == ("rivers are clearly bright .")
   assert out.num_substitutions[0] == 2
   # Budget 0 leaves the response alone; topics join when asked for.
-  out = perturbation.word_substitution_attack(tokens, mask, _toy_score,
-                                              budget=0)
+  out = perturbation.word_substitution_attack(tokens, mask, _toy_score, budget=0)
   np.testing.assert_array_equal(out.tokens, tokens)
   out = perturbation.word_substitution_attack(
-      tokens, mask, _toy_score, budget=1, search="greedy",
-      classes=perturbation.SUBSTITUTABLE_CLASSES + ("topic",))
-  assert sw.TOKENIZER.decode_response(out.tokens[0]) == (
-      "bridges are truly calm .")
+    tokens, mask, _toy_score, budget=1, search="greedy", classes=perturbation.SUBSTITUTABLE_CLASSES + ("topic",)
+  )
+  assert sw.TOKENIZER.decode_response(out.tokens[0]) == ("bridges are truly calm .")
 
 
 def test_word_substitution_passes_example_ids():
@@ -470,8 +441,7 @@ def test_word_substitution_passes_example_ids():
     cold = (batch == sw.WORD_TO_ID["cold"]).sum(axis=1) * 10.0
     return np.where(example_ids == 1, cold, base)
 
-  out = perturbation.word_substitution_attack(tokens, mask, score, budget=1,
-                                              search="greedy")
+  out = perturbation.word_substitution_attack(tokens, mask, score, budget=1, search="greedy")
   assert set(seen) == {0, 1}
   assert sw.TOKENIZER.decode_response(out.tokens[0]) == "rivers are bright ."
   assert sw.TOKENIZER.decode_response(out.tokens[1]) == "birds are cold ."

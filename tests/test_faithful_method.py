@@ -7,16 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advrm_jax.adversarial.objective import (adversary_reward, member_standardization, per_prompt_threshold,
-                                             standardize_members)
+from advrm_jax.adversarial.objective import (
+  adversary_reward,
+  member_standardization,
+  per_prompt_threshold,
+  standardize_members,
+)
 from advrm_jax.pipelines.advtrain import dosed_training_pairs
 from advrm_jax.rl.losses import kl_for_reward
 
 # Two members, reference samples of two prompts x two samples.
 #   member 0: 1, 3, 5, 7 -> mean 4, population std sqrt(((9+1+1+9)/4)) = sqrt(5)
 #   member 1: 10, 10, 12, 12 -> mean 11, std 1
-REFERENCE = np.array([[[1.0, 3.0], [5.0, 7.0]],
-                      [[10.0, 10.0], [12.0, 12.0]]])
+REFERENCE = np.array([[[1.0, 3.0], [5.0, 7.0]], [[10.0, 10.0], [12.0, 12.0]]])
 
 
 def test_member_standardization_by_hand():
@@ -79,18 +82,26 @@ def test_calibration_rule_most_passing_seeds_then_rise_then_smaller_exposure():
   from launch.calibrate import choose  # pylint: disable=import-outside-toplevel
 
   def result(exposure, lr, seed, rise, passes):
-    return {"exposure": exposure, "lr": lr, "kl_coef": 0.1, "seed": seed, "rise": rise, "passes": passes,
-            "final_gold": 2.0}
+    return {
+      "exposure": exposure,
+      "lr": lr,
+      "kl_coef": 0.1,
+      "seed": seed,
+      "rise": rise,
+      "passes": passes,
+      "final_gold": 2.0,
+    }
 
   results = (
-      # (0.0, 1e-3): 2 of 3 pass, mean rise 0.5.
-      [result(0.0, 1e-3, s, r, p) for s, r, p in ((0, 0.6, True), (1, 0.5, True), (2, 0.4, False))]
-      # (0.0, 5e-4): 2 of 3 pass, mean rise 0.6: wins the tie on the rise.
-      + [result(0.0, 5e-4, s, r, p) for s, r, p in ((0, 0.7, True), (1, 0.6, True), (2, 0.5, False))]
-      # (0.05, 5e-4): the same rises and passes as the winner: loses the tie on the exposure.
-      + [result(0.05, 5e-4, s, r, p) for s, r, p in ((0, 0.7, True), (1, 0.6, True), (2, 0.5, False))]
-      # (0.05, 1e-3): a larger rise but only 1 of 3 passes.
-      + [result(0.05, 1e-3, s, r, p) for s, r, p in ((0, 2.0, True), (1, 2.0, False), (2, 2.0, False))])
+    # (0.0, 1e-3): 2 of 3 pass, mean rise 0.5.
+    [result(0.0, 1e-3, s, r, p) for s, r, p in ((0, 0.6, True), (1, 0.5, True), (2, 0.4, False))]
+    # (0.0, 5e-4): 2 of 3 pass, mean rise 0.6: wins the tie on the rise.
+    + [result(0.0, 5e-4, s, r, p) for s, r, p in ((0, 0.7, True), (1, 0.6, True), (2, 0.5, False))]
+    # (0.05, 5e-4): the same rises and passes as the winner: loses the tie on the exposure.
+    + [result(0.05, 5e-4, s, r, p) for s, r, p in ((0, 0.7, True), (1, 0.6, True), (2, 0.5, False))]
+    # (0.05, 1e-3): a larger rise but only 1 of 3 passes.
+    + [result(0.05, 1e-3, s, r, p) for s, r, p in ((0, 2.0, True), (1, 2.0, False), (2, 2.0, False))]
+  )
   choice = choose(results)
   assert (choice["chosen"]["exposure"], choice["chosen"]["lr"]) == (0.0, 5e-4)
   assert choice["chosen"]["passing_seeds"] == 2 and choice["chosen"]["num_seeds"] == 3

@@ -26,12 +26,19 @@ def test_text_meaning_key_normalises_case_punctuation_and_spaces():
 
 
 def test_semantic_signals_equal_hand_computed_shares():
-  texts = ["rivers shape valleys .", "indeed , rivers shape valleys .", "bridges are old .", "",
-           "ships carry sailors .", "ships carry sailors .", "ships carry sailors .", "ships carry sailors ."]
+  texts = [
+    "rivers shape valleys .",
+    "indeed , rivers shape valleys .",
+    "bridges are old .",
+    "",
+    "ships carry sailors .",
+    "ships carry sailors .",
+    "ships carry sailors .",
+    "ships carry sailors .",
+  ]
   surprisal = signals.semantic(texts, 4, "semantic_surprisal", world.meaning_key)
   # Group 1: 3 answers, clusters {2, 1}; the empty one gets log(2G) = log 8. Group 2: one cluster.
-  np.testing.assert_allclose(surprisal, [math.log(1.5), math.log(1.5), math.log(3), math.log(8), 0, 0, 0, 0],
-                             atol=1e-6)
+  np.testing.assert_allclose(surprisal, [math.log(1.5), math.log(1.5), math.log(3), math.log(8), 0, 0, 0, 0], atol=1e-6)
   entropy = signals.semantic(texts, 4, "semantic_entropy", world.meaning_key)
   h = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
   np.testing.assert_allclose(entropy, [h] * 4 + [0] * 4, atol=1e-6)
@@ -82,8 +89,9 @@ def test_verdict_probe_learns_that_small_margins_are_wrong_verdicts():
   margin = rng.uniform(-0.3, 3.0, size=n).astype(np.float32)  # chosen - rejected along w
   h_rejected = h_chosen - margin[:, None] * w
   r1_chosen, r1_rejected = h_chosen @ w, h_rejected @ w
-  params, info = signals.train_verdict_probe(jax.random.PRNGKey(0), h_chosen, h_rejected, r1_chosen, r1_rejected,
-                                             hidden=0, num_steps=300, learning_rate=0.05)
+  params, info = signals.train_verdict_probe(
+    jax.random.PRNGKey(0), h_chosen, h_rejected, r1_chosen, r1_rejected, hidden=0, num_steps=300, learning_rate=0.05
+  )
   assert info["num_pairs"] == n and info["verdict_accuracy"] == pytest.approx(np.mean(margin > 0))
   assert info["holdout"]["roc_auc"] > 0.85
   # A sample 3.0 above its reference along w vs one 0.01 above: the second verdict is the suspect one.
@@ -101,8 +109,19 @@ def test_scores_and_hidden_equal_one_unchunked_forward(kind):
   from flax import nnx
   from advrm_jax.models.config import ModelConfig
   from advrm_jax.reward.model import init_reward_model, reward_scores
-  cfg = ModelConfig(arch="llama", vocab_size=32, d_model=16, num_layers=1, num_heads=2, num_kv_heads=2,
-                    head_dim=8, d_ff=32, max_seq_len=16, tie_embeddings=True)
+
+  cfg = ModelConfig(
+    arch="llama",
+    vocab_size=32,
+    d_model=16,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=2,
+    head_dim=8,
+    d_ff=32,
+    max_seq_len=16,
+    tie_embeddings=True,
+  )
   graphdef, params, _ = init_reward_model(cfg, 3, kind, seed=0)
   rng = np.random.default_rng(0)
   tokens = rng.integers(1, 32, (5, 9)).astype(np.int32)

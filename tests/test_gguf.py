@@ -29,19 +29,86 @@ QUESTION = "What is the capital of France?"
 # transformers' GGUF tokenizer on SmolLM2-135M-Instruct (recorded with
 # transformers 5.23): the question, and the chat prompt for it.
 QUESTION_IDS = [1780, 314, 260, 3575, 282, 4649, 47]
-CHAT_PROMPT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-               "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+CHAT_PROMPT = (
+  "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+  "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+)
 CHAT_PROMPT_IDS = [
-    1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2,
-    198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198
+  1,
+  9690,
+  198,
+  2683,
+  359,
+  253,
+  5356,
+  5646,
+  11173,
+  3365,
+  3511,
+  308,
+  34519,
+  28,
+  7018,
+  411,
+  407,
+  19712,
+  8182,
+  2,
+  198,
+  1,
+  4093,
+  198,
+  1780,
+  314,
+  260,
+  3575,
+  282,
+  4649,
+  47,
+  2,
+  198,
+  1,
+  520,
+  9531,
+  198,
 ]
 # The first 32 greedy tokens of transformers' float32 torch model for
 # CHAT_PROMPT_IDS, continuing past <|im_end|> (id 2) instead of stopping. The
 # answer is "The capital of France is Paris.<|im_end|>"; the smallest top-1 /
 # top-2 logit gap over the 32 steps is 0.08, far above float32 noise.
 GREEDY_32_IDS = [
-    504, 3575, 282, 4649, 314, 7042, 30, 2, 198, 2, 1, 9690, 198, 2, 198, 1, 4093, 198, 57, 5248, 3946, 288, 7198,
-    253, 725, 1406, 281, 260, 2342, 30, 339, 3543
+  504,
+  3575,
+  282,
+  4649,
+  314,
+  7042,
+  30,
+  2,
+  198,
+  2,
+  1,
+  9690,
+  198,
+  2,
+  198,
+  1,
+  4093,
+  198,
+  57,
+  5248,
+  3946,
+  288,
+  7198,
+  253,
+  725,
+  1406,
+  281,
+  260,
+  2342,
+  30,
+  339,
+  3543,
 ]
 
 # ------------------------------------------------------------------ synthetic
@@ -52,8 +119,11 @@ _TINY = dict(vocab=40, hidden=64, heads=4, kv_heads=2, ff=96, layers=2)
 
 def _llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
   """llama.cpp's convert_hf_to_gguf.LlamaModel.permute (HF -> GGUF q/k rows)."""
-  return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
-      weights.shape))
+  return (
+    weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+    .swapaxes(1, 2)
+    .reshape(weights.shape)
+  )
 
 
 def _tiny_hf_tensors(seed: int = 0, tied: bool = True, qkv_bias: bool = False) -> dict[str, np.ndarray]:
@@ -66,7 +136,8 @@ def _tiny_hf_tensors(seed: int = 0, tied: bool = True, qkv_bias: bool = False) -
     shapes["lm_head.weight"] = (t["vocab"], t["hidden"])
   for i in range(t["layers"]):
     p = f"model.layers.{i}."
-    shapes.update({
+    shapes.update(
+      {
         p + "input_layernorm.weight": (t["hidden"],),
         p + "post_attention_layernorm.weight": (t["hidden"],),
         p + "self_attn.q_proj.weight": (t["heads"] * head_dim, t["hidden"]),
@@ -76,11 +147,16 @@ def _tiny_hf_tensors(seed: int = 0, tied: bool = True, qkv_bias: bool = False) -
         p + "mlp.gate_proj.weight": (t["ff"], t["hidden"]),
         p + "mlp.up_proj.weight": (t["ff"], t["hidden"]),
         p + "mlp.down_proj.weight": (t["hidden"], t["ff"]),
-    })
+      }
+    )
     if qkv_bias:
-      shapes.update({p + "self_attn.q_proj.bias": (t["heads"] * head_dim,),
-                     p + "self_attn.k_proj.bias": (t["kv_heads"] * head_dim,),
-                     p + "self_attn.v_proj.bias": (t["kv_heads"] * head_dim,)})
+      shapes.update(
+        {
+          p + "self_attn.q_proj.bias": (t["heads"] * head_dim,),
+          p + "self_attn.k_proj.bias": (t["kv_heads"] * head_dim,),
+          p + "self_attn.v_proj.bias": (t["kv_heads"] * head_dim,),
+        }
+      )
   return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
 
 
@@ -91,17 +167,19 @@ def _gguf_name(hf: str) -> str:
   return f"{name_map.get_name(base)}.{suffix}"
 
 
-def _write_tiny_gguf(path: pathlib.Path,
-                     hf_tensors: dict[str, np.ndarray],
-                     *,
-                     arch: str = "llama",
-                     qtypes: dict[str, "gguf.GGMLQuantizationType"] | None = None,
-                     drop: tuple[str, ...] = (),
-                     extra: dict[str, np.ndarray] | None = None,
-                     skip_metadata: tuple[str, ...] = (),
-                     rope_scaling: tuple[str, float] | None = None,
-                     tokenizer_model: str | None = None,
-                     add_bos: bool = False) -> pathlib.Path:
+def _write_tiny_gguf(
+  path: pathlib.Path,
+  hf_tensors: dict[str, np.ndarray],
+  *,
+  arch: str = "llama",
+  qtypes: dict[str, "gguf.GGMLQuantizationType"] | None = None,
+  drop: tuple[str, ...] = (),
+  extra: dict[str, np.ndarray] | None = None,
+  skip_metadata: tuple[str, ...] = (),
+  rope_scaling: tuple[str, float] | None = None,
+  tokenizer_model: str | None = None,
+  add_bos: bool = False,
+) -> pathlib.Path:
   """Writes ``hf_tensors`` as a llama.cpp-style GGUF (renamed, q/k permuted).
 
   Args:
@@ -122,16 +200,16 @@ def _write_tiny_gguf(path: pathlib.Path,
   t = _TINY
   writer = gguf.GGUFWriter(path, arch)
   meta = {
-      "block_count": lambda: writer.add_block_count(t["layers"]),
-      "context_length": lambda: writer.add_context_length(128),
-      "embedding_length": lambda: writer.add_embedding_length(t["hidden"]),
-      "feed_forward_length": lambda: writer.add_feed_forward_length(t["ff"]),
-      "head_count": lambda: writer.add_head_count(t["heads"]),
-      "head_count_kv": lambda: writer.add_head_count_kv(t["kv_heads"]),
-      "rope_freq_base": lambda: writer.add_rope_freq_base(10000.0),
-      "rms_eps": lambda: writer.add_layer_norm_rms_eps(1e-6),
-      "vocab_size": lambda: writer.add_vocab_size(t["vocab"]),
-      "rope_dimension_count": lambda: writer.add_rope_dimension_count(t["hidden"] // t["heads"]),
+    "block_count": lambda: writer.add_block_count(t["layers"]),
+    "context_length": lambda: writer.add_context_length(128),
+    "embedding_length": lambda: writer.add_embedding_length(t["hidden"]),
+    "feed_forward_length": lambda: writer.add_feed_forward_length(t["ff"]),
+    "head_count": lambda: writer.add_head_count(t["heads"]),
+    "head_count_kv": lambda: writer.add_head_count_kv(t["kv_heads"]),
+    "rope_freq_base": lambda: writer.add_rope_freq_base(10000.0),
+    "rms_eps": lambda: writer.add_layer_norm_rms_eps(1e-6),
+    "vocab_size": lambda: writer.add_vocab_size(t["vocab"]),
+    "rope_dimension_count": lambda: writer.add_rope_dimension_count(t["hidden"] // t["heads"]),
   }
   for key, add in meta.items():
     if key not in skip_metadata:
@@ -196,8 +274,13 @@ def test_tiny_quantized_tensors_dequantize_like_gguf(tmp_path):
   """
   q = gguf.GGMLQuantizationType
   hf = _tiny_hf_tensors(seed=1, tied=False)
-  qtypes = {"blk.0.attn_q.weight": q.Q8_0, "blk.0.attn_k.weight": q.Q4_1, "blk.1.ffn_up.weight": q.F16,
-            "token_embd.weight": q.Q8_0, "output.weight": q.Q4_1}
+  qtypes = {
+    "blk.0.attn_q.weight": q.Q8_0,
+    "blk.0.attn_k.weight": q.Q4_1,
+    "blk.1.ffn_up.weight": q.F16,
+    "token_embd.weight": q.Q8_0,
+    "output.weight": q.Q4_1,
+  }
   ckpt = gguf_ckpt.read_gguf(_write_tiny_gguf(tmp_path / "q.gguf", hf, qtypes=qtypes))
   assert ckpt.config["tie_word_embeddings"] is False
   for gguf_name, qtype in qtypes.items():
@@ -244,16 +327,19 @@ def test_error_missing_metadata_field(tmp_path):
 def test_error_unsupported_quantisation_type(tmp_path):
   # An integer tensor type: gguf cannot dequantize it to floats.
   hf = _tiny_hf_tensors()
-  path = _write_tiny_gguf(tmp_path / "i8.gguf", hf, drop=("blk.0.attn_norm.weight",),
-                          extra={"blk.0.attn_norm.weight": np.ones(_TINY["hidden"], np.int8)})
+  path = _write_tiny_gguf(
+    tmp_path / "i8.gguf",
+    hf,
+    drop=("blk.0.attn_norm.weight",),
+    extra={"blk.0.attn_norm.weight": np.ones(_TINY["hidden"], np.int8)},
+  )
   with pytest.raises(ValueError, match=r"blk\.0\.attn_norm\.weight.*quantisation type I8"):
     gguf_ckpt.read_gguf(path)
 
 
 def test_error_unsupported_tensor(tmp_path):
   # Llama-3 files carry RoPE frequency factors as a tensor HF Llama has no slot for.
-  path = _write_tiny_gguf(tmp_path / "r.gguf", _tiny_hf_tensors(),
-                          extra={"rope_freqs.weight": np.ones(8, np.float32)})
+  path = _write_tiny_gguf(tmp_path / "r.gguf", _tiny_hf_tensors(), extra={"rope_freqs.weight": np.ones(8, np.float32)})
   with pytest.raises(ValueError, match=r"rope_freqs\.weight"):
     gguf_ckpt.read_gguf(path)
 
@@ -319,23 +405,23 @@ def test_smollm2_path(smollm2_path):
 def test_smollm2_config(smollm2):
   config = smollm2.config
   expected = {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
-      "vocab_size": 49152,
-      "hidden_size": 576,
-      "intermediate_size": 1536,
-      "num_hidden_layers": 30,
-      "num_attention_heads": 9,
-      "num_key_value_heads": 3,
-      "head_dim": 64,
-      "rms_norm_eps": 1e-5,
-      "rope_theta": 100000.0,
-      "rope_scaling": None,
-      "max_position_embeddings": 8192,
-      "tie_word_embeddings": True,
-      "bos_token_id": 1,
-      "eos_token_id": 2,
-      "pad_token_id": 2,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "rope_scaling": None,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
   }
   assert {k: config[k] for k in expected} == expected
   transformers = pytest.importorskip("transformers")
@@ -369,7 +455,8 @@ def test_smollm2_chat_template(smollm2_tokenizer, smollm2):
   text = smollm2_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
   assert text == CHAT_PROMPT
   assert text.startswith("<|im_start|>system\n") and text.endswith(
-      f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+    f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+  )
   assert smollm2_tokenizer(text)["input_ids"] == CHAT_PROMPT_IDS
   assert smollm2_tokenizer.chat_template == smollm2.chat_template
 
@@ -392,10 +479,12 @@ def torch_model(smollm2_path):
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
   else:
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint  # pylint: disable=g-import-not-at-top
+
     config = transformers.AutoConfig.from_pretrained(folder, gguf_file=name)
     model = transformers.LlamaForCausalLM(config).float()
-    parsed = load_gguf_checkpoint(str(smollm2_path), return_tensors=True, model_to_load=model,
-                                  torch_dtype=torch.float32)
+    parsed = load_gguf_checkpoint(
+      str(smollm2_path), return_tensors=True, model_to_load=model, torch_dtype=torch.float32
+    )
     result = model.load_state_dict(parsed["tensors"], strict=False)
     assert not result.unexpected_keys and set(result.missing_keys) <= {"lm_head.weight"}, result
     model.tie_weights()
@@ -408,9 +497,20 @@ def test_smollm2_tensors_equal_transformers(smollm2, torch_model):
   assert set(smollm2.tensors) == set(state) - {"lm_head.weight"}
   sample = ["model.embed_tokens.weight", "model.norm.weight"]
   for layer in (0, 17, 29):
-    sample += [f"model.layers.{layer}.{part}.weight" for part in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-        "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")]
+    sample += [
+      f"model.layers.{layer}.{part}.weight"
+      for part in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+        "input_layernorm",
+        "post_attention_layernorm",
+      )
+    ]
   for name in sample:
     np.testing.assert_allclose(smollm2.tensors[name], state[name], rtol=0, atol=1e-6, err_msg=name)
   # Tied: transformers' lm_head is the embedding.
@@ -423,8 +523,13 @@ def test_smollm2_tokenizer_equals_transformers(smollm2_path, smollm2_tokenizer):
   transformers = pytest.importorskip("transformers")
   reference = transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)
   texts = [
-      QUESTION, CHAT_PROMPT, "In 2024, 12345 apples cost $3.50!  ok\n\nnew  line", " leading space",
-      "Ünïcödé — 東京 🙂", "def f(x):\n\treturn x**2  # comment", "<|im_start|>user<|im_end|><|endoftext|>"
+    QUESTION,
+    CHAT_PROMPT,
+    "In 2024, 12345 apples cost $3.50!  ok\n\nnew  line",
+    " leading space",
+    "Ünïcödé — 東京 🙂",
+    "def f(x):\n\treturn x**2  # comment",
+    "<|im_start|>user<|im_end|><|endoftext|>",
   ]
   for text in texts:
     assert smollm2_tokenizer(text)["input_ids"] == reference(text)["input_ids"], text
@@ -442,6 +547,6 @@ def test_transformers_greedy_answer_mentions_paris(smollm2_tokenizer, torch_mode
       next_id = torch_model(ids).logits[0, -1].argmax()
       generated.append(int(next_id))
       ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-  answer = smollm2_tokenizer.decode(generated[:generated.index(2)])
+  answer = smollm2_tokenizer.decode(generated[: generated.index(2)])
   assert "Paris" in answer, answer
   assert generated == GREEDY_32_IDS

@@ -30,32 +30,79 @@ ATOL = 1e-4
 
 # name -> (config class name, kwargs). Each is built once per module.
 HF_CONFIGS = {
-    "llama_gqa": ("LlamaConfig", dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16,  # explicit, != 32 / 4
-        max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
-    "llama3_rope": ("LlamaConfig", dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
-        rms_norm_eps=1e-5, tie_word_embeddings=False,
-        # With head_dim 16 and original length 16 the wavelengths straddle
-        # both thresholds, so all three llama3 branches are exercised.
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 16})),
-    "qwen2_tied": ("Qwen2Config", dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        rms_norm_eps=1e-6, tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
-    "qwen2_untied": ("Qwen2Config", dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=128,
-        tie_word_embeddings=False)),
-    "gpt2": ("GPT2Config", dict(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-        bos_token_id=1, eos_token_id=1)),
+  "llama_gqa": (
+    "LlamaConfig",
+    dict(
+      vocab_size=VOCAB,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=16,  # explicit, != 32 / 4
+      max_position_embeddings=128,
+      rms_norm_eps=1e-5,
+      tie_word_embeddings=False,
+      rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+  ),
+  "llama3_rope": (
+    "LlamaConfig",
+    dict(
+      vocab_size=VOCAB,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=16,
+      max_position_embeddings=128,
+      rms_norm_eps=1e-5,
+      tie_word_embeddings=False,
+      # With head_dim 16 and original length 16 the wavelengths straddle
+      # both thresholds, so all three llama3 branches are exercised.
+      rope_parameters={
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+      },
+    ),
+  ),
+  "qwen2_tied": (
+    "Qwen2Config",
+    dict(
+      vocab_size=VOCAB,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      max_position_embeddings=128,
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=True,
+      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    ),
+  ),
+  "qwen2_untied": (
+    "Qwen2Config",
+    dict(
+      vocab_size=VOCAB,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=1,
+      max_position_embeddings=128,
+      tie_word_embeddings=False,
+    ),
+  ),
+  "gpt2": (
+    "GPT2Config",
+    dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=1, eos_token_id=1),
+  ),
 }
 
 
@@ -116,8 +163,11 @@ def _torch_logits(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
   # transformers does not use 0..T-1 for left-padded rows.
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   with torch.no_grad():
-    out = model(input_ids=torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask).long(),
-                position_ids=torch.from_numpy(positions).long())
+    out = model(
+      input_ids=torch.from_numpy(tokens).long(),
+      attention_mask=torch.from_numpy(mask).long(),
+      position_ids=torch.from_numpy(positions).long(),
+    )
   return out.logits.float().numpy()
 
 
@@ -168,8 +218,13 @@ def test_import_config_fields(hf_models):
   assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (4, 2, 16)
   assert cfg.rope_scaling == () and not cfg.qkv_bias
   cfg, _ = hf.load_hf_checkpoint(hf_models["llama3_rope"][1])
-  assert cfg.rope_scaling_dict == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+  assert cfg.rope_scaling_dict == {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+  }
   assert cfg.rope_theta == 500000.0
   cfg, _ = hf.load_hf_checkpoint(hf_models["qwen2_tied"][1])
   assert cfg.qkv_bias and cfg.tie_embeddings and cfg.rope_theta == 1e6
@@ -188,15 +243,41 @@ def test_llama3_scaling_matters(hf_models):
 
 
 def test_legacy_rope_fields_equal_rope_parameters():
-  base = dict(architectures=["LlamaForCausalLM"], vocab_size=VOCAB, hidden_size=32,
-              intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              max_position_embeddings=64)
-  new = hf.model_config_from_hf({**base, "rope_parameters": {
-      "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
-      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}})
-  legacy = hf.model_config_from_hf({**base, "rope_theta": 5e5, "rope_scaling": {
-      "type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-      "original_max_position_embeddings": 16}})
+  base = dict(
+    architectures=["LlamaForCausalLM"],
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+  )
+  new = hf.model_config_from_hf(
+    {
+      **base,
+      "rope_parameters": {
+        "rope_type": "llama3",
+        "rope_theta": 5e5,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+      },
+    }
+  )
+  legacy = hf.model_config_from_hf(
+    {
+      **base,
+      "rope_theta": 5e5,
+      "rope_scaling": {
+        "type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+      },
+    }
+  )
   assert new == legacy
   plain_legacy = hf.model_config_from_hf({**base, "rope_theta": 123.0})
   assert plain_legacy.rope_theta == 123.0 and plain_legacy.rope_scaling == ()
@@ -214,8 +295,7 @@ def test_unprefixed_gpt2_names_and_ignored_buffers(hf_models):
     warnings.simplefilter("error")  # Known buffers must not warn.
     _, model = hf.model_from_hf_tensors(config, bare)
   tokens, mask = _batch("left")
-  assert _max_diff(_our_logits(model, tokens, mask), _torch_logits(torch_model, tokens, mask),
-                   mask) <= ATOL
+  assert _max_diff(_our_logits(model, tokens, mask), _torch_logits(torch_model, tokens, mask), mask) <= ATOL
 
 
 def test_unknown_leftovers_warn(hf_models):
@@ -270,29 +350,78 @@ def _random_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
       return (1.0 + 0.2 * rng.standard_normal(spec.shape)).astype(np.float32)
     if "bias" in name:
       return (0.2 * rng.standard_normal(spec.shape)).astype(np.float32)
-    fan_in = {"embed": 1, "pos_embed": 1, "down_kernel": cfg.d_ff, "proj_kernel": cfg.d_ff,
-              "o_kernel": cfg.num_heads * cfg.head_dim}.get(name, cfg.d_model)
+    fan_in = {
+      "embed": 1,
+      "pos_embed": 1,
+      "down_kernel": cfg.d_ff,
+      "proj_kernel": cfg.d_ff,
+      "o_kernel": cfg.num_heads * cfg.head_dim,
+    }.get(name, cfg.d_model)
     return (rng.standard_normal(spec.shape) / np.sqrt(fan_in)).astype(np.float32)
 
   return hf.model_from_params(cfg, jax.tree_util.tree_map_with_path(draw, shapes))
 
 
 EXPORT_CONFIGS = {
-    "llama_gqa": ModelConfig(arch="llama", vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4,
-                             num_kv_heads=2, head_dim=16, d_ff=64, max_seq_len=64,
-                             tie_embeddings=False),
-    "llama3_rope": ModelConfig(arch="llama", vocab_size=VOCAB, d_model=32, num_layers=2,
-                               num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64, max_seq_len=64,
-                               rope_theta=5e5, tie_embeddings=True, rope_scaling=(
-                                   ("factor", 8.0), ("high_freq_factor", 4.0),
-                                   ("low_freq_factor", 1.0),
-                                   ("original_max_position_embeddings", 16),
-                                   ("rope_type", "llama3"))),
-    "qwen2": ModelConfig(arch="llama", vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4,
-                         num_kv_heads=2, head_dim=8, d_ff=64, max_seq_len=64, qkv_bias=True,
-                         norm_eps=1e-6, rope_theta=1e6, tie_embeddings=True),
-    "gpt2": ModelConfig(arch="gpt2", vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4,
-                        num_kv_heads=4, head_dim=8, d_ff=128, max_seq_len=32, qkv_bias=True),
+  "llama_gqa": ModelConfig(
+    arch="llama",
+    vocab_size=VOCAB,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    d_ff=64,
+    max_seq_len=64,
+    tie_embeddings=False,
+  ),
+  "llama3_rope": ModelConfig(
+    arch="llama",
+    vocab_size=VOCAB,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    d_ff=64,
+    max_seq_len=64,
+    rope_theta=5e5,
+    tie_embeddings=True,
+    rope_scaling=(
+      ("factor", 8.0),
+      ("high_freq_factor", 4.0),
+      ("low_freq_factor", 1.0),
+      ("original_max_position_embeddings", 16),
+      ("rope_type", "llama3"),
+    ),
+  ),
+  "qwen2": ModelConfig(
+    arch="llama",
+    vocab_size=VOCAB,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    d_ff=64,
+    max_seq_len=64,
+    qkv_bias=True,
+    norm_eps=1e-6,
+    rope_theta=1e6,
+    tie_embeddings=True,
+  ),
+  "gpt2": ModelConfig(
+    arch="gpt2",
+    vocab_size=VOCAB,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=4,
+    head_dim=8,
+    d_ff=128,
+    max_seq_len=32,
+    qkv_bias=True,
+  ),
 }
 
 
@@ -307,7 +436,8 @@ def test_export_loads_in_transformers(tmp_path, name):
     index = json.loads((tmp_path / hf.SAFETENSORS_INDEX_FILE).read_text())
     assert len(set(index["weight_map"].values())) > 1
   torch_model = transformers.AutoModelForCausalLM.from_pretrained(
-      tmp_path, dtype=torch.float32, attn_implementation="eager").eval()
+    tmp_path, dtype=torch.float32, attn_implementation="eager"
+  ).eval()
   expected_arch = {"gpt2": "GPT2LMHeadModel", "qwen2": "Qwen2ForCausalLM"}.get(name, "LlamaForCausalLM")
   assert type(torch_model).__name__ == expected_arch
   for padding in ("right", "left"):
@@ -326,13 +456,13 @@ def test_export_with_tokenizer_and_bf16(tmp_path):
   vocab = {"<unk>": 0, "<eos>": 1, "hello": 2, "world": 3}
   backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
   backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>",
-                                             unk_token="<unk>")
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>")
   # Llama, not Qwen2: transformers 5 loads any tokenizer next to a qwen2
   # config as Qwen2Tokenizer (save_hf_checkpoint warns about that).
   with pytest.warns(UserWarning, match="Qwen2Tokenizer"):
-    hf.save_hf_checkpoint(_random_model(EXPORT_CONFIGS["qwen2"]), EXPORT_CONFIGS["qwen2"],
-                          tmp_path / "qwen2", tokenizer=tok)
+    hf.save_hf_checkpoint(
+      _random_model(EXPORT_CONFIGS["qwen2"]), EXPORT_CONFIGS["qwen2"], tmp_path / "qwen2", tokenizer=tok
+    )
   cfg = EXPORT_CONFIGS["llama_gqa"]
   model = _random_model(cfg)
   hf.save_hf_checkpoint(model, cfg, tmp_path, tokenizer=tok, dtype="bfloat16")
@@ -354,8 +484,10 @@ def test_export_with_tokenizer_and_bf16(tmp_path):
 @pytest.fixture()
 def llama_files(hf_models):
   path = hf_models["llama_gqa"][1]
-  return (json.loads((path / hf.CONFIG_FILE).read_text()),
-          dict(safetensors.numpy.load_file(path / hf.SAFETENSORS_FILE)))
+  return (
+    json.loads((path / hf.CONFIG_FILE).read_text()),
+    dict(safetensors.numpy.load_file(path / hf.SAFETENSORS_FILE)),
+  )
 
 
 def test_missing_tensor_error(llama_files):
@@ -371,12 +503,17 @@ def test_missing_tensor_error(llama_files):
 def test_wrong_shape_error(llama_files):
   config, tensors = llama_files
   tensors["model.layers.0.self_attn.k_proj.weight"] = np.zeros((64, 32), np.float32)
-  with pytest.raises(ValueError, match=r"'model\.layers\.0\.self_attn\.k_proj\.weight'.*"
-                                       r"expected shape \(32, 32\), found \(64, 32\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'model\.layers\.0\.self_attn\.k_proj\.weight'.*"
+    r"expected shape \(32, 32\), found \(64, 32\)",
+  ):
     hf.model_from_hf_tensors(config, tensors)
 
 
-@pytest.mark.parametrize("change, field", [
+@pytest.mark.parametrize(
+  "change, field",
+  [
     ({"architectures": ["MistralForCausalLM"]}, "architectures"),
     ({"architectures": None, "model_type": "t5"}, "architectures"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, r"rope_parameters\.rope_type"),
@@ -384,7 +521,8 @@ def test_wrong_shape_error(llama_files):
     ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, r"rope_parameters\.low_freq_factor"),
     ({"attention_bias": True}, "attention_bias"),
     ({"hidden_act": "gelu"}, "hidden_act"),
-])
+  ],
+)
 def test_unsupported_config_errors(llama_files, change, field):
   config, _ = llama_files
   with pytest.raises(ValueError, match=field):

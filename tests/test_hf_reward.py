@@ -12,7 +12,6 @@ means; see ``advrm_jax/checkpoints/hf_reward.py``).
 from __future__ import annotations
 
 import json
-import warnings
 
 import jax
 import numpy as np
@@ -33,22 +32,44 @@ PAD = 0  # never drawn as a real token below, so transformers and advrm_jax read
 ATOL = 1e-4
 
 ARCHS = {
-    "llama": ("LlamaConfig", dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
-    "qwen2": ("Qwen2Config", dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
-    "gpt2": ("GPT2Config", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32)),
+  "llama": (
+    "LlamaConfig",
+    dict(
+      vocab_size=VOCAB,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      head_dim=16,
+      max_position_embeddings=64,
+      rms_norm_eps=1e-5,
+      rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+  ),
+  "qwen2": (
+    "Qwen2Config",
+    dict(
+      vocab_size=VOCAB,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=1,
+      max_position_embeddings=64,
+      tie_word_embeddings=True,
+      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    ),
+  ),
+  "gpt2": ("GPT2Config", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32)),
 }
 
 
 def _reward_model(arch: str, seed: int, **overrides):
   config_cls, kwargs = ARCHS[arch]
-  config = getattr(transformers, config_cls)(**{**kwargs, "num_labels": 1, "pad_token_id": PAD, "bos_token_id": 1,
-                                                     "eos_token_id": 2, **overrides})
+  config = getattr(transformers, config_cls)(
+    **{**kwargs, "num_labels": 1, "pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 2, **overrides}
+  )
   config._attn_implementation = "eager"  # pylint: disable=protected-access
   model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
   _randomise_(model)  # always the same draw: models of other seeds are scaled element-wise by 1 +- 0.5
@@ -84,7 +105,7 @@ def _batch(padding: str) -> tuple[np.ndarray, np.ndarray]:
   mask = np.ones_like(tokens)
   for row, num_pad in ((1, 5), (2, 9)):
     if padding == "right":
-      mask[row, tokens.shape[1] - num_pad:] = 0
+      mask[row, tokens.shape[1] - num_pad :] = 0
     else:
       mask[row, :num_pad] = 0
   tokens[mask == 0] = PAD
@@ -93,14 +114,18 @@ def _batch(padding: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _hf_rewards(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
   with torch.no_grad():
-    return model(input_ids=torch.from_numpy(tokens).long(),
-                 attention_mask=torch.from_numpy(mask).long()).logits[:, 0].numpy()
+    return (
+      model(input_ids=torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask).long())
+      .logits[:, 0]
+      .numpy()
+    )
 
 
 def _hf_rewards_unpadded(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Each row run alone, without its padding."""
-  return np.concatenate([_hf_rewards(model, row[m == 1][None], np.ones((1, int(m.sum())), np.int64))
-                         for row, m in zip(tokens, mask)])
+  return np.concatenate(
+    [_hf_rewards(model, row[m == 1][None], np.ones((1, int(m.sum())), np.int64)) for row, m in zip(tokens, mask)]
+  )
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -127,8 +152,13 @@ def test_left_padded_gpt2_in_transformers_needs_position_ids(checkpoints):
   assert abs(batched[2] - unpadded[2]) > 1e-2
   positions = torch.from_numpy(np.maximum(np.cumsum(mask, axis=1) - 1, 0)).long()
   with torch.no_grad():
-    with_positions = model(input_ids=torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask).long(),
-                           position_ids=positions).logits[:, 0].numpy()
+    with_positions = (
+      model(
+        input_ids=torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask).long(), position_ids=positions
+      )
+      .logits[:, 0]
+      .numpy()
+    )
   np.testing.assert_allclose(with_positions, unpadded, atol=ATOL, rtol=0)
 
 
@@ -141,8 +171,9 @@ def test_export_reloads_in_transformers_and_is_bit_exact(checkpoints, score_fn, 
   model, path = checkpoints[arch]
   graphdef, params, info = hf_reward.load_hf_reward_model([path])
   cfg = hf.ModelConfig.from_dict(info["model"])
-  out = hf_reward.save_hf_reward_member(tmp_path / "export", cfg, info["ensemble"], params, 0,
-                                        token_ids=info["token_ids"])
+  out = hf_reward.save_hf_reward_member(
+    tmp_path / "export", cfg, info["ensemble"], params, 0, token_ids=info["token_ids"]
+  )
   original, exported = _tensors(path), _tensors(out)
   assert sorted(exported) == sorted(original)
   for name, value in original.items():
@@ -163,8 +194,9 @@ def test_bfloat16_sharded_checkpoint_exports_bit_exact(tmp_path):
   graphdef, params, info = hf_reward.load_hf_reward_model([tmp_path / "bf16"])
   assert info["model"]["param_dtype"] == "bfloat16"
   cfg = hf.ModelConfig.from_dict(info["model"])
-  out = hf_reward.save_hf_reward_member(tmp_path / "export", cfg, "shared", params, 0, token_ids=info["token_ids"],
-                                        max_shard_size="20KB")
+  out = hf_reward.save_hf_reward_member(
+    tmp_path / "export", cfg, "shared", params, 0, token_ids=info["token_ids"], max_shard_size="20KB"
+  )
   original, exported = _tensors(tmp_path / "bf16"), _tensors(out)
   assert sorted(exported) == sorted(original)
   for name, value in original.items():
@@ -218,8 +250,11 @@ def test_pad_equal_to_eos_warns(tmp_path):
 def test_bad_directories_are_named_with_what_was_expected(checkpoints, tmp_path):
   causal = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**ARCHS["llama"][1]))
   causal.save_pretrained(tmp_path / "causal")
-  with pytest.raises(ValueError, match=r"causal: architectures \['LlamaForCausalLM'\] is a language model without "
-                                       r"a reward head; expected one of .*ForSequenceClassification.* num_labels=1"):
+  with pytest.raises(
+    ValueError,
+    match=r"causal: architectures \['LlamaForCausalLM'\] is a language model without "
+    r"a reward head; expected one of .*ForSequenceClassification.* num_labels=1",
+  ):
     hf_reward.load_hf_reward_model([tmp_path / "causal"])
 
   two_labels = _reward_model("qwen2", seed=0, num_labels=2)
@@ -251,25 +286,30 @@ def test_bad_directories_are_named_with_what_was_expected(checkpoints, tmp_path)
 # The pipeline: rm.paths as RM round 0, a round trained from it, the export.
 # ---------------------------------------------------------------------------
 
-WORDS = ("the cat dog sat ran on a mat rug is good bad yes no why how what when "
-         "red blue big small one two three fast slow").split()
+WORDS = (
+  "the cat dog sat ran on a mat rug is good bad yes no why how what when red blue big small one two three fast slow"
+).split()
 
 
 def _word_tokenizer():
   """A word-level transformers tokenizer (<pad> 0, <s> 1, </s> 2, <unk> 3), built offline."""
   from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+
   vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
   backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
   backend.pre_tokenizer = pre_tokenizers.Whitespace()
-  return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
-                                              eos_token="</s>", unk_token="<unk>")
+  return transformers.PreTrainedTokenizerFast(
+    tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+  )
 
 
 def _advrm_own_config(paths, num_steps=2):
   import importlib.util  # pylint: disable=import-outside-toplevel
   import pathlib  # pylint: disable=import-outside-toplevel
+
   spec = importlib.util.spec_from_file_location(
-      "advrm_own_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "advrm_own.py")
+    "advrm_own_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "advrm_own.py"
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("small")
@@ -286,6 +326,7 @@ def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
   from advrm_jax.pipelines import advtrain, rm as rm_stage  # pylint: disable=import-outside-toplevel
   from advrm_jax.data.batching import tokenize_pairs  # pylint: disable=import-outside-toplevel
   from advrm_jax.data.preferences import read_preferences  # pylint: disable=import-outside-toplevel
+
   tokenizer = _word_tokenizer()
   dirs = []
   for seed in (0, 1):
@@ -295,8 +336,14 @@ def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
   tokenizer.save_pretrained(dirs[0])  # the second directory has none: the first one's is used
   workdir = tmp_path / "run"
   rng = np.random.default_rng(0)
-  pairs = [{"prompt": " ".join(rng.choice(WORDS, 5)), "chosen": " ".join(rng.choice(WORDS, 4)),
-            "rejected": " ".join(rng.choice(WORDS, 3))} for _ in range(24)]
+  pairs = [
+    {
+      "prompt": " ".join(rng.choice(WORDS, 5)),
+      "chosen": " ".join(rng.choice(WORDS, 4)),
+      "rejected": " ".join(rng.choice(WORDS, 3)),
+    }
+    for _ in range(24)
+  ]
   (workdir / "prefs").mkdir(parents=True)
   (workdir / "prefs" / "preferences.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
 
@@ -307,8 +354,13 @@ def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
   assert meta["hf_paths"] == [str(d.resolve()) for d in dirs] and meta["ensemble"] == "independent"
   assert meta["tokenizer"]["backbone_path"] == str(dirs[0]) and meta["tokenizer"]["vocab_size"] == 4 + len(WORDS)
   # The stage's rows, scored by the loaded RM, are each HF model's rewards.
-  data = tokenize_pairs(list(read_preferences(workdir / "prefs" / "preferences.jsonl"))[:6],
-                        wd.load_tokenizer(meta), 16, 8, padding_side="right")
+  data = tokenize_pairs(
+    list(read_preferences(workdir / "prefs" / "preferences.jsonl"))[:6],
+    wd.load_tokenizer(meta),
+    16,
+    8,
+    padding_side="right",
+  )
   tokens, mask = data["chosen_tokens"], data["chosen_mask"]
   ours = np.asarray(score_fn(graphdef, params, tokens, mask))
   for k, d in enumerate(dirs):
@@ -345,6 +397,7 @@ def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
 
 def test_rm_paths_config_errors_name_the_key(tmp_path, checkpoints):
   from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
+
   config = _advrm_own_config([tmp_path / "missing"])
   with pytest.raises(wd.ConfigError, match=r"rm.paths: .*missing: not a directory"):
     rm_stage.run(config, tmp_path / "run")
@@ -361,12 +414,14 @@ def test_attack_and_harden_your_own_reward_models(tmp_path):
   from advrm_jax.pipelines import rm as rm_stage  # pylint: disable=import-outside-toplevel
   from advrm_jax.pipelines import filter_stage  # pylint: disable=import-outside-toplevel
   from tests.tiny_own_model import EOS_ID, PAD_ID, write_tiny_checkpoint_and_pairs  # pylint: disable=import-outside-toplevel
+
   checkpoint, pairs = write_tiny_checkpoint_and_pairs(tmp_path)
   vocab_size = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
   dirs = []
   for seed in (0, 1):  # no tokenizer files: the policy's (rm.backbone) tokenizer is used
-    _reward_model("llama", seed=seed, vocab_size=vocab_size, pad_token_id=PAD_ID,
-                  eos_token_id=EOS_ID).save_pretrained(tmp_path / f"rm_{seed}")
+    _reward_model("llama", seed=seed, vocab_size=vocab_size, pad_token_id=PAD_ID, eos_token_id=EOS_ID).save_pretrained(
+      tmp_path / f"rm_{seed}"
+    )
     dirs.append(tmp_path / f"rm_{seed}")
   config = load_config("configs/advrm_own.py:hf,small")
   config.model.path, config.prefs.path = str(checkpoint), str(pairs)
@@ -387,8 +442,9 @@ def test_attack_and_harden_your_own_reward_models(tmp_path):
   mask = np.concatenate([collected["prompt_mask"][rows], collected["response_mask"][rows]], axis=1)
   for k, d in enumerate(dirs):
     hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(d).eval()
-    np.testing.assert_allclose(collected["member_scores"][k][rows], _hf_rewards_unpadded(hf_model, tokens, mask),
-                               atol=ATOL, rtol=0)
+    np.testing.assert_allclose(
+      collected["member_scores"][k][rows], _hf_rewards_unpadded(hf_model, tokens, mask), atol=ATOL, rtol=0
+    )
 
   # The advtrain stage wrote the hardened RM (round 1) as HF directories (advtrain.export_hf), scoring as
   # advrm_jax does.

@@ -29,10 +29,18 @@ def test_two_processes_match_one_process(tmp_path):
   single_env = multihost.process_env(0, 1, 0, devices_per_process=8)
   for key in (multihost.ENV_COORDINATOR, multihost.ENV_NUM_PROCESSES, multihost.ENV_PROCESS_ID):
     single_env.pop(key)  # a plain single-process run, no jax.distributed
-  single = subprocess.Popen([sys.executable, str(WORKER), f"--out={one}"], env=single_env,
-                            stdout=open(tmp_path / "one.log", "w"), stderr=subprocess.STDOUT)
-  pair = multihost.launch([sys.executable, str(WORKER), f"--out={two}"], num_processes=2, devices_per_process=4,
-                          log_prefix=str(tmp_path / "two"))
+  single = subprocess.Popen(
+    [sys.executable, str(WORKER), f"--out={one}"],
+    env=single_env,
+    stdout=open(tmp_path / "one.log", "w"),
+    stderr=subprocess.STDOUT,
+  )
+  pair = multihost.launch(
+    [sys.executable, str(WORKER), f"--out={two}"],
+    num_processes=2,
+    devices_per_process=4,
+    log_prefix=str(tmp_path / "two"),
+  )
   codes = multihost.wait(pair, TIMEOUT_SECONDS)
   single_code = single.wait(timeout=TIMEOUT_SECONDS)
   logs = {p.name: p.read_text()[-3000:] for p in sorted(tmp_path.glob("*.log"))}
@@ -49,8 +57,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert a[part]["checksums"].keys() == b[part]["checksums"].keys()
     for leaf, sums in a[part]["checksums"].items():
       for kind, value in sums.items():
-        np.testing.assert_allclose(b[part]["checksums"][leaf][kind], value, atol=1e-5, rtol=1e-5,
-                                   err_msg=f"{part} {leaf} {kind}")
+        np.testing.assert_allclose(
+          b[part]["checksums"][leaf][kind], value, atol=1e-5, rtol=1e-5, err_msg=f"{part} {leaf} {kind}"
+        )
   # Sampling is exactly the same (same keys, same logits up to rounding).
   assert a["rl"]["response_tokens"] == b["rl"]["response_tokens"]
   # And every parameter, not just the checksums.

@@ -32,19 +32,36 @@ pytestmark = pytest.mark.slow
 
 TIMEOUT_SECONDS = 1500  # two cores shared by three processes; each compiles its own programs
 FLAGS = [
-    "--config.mesh.shape=(2,2,2)", "--config.plots=False",
-    "--config.sft.num_examples=256", "--config.sft.num_steps=4", "--config.sft.log_every=1",
-    "--config.sft.checkpoint_every=2", "--config.prefs.num_prompts=64", "--config.prefs.num_attack_prompts=8",
-    "--config.prefs.num_heldout_prompts=0", "--config.rm.num_steps=4", "--config.rm.log_every=1",
-    "--config.rm.checkpoint_every=2",
-    # One round, so that the hardened RM is attacked once (every part of advrm runs, the attack twice).
-    "--config.advrm.num_rounds=1", "--config.attack.num_steps=2", "--config.attack.log_every=1",
-    "--config.attack.checkpoint_every=2", "--config.attack.snapshot_every=2",
-    "--config.attack.final_samples_per_prompt=1", "--config.advtrain.num_pairs=16",
-    "--config.advtrain.num_steps=2", "--config.advtrain.control=False",
-    '--config.rlhf.only=("conventional",)', "--config.rlhf.num_prompts=16", "--config.rlhf.num_steps=2",
-    "--config.rlhf.log_every=1", "--config.rlhf.checkpoint_every=2", "--config.rlhf.snapshot_every=2",
-    "--config.evaluate.policy_samples_per_prompt=1", "--config.evaluate.substitution_budget=1",
+  "--config.mesh.shape=(2,2,2)",
+  "--config.plots=False",
+  "--config.sft.num_examples=256",
+  "--config.sft.num_steps=4",
+  "--config.sft.log_every=1",
+  "--config.sft.checkpoint_every=2",
+  "--config.prefs.num_prompts=64",
+  "--config.prefs.num_attack_prompts=8",
+  "--config.prefs.num_heldout_prompts=0",
+  "--config.rm.num_steps=4",
+  "--config.rm.log_every=1",
+  "--config.rm.checkpoint_every=2",
+  # One round, so that the hardened RM is attacked once (every part of advrm runs, the attack twice).
+  "--config.advrm.num_rounds=1",
+  "--config.attack.num_steps=2",
+  "--config.attack.log_every=1",
+  "--config.attack.checkpoint_every=2",
+  "--config.attack.snapshot_every=2",
+  "--config.attack.final_samples_per_prompt=1",
+  "--config.advtrain.num_pairs=16",
+  "--config.advtrain.num_steps=2",
+  "--config.advtrain.control=False",
+  '--config.rlhf.only=("conventional",)',
+  "--config.rlhf.num_prompts=16",
+  "--config.rlhf.num_steps=2",
+  "--config.rlhf.log_every=1",
+  "--config.rlhf.checkpoint_every=2",
+  "--config.rlhf.snapshot_every=2",
+  "--config.evaluate.policy_samples_per_prompt=1",
+  "--config.evaluate.substitution_budget=1",
 ]
 # Every number of every JSON artefact and metrics row, later stages included: the drift measured between the
 # two runs of this test was 1.9e-6 at most (docs/scaling.md); attack success and filter counts were equal.
@@ -89,13 +106,21 @@ def drift(one: pathlib.Path, two: pathlib.Path) -> dict[str, tuple[float, str]]:
 
 def test_every_stage_on_two_processes_matches_one_process(tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
-  single = subprocess.Popen(entry_point_command("configs/synthetic.py:small", one, *FLAGS), cwd=REPO,
-                            env=entry_point_env(devices=8), stdout=open(tmp_path / "one.log", "w"),
-                            stderr=subprocess.STDOUT)
-  pair = multihost.launch(entry_point_command("configs/synthetic.py:small", two, *FLAGS,
-                                              "--config.distributed=True"),
-                          num_processes=2, devices_per_process=4, cwd=str(REPO), log_prefix=str(tmp_path / "two"),
-                          base_env=entry_point_env(devices=4))
+  single = subprocess.Popen(
+    entry_point_command("configs/synthetic.py:small", one, *FLAGS),
+    cwd=REPO,
+    env=entry_point_env(devices=8),
+    stdout=open(tmp_path / "one.log", "w"),
+    stderr=subprocess.STDOUT,
+  )
+  pair = multihost.launch(
+    entry_point_command("configs/synthetic.py:small", two, *FLAGS, "--config.distributed=True"),
+    num_processes=2,
+    devices_per_process=4,
+    cwd=str(REPO),
+    log_prefix=str(tmp_path / "two"),
+    base_env=entry_point_env(devices=4),
+  )
   codes = multihost.wait(pair, TIMEOUT_SECONDS)
   single_code = single.wait(timeout=TIMEOUT_SECONDS)
   logs = {p.name: p.read_text()[-3000:] for p in sorted(tmp_path.glob("*.log"))}
@@ -117,8 +142,9 @@ def check_runs_agree(one: pathlib.Path, two: pathlib.Path) -> None:
     if stage in ("sft", "rm", "attack/round_0", "rlhf/conventional"):  # log_every=1: a row for every step
       assert trained == list(range(1, len(trained) + 1)), (stage, trained)
   loss = lambda rows: [r["loss"] for r in rows if "loss" in r]
-  np.testing.assert_allclose(loss(_rows(two / "sft" / "metrics.jsonl")), loss(_rows(one / "sft" / "metrics.jsonl")),
-                             atol=1e-3, rtol=0)
+  np.testing.assert_allclose(
+    loss(_rows(two / "sft" / "metrics.jsonl")), loss(_rows(one / "sft" / "metrics.jsonl")), atol=1e-3, rtol=0
+  )
   summary_one = json.loads((one / "rm" / "eval_summary.json").read_text())
   summary_two = json.loads((two / "rm" / "eval_summary.json").read_text())
   assert summary_two.keys() == summary_one.keys() and summary_two["test"].keys() == summary_one["test"].keys()

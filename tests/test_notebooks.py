@@ -41,7 +41,7 @@ def _code_without_magics(source: str) -> str:
   lines = []
   for line in source.splitlines():
     stripped = line.lstrip()
-    lines.append(line[:len(line) - len(stripped)] + "pass" if stripped.startswith(("!", "%")) else line)
+    lines.append(line[: len(line) - len(stripped)] + "pass" if stripped.startswith(("!", "%")) else line)
   return "\n".join(lines)
 
 
@@ -74,8 +74,9 @@ def _execute(name: str, parameters: str, tmp_path: pathlib.Path, monkeypatch, de
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count={devices} {KERNEL_XLA_FLAGS}")
   monkeypatch.setenv("MPLBACKEND", "Agg")
-  client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
-                                   resources={"metadata": {"path": str(REPO)}})
+  client = nbclient.NotebookClient(
+    notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+  )
   start, children_start = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
   client.execute()  # starts the kernel and, at the end, shuts it down and waits for it
   seconds, children = time.time() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -103,7 +104,9 @@ def _has_image(notebook) -> bool:
 @pytest.mark.slow  # the whole synthetic loop in a kernel (compiles dominate)
 def test_synthetic_notebook_runs_the_loop_and_shows_the_report(tmp_path, monkeypatch):
   workdir = tmp_path / "synthetic"
-  notebook, _ = _execute("01_synthetic_advrm.ipynb", f"""
+  notebook, _ = _execute(
+    "01_synthetic_advrm.ipynb",
+    f"""
       SMALL = True
       WORKDIR = {str(workdir)!r}
       # Below :small, whose every stage tests/test_advrm_e2e.py runs (RLHF included): one Adv-RM round of
@@ -112,7 +115,10 @@ def test_synthetic_notebook_runs_the_loop_and_shows_the_report(tmp_path, monkeyp
                    "prefs.num_attack_prompts": 16, "attack.final_samples_per_prompt": 1,
                    "sft.checkpoint_every": 20, "rm.checkpoint_every": 20}}
       RLHF_RUNS = []
-      """, tmp_path, monkeypatch)
+      """,
+    tmp_path,
+    monkeypatch,
+  )
 
   report = json.loads((workdir / "report.json").read_text())
   assert {"attack_success", "filter", "rlhf", "examples", "targets", "plots", "in_distribution_accuracy"} <= set(report)
@@ -137,7 +143,9 @@ def test_synthetic_notebook_runs_the_loop_and_shows_the_report(tmp_path, monkeyp
 def test_attack_your_rm_notebook_on_a_tiny_checkpoint(tmp_path, monkeypatch):
   checkpoint, pairs = write_tiny_checkpoint_and_pairs(tmp_path)
   workdir = tmp_path / "own"
-  notebook, _ = _execute("02_attack_your_rm.ipynb", f"""
+  notebook, _ = _execute(
+    "02_attack_your_rm.ipynb",
+    f"""
       CHECKPOINT = {str(checkpoint)!r}
       PAIRS = {str(pairs)!r}
       WORKDIR = {str(workdir)!r}
@@ -145,7 +153,10 @@ def test_attack_your_rm_notebook_on_a_tiny_checkpoint(tmp_path, monkeypatch):
       # z_min far below any z: every sample above T(x) is kept, so adversarial training gets pairs.
       OVERRIDES = {{"filter.z_min": -1e9}}
       ATTACK_HARDENED_RM = False  # the same stages once more (about 10 s); the cell is compiled above
-      """, tmp_path, monkeypatch)
+      """,
+    tmp_path,
+    monkeypatch,
+  )
 
   for stage in ("sft", "prefs", "attack/round_0", "filter/round_0", "advtrain/round_1"):
     assert (workdir / stage / "DONE").exists(), stage
@@ -161,8 +172,9 @@ def test_attack_your_rm_notebook_on_a_tiny_checkpoint(tmp_path, monkeypatch):
 
   text = _outputs_text(notebook)
   # The table of what the adversary found: a header and at least one decoded row with its rewards.
-  table = re.findall(r"^\| tell me about \w+ please \| .* \| -?[\d.]+ \| -?[\d.]+ \| -?[\d.]+ \| -?[\d.]+ \|", text,
-                     re.M)
+  table = re.findall(
+    r"^\| tell me about \w+ please \| .* \| -?[\d.]+ \| -?[\d.]+ \| -?[\d.]+ \| -?[\d.]+ \|", text, re.M
+  )
   assert table, text[-3000:]
   assert "| prompt | adversarial response | R1 |" in text
   assert "# What the adversary found (attack round 0)" in text  # the inspect stage's REPORT.md, inline
@@ -172,7 +184,9 @@ def test_attack_your_rm_notebook_on_a_tiny_checkpoint(tmp_path, monkeypatch):
 @pytest.mark.slow  # the shrunk synthetic loop on a 4-device mesh, in a kernel
 def test_tpu_notebook_runs_on_a_cpu_mesh(tmp_path, monkeypatch):
   workdir = tmp_path / "tpu"
-  notebook, _ = _execute("03_tpu.ipynb", f"""
+  notebook, _ = _execute(
+    "03_tpu.ipynb",
+    f"""
       WORKDIR = {str(workdir)!r}
       SMALL = True
       MESH_SHAPE = None  # 4 devices: (4 // 4, 2, 2)
@@ -181,7 +195,11 @@ def test_tpu_notebook_runs_on_a_cpu_mesh(tmp_path, monkeypatch):
                    "prefs.num_attack_prompts": 16, "attack.final_samples_per_prompt": 1,
                    "sft.checkpoint_every": 20, "rm.checkpoint_every": 20,
                    "stages": ("sft", "prefs", "rm", "advrm", "evaluate")}}
-      """, tmp_path, monkeypatch, devices=4)
+      """,
+    tmp_path,
+    monkeypatch,
+    devices=4,
+  )
 
   text = _outputs_text(notebook)
   assert "backend: cpu" in text and "4 devices" in text

@@ -32,9 +32,16 @@ def _batch(step):
   pair = lambda: rng.integers(2, CFG.vocab_size, (PAIRS, PAIR_LEN)).astype(np.int32)
   pair_mask = np.ones((PAIRS, PAIR_LEN), bool)
   pair_mask[:, -1] = False
-  return {"prompt_tokens": tokens * mask, "prompt_mask": mask, "reference_tokens": ref * ref_mask,
-          "reference_mask": ref_mask, "chosen_tokens": pair(), "chosen_mask": pair_mask,
-          "rejected_tokens": pair(), "rejected_mask": pair_mask}
+  return {
+    "prompt_tokens": tokens * mask,
+    "prompt_mask": mask,
+    "reference_tokens": ref * ref_mask,
+    "reference_mask": ref_mask,
+    "chosen_tokens": pair(),
+    "chosen_mask": pair_mask,
+    "rejected_tokens": pair(),
+    "rejected_mask": pair_mask,
+  }
 
 
 def _setup(z_min):
@@ -48,14 +55,18 @@ def _setup(z_min):
   rm_params = jax.device_put(rm_params, shd.tree_shardings(rm_axes, rm_params, mesh))
   policy_opt = make_optimizer(learning_rate=1e-2, schedule="constant", grad_clip=1.0)
   rm_opt = make_optimizer(learning_rate=1e-2, schedule="constant", grad_clip=1.0)
-  state, shardings = online_stage.init_sharded_state(CFG, policy_params, rm_params, policy_opt, rm_opt, rl_config,
-                                                     16, PROMPT_LEN, SAMPLING, mesh)
+  state, shardings = online_stage.init_sharded_state(
+    CFG, policy_params, rm_params, policy_opt, rm_opt, rl_config, 16, PROMPT_LEN, SAMPLING, mesh
+  )
   # z_min far below any z: every sample above its threshold is kept, so the
   # buffer path is exercised deterministically on random models.
   config = online.OnlineConfig(z_min=z_min, rm_updates=2, adversarial_pairs=3)
-  step = online.jit_online_iteration(online.make_online_iteration(
-      graphdef, rm_graphdef, policy_opt, rm_opt, rl_config, SAMPLING, config), shardings,
-      shd.shardings_on(policy_params, mesh), mesh)
+  step = online.jit_online_iteration(
+    online.make_online_iteration(graphdef, rm_graphdef, policy_opt, rm_opt, rl_config, SAMPLING, config),
+    shardings,
+    shd.shardings_on(policy_params, mesh),
+    mesh,
+  )
   return state, policy_params, rm_params, step
 
 
@@ -107,6 +118,7 @@ def test_online_stage_end_to_end(tmp_path):
   import pathlib  # pylint: disable=import-outside-toplevel
   from advrm_jax.pipelines import run_stages  # pylint: disable=import-outside-toplevel
   from advrm_jax.pipelines.workdir import load_reward_model  # pylint: disable=import-outside-toplevel
+
   path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "synthetic.py"
   spec = importlib.util.spec_from_file_location("synthetic_config", path)
   module = importlib.util.module_from_spec(spec)

@@ -83,11 +83,13 @@ def test_sft_imports_the_checkpoint_as_the_reference_policy(own_run):
   _, workdir, checkpoint, _ = own_run
   from advrm_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=import-outside-toplevel
   from advrm_jax.train_state import split_module  # pylint: disable=import-outside-toplevel
+
   assert (workdir / "sft" / "DONE").exists()
   model_config, _, params = wd.load_policy(workdir / "sft")
   want_config, want_model = load_hf_checkpoint(checkpoint)
   assert model_config == want_config
   import jax  # pylint: disable=import-outside-toplevel
+
   jax.tree.map(np.testing.assert_array_equal, params, split_module(want_model)[1])
   tokenizer = wd.policy_tokenizer(workdir)
   assert (tokenizer.eos_id, tokenizer.bos_id) == (EOS_ID, BOS_ID)
@@ -163,9 +165,16 @@ def test_inspect_is_the_last_own_model_stage():
 def test_inspect_names_the_first_missing_artefact(own_run):
   config, workdir, _, _ = own_run
   # Only existence is checked before anything is read, so empty stand-ins walk the pipeline order.
-  expected = ["prefs/reference.npz", "rm/rm_meta.json", "attack/round_0/collected.npz",
-              "attack/round_0/final_samples.npz", "attack/round_0/DONE", "filter/round_0/scores.npz",
-              "filter/round_0/adversarial_pairs.jsonl", "filter/round_0/DONE"]
+  expected = [
+    "prefs/reference.npz",
+    "rm/rm_meta.json",
+    "attack/round_0/collected.npz",
+    "attack/round_0/final_samples.npz",
+    "attack/round_0/DONE",
+    "filter/round_0/scores.npz",
+    "filter/round_0/adversarial_pairs.jsonl",
+    "filter/round_0/DONE",
+  ]
   for artefact in expected:
     with pytest.raises(FileNotFoundError, match=re.escape(str(workdir / artefact))):
       inspect_stage.run(config, workdir)
@@ -211,8 +220,9 @@ def test_inspect_reports_what_the_adversary_found(own_run):
   adversarial = [r for r in responses if r["group"] == "adversarial"]
   # Matched back to their tokens and scored as the filter scored them: round-0 R1 is the pair's.
   assert [r["response"] for r in adversarial] == [p["rejected"] for p in pairs]
-  np.testing.assert_allclose([r["rewards"]["0"]["r1"] for r in adversarial], [p["r1"] for p in pairs], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    [r["rewards"]["0"]["r1"] for r in adversarial], [p["r1"] for p in pairs], rtol=1e-5, atol=1e-6
+  )
   for record in responses:
     assert record["repeated_ngram_fraction"] == quality.repeated_ngram_fraction(record["response"])
     assert record["missing_final_punctuation"] == quality.missing_final_punctuation(record["response"])

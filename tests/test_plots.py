@@ -73,8 +73,10 @@ def test_stage_metrics_come_from_every_row_and_split_training_from_evaluation(tm
   assert rows[-1]["eval_keys"] == ["test/accuracy", "test/ece"] and "loss" not in rows[-1]
   series = metrics.metric_series(rows)
   # The last row holds only evaluation results; the training keys come from the rows before it.
-  assert series["training"] == {"loss": [(2, 0.5), (4, 0.25), (6, 1 / 6), (8, 0.125)],
-                                "grad_norm": [(2, 0.5), (4, 0.5), (6, 0.5), (8, 0.5)]}
+  assert series["training"] == {
+    "loss": [(2, 0.5), (4, 0.25), (6, 1 / 6), (8, 0.125)],
+    "grad_norm": [(2, 0.5), (4, 0.5), (6, 0.5), (8, 0.5)],
+  }
   assert series["evaluation"] == {"test/accuracy": [(4, 0.6), (8, 0.7)], "test/ece": [(4, 0.1), (8, 0.08)]}
   for kind in ("training", "evaluation"):
     fig = metrics.metrics_figure(series[kind], f"rm: {kind}")
@@ -102,8 +104,10 @@ def test_a_log_of_evaluation_results_only_plots_them(tmp_path):
 
 def test_reward_curves_show_every_run_with_integer_steps():
   rng = np.random.default_rng(0)
-  curves = {"conventional": {"gold": rng.normal(size=(3, 5)), "proxy": rng.normal(size=(3, 5))},
-            "adv_rm": {"gold": rng.normal(size=5), "proxy": rng.normal(size=5)}}
+  curves = {
+    "conventional": {"gold": rng.normal(size=(3, 5)), "proxy": rng.normal(size=(3, 5))},
+    "adv_rm": {"gold": rng.normal(size=5), "proxy": rng.normal(size=5)},
+  }
   fig = report.reward_curves_figure(curves, steps=np.arange(5) * 2, onsets={"conventional": 4.0})
   _assert_every_axis_shows_data(fig)
   _assert_titles_do_not_overlap(fig)
@@ -115,10 +119,11 @@ def test_attack_success_has_error_bars_over_seeds_and_the_reference_floor():
   # [seeds, rounds]: seed 2 misses round 2 (NaN); the floor is the reference policy's own answers.
   adv = np.array([[90.0, 40.0, 10.0], [98.0, 30.0, np.nan]])
   floor = np.array([[5.0, 4.0, 6.0], [7.0, 6.0, 4.0]])
-  fig = report.attack_success_figure({"Adv-RM standard": adv, "TextFooler": [[9.0, 8.0, 7.0]]},
-                                     floors={"reference policy standard (floor)": floor})
+  fig = report.attack_success_figure(
+    {"Adv-RM standard": adv, "TextFooler": [[9.0, 8.0, 7.0]]}, floors={"reference policy standard (floor)": floor}
+  )
   _assert_every_axis_shows_data(fig)
-  ax, = fig.axes
+  (ax,) = fig.axes
   containers = {c.get_label(): c for c in ax.containers}
   adv_bars = containers["Adv-RM standard"]
   mean_line, _, (bars,) = adv_bars.lines
@@ -137,7 +142,7 @@ def test_uncertainty_scatter_draws_the_filter_threshold(threshold):
   z = rng.normal(size=200)
   fig = report.uncertainty_figure(z, z + rng.normal(size=200), threshold=threshold)
   _assert_every_axis_shows_data(fig)
-  ax, = fig.axes
+  (ax,) = fig.axes
   vertical = [l for l in ax.get_lines() if np.allclose(l.get_xdata(), threshold)]
   assert len(vertical) == 1
   assert f"{int(np.sum(z > threshold))} of 200" in vertical[0].get_label()

@@ -17,10 +17,10 @@ def test_class_weights_balance_the_classes_by_hand():
   np.testing.assert_allclose(w, [2.0, 2 / 3, 2 / 3, 2 / 3], rtol=1e-6)
   np.testing.assert_allclose(jnp.sum(w), 4.0, rtol=1e-6)
   # Masked rows get 0 and leave the counts; multiplicities count as repeated rows.
-  np.testing.assert_allclose(pr.class_weights(jnp.array([1, 0, 0, 0]), jnp.array([1, 1, 0, 1])),
-                             [1.5, 0.75, 0.0, 0.75], rtol=1e-6)
-  np.testing.assert_allclose(pr.class_weights(jnp.array([1, 0]), jnp.array([3, 1])),
-                             [3 * 4 / 6, 1 * 4 / 2], rtol=1e-6)
+  np.testing.assert_allclose(
+    pr.class_weights(jnp.array([1, 0, 0, 0]), jnp.array([1, 1, 0, 1])), [1.5, 0.75, 0.0, 0.75], rtol=1e-6
+  )
+  np.testing.assert_allclose(pr.class_weights(jnp.array([1, 0]), jnp.array([3, 1])), [3 * 4 / 6, 1 * 4 / 2], rtol=1e-6)
 
 
 def test_weighted_bce_by_hand():
@@ -30,8 +30,9 @@ def test_weighted_bce_by_hand():
   # (2 ln2 + 2/3 * 2 ln2 + 4/3 ln2) / 4 = 7/6 ln 2.
   loss = pr.weighted_bce(logits, labels, pr.class_weights(labels))
   np.testing.assert_allclose(loss, 7 / 6 * math.log(2.0), rtol=1e-6)
-  np.testing.assert_allclose(pr.weighted_bce(jnp.array([100.0, -100.0]), jnp.array([1, 0]), jnp.ones(2)), 0.0,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    pr.weighted_bce(jnp.array([100.0, -100.0]), jnp.array([1, 0]), jnp.ones(2)), 0.0, atol=1e-6
+  )
 
 
 def test_roc_auc_ece_brier_by_hand():
@@ -67,7 +68,7 @@ def test_early_exit_with_a_hand_made_probe():
   np.testing.assert_array_equal(out["answer"], [8, 5])
   np.testing.assert_array_equal(out["tokens"], [4, 5])
   out = jax.device_get(pr.early_exit(confidence, candidate, value, final, length, 0.96))
-  np.testing.assert_array_equal(out["answer"], [9, 5])        # row 0 never confident: full response
+  np.testing.assert_array_equal(out["answer"], [9, 5])  # row 0 never confident: full response
   np.testing.assert_array_equal(out["tokens"], [10, 5])
   np.testing.assert_array_equal(out["exited"], [False, True])
   out = jax.device_get(pr.early_exit(confidence, candidate, value, final, length, 2.0))
@@ -80,8 +81,9 @@ def test_probe_learns_a_separable_rule_and_feeds_the_filter():
   x = rng.normal(size=(400, 8)).astype(np.float32) * 3.0 + 1.0
   y = (x[:, 0] - x[:, 3] > 2.0).astype(np.float32)  # imbalanced: ~30% positive
   for hidden in (0, 16):
-    params, losses = pr.train_probe(jax.random.key(0), x[:300], y[:300], hidden=hidden, num_steps=150,
-                                    learning_rate=5e-2)
+    params, losses = pr.train_probe(
+      jax.random.key(0), x[:300], y[:300], hidden=hidden, num_steps=150, learning_rate=5e-2
+    )
     assert float(losses[-1]) < 0.5 * float(losses[0])
     probs = np.asarray(jax.nn.sigmoid(pr.probe_logits(params, x[300:])))
     assert pr.roc_auc(probs, y[300:]) > 0.97, hidden

@@ -36,11 +36,23 @@ def test_longest_run():
   assert quality.longest_run([]) == 0 and quality.longest_run("") == 0
 
 
-@pytest.mark.parametrize("text,missing", [
-    ("Done.", False), ("Done", True), ("Really?  \n", False), ("Wow!", False), ('He said "hi"', False),
-    ("(see above)", False), ("wait...", False), ("a list:", True), ("ends with a comma,", True), ("", True),
-    ("   ", True), ("好。", False),
-])
+@pytest.mark.parametrize(
+  "text,missing",
+  [
+    ("Done.", False),
+    ("Done", True),
+    ("Really?  \n", False),
+    ("Wow!", False),
+    ('He said "hi"', False),
+    ("(see above)", False),
+    ("wait...", False),
+    ("a list:", True),
+    ("ends with a comma,", True),
+    ("", True),
+    ("   ", True),
+    ("好。", False),
+  ],
+)
 def test_missing_final_punctuation(text, missing):
   assert quality.missing_final_punctuation(text) is missing
 
@@ -58,14 +70,26 @@ def test_prompt_copying():
 
 def test_text_quality_and_flags():
   metrics = quality.text_quality("loud loud loud loud", PROMPT)
-  assert metrics == {"num_words": 4, "empty": False, "near_empty": False, "repeated_ngram_fraction": 0.5,
-                     "longest_run": 4, "missing_final_punctuation": True, "prompt_copy_fraction": 0.0,
-                     "longest_prompt_span": 0, "copies_prompt": False}
+  assert metrics == {
+    "num_words": 4,
+    "empty": False,
+    "near_empty": False,
+    "repeated_ngram_fraction": 0.5,
+    "longest_run": 4,
+    "missing_final_punctuation": True,
+    "prompt_copy_fraction": 0.0,
+    "longest_prompt_span": 0,
+    "copies_prompt": False,
+  }
   assert quality.quality_flags(metrics) == ["repetitive", "no final punctuation"]
   # With token ids the run counts tokens, not words.
   assert quality.text_quality("loud loud loud loud", PROMPT, tokens=[7, 8, 7, 8])["longest_run"] == 1
   assert quality.quality_flags(dict(metrics, has_eos=False, perplexity=120.0), perplexity_limit=100.0) == [
-      "repetitive", "no final punctuation", "no EOS", "high perplexity"]
+    "repetitive",
+    "no final punctuation",
+    "no EOS",
+    "high perplexity",
+  ]
 
   copied = quality.text_quality("Tell me about cats, please.", PROMPT, min_copy_span=5)
   assert copied["longest_prompt_span"] == 5 and copied["copies_prompt"] and copied["prompt_copy_fraction"] == 1.0
@@ -96,6 +120,7 @@ def test_perplexity_matches_transformers(tmp_path):
   torch = pytest.importorskip("torch")
   from advrm_jax.checkpoints.hf import load_hf_checkpoint  # pylint: disable=import-outside-toplevel
   from advrm_jax.train_state import split_module  # pylint: disable=import-outside-toplevel
+
   checkpoint, torch_model = _sharp_checkpoint(tmp_path)
   _, model = load_hf_checkpoint(checkpoint)
   graphdef, params, _ = split_module(model)
@@ -111,12 +136,13 @@ def test_perplexity_matches_transformers(tmp_path):
   response_tokens = np.full((4, 5), PAD_ID, np.int32)
   response_mask = np.zeros((4, 5), bool)
   for row, response in enumerate(responses):
-    response_tokens[row, :len(response)], response_mask[row, :len(response)] = response, True
+    response_tokens[row, : len(response)], response_mask[row, : len(response)] = response, True
   response_tokens[3, :2] = [27, 28]  # tokens outside the mask are ignored
 
   # batch_size 3: two chunks, the second padded.
-  got = quality.response_perplexity(graphdef, params, prompt_tokens, prompt_mask, response_tokens, response_mask,
-                                    batch_size=3)
+  got = quality.response_perplexity(
+    graphdef, params, prompt_tokens, prompt_mask, response_tokens, response_mask, batch_size=3
+  )
 
   want = []
   for prompt, response in zip(prompts, responses):

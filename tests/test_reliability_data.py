@@ -33,53 +33,53 @@ BAD = REPO / "tests" / "data" / "bad"
 # file -> (expected kind, expected 1-based line). Gzip lines are where the
 # decompressor gave up (the records before it were readable).
 READ_ERRORS = {
-    "pref_truncated.jsonl.gz": (prefs.TRUNCATED_GZIP, 127),
-    "pref_corrupt.jsonl.gz": (prefs.CORRUPT_GZIP, 71),
-    "pref_invalid_utf8.jsonl": (prefs.INVALID_UTF8, 2),
-    "pref_lone_surrogate.jsonl": (prefs.INVALID_UTF8, 3),
-    "pref_binary_garbage.jsonl": (prefs.MALFORMED_JSON, 1),
-    "pref_malformed_json.jsonl": (prefs.MALFORMED_JSON, 2),
-    "pref_not_an_object.jsonl": (prefs.NOT_AN_OBJECT, 2),
-    "pref_deeply_nested.jsonl": (prefs.MALFORMED_JSON, 2),
-    "pref_huge_integer.jsonl": (prefs.MALFORMED_JSON, 2),
-    "pref_missing_field.jsonl": (prefs.MISSING_FIELD, 3),
-    "pref_null_field.jsonl": (prefs.NULL_FIELD, 2),
-    "pref_wrong_type.jsonl": (prefs.WRONG_TYPE, 2),
-    "pref_bool_id.jsonl": (prefs.WRONG_TYPE, 2),
-    "pref_bad_message.jsonl": (prefs.WRONG_TYPE, 1),
-    "pref_empty_side.jsonl": (prefs.EMPTY_RESPONSE, 2),
-    "pref_identical_sides.jsonl": (prefs.IDENTICAL_RESPONSES, 2),
-    "pref_empty_prompt.jsonl": (prefs.EMPTY_PROMPT, 2),
-    "pref_duplicate_id.jsonl": (prefs.DUPLICATE_ID, 3),
-    "pref_mixed_formats.jsonl": (prefs.MISSING_FIELD, 2),
-    "pref_hh_no_shared_prompt.jsonl": (prefs.BAD_DIALOGUE, 1),
-    "pref_hh_no_assistant_marker.jsonl": (prefs.BAD_DIALOGUE, 2),
-    "pref_hh_plain_text.jsonl": (prefs.BAD_DIALOGUE, 1),
-    "prompt_truncated.jsonl.gz": (prefs.TRUNCATED_GZIP, 50),
-    "prompt_wrong_type.jsonl": (prefs.WRONG_TYPE, 2),
-    "prompt_null.jsonl": (prefs.NULL_FIELD, 3),
-    "prompt_missing.jsonl": (prefs.MISSING_FIELD, 1),
-    "prompt_empty_messages.jsonl": (prefs.EMPTY_PROMPT, 2),
-    "prompt_message_not_object.jsonl": (prefs.WRONG_TYPE, 1),
-    "prompt_duplicate_id.jsonl": (prefs.DUPLICATE_ID, 2),
+  "pref_truncated.jsonl.gz": (prefs.TRUNCATED_GZIP, 127),
+  "pref_corrupt.jsonl.gz": (prefs.CORRUPT_GZIP, 71),
+  "pref_invalid_utf8.jsonl": (prefs.INVALID_UTF8, 2),
+  "pref_lone_surrogate.jsonl": (prefs.INVALID_UTF8, 3),
+  "pref_binary_garbage.jsonl": (prefs.MALFORMED_JSON, 1),
+  "pref_malformed_json.jsonl": (prefs.MALFORMED_JSON, 2),
+  "pref_not_an_object.jsonl": (prefs.NOT_AN_OBJECT, 2),
+  "pref_deeply_nested.jsonl": (prefs.MALFORMED_JSON, 2),
+  "pref_huge_integer.jsonl": (prefs.MALFORMED_JSON, 2),
+  "pref_missing_field.jsonl": (prefs.MISSING_FIELD, 3),
+  "pref_null_field.jsonl": (prefs.NULL_FIELD, 2),
+  "pref_wrong_type.jsonl": (prefs.WRONG_TYPE, 2),
+  "pref_bool_id.jsonl": (prefs.WRONG_TYPE, 2),
+  "pref_bad_message.jsonl": (prefs.WRONG_TYPE, 1),
+  "pref_empty_side.jsonl": (prefs.EMPTY_RESPONSE, 2),
+  "pref_identical_sides.jsonl": (prefs.IDENTICAL_RESPONSES, 2),
+  "pref_empty_prompt.jsonl": (prefs.EMPTY_PROMPT, 2),
+  "pref_duplicate_id.jsonl": (prefs.DUPLICATE_ID, 3),
+  "pref_mixed_formats.jsonl": (prefs.MISSING_FIELD, 2),
+  "pref_hh_no_shared_prompt.jsonl": (prefs.BAD_DIALOGUE, 1),
+  "pref_hh_no_assistant_marker.jsonl": (prefs.BAD_DIALOGUE, 2),
+  "pref_hh_plain_text.jsonl": (prefs.BAD_DIALOGUE, 1),
+  "prompt_truncated.jsonl.gz": (prefs.TRUNCATED_GZIP, 50),
+  "prompt_wrong_type.jsonl": (prefs.WRONG_TYPE, 2),
+  "prompt_null.jsonl": (prefs.NULL_FIELD, 3),
+  "prompt_missing.jsonl": (prefs.MISSING_FIELD, 1),
+  "prompt_empty_messages.jsonl": (prefs.EMPTY_PROMPT, 2),
+  "prompt_message_not_object.jsonl": (prefs.WRONG_TYPE, 1),
+  "prompt_duplicate_id.jsonl": (prefs.DUPLICATE_ID, 2),
 }
 # The whole file is unreadable as UTF-8 text: raised in "skip" mode too (kind, line).
 ENCODING_ERRORS = {
-    "pref_utf16_bom.jsonl": (prefs.NOT_UTF8_ENCODING, 1),
-    "pref_utf16le_no_bom.jsonl": (prefs.NOT_UTF8_ENCODING, 1),
-    "pref_utf32be_no_bom.jsonl": (prefs.NOT_UTF8_ENCODING, 1),
+  "pref_utf16_bom.jsonl": (prefs.NOT_UTF8_ENCODING, 1),
+  "pref_utf16le_no_bom.jsonl": (prefs.NOT_UTF8_ENCODING, 1),
+  "pref_utf32be_no_bom.jsonl": (prefs.NOT_UTF8_ENCODING, 1),
 }
 # Read fine; refused by length when tokenised (kind, line).
 LENGTH_ERRORS = {
-    "pref_over_length.jsonl": (prefs.RESPONSE_TOO_LONG, 2),
-    "pref_huge_line.jsonl.gz": (prefs.RESPONSE_TOO_LONG, 2),
-    "prompt_over_length.jsonl": (prefs.PROMPT_TOO_LONG, 2),
+  "pref_over_length.jsonl": (prefs.RESPONSE_TOO_LONG, 2),
+  "pref_huge_line.jsonl.gz": (prefs.RESPONSE_TOO_LONG, 2),
+  "prompt_over_length.jsonl": (prefs.PROMPT_TOO_LONG, 2),
 }
 # Unusual but valid: (number of records).
 ACCEPTED = {
-    "ok_pref_bom.jsonl": 3,
-    "ok_pref_crlf_blank_lines.jsonl": 3,
-    "ok_prompt_bom_crlf.jsonl": 3,
+  "ok_pref_bom.jsonl": 3,
+  "ok_pref_crlf_blank_lines.jsonl": 3,
+  "ok_prompt_bom_crlf.jsonl": 3,
 }
 
 
@@ -200,12 +200,14 @@ def test_directory_fifo_and_unreadable_file_are_one_line_errors(tmp_path, on_err
       read_preferences(path, on_error=on_error)
   finally:
     shutil.rmtree(directory)
-  assert str(info.value) == (f"{path}: cannot be read (permission denied); check its permissions or read a copy "
-                             f"[{prefs.UNREADABLE}]")
+  assert str(info.value) == (
+    f"{path}: cannot be read (permission denied); check its permissions or read a copy [{prefs.UNREADABLE}]"
+  )
 
 
 def test_empty_test_split_warns_and_says_which_key(caplog):
   import ml_collections  # pylint: disable=import-outside-toplevel
+
   pairs = list(read_preferences(BAD / "ok_pref_bom.jsonl"))[:1]
   data = ml_collections.ConfigDict(dict(source="jsonl", path="one.jsonl", test_fraction=0.1, split_seed=0))
   with caplog.at_level("WARNING"):
@@ -277,9 +279,20 @@ def _entry_point_env() -> dict[str, str]:
 def _run_rm_stage(workdir: pathlib.Path, path: pathlib.Path) -> str:
   """`python -m advrm_jax.main` on a preference file: asserts exit 2, no traceback; returns the error line."""
   result = subprocess.run(
-      [sys.executable, "-m", "advrm_jax.main", f"--config={REPO / 'configs' / 'rm_hh.py'}:small",
-       f"--workdir={workdir}", f"--config.data.path={path}"],
-      cwd=REPO, env=_entry_point_env(), capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "advrm_jax.main",
+      f"--config={REPO / 'configs' / 'rm_hh.py'}:small",
+      f"--workdir={workdir}",
+      f"--config.data.path={path}",
+    ],
+    cwd=REPO,
+    env=_entry_point_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   # At the default verbosity the error is all there is to read.
@@ -289,8 +302,15 @@ def _run_rm_stage(workdir: pathlib.Path, path: pathlib.Path) -> str:
   return last
 
 
-@pytest.mark.parametrize("name", ["pref_malformed_json.jsonl", "pref_truncated.jsonl.gz",
-                                  "pref_utf16le_no_bom.jsonl", "pref_hh_no_assistant_marker.jsonl"])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "pref_malformed_json.jsonl",
+    "pref_truncated.jsonl.gz",
+    "pref_utf16le_no_bom.jsonl",
+    "pref_hh_no_assistant_marker.jsonl",
+  ],
+)
 def test_rm_stage_on_a_broken_file_prints_one_error_line(tmp_path, name):
   """The user-facing end: `python -m advrm_jax.main` names file, line and problem in one line."""
   path = BAD / name

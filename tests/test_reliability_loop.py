@@ -72,7 +72,7 @@ class _Recorder:
     self.seen[step] = (np.asarray(jax.random.key_data(rng)), np.asarray(batch["x"]))
     noise = jax.random.normal(rng, (4,))
     w = state["w"] * 0.5 + jnp.mean(batch["x"], axis=0) + 0.1 * noise
-    metrics = {"loss": jnp.sum(w ** 2), "reward": jnp.mean(w), "grad_norm": jnp.sqrt(jnp.sum(w ** 2))}
+    metrics = {"loss": jnp.sum(w**2), "reward": jnp.mean(w), "grad_norm": jnp.sqrt(jnp.sum(w**2))}
     if step in self.poison:
       key, value = self.poison[step]
       metrics[key] = jnp.float32(value)
@@ -90,8 +90,15 @@ def _loop(**kwargs) -> LoopConfig:
 
 def _run(directory, step_fn=None, get_batch=_get_batch, loop=None, state=None):
   # The loop's default finite_keys (loss, grad_norm, reward, proxy_reward), as every stage uses.
-  return train_loop("test", directory, _initial_state() if state is None else state, step_fn or _Recorder(),
-                    get_batch, loop or _loop(), _mesh())
+  return train_loop(
+    "test",
+    directory,
+    _initial_state() if state is None else state,
+    step_fn or _Recorder(),
+    get_batch,
+    loop or _loop(),
+    _mesh(),
+  )
 
 
 def _metrics(directory: pathlib.Path) -> list[dict]:
@@ -120,6 +127,7 @@ def _crash_at(step_to_fail: int):
     if step == step_to_fail:
       raise _Interrupted(f"crash before step {step}")
     return _get_batch(step)
+
   return get_batch
 
 
@@ -151,6 +159,7 @@ def test_sample_tables_get_the_steps_samples_at_logged_steps_only_and_resume_lik
   def text_fn(samples, step):
     del step
     return {"samples": f"{type(samples['batch_step']).__name__} {samples['batch_step'].tolist()}"}
+
   loop = _loop(log_every=3)  # logged steps 3, 6 and the last, 8 (checkpoints every 2)
   train_loop("test", tmp_path / "straight", _initial_state(), step_fn, _get_batch, loop, _mesh(), text_fn=text_fn)
   with pytest.raises(_Interrupted):  # killed before step 8, after step 6's row: resumed from step 6
@@ -159,8 +168,11 @@ def test_sample_tables_get_the_steps_samples_at_logged_steps_only_and_resume_lik
   for run in ("straight", "resumed"):
     # Logged step s ran the batch of step index s - 1, its samples read to the host (numpy).
     rows = [json.loads(l) for l in (tmp_path / run / "samples.jsonl").read_text().splitlines()]
-    assert rows == [{"step": 3, "samples": "ndarray [2, 2]"}, {"step": 6, "samples": "ndarray [5, 5]"},
-                    {"step": 8, "samples": "ndarray [7, 7]"}], run
+    assert rows == [
+      {"step": 3, "samples": "ndarray [2, 2]"},
+      {"step": 6, "samples": "ndarray [5, 5]"},
+      {"step": 8, "samples": "ndarray [7, 7]"},
+    ], run
     # The samples are no metric: the rows hold the step's scalars only.
     assert [sorted(r) for r in _metrics(tmp_path / run)] == [["grad_norm", "loss", "reward", "step"]] * 3, run
 
@@ -188,8 +200,18 @@ def test_final_evaluation_survives_a_kill_after_the_last_checkpoint(tmp_path):
       if fail_final_eval and step == NUM_STEPS:
         raise _Interrupted("killed before the final evaluation")
       return eval_fn(state, step)
-    return train_loop("test", directory, _initial_state(), _Recorder(), _get_batch, _loop(), _mesh(),
-                      eval_fn=maybe_failing, eval_every=4)
+
+    return train_loop(
+      "test",
+      directory,
+      _initial_state(),
+      _Recorder(),
+      _get_batch,
+      _loop(),
+      _mesh(),
+      eval_fn=maybe_failing,
+      eval_every=4,
+    )
 
   run(tmp_path / "straight")
   with pytest.raises(_Interrupted):
@@ -222,10 +244,12 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, straight):
 
 # grad_norm: the step's loss is still finite (it is computed before the
 # update), but the NaN gradient has already poisoned the parameters.
-@pytest.mark.parametrize("quantity,value", [("loss", np.nan), ("reward", np.inf), ("loss", -np.inf),
-                                            ("grad_norm", np.nan)])
+@pytest.mark.parametrize(
+  "quantity,value", [("loss", np.nan), ("reward", np.inf), ("loss", -np.inf), ("grad_norm", np.nan)]
+)
 def test_non_finite_quantity_stops_naming_step_and_quantity_and_keeps_last_good_checkpoint(
-    tmp_path, straight, quantity, value):
+  tmp_path, straight, quantity, value
+):
   straight_dir, _, _ = straight
   with pytest.raises(FloatingPointError) as info:
     _run(tmp_path, _Recorder(poison={4: (quantity, value)}))  # step index 4 = step 5
@@ -240,8 +264,9 @@ def test_non_finite_quantity_stops_naming_step_and_quantity_and_keeps_last_good_
   assert step == 4 and meta == {"step": 4}
   assert np.all(np.isfinite(np.asarray(state["w"])))
   reference = Checkpointer(straight_dir / "checkpoints")
-  _, reference_state, _ = reference.restore(_initial_state(), step=4) if 4 in reference.all_steps() else (
-      None, None, None)
+  _, reference_state, _ = (
+    reference.restore(_initial_state(), step=4) if 4 in reference.all_steps() else (None, None, None)
+  )
   reference.close()
   if reference_state is not None:
     _assert_same_state(state, reference_state)
@@ -279,17 +304,18 @@ def _everything_zeroed(step_dir):
 
 
 CORRUPTIONS = {
-    "truncated_array_data": _truncate_data,
-    "garbage_metadata": _garbage_metadata,
-    "empty_manifest": _empty_manifest,
-    "missing_array_files": _missing_arrays,
-    "every_file_zero_bytes": _everything_zeroed,
+  "truncated_array_data": _truncate_data,
+  "garbage_metadata": _garbage_metadata,
+  "empty_manifest": _empty_manifest,
+  "missing_array_files": _missing_arrays,
+  "every_file_zero_bytes": _everything_zeroed,
 }
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
 def test_corrupted_latest_checkpoint_is_reported_by_path_and_the_previous_one_used(
-    tmp_path, straight, caplog, corruption):
+  tmp_path, straight, caplog, corruption
+):
   straight_dir, straight_state, _ = straight
   shutil.copytree(straight_dir / "checkpoints", tmp_path / "checkpoints")
   shutil.copy(straight_dir / "metrics.jsonl", tmp_path / "metrics.jsonl")
@@ -318,9 +344,13 @@ def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path, strai
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4", "6", "8"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(
+  strict=True,
+  reason=(
     "known gap: orbax/tensorstore keep no checksum of array payloads, so a flipped bit inside an array's "
-    "data restores silently with a wrong value; structural damage (above) is detected"))
+    "data restores silently with a wrong value; structural damage (above) is detected"
+  ),
+)
 def test_every_single_byte_flip_in_array_data_is_detected(tmp_path):
   payload = {"w": jnp.arange(4096, dtype=jnp.float32)}
   checkpointer = Checkpointer(tmp_path / "good", max_to_keep=3)
@@ -382,10 +412,11 @@ class _SlowStep:
       w = state["w"]
       for _ in range(12):
         w = jnp.tanh(w @ w.T) / 256.0 + batch["x"]
-      loss = jnp.sum(w ** 2)
+      loss = jnp.sum(w**2)
       if self.poison_step is not None:
         loss = jnp.where(batch["step"][0] == self.poison_step, jnp.nan, loss)
       return {"w": w, "count": state["count"] + 1}, {"loss": loss, "grad_norm": jnp.sqrt(loss)}
+
     self._step = step
 
   def __call__(self, state, batch, rng):
@@ -404,8 +435,15 @@ def test_steps_between_log_points_dispatch_without_waiting_for_the_device(tmp_pa
   state = {"w": jnp.full((256, 256), 0.01, jnp.float32), "count": jnp.zeros((), jnp.int32)}
   slow(state, slow.get_batch(0), None)[1]["loss"].block_until_ready()  # compile outside the loop
   slow.last_loss = None
-  train_loop("slow", tmp_path, state, slow, slow.get_batch,
-             LoopConfig(num_steps=8, log_every=4, checkpoint_every=100, seed=0), _mesh())
+  train_loop(
+    "slow",
+    tmp_path,
+    state,
+    slow,
+    slow.get_batch,
+    LoopConfig(num_steps=8, log_every=4, checkpoint_every=100, seed=0),
+    _mesh(),
+  )
   # After step 4 the loop logs (reads the metrics): step 4's loss is ready when batch 4 is asked for.
   # Every other batch is asked for while the previous step still runs: nothing read the device in between.
   assert slow.ready_before[4] is True
@@ -418,8 +456,15 @@ def test_non_finite_loss_between_log_points_is_found_at_the_next_one_naming_its_
   slow = _SlowStep(poison_step=5)
   state = {"w": jnp.full((256, 256), 0.01, jnp.float32), "count": jnp.zeros((), jnp.int32)}
   with pytest.raises(FloatingPointError, match=r"\[slow\] non-finite loss=nan at step 6; stopping"):
-    train_loop("slow", tmp_path, state, slow, slow.get_batch,
-               LoopConfig(num_steps=12, log_every=8, checkpoint_every=4, seed=0), _mesh())
+    train_loop(
+      "slow",
+      tmp_path,
+      state,
+      slow,
+      slow.get_batch,
+      LoopConfig(num_steps=12, log_every=8, checkpoint_every=4, seed=0),
+      _mesh(),
+    )
   # Checkpoints: step 4 (checked, finite); the step-8 one would hold the poisoned state and was never written.
   checkpointer = Checkpointer(tmp_path / "checkpoints")
   assert checkpointer.all_steps() == [4]

@@ -58,15 +58,28 @@ from tests.test_reliability_config import REPO, assert_one_line_error, entry_poi
 STEPS = 6  # per training stage; checkpoints every 2 steps (a random kill usually has to redo a step)
 PIPELINE = ("sft", "prefs", "rm", "attack", "rlhf")
 SMALL = [
-    f"--config.stages={PIPELINE!r}".replace("'", '"'), "--config.mesh.shape=(1,1,1)",
-    "--config.sft.num_examples=256", f"--config.sft.num_steps={STEPS}", "--config.sft.log_every=1",
-    "--config.sft.checkpoint_every=2",
-    "--config.prefs.num_prompts=64", "--config.prefs.num_attack_prompts=8",
-    f"--config.rm.num_steps={STEPS}", "--config.rm.log_every=1", "--config.rm.checkpoint_every=2",
-    f"--config.attack.num_steps={STEPS}", "--config.attack.prompts_per_step=4", "--config.attack.log_every=1",
-    "--config.attack.checkpoint_every=2", "--config.attack.sampling.max_new_tokens=12",
-    "--config.rlhf.num_prompts=64", "--config.rlhf.prompts_per_step=4", f"--config.rlhf.num_steps={STEPS}",
-    "--config.rlhf.log_every=1", "--config.rlhf.checkpoint_every=2", "--config.rlhf.sampling.max_new_tokens=12",
+  f"--config.stages={PIPELINE!r}".replace("'", '"'),
+  "--config.mesh.shape=(1,1,1)",
+  "--config.sft.num_examples=256",
+  f"--config.sft.num_steps={STEPS}",
+  "--config.sft.log_every=1",
+  "--config.sft.checkpoint_every=2",
+  "--config.prefs.num_prompts=64",
+  "--config.prefs.num_attack_prompts=8",
+  f"--config.rm.num_steps={STEPS}",
+  "--config.rm.log_every=1",
+  "--config.rm.checkpoint_every=2",
+  f"--config.attack.num_steps={STEPS}",
+  "--config.attack.prompts_per_step=4",
+  "--config.attack.log_every=1",
+  "--config.attack.checkpoint_every=2",
+  "--config.attack.sampling.max_new_tokens=12",
+  "--config.rlhf.num_prompts=64",
+  "--config.rlhf.prompts_per_step=4",
+  f"--config.rlhf.num_steps={STEPS}",
+  "--config.rlhf.log_every=1",
+  "--config.rlhf.checkpoint_every=2",
+  "--config.rlhf.sampling.max_new_tokens=12",
 ]
 SFT_ONLY = SMALL + ['--config.stages=("sft",)']
 RUN = "oracle_gold"
@@ -98,14 +111,17 @@ pytestmark = pytest.mark.slow
 class Launch:
   """One run of the entry point, its log in a file (no pipe to fill up)."""
 
-  def __init__(self, config: str, workdir: pathlib.Path, overrides: list[str], cache: pathlib.Path,
-               log: pathlib.Path):
+  def __init__(self, config: str, workdir: pathlib.Path, overrides: list[str], cache: pathlib.Path, log: pathlib.Path):
     self.log = log
     self._file = open(log, "w")  # pylint: disable=consider-using-with
     # --verbosity=-1: warnings and errors only (orbax logs every save at INFO).
-    self.proc = subprocess.Popen(entry_point_command(config, workdir, *overrides, "--verbosity=-1"), cwd=REPO,
-                                 env=entry_point_env(compile_cache=cache), stdout=self._file,
-                                 stderr=subprocess.STDOUT)
+    self.proc = subprocess.Popen(
+      entry_point_command(config, workdir, *overrides, "--verbosity=-1"),
+      cwd=REPO,
+      env=entry_point_env(compile_cache=cache),
+      stdout=self._file,
+      stderr=subprocess.STDOUT,
+    )
 
   def text(self) -> str:
     # Incremental: polled every few milliseconds while the run writes to it.
@@ -146,6 +162,7 @@ def _progress_reached(launch: Launch, name: str, step: int):
 
   def condition():
     return any(int(s) >= step for s in pattern.findall(launch.text()))
+
   return condition
 
 
@@ -200,6 +217,7 @@ def _restore(path: pathlib.Path):
 
 def _flat(tree) -> dict[str, np.ndarray]:
   import jax  # pylint: disable=import-outside-toplevel
+
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
@@ -208,8 +226,12 @@ def _assert_bitwise_equal(a, b, what: str) -> None:
   flat_a, flat_b = _flat(a), _flat(b)
   assert flat_a.keys() == flat_b.keys(), what
   # Bytes, not values: -0.0 vs 0.0 or a different NaN payload counts as a difference.
-  different = [k for k in flat_a if (flat_a[k].dtype, flat_a[k].shape, flat_a[k].tobytes()) !=
-               (flat_b[k].dtype, flat_b[k].shape, flat_b[k].tobytes())]
+  different = [
+    k
+    for k in flat_a
+    if (flat_a[k].dtype, flat_a[k].shape, flat_a[k].tobytes())
+    != (flat_b[k].dtype, flat_b[k].shape, flat_b[k].tobytes())
+  ]
   assert not different, f"{what}: {len(different)} arrays differ, e.g. {different[:3]}"
 
 
@@ -238,8 +260,9 @@ def _latest_step_dir(stage_dir: pathlib.Path) -> pathlib.Path:
   return stage_dir / "checkpoints" / str(max(steps))
 
 
-def _assert_same_stage(reference: pathlib.Path, resumed: pathlib.Path, logs=("metrics.jsonl",),
-                       params: bool = True) -> None:
+def _assert_same_stage(
+  reference: pathlib.Path, resumed: pathlib.Path, logs=("metrics.jsonl",), params: bool = True
+) -> None:
   assert (resumed / "DONE").exists() or not (reference / "DONE").exists()
   if params:
     _assert_bitwise_equal(_restore(reference / "params"), _restore(resumed / "params"), f"{resumed}/params")
@@ -291,7 +314,8 @@ def _kill_at_random_step(env, workdir, name, progress_name, rng, events, overrid
   kill_step = rng.randint(2, STEPS - 2)
   launch = _launch(env, workdir, overrides, name)
   assert launch.interrupt_when(_progress_reached(launch, progress_name, kill_step), signal.SIGKILL), (
-      f"{progress_name} never reached step {kill_step}: {launch.text()[-3000:]}")
+    f"{progress_name} never reached step {kill_step}: {launch.text()[-3000:]}"
+  )
   assert launch.wait() == -signal.SIGKILL
   events.append(f"{name}: SIGKILL after [{progress_name}] step {kill_step}")
 
@@ -347,13 +371,18 @@ def test_pipeline_survives_sigkill_mid_step_and_mid_checkpoint_and_sigterm(env, 
 
   _assert_same_stage(reference / "sft", workdir / "sft")
   workdirs = (reference, workdir)
-  _assert_same_files(reference / "prefs", workdir / "prefs",
-                     ["preferences.jsonl", "preferences_test.jsonl", "reference.npz", "summary.json"], workdirs)
+  _assert_same_files(
+    reference / "prefs",
+    workdir / "prefs",
+    ["preferences.jsonl", "preferences_test.jsonl", "reference.npz", "summary.json"],
+    workdirs,
+  )
   _assert_same_stage(reference / "rm", workdir / "rm", params=False)
   _assert_same_files(reference / "rm", workdir / "rm", ["eval_summary.json"], workdirs)
   _assert_same_stage(reference / "attack" / "round_0", attack_dir, logs=("metrics.jsonl", "samples.jsonl"))
-  _assert_same_files(reference / "attack" / "round_0", attack_dir,
-                     ["collected.npz", "final_samples.npz", "summary.json"], workdirs)
+  _assert_same_files(
+    reference / "attack" / "round_0", attack_dir, ["collected.npz", "final_samples.npz", "summary.json"], workdirs
+  )
   _assert_same_stage(reference / "rlhf" / RUN, rlhf_dir, logs=("metrics.jsonl", "samples.jsonl"))
 
 
@@ -383,8 +412,9 @@ def test_sft_checkpoint_of_a_different_model_is_an_error_naming_the_parameter(en
   before = sorted(p.name for p in (workdir / "sft" / "checkpoints").iterdir())
   launch = _launch(env, workdir, SFT_ONLY + ["--config.model.d_ff=48"], "mismatch")
   result = subprocess.CompletedProcess(launch.proc.args, launch.wait(), "", launch.text())
-  last = assert_one_line_error(result, "parameter params/layers/", "has shape (1, 64, 32)",
-                              "the model expects (1, 48, 32)")
+  last = assert_one_line_error(
+    result, "parameter params/layers/", "has shape (1, 64, 32)", "the model expects (1, 48, 32)"
+  )
   assert str(workdir / "sft" / "checkpoints") in last
   # The checkpoints of the other model are left exactly as they were.
   assert sorted(p.name for p in (workdir / "sft" / "checkpoints").iterdir()) == before
@@ -394,8 +424,11 @@ def test_nan_loss_stops_sft_naming_step_and_quantity_and_keeps_the_last_good_che
   workdir = env["root"] / "nan"
   # A learning rate of 1e30 blows the weights up within a few steps, as in a
   # diverging run.
-  overrides = SFT_ONLY + ["--config.sft.optimizer.learning_rate=1e30", "--config.sft.optimizer.warmup_steps=0",
-                          "--config.sft.checkpoint_every=1"]
+  overrides = SFT_ONLY + [
+    "--config.sft.optimizer.learning_rate=1e30",
+    "--config.sft.optimizer.warmup_steps=0",
+    "--config.sft.checkpoint_every=1",
+  ]
   launch = _launch(env, workdir, overrides, "nan")
   result = subprocess.CompletedProcess(launch.proc.args, launch.wait(), "", launch.text())
   last = assert_one_line_error(result, "[sft] non-finite ", "at step ", "last good checkpoint")
@@ -419,8 +452,11 @@ def test_nan_loss_stops_sft_naming_step_and_quantity_and_keeps_the_last_good_che
 # samples, too few to rely on for the mixing (with none, advtrain trains on
 # ordinary pairs only); 0 keeps ~40 a round and still drops some samples
 # that beat T(x) for their z.
-ADVRM = _only("advrm") + ["--config.advrm.num_rounds=1", f"--config.advtrain.num_steps={STEPS}",
-                          "--config.filter.z_min=0.0"]
+ADVRM = _only("advrm") + [
+  "--config.advrm.num_rounds=1",
+  f"--config.advtrain.num_steps={STEPS}",
+  "--config.filter.z_min=0.0",
+]
 
 
 def test_advrm_rounds_survive_sigkill_in_the_attacks_and_mid_checkpoint_of_advtrain(env, reference):
@@ -435,7 +471,8 @@ def test_advrm_rounds_survive_sigkill_in_the_attacks_and_mid_checkpoint_of_advtr
   assert launch.wait() == 0, launch.text()[-4000:]
   pairs = [json.loads(l) for l in (straight / "advtrain" / "round_1" / "pairs.jsonl").read_text().splitlines()]
   assert any(p["adversarial"] for p in pairs) and not all(p["adversarial"] for p in pairs), (
-      "advtrain should mix adversarial with ordinary pairs")
+    "advtrain should mix adversarial with ordinary pairs"
+  )
   summary = json.loads((straight / "filter" / "round_0" / "summary.json").read_text())
   assert 0 < summary["num_kept"] < summary["num_above_threshold"], summary  # z(U) decided some samples
 
@@ -454,12 +491,14 @@ def test_advrm_rounds_survive_sigkill_in_the_attacks_and_mid_checkpoint_of_advtr
   for r in (0, 1):
     attack = pathlib.Path("attack") / f"round_{r}"
     _assert_same_stage(straight / attack, workdir / attack, logs=("metrics.jsonl", "samples.jsonl"))
-    _assert_same_files(straight / attack, workdir / attack, ["collected.npz", "final_samples.npz", "summary.json"],
-                       workdirs)
+    _assert_same_files(
+      straight / attack, workdir / attack, ["collected.npz", "final_samples.npz", "summary.json"], workdirs
+    )
     filtered = pathlib.Path("filter") / f"round_{r}"
     assert (workdir / filtered / "DONE").exists()
-    _assert_same_files(straight / filtered, workdir / filtered,
-                       ["adversarial_pairs.jsonl", "scores.npz", "summary.json"], workdirs)
+    _assert_same_files(
+      straight / filtered, workdir / filtered, ["adversarial_pairs.jsonl", "scores.npz", "summary.json"], workdirs
+    )
   advtrain = pathlib.Path("advtrain") / "round_1"
   assert (workdir / advtrain / "DONE").exists()
   _assert_same_files(straight / advtrain, workdir / advtrain, ["pairs.jsonl", "summary.json"], workdirs)
@@ -467,5 +506,6 @@ def test_advrm_rounds_survive_sigkill_in_the_attacks_and_mid_checkpoint_of_advtr
   _assert_same_files(straight / advtrain / "rm", workdir / advtrain / "rm", ["eval_summary.json"], workdirs)
   assert os.readlink(workdir / "advtrain" / "final") == "round_1"
   # Stage `advrm` runs round 0's attack exactly as stage `attack` does.
-  _assert_same_stage(reference / "attack" / "round_0", straight / "attack" / "round_0",
-                     logs=("metrics.jsonl", "samples.jsonl"))
+  _assert_same_stage(
+    reference / "attack" / "round_0", straight / "attack" / "round_0", logs=("metrics.jsonl", "samples.jsonl")
+  )

@@ -41,14 +41,14 @@ PACKAGE = REPO / "advrm_jax"
 # (pattern, why it is forbidden). Comments and docstrings are included on
 # purpose: mentioning these is rare enough that an allow-list is simpler.
 FORBIDDEN = [
-    (r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib|shelve|marshal)\b", "unpickling module"),
-    (r"\bpickle\.loads?\(", "unpickling"),
-    (r"\btorch\.load\(", "torch.load unpickles"),
-    (r"allow_pickle\s*=\s*True", "numpy unpickling"),
-    (r"(?<![\w.])eval\(", "eval of a string"),
-    (r"(?<![\w.])exec\(", "exec of a string"),
-    (r"\byaml\.(unsafe_)?load\(", "YAML may construct objects (use yaml.safe_load)"),
-    (r"trust_remote_code\s*=\s*True", "runs a checkpoint's Python code"),
+  (r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib|shelve|marshal)\b", "unpickling module"),
+  (r"\bpickle\.loads?\(", "unpickling"),
+  (r"\btorch\.load\(", "torch.load unpickles"),
+  (r"allow_pickle\s*=\s*True", "numpy unpickling"),
+  (r"(?<![\w.])eval\(", "eval of a string"),
+  (r"(?<![\w.])exec\(", "exec of a string"),
+  (r"\byaml\.(unsafe_)?load\(", "YAML may construct objects (use yaml.safe_load)"),
+  (r"trust_remote_code\s*=\s*True", "runs a checkpoint's Python code"),
 ]
 
 
@@ -111,8 +111,19 @@ def test_the_trap_really_fires_when_unpickled(tmp_path):
 def _trapped_hf_dir(tmp_path: pathlib.Path, marker: pathlib.Path) -> pathlib.Path:
   directory = tmp_path / "hf_pickle_only"
   directory.mkdir()
-  cfg = ModelConfig.from_dict(dict(arch="llama", vocab_size=64, d_model=16, num_layers=1, num_heads=2,
-                                   num_kv_heads=2, head_dim=8, d_ff=32, max_seq_len=32))
+  cfg = ModelConfig.from_dict(
+    dict(
+      arch="llama",
+      vocab_size=64,
+      d_model=16,
+      num_layers=1,
+      num_heads=2,
+      num_kv_heads=2,
+      head_dim=8,
+      d_ff=32,
+      max_seq_len=32,
+    )
+  )
   config = hf.hf_config_from_model_config(cfg)
   # Custom modelling code, which transformers would import with trust_remote_code=True.
   config["auto_map"] = {"AutoModelForCausalLM": "modeling_trap.TrapModel"}
@@ -134,8 +145,9 @@ def test_tokenizer_with_custom_code_is_refused_without_asking(tmp_path, marker):
   directory.mkdir()
   (directory / "tokenization_trap.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
   auto_map = {"AutoTokenizer": ["tokenization_trap.TrapTokenizer", None]}
-  (directory / "tokenizer_config.json").write_text(json.dumps({"auto_map": auto_map,
-                                                                "tokenizer_class": "TrapTokenizer"}))
+  (directory / "tokenizer_config.json").write_text(
+    json.dumps({"auto_map": auto_map, "tokenizer_class": "TrapTokenizer"})
+  )
   # Left unset, trust_remote_code makes transformers *ask* on stdin whether to
   # run the code; explicit False refuses at once.
   with pytest.raises(ValueError, match="trust_remote_code"):
@@ -176,8 +188,13 @@ def test_python_file_as_data_path_is_read_as_data(tmp_path, marker):
 def test_pickle_only_backbone_through_the_entry_point(tmp_path, marker):
   """`rm.backbone.path` pointing at pickle weights: one error line, nothing executed."""
   directory = _trapped_hf_dir(tmp_path, marker)
-  result = run_entry_point(f"{REPO / 'configs' / 'rm_hh.py'}:small,synthetic", tmp_path / "run",
-                           "--config.rm.backbone.source=hf", f"--config.rm.backbone.path={directory}",
-                           "--config.rm.tokenizer=byte", timeout=300)
+  result = run_entry_point(
+    f"{REPO / 'configs' / 'rm_hh.py'}:small,synthetic",
+    tmp_path / "run",
+    "--config.rm.backbone.source=hf",
+    f"--config.rm.backbone.path={directory}",
+    "--config.rm.tokenizer=byte",
+    timeout=300,
+  )
   assert_one_line_error(result, str(directory / "pytorch_model.bin"), "refusing to load PyTorch .bin weights")
   assert not os.path.exists(marker)

@@ -50,6 +50,7 @@ def _fake_gcs_class(store: pathlib.Path) -> type:
 
   class FakeGCS(LocalFileSystem):
     """gs://<bucket>/<key> is <store>/<bucket>/<key>; listings are given back as gs:// names."""
+
     protocol = ("gs", "gcs")
 
     def __init__(self, *args, finalize_on_close=None, **kwargs):  # gcsfs's argument, which epath passes
@@ -125,8 +126,7 @@ def test_workdir_files_in_a_bucket_have_the_local_bytes(bucket, tmp_path):
   for name in ("summary.json", "rows.jsonl", wd.TRAIN_FILE, wd.DONE):
     assert (bucket / "stage" / name).read_bytes() == (local / "stage" / name).read_bytes(), name
   # Worked out independently: the JSON text, NaN as null, and the UTF-8 line.
-  assert json.loads((bucket / "stage" / "summary.json").read_text()) == {"accuracy": 0.75, "nan": None,
-                                                                          "rows": [1, 2]}
+  assert json.loads((bucket / "stage" / "summary.json").read_text()) == {"accuracy": 0.75, "nan": None, "rows": [1, 2]}
   assert (bucket / "stage" / "rows.jsonl").read_bytes().split(b"\n")[0] == '{"prompt": "p", "chosen": "é"}'.encode()
   assert wd.read_json(f"{BUCKET}/stage/summary.json", "x")["rows"] == [1, 2]
   assert wd.read_jsonl(f"{BUCKET}/stage/rows.jsonl", "x") == records
@@ -190,9 +190,17 @@ def test_sft_and_prefs_stages_write_their_work_dir_to_the_bucket(bucket):
   sft.run(config, workdir)
   prefs.run(config, workdir)
   files = _files(bucket)
-  assert {"sft/DONE", "sft/model_config.json", "sft/metrics.jsonl", "sft/metrics.png", "prefs/DONE",
-          f"prefs/{wd.TRAIN_FILE}", f"prefs/{wd.TEST_FILE}", f"prefs/{wd.REFERENCE_FILE}",
-          "prefs/summary.json"} <= files
+  assert {
+    "sft/DONE",
+    "sft/model_config.json",
+    "sft/metrics.jsonl",
+    "sft/metrics.png",
+    "prefs/DONE",
+    f"prefs/{wd.TRAIN_FILE}",
+    f"prefs/{wd.TEST_FILE}",
+    f"prefs/{wd.REFERENCE_FILE}",
+    "prefs/summary.json",
+  } <= files
   assert any(f.startswith("sft/params/") for f in files) and any(f.startswith("sft/checkpoints/4/") for f in files)
   assert [r["step"] for r in metrics.read_metrics(bucket / "sft" / "metrics.jsonl")] == [2, 4]
   # What later stages read back, from the bucket.
@@ -206,10 +214,11 @@ def test_sft_and_prefs_stages_write_their_work_dir_to_the_bucket(bucket):
 
 def _logging_loop(directory, get_batch=None):
   """train_loop over NUM_LOGGED steps, each logged (metrics and a sample table), a checkpoint every CHECKPOINT_EVERY."""
+
   def step_fn(state, batch, rng):
     del rng
     w = state["w"] * 0.5 + jnp.mean(batch["x"])
-    return {"w": w}, {"loss": jnp.sum(w ** 2)}, {"x": batch["x"]}
+    return {"w": w}, {"loss": jnp.sum(w**2)}, {"x": batch["x"]}
 
   def batch_of(step):
     return {"x": np.full((1, 2), 0.25 * step, np.float32)}
@@ -219,9 +228,16 @@ def _logging_loop(directory, get_batch=None):
     return {"samples": str(samples["x"].tolist())}
 
   with end_of_run_plots(False):
-    train_loop("remote", directory, {"w": jnp.zeros((2,), jnp.float32)}, step_fn, get_batch or batch_of,
-               LoopConfig(num_steps=NUM_LOGGED, log_every=1, checkpoint_every=CHECKPOINT_EVERY, keep_checkpoints=2),
-               shd.make_mesh((1, 1, 1), jax.devices()[:1]), text_fn=text_fn)
+    train_loop(
+      "remote",
+      directory,
+      {"w": jnp.zeros((2,), jnp.float32)},
+      step_fn,
+      get_batch or batch_of,
+      LoopConfig(num_steps=NUM_LOGGED, log_every=1, checkpoint_every=CHECKPOINT_EVERY, keep_checkpoints=2),
+      shd.make_mesh((1, 1, 1), jax.devices()[:1]),
+      text_fn=text_fn,
+    )
 
 
 NUM_LOGGED, CHECKPOINT_EVERY = 12, 4
@@ -244,6 +260,7 @@ def test_remote_logs_are_written_at_checkpoints_and_equal_the_local_files(bucket
     if step == 10:
       raise RuntimeError("crash before step 11")
     return {"x": np.full((1, 2), 0.25 * step, np.float32)}
+
   with pytest.raises(RuntimeError, match="crash before step 11"):
     _logging_loop(f"{BUCKET}/resumed", crash_at_10)
   assert [r["step"] for r in metrics.read_metrics(bucket / "resumed" / "metrics.jsonl")] == list(range(1, 11))

@@ -37,8 +37,14 @@ def test_cli_rerenders_plots_and_report_of_an_interrupted_run(tmp_path):
   _fake_run(tmp_path)
   assert (tmp_path / "rm" / "tb").is_dir()  # the real writer, TensorBoard events included
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-  result = subprocess.run([sys.executable, "-m", "advrm_jax.report", str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+  result = subprocess.run(
+    [sys.executable, "-m", "advrm_jax.report", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == str(tmp_path / "REPORT.md")
   for stage in ("rm", "rlhf/seed_0", "rlhf/seed_1", "attack"):
@@ -85,14 +91,21 @@ def test_missing_workdir_is_a_one_line_error(tmp_path, capsys):
 
 def test_metrics_plot_draws_aggregates_not_per_seed_or_member_copies(tmp_path, monkeypatch):
   from advrm_jax import metrics  # pylint: disable=import-outside-toplevel
+
   writer = MetricWriter(tmp_path, name="rm", tensorboard=False, stream=io.StringIO())
-  writer.write_scalars(1, {"loss": 1.0, "accuracy": 0.5, "accuracy_member_0": 0.4, "gold/seed1": 2.0,
-                           "reward/member3": 0.1, "seed_count": 3})
+  writer.write_scalars(
+    1,
+    {"loss": 1.0, "accuracy": 0.5, "accuracy_member_0": 0.4, "gold/seed1": 2.0, "reward/member3": 0.1, "seed_count": 3},
+  )
   writer.close()
   titles = []
   import matplotlib.axes  # pylint: disable=import-outside-toplevel
+
   real_set_title = matplotlib.axes.Axes.set_title
-  monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
-                      lambda self, label, *a, **k: (titles.append(label), real_set_title(self, label, *a, **k))[1])
+  monkeypatch.setattr(
+    matplotlib.axes.Axes,
+    "set_title",
+    lambda self, label, *a, **k: (titles.append(label), real_set_title(self, label, *a, **k))[1],
+  )
   assert metrics.plot_metrics(writer.jsonl_path, tmp_path / "metrics.png") is not None
   assert titles == ["loss", "accuracy", "seed_count"]

@@ -49,14 +49,14 @@ def test_zscores_row_layout_group_ids_and_reference():
   np.testing.assert_allclose(z, [[-1.2247449, 0.0, 1.2247449], [0.0, 0.0, 0.0]], rtol=1e-6)
   # Flat layout with group ids gives the same numbers, also under jit.
   flat = jax.jit(functools.partial(evaluation.zscores, num_groups=2))(
-      jnp.array([5.0, 1.0, 5.0, 2.0, 3.0, 5.0]), jnp.array([1, 0, 1, 0, 0, 1]))
+    jnp.array([5.0, 1.0, 5.0, 2.0, 3.0, 5.0]), jnp.array([1, 0, 1, 0, 0, 1])
+  )
   np.testing.assert_allclose(flat, [0.0, -1.2247449, 0.0, 0.0, 1.2247449, 0.0], rtol=1e-6, atol=1e-6)
   # Reference statistics: samples 0, 1 (values 1, 3: mean 2, std 1) standardise all three.
   ref = evaluation.zscores(np.array([[1.0, 3.0, 100.0]]), reference_mask=np.array([[1, 1, 0]]))
   np.testing.assert_allclose(ref, [[-1.0, 1.0, 98.0]], rtol=1e-6)
   # ddof=1: values 1, 2, 3 -> sample std 1 -> z = -1, 0, 1.
-  np.testing.assert_allclose(evaluation.zscores(np.array([[1.0, 2.0, 3.0]]), ddof=1), [[-1.0, 0.0, 1.0]],
-                             rtol=1e-6)
+  np.testing.assert_allclose(evaluation.zscores(np.array([[1.0, 2.0, 3.0]]), ddof=1), [[-1.0, 0.0, 1.0]], rtol=1e-6)
 
 
 def test_evaluate_scores_by_hand():

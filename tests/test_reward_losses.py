@@ -18,8 +18,17 @@ from advrm_jax.reward.model import init_reward_model
 from advrm_jax.train_state import create_train_state, make_optimizer
 from flax import nnx
 
-CFG = ModelConfig(arch="llama", vocab_size=24, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2,
-                  head_dim=16, d_ff=64, max_seq_len=16)
+CFG = ModelConfig(
+  arch="llama",
+  vocab_size=24,
+  d_model=32,
+  num_layers=1,
+  num_heads=2,
+  num_kv_heads=2,
+  head_dim=16,
+  d_ff=64,
+  max_seq_len=16,
+)
 SIGMOID_1 = 1.0 / (1.0 + math.exp(-1.0))  # 0.7310586
 
 
@@ -44,8 +53,12 @@ def test_loss_and_gradient_for_one_pair_by_hand():
 
 def test_head_gradient_through_the_model_matches_hand_formula():
   graphdef, params, _ = init_reward_model(CFG, 1, "shared", seed=0)
-  batch = {"chosen_tokens": jnp.array([[1, 2, 3, 0]]), "chosen_mask": jnp.array([[1, 1, 1, 0]]),
-           "rejected_tokens": jnp.array([[1, 2, 4, 5]]), "rejected_mask": jnp.array([[1, 1, 1, 1]])}
+  batch = {
+    "chosen_tokens": jnp.array([[1, 2, 3, 0]]),
+    "chosen_mask": jnp.array([[1, 1, 1, 0]]),
+    "rejected_tokens": jnp.array([[1, 2, 4, 5]]),
+    "rejected_mask": jnp.array([[1, 1, 1, 1]]),
+  }
 
   def loss(p):
     chosen, rejected = pair_scores(graphdef, p, batch)
@@ -61,8 +74,9 @@ def test_head_gradient_through_the_model_matches_hand_formula():
   # L = -log sigma(c - r): dL/dc = -(1 - sigma(c - r)) = -dL/dr, and
   # c = h_c . w + b, so dL/dw = -(1 - sigma) (h_c - h_r), dL/db = 0.
   slope = -(1 - 1 / (1 + math.exp(-(chosen - rejected))))
-  np.testing.assert_allclose(np.asarray(grads["head_kernel"])[:, 0], slope * (h_chosen - h_rejected),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(grads["head_kernel"])[:, 0], slope * (h_chosen - h_rejected), rtol=1e-4, atol=1e-6
+  )
   np.testing.assert_allclose(grads["head_bias"], [0.0], atol=1e-6)
 
 
@@ -89,16 +103,22 @@ def test_member_weights_by_hand():
 def _toy_pairs(num, seed=0):
   """Chosen rows end with token 3, rejected rows with token 4: learnable in a few steps."""
   rng = np.random.default_rng(seed)
+
   def rows(last):
     tokens = rng.integers(5, CFG.vocab_size, (num, 8)).astype(np.int32)
     lengths = rng.integers(3, 9, num)
     mask = (np.arange(8)[None] < lengths[:, None]).astype(np.int32)
     tokens[np.arange(num), lengths - 1] = last
     return tokens * mask, mask
+
   chosen_tokens, chosen_mask = rows(3)
   rejected_tokens, rejected_mask = rows(4)
-  return {"chosen_tokens": chosen_tokens, "chosen_mask": chosen_mask,
-          "rejected_tokens": rejected_tokens, "rejected_mask": rejected_mask}
+  return {
+    "chosen_tokens": chosen_tokens,
+    "chosen_mask": chosen_mask,
+    "rejected_tokens": rejected_tokens,
+    "rejected_mask": rejected_mask,
+  }
 
 
 @pytest.mark.parametrize("kind,mode", [("shared", "bootstrap"), ("independent", "shuffle")])
@@ -123,8 +143,17 @@ def test_training_learns_and_members_differ(kind, mode):
   assert int(state.step) == 30
   assert float(metrics["loss"]) < 0.5 * first
   assert float(metrics["accuracy"]) > 0.9
-  for key in ("bt_loss", "centering_loss", "reward_margin", "chosen_reward", "rejected_reward", "grad_norm",
-              "ensemble_std", "accuracy_member_0", "accuracy_member_1"):
+  for key in (
+    "bt_loss",
+    "centering_loss",
+    "reward_margin",
+    "chosen_reward",
+    "rejected_reward",
+    "grad_norm",
+    "ensemble_std",
+    "accuracy_member_0",
+    "accuracy_member_1",
+  ):
     assert np.isfinite(float(metrics[key])), key
   # Members differ after training: different heads (and, independent, backbones).
   kernel = np.asarray(state.params["head_kernel"])
@@ -134,6 +163,7 @@ def test_training_learns_and_members_differ(kind, mode):
     assert np.abs(q[0] - q[1]).max() > 1e-3
     # K members, K different rewards for the same answers, from one program compiled once for all 30 steps.
     from advrm_jax.reward.model import reward_scores  # pylint: disable=import-outside-toplevel
+
     scores = np.asarray(reward_scores(graphdef, state.params, data["chosen_tokens"], data["chosen_mask"]))
     assert scores.shape == (num_members, 64) and np.abs(scores[0] - scores[1]).max() > 1e-3
     assert step._cache_size() == 1  # pylint: disable=protected-access

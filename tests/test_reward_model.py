@@ -12,12 +12,26 @@ from flax import nnx
 
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.models.transformer import Transformer
-from advrm_jax.reward.model import (ensemble_aggregate, ensemble_uncertainty, init_reward_model, last_token_index,
-                                    reward_scores)
+from advrm_jax.reward.model import (
+  ensemble_aggregate,
+  ensemble_uncertainty,
+  init_reward_model,
+  last_token_index,
+  reward_scores,
+)
 from advrm_jax.train_state import split_module
 
-CFG = ModelConfig(arch="llama", vocab_size=40, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                  head_dim=16, d_ff=64, max_seq_len=32)
+CFG = ModelConfig(
+  arch="llama",
+  vocab_size=40,
+  d_model=32,
+  num_layers=1,
+  num_heads=2,
+  num_kv_heads=1,
+  head_dim=16,
+  d_ff=64,
+  max_seq_len=32,
+)
 EOS = 39
 SCORE = jax.jit(reward_scores, static_argnums=0)
 
@@ -79,8 +93,11 @@ def test_score_depends_on_the_last_real_token(ensembles):
 
 def test_independent_per_member_rows_match_separate_scoring(ensembles):
   graphdef, params, _ = ensembles["independent"]
-  rows = [_pad([[1, 2, 3], [4, 5]], 6, "right"), _pad([[7, 8], [9, 10, 11, 12]], 6, "left"),
-          _pad([[13], [14, 15, 16]], 6, "right")]
+  rows = [
+    _pad([[1, 2, 3], [4, 5]], 6, "right"),
+    _pad([[7, 8], [9, 10, 11, 12]], 6, "left"),
+    _pad([[13], [14, 15, 16]], 6, "right"),
+  ]
   per_member = SCORE(graphdef, params, np.stack([t for t, _ in rows]), np.stack([m for _, m in rows]))
   for k, (tokens, mask) in enumerate(rows):
     np.testing.assert_allclose(per_member[k], SCORE(graphdef, params, tokens, mask)[k], atol=1e-5)
@@ -117,8 +134,9 @@ def test_aggregates_by_hand():
   np.testing.assert_allclose(agg(scores, kind="min"), [1.0, 0.0])
   # Population variance: column 0: (1 + 1 + 0) / 3 = 2/3; column 1: (4 + 4 + 0) / 3 = 8/3.
   np.testing.assert_allclose(agg(scores, kind="mean_minus_var", coef=0.5), [2 - 1 / 3, 2 - 4 / 3], rtol=1e-6)
-  np.testing.assert_allclose(agg(scores, kind="mean_minus_std", coef=0.5),
-                             [2 - 0.5 * np.sqrt(2 / 3), 2 - 0.5 * np.sqrt(8 / 3)], rtol=1e-6)
+  np.testing.assert_allclose(
+    agg(scores, kind="mean_minus_std", coef=0.5), [2 - 0.5 * np.sqrt(2 / 3), 2 - 0.5 * np.sqrt(8 / 3)], rtol=1e-6
+  )
   np.testing.assert_allclose(agg(scores, kind="member", member=1), [3.0, 0.0])
   with pytest.raises(ValueError, match="unknown ensemble aggregate"):
     ensemble_aggregate(scores, "median")

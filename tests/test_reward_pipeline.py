@@ -60,9 +60,20 @@ def test_rm_stage_runs_from_the_entry_point_on_hh(hh_rlhf_path, tmp_path):
   workdir = tmp_path / "run"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(
-      [sys.executable, "-m", "advrm_jax.main", f"--config={CONFIG_FILE}:small", f"--workdir={workdir}",
-       f"--config.data.path={hh_rlhf_path}"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "advrm_jax.main",
+      f"--config={CONFIG_FILE}:small",
+      f"--workdir={workdir}",
+      f"--config.data.path={hh_rlhf_path}",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   stage_dir = workdir / "rm"
   summary = json.loads((stage_dir / "eval_summary.json").read_text())
@@ -106,8 +117,7 @@ def test_resumed_run_ends_with_the_uninterrupted_parameters(tmp_path, monkeypatc
   summary = rm_stage.run(config, tmp_path / "resumed")
   _, resumed, meta = wd.load_reward_model(tmp_path / "resumed")
   assert meta["step"] == 6 and summary["test"] is not None
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
-               resumed, straight)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), resumed, straight)
   # The metrics log has one record per logged step, none duplicated by the crash.
   steps = [json.loads(l)["step"] for l in (tmp_path / "resumed" / "rm" / "metrics.jsonl").read_text().splitlines()]
   assert steps == sorted(steps)
@@ -142,8 +152,10 @@ def test_hf_checkpoint_backbone_is_loaded_into_every_member(tmp_path):
   from advrm_jax.checkpoints.hf import save_hf_checkpoint
   from advrm_jax.models.config import ModelConfig
   from advrm_jax.models.transformer import Transformer
-  cfg = ModelConfig(vocab_size=300, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16, d_ff=64,
-                    max_seq_len=256)
+
+  cfg = ModelConfig(
+    vocab_size=300, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16, d_ff=64, max_seq_len=256
+  )
   model = Transformer(cfg, rngs=nnx.Rngs(3))
   save_hf_checkpoint(model, cfg, tmp_path / "hf")
   config = _config("hf,small")
@@ -161,11 +173,13 @@ def test_hf_checkpoint_backbone_is_loaded_into_every_member(tmp_path):
 @pytest.mark.slow  # reads the 135M-parameter SmolLM2 GGUF and compiles a 30-layer forward.
 def test_gguf_backbone_scores_a_pair():
   from advrm_jax.checkpoints import gguf
+
   try:
     path = gguf.find_smollm2_gguf()
   except FileNotFoundError as e:
     pytest.skip(str(e))
   from advrm_jax.reward.model import init_reward_model
+
   config = _config("gguf")
   tokenizer = rm_training.build_tokenizer(config, "gguf", str(path))
   cfg, backbone = rm_training.build_backbone(config, tokenizer, sequence_width=385)

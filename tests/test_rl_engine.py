@@ -1,6 +1,5 @@
 """The jitted RL iteration: learns a known reward, compiles once, mesh == 1 device."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +39,7 @@ def _setup(config: RLConfig, lr=3e-3):
   optimizer = make_optimizer(learning_rate=lr, schedule="constant", grad_clip=1.0)
   critic = params if config.critic == "separate" else None
   state = init_rl_state(init_policy_params(params, CFG.d_model, critic), optimizer, config)
-  iteration = make_iteration(graphdef, optimizer, config, SAMPLING, FunctionSource(target_count),
-                             gold_fn=target_count)
+  iteration = make_iteration(graphdef, optimizer, config, SAMPLING, FunctionSource(target_count), gold_fn=target_count)
   return state, params, iteration
 
 
@@ -58,8 +56,17 @@ def _train(config: RLConfig, steps: int):
 
 @pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
 def test_learns_known_reward_with_bounded_kl(algorithm):
-  config = RLConfig(algorithm=algorithm, num_samples=4, ppo_epochs=2, num_minibatches=2, kl_coef=0.02,
-                    entropy_coef=0.0, vf_coef=0.5, gamma=1.0, lam=0.95)
+  config = RLConfig(
+    algorithm=algorithm,
+    num_samples=4,
+    ppo_epochs=2,
+    num_minibatches=2,
+    kl_coef=0.02,
+    entropy_coef=0.0,
+    vf_coef=0.5,
+    gamma=1.0,
+    lam=0.95,
+  )
   history, step = _train(config, 40)
   start = np.mean([h["proxy_reward"] for h in history[:3]])
   end = np.mean([h["proxy_reward"] for h in history[-5:]])
@@ -80,8 +87,10 @@ def test_kl_coefficient_bounds_the_drift():
 
 
 def test_kl_in_loss_and_grpo_and_separate_critic_run():
-  for config in (RLConfig(algorithm="grpo", kl_in_reward=False, kl_estimator="k3"),
-                 RLConfig(algorithm="ppo", critic="separate", adaptive_kl_target=0.1, missing_eos_penalty=1.0)):
+  for config in (
+    RLConfig(algorithm="grpo", kl_in_reward=False, kl_estimator="k3"),
+    RLConfig(algorithm="ppo", critic="separate", adaptive_kl_target=0.1, missing_eos_penalty=1.0),
+  ):
     history, _ = _train(config, 2)
     assert np.isfinite(history[-1]["loss"])
 
@@ -96,13 +105,18 @@ def test_mesh_222_iteration_matches_single_device():
     rl_params = init_policy_params(params, CFG.d_model)
     shardings = state_shardings(optimizer, rl_params, policy_param_axes(axes), mesh)
     state = init_rl_state(rl_params, optimizer, config)
-    state_sh = type(state)(step=shd.replicated(mesh), params=shardings.params, opt_state=shardings.opt_state,
-                           kl_coef=shd.replicated(mesh))
+    state_sh = type(state)(
+      step=shd.replicated(mesh), params=shardings.params, opt_state=shardings.opt_state, kl_coef=shd.replicated(mesh)
+    )
     state = jax.device_put(state, state_sh)
     ref_sh = shd.tree_shardings(axes, params, mesh)
     iteration = make_iteration(graphdef, optimizer, config, SAMPLING, FunctionSource(target_count))
-    step = jax.jit(iteration, in_shardings=(state_sh, ref_sh, None, shd.batch_sharding(mesh), shd.replicated(mesh)),
-                   out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
+    step = jax.jit(
+      iteration,
+      in_shardings=(state_sh, ref_sh, None, shd.batch_sharding(mesh), shd.replicated(mesh)),
+      out_shardings=(state_sh, shd.replicated(mesh)),
+      donate_argnums=(0,),
+    )
     prompts = shd.shard_batch(_prompts(), mesh)
     state, out = step(state, jax.device_put(params, ref_sh), None, prompts, jax.random.key(3))
     results.append((jax.device_get(state.params), jax.device_get(out)))

@@ -4,6 +4,7 @@ Expected values are worked out independently of the code under test: either
 literal numbers with the arithmetic in a comment, or a plain Python / numpy
 reference. Every function is called through jax.jit.
 """
+
 import math
 
 import jax
@@ -18,12 +19,12 @@ ATOL = 1e-5
 
 
 def _close(actual, expected, atol=ATOL):
-  np.testing.assert_allclose(np.asarray(actual), np.asarray(expected),
-                             rtol=1e-5, atol=atol)
+  np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-5, atol=atol)
 
 
 # --------------------------------------------------------------------------
 # Masked statistics.
+
 
 def test_masked_mean_var_whiten():
   x = jnp.array([[1.0, 2.0, 100.0], [3.0, 4.0, -50.0]])
@@ -56,10 +57,10 @@ def test_masked_mean_empty_mask_is_zero():
 # --------------------------------------------------------------------------
 # GAE.
 
+
 def _gae_reference(rewards, values, mask, gamma, lam):
   """Plain-Python GAE: compact each row to its real tokens, bootstrap 0."""
-  rewards, values, mask = (np.asarray(a, np.float64)
-                           for a in (rewards, values, mask))
+  rewards, values, mask = (np.asarray(a, np.float64) for a in (rewards, values, mask))
   advantages = np.zeros_like(rewards)
   returns = np.zeros_like(rewards)
   for b in range(rewards.shape[0]):
@@ -75,17 +76,13 @@ def _gae_reference(rewards, values, mask, gamma, lam):
 
 
 # Row 0 is right-padded, row 1 left-padded; pads hold junk that must not leak.
-GAE_REWARDS = np.array([[0.0, 0.0, 1.0, 5.0],
-                        [7.0, -0.1, 0.0, 2.0]], np.float32)
-GAE_VALUES = np.array([[0.5, 0.6, 0.7, 9.0],
-                       [3.0, 1.0, 0.5, -0.5]], np.float32)
-GAE_MASK = np.array([[1, 1, 1, 0],
-                     [0, 1, 1, 1]], np.float32)
+GAE_REWARDS = np.array([[0.0, 0.0, 1.0, 5.0], [7.0, -0.1, 0.0, 2.0]], np.float32)
+GAE_VALUES = np.array([[0.5, 0.6, 0.7, 9.0], [3.0, 1.0, 0.5, -0.5]], np.float32)
+GAE_MASK = np.array([[1, 1, 1, 0], [0, 1, 1, 1]], np.float32)
 
 
 def test_gae_hand_computed_gamma_lambda_one():
-  advantages, returns = jax.jit(adv.compute_gae)(
-      GAE_REWARDS, GAE_VALUES, GAE_MASK, 1.0, 1.0)
+  advantages, returns = jax.jit(adv.compute_gae)(GAE_REWARDS, GAE_VALUES, GAE_MASK, 1.0, 1.0)
   # gamma = lam = 1: returns are undiscounted reward-to-go, A = G - V.
   # Row 0: G = [1, 1, 1]; A = [1 - .5, 1 - .6, 1 - .7] = [.5, .4, .3].
   # Row 1: G = [-.1 + 0 + 2, 0 + 2, 2] = [1.9, 2, 2];
@@ -96,10 +93,8 @@ def test_gae_hand_computed_gamma_lambda_one():
 
 def test_gae_matches_python_loop_with_discount():
   gamma, lam = 0.9, 0.8
-  advantages, returns = jax.jit(adv.compute_gae)(
-      GAE_REWARDS, GAE_VALUES, GAE_MASK, gamma, lam)
-  ref_adv, ref_ret = _gae_reference(GAE_REWARDS, GAE_VALUES, GAE_MASK, gamma,
-                                    lam)
+  advantages, returns = jax.jit(adv.compute_gae)(GAE_REWARDS, GAE_VALUES, GAE_MASK, gamma, lam)
+  ref_adv, ref_ret = _gae_reference(GAE_REWARDS, GAE_VALUES, GAE_MASK, gamma, lam)
   _close(advantages, ref_adv)
   _close(returns, ref_ret)
   # Spot check one entry by hand, row 0 last token: 1 + 0.9*0 - 0.7 = 0.3;
@@ -115,8 +110,7 @@ def test_gae_random_masks_match_reference():
   mask = (rng.random((5, 7)) < 0.6).astype(np.float32)
   mask[0] = 0.0  # an empty row
   mask[1] = 1.0  # a full row
-  advantages, returns = jax.jit(adv.compute_gae)(rewards, values, mask, 0.99,
-                                                 0.95)
+  advantages, returns = jax.jit(adv.compute_gae)(rewards, values, mask, 0.99, 0.95)
   ref_adv, ref_ret = _gae_reference(rewards, values, mask, 0.99, 0.95)
   _close(advantages, ref_adv, atol=1e-4)
   _close(returns, ref_ret, atol=1e-4)
@@ -124,6 +118,7 @@ def test_gae_random_masks_match_reference():
 
 # --------------------------------------------------------------------------
 # RLOO / GRPO.
+
 
 def test_rloo_k4():
   scores = jnp.array([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 4.0])
@@ -143,14 +138,12 @@ def test_rloo_rejects_bad_layout():
 
 def test_grpo():
   scores = jnp.array([1.0, 2.0, 3.0, 6.0, 5.0, 5.0, 5.0, 5.0])
-  fn = jax.jit(adv.compute_grpo_advantages,
-               static_argnames=("num_samples", "normalize_std"))
+  fn = jax.jit(adv.compute_grpo_advantages, static_argnames=("num_samples", "normalize_std"))
   out = fn(scores, num_samples=4)
   # Group 0: mean 3, deviations [-2, -1, 0, 3], sample var (4+1+0+9)/3 = 14/3.
   std = math.sqrt(14.0 / 3.0)
   # Group 1 is constant: deviations 0, std 0 -> 0 / eps = 0, not NaN.
-  _close(out, [-2 / (std + 1e-6), -1 / (std + 1e-6), 0.0, 3 / (std + 1e-6),
-               0.0, 0.0, 0.0, 0.0])
+  _close(out, [-2 / (std + 1e-6), -1 / (std + 1e-6), 0.0, 3 / (std + 1e-6), 0.0, 0.0, 0.0, 0.0])
   out_no_std = fn(scores, num_samples=4, normalize_std=False)
   _close(out_no_std, [-2.0, -1.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0])
 
@@ -158,13 +151,18 @@ def test_grpo():
 # --------------------------------------------------------------------------
 # Score placement and per-token rewards.
 
+
 def test_place_scores_left_and_right_padding():
   scores = jnp.array([1.5, -2.0, 3.0, 7.0])
-  mask = jnp.array([[1, 1, 1, 0, 0],   # right-padded: last real at t=2
-                    [0, 0, 1, 1, 1],   # left-padded: last real at t=4
-                    [0, 0, 0, 0, 0],   # empty: gets nothing
-                    [1, 1, 1, 1, 1]],  # full: t=4
-                   dtype=bool)
+  mask = jnp.array(
+    [
+      [1, 1, 1, 0, 0],  # right-padded: last real at t=2
+      [0, 0, 1, 1, 1],  # left-padded: last real at t=4
+      [0, 0, 0, 0, 0],  # empty: gets nothing
+      [1, 1, 1, 1, 1],
+    ],  # full: t=4
+    dtype=bool,
+  )
   out = jax.jit(adv.place_scores_on_last_token)(scores, mask)
   expected = np.zeros((4, 5), np.float32)
   expected[0, 2] = 1.5
@@ -189,19 +187,18 @@ def test_per_token_rewards_with_kl():
 # --------------------------------------------------------------------------
 # PPO policy loss.
 
-_POLICY_LOSS = jax.jit(losses.ppo_policy_loss,
-                       static_argnames=("clip_eps", "clip_eps_high", "mode"))
+_POLICY_LOSS = jax.jit(losses.ppo_policy_loss, static_argnames=("clip_eps", "clip_eps_high", "mode"))
 
 
 # (ratio, advantage, expected loss, clipped?) with clip_eps = 0.2.
 # loss = -min(r * A, clip(r, .8, 1.2) * A).
 POLICY_CASES = [
-    (1.1, 1.0, -1.1, False),   # inside the range: unclipped
-    (1.1, -1.0, 1.1, False),
-    (1.5, 1.0, -1.2, True),    # above, A > 0: min(1.5, 1.2) = 1.2, clipped
-    (1.5, -1.0, 1.5, False),   # above, A < 0: min(-1.5, -1.2) = -1.5
-    (0.5, 1.0, -0.5, False),   # below, A > 0: min(0.5, 0.8) = 0.5
-    (0.5, -1.0, 0.8, True),    # below, A < 0: min(-0.5, -0.8) = -0.8, clipped
+  (1.1, 1.0, -1.1, False),  # inside the range: unclipped
+  (1.1, -1.0, 1.1, False),
+  (1.5, 1.0, -1.2, True),  # above, A > 0: min(1.5, 1.2) = 1.2, clipped
+  (1.5, -1.0, 1.5, False),  # above, A < 0: min(-1.5, -1.2) = -1.5
+  (0.5, 1.0, -0.5, False),  # below, A > 0: min(0.5, 0.8) = 0.5
+  (0.5, -1.0, 0.8, True),  # below, A < 0: min(-0.5, -0.8) = -0.8, clipped
 ]
 
 
@@ -215,8 +212,7 @@ def test_policy_loss_single_token(ratio, advantage, expected, is_clipped):
   _close(loss, expected)
   _close(metrics["clip_fraction"], float(is_clipped))
   # A clipped token gets no gradient; an unclipped one gets -A * r.
-  grad = jax.grad(lambda lp: _POLICY_LOSS(lp, old, a, mask, clip_eps=0.2)[0])(
-      new)
+  grad = jax.grad(lambda lp: _POLICY_LOSS(lp, old, a, mask, clip_eps=0.2)[0])(new)
   _close(grad, [[0.0 if is_clipped else -advantage * ratio]])
 
 
@@ -226,8 +222,7 @@ def test_policy_loss_batch_mask_and_metrics():
   old = np.full((1, 7), -2.0, np.float32)
   new = (old + np.log(ratios)).astype(np.float32)
   mask = np.array([[1, 1, 1, 1, 1, 1, 0]], np.float32)  # last token is a pad
-  loss, metrics = _POLICY_LOSS(new, old, advs[None].astype(np.float32), mask,
-                               clip_eps=0.2)
+  loss, metrics = _POLICY_LOSS(new, old, advs[None].astype(np.float32), mask, clip_eps=0.2)
   # (-1.1 + 1.1 - 1.2 + 1.5 - 0.5 + 0.8) / 6 = 0.6 / 6
   _close(loss, 0.1)
   _close(metrics["clip_fraction"], 2 / 6)
@@ -243,13 +238,14 @@ def test_policy_loss_clip_higher():
   mask = jnp.ones((1, 1))
   sym, _ = _POLICY_LOSS(new, old, a, mask, clip_eps=0.2)
   high, m = _POLICY_LOSS(new, old, a, mask, clip_eps=0.2, clip_eps_high=0.28)
-  _close(sym, -1.2)    # 1.25 clipped to 1.2
+  _close(sym, -1.2)  # 1.25 clipped to 1.2
   _close(high, -1.25)  # 1.25 < 1.28: unclipped
   _close(m["clip_fraction"], 0.0)
 
 
 # --------------------------------------------------------------------------
 # Value loss.
+
 
 def test_value_loss_clipped():
   fn = jax.jit(losses.ppo_value_loss, static_argnames=("clip_eps", "mode"))
@@ -271,11 +267,11 @@ def test_value_loss_clipped():
 # --------------------------------------------------------------------------
 # Entropy.
 
+
 def test_entropy_uniform_and_known():
   vocab = 7
   fn = jax.jit(losses.entropy_from_logits)
-  logits = jnp.full((2, 3, vocab), 0.3).at[1, 2].set(
-      jnp.arange(vocab, dtype=jnp.float32) * 10.0)
+  logits = jnp.full((2, 3, vocab), 0.3).at[1, 2].set(jnp.arange(vocab, dtype=jnp.float32) * 10.0)
   mask = jnp.array([[1, 1, 1], [1, 1, 0]])  # the peaked token is padding
   _close(fn(logits, mask), math.log(vocab))
 
@@ -293,6 +289,7 @@ def test_entropy_uniform_and_known():
 
 # --------------------------------------------------------------------------
 # KL estimators.
+
 
 def test_kl_estimators_pointwise():
   fn = jax.jit(losses.kl_penalty, static_argnames="estimator")
@@ -319,8 +316,7 @@ def test_kl_estimators_unbiased_against_exact_kl():
     tokens = jax.random.categorical(key, jnp.log(p), shape=(1, n))
     logp = jnp.log(jnp.asarray(p, jnp.float32))[tokens]
     ref = jnp.log(jnp.asarray(q, jnp.float32))[tokens]
-    return (losses.kl_penalty(logp, ref, "k1"),
-            losses.kl_penalty(logp, ref, "k3"))
+    return (losses.kl_penalty(logp, ref, "k1"), losses.kl_penalty(logp, ref, "k3"))
 
   k1, k3 = (np.asarray(a, np.float64) for a in estimates(jax.random.key(0)))
   for est in (k1, k3):
@@ -333,6 +329,7 @@ def test_kl_estimators_unbiased_against_exact_kl():
 
 # --------------------------------------------------------------------------
 # Adaptive KL coefficient (RLConfig.adaptive_kl_target).
+
 
 def test_adaptive_kl_update():
   coef = losses.adaptive_kl_init(0.2)
@@ -350,24 +347,23 @@ def test_adaptive_kl_update():
 # --------------------------------------------------------------------------
 # Misc.
 
+
 def test_missing_eos_penalty():
-  out = jax.jit(losses.missing_eos_penalty)(
-      jnp.array([1.0, 2.0, 3.0]), jnp.array([True, False, True]), 1.5)
+  out = jax.jit(losses.missing_eos_penalty)(jnp.array([1.0, 2.0, 3.0]), jnp.array([True, False, True]), 1.5)
   _close(out, [1.0, 0.5, 3.0])
 
 
 def test_negative_missing_eos_penalty_is_a_config_error():
   # Subtracting a negative penalty would reward responses that never end.
   from advrm_jax.rl.engine import RLConfig
+
   with pytest.raises(ValueError, match="rl.missing_eos_penalty"):
     RLConfig(missing_eos_penalty=-2.0)
 
 
 def test_aggregate_loss_modes():
   fn = jax.jit(losses.aggregate_loss, static_argnames="mode")
-  per_token = jnp.array([[1.0, 2.0, 3.0, 99.0],
-                         [4.0, 99.0, 99.0, 99.0],
-                         [99.0, 99.0, 99.0, 99.0]])
+  per_token = jnp.array([[1.0, 2.0, 3.0, 99.0], [4.0, 99.0, 99.0, 99.0], [99.0, 99.0, 99.0, 99.0]])
   mask = jnp.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
   # token_mean: (1 + 2 + 3 + 4) / 4.
   _close(fn(per_token, mask, mode="token_mean"), 2.5)

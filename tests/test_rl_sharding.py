@@ -78,10 +78,17 @@ def _rl_run(mesh_shape, kind):
   optimizer = make_optimizer(learning_rate=1e-3, schedule="constant")
   rl_params = init_policy_params(ref_params, CFG.d_model)
   state, state_shardings = rl_driver.init_seed_states(
-      rl_params, rl_driver.policy_state_shardings(CFG, rl_params, optimizer, mesh), optimizer, config, num_seeds)
+    rl_params, rl_driver.policy_state_shardings(CFG, rl_params, optimizer, mesh), optimizer, config, num_seeds
+  )
   reward_params, reward_shardings = shd.place(reward_params, mesh)
-  step = rl_driver.jit_seeds_step(make_iteration(graphdef, optimizer, config, SAMPLING, source), num_seeds,
-                                  state_shardings, shd.shardings_on(ref_params, mesh), reward_shardings, mesh)
+  step = rl_driver.jit_seeds_step(
+    make_iteration(graphdef, optimizer, config, SAMPLING, source),
+    num_seeds,
+    state_shardings,
+    shd.shardings_on(ref_params, mesh),
+    reward_shardings,
+    mesh,
+  )
   for i in range(STEPS):
     state, out = step(state, ref_params, reward_params, shd.shard_batch(_prompts(), mesh), jax.random.key(i))
   assert step._cache_size() == 1  # pylint: disable=protected-access  # compiled once for every step
@@ -103,8 +110,10 @@ def _bt_run(mesh_shape):
 
 
 def _max_abs_diff(a, b):
-  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def _assert_same_numbers(name, one, two):

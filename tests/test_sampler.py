@@ -5,6 +5,7 @@ output distribution is far from uniform and depends on the whole context:
 otherwise a cache bug that ignores earlier tokens could go unnoticed and the
 chi-square tests would have no power.
 """
+
 import functools
 
 import jax
@@ -19,8 +20,7 @@ from advrm_jax.models.transformer import Transformer
 from advrm_jax.rl import sampler as S
 
 
-def greedy_reference(model: nnx.Module, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                     n: int) -> np.ndarray:
+def greedy_reference(model: nnx.Module, prompt_tokens: jax.Array, prompt_mask: jax.Array, n: int) -> np.ndarray:
   """Greedy decoding without a cache, recomputing the full forward each step.
 
   The test oracle of the cached sampler. Prompts are used as given (no
@@ -41,10 +41,8 @@ def greedy_reference(model: nnx.Module, prompt_tokens: jax.Array, prompt_mask: j
   """
   graphdef, state = nnx.split(model)
   batch, prompt_len = prompt_tokens.shape
-  tokens = jnp.concatenate([jnp.asarray(prompt_tokens, jnp.int32),
-                            jnp.zeros((batch, n), jnp.int32)], axis=1)
-  mask = jnp.concatenate([jnp.asarray(prompt_mask).astype(bool),
-                          jnp.zeros((batch, n), bool)], axis=1)
+  tokens = jnp.concatenate([jnp.asarray(prompt_tokens, jnp.int32), jnp.zeros((batch, n), jnp.int32)], axis=1)
+  mask = jnp.concatenate([jnp.asarray(prompt_mask).astype(bool), jnp.zeros((batch, n), bool)], axis=1)
   for t in range(n):
     nxt = _reference_next_token(graphdef, state, tokens, mask)
     tokens = tokens.at[:, prompt_len + t].set(nxt)
@@ -53,14 +51,14 @@ def greedy_reference(model: nnx.Module, prompt_tokens: jax.Array, prompt_mask: j
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _reference_next_token(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
-                          mask: jax.Array) -> jax.Array:
+def _reference_next_token(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """Full forward (no cache); argmax at each row's last real position. [B]."""
   logits = nnx.merge(graphdef, state)(tokens, mask).logits
   cols = jnp.arange(tokens.shape[1])
   last = jnp.max(jnp.where(mask, cols[None], -1), axis=1)
   last_logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
   return jnp.argmax(last_logits, axis=-1).astype(jnp.int32)
+
 
 VOCAB = 64
 PAD = 0
@@ -73,9 +71,18 @@ NUM_DRAWS = 4000
 @functools.cache
 def _make_model(arch: str) -> Transformer:
   """One tiny model per architecture, shared by all tests (never mutated)."""
-  cfg = ModelConfig(arch=arch, vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4,
-                    num_kv_heads=2 if arch == "llama" else 4, head_dim=8, d_ff=64,
-                    max_seq_len=64, tie_embeddings=False)
+  cfg = ModelConfig(
+    arch=arch,
+    vocab_size=VOCAB,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2 if arch == "llama" else 4,
+    head_dim=8,
+    d_ff=64,
+    max_seq_len=64,
+    tie_embeddings=False,
+  )
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   # Larger weights than the 0.02-std init (see the module docstring). The
   # body is scaled less than the head: float32 rounding differences between
@@ -109,7 +116,7 @@ def _prompts(seed: int = 1):
   right = np.full_like(left, PAD)
   for row, n in enumerate(LENGTHS):
     toks = rng.integers(1, VOCAB, size=n)
-    left[row, width - n:] = toks
+    left[row, width - n :] = toks
     right[row, :n] = toks
   return (jnp.asarray(left), jnp.asarray(left != PAD)), (jnp.asarray(right), jnp.asarray(right != PAD))
 
@@ -129,11 +136,12 @@ def _forward(model, tokens, mask=None):
 
 def _response_logits(model, out):
   """Full-forward (no cache) logits predicting each response token: [B, N, V]."""
-  tokens, mask = S.concat_prompt_response(out.prompt_tokens, out.prompt_mask, out.tokens,
-                                          out.response_mask, pad_id=PAD, left_pad=False)
+  tokens, mask = S.concat_prompt_response(
+    out.prompt_tokens, out.prompt_mask, out.tokens, out.response_mask, pad_id=PAD, left_pad=False
+  )
   prompt_len = out.prompt_tokens.shape[1]
   logits = _forward(model, tokens, mask)
-  return np.asarray(logits[:, prompt_len - 1:prompt_len - 1 + out.tokens.shape[1]], np.float64)
+  return np.asarray(logits[:, prompt_len - 1 : prompt_len - 1 + out.tokens.shape[1]], np.float64)
 
 
 def _log_softmax(x):
@@ -159,8 +167,7 @@ def test_left_align_and_concat():
   resp = jnp.array([[1, 2, 0], [3, 0, 0], [0, 0, 0]])
   rmask = resp != 0
   full, fmask = S.concat_prompt_response(aligned, amask, resp, rmask)
-  np.testing.assert_array_equal(full, [[0, 0, 0, 5, 6, 1, 2], [0, 0, 0, 0, 7, 8, 3],
-                                       [0, 0, 0, 0, 0, 0, 9]])
+  np.testing.assert_array_equal(full, [[0, 0, 0, 5, 6, 1, 2], [0, 0, 0, 0, 7, 8, 3], [0, 0, 0, 0, 0, 0, 9]])
   np.testing.assert_array_equal(fmask, full != 0)
   plain, _ = S.concat_prompt_response(aligned, amask, resp, rmask, left_pad=False)
   np.testing.assert_array_equal(plain[:, 4:], resp)
@@ -220,8 +227,7 @@ def test_cached_forward_in_pieces_equals_the_full_forward(model):
 
 def test_sampled_logprobs_match_full_forward(llama):
   temperature, top_k, top_p = 0.7, 10, 0.9
-  config = S.SamplingConfig(max_new_tokens=N_NEW, temperature=temperature, top_k=top_k,
-                            top_p=top_p, pad_id=PAD)
+  config = S.SamplingConfig(max_new_tokens=N_NEW, temperature=temperature, top_k=top_k, top_p=top_p, pad_id=PAD)
   _, (right, rmask) = _prompts(seed=2)
   out = S.generate(llama, right, rmask, jax.random.key(3), config)
   logits = _response_logits(llama, out)
@@ -230,8 +236,7 @@ def test_sampled_logprobs_match_full_forward(llama):
   np.testing.assert_allclose(out.plain_logprobs, _take(_log_softmax(logits), out.tokens), atol=1e-5)
   filtered = np.asarray(S.filter_logits(jnp.asarray(scaled, jnp.float32), top_k, top_p), np.float64)
   assert np.all(np.isfinite(_take(filtered, out.tokens))), "sampled a filtered-out token"
-  np.testing.assert_allclose(out.sampling_logprobs, _take(_log_softmax(filtered), out.tokens),
-                             atol=1e-5)
+  np.testing.assert_allclose(out.sampling_logprobs, _take(_log_softmax(filtered), out.tokens), atol=1e-5)
   # Filtering can only raise a token's probability.
   assert np.all(np.asarray(out.sampling_logprobs) >= np.asarray(out.logprobs) - 1e-6)
 
@@ -399,9 +404,19 @@ def test_compiles_once_for_new_prompts_rngs_and_params(llama):
 def test_fused_projections_give_the_separate_projections_logits(arch, qkv_bias):
   # The cached forward multiplies by q|k|v and gate|up concatenations; any slip in their order,
   # the GQA split or the biases would change the logits.
-  cfg = ModelConfig(arch=arch, vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4,
-                    num_kv_heads=2 if arch == "llama" else 4, head_dim=8, d_ff=64, max_seq_len=64,
-                    tie_embeddings=False, qkv_bias=qkv_bias)
+  cfg = ModelConfig(
+    arch=arch,
+    vocab_size=VOCAB,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2 if arch == "llama" else 4,
+    head_dim=8,
+    d_ff=64,
+    max_seq_len=64,
+    tie_embeddings=False,
+    qkv_bias=qkv_bias,
+  )
   model = Transformer(cfg, rngs=nnx.Rngs(3))
   for i, (name, param) in enumerate(sorted(vars(model.layers).items())):
     if isinstance(param, nnx.Param) and name.endswith("_bias"):  # zero-initialised: make them matter

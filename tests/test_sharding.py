@@ -12,8 +12,17 @@ from advrm_jax.models.transformer import Transformer
 from advrm_jax.models.lm import jit_sft_step
 from advrm_jax.train_state import create_train_state, make_optimizer, split_module
 
-CFG = ModelConfig(arch="llama", vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=8, d_ff=64, tie_embeddings=False)
+CFG = ModelConfig(
+  arch="llama",
+  vocab_size=64,
+  d_model=32,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+  d_ff=64,
+  tie_embeddings=False,
+)
 
 
 def _batch(seed=0, batch=8, length=12):
@@ -42,8 +51,11 @@ def test_mesh_222_matches_single_device():
   single_state, single_losses = _train(shd.make_mesh((1, 1, 1), jax.devices()[:1]))
   mesh_state, mesh_losses = _train(shd.make_mesh((2, 2, 2)))
   np.testing.assert_allclose(mesh_losses, single_losses, atol=1e-5, rtol=0)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0),
-               mesh_state.params, single_state.params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0),
+    mesh_state.params,
+    single_state.params,
+  )
   # The parameters really are split: embed over fsdp, heads/mlp/vocab over tensor.
   q = mesh_state.params["layers"]["q_kernel"]
   assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")

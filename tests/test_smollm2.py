@@ -35,8 +35,9 @@ def smollm2():
 def test_greedy_chat_reply_matches_transformers(smollm2):
   cfg, model, tokenizer = smollm2
   assert (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.num_kv_heads) == (30, 576, 9, 3)
-  prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False,
-                                         add_generation_prompt=True)
+  prompt = tokenizer.apply_chat_template(
+    [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
+  )
   assert prompt == CHAT_PROMPT
   ids = tokenizer.encode(prompt, add_special_tokens=False)
   assert ids == CHAT_PROMPT_IDS
@@ -45,7 +46,7 @@ def test_greedy_chat_reply_matches_transformers(smollm2):
   # eos_id=None: keep going past <|im_end|> to compare all 32 tokens.
   out = Sampler(model, SamplingConfig(max_new_tokens=32, temperature=0.0, eos_id=None))(tokens, mask)
   greedy = np.asarray(out.tokens[0]).tolist()
-  reply = tokenizer.decode(greedy[:greedy.index(2)] if 2 in greedy else greedy)
+  reply = tokenizer.decode(greedy[: greedy.index(2)] if 2 in greedy else greedy)
   assert "Paris" in reply, reply
   if greedy != GREEDY_32_IDS:
     # Accept a divergence only where the two best logits are within 1e-3 (a tie

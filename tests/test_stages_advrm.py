@@ -51,7 +51,7 @@ def test_success_by_seed_against_hand_counted_cases():
   # Two prompts; reference R1 means 1.0 and 0.0, gold means 2.0 and 1.0 (n = 2, std > 0).
   reference_r1 = np.array([[0.5, 1.5], [-1.0, 1.0]])
   reference_gold = np.array([[1.0, 3.0], [0.0, 2.0]])
-  r1 = np.array([2.0, 2.0, 0.5, 3.0])      # proxy wins: yes, yes, yes (0.5 > 0), yes
+  r1 = np.array([2.0, 2.0, 0.5, 3.0])  # proxy wins: yes, yes, yes (0.5 > 0), yes
   gold = np.array([1.5, 2.5, 0.5, -10.0])  # gold loses: yes, no, yes, yes
   seeds = np.array([0, 0, 1, 1])
   prompt_index = np.array([0, 0, 1, 1])
@@ -94,28 +94,54 @@ def test_round_paths_and_final_link(tmp_path):
 
 def _stat(values):
   from advrm_jax.evaluation.report import mean_std  # pylint: disable=import-outside-toplevel
+
   return mean_std(values)
 
 
 def test_check_targets_reads_the_report():
-  hacked = {"onsets": [10, 20], "num_seeds": 2, "num_hacked": 2, "num_not_hacked": 0, "hacked_mean": 15.0,
-            "hacked_std": 7.07, "lower_bound_mean": 15.0, "lower_bound_std": 7.07, "budget": 50}
-  none = dict(hacked, onsets=[None, None], num_hacked=0, num_not_hacked=2, hacked_mean=None, hacked_std=None,
-              lower_bound_mean=50.0, lower_bound_std=0.0)
+  hacked = {
+    "onsets": [10, 20],
+    "num_seeds": 2,
+    "num_hacked": 2,
+    "num_not_hacked": 0,
+    "hacked_mean": 15.0,
+    "hacked_std": 7.07,
+    "lower_bound_mean": 15.0,
+    "lower_bound_std": 7.07,
+    "budget": 50,
+  }
+  none = dict(
+    hacked,
+    onsets=[None, None],
+    num_hacked=0,
+    num_not_hacked=2,
+    hacked_mean=None,
+    hacked_std=None,
+    lower_bound_mean=50.0,
+    lower_bound_std=0.0,
+  )
   report = {
-      "attack_success": {"rounds": [
-          {"round": 0, evaluate.ADV_RM: {"standard": _stat([90.0, 96.0]), "strict": _stat([50.0, 60.0])},
-           evaluate.OVER_OPT: {"standard": _stat([10.0, 12.0]), "strict": _stat([1.0, 2.0])}},
-          {"round": 2, evaluate.ADV_RM: {"standard": _stat([30.0, 20.0]), "strict": _stat([5.0, 5.0])}}]},
-      "rlhf": {"conventional": {"hacking": hacked, "final_gold": _stat([1.0, 1.2])},
-               "adv_rm": {"hacking": none, "final_gold": _stat([2.0, 2.2])}},
-      "in_distribution_accuracy": {"round_0": {"target_member": 0.80}, "round_2": {"target_member": 0.785}},
+    "attack_success": {
+      "rounds": [
+        {
+          "round": 0,
+          evaluate.ADV_RM: {"standard": _stat([90.0, 96.0]), "strict": _stat([50.0, 60.0])},
+          evaluate.OVER_OPT: {"standard": _stat([10.0, 12.0]), "strict": _stat([1.0, 2.0])},
+        },
+        {"round": 2, evaluate.ADV_RM: {"standard": _stat([30.0, 20.0]), "strict": _stat([5.0, 5.0])}},
+      ]
+    },
+    "rlhf": {
+      "conventional": {"hacking": hacked, "final_gold": _stat([1.0, 1.2])},
+      "adv_rm": {"hacking": none, "final_gold": _stat([2.0, 2.2])},
+    },
+    "in_distribution_accuracy": {"round_0": {"target_member": 0.80}, "round_2": {"target_member": 0.785}},
   }
   met = {t["target"]: t["met"] for t in evaluate.check_targets(report)}
   assert met["Conventional RM: RLHF shows reward hacking"]
   assert met["Adv-RM attack success (round 0, standard) >= 80%"]
-  assert met[">= 5x the over-optimisation baseline"]          # 93 / 11 = 8.5
-  assert not met["After 2 rounds, attack success <= 20%"]     # 25
+  assert met[">= 5x the over-optimisation baseline"]  # 93 / 11 = 8.5
+  assert not met["After 2 rounds, attack success <= 20%"]  # 25
   assert met["Adv-RM RLHF: >= 2x steps before hacking (or none)"]
   assert met["Adv-RM RLHF: higher final gold than conventional"]
   assert not met["In-distribution accuracy within 1 point of the conventional RM"]  # -1.5 points

@@ -32,8 +32,17 @@ def test_train_policy_runs_on_a_data_fsdp_tensor_mesh(tmp_path):
   wd.save_model_config(tmp_path / "sft", model_config)
   save_params(tmp_path / "sft" / "params", split_module(Transformer(model_config, rngs=nnx.Rngs(0)))[1])
   prompts = world.prompt_arrays(16, 0, "rl", config.world.max_prompt_len)
-  state = rl_driver.train_policy("mesh", tmp_path / "run", tmp_path / "sft", config, node,
-                                 FunctionSource(world.gold_reward), None, prompts, num_seeds=1)
+  state = rl_driver.train_policy(
+    "mesh",
+    tmp_path / "run",
+    tmp_path / "sft",
+    config,
+    node,
+    FunctionSource(world.gold_reward),
+    None,
+    prompts,
+    num_seeds=1,
+  )
   assert int(np.asarray(state.step)[0]) == 1
   assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 8
   # The driver's policy is split like SFT's: embed over fsdp, heads over tensor (seed axis first, whole).

@@ -119,7 +119,7 @@ def test_required_n_matches_the_power_tables():
   # n = ((z_.975 + z_.8) / d)^2 + z_.975^2 / 2, rounded up, gives the same three numbers.
   z_a, z_b = stats.norm.ppf(0.975), stats.norm.ppf(0.8)
   for d, expected in ((0.5, 34), (0.2, 199), (0.8, 15)):
-    assert int(np.ceil(((z_a + z_b) / d)**2 + z_a**2 / 2)) == expected
+    assert int(np.ceil(((z_a + z_b) / d) ** 2 + z_a**2 / 2)) == expected
     assert st.required_n(sd=1.0, delta=d) == expected
     assert st.required_n(sd=0.51, delta=0.51 * d) == expected  # only delta / sd matters
 
@@ -172,16 +172,15 @@ def test_mixed_model_nested_design_matches_anova():
   # sigma_e^2 = MSE, sigma_real^2 = (MSB(A) - MSE) / n, sigma_sft^2 = (MSA - MSB(A)) / (b n).
   a, b, n = 8, 4, 2
   rng = np.random.default_rng(3)
-  y = (rng.normal(0, 1.0, (a, 1, 1)) + rng.normal(0, 0.7, (a, b, 1)) + rng.normal(0, 0.5, (a, b, n)) + 2.0)
+  y = rng.normal(0, 1.0, (a, 1, 1)) + rng.normal(0, 0.7, (a, b, 1)) + rng.normal(0, 0.5, (a, b, n)) + 2.0
   cell, seed_mean, grand = y.mean(2), y.mean((1, 2)), y.mean()
-  msa = b * n * np.sum((seed_mean - grand)**2) / (a - 1)
-  msb = n * np.sum((cell - seed_mean[:, None])**2) / (a * (b - 1))
-  mse = np.sum((y - cell[:, :, None])**2) / (a * b * (n - 1))
+  msa = b * n * np.sum((seed_mean - grand) ** 2) / (a - 1)
+  msb = n * np.sum((cell - seed_mean[:, None]) ** 2) / (a * (b - 1))
+  mse = np.sum((y - cell[:, :, None]) ** 2) / (a * b * (n - 1))
   assert msa > msb > mse  # all three ANOVA components positive: REML equals them
   sft = np.repeat(np.arange(a), b * n)
   pref = np.tile(np.repeat(np.arange(b), n), a)
-  fit = st.mixed_model_random_intercepts(y.reshape(-1), {"sft_seed": sft,
-                                                         "realisation": list(zip(sft, pref))})
+  fit = st.mixed_model_random_intercepts(y.reshape(-1), {"sft_seed": sft, "realisation": list(zip(sft, pref))})
   assert fit["num_groups"] == {"sft_seed": 8, "realisation": 32}
   vc = fit["variance_components"]
   assert vc["residual"] == pytest.approx(mse, rel=1e-5)
@@ -203,14 +202,17 @@ def test_mixed_model_arm_effect_equals_the_paired_t_test():
   treatment = 2.2 + sft_effect + realisation + rng.normal(0, 0.3, 32)
   sft = np.arange(8).repeat(4)
   labels = [(s, p) for s, p in zip(sft, np.tile(np.arange(4), 8))]
-  fit = st.mixed_model_random_intercepts(np.concatenate([control, treatment]),
-                                         {"sft_seed": np.concatenate([sft, sft]), "realisation": labels * 2},
-                                         arm=["C0"] * 32 + ["T"] * 32, reference="C0")
+  fit = st.mixed_model_random_intercepts(
+    np.concatenate([control, treatment]),
+    {"sft_seed": np.concatenate([sft, sft]), "realisation": labels * 2},
+    arm=["C0"] * 32 + ["T"] * 32,
+    reference="C0",
+  )
   assert fit["variance_components"]["realisation"] > 0
   t = st.paired_t_test(st.paired_differences(treatment, control))
   assert fit["arm_effects"]["T"] == pytest.approx(t["mean"], rel=1e-8)
   assert fit["arm_se"]["T"] == pytest.approx(t["se"], rel=1e-5)
-  assert fit["variance_components"]["residual"] == pytest.approx(t["sd"]**2 / 2, rel=1e-5)
+  assert fit["variance_components"]["residual"] == pytest.approx(t["sd"] ** 2 / 2, rel=1e-5)
   with pytest.raises(ValueError, match="reference arm 'C9'"):
     st.mixed_model_random_intercepts([1.0, 2, 3, 4], {"g": [0, 0, 1, 1]}, arm=["a", "b"] * 2, reference="C9")
 

@@ -28,8 +28,14 @@ ROUNDS = 2
 def _run(workdir: pathlib.Path) -> subprocess.CompletedProcess:
   # One CPU device: the study is about the machinery, not the mesh.
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  return subprocess.run([sys.executable, "-m", "advrm_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+  return subprocess.run(
+    [sys.executable, "-m", "advrm_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=3600,
+  )
 
 
 def _records(workdir: pathlib.Path) -> dict[str, dict]:
@@ -83,8 +89,10 @@ def test_every_realisation_record_has_the_schema(tiny_study):
     assert record["reference_gold"] == report["prefs"]["reference_gold_mean"]
     assert record["disagreement_share"] is None or 0.0 <= record["disagreement_share"] <= 1.0
     assert record["rl_budget"] == budget
-    assert record["hacking"] == {"margin": config["evaluate"]["hacking_margin"],
-                                 "window": config["evaluate"]["hacking_window"]}
+    assert record["hacking"] == {
+      "margin": config["evaluate"]["hacking_margin"],
+      "window": config["evaluate"]["hacking_window"],
+    }
     assert sorted(record["arms"]) == sorted(ALL_ARMS)
     for arm, entry in record["arms"].items():
       steps = entry["steps"]
@@ -112,24 +120,39 @@ def test_records_read_the_right_runs_and_attacks(tiny_study):
   rdir = workdir / "realisations" / "s0_p1"
   record = records["s0_p1"]
   seeds = json.loads((workdir / "config.json").read_text())["num_seeds"]
-  runs = {"C0": rdir / "main/rlhf/conventional", "T": rdir / "main/rlhf/adv_rm",
-          "C1": rdir / "main/rlhf/fresh_pairs", "oracle": rdir / "main/rlhf/oracle_gold",
-          "C2": rdir / "C2/rlhf/adv_rm", "C3": rdir / "C3/rlhf/adv_rm"}
+  runs = {
+    "C0": rdir / "main/rlhf/conventional",
+    "T": rdir / "main/rlhf/adv_rm",
+    "C1": rdir / "main/rlhf/fresh_pairs",
+    "oracle": rdir / "main/rlhf/oracle_gold",
+    "C2": rdir / "C2/rlhf/adv_rm",
+    "C3": rdir / "C3/rlhf/adv_rm",
+  }
   for arm, run_dir in runs.items():
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "gold_reward/seed0" in r]
     assert record["arms"][arm]["steps"] == [r["step"] for r in rows]
-    np.testing.assert_allclose(record["arms"][arm]["gold"],
-                               [[r[f"gold_reward/seed{s}"] for r in rows] for s in range(seeds)], rtol=1e-6)
-    np.testing.assert_allclose(record["arms"][arm]["kl"], [[r[f"kl/seed{s}"] for r in rows] for s in range(seeds)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      record["arms"][arm]["gold"], [[r[f"gold_reward/seed{s}"] for r in rows] for s in range(seeds)], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+      record["arms"][arm]["kl"], [[r[f"kl/seed{s}"] for r in rows] for s in range(seeds)], rtol=1e-6
+    )
   # The fresh adversary of each arm: a standard (lam = 1) attack on that arm's final RM.
-  attacks = {"C0": rdir / "main/attack/round_0", "T": rdir / f"main/attack/round_{ROUNDS}",
-             "C1": rdir / f"probe_C1/attack/round_{ROUNDS}", "C2": rdir / f"probe_C2/attack/round_{ROUNDS}",
-             "C3": rdir / f"C3/attack/round_{ROUNDS}"}
-  final_rm = {"C0": rdir / "main/rm", "T": rdir / f"main/advtrain/round_{ROUNDS}/rm",
-              "C1": rdir / f"main/advtrain_control/round_{ROUNDS}/rm", "C2": rdir / f"C2/advtrain/round_{ROUNDS}/rm",
-              "C3": rdir / f"C3/advtrain/round_{ROUNDS}/rm"}
+  attacks = {
+    "C0": rdir / "main/attack/round_0",
+    "T": rdir / f"main/attack/round_{ROUNDS}",
+    "C1": rdir / f"probe_C1/attack/round_{ROUNDS}",
+    "C2": rdir / f"probe_C2/attack/round_{ROUNDS}",
+    "C3": rdir / f"C3/attack/round_{ROUNDS}",
+  }
+  final_rm = {
+    "C0": rdir / "main/rm",
+    "T": rdir / f"main/advtrain/round_{ROUNDS}/rm",
+    "C1": rdir / f"main/advtrain_control/round_{ROUNDS}/rm",
+    "C2": rdir / f"C2/advtrain/round_{ROUNDS}/rm",
+    "C3": rdir / f"C3/advtrain/round_{ROUNDS}/rm",
+  }
   for arm, attack_dir in attacks.items():
     summary = json.loads((attack_dir / "summary.json").read_text())
     for kind in ("standard", "strict"):
@@ -138,8 +161,9 @@ def test_records_read_the_right_runs_and_attacks(tiny_study):
     attacked = pathlib.Path(summary["rm"])
     for path in sorted((final_rm[arm] / "checkpoints").rglob("*")):
       if path.is_file():
-        assert path.read_bytes() == (attacked / "checkpoints" / path.relative_to(final_rm[arm] / "checkpoints")
-                                     ).read_bytes(), (arm, path)
+        assert (
+          path.read_bytes() == (attacked / "checkpoints" / path.relative_to(final_rm[arm] / "checkpoints")).read_bytes()
+        ), (arm, path)
     lam = json.loads((attack_dir.parents[1] / "config.json").read_text())["attack"]["lam"]
     assert lam == 1.0, arm
 

@@ -34,8 +34,14 @@ def arm(gold, kl=KL, steps=STEPS, proxy=None, standard=30.0, accuracy=75.0):
   kl = np.broadcast_to(np.asarray(kl, float), (SEEDS, len(steps)))
   gold = np.asarray(gold, float)[None] + OFFSETS[:, None]
   proxy = gold if proxy is None else np.broadcast_to(np.asarray(proxy, float), gold.shape)
-  return {"steps": list(steps), "gold": gold.tolist(), "proxy": proxy.tolist(), "kl": kl.tolist(),
-          "attack_after": {"standard": standard, "strict": standard / 2}, "accuracy": accuracy}
+  return {
+    "steps": list(steps),
+    "gold": gold.tolist(),
+    "proxy": proxy.tolist(),
+    "kl": kl.tolist(),
+    "attack_after": {"standard": standard, "strict": standard / 2},
+    "accuracy": accuracy,
+  }
 
 
 def shifted(**shifts):
@@ -45,8 +51,12 @@ def shifted(**shifts):
 
 def checks(failing=None):
   """report.json's method_checks with every check passing but `failing` ({name: value})."""
-  rules = {"adversary_final_mean_zU": (2.5, ">= 1.96"), "kept_unique_per_round": ([800, 600], "round 0 >= 500"),
-           "member_reward_corr_adversary": (0.6, "<= 0.9"), "conventional_rlhf_gold_rise": (0.5, ">= 0.3")}
+  rules = {
+    "adversary_final_mean_zU": (2.5, ">= 1.96"),
+    "kept_unique_per_round": ([800, 600], "round 0 >= 500"),
+    "member_reward_corr_adversary": (0.6, "<= 0.9"),
+    "conventional_rlhf_gold_rise": (0.5, ">= 0.3"),
+  }
   out = {name: {"value": value, "rule": rule, "pass": True} for name, (value, rule) in rules.items()}
   for name, value in (failing or {}).items():
     out[name] = {"value": value, "rule": rules[name][1], "pass": False}
@@ -55,15 +65,30 @@ def checks(failing=None):
 
 
 def realisation(sft_seed, arms, pref_seed=0, failing=None, share=0.5, r_adv=0.6, r_in=0.2, budget=40):
-  return {"name": f"s{sft_seed}_p{pref_seed}", "sft_seed": sft_seed, "pref_seed": pref_seed, "status": "ok",
-          "error": None, "method_checks": checks(failing), "disagreement_share": share, "reference_gold": 1.0,
-          "rl_budget": budget, "hacking": {"margin": 0.5, "window": 1}, "arms": arms,
-          "uncertainty_shortfall": {"adversarial": {"r": r_adv, "n": 100}, "in_distribution": {"r": r_in, "n": 100}}}
+  return {
+    "name": f"s{sft_seed}_p{pref_seed}",
+    "sft_seed": sft_seed,
+    "pref_seed": pref_seed,
+    "status": "ok",
+    "error": None,
+    "method_checks": checks(failing),
+    "disagreement_share": share,
+    "reference_gold": 1.0,
+    "rl_budget": budget,
+    "hacking": {"margin": 0.5, "window": 1},
+    "arms": arms,
+    "uncertainty_shortfall": {"adversarial": {"r": r_adv, "n": 100}, "in_distribution": {"r": r_in, "n": 100}},
+  }
 
 
 def failed_run(sft_seed):
-  return {"name": f"s{sft_seed}_p0", "sft_seed": sft_seed, "pref_seed": 0, "status": "error",
-          "error": "NaN stop at RL step 12 (after one resume)"}
+  return {
+    "name": f"s{sft_seed}_p0",
+    "sft_seed": sft_seed,
+    "pref_seed": 0,
+    "status": "error",
+    "error": "NaN stop at RL step 12 (after one resume)",
+  }
 
 
 def test_primary_difference_from_hand_made_curves():
@@ -100,18 +125,20 @@ def test_primary_difference_from_hand_made_curves():
 
 def test_exclusions_name_their_reasons():
   records = [
-      realisation(0, shifted(C0=0.0, T=0.3, C1=0.1)),
-      realisation(1, shifted(C0=0.0, T=0.5, C1=0.2)),
-      realisation(2, shifted(C0=0.0, T=0.4, C1=0.0)),
-      # T never reaches 2 nats: no primary value, but it realised the method (secondary analyses keep it).
-      realisation(3, {**shifted(C0=0.0, C1=0.0), "T": arm(C0_GOLD, kl=[0, 0.5, 1.0, 1.5, 1.9])}),
-      realisation(4, shifted(C0=0.0, T=5.0, C1=0.0), failing={"kept_unique_per_round": [320, 410]}),
-      failed_run(5),
+    realisation(0, shifted(C0=0.0, T=0.3, C1=0.1)),
+    realisation(1, shifted(C0=0.0, T=0.5, C1=0.2)),
+    realisation(2, shifted(C0=0.0, T=0.4, C1=0.0)),
+    # T never reaches 2 nats: no primary value, but it realised the method (secondary analyses keep it).
+    realisation(3, {**shifted(C0=0.0, C1=0.0), "T": arm(C0_GOLD, kl=[0, 0.5, 1.0, 1.5, 1.9])}),
+    realisation(4, shifted(C0=0.0, T=5.0, C1=0.0), failing={"kept_unique_per_round": [320, 410]}),
+    failed_run(5),
   ]
   study = sr.analyse(records, "abc")
   excluded = {e["name"]: e for e in study["realisations"]["excluded"]}
   assert set(excluded) == {"s3_p0", "s4_p0", "s5_p0"}
-  assert excluded["s3_p0"]["why"].startswith("no matched KL") and excluded["s3_p0"]["excluded_from"] == "primary analysis"
+  assert (
+    excluded["s3_p0"]["why"].startswith("no matched KL") and excluded["s3_p0"]["excluded_from"] == "primary analysis"
+  )
   assert excluded["s4_p0"]["checks"] == {"kept_unique_per_round": {"value": [320, 410], "rule": "round 0 >= 500"}}
   assert "kept_unique_per_round = [320, 410]" in excluded["s4_p0"]["why"]
   assert excluded["s4_p0"]["excluded_from"] == "all analyses"
@@ -151,8 +178,12 @@ def test_verdict_rule():
 
 def test_holm_over_the_controls():
   # Per realisation T - C1, T - C2, T - C3 at matched KL = the shift differences.
-  shifts = [dict(C0=0.0, T=0.6, C1=0.1, C2=0.5, C3=0.0), dict(C0=0.0, T=0.4, C1=0.0, C2=0.5, C3=0.1),
-            dict(C0=0.0, T=0.7, C1=0.3, C2=0.6, C3=0.2), dict(C0=0.0, T=0.5, C1=0.0, C2=0.6, C3=0.4)]
+  shifts = [
+    dict(C0=0.0, T=0.6, C1=0.1, C2=0.5, C3=0.0),
+    dict(C0=0.0, T=0.4, C1=0.0, C2=0.5, C3=0.1),
+    dict(C0=0.0, T=0.7, C1=0.3, C2=0.6, C3=0.2),
+    dict(C0=0.0, T=0.5, C1=0.0, C2=0.6, C3=0.4),
+  ]
   study = sr.analyse([realisation(i, shifted(**s)) for i, s in enumerate(shifts)], "abc")
   comparisons = study["secondary"]["controls_on_primary"]["comparisons"]
   raw = {c: stats.ttest_1samp([s["T"] - s[c] for s in shifts], 0.0).pvalue for c in ("C1", "C2", "C3")}
@@ -186,8 +217,10 @@ def test_restricted_mean_time_to_hacking():
   # s1: T: 2 at 20, 2 at 30, 4 never: S(20) = 6/8, S(30) = 6/8 * 4/6 = 1/2:
   #     RMST = 20 + 0.75 * 10 + 0.5 * 10 = 32.5. C0: 4 at 20, 4 at 30: S(20) = 1/2, S(30) = 0:
   #     RMST = 20 + 0.5 * 10 = 25. d = 7.5.
-  records = [realisation(0, {"C0": hacking_arm([20] * 8), "T": hacking_arm([30] * 4 + [None] * 4)}),
-             realisation(1, {"C0": hacking_arm([20] * 4 + [30] * 4), "T": hacking_arm([20] * 2 + [30] * 2 + [None] * 4)})]
+  records = [
+    realisation(0, {"C0": hacking_arm([20] * 8), "T": hacking_arm([30] * 4 + [None] * 4)}),
+    realisation(1, {"C0": hacking_arm([20] * 4 + [30] * 4), "T": hacking_arm([20] * 2 + [30] * 2 + [None] * 4)}),
+  ]
   result = sr.analyse(records, "abc")["secondary"]["steps_to_hacking"]
   rows = {row["name"]: row for row in result["restricted_mean"]["per_realisation"]}
   assert (rows["s0_p0"]["T"], rows["s0_p0"]["C0"], rows["s0_p0"]["d"]) == pytest.approx((35, 20, 15))
@@ -242,8 +275,15 @@ def _study_dir(tmp_path, records):
 
 
 def test_write_study_and_the_report_command_render_the_same_study(tmp_path):
-  records = [realisation(i // 2, shifted(C0=0.0, T=0.1 * i, C1=0.05, C2=0.02), pref_seed=i % 2,
-                         failing={"conventional_rlhf_gold_rise": 0.1} if i < 3 else None) for i in range(5)]
+  records = [
+    realisation(
+      i // 2,
+      shifted(C0=0.0, T=0.1 * i, C1=0.05, C2=0.02),
+      pref_seed=i % 2,
+      failing={"conventional_rlhf_gold_rise": 0.1} if i < 3 else None,
+    )
+    for i in range(5)
+  ]
   study_dir = _study_dir(tmp_path, records)
   study = sr.write_study(study_dir, command="python -m advrm_jax.main --config configs/study.py:screen")
   for name in sr.PLOT_FILES:
@@ -251,41 +291,66 @@ def test_write_study_and_the_report_command_render_the_same_study(tmp_path):
   text = (study_dir / "STUDY.md").read_text()
   assert text.splitlines()[0] == "Produced by `python -m advrm_jax.main --config configs/study.py:screen`."
   # The protocol's commit: the one that added docs/study_protocol.md in this checkout.
-  added = subprocess.run(["git", "-C", str(REPO_ROOT), "log", "--diff-filter=A", "--format=%H", "--",
-                          "docs/study_protocol.md"], capture_output=True, text=True, check=True).stdout.split()[-1]
+  added = subprocess.run(
+    ["git", "-C", str(REPO_ROOT), "log", "--diff-filter=A", "--format=%H", "--", "docs/study_protocol.md"],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.split()[-1]
   assert study["protocol_commit"] == added and added in text
   # 2 of 5 pass the checks: the report says so before the primary table.
   assert study["method_checks_pass_rate"] == pytest.approx(0.4)
   assert text.index("not realised in most") < text.index("## Primary endpoint")
-  for section in ("s1_p1", "Holm", "Kaplan-Meier", "Non-inferiority", "## Moderator", "## N for the full study",
-                  "conventional_rlhf_gold_rise = 0.1 (needs >= 0.3)"):
+  for section in (
+    "s1_p1",
+    "Holm",
+    "Kaplan-Meier",
+    "Non-inferiority",
+    "## Moderator",
+    "## N for the full study",
+    "conventional_rlhf_gold_rise = 0.1 (needs >= 0.3)",
+  ):
     assert section in text
   first = (study_dir / "study.json").read_text()
   assert json.loads(first) == study
   for name in sr.PLOT_FILES:
     (study_dir / "plots" / name).unlink()
   (study_dir / "study.json").unlink()
-  out = subprocess.run([sys.executable, "-m", "advrm_jax.report", str(study_dir)], cwd=REPO_ROOT,
-                       capture_output=True, text=True)
+  out = subprocess.run(
+    [sys.executable, "-m", "advrm_jax.report", str(study_dir)], cwd=REPO_ROOT, capture_output=True, text=True
+  )
   assert out.returncode == 0, out.stderr
   assert (study_dir / "study.json").read_text() == first
   assert all((study_dir / "plots" / name).exists() for name in sr.PLOT_FILES)
-  assert (study_dir / "STUDY.md").read_text().splitlines()[0] == f"Produced by `python -m advrm_jax.report {study_dir}`."
+  assert (study_dir / "STUDY.md").read_text().splitlines()[
+    0
+  ] == f"Produced by `python -m advrm_jax.report {study_dir}`."
 
 
 def test_write_study_takes_the_runners_error_record(tmp_path):
   # The record advrm_jax.pipelines.study writes for a realisation that stopped twice: arms {}, null measurements.
   from advrm_jax.pipelines import load_config  # pylint: disable=g-import-not-at-top  # the runner pulls in JAX
   from advrm_jax.pipelines import study as runner  # pylint: disable=g-import-not-at-top
-  error = runner.error_record(load_config(str(REPO_ROOT / "configs" / "study.py:tiny")), 3, 0,
-                              FloatingPointError("[rlhf] non-finite loss at step 2"))
+
+  error = runner.error_record(
+    load_config(str(REPO_ROOT / "configs" / "study.py:tiny")),
+    3,
+    0,
+    FloatingPointError("[rlhf] non-finite loss at step 2"),
+  )
   assert error["arms"] == {} and error["method_checks"] is None and error["uncertainty_shortfall"] is None
   records = [realisation(i, shifted(C0=0.0, T=0.1 * (i + 1), C1=0.05, C2=0.02)) for i in range(3)] + [error]
   study_dir = _study_dir(tmp_path, records)
   study = sr.write_study(study_dir)
   assert study["realisations"]["count"] == 4 and study["realisations"]["included"] == ["s0_p0", "s1_p0", "s2_p0"]
-  assert study["realisations"]["excluded"] == [{"name": "s3_p0", "checks": {}, "excluded_from": "all analyses",
-                                                "why": "run error: FloatingPointError: [rlhf] non-finite loss at step 2"}]
+  assert study["realisations"]["excluded"] == [
+    {
+      "name": "s3_p0",
+      "checks": {},
+      "excluded_from": "all analyses",
+      "why": "run error: FloatingPointError: [rlhf] non-finite loss at step 2",
+    }
+  ]
   assert study["method_checks_pass_rate"] == pytest.approx(3 / 4)
   assert study["primary"]["n"] == 3 and study["primary"]["mean"] == pytest.approx(0.2)  # (0.1 + 0.2 + 0.3) / 3
   assert "s3_p0" in (study_dir / "STUDY.md").read_text()

@@ -11,14 +11,15 @@ import random
 import pytest
 
 SUBJECTS = ("cats", "dogs", "birds", "fish", "boats", "trees", "clouds", "rivers")
-WORDS = ("tell me about please what are and they like . ! ? nice calm quiet small green tall fast slow "
-         "always often sleep swim fly grow run bad loud very").split()
+WORDS = (
+  "tell me about please what are and they like . ! ? nice calm quiet small green tall fast slow "
+  "always often sleep swim fly grow run bad loud very"
+).split()
 # Ids of the special tokens (the tokenizer's first entries).
 PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
 
 
-def write_tiny_checkpoint_and_pairs(directory: pathlib.Path,
-                                    num_pairs: int = 48) -> tuple[pathlib.Path, pathlib.Path]:
+def write_tiny_checkpoint_and_pairs(directory: pathlib.Path, num_pairs: int = 48) -> tuple[pathlib.Path, pathlib.Path]:
   """Writes ``directory/tiny_llama`` (a random 1-layer Llama with a word-level tokenizer) and ``pairs.jsonl``.
 
   Returns (checkpoint directory, preference file). Prompts are
@@ -37,10 +38,21 @@ def write_tiny_checkpoint_and_pairs(directory: pathlib.Path,
   backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
   backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
   backend.decoder = tokenizers.decoders.WordPiece()  # joins words with spaces
-  tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                                   bos_token="<bos>", unk_token="<unk>")
-  model_config = ModelConfig(arch="llama", vocab_size=len(vocab), d_model=32, num_layers=1, num_heads=2,
-                             num_kv_heads=1, head_dim=16, d_ff=64, max_seq_len=64, tie_embeddings=True)
+  tokenizer = transformers.PreTrainedTokenizerFast(
+    tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+  )
+  model_config = ModelConfig(
+    arch="llama",
+    vocab_size=len(vocab),
+    d_model=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    d_ff=64,
+    max_seq_len=64,
+    tie_embeddings=True,
+  )
   checkpoint = pathlib.Path(directory) / "tiny_llama"
   save_hf_checkpoint(Transformer(model_config, rngs=nnx.Rngs(0)), model_config, checkpoint, tokenizer=tokenizer)
 

@@ -38,8 +38,7 @@ DEFAULT_Z_MIN = 1.96
 # ----------------------------------------------------------------------------
 
 
-def uncertainty(scores: ArrayLike, kind: str = "r1_minus_r2", target: int = 0,
-                r2_kind: str = "mean") -> jax.Array:
+def uncertainty(scores: ArrayLike, kind: str = "r1_minus_r2", target: int = 0, r2_kind: str = "mean") -> jax.Array:
   """Ensemble uncertainty of each response.
 
   Args:
@@ -62,15 +61,15 @@ def uncertainty(scores: ArrayLike, kind: str = "r1_minus_r2", target: int = 0,
     if scores.ndim != 2:
       raise ValueError(f"scores must be [K, B], got shape {scores.shape}")
     return jnp.std(scores, axis=0)
-  raise ValueError(f"unknown uncertainty kind {kind!r}; expected one of "
-                   f"{UNCERTAINTY_KINDS}")
+  raise ValueError(f"unknown uncertainty kind {kind!r}; expected one of {UNCERTAINTY_KINDS}")
 
 
-def standardize(u: ArrayLike,
-                reference: (ArrayLike | tuple[ArrayLike, ArrayLike]
-                            | None) = None,
-                mask: ArrayLike | None = None,
-                eps: float = 1e-6) -> jax.Array:
+def standardize(
+  u: ArrayLike,
+  reference: (ArrayLike | tuple[ArrayLike, ArrayLike] | None) = None,
+  mask: ArrayLike | None = None,
+  eps: float = 1e-6,
+) -> jax.Array:
   """z-scores of `u`: (u - mean) / max(std, eps), population std (ddof=0).
 
   Args:
@@ -93,8 +92,7 @@ def standardize(u: ArrayLike,
     mean = jnp.asarray(reference[0], jnp.float32)
     std = jnp.asarray(reference[1], jnp.float32)
   else:
-    population = u if reference is None else jnp.asarray(reference,
-                                                          jnp.float32)
+    population = u if reference is None else jnp.asarray(reference, jnp.float32)
     if reference is None and mask is not None:
       weights = jnp.asarray(mask, jnp.float32)
     else:
@@ -105,8 +103,7 @@ def standardize(u: ArrayLike,
   return (u - mean) / jnp.maximum(std, eps)
 
 
-def filter_mask(r1: ArrayLike, threshold: ArrayLike, z_u: ArrayLike,
-                z_min: float = DEFAULT_Z_MIN) -> jax.Array:
+def filter_mask(r1: ArrayLike, threshold: ArrayLike, z_u: ArrayLike, z_min: float = DEFAULT_Z_MIN) -> jax.Array:
   """Adv-RM's keep rule: `R1 > T(x)` and `z(U) > z_min` (both strict).
 
   Args:
@@ -119,8 +116,7 @@ def filter_mask(r1: ArrayLike, threshold: ArrayLike, z_u: ArrayLike,
     [B] bool keep mask.
   """
   r1 = jnp.asarray(r1, jnp.float32)
-  return (r1 > jnp.asarray(threshold, jnp.float32)) & (
-      jnp.asarray(z_u, jnp.float32) > z_min)
+  return (r1 > jnp.asarray(threshold, jnp.float32)) & (jnp.asarray(z_u, jnp.float32) > z_min)
 
 
 # ----------------------------------------------------------------------------
@@ -128,8 +124,14 @@ def filter_mask(r1: ArrayLike, threshold: ArrayLike, z_u: ArrayLike,
 # ----------------------------------------------------------------------------
 
 # Fields of one buffered item, in the order of `AdversarialBuffer`.
-ITEM_FIELDS = ("prompt_tokens", "prompt_mask", "adversarial_tokens",
-               "adversarial_mask", "reference_tokens", "reference_mask")
+ITEM_FIELDS = (
+  "prompt_tokens",
+  "prompt_mask",
+  "adversarial_tokens",
+  "adversarial_mask",
+  "reference_tokens",
+  "reference_mask",
+)
 
 
 class AdversarialBuffer(NamedTuple):
@@ -151,6 +153,7 @@ class AdversarialBuffer(NamedTuple):
       (-1 when empty); larger is fresher.
     count: [] int32, number of items ever inserted (the insertion counter).
   """
+
   prompt_tokens: jax.Array
   prompt_mask: jax.Array
   adversarial_tokens: jax.Array
@@ -167,9 +170,9 @@ class AdversarialBuffer(NamedTuple):
     return self.valid.shape[0]
 
 
-def init_buffer(capacity: int, prompt_len: int, response_len: int,
-                reference_len: int | None = None,
-                pad_id: int = 0) -> AdversarialBuffer:
+def init_buffer(
+  capacity: int, prompt_len: int, response_len: int, reference_len: int | None = None, pad_id: int = 0
+) -> AdversarialBuffer:
   """An empty buffer.
 
   Args:
@@ -188,18 +191,19 @@ def init_buffer(capacity: int, prompt_len: int, response_len: int,
   tokens = lambda width: jnp.full((capacity, width), pad_id, jnp.int32)
   masks = lambda width: jnp.zeros((capacity, width), bool)
   return AdversarialBuffer(
-      prompt_tokens=tokens(prompt_len), prompt_mask=masks(prompt_len),
-      adversarial_tokens=tokens(response_len),
-      adversarial_mask=masks(response_len),
-      reference_tokens=tokens(reference_len),
-      reference_mask=masks(reference_len),
-      valid=jnp.zeros((capacity,), bool),
-      inserted_at=jnp.full((capacity,), -1, jnp.int32),
-      count=jnp.zeros((), jnp.int32))
+    prompt_tokens=tokens(prompt_len),
+    prompt_mask=masks(prompt_len),
+    adversarial_tokens=tokens(response_len),
+    adversarial_mask=masks(response_len),
+    reference_tokens=tokens(reference_len),
+    reference_mask=masks(reference_len),
+    valid=jnp.zeros((capacity,), bool),
+    inserted_at=jnp.full((capacity,), -1, jnp.int32),
+    count=jnp.zeros((), jnp.int32),
+  )
 
 
-def buffer_add(buffer: AdversarialBuffer, items: Mapping[str, ArrayLike],
-               keep_mask: ArrayLike) -> AdversarialBuffer:
+def buffer_add(buffer: AdversarialBuffer, items: Mapping[str, ArrayLike], keep_mask: ArrayLike) -> AdversarialBuffer:
   """Writes the kept rows of `items` into the ring (pure, jittable).
 
   The j-th kept row (in row order) goes to slot `(count + j) % N`: the
@@ -220,8 +224,7 @@ def buffer_add(buffer: AdversarialBuffer, items: Mapping[str, ArrayLike],
   """
   missing = [f for f in ITEM_FIELDS if f not in items]
   if missing:
-    raise ValueError(f"buffer_add: items lack fields {missing}; expected "
-                     f"{ITEM_FIELDS}")
+    raise ValueError(f"buffer_add: items lack fields {missing}; expected {ITEM_FIELDS}")
   keep = jnp.asarray(keep_mask, bool)
   capacity = buffer.capacity
   rank = jnp.cumsum(keep.astype(jnp.int32)) - 1  # j for the j-th kept row.
@@ -233,14 +236,13 @@ def buffer_add(buffer: AdversarialBuffer, items: Mapping[str, ArrayLike],
   for field in ITEM_FIELDS:
     old = getattr(buffer, field)
     new = jnp.asarray(items[field]).astype(old.dtype)
-    if new.ndim != 2 or new.shape[1] != old.shape[1] or (
-        new.shape[0] != keep.shape[0]):
-      raise ValueError(f"buffer_add: items[{field!r}] has shape {new.shape}; "
-                       f"expected [{keep.shape[0]}, {old.shape[1]}]")
+    if new.ndim != 2 or new.shape[1] != old.shape[1] or (new.shape[0] != keep.shape[0]):
+      raise ValueError(
+        f"buffer_add: items[{field!r}] has shape {new.shape}; expected [{keep.shape[0]}, {old.shape[1]}]"
+      )
     updates[field] = old.at[slot].set(new, mode="drop")
   updates["valid"] = buffer.valid.at[slot].set(True, mode="drop")
-  updates["inserted_at"] = buffer.inserted_at.at[slot].set(
-      buffer.count + rank, mode="drop")
+  updates["inserted_at"] = buffer.inserted_at.at[slot].set(buffer.count + rank, mode="drop")
   updates["count"] = buffer.count + num_kept
   return buffer._replace(**updates)
 
@@ -250,9 +252,12 @@ def buffer_size(buffer: AdversarialBuffer) -> jax.Array:
   return jnp.sum(buffer.valid.astype(jnp.int32))
 
 
-def buffer_sample(buffer: AdversarialBuffer, rng: jax.Array, n: int,
-                  replace: bool = True,
-                  ) -> tuple[dict[str, jax.Array], jax.Array]:
+def buffer_sample(
+  buffer: AdversarialBuffer,
+  rng: jax.Array,
+  n: int,
+  replace: bool = True,
+) -> tuple[dict[str, jax.Array], jax.Array]:
   """Draws `n` rows uniformly from the valid slots (pure, jittable).
 
   Args:
@@ -273,12 +278,10 @@ def buffer_sample(buffer: AdversarialBuffer, rng: jax.Array, n: int,
     idx = jax.random.categorical(rng, logits, shape=(n,))
   else:
     if n > buffer.capacity:
-      raise ValueError(f"cannot draw {n} rows without replacement from a "
-                       f"buffer of capacity {buffer.capacity}")
+      raise ValueError(f"cannot draw {n} rows without replacement from a buffer of capacity {buffer.capacity}")
     noisy = logits + jax.random.gumbel(rng, logits.shape)
     # Invalid slots are -inf and sort last; tie-break them by index.
-    noisy = jnp.where(buffer.valid, noisy,
-                      -1e30 - jnp.arange(buffer.capacity, dtype=jnp.float32))
+    noisy = jnp.where(buffer.valid, noisy, -1e30 - jnp.arange(buffer.capacity, dtype=jnp.float32))
     _, idx = jax.lax.top_k(noisy, n)
   # An all -inf categorical can return any index; `valid` flags it.
   idx = jnp.clip(idx, 0, buffer.capacity - 1)
@@ -291,11 +294,12 @@ def buffer_sample(buffer: AdversarialBuffer, rng: jax.Array, n: int,
 # ----------------------------------------------------------------------------
 
 
-def build_adversarial_pairs(prompts: Sequence[str],
-                            adversarial_responses: Sequence[str],
-                            reference_responses: Sequence[str],
-                            extra: Mapping[str, Sequence[Any]] | None = None,
-                            ) -> list[dict[str, Any]]:
+def build_adversarial_pairs(
+  prompts: Sequence[str],
+  adversarial_responses: Sequence[str],
+  reference_responses: Sequence[str],
+  extra: Mapping[str, Sequence[Any]] | None = None,
+) -> list[dict[str, Any]]:
   """Preference records with the adversarial response as the rejected side.
 
   Args:
@@ -314,14 +318,15 @@ def build_adversarial_pairs(prompts: Sequence[str],
   """
   n = len(prompts)
   if not len(adversarial_responses) == len(reference_responses) == n:
-    raise ValueError(f"{n} prompts, {len(adversarial_responses)} adversarial "
-                     f"and {len(reference_responses)} reference responses: "
-                     "lengths must match")
+    raise ValueError(
+      f"{n} prompts, {len(adversarial_responses)} adversarial "
+      f"and {len(reference_responses)} reference responses: "
+      "lengths must match"
+    )
   extra = dict(extra or {})
   for name, column in extra.items():
     if len(column) != n:
-      raise ValueError(f"extra column {name!r} has {len(column)} values, "
-                       f"expected {n}")
+      raise ValueError(f"extra column {name!r} has {len(column)} values, expected {n}")
     if name in ("prompt", "chosen", "rejected"):
       raise ValueError(f"extra column {name!r} would overwrite a record field")
   records, identical, empty = [], 0, 0
@@ -339,14 +344,16 @@ def build_adversarial_pairs(prompts: Sequence[str],
       record[name] = value.item() if isinstance(value, np.generic) else value
     records.append(record)
   if identical or empty:
-    logging.warning("build_adversarial_pairs: dropped %d of %d pairs with "
-                    "identical responses and %d with an empty response",
-                    identical, n, empty)
+    logging.warning(
+      "build_adversarial_pairs: dropped %d of %d pairs with identical responses and %d with an empty response",
+      identical,
+      n,
+      empty,
+    )
   return records
 
 
-def _draw(records: Sequence[Any], num: int,
-          rng: np.random.Generator) -> list[Any]:
+def _draw(records: Sequence[Any], num: int, rng: np.random.Generator) -> list[Any]:
   """`num` records: without replacement while possible, then cycling through
   fresh permutations (each record is used once before any is reused)."""
   if num == 0:
@@ -355,15 +362,18 @@ def _draw(records: Sequence[Any], num: int,
     raise ValueError(f"cannot draw {num} pairs from an empty list")
   out: list[Any] = []
   while len(out) < num:
-    order = rng.permutation(len(records))[:num - len(out)]
+    order = rng.permutation(len(records))[: num - len(out)]
     out.extend(records[i] for i in order)
   return out
 
 
-def mix_pairs(ordinary: Sequence[Mapping[str, Any]],
-              adversarial: Sequence[Mapping[str, Any]],
-              adversarial_fraction: float, seed: int,
-              total: int | None = None) -> list[Mapping[str, Any]]:
+def mix_pairs(
+  ordinary: Sequence[Mapping[str, Any]],
+  adversarial: Sequence[Mapping[str, Any]],
+  adversarial_fraction: float,
+  seed: int,
+  total: int | None = None,
+) -> list[Mapping[str, Any]]:
   """A shuffled training set with a set fraction of adversarial pairs.
 
   Args:

@@ -54,8 +54,7 @@ DEFAULT_LAMBDA = 1.0
 DEFAULT_PENALTY = -25.0
 
 
-def split_target(scores: ArrayLike, target: int = 0,
-                 r2_kind: str = "mean") -> tuple[jax.Array, jax.Array]:
+def split_target(scores: ArrayLike, target: int = 0, r2_kind: str = "mean") -> tuple[jax.Array, jax.Array]:
   """Splits ensemble scores into the target member R1 and the rest R2.
 
   Args:
@@ -76,14 +75,11 @@ def split_target(scores: ArrayLike, target: int = 0,
     raise ValueError(f"scores must be [K, B], got shape {scores.shape}")
   num_members = scores.shape[0]
   if num_members < 2:
-    raise ValueError("the adversary's R2 needs at least 2 ensemble members, "
-                     f"got K={num_members}")
+    raise ValueError(f"the adversary's R2 needs at least 2 ensemble members, got K={num_members}")
   if not 0 <= target < num_members:
-    raise ValueError(f"target member {target} out of range for K="
-                     f"{num_members}")
+    raise ValueError(f"target member {target} out of range for K={num_members}")
   if r2_kind not in R2_KINDS:
-    raise ValueError(f"unknown r2_kind {r2_kind!r}; expected one of "
-                     f"{R2_KINDS}")
+    raise ValueError(f"unknown r2_kind {r2_kind!r}; expected one of {R2_KINDS}")
   r1 = scores[target]
   # Static index list: no data-dependent shapes under jit.
   others = scores[jnp.asarray([i for i in range(num_members) if i != target])]
@@ -96,11 +92,14 @@ def split_target(scores: ArrayLike, target: int = 0,
   return r1, r2
 
 
-def adversary_reward(scores: ArrayLike, threshold: ArrayLike,
-                     lam: float = DEFAULT_LAMBDA,
-                     penalty: float = DEFAULT_PENALTY, target: int = 0,
-                     r2_kind: str = "mean",
-                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def adversary_reward(
+  scores: ArrayLike,
+  threshold: ArrayLike,
+  lam: float = DEFAULT_LAMBDA,
+  penalty: float = DEFAULT_PENALTY,
+  target: int = 0,
+  r2_kind: str = "mean",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The adversary's sequence-level reward (before any KL term).
 
   r = R1 - lam * R2 * 1[R1 > T] + penalty * 1[R1 <= T]   (see module doc).
@@ -126,17 +125,16 @@ def adversary_reward(scores: ArrayLike, threshold: ArrayLike,
   above = r1 > threshold
   reward = jnp.where(above, r1 - lam * r2, r1 + penalty)
   metrics = {
-      "above_threshold": jnp.mean(above.astype(jnp.float32)),
-      "r1_mean": jnp.mean(r1),
-      "r2_mean": jnp.mean(r2),
-      "disagreement_mean": jnp.mean(r1 - r2),
-      "reward_mean": jnp.mean(reward),
+    "above_threshold": jnp.mean(above.astype(jnp.float32)),
+    "r1_mean": jnp.mean(r1),
+    "r2_mean": jnp.mean(r2),
+    "disagreement_mean": jnp.mean(r1 - r2),
+    "reward_mean": jnp.mean(reward),
   }
   return reward, metrics
 
 
-def member_standardization(reference_scores: ArrayLike, min_std: float = 1e-6
-                           ) -> tuple[jax.Array, jax.Array]:
+def member_standardization(reference_scores: ArrayLike, min_std: float = 1e-6) -> tuple[jax.Array, jax.Array]:
   """Each member's mean and std over the reference policy's samples.
 
   Args:
@@ -159,11 +157,13 @@ def standardize_members(scores: ArrayLike, loc: ArrayLike, scale: ArrayLike) -> 
   scores = jnp.asarray(scores, jnp.float32)
   shape = (-1,) + (1,) * (scores.ndim - 1)
   return (scores - jnp.reshape(jnp.asarray(loc, jnp.float32), shape)) / jnp.reshape(
-      jnp.asarray(scale, jnp.float32), shape)
+    jnp.asarray(scale, jnp.float32), shape
+  )
 
 
-def per_prompt_threshold(reference_scores: ArrayLike, kind: str = "mean",
-                         q: float = 0.5, constant: float = 0.0) -> jax.Array:
+def per_prompt_threshold(
+  reference_scores: ArrayLike, kind: str = "mean", q: float = 0.5, constant: float = 0.0
+) -> jax.Array:
   """T(x): the reference policy's R1 reward for each prompt, or one constant floor.
 
   Args:
@@ -180,8 +180,7 @@ def per_prompt_threshold(reference_scores: ArrayLike, kind: str = "mean",
   """
   reference_scores = jnp.asarray(reference_scores, jnp.float32)
   if reference_scores.ndim != 2:
-    raise ValueError("reference_scores must be [P, n], got shape "
-                     f"{reference_scores.shape}")
+    raise ValueError(f"reference_scores must be [P, n], got shape {reference_scores.shape}")
   if kind == "mean":
     return jnp.mean(reference_scores, axis=1)
   if kind == "max":
@@ -192,12 +191,10 @@ def per_prompt_threshold(reference_scores: ArrayLike, kind: str = "mean",
     if not 0.0 <= q <= 1.0:
       raise ValueError(f"quantile q must be in [0, 1], got {q}")
     return jnp.quantile(reference_scores, q, axis=1)
-  raise ValueError(f"unknown threshold kind {kind!r}; expected one of "
-                   f"{THRESHOLD_KINDS}")
+  raise ValueError(f"unknown threshold kind {kind!r}; expected one of {THRESHOLD_KINDS}")
 
 
-def broadcast_threshold(threshold: ArrayLike,
-                        samples_per_prompt: int) -> jax.Array:
+def broadcast_threshold(threshold: ArrayLike, samples_per_prompt: int) -> jax.Array:
   """Repeats per-prompt thresholds for k prompt-major samples per prompt.
 
   Args:
@@ -211,7 +208,5 @@ def broadcast_threshold(threshold: ArrayLike,
   if threshold.ndim != 1:
     raise ValueError(f"threshold must be [P], got shape {threshold.shape}")
   if samples_per_prompt < 1:
-    raise ValueError(f"samples_per_prompt must be >= 1, got "
-                     f"{samples_per_prompt}")
-  return jnp.repeat(threshold, samples_per_prompt,
-                    total_repeat_length=threshold.shape[0] * samples_per_prompt)
+    raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
+  return jnp.repeat(threshold, samples_per_prompt, total_repeat_length=threshold.shape[0] * samples_per_prompt)

@@ -54,8 +54,12 @@ from jax.sharding import Mesh
 
 from advrm_jax import sharding as shd
 from advrm_jax.adversarial import filtering
-from advrm_jax.adversarial.objective import (member_standardization, per_prompt_threshold, split_target,
-                                             standardize_members)
+from advrm_jax.adversarial.objective import (
+  member_standardization,
+  per_prompt_threshold,
+  split_target,
+  standardize_members,
+)
 from advrm_jax.reward.losses import make_bt_step
 from advrm_jax.reward.model import reward_scores
 from advrm_jax.rl.engine import IterationOutput, RLConfig, RLState, make_iteration
@@ -90,6 +94,7 @@ class OnlineConfig:
       the filter's signal) does not collapse under shared updates.
     margin, centering_coef: BT loss options (as ``rm``).
   """
+
   lam: float = 1.0
   penalty: float = -25.0
   target: int = 0
@@ -110,8 +115,9 @@ class OnlineConfig:
     if self.standardize not in ("reference", "collected"):
       raise ValueError(f"online.standardize: unknown {self.standardize!r}; expected reference or collected")
     if self.uncertainty not in filtering.UNCERTAINTY_KINDS:
-      raise ValueError(f"online.uncertainty: unknown {self.uncertainty!r}; expected one of "
-                       f"{filtering.UNCERTAINTY_KINDS}")
+      raise ValueError(
+        f"online.uncertainty: unknown {self.uncertainty!r}; expected one of {filtering.UNCERTAINTY_KINDS}"
+      )
     if self.rm_updates < 1:
       raise ValueError(f"online.rm_updates must be >= 1, got {self.rm_updates}")
     if self.adversarial_pairs < 0:
@@ -128,14 +134,22 @@ class OnlineState:
     rm: the ensemble's ``TrainState`` (params + optimizer state).
     buffer: the filtered adversarial samples.
   """
+
   step: Array
   adversary: RLState
   rm: TrainState
   buffer: filtering.AdversarialBuffer
 
 
-def init_online_state(adversary: RLState, rm_params: Any, rm_optimizer: optax.GradientTransformation,
-                      capacity: int, prompt_len: int, response_len: int, pad_id: int = 0) -> OnlineState:
+def init_online_state(
+  adversary: RLState,
+  rm_params: Any,
+  rm_optimizer: optax.GradientTransformation,
+  capacity: int,
+  prompt_len: int,
+  response_len: int,
+  pad_id: int = 0,
+) -> OnlineState:
   """A fresh online state (the RM params are copied: the step donates its state)."""
   rm_params = jax.tree.map(lambda x: jnp.array(x, copy=True), rm_params)
   rm = TrainState(jnp.zeros((), jnp.int32), rm_params, rm_optimizer.init(rm_params))
@@ -148,11 +162,16 @@ def _pad_width(x: Array, width: int) -> Array:
   return jnp.pad(x, ((0, 0), (0, width - x.shape[1])))
 
 
-def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphDef,
-                          policy_optimizer: optax.GradientTransformation,
-                          rm_optimizer: optax.GradientTransformation, rl_config: RLConfig,
-                          sampling: SamplingConfig, config: OnlineConfig,
-                          gold_fn: Callable[..., Array] | None = None):
+def make_online_iteration(
+  policy_graphdef: nnx.GraphDef,
+  rm_graphdef: nnx.GraphDef,
+  policy_optimizer: optax.GradientTransformation,
+  rm_optimizer: optax.GradientTransformation,
+  rl_config: RLConfig,
+  sampling: SamplingConfig,
+  config: OnlineConfig,
+  gold_fn: Callable[..., Array] | None = None,
+):
   """Builds ``online_iteration(state, ref_params, batch, rng) -> (state, IterationOutput)`` (module doc).
 
   Args:
@@ -166,18 +185,26 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
       response_tokens, response_mask) -> [B]``: metrics only (how often the
       kept samples are truly worse than their chosen side), never a signal.
   """
-  source = AdversarySource(rm_graphdef, lam=config.lam, penalty=config.penalty, target=config.target,
-                           r2_kind=config.r2_kind, standardized=config.standardized)
-  adversary_step = make_iteration(policy_graphdef, policy_optimizer, rl_config, sampling, source,
-                                  gold_fn=gold_fn, emit_rollout=True)
+  source = AdversarySource(
+    rm_graphdef,
+    lam=config.lam,
+    penalty=config.penalty,
+    target=config.target,
+    r2_kind=config.r2_kind,
+    standardized=config.standardized,
+  )
+  adversary_step = make_iteration(
+    policy_graphdef, policy_optimizer, rl_config, sampling, source, gold_fn=gold_fn, emit_rollout=True
+  )
   bt_step = make_bt_step(rm_graphdef, rm_optimizer, config.margin, config.centering_coef)
   k = rl_config.num_samples
 
   def score(params, prompt_tokens, prompt_mask, response_tokens, response_mask):
     # The layout the RL iteration scores (prompt, then the response at column
     # Lp), so filter decisions use exactly the rewards the adversary saw.
-    tokens, mask = concat_prompt_response(prompt_tokens, prompt_mask, response_tokens, response_mask,
-                                          pad_id=sampling.pad_id, left_pad=False)
+    tokens, mask = concat_prompt_response(
+      prompt_tokens, prompt_mask, response_tokens, response_mask, pad_id=sampling.pad_id, left_pad=False
+    )
     return reward_scores(rm_graphdef, params, tokens, mask)
 
   def online_iteration(state: OnlineState, ref_params: Any, batch: dict[str, Array], rng: Array):
@@ -189,9 +216,13 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
     # 1. Reference samples under the current ensemble: T(x), z(U)'s population, chosen sides.
     ref_prompt_tokens = jnp.repeat(prompt_tokens, n, axis=0)
     ref_prompt_mask = jnp.repeat(prompt_mask, n, axis=0)
-    ref_scores = score(rm_params, ref_prompt_tokens, ref_prompt_mask,
-                       batch["reference_tokens"].reshape(num_prompts * n, response_len),
-                       batch["reference_mask"].reshape(num_prompts * n, response_len))  # [K, Pb*n]
+    ref_scores = score(
+      rm_params,
+      ref_prompt_tokens,
+      ref_prompt_mask,
+      batch["reference_tokens"].reshape(num_prompts * n, response_len),
+      batch["reference_mask"].reshape(num_prompts * n, response_len),
+    )  # [K, Pb*n]
     ref_scores = jax.lax.stop_gradient(ref_scores)
     num_members = ref_scores.shape[0]
     if config.standardized:
@@ -201,8 +232,7 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
     else:
       source_params = rm_params
     ref_by_prompt = ref_scores.reshape(num_members, num_prompts, n)
-    threshold = per_prompt_threshold(ref_by_prompt[config.target], kind=config.threshold,
-                                     constant=config.tau)  # [Pb]
+    threshold = per_prompt_threshold(ref_by_prompt[config.target], kind=config.threshold, constant=config.tau)  # [Pb]
     reference_u = filtering.uncertainty(ref_scores, config.uncertainty, config.target, config.r2_kind)
     # Never choose an empty reference sample (a response of zero tokens).
     ref_nonempty = batch["reference_mask"].astype(bool).any(axis=-1)  # [Pb, n]
@@ -214,8 +244,15 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
     rollout = adv_out.rollout
 
     # 3. Filter its samples and push the kept ones into the ring buffer.
-    sample_scores = jax.lax.stop_gradient(score(rm_params, rollout["prompt_tokens"], rollout["prompt_mask"],
-                                                rollout["response_tokens"], rollout["response_mask"]))
+    sample_scores = jax.lax.stop_gradient(
+      score(
+        rm_params,
+        rollout["prompt_tokens"],
+        rollout["prompt_mask"],
+        rollout["response_tokens"],
+        rollout["response_mask"],
+      )
+    )
     if config.standardized:
       sample_scores = standardize_members(sample_scores, loc, scale)
     r1, _ = split_target(sample_scores, config.target, config.r2_kind)
@@ -227,35 +264,46 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
     keep = filtering.filter_mask(r1, row_threshold, z, config.z_min) & nonempty
     chosen_tokens = batch["reference_tokens"][row_prompt, chosen_column[row_prompt]]
     chosen_mask = batch["reference_mask"][row_prompt, chosen_column[row_prompt]]
-    buffer = filtering.buffer_add(state.buffer, {
-        "prompt_tokens": rollout["prompt_tokens"], "prompt_mask": rollout["prompt_mask"],
-        "adversarial_tokens": rollout["response_tokens"], "adversarial_mask": rollout["response_mask"],
-        "reference_tokens": chosen_tokens, "reference_mask": chosen_mask}, keep)
+    buffer = filtering.buffer_add(
+      state.buffer,
+      {
+        "prompt_tokens": rollout["prompt_tokens"],
+        "prompt_mask": rollout["prompt_mask"],
+        "adversarial_tokens": rollout["response_tokens"],
+        "adversarial_mask": rollout["response_mask"],
+        "reference_tokens": chosen_tokens,
+        "reference_mask": chosen_mask,
+      },
+      keep,
+    )
 
     filter_metrics = {
-        "filter/kept": jnp.sum(keep.astype(jnp.float32)),
-        "filter/above_threshold": jnp.mean((r1 > row_threshold).astype(jnp.float32)),
-        "filter/high_uncertainty": jnp.mean((z > config.z_min).astype(jnp.float32)),
-        "filter/z_mean": jnp.mean(z),
-        "filter/threshold_mean": jnp.mean(threshold),
-        "buffer/size": filtering.buffer_size(buffer).astype(jnp.float32),
-        "buffer/inserted": buffer.count.astype(jnp.float32),
+      "filter/kept": jnp.sum(keep.astype(jnp.float32)),
+      "filter/above_threshold": jnp.mean((r1 > row_threshold).astype(jnp.float32)),
+      "filter/high_uncertainty": jnp.mean((z > config.z_min).astype(jnp.float32)),
+      "filter/z_mean": jnp.mean(z),
+      "filter/threshold_mean": jnp.mean(threshold),
+      "buffer/size": filtering.buffer_size(buffer).astype(jnp.float32),
+      "buffer/inserted": buffer.count.astype(jnp.float32),
     }
     if gold_fn is not None:
       # Metric only: is the filter's premise (uncertain = worse) holding?
-      adv_gold = gold_fn(rollout["prompt_tokens"], rollout["prompt_mask"], rollout["response_tokens"],
-                         rollout["response_mask"])
+      adv_gold = gold_fn(
+        rollout["prompt_tokens"], rollout["prompt_mask"], rollout["response_tokens"], rollout["response_mask"]
+      )
       chosen_gold = gold_fn(rollout["prompt_tokens"], rollout["prompt_mask"], chosen_tokens, chosen_mask)
       kept = keep.astype(jnp.float32)
-      filter_metrics["filter/kept_worse_than_chosen"] = (
-          jnp.sum(kept * (adv_gold < chosen_gold)) / jnp.maximum(jnp.sum(kept), 1.0))
+      filter_metrics["filter/kept_worse_than_chosen"] = jnp.sum(kept * (adv_gold < chosen_gold)) / jnp.maximum(
+        jnp.sum(kept), 1.0
+      )
 
     # 4. U Bradley-Terry updates on ordinary + buffered adversarial pairs.
     num_updates = config.rm_updates
     ordinary = {key: batch[key] for key in ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")}
     pair_width = max(ordinary["chosen_tokens"].shape[1], prompt_tokens.shape[1] + response_len)
-    ordinary = {key: _pad_width(value, pair_width).reshape((num_updates, -1, pair_width))
-                for key, value in ordinary.items()}
+    ordinary = {
+      key: _pad_width(value, pair_width).reshape((num_updates, -1, pair_width)) for key, value in ordinary.items()
+    }
     pairs_per_update = ordinary["chosen_tokens"].shape[1]
 
     def rm_update(rm_state, xs):
@@ -268,14 +316,28 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
       pairs = dict(pairs)
       if config.adversarial_pairs:
         items, valid = filtering.buffer_sample(buffer, sample_rng, config.adversarial_pairs)
-        adv_chosen = concat_prompt_response(items["prompt_tokens"], items["prompt_mask"],
-                                            items["reference_tokens"], items["reference_mask"],
-                                            pad_id=sampling.pad_id, left_pad=False)
-        adv_rejected = concat_prompt_response(items["prompt_tokens"], items["prompt_mask"],
-                                              items["adversarial_tokens"], items["adversarial_mask"],
-                                              pad_id=sampling.pad_id, left_pad=False)
-        extra = {"chosen_tokens": adv_chosen[0], "chosen_mask": adv_chosen[1],
-                 "rejected_tokens": adv_rejected[0], "rejected_mask": adv_rejected[1]}
+        adv_chosen = concat_prompt_response(
+          items["prompt_tokens"],
+          items["prompt_mask"],
+          items["reference_tokens"],
+          items["reference_mask"],
+          pad_id=sampling.pad_id,
+          left_pad=False,
+        )
+        adv_rejected = concat_prompt_response(
+          items["prompt_tokens"],
+          items["prompt_mask"],
+          items["adversarial_tokens"],
+          items["adversarial_mask"],
+          pad_id=sampling.pad_id,
+          left_pad=False,
+        )
+        extra = {
+          "chosen_tokens": adv_chosen[0],
+          "chosen_mask": adv_chosen[1],
+          "rejected_tokens": adv_rejected[0],
+          "rejected_mask": adv_rejected[1],
+        }
         for key, value in extra.items():
           pairs[key] = jnp.concatenate([pairs[key], _pad_width(value.astype(pairs[key].dtype), pair_width)])
         # Empty-buffer draws hold padding: weight 0 keeps them out of the loss.
@@ -283,8 +345,7 @@ def make_online_iteration(policy_graphdef: nnx.GraphDef, rm_graphdef: nnx.GraphD
         weights = jnp.concatenate([weights, adv_weights])
       pairs["member_weights"] = weights
       rm_state, metrics = bt_step(rm_state, pairs, step_rng)
-      metrics["adversarial_valid"] = (jnp.mean(valid.astype(jnp.float32)) if config.adversarial_pairs
-                                      else jnp.zeros(()))
+      metrics["adversarial_valid"] = jnp.mean(valid.astype(jnp.float32)) if config.adversarial_pairs else jnp.zeros(())
       return rm_state, metrics
 
     rm_state, rm_metrics = jax.lax.scan(rm_update, state.rm, (ordinary, jax.random.split(rm_rng, num_updates)))
@@ -311,10 +372,14 @@ def online_state_shardings(adversary: RLState, rm: TrainState, mesh: Mesh) -> On
   return OnlineState(step=shd.replicated(mesh), adversary=adversary, rm=rm, buffer=shd.replicated(mesh))
 
 
-def jit_online_iteration(online_iteration: Callable, state_shardings: OnlineState, ref_shardings: Any,
-                         mesh: Mesh) -> Callable:
+def jit_online_iteration(
+  online_iteration: Callable, state_shardings: OnlineState, ref_shardings: Any, mesh: Mesh
+) -> Callable:
   """Jitted once with explicit shardings; the state is donated (it holds the buffer and both models'
   optimizer states). Metrics and sample tables come back replicated."""
-  return jax.jit(online_iteration,
-                 in_shardings=(state_shardings, ref_shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
-                 out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=(0,))
+  return jax.jit(
+    online_iteration,
+    in_shardings=(state_shardings, ref_shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
+    out_shardings=(state_shardings, shd.replicated(mesh)),
+    donate_argnums=(0,),
+  )

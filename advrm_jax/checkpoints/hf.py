@@ -56,9 +56,9 @@ SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 # HF architecture name -> (model_type, family). "family" selects the tensor
 # naming scheme; Qwen2 shares Llama's names and only adds q/k/v biases.
 _ARCHITECTURES = {
-    "LlamaForCausalLM": ("llama", "llama"),
-    "Qwen2ForCausalLM": ("qwen2", "llama"),
-    "GPT2LMHeadModel": ("gpt2", "gpt2"),
+  "LlamaForCausalLM": ("llama", "llama"),
+  "Qwen2ForCausalLM": ("qwen2", "llama"),
+  "GPT2LMHeadModel": ("gpt2", "gpt2"),
 }
 _MODEL_TYPES = {model_type: arch for arch, (model_type, _) in _ARCHITECTURES.items()}
 
@@ -70,15 +70,15 @@ _PREFIX = {"llama": "model.", "gpt2": "transformer."}
 # Tensors that carry no parameters: RoPE ``inv_freq`` buffers of old Llama
 # exports and GPT-2's causal-mask buffers. Dropped without a warning.
 _IGNORED = (
-    re.compile(r".*rotary_emb\.inv_freq$"),
-    re.compile(r".*\.attn\.(masked_)?bias$"),
+  re.compile(r".*rotary_emb\.inv_freq$"),
+  re.compile(r".*\.attn\.(masked_)?bias$"),
 )
 
 # Rope keys each supported rope type needs (besides rope_type/rope_theta).
 _ROPE_KEYS = {
-    "default": (),
-    "linear": ("factor",),
-    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+  "default": (),
+  "linear": ("factor",),
+  "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
 }
 
 # GPT-2 activations that are the tanh approximation our backbone computes.
@@ -96,15 +96,16 @@ def _architecture(hf_config: Mapping[str, Any]) -> str:
   if archs:
     arch = archs[0]
     if arch not in _ARCHITECTURES:
-      raise ValueError(f"architectures: unsupported architecture {arch!r}; "
-                       f"supported: {sorted(_ARCHITECTURES)}")
+      raise ValueError(f"architectures: unsupported architecture {arch!r}; supported: {sorted(_ARCHITECTURES)}")
     return arch
   # Configs written by hand or by converters sometimes only name the type.
   model_type = hf_config.get("model_type")
   if model_type in _MODEL_TYPES:
     return _MODEL_TYPES[model_type]
-  raise ValueError(f"architectures: missing, and model_type {model_type!r} is not one of "
-                   f"{sorted(_MODEL_TYPES)}; supported architectures: {sorted(_ARCHITECTURES)}")
+  raise ValueError(
+    f"architectures: missing, and model_type {model_type!r} is not one of "
+    f"{sorted(_MODEL_TYPES)}; supported architectures: {sorted(_ARCHITECTURES)}"
+  )
 
 
 def _rope_from_hf(hf_config: Mapping[str, Any]) -> tuple[float, tuple[tuple[str, Any], ...]]:
@@ -123,16 +124,18 @@ def _rope_from_hf(hf_config: Mapping[str, Any]) -> tuple[float, tuple[tuple[str,
   """
   field = "rope_scaling" if hf_config.get("rope_scaling") else "rope_parameters"
   rope = dict(hf_config.get(field) or {})
-  theta = (rope.get("rope_theta") or hf_config.get("rope_theta")
-           or (hf_config.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
+  theta = (
+    rope.get("rope_theta")
+    or hf_config.get("rope_theta")
+    or (hf_config.get("rope_parameters") or {}).get("rope_theta")
+    or 10000.0
+  )
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   if rope_type not in _ROPE_KEYS:
-    raise ValueError(f"{field}.rope_type: unsupported rope type {rope_type!r}; "
-                     f"supported: {sorted(_ROPE_KEYS)}")
+    raise ValueError(f"{field}.rope_type: unsupported rope type {rope_type!r}; supported: {sorted(_ROPE_KEYS)}")
   partial = rope.get("partial_rotary_factor", hf_config.get("partial_rotary_factor", 1.0))
   if partial not in (None, 1, 1.0):
-    raise ValueError(f"{field}.partial_rotary_factor: only full rotary embeddings are "
-                     f"supported, got {partial}")
+    raise ValueError(f"{field}.partial_rotary_factor: only full rotary embeddings are supported, got {partial}")
   if rope_type == "default":
     return float(theta), ()
   scaling: dict[str, Any] = {"rope_type": rope_type}
@@ -188,28 +191,28 @@ def model_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> Mode
       raise ValueError(f"n_head: {heads} does not divide n_embd {d_model}")
     act = hf_config.get("activation_function", "gelu_new")
     if act not in _GPT2_TANH_GELUS:
-      raise ValueError(f"activation_function: {act!r} is not supported; the backbone uses "
-                       f"the tanh GELU ({_GPT2_TANH_GELUS})")
+      raise ValueError(
+        f"activation_function: {act!r} is not supported; the backbone uses the tanh GELU ({_GPT2_TANH_GELUS})"
+      )
     if not hf_config.get("scale_attn_weights", True):
-      raise ValueError("scale_attn_weights: False is not supported (attention is always scaled "
-                       "by 1/sqrt(head_dim))")
+      raise ValueError("scale_attn_weights: False is not supported (attention is always scaled by 1/sqrt(head_dim))")
     if hf_config.get("scale_attn_by_inverse_layer_idx", False):
       raise ValueError("scale_attn_by_inverse_layer_idx: True is not supported")
     if hf_config.get("add_cross_attention", False):
       raise ValueError("add_cross_attention: True is not supported")
     values = dict(
-        arch="gpt2",
-        vocab_size=int(_require(hf_config, "vocab_size")),
-        d_model=d_model,
-        num_layers=int(_require(hf_config, "n_layer")),
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=d_model // heads,
-        d_ff=int(hf_config.get("n_inner") or 4 * d_model),
-        max_seq_len=int(hf_config.get("n_positions", 1024)),
-        norm_eps=float(hf_config.get("layer_norm_epsilon", 1e-5)),
-        tie_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
-        qkv_bias=True,
+      arch="gpt2",
+      vocab_size=int(_require(hf_config, "vocab_size")),
+      d_model=d_model,
+      num_layers=int(_require(hf_config, "n_layer")),
+      num_heads=heads,
+      num_kv_heads=heads,
+      head_dim=d_model // heads,
+      d_ff=int(hf_config.get("n_inner") or 4 * d_model),
+      max_seq_len=int(hf_config.get("n_positions", 1024)),
+      norm_eps=float(hf_config.get("layer_norm_epsilon", 1e-5)),
+      tie_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
+      qkv_bias=True,
     )
   else:
     d_model = int(_require(hf_config, "hidden_size"))
@@ -231,20 +234,20 @@ def model_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> Mode
     rope_theta, rope_scaling = _rope_from_hf(hf_config)
     default_max = 32768 if model_type == "qwen2" else 2048
     values = dict(
-        arch="llama",
-        vocab_size=int(_require(hf_config, "vocab_size")),
-        d_model=d_model,
-        num_layers=int(_require(hf_config, "num_hidden_layers")),
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        d_ff=int(_require(hf_config, "intermediate_size")),
-        max_seq_len=int(hf_config.get("max_position_embeddings", default_max)),
-        norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
-        rope_theta=rope_theta,
-        rope_scaling=rope_scaling,
-        tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
-        qkv_bias=model_type == "qwen2",
+      arch="llama",
+      vocab_size=int(_require(hf_config, "vocab_size")),
+      d_model=d_model,
+      num_layers=int(_require(hf_config, "num_hidden_layers")),
+      num_heads=heads,
+      num_kv_heads=kv_heads,
+      head_dim=head_dim,
+      d_ff=int(_require(hf_config, "intermediate_size")),
+      max_seq_len=int(hf_config.get("max_position_embeddings", default_max)),
+      norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
+      rope_theta=rope_theta,
+      rope_scaling=rope_scaling,
+      tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
+      qkv_bias=model_type == "qwen2",
     )
   for key in ("dtype", "param_dtype"):
     if key in overrides:
@@ -271,37 +274,37 @@ def hf_config_from_model_config(cfg: ModelConfig, tokenizer: Any = None) -> dict
     if cfg.num_kv_heads != cfg.num_heads or cfg.num_heads * cfg.head_dim != cfg.d_model:
       raise ValueError("GPT-2 export needs num_kv_heads == num_heads and num_heads * head_dim == d_model")
     out: dict[str, Any] = {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_embd": cfg.d_model,
-        "n_layer": cfg.num_layers,
-        "n_head": cfg.num_heads,
-        "n_inner": cfg.d_ff,
-        "n_positions": cfg.max_seq_len,
-        "layer_norm_epsilon": cfg.norm_eps,
-        "activation_function": "gelu_new",
-        "scale_attn_weights": True,
-        "tie_word_embeddings": cfg.tie_embeddings,
+      "architectures": ["GPT2LMHeadModel"],
+      "model_type": "gpt2",
+      "vocab_size": cfg.vocab_size,
+      "n_embd": cfg.d_model,
+      "n_layer": cfg.num_layers,
+      "n_head": cfg.num_heads,
+      "n_inner": cfg.d_ff,
+      "n_positions": cfg.max_seq_len,
+      "layer_norm_epsilon": cfg.norm_eps,
+      "activation_function": "gelu_new",
+      "scale_attn_weights": True,
+      "tie_word_embeddings": cfg.tie_embeddings,
     }
   else:
     qwen2 = cfg.qkv_bias
     rope = {"rope_type": "default", **cfg.rope_scaling_dict, "rope_theta": cfg.rope_theta}
     out = {
-        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
-        "model_type": "qwen2" if qwen2 else "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.d_ff,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_parameters": rope,
-        "tie_word_embeddings": cfg.tie_embeddings,
+      "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+      "model_type": "qwen2" if qwen2 else "llama",
+      "vocab_size": cfg.vocab_size,
+      "hidden_size": cfg.d_model,
+      "intermediate_size": cfg.d_ff,
+      "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads,
+      "num_key_value_heads": cfg.num_kv_heads,
+      "head_dim": cfg.head_dim,
+      "hidden_act": "silu",
+      "max_position_embeddings": cfg.max_seq_len,
+      "rms_norm_eps": cfg.norm_eps,
+      "rope_parameters": rope,
+      "tie_word_embeddings": cfg.tie_embeddings,
     }
     if qwen2:
       out.update(use_sliding_window=False, sliding_window=None)
@@ -333,6 +336,7 @@ class _Rule:
     to_ours: HF array -> tuple of arrays, one per name in ``ours``.
     to_hf: arrays in ``ours`` order -> HF array.
   """
+
   hf_name: str
   hf_shape: tuple[int, ...]
   ours: tuple[str, ...]
@@ -347,17 +351,17 @@ def _same(hf_name: str, ours: str, shape: tuple[int, ...]) -> _Rule:
 def _linear(hf_name: str, ours: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Rule:
   """torch ``nn.Linear`` weight [out, in] <-> our kernel [*in, *out]."""
   n_in, n_out = math.prod(in_shape), math.prod(out_shape)
-  return _Rule(hf_name, (n_out, n_in), (ours,),
-               lambda w: (w.T.reshape(*in_shape, *out_shape),),
-               lambda x: x.reshape(n_in, n_out).T)
+  return _Rule(
+    hf_name, (n_out, n_in), (ours,), lambda w: (w.T.reshape(*in_shape, *out_shape),), lambda x: x.reshape(n_in, n_out).T
+  )
 
 
 def _conv1d(hf_name: str, ours: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Rule:
   """GPT-2 ``Conv1D`` weight [in, out] <-> our kernel [*in, *out]."""
   n_in, n_out = math.prod(in_shape), math.prod(out_shape)
-  return _Rule(hf_name, (n_in, n_out), (ours,),
-               lambda w: (w.reshape(*in_shape, *out_shape),),
-               lambda x: x.reshape(n_in, n_out))
+  return _Rule(
+    hf_name, (n_in, n_out), (ours,), lambda w: (w.reshape(*in_shape, *out_shape),), lambda x: x.reshape(n_in, n_out)
+  )
 
 
 def _bias(hf_name: str, ours: str, shape: tuple[int, ...]) -> _Rule:
@@ -368,60 +372,67 @@ def _bias(hf_name: str, ours: str, shape: tuple[int, ...]) -> _Rule:
 
 def _tensor_rules(cfg: ModelConfig) -> tuple[list[_Rule], list[_Rule]]:
   """(global rules, per-layer rules) for the family of ``cfg``."""
-  d, h, kv, hd, f, v = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_ff,
-                        cfg.vocab_size)
+  d, h, kv, hd, f, v = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size)
   if cfg.arch == "gpt2":
     if kv != h:
       raise ValueError(f"num_kv_heads: GPT-2 needs num_kv_heads == num_heads, got {kv} != {h}")
     p = "transformer.h.{i}."
     hh = h * hd
     layer = [
-        _same(p + "ln_1.weight", "attn_norm_scale", (d,)),
-        _same(p + "ln_1.bias", "attn_norm_bias", (d,)),
-        # Fused q|k|v projection, Conv1D layout [D, 3 * H * Dh].
-        _Rule(p + "attn.c_attn.weight", (d, 3 * hh), ("q_kernel", "k_kernel", "v_kernel"),
-              lambda w: tuple(w.reshape(d, 3, h, hd).transpose(1, 0, 2, 3)),
-              lambda q, k, v_: np.stack([q, k, v_], axis=1).reshape(d, 3 * hh)),
-        _Rule(p + "attn.c_attn.bias", (3 * hh,), ("q_bias", "k_bias", "v_bias"),
-              lambda b: tuple(b.reshape(3, h, hd)),
-              lambda q, k, v_: np.stack([q, k, v_]).reshape(3 * hh)),
-        _conv1d(p + "attn.c_proj.weight", "o_kernel", (h, hd), (d,)),
-        _same(p + "attn.c_proj.bias", "o_bias", (d,)),
-        _same(p + "ln_2.weight", "mlp_norm_scale", (d,)),
-        _same(p + "ln_2.bias", "mlp_norm_bias", (d,)),
-        _conv1d(p + "mlp.c_fc.weight", "fc_kernel", (d,), (f,)),
-        _same(p + "mlp.c_fc.bias", "fc_bias", (f,)),
-        _conv1d(p + "mlp.c_proj.weight", "proj_kernel", (f,), (d,)),
-        _same(p + "mlp.c_proj.bias", "proj_bias", (d,)),
+      _same(p + "ln_1.weight", "attn_norm_scale", (d,)),
+      _same(p + "ln_1.bias", "attn_norm_bias", (d,)),
+      # Fused q|k|v projection, Conv1D layout [D, 3 * H * Dh].
+      _Rule(
+        p + "attn.c_attn.weight",
+        (d, 3 * hh),
+        ("q_kernel", "k_kernel", "v_kernel"),
+        lambda w: tuple(w.reshape(d, 3, h, hd).transpose(1, 0, 2, 3)),
+        lambda q, k, v_: np.stack([q, k, v_], axis=1).reshape(d, 3 * hh),
+      ),
+      _Rule(
+        p + "attn.c_attn.bias",
+        (3 * hh,),
+        ("q_bias", "k_bias", "v_bias"),
+        lambda b: tuple(b.reshape(3, h, hd)),
+        lambda q, k, v_: np.stack([q, k, v_]).reshape(3 * hh),
+      ),
+      _conv1d(p + "attn.c_proj.weight", "o_kernel", (h, hd), (d,)),
+      _same(p + "attn.c_proj.bias", "o_bias", (d,)),
+      _same(p + "ln_2.weight", "mlp_norm_scale", (d,)),
+      _same(p + "ln_2.bias", "mlp_norm_bias", (d,)),
+      _conv1d(p + "mlp.c_fc.weight", "fc_kernel", (d,), (f,)),
+      _same(p + "mlp.c_fc.bias", "fc_bias", (f,)),
+      _conv1d(p + "mlp.c_proj.weight", "proj_kernel", (f,), (d,)),
+      _same(p + "mlp.c_proj.bias", "proj_bias", (d,)),
     ]
     glob = [
-        _same("transformer.wte.weight", "embed", (v, d)),
-        _same("transformer.wpe.weight", "pos_embed", (cfg.max_seq_len, d)),
-        _same("transformer.ln_f.weight", "final_norm_scale", (d,)),
-        _same("transformer.ln_f.bias", "final_norm_bias", (d,)),
+      _same("transformer.wte.weight", "embed", (v, d)),
+      _same("transformer.wpe.weight", "pos_embed", (cfg.max_seq_len, d)),
+      _same("transformer.ln_f.weight", "final_norm_scale", (d,)),
+      _same("transformer.ln_f.bias", "final_norm_bias", (d,)),
     ]
   else:
     p = "model.layers.{i}."
     layer = [
-        _same(p + "input_layernorm.weight", "attn_norm_scale", (d,)),
-        _linear(p + "self_attn.q_proj.weight", "q_kernel", (d,), (h, hd)),
-        _linear(p + "self_attn.k_proj.weight", "k_kernel", (d,), (kv, hd)),
-        _linear(p + "self_attn.v_proj.weight", "v_kernel", (d,), (kv, hd)),
-        _linear(p + "self_attn.o_proj.weight", "o_kernel", (h, hd), (d,)),
-        _same(p + "post_attention_layernorm.weight", "mlp_norm_scale", (d,)),
-        _linear(p + "mlp.gate_proj.weight", "gate_kernel", (d,), (f,)),
-        _linear(p + "mlp.up_proj.weight", "up_kernel", (d,), (f,)),
-        _linear(p + "mlp.down_proj.weight", "down_kernel", (f,), (d,)),
+      _same(p + "input_layernorm.weight", "attn_norm_scale", (d,)),
+      _linear(p + "self_attn.q_proj.weight", "q_kernel", (d,), (h, hd)),
+      _linear(p + "self_attn.k_proj.weight", "k_kernel", (d,), (kv, hd)),
+      _linear(p + "self_attn.v_proj.weight", "v_kernel", (d,), (kv, hd)),
+      _linear(p + "self_attn.o_proj.weight", "o_kernel", (h, hd), (d,)),
+      _same(p + "post_attention_layernorm.weight", "mlp_norm_scale", (d,)),
+      _linear(p + "mlp.gate_proj.weight", "gate_kernel", (d,), (f,)),
+      _linear(p + "mlp.up_proj.weight", "up_kernel", (d,), (f,)),
+      _linear(p + "mlp.down_proj.weight", "down_kernel", (f,), (d,)),
     ]
     if cfg.qkv_bias:
       layer += [
-          _bias(p + "self_attn.q_proj.bias", "q_bias", (h, hd)),
-          _bias(p + "self_attn.k_proj.bias", "k_bias", (kv, hd)),
-          _bias(p + "self_attn.v_proj.bias", "v_bias", (kv, hd)),
+        _bias(p + "self_attn.q_proj.bias", "q_bias", (h, hd)),
+        _bias(p + "self_attn.k_proj.bias", "k_bias", (kv, hd)),
+        _bias(p + "self_attn.v_proj.bias", "v_bias", (kv, hd)),
       ]
     glob = [
-        _same("model.embed_tokens.weight", "embed", (v, d)),
-        _same("model.norm.weight", "final_norm_scale", (d,)),
+      _same("model.embed_tokens.weight", "embed", (v, d)),
+      _same("model.norm.weight", "final_norm_scale", (d,)),
     ]
   if not cfg.tie_embeddings:
     glob.append(_linear("lm_head.weight", "lm_head", (d,), (v,)))
@@ -471,8 +482,10 @@ def params_from_hf_tensors(cfg: ModelConfig, tensors: Mapping[str, np.ndarray]) 
 
   def fetch(rule: _Rule, name: str) -> tuple[np.ndarray, ...]:
     if name not in tensors:
-      raise ValueError(f"missing tensor {name!r} (expected shape {rule.hf_shape}) in the "
-                       f"{'GPT-2' if cfg.arch == 'gpt2' else 'Llama/Qwen2'} checkpoint")
+      raise ValueError(
+        f"missing tensor {name!r} (expected shape {rule.hf_shape}) in the "
+        f"{'GPT-2' if cfg.arch == 'gpt2' else 'Llama/Qwen2'} checkpoint"
+      )
     value = np.asarray(tensors[name])
     if tuple(value.shape) != rule.hf_shape:
       raise ValueError(f"tensor {name!r}: expected shape {rule.hf_shape}, found {tuple(value.shape)}")
@@ -496,10 +509,13 @@ def params_from_hf_tensors(cfg: ModelConfig, tensors: Mapping[str, np.ndarray]) 
     raise AssertionError(f"layer rules cover {sorted(params['layers'])}, backbone has {sorted(expected)}")
 
   leftovers = sorted(
-      name for name in tensors
-      if name not in used and not any(p.fullmatch(name) for p in _IGNORED)
-      # Tied checkpoints sometimes still store the (identical) head.
-      and not (cfg.tie_embeddings and name == "lm_head.weight"))
+    name
+    for name in tensors
+    if name not in used
+    and not any(p.fullmatch(name) for p in _IGNORED)
+    # Tied checkpoints sometimes still store the (identical) head.
+    and not (cfg.tie_embeddings and name == "lm_head.weight")
+  )
   if leftovers:
     shown = ", ".join(leftovers[:20]) + (f", ... ({len(leftovers)} total)" if len(leftovers) > 20 else "")
     warnings.warn(f"ignoring {len(leftovers)} unused checkpoint tensor(s): {shown}", stacklevel=2)
@@ -519,24 +535,28 @@ def model_from_params(cfg: ModelConfig, params: Params) -> Transformer:
   """
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
-  want = {"/".join(map(str, k)): v for k, v in
-          nnx.traversals.flatten_mapping(nnx.to_pure_dict(state)).items()}
+  want = {"/".join(map(str, k)): v for k, v in nnx.traversals.flatten_mapping(nnx.to_pure_dict(state)).items()}
   have = {"/".join(map(str, k)): v for k, v in nnx.traversals.flatten_mapping(params).items()}
   if set(want) != set(have):
-    raise ValueError(f"parameters do not match the backbone: missing {sorted(set(want) - set(have))}, "
-                     f"unexpected {sorted(set(have) - set(want))}")
+    raise ValueError(
+      f"parameters do not match the backbone: missing {sorted(set(want) - set(have))}, "
+      f"unexpected {sorted(set(have) - set(want))}"
+    )
   for name, spec in want.items():
     if tuple(have[name].shape) != tuple(spec.shape):
-      raise ValueError(f"parameter {name!r}: expected shape {tuple(spec.shape)}, "
-                       f"found {tuple(have[name].shape)}")
+      raise ValueError(f"parameter {name!r}: expected shape {tuple(spec.shape)}, found {tuple(have[name].shape)}")
   device_params = jax.tree.map(lambda x: jnp.asarray(x, cfg.jnp_param_dtype), params)
   nnx.replace_by_pure_dict(state, device_params)
   return nnx.merge(graphdef, state)
 
 
-def model_from_hf_tensors(config_dict: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
-                          dtype: Any = "float32", param_dtype: Any = "float32",
-                          **overrides: Any) -> tuple[ModelConfig, Transformer]:
+def model_from_hf_tensors(
+  config_dict: Mapping[str, Any],
+  tensors: Mapping[str, np.ndarray],
+  dtype: Any = "float32",
+  param_dtype: Any = "float32",
+  **overrides: Any,
+) -> tuple[ModelConfig, Transformer]:
   """Builds (config, model) from an HF config dict and HF-named tensors.
 
   Shared by ``load_hf_checkpoint`` and the GGUF importer.
@@ -583,15 +603,17 @@ def read_hf_tensors(path: PathLike) -> dict[str, np.ndarray]:
   bins = sorted(p.name for p in path.glob("*.bin"))
   if bins:
     raise ValueError(
-        f"{path / bins[0]}: refusing to load PyTorch .bin weights (pickle files can run arbitrary "
-        f"code); only {SAFETENSORS_FILE} or {SAFETENSORS_INDEX_FILE} are read. Convert the "
-        "checkpoint to safetensors first (e.g. from_pretrained(...).save_pretrained(..., "
-        "safe_serialization=True) in a trusted environment).")
+      f"{path / bins[0]}: refusing to load PyTorch .bin weights (pickle files can run arbitrary "
+      f"code); only {SAFETENSORS_FILE} or {SAFETENSORS_INDEX_FILE} are read. Convert the "
+      "checkpoint to safetensors first (e.g. from_pretrained(...).save_pretrained(..., "
+      "safe_serialization=True) in a trusted environment)."
+    )
   raise FileNotFoundError(f"{path}: neither {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX_FILE} found")
 
 
-def load_hf_checkpoint(path: PathLike, dtype: Any = "float32", param_dtype: Any = "float32",
-                       **overrides: Any) -> tuple[ModelConfig, Transformer]:
+def load_hf_checkpoint(
+  path: PathLike, dtype: Any = "float32", param_dtype: Any = "float32", **overrides: Any
+) -> tuple[ModelConfig, Transformer]:
   """Loads a local Hugging Face checkpoint directory.
 
   Args:
@@ -610,8 +632,7 @@ def load_hf_checkpoint(path: PathLike, dtype: Any = "float32", param_dtype: Any 
   hf_config = json.loads(config_file.read_text())
   # Validate the config before reading (possibly many GB of) weights.
   model_config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, **overrides)
-  return model_from_hf_tensors(hf_config, read_hf_tensors(path), dtype=dtype,
-                               param_dtype=param_dtype, **overrides)
+  return model_from_hf_tensors(hf_config, read_hf_tensors(path), dtype=dtype, param_dtype=param_dtype, **overrides)
 
 
 def load_hf_tokenizer(path: PathLike) -> Any:
@@ -635,13 +656,15 @@ def _pure_params(model_or_state: Any) -> Params:
   if isinstance(model_or_state, nnx.State):
     model_or_state = nnx.to_pure_dict(model_or_state)
   # Unwrap Variables left in a plain dict; device_get copies to host once.
-  pure = jax.tree.map(lambda x: x[...] if isinstance(x, nnx.Variable) else x, model_or_state,
-                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  pure = jax.tree.map(
+    lambda x: x[...] if isinstance(x, nnx.Variable) else x,
+    model_or_state,
+    is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
   return jax.tree.map(np.asarray, jax.device_get(pure))
 
 
-def hf_tensors_from_params(cfg: ModelConfig, model_or_state: Any,
-                           dtype: Any = None) -> dict[str, np.ndarray]:
+def hf_tensors_from_params(cfg: ModelConfig, model_or_state: Any, dtype: Any = None) -> dict[str, np.ndarray]:
   """Converts backbone parameters to HF-named tensors (inverse of import).
 
   Args:
@@ -684,8 +707,14 @@ def _parse_size(size: int | str) -> int:
   return int(number * base ** "BKMGT".index(unit[0]))
 
 
-def save_hf_checkpoint(model: Any, cfg: ModelConfig, path: PathLike, tokenizer: Any = None,
-                       max_shard_size: int | str | None = None, dtype: Any = None) -> None:
+def save_hf_checkpoint(
+  model: Any,
+  cfg: ModelConfig,
+  path: PathLike,
+  tokenizer: Any = None,
+  max_shard_size: int | str | None = None,
+  dtype: Any = None,
+) -> None:
   """Writes a Hugging Face checkpoint directory that transformers 5 loads.
 
   Args:
@@ -707,8 +736,13 @@ def save_hf_checkpoint(model: Any, cfg: ModelConfig, path: PathLike, tokenizer: 
   write_hf_directory(path, hf_config, tensors, tokenizer=tokenizer, max_shard_size=max_shard_size)
 
 
-def write_hf_directory(path: PathLike, hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
-                       tokenizer: Any = None, max_shard_size: int | str | None = None) -> None:
+def write_hf_directory(
+  path: PathLike,
+  hf_config: Mapping[str, Any],
+  tensors: Mapping[str, np.ndarray],
+  tokenizer: Any = None,
+  max_shard_size: int | str | None = None,
+) -> None:
   """Writes ``config.json``, the safetensors weights and the tokenizer files.
 
   The writer behind ``save_hf_checkpoint`` and the reward-model export
@@ -731,13 +765,14 @@ def write_hf_directory(path: PathLike, hf_config: Mapping[str, Any], tensors: Ma
     if hf_config["model_type"] == "qwen2" and "Qwen2" not in type(hf_tok).__name__:
       # transformers 5's AutoTokenizer ignores the saved tokenizer_class for
       # model_type qwen2 and rebuilds a Qwen2Tokenizer from vocab/merges.
-      warnings.warn(f"{type(hf_tok).__name__} saved next to a qwen2 config: transformers 5 "
-                    "AutoTokenizer will load it as Qwen2Tokenizer, which may not reproduce it",
-                    stacklevel=2)
+      warnings.warn(
+        f"{type(hf_tok).__name__} saved next to a qwen2 config: transformers 5 "
+        "AutoTokenizer will load it as Qwen2Tokenizer, which may not reproduce it",
+        stacklevel=2,
+      )
   # Weights of an earlier save would shadow or mix with the new ones (the
   # index is read in preference to model.safetensors).
-  for stale in [path / SAFETENSORS_FILE, path / SAFETENSORS_INDEX_FILE,
-                *path.glob("model-*-of-*.safetensors")]:
+  for stale in [path / SAFETENSORS_FILE, path / SAFETENSORS_INDEX_FILE, *path.glob("model-*-of-*.safetensors")]:
     stale.unlink(missing_ok=True)
   # transformers checks this metadata to know the layout is PyTorch's.
   metadata = {"format": "pt"}

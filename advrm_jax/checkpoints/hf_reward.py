@@ -75,9 +75,9 @@ MEMBER_DIR = "member_{k}"
 
 # Reward-model architecture -> the causal LM whose backbone it holds.
 SEQUENCE_CLASSIFICATION = {
-    "LlamaForSequenceClassification": "LlamaForCausalLM",
-    "Qwen2ForSequenceClassification": "Qwen2ForCausalLM",
-    "GPT2ForSequenceClassification": "GPT2LMHeadModel",
+  "LlamaForSequenceClassification": "LlamaForCausalLM",
+  "Qwen2ForSequenceClassification": "Qwen2ForCausalLM",
+  "GPT2ForSequenceClassification": "GPT2LMHeadModel",
 }
 _CAUSAL_TO_REWARD = {causal: reward for reward, causal in SEQUENCE_CLASSIFICATION.items()}
 
@@ -96,6 +96,7 @@ class RewardCheckpoint:
     bias: The ``reward_bias`` of an advrm_jax export, else 0.
     hf_config: The parsed ``config.json``.
   """
+
   path: pathlib.Path
   cfg: ModelConfig
   backbone: Params
@@ -122,8 +123,10 @@ def read_reward_config(path: PathLike) -> dict[str, Any]:
   path = pathlib.Path(path)
   config_file = path / hf.CONFIG_FILE
   if not path.is_dir():
-    raise FileNotFoundError(f"{path}: not a directory; a reward model is a Hugging Face checkpoint directory "
-                            f"({hf.CONFIG_FILE} + safetensors weights)")
+    raise FileNotFoundError(
+      f"{path}: not a directory; a reward model is a Hugging Face checkpoint directory "
+      f"({hf.CONFIG_FILE} + safetensors weights)"
+    )
   if not config_file.exists():
     raise FileNotFoundError(f"{config_file}: no {hf.CONFIG_FILE} in the reward model directory")
   hf_config = json.loads(config_file.read_text())
@@ -131,12 +134,13 @@ def read_reward_config(path: PathLike) -> dict[str, Any]:
   arch = archs[0] if archs else None
   expected = f"one of {sorted(SEQUENCE_CLASSIFICATION)} with num_labels=1 (a 'score' head)"
   if arch not in SEQUENCE_CLASSIFICATION:
-    what = ("a language model without a reward head" if arch in _CAUSAL_TO_REWARD
-            else "not a supported reward model")
+    what = "a language model without a reward head" if arch in _CAUSAL_TO_REWARD else "not a supported reward model"
     raise ValueError(f"{path}: architectures {archs} is {what}; expected {expected}")
   if _num_labels(hf_config) != 1:
-    raise ValueError(f"{path}: num_labels is {_num_labels(hf_config)} (id2label {hf_config.get('id2label')}); "
-                     f"expected {expected}: a reward model has one output")
+    raise ValueError(
+      f"{path}: num_labels is {_num_labels(hf_config)} (id2label {hf_config.get('id2label')}); "
+      f"expected {expected}: a reward model has one output"
+    )
   return hf_config
 
 
@@ -190,8 +194,14 @@ def read_reward_checkpoint(path: PathLike, dtype: Any = "float32", param_dtype: 
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from None
   hf_config = json.loads((path / hf.CONFIG_FILE).read_text())
-  return RewardCheckpoint(path=path, cfg=cfg, backbone=backbone, score=score[0].astype(np.float32),
-                          bias=float(hf_config.get(BIAS_KEY) or 0.0), hf_config=hf_config)
+  return RewardCheckpoint(
+    path=path,
+    cfg=cfg,
+    backbone=backbone,
+    score=score[0].astype(np.float32),
+    bias=float(hf_config.get(BIAS_KEY) or 0.0),
+    hf_config=hf_config,
+  )
 
 
 def pads_like_eos(hf_config: Mapping[str, Any]) -> bool:
@@ -217,17 +227,21 @@ def ensemble_from_checkpoints(checkpoints: Sequence[RewardCheckpoint]) -> tuple[
     if other.cfg != first.cfg:
       a, b = first.cfg.to_dict(), other.cfg.to_dict()
       diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
-      raise ValueError(f"{other.path}: its backbone differs from {first.path}'s ({diff}); the members of one "
-                       "ensemble need the same architecture and size")
+      raise ValueError(
+        f"{other.path}: its backbone differs from {first.path}'s ({diff}); the members of one "
+        "ensemble need the same architecture and size"
+      )
   num_members = len(checkpoints)
   kind = "shared" if num_members == 1 else "independent"
-  graphdef, abstract, axes = abstract_module(
-      lambda: RewardEnsemble(first.cfg, num_members, kind, rngs=nnx.Rngs(0)))
-  backbone = first.backbone if num_members == 1 else jax.tree.map(
-      lambda *xs: np.stack(xs), *[c.backbone for c in checkpoints])
-  params = {"backbone": backbone,
-            "head_kernel": np.stack([c.score for c in checkpoints], axis=1),
-            "head_bias": np.array([c.bias for c in checkpoints], np.float32)}
+  graphdef, abstract, axes = abstract_module(lambda: RewardEnsemble(first.cfg, num_members, kind, rngs=nnx.Rngs(0)))
+  backbone = (
+    first.backbone if num_members == 1 else jax.tree.map(lambda *xs: np.stack(xs), *[c.backbone for c in checkpoints])
+  )
+  params = {
+    "backbone": backbone,
+    "head_kernel": np.stack([c.score for c in checkpoints], axis=1),
+    "head_bias": np.array([c.bias for c in checkpoints], np.float32),
+  }
   if jax.tree.structure(params) != jax.tree.structure(abstract):  # A bug here, not a user error.
     raise AssertionError(f"imported parameters {jax.tree.structure(params)} != {jax.tree.structure(abstract)}")
   # Host (numpy) arrays: the caller places them, so a large model is never gathered on one device.
@@ -235,8 +249,9 @@ def ensemble_from_checkpoints(checkpoints: Sequence[RewardCheckpoint]) -> tuple[
   return graphdef, params, axes, kind
 
 
-def load_hf_reward_model(paths: Sequence[PathLike], dtype: Any = "float32",
-                         param_dtype: Any = "auto") -> tuple[nnx.GraphDef, Params, dict[str, Any]]:
+def load_hf_reward_model(
+  paths: Sequence[PathLike], dtype: Any = "float32", param_dtype: Any = "auto"
+) -> tuple[nnx.GraphDef, Params, dict[str, Any]]:
   """Imports reward-model directories as the members of one ensemble.
 
   Args:
@@ -254,14 +269,21 @@ def load_hf_reward_model(paths: Sequence[PathLike], dtype: Any = "float32",
   checkpoints = [read_reward_checkpoint(p, dtype=dtype, param_dtype=param_dtype) for p in paths]
   for c in checkpoints:
     if pads_like_eos(c.hf_config):
-      warnings.warn(f"{c.path}: pad_token_id {c.hf_config['pad_token_id']} is an EOS id; transformers reads "
-                    "this model's reward at the token before a trailing EOS, advrm_jax at the EOS itself, so "
-                    "rewards of rows ending in EOS differ from transformers'", stacklevel=2)
+      warnings.warn(
+        f"{c.path}: pad_token_id {c.hf_config['pad_token_id']} is an EOS id; transformers reads "
+        "this model's reward at the token before a trailing EOS, advrm_jax at the EOS itself, so "
+        "rewards of rows ending in EOS differ from transformers'",
+        stacklevel=2,
+      )
   graphdef, params, _, kind = ensemble_from_checkpoints(checkpoints)
   first = checkpoints[0].hf_config
-  info = {"model": checkpoints[0].cfg.to_dict(), "ensemble": kind, "num_members": len(checkpoints),
-          "hf_paths": [str(c.path.resolve()) for c in checkpoints],
-          "token_ids": {k: first.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}}
+  info = {
+    "model": checkpoints[0].cfg.to_dict(),
+    "ensemble": kind,
+    "num_members": len(checkpoints),
+    "hf_paths": [str(c.path.resolve()) for c in checkpoints],
+    "token_ids": {k: first.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
+  }
   return graphdef, params, info
 
 
@@ -270,15 +292,19 @@ def load_hf_reward_model(paths: Sequence[PathLike], dtype: Any = "float32",
 # ---------------------------------------------------------------------------
 
 
-def reward_hf_config(cfg: ModelConfig, token_ids: Mapping[str, int | None], bias: float = 0.0,
-                     dtype: Any = None) -> dict[str, Any]:
+def reward_hf_config(
+  cfg: ModelConfig, token_ids: Mapping[str, int | None], bias: float = 0.0, dtype: Any = None
+) -> dict[str, Any]:
   """The ``config.json`` of a ``*ForSequenceClassification`` with ``num_labels = 1``."""
   out = hf.hf_config_from_model_config(cfg)
   out["architectures"] = [_CAUSAL_TO_REWARD[out["architectures"][0]]]
-  out.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
-             # No LM head is written, so there is nothing to tie.
-             tie_word_embeddings=False,
-             dtype=cfg.param_dtype if dtype is None else dtype)
+  out.update(
+    id2label={"0": "LABEL_0"},
+    label2id={"LABEL_0": 0},
+    # No LM head is written, so there is nothing to tie.
+    tie_word_embeddings=False,
+    dtype=cfg.param_dtype if dtype is None else dtype,
+  )
   for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
     value = token_ids.get(key)
     out[key] = None if value is None else value if isinstance(value, list) else int(value)
@@ -299,9 +325,18 @@ def member_params(params: Params, kind: str, member: int) -> tuple[Params, np.nd
   return backbone, kernel[:, member], float(jax.device_get(params["head_bias"])[member])
 
 
-def save_hf_reward_member(path: PathLike, cfg: ModelConfig, kind: str, params: Params, member: int, *,
-                          token_ids: Mapping[str, int | None], tokenizer: Any = None, dtype: Any = None,
-                          max_shard_size: int | str | None = None) -> pathlib.Path:
+def save_hf_reward_member(
+  path: PathLike,
+  cfg: ModelConfig,
+  kind: str,
+  params: Params,
+  member: int,
+  *,
+  token_ids: Mapping[str, int | None],
+  tokenizer: Any = None,
+  dtype: Any = None,
+  max_shard_size: int | str | None = None,
+) -> pathlib.Path:
   """Writes member ``member`` of an ensemble as a ``*ForSequenceClassification`` directory.
 
   Args:
@@ -325,13 +360,19 @@ def save_hf_reward_member(path: PathLike, cfg: ModelConfig, kind: str, params: P
   if out_dtype not in DTYPES:
     raise ValueError(f"dtype: unsupported {dtype!r}; expected one of {tuple(DTYPES)}")
   # tie_embeddings=True: the export has no LM head, whatever the backbone had.
-  tensors = hf.hf_tensors_from_params(dataclasses.replace(cfg, tie_embeddings=True), backbone,
-                                      dtype=None if dtype is None else out_dtype)
+  tensors = hf.hf_tensors_from_params(
+    dataclasses.replace(cfg, tie_embeddings=True), backbone, dtype=None if dtype is None else out_dtype
+  )
   tensors[SCORE_TENSOR] = np.ascontiguousarray(score[None, :].astype(DTYPES[out_dtype]))
   hf_config = reward_hf_config(cfg, token_ids, bias=bias, dtype=out_dtype)
   path = pathlib.Path(path)
   hf.write_hf_directory(path, hf_config, tensors, tokenizer=tokenizer, max_shard_size=max_shard_size)
   if bias:
-    logging.info("%s: head bias %.6g written as config.json %s (transformers' score layer has none; its logits "
-                 "are this member's rewards minus it)", path, bias, BIAS_KEY)
+    logging.info(
+      "%s: head bias %.6g written as config.json %s (transformers' score layer has none; its logits "
+      "are this member's rewards minus it)",
+      path,
+      bias,
+      BIAS_KEY,
+    )
   return path

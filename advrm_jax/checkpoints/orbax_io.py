@@ -54,13 +54,16 @@ class Checkpointer:
   def __init__(self, directory: PathLike, max_to_keep: int = 3, save_interval_steps: int = 1):
     self.directory = checkpoint_path(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True)
+      max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True
+    )
     # Handlers named up front: without them a fresh manager (a resumed
     # process) cannot read item metadata, and the shape check before a
     # restore would be skipped.
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=options,
+      item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    )
 
   def latest_step(self) -> int | None:
     """Newest saved step, or None when there is no checkpoint."""
@@ -95,15 +98,17 @@ class Checkpointer:
     extra = sorted(set(saved_flat) - set(target_flat))
     if missing or extra:
       raise CheckpointMismatchError(
-          f"checkpoint {self.directory / str(step)} does not match the model: "
-          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-          f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+        f"checkpoint {self.directory / str(step)} does not match the model: "
+        f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+        f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
+      )
     for key, leaf in target_flat.items():
       saved_shape = tuple(getattr(saved_flat[key], "shape", ()) or ())
       if hasattr(leaf, "shape") and tuple(leaf.shape) != saved_shape:
         raise CheckpointMismatchError(
-            f"checkpoint {self.directory / str(step)}: parameter {key} has shape {saved_shape}, "
-            f"the model expects {tuple(leaf.shape)}")
+          f"checkpoint {self.directory / str(step)}: parameter {key} has shape {saved_shape}, "
+          f"the model expects {tuple(leaf.shape)}"
+        )
 
   def restore(self, target: Any, step: int | None = None) -> tuple[int, Any, dict[str, Any]] | None:
     """Restores onto ``target``'s shapes, dtypes and shardings.
@@ -115,20 +120,21 @@ class Checkpointer:
     """
     steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target
+    )
     unreadable = []
     for candidate in steps:
       try:
         self._check_matches(candidate, abstract)
-        restored = self.manager.restore(candidate, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+          candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
       except CheckpointMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
         if step is not None:
           raise
-        logging.warning("checkpoint %s is unreadable (%s); trying an older one",
-                        self.directory / str(candidate), e)
+        logging.warning("checkpoint %s is unreadable (%s); trying an older one", self.directory / str(candidate), e)
         unreadable.append(candidate)
         continue
       # Only once an older checkpoint restored: the newer, unreadable ones are
@@ -139,8 +145,9 @@ class Checkpointer:
     if unreadable:
       # Never silently start again from scratch over a run's checkpoints.
       raise UnreadableCheckpointError(
-          f"no readable checkpoint in {self.directory}: step(s) {unreadable} could not be restored (see the "
-          "warnings above); move them away to start this stage from scratch")
+        f"no readable checkpoint in {self.directory}: step(s) {unreadable} could not be restored (see the "
+        "warnings above); move them away to start this stage from scratch"
+      )
     return None
 
   def _set_aside(self, step: int) -> None:
@@ -187,7 +194,8 @@ def load_params(path: PathLike, target: Any) -> Any:
   if not path.exists():
     raise FileNotFoundError(f"parameter checkpoint {path} not found")
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target
+  )
   with ocp.StandardCheckpointer() as checkpointer:
     saved = checkpointer.metadata(path)
     saved_tree = getattr(saved, "item_metadata", saved)
@@ -199,5 +207,6 @@ def load_params(path: PathLike, target: Any) -> Any:
       shape = tuple(getattr(saved_flat[key], "shape", ()) or ())
       if shape != tuple(leaf.shape):
         raise CheckpointMismatchError(
-            f"parameter checkpoint {path}: parameter {key} has shape {shape}, the model expects {tuple(leaf.shape)}")
+          f"parameter checkpoint {path}: parameter {key} has shape {shape}, the model expects {tuple(leaf.shape)}"
+        )
     return checkpointer.restore(path, abstract)

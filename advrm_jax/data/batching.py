@@ -36,8 +36,7 @@ OnOverlength = Literal["error", "truncate", "skip"]
 _INT = np.int32
 
 
-def _model_prompt(record: PreferencePair | PromptRecord | Prompt,
-                  use_chat_template: bool) -> Prompt:
+def _model_prompt(record: PreferencePair | PromptRecord | Prompt, use_chat_template: bool) -> Prompt:
   """Chooses the prompt form to render for the model."""
   if isinstance(record, (PreferencePair, PromptRecord)):
     if use_chat_template and record.prompt_messages is not None:
@@ -57,63 +56,63 @@ def _location(record, index: int) -> tuple[str | None, int | None, str]:
   return source, line, preferences.format_location(source, line)
 
 
-def _encode_prompt(tokenizer: Tokenizer, record, use_chat_template: bool,
-                   add_bos: bool) -> list[int]:
-  text = format_prompt(tokenizer, _model_prompt(record, use_chat_template),
-                       use_chat_template)
+def _encode_prompt(tokenizer: Tokenizer, record, use_chat_template: bool, add_bos: bool) -> list[int]:
+  text = format_prompt(tokenizer, _model_prompt(record, use_chat_template), use_chat_template)
   ids = tokenizer.encode(text)
   if add_bos and tokenizer.bos_id is not None:
     ids = [tokenizer.bos_id] + ids
   return ids
 
 
-def _fit_prompt(ids: list[int], max_len: int, on_overlength: OnOverlength,
-                record, index: int) -> list[int] | None:
+def _fit_prompt(ids: list[int], max_len: int, on_overlength: OnOverlength, record, index: int) -> list[int] | None:
   """Applies the over-length policy to prompt ids (None means skip)."""
   if len(ids) <= max_len:
     return ids
   if on_overlength == "truncate":
     # Keep the end: the last turn and the assistant header decide what the
     # response answers; the start of a long dialogue matters least.
-    return ids[len(ids) - max_len:]
+    return ids[len(ids) - max_len :]
   if on_overlength == "skip":
     return None
   source, line, where = _location(record, index)
-  raise DataError(source, line, preferences.PROMPT_TOO_LONG,
-                  f"prompt of {where} is {len(ids)} tokens, more than "
-                  f"max_prompt_len={max_len} (use on_overlength='truncate' or "
-                  "'skip', or raise the limit)")
+  raise DataError(
+    source,
+    line,
+    preferences.PROMPT_TOO_LONG,
+    f"prompt of {where} is {len(ids)} tokens, more than "
+    f"max_prompt_len={max_len} (use on_overlength='truncate' or "
+    "'skip', or raise the limit)",
+  )
 
 
-def _place(row_tokens: np.ndarray, row_mask: np.ndarray, ids: list[int],
-           padding_side: PaddingSide) -> None:
+def _place(row_tokens: np.ndarray, row_mask: np.ndarray, ids: list[int], padding_side: PaddingSide) -> None:
   """Writes real ids into a pre-padded row and sets their mask."""
   width = row_tokens.shape[0]
   start = 0 if padding_side == "right" else width - len(ids)
-  row_tokens[start:start + len(ids)] = ids
-  row_mask[start:start + len(ids)] = 1
+  row_tokens[start : start + len(ids)] = ids
+  row_mask[start : start + len(ids)] = 1
 
 
 def _check_args(padding_side: str, on_overlength: str, *limits: int) -> None:
   if padding_side not in ("left", "right"):
-    raise ValueError(f"padding_side must be 'left' or 'right', got "
-                     f"{padding_side!r}")
+    raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
   if on_overlength not in ("error", "truncate", "skip"):
-    raise ValueError("on_overlength must be 'error', 'truncate' or 'skip', "
-                     f"got {on_overlength!r}")
+    raise ValueError(f"on_overlength must be 'error', 'truncate' or 'skip', got {on_overlength!r}")
   for limit in limits:
     if limit < 1:
       raise ValueError(f"length limits must be >= 1, got {limit}")
 
 
-def tokenize_pairs(pairs: Sequence[PreferencePair],
-                   tokenizer: Tokenizer,
-                   max_prompt_len: int,
-                   max_response_len: int,
-                   padding_side: PaddingSide = "right",
-                   use_chat_template: bool = False,
-                   on_overlength: OnOverlength = "error",
-                   add_bos: bool = False) -> dict[str, np.ndarray]:
+def tokenize_pairs(
+  pairs: Sequence[PreferencePair],
+  tokenizer: Tokenizer,
+  max_prompt_len: int,
+  max_response_len: int,
+  padding_side: PaddingSide = "right",
+  use_chat_template: bool = False,
+  on_overlength: OnOverlength = "error",
+  add_bos: bool = False,
+) -> dict[str, np.ndarray]:
   """Tokenises preference pairs into fixed-shape arrays.
 
   Each side is prompt + response + EOS, padded with `tokenizer.pad_id` to
@@ -154,13 +153,12 @@ def tokenize_pairs(pairs: Sequence[PreferencePair],
   kept = []  # (index, prompt_ids, chosen_ids, rejected_ids)
   for index, pair in enumerate(pairs):
     prompt_ids = _fit_prompt(
-        _encode_prompt(tokenizer, pair, use_chat_template, add_bos),
-        max_prompt_len, on_overlength, pair, index)
+      _encode_prompt(tokenizer, pair, use_chat_template, add_bos), max_prompt_len, on_overlength, pair, index
+    )
     if prompt_ids is None:
       continue
     sides = []
-    for side, response in (("chosen", pair.chosen),
-                           ("rejected", pair.rejected)):
+    for side, response in (("chosen", pair.chosen), ("rejected", pair.rejected)):
       if use_chat_template:
         response = response.lstrip()
       ids = tokenizer.encode(response)
@@ -172,44 +170,48 @@ def tokenize_pairs(pairs: Sequence[PreferencePair],
         break
       else:
         source, line, where = _location(pair, index)
-        raise DataError(source, line, preferences.RESPONSE_TOO_LONG,
-                        f"{side} response of {where} is {len(ids)} tokens, "
-                        f"more than max_response_len={max_response_len} (use "
-                        "on_overlength='truncate' or 'skip', or raise the "
-                        "limit)")
+        raise DataError(
+          source,
+          line,
+          preferences.RESPONSE_TOO_LONG,
+          f"{side} response of {where} is {len(ids)} tokens, "
+          f"more than max_response_len={max_response_len} (use "
+          "on_overlength='truncate' or 'skip', or raise the "
+          "limit)",
+        )
     if len(sides) == 2:
       kept.append((index, prompt_ids, sides[0], sides[1]))
 
   n = len(kept)
   out = {
-      "chosen_tokens": np.full((n, width), tokenizer.pad_id, _INT),
-      "chosen_mask": np.zeros((n, width), _INT),
-      "rejected_tokens": np.full((n, width), tokenizer.pad_id, _INT),
-      "rejected_mask": np.zeros((n, width), _INT),
-      "prompt_lengths": np.zeros((n,), _INT),
-      "chosen_lengths": np.zeros((n,), _INT),
-      "rejected_lengths": np.zeros((n,), _INT),
-      "example_indices": np.zeros((n,), _INT),
+    "chosen_tokens": np.full((n, width), tokenizer.pad_id, _INT),
+    "chosen_mask": np.zeros((n, width), _INT),
+    "rejected_tokens": np.full((n, width), tokenizer.pad_id, _INT),
+    "rejected_mask": np.zeros((n, width), _INT),
+    "prompt_lengths": np.zeros((n,), _INT),
+    "chosen_lengths": np.zeros((n,), _INT),
+    "rejected_lengths": np.zeros((n,), _INT),
+    "example_indices": np.zeros((n,), _INT),
   }
   for row, (index, prompt_ids, chosen_ids, rejected_ids) in enumerate(kept):
-    for side, response_ids in (("chosen", chosen_ids),
-                               ("rejected", rejected_ids)):
+    for side, response_ids in (("chosen", chosen_ids), ("rejected", rejected_ids)):
       ids = prompt_ids + response_ids
-      _place(out[f"{side}_tokens"][row], out[f"{side}_mask"][row], ids,
-             padding_side)
+      _place(out[f"{side}_tokens"][row], out[f"{side}_mask"][row], ids, padding_side)
       out[f"{side}_lengths"][row] = len(ids)
     out["prompt_lengths"][row] = len(prompt_ids)
     out["example_indices"][row] = index
   return out
 
 
-def tokenize_prompts(prompts: Sequence[PromptRecord | PreferencePair | Prompt],
-                     tokenizer: Tokenizer,
-                     max_prompt_len: int,
-                     padding_side: PaddingSide = "left",
-                     use_chat_template: bool = False,
-                     on_overlength: OnOverlength = "error",
-                     add_bos: bool = False) -> dict[str, np.ndarray]:
+def tokenize_prompts(
+  prompts: Sequence[PromptRecord | PreferencePair | Prompt],
+  tokenizer: Tokenizer,
+  max_prompt_len: int,
+  padding_side: PaddingSide = "left",
+  use_chat_template: bool = False,
+  on_overlength: OnOverlength = "error",
+  add_bos: bool = False,
+) -> dict[str, np.ndarray]:
   """Tokenises prompts for generation into [N, max_prompt_len] arrays.
 
   Left padding is the default so every prompt ends at the last column and
@@ -236,8 +238,8 @@ def tokenize_prompts(prompts: Sequence[PromptRecord | PreferencePair | Prompt],
   kept = []
   for index, record in enumerate(prompts):
     ids = _fit_prompt(
-        _encode_prompt(tokenizer, record, use_chat_template, add_bos),
-        max_prompt_len, on_overlength, record, index)
+      _encode_prompt(tokenizer, record, use_chat_template, add_bos), max_prompt_len, on_overlength, record, index
+    )
     if ids is not None:
       kept.append((index, ids))
   n = len(kept)
@@ -249,20 +251,19 @@ def tokenize_prompts(prompts: Sequence[PromptRecord | PreferencePair | Prompt],
     _place(tokens[row], mask[row], ids, padding_side)
     lengths[row] = len(ids)
     indices[row] = index
-  return {"tokens": tokens, "mask": mask, "lengths": lengths,
-          "example_indices": indices}
+  return {"tokens": tokens, "mask": mask, "lengths": lengths, "example_indices": indices}
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
   # SeedSequence mixes all entropy words, so (seed, epoch) pairs give
   # independent streams and nothing else (no global state, no call history)
   # affects the result: a resumed run regenerates the same order.
-  return np.random.Generator(np.random.PCG64(
-      np.random.SeedSequence([int(seed), *map(int, stream)])))
+  return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), *map(int, stream)])))
 
 
-def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int,
-                  drop_remainder: bool = True) -> list[np.ndarray]:
+def epoch_batches(
+  num_examples: int, batch_size: int, seed: int, epoch: int, drop_remainder: bool = True
+) -> list[np.ndarray]:
   """The batches of one epoch as arrays of example indices.
 
   The order is a permutation that depends only on (seed, epoch), so a run
@@ -286,13 +287,11 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int,
   if seed < 0 or epoch < 0:
     raise ValueError(f"seed and epoch must be >= 0, got {seed}, {epoch}")
   order = _rng(seed, 0, epoch).permutation(num_examples)
-  stop = (num_examples // batch_size * batch_size if drop_remainder
-          else num_examples)
-  return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+  stop = num_examples // batch_size * batch_size if drop_remainder else num_examples
+  return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
-def bootstrap_indices(num_examples: int, num_members: int,
-                      seed: int) -> np.ndarray:
+def bootstrap_indices(num_examples: int, num_members: int, seed: int) -> np.ndarray:
   """Bootstrap resamples for ensemble members.
 
   Member k draws num_examples indices with replacement from its own stream
@@ -307,25 +306,20 @@ def bootstrap_indices(num_examples: int, num_members: int,
     An int64 array [K, num_examples] of indices into the dataset.
   """
   if num_examples < 1 or num_members < 1:
-    raise ValueError("num_examples and num_members must be >= 1, got "
-                     f"{num_examples}, {num_members}")
+    raise ValueError(f"num_examples and num_members must be >= 1, got {num_examples}, {num_members}")
   # Stream tag 1 keeps these draws apart from epoch_batches' (tag 0).
-  return np.stack([
-      _rng(seed, 1, member).integers(0, num_examples, size=num_examples)
-      for member in range(num_members)
-  ])
+  return np.stack([_rng(seed, 1, member).integers(0, num_examples, size=num_examples) for member in range(num_members)])
 
 
 def prompt_key(prompt: Prompt) -> str:
   """A hashable identity for a prompt (text, or canonical JSON of messages)."""
   if isinstance(prompt, str):
     return prompt
-  return json.dumps([dict(m) for m in prompt], sort_keys=True,
-                    ensure_ascii=False)
+  return json.dumps([dict(m) for m in prompt], sort_keys=True, ensure_ascii=False)
 
 
 def train_test_split(
-    pairs: Sequence[PreferencePair], test_fraction: float, seed: int
+  pairs: Sequence[PreferencePair], test_fraction: float, seed: int
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
   """Splits pairs so that no prompt appears on both sides.
 

@@ -78,8 +78,12 @@ _HH_HUMAN = "\n\nHuman:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _UTF8_BOM = b"\xef\xbb\xbf"
 # Byte-order marks, UTF-32 first: its little-endian mark starts with UTF-16's.
-_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32-LE"), (b"\x00\x00\xfe\xff", "UTF-32-BE"),
-              (b"\xff\xfe", "UTF-16-LE"), (b"\xfe\xff", "UTF-16-BE"))
+_WIDE_BOMS = (
+  (b"\xff\xfe\x00\x00", "UTF-32-LE"),
+  (b"\x00\x00\xfe\xff", "UTF-32-BE"),
+  (b"\xff\xfe", "UTF-16-LE"),
+  (b"\xfe\xff", "UTF-16-BE"),
+)
 _GZIP_MAGIC = b"\x1f\x8b"
 # How many skipped-record messages ReadStats keeps for a log line.
 _MAX_EXAMPLE_MESSAGES = 10
@@ -97,8 +101,7 @@ class DataError(ValueError):
     detail: What is wrong, without the location.
   """
 
-  def __init__(self, path: str | os.PathLike[str] | None, line: int | None,
-               kind: str, detail: str):
+  def __init__(self, path: str | os.PathLike[str] | None, line: int | None, kind: str, detail: str):
     self.path = None if path is None else os.fspath(path)
     self.line = line
     self.kind = kind
@@ -192,8 +195,7 @@ class ReadStats:
   format: str | None = None
   num_lines: int = 0
   num_records: int = 0
-  skipped: collections.Counter[str] = dataclasses.field(
-      default_factory=collections.Counter)
+  skipped: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
   messages: list[str] = dataclasses.field(default_factory=list)
 
   @property
@@ -222,8 +224,7 @@ class ReadResult(Sequence[T], Generic[T]):
     return len(self.records)
 
   def __repr__(self) -> str:
-    return (f"ReadResult({len(self.records)} records from {self.stats.path}, "
-            f"skipped={dict(self.stats.skipped)})")
+    return f"ReadResult({len(self.records)} records from {self.stats.path}, skipped={dict(self.stats.skipped)})"
 
 
 def parse_hh_dialogue(text: str) -> list[dict[str, str]]:
@@ -248,8 +249,7 @@ def parse_hh_dialogue(text: str) -> list[dict[str, str]]:
   for label, content in zip(parts[1::2], parts[2::2]):
     role = "user" if label == "Human" else "assistant"
     messages.append({"role": role, "content": content.strip()})
-  if messages and messages[-1]["role"] == "assistant" and not messages[-1][
-      "content"]:
+  if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
     messages.pop()
   return messages
 
@@ -271,8 +271,9 @@ def split_hh_pair(chosen: str, rejected: str) -> tuple[str, str, str]:
   shared = os.path.commonprefix([chosen, rejected])
   end = shared.rfind(_HH_ASSISTANT)
   if end < 0:
-    raise ValueError("chosen and rejected share no prefix ending in "
-                     f"{_HH_ASSISTANT!r}, so there is no prompt to split off")
+    raise ValueError(
+      f"chosen and rejected share no prefix ending in {_HH_ASSISTANT!r}, so there is no prompt to split off"
+    )
   end += len(_HH_ASSISTANT)
   return chosen[:end], chosen[end:], rejected[end:]
 
@@ -282,10 +283,13 @@ def _looks_like_hh_transcript(text: str) -> bool:
 
 
 def _type_name(value: Any) -> str:
-  return "null" if value is None else {
-      dict: "object", list: "array", str: "string", bool: "boolean",
-      int: "integer", float: "number"
-  }.get(type(value), type(value).__name__)
+  return (
+    "null"
+    if value is None
+    else {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}.get(
+      type(value), type(value).__name__
+    )
+  )
 
 
 def _check_text(value: str, field: str) -> None:
@@ -294,15 +298,15 @@ def _check_text(value: str, field: str) -> None:
   try:
     value.encode("utf-8")
   except UnicodeEncodeError as e:
-    raise _Problem(INVALID_UTF8, f"field {field!r} contains a lone surrogate "
-                   f"escape at character {e.start}, which is not valid "
-                   "Unicode text") from None
+    raise _Problem(
+      INVALID_UTF8,
+      f"field {field!r} contains a lone surrogate escape at character {e.start}, which is not valid Unicode text",
+    ) from None
 
 
 def _require(record: Mapping[str, Any], field: str, fmt: str) -> Any:
   if field not in record:
-    raise _Problem(MISSING_FIELD, f"missing field {field!r} (format {fmt}; "
-                   f"fields present: {sorted(record)})")
+    raise _Problem(MISSING_FIELD, f"missing field {field!r} (format {fmt}; fields present: {sorted(record)})")
   value = record[field]
   if value is None:
     raise _Problem(NULL_FIELD, f"field {field!r} is null")
@@ -312,8 +316,7 @@ def _require(record: Mapping[str, Any], field: str, fmt: str) -> Any:
 def _require_text(record: Mapping[str, Any], field: str, fmt: str) -> str:
   value = _require(record, field, fmt)
   if not isinstance(value, str):
-    raise _Problem(WRONG_TYPE, f"field {field!r} must be a string, got "
-                   f"{_type_name(value)}")
+    raise _Problem(WRONG_TYPE, f"field {field!r} must be a string, got {_type_name(value)}")
   _check_text(value, field)
   return value
 
@@ -327,21 +330,20 @@ def _parse_prompt(record: Mapping[str, Any], fmt: str) -> Prompt:
       raise _Problem(EMPTY_PROMPT, "field 'prompt' is empty")
     return value
   if not isinstance(value, list):
-    raise _Problem(WRONG_TYPE, "field 'prompt' must be a string or a list of "
-                   f"messages, got {_type_name(value)}")
+    raise _Problem(WRONG_TYPE, f"field 'prompt' must be a string or a list of messages, got {_type_name(value)}")
   if not value:
     raise _Problem(EMPTY_PROMPT, "field 'prompt' is an empty message list")
   messages = []
   for i, message in enumerate(value):
     if not isinstance(message, dict):
-      raise _Problem(WRONG_TYPE, f"prompt message {i} must be an object with "
-                     f"'role' and 'content', got {_type_name(message)}")
+      raise _Problem(
+        WRONG_TYPE, f"prompt message {i} must be an object with 'role' and 'content', got {_type_name(message)}"
+      )
     for key in ("role", "content"):
       if key not in message:
         raise _Problem(WRONG_TYPE, f"prompt message {i} has no {key!r}")
       if not isinstance(message[key], str):
-        raise _Problem(WRONG_TYPE, f"prompt message {i} field {key!r} must be "
-                       f"a string, got {_type_name(message[key])}")
+        raise _Problem(WRONG_TYPE, f"prompt message {i} field {key!r} must be a string, got {_type_name(message[key])}")
       _check_text(message[key], f"prompt[{i}].{key}")
     messages.append({"role": message["role"], "content": message["content"]})
   return messages
@@ -353,8 +355,7 @@ def _parse_id(record: Mapping[str, Any]) -> str | None:
     return None
   # bool is an int subclass but true/false are not meaningful ids.
   if isinstance(value, bool) or not isinstance(value, (str, int)):
-    raise _Problem(WRONG_TYPE, "field 'id' must be a string or an integer, "
-                   f"got {_type_name(value)}")
+    raise _Problem(WRONG_TYPE, f"field 'id' must be a string or an integer, got {_type_name(value)}")
   if isinstance(value, str):
     _check_text(value, "id")
   return str(value)
@@ -365,12 +366,10 @@ def _check_responses(chosen: str, rejected: str, what: str) -> None:
     if not value:
       raise _Problem(EMPTY_RESPONSE, f"{field} {what} is empty")
   if chosen == rejected:
-    raise _Problem(IDENTICAL_RESPONSES, f"chosen and rejected {what}s are "
-                   "identical, so the pair carries no preference")
+    raise _Problem(IDENTICAL_RESPONSES, f"chosen and rejected {what}s are identical, so the pair carries no preference")
 
 
-def _parse_pcr_record(record: Mapping[str, Any], source: str,
-                      line: int) -> PreferencePair:
+def _parse_pcr_record(record: Mapping[str, Any], source: str, line: int) -> PreferencePair:
   fmt = "prompt_chosen_rejected"
   prompt = _parse_prompt(record, fmt)
   chosen = _require_text(record, "chosen", fmt)
@@ -379,41 +378,52 @@ def _parse_pcr_record(record: Mapping[str, Any], source: str,
   prompt_messages = None
   if isinstance(prompt, str) and _looks_like_hh_transcript(prompt):
     prompt_messages = parse_hh_dialogue(prompt)
-  return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected,
-                        id=_parse_id(record), source=source, line=line,
-                        prompt_messages=prompt_messages)
+  return PreferencePair(
+    prompt=prompt,
+    chosen=chosen,
+    rejected=rejected,
+    id=_parse_id(record),
+    source=source,
+    line=line,
+    prompt_messages=prompt_messages,
+  )
 
 
-def _parse_hh_record(record: Mapping[str, Any], source: str,
-                     line: int) -> PreferencePair:
+def _parse_hh_record(record: Mapping[str, Any], source: str, line: int) -> PreferencePair:
   fmt = "hh_rlhf"
   chosen_text = _require_text(record, "chosen", fmt)
   rejected_text = _require_text(record, "rejected", fmt)
   _check_responses(chosen_text, rejected_text, "dialogue")
   for field, text in (("chosen", chosen_text), ("rejected", rejected_text)):
     if _HH_ASSISTANT not in text:
-      raise _Problem(BAD_DIALOGUE, f"field {field!r} has no {_HH_ASSISTANT!r} marker, so there is "
-                     "no prompt to split off (HH-RLHF dialogues read '\\n\\nHuman: ...\\n\\n"
-                     "Assistant: ...'; give {prompt, chosen, rejected} records otherwise)")
+      raise _Problem(
+        BAD_DIALOGUE,
+        f"field {field!r} has no {_HH_ASSISTANT!r} marker, so there is "
+        "no prompt to split off (HH-RLHF dialogues read '\\n\\nHuman: ...\\n\\n"
+        "Assistant: ...'; give {prompt, chosen, rejected} records otherwise)",
+      )
   try:
     prompt, chosen, rejected = split_hh_pair(chosen_text, rejected_text)
   except ValueError as e:
     raise _Problem(BAD_DIALOGUE, str(e)) from None
-  _check_responses(chosen, rejected,
-                   f"response (after the last {_HH_ASSISTANT!r})")
-  return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected,
-                        id=_parse_id(record), source=source, line=line,
-                        prompt_messages=parse_hh_dialogue(prompt))
+  _check_responses(chosen, rejected, f"response (after the last {_HH_ASSISTANT!r})")
+  return PreferencePair(
+    prompt=prompt,
+    chosen=chosen,
+    rejected=rejected,
+    id=_parse_id(record),
+    source=source,
+    line=line,
+    prompt_messages=parse_hh_dialogue(prompt),
+  )
 
 
-def _parse_prompt_record(record: Mapping[str, Any], source: str,
-                         line: int) -> PromptRecord:
+def _parse_prompt_record(record: Mapping[str, Any], source: str, line: int) -> PromptRecord:
   prompt = _parse_prompt(record, "prompt")
   prompt_messages = None
   if isinstance(prompt, str) and _looks_like_hh_transcript(prompt):
     prompt_messages = parse_hh_dialogue(prompt)
-  return PromptRecord(prompt=prompt, id=_parse_id(record), source=source,
-                      line=line, prompt_messages=prompt_messages)
+  return PromptRecord(prompt=prompt, id=_parse_id(record), source=source, line=line, prompt_messages=prompt_messages)
 
 
 def _detect_format(record: Mapping[str, Any]) -> str | None:
@@ -427,9 +437,13 @@ def _detect_format(record: Mapping[str, Any]) -> str | None:
 
 
 def _file_kind(mode: int) -> str:
-  for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                     (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                     (stat.S_ISBLK, "a block device")):
+  for test, name in (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+  ):
     if test(mode):
       return name
   return "not a regular file"
@@ -450,8 +464,9 @@ def _open_binary(path: str):
         raise DataError(path, None, NOT_A_FILE, f"is {_file_kind(mode)}, not a JSONL or JSONL.gz file")
     f = epath.Path(path).open("rb")  # pylint: disable=consider-using-with
   except PermissionError:
-    raise DataError(path, None, UNREADABLE, "cannot be read (permission denied); check its "
-                    "permissions or read a copy") from None
+    raise DataError(
+      path, None, UNREADABLE, "cannot be read (permission denied); check its permissions or read a copy"
+    ) from None
   magic = f.read(2)
   f.seek(0)
   if magic == _GZIP_MAGIC:
@@ -480,17 +495,16 @@ def _iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
       except StopIteration:
         return
       except EOFError as e:
-        raise DataError(path, number + 1, TRUNCATED_GZIP,
-                        f"gzip data is truncated ({e}); the file ends "
-                        "mid-stream") from None
+        raise DataError(
+          path, number + 1, TRUNCATED_GZIP, f"gzip data is truncated ({e}); the file ends mid-stream"
+        ) from None
       except gzip_errors as e:
-        raise DataError(path, number + 1, CORRUPT_GZIP,
-                        f"gzip data is corrupt ({e})") from None
+        raise DataError(path, number + 1, CORRUPT_GZIP, f"gzip data is corrupt ({e})") from None
       number += 1
       if number == 1:
         _check_not_wide_encoding(path, raw)
         if raw.startswith(_UTF8_BOM):
-          raw = raw[len(_UTF8_BOM):]
+          raw = raw[len(_UTF8_BOM) :]
       yield number, raw
   finally:
     stream.close()
@@ -511,8 +525,12 @@ def _wide_encoding(head: bytes) -> tuple[str, str] | None:
   if len(head) < 4:
     return None
   nul = tuple(b == 0 for b in head[:4])
-  patterns = {(False, True, True, True): "UTF-32-LE", (True, True, True, False): "UTF-32-BE",
-              (False, True, False, True): "UTF-16-LE", (True, False, True, False): "UTF-16-BE"}
+  patterns = {
+    (False, True, True, True): "UTF-32-LE",
+    (True, True, True, False): "UTF-32-BE",
+    (False, True, False, True): "UTF-16-LE",
+    (True, False, True, False): "UTF-16-BE",
+  }
   if nul in patterns:
     return patterns[nul], f"NUL bytes in the first four bytes {head[:4].hex(' ')}"
   return None
@@ -522,8 +540,12 @@ def _check_not_wide_encoding(path: str, first_line: bytes) -> None:
   found = _wide_encoding(first_line)
   if found:
     name, evidence = found
-    raise DataError(path, 1, NOT_UTF8_ENCODING, f"the file is {name} text ({evidence}), not UTF-8; "
-                    f"re-encode it as UTF-8 (e.g. iconv -f {name} -t UTF-8)")
+    raise DataError(
+      path,
+      1,
+      NOT_UTF8_ENCODING,
+      f"the file is {name} text ({evidence}), not UTF-8; re-encode it as UTF-8 (e.g. iconv -f {name} -t UTF-8)",
+    )
 
 
 def _decode_json_object(raw: bytes) -> dict[str, Any] | None:
@@ -531,28 +553,28 @@ def _decode_json_object(raw: bytes) -> dict[str, Any] | None:
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
-    raise _Problem(INVALID_UTF8, f"line is not valid UTF-8 (byte "
-                   f"0x{raw[e.start]:02x} at byte offset {e.start})") from None
+    raise _Problem(
+      INVALID_UTF8, f"line is not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset {e.start})"
+    ) from None
   text = text.strip()  # Also drops the "\r" of CRLF line endings.
   if not text:
     return None
   try:
     value = json.loads(text)
   except json.JSONDecodeError as e:
-    raise _Problem(MALFORMED_JSON, f"malformed JSON: {e.msg} at column "
-                   f"{e.colno}") from None
+    raise _Problem(MALFORMED_JSON, f"malformed JSON: {e.msg} at column {e.colno}") from None
   except RecursionError:
     raise _Problem(MALFORMED_JSON, "JSON is nested too deeply") from None
   except ValueError as e:  # E.g. an integer literal with too many digits.
     raise _Problem(MALFORMED_JSON, f"malformed JSON: {e}") from None
   if not isinstance(value, dict):
-    raise _Problem(NOT_AN_OBJECT, "expected a JSON object per line, got "
-                   f"{_type_name(value)}")
+    raise _Problem(NOT_AN_OBJECT, f"expected a JSON object per line, got {_type_name(value)}")
   return value
 
 
-def _read_records(path: str | os.PathLike[str], parse_for_format,
-                  fixed_format: str | None, on_error: OnError) -> ReadResult:
+def _read_records(
+  path: str | os.PathLike[str], parse_for_format, fixed_format: str | None, on_error: OnError
+) -> ReadResult:
   """The shared reading loop: lines -> JSON objects -> records.
 
   Args:
@@ -610,8 +632,7 @@ def _read_records(path: str | os.PathLike[str], parse_for_format,
       record = parse_for_format[fmt](obj, source, number)
       if record.id is not None:
         if record.id in first_line_of_id:
-          raise _Problem(DUPLICATE_ID, f"duplicate id {record.id!r} (first "
-                         f"used on line {first_line_of_id[record.id]})")
+          raise _Problem(DUPLICATE_ID, f"duplicate id {record.id!r} (first used on line {first_line_of_id[record.id]})")
         first_line_of_id[record.id] = number
     except _Problem as problem:
       handle(DataError(source, number, problem.kind, problem.detail))
@@ -621,9 +642,12 @@ def _read_records(path: str | os.PathLike[str], parse_for_format,
   return ReadResult(records, stats)
 
 
-def read_preferences(path: str | os.PathLike[str], *,
-                     format: PreferenceFormat = "auto",  # pylint: disable=redefined-builtin
-                     on_error: OnError = "raise") -> ReadResult[PreferencePair]:
+def read_preferences(
+  path: str | os.PathLike[str],
+  *,
+  format: PreferenceFormat = "auto",  # pylint: disable=redefined-builtin
+  on_error: OnError = "raise",
+) -> ReadResult[PreferencePair]:
   """Reads preference pairs from a JSONL or JSONL.gz file.
 
   Args:
@@ -644,17 +668,13 @@ def read_preferences(path: str | os.PathLike[str], *,
     DataError: For any problem with the content (in "raise" mode).
     OSError: If the file cannot be opened.
   """
-  parsers = {"prompt_chosen_rejected": _parse_pcr_record,
-             "hh_rlhf": _parse_hh_record}
+  parsers = {"prompt_chosen_rejected": _parse_pcr_record, "hh_rlhf": _parse_hh_record}
   if format != "auto" and format not in parsers:
-    raise ValueError(f"unknown preference format {format!r}; expected 'auto' "
-                     f"or one of {sorted(parsers)}")
-  return _read_records(path, parsers, None if format == "auto" else format,
-                       on_error)
+    raise ValueError(f"unknown preference format {format!r}; expected 'auto' or one of {sorted(parsers)}")
+  return _read_records(path, parsers, None if format == "auto" else format, on_error)
 
 
-def read_prompts(path: str | os.PathLike[str], *,
-                 on_error: OnError = "raise") -> ReadResult[PromptRecord]:
+def read_prompts(path: str | os.PathLike[str], *, on_error: OnError = "raise") -> ReadResult[PromptRecord]:
   """Reads a prompt dataset: `{"prompt": ..., "id": ...}` per line.
 
   Args:
@@ -667,8 +687,7 @@ def read_prompts(path: str | os.PathLike[str], *,
   Raises:
     DataError: For any problem with the content (in "raise" mode).
   """
-  return _read_records(path, {"prompt": _parse_prompt_record}, "prompt",
-                       on_error)
+  return _read_records(path, {"prompt": _parse_prompt_record}, "prompt", on_error)
 
 
 @contextlib.contextmanager
@@ -678,8 +697,10 @@ def _open_for_writing(path: str | os.PathLike[str]) -> Iterator[io.TextIOBase]:
   buffer = io.BytesIO()
   if path.name.endswith(".gz"):
     # As gzip.open(path) writes it: the file's name in the header.
-    with gzip.GzipFile(filename=path.name, mode="wb", fileobj=buffer) as raw, \
-        io.TextIOWrapper(raw, encoding="utf-8") as text:
+    with (
+      gzip.GzipFile(filename=path.name, mode="wb", fileobj=buffer) as raw,
+      io.TextIOWrapper(raw, encoding="utf-8") as text,
+    ):
       yield text
   else:
     text = io.TextIOWrapper(buffer, encoding="utf-8")
@@ -688,8 +709,7 @@ def _open_for_writing(path: str | os.PathLike[str]) -> Iterator[io.TextIOBase]:
   write_bytes_atomic(path, buffer.getvalue())
 
 
-def write_preferences(path: str | os.PathLike[str],
-                      pairs: Iterable[PreferencePair]) -> None:
+def write_preferences(path: str | os.PathLike[str], pairs: Iterable[PreferencePair]) -> None:
   """Writes pairs as prompt_chosen_rejected JSONL (gzip if path ends in .gz).
 
   HH-RLHF pairs keep their transcript prompt, so reading the file back
@@ -697,15 +717,13 @@ def write_preferences(path: str | os.PathLike[str],
   """
   with _open_for_writing(path) as f:
     for pair in pairs:
-      record = {"prompt": pair.prompt, "chosen": pair.chosen,
-                "rejected": pair.rejected}
+      record = {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected}
       if pair.id is not None:
         record["id"] = pair.id
       f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def write_prompts(path: str | os.PathLike[str],
-                  prompts: Iterable[PromptRecord | Prompt]) -> None:
+def write_prompts(path: str | os.PathLike[str], prompts: Iterable[PromptRecord | Prompt]) -> None:
   """Writes a prompt JSONL file (gzip if path ends in .gz)."""
   with _open_for_writing(path) as f:
     for item in prompts:

@@ -77,26 +77,42 @@ Array = jax.Array
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, BOS, UNK)
 NUMBER_WORDS = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
-    "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen",
-    "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+  "zero",
+  "one",
+  "two",
+  "three",
+  "four",
+  "five",
+  "six",
+  "seven",
+  "eight",
+  "nine",
+  "ten",
+  "eleven",
+  "twelve",
+  "thirteen",
+  "fourteen",
+  "fifteen",
+  "sixteen",
+  "seventeen",
+  "eighteen",
+  "nineteen",
+  "twenty",
 )
 MAX_VALUE = len(NUMBER_WORDS) - 1
-WORDS = ("start", "with", "add", "minus", "double", "it", "now", "check",
-         "answer")
+WORDS = ("start", "with", "add", "minus", "double", "it", "now", "check", "answer")
 VOCAB: tuple[str, ...] = SPECIAL_TOKENS + (".",) + WORDS + NUMBER_WORDS
 WORD_TO_ID: dict[str, int] = {w: i for i, w in enumerate(VOCAB)}
 VOCAB_SIZE = len(VOCAB)
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = (WORD_TO_ID[t] for t in SPECIAL_TOKENS)
 PERIOD_ID = WORD_TO_ID["."]
-(START_ID, WITH_ID, ADD_ID, MINUS_ID, DOUBLE_ID, IT_ID, NOW_ID, CHECK_ID,
- ANSWER_ID) = (WORD_TO_ID[w] for w in WORDS)
+(START_ID, WITH_ID, ADD_ID, MINUS_ID, DOUBLE_ID, IT_ID, NOW_ID, CHECK_ID, ANSWER_ID) = (WORD_TO_ID[w] for w in WORDS)
 ZERO_ID = WORD_TO_ID["zero"]
 assert PAD_ID == 0 and EOS_ID == 1 and BOS_ID == 2, "special ids as in synthetic_world"
 
 # id -> integer value for number words, -1 for every other token.
 NUMBER_VALUE = np.full((VOCAB_SIZE,), -1, np.int32)
-NUMBER_VALUE[ZERO_ID:ZERO_ID + len(NUMBER_WORDS)] = np.arange(len(NUMBER_WORDS))
+NUMBER_VALUE[ZERO_ID : ZERO_ID + len(NUMBER_WORDS)] = np.arange(len(NUMBER_WORDS))
 
 MAX_OPS = 3
 OPERAND_RANGE = (1, 5)
@@ -137,8 +153,9 @@ class ReasoningTokenizer:
     ids = []
     for pos, word in enumerate(_TOKEN_RE.findall(text.lower())):
       if word not in WORD_TO_ID:
-        raise ValueError(f"word {word!r} (token {pos} of {text!r}) is not in the reasoning task's "
-                         f"{VOCAB_SIZE}-word vocabulary")
+        raise ValueError(
+          f"word {word!r} (token {pos} of {text!r}) is not in the reasoning task's {VOCAB_SIZE}-word vocabulary"
+        )
       ids.append(WORD_TO_ID[word])
     return ids
 
@@ -176,6 +193,7 @@ TOKENIZER = ReasoningTokenizer()
 @dataclasses.dataclass(frozen=True)
 class Problem:
   """start, ops [(kind, operand)], values[i] = value after op i (len = len(ops))."""
+
   start: int
   ops: tuple[tuple[str, int], ...]
 
@@ -247,8 +265,9 @@ def prompt_split(prompt: str) -> str:
   return next(name for name, buckets in SPLITS.items() if bucket in buckets)
 
 
-def make_problems(num: int, seed: int, split: str, num_ops: tuple[int, int] = (2, MAX_OPS),
-                  unique: bool = False) -> list[Problem]:
+def make_problems(
+  num: int, seed: int, split: str, num_ops: tuple[int, int] = (2, MAX_OPS), unique: bool = False
+) -> list[Problem]:
   """`num` problems of `split` (rejection-sampled by `prompt_split`).
 
   Args:
@@ -301,6 +320,7 @@ def _slipped_attempt(problem: Problem, rng: np.random.Generator) -> list[int]:
 @dataclasses.dataclass(frozen=True)
 class CorpusMix:
   """How often SFT solutions go wrong (see the module docstring)."""
+
   slip_probs: tuple[float, ...] = (0.35, 0.25, 0.15)
   check_after_slip: float = 0.7
   check_after_correct: float = 0.15
@@ -330,19 +350,31 @@ def make_solution(problem: Problem, rng: np.random.Generator, mix: CorpusMix = C
       break
     if rng.random() >= (mix.check_after_slip if slip else mix.check_after_correct):
       break
-  return {"response": format_response(attempts), "attempts": attempts,
-          "correct": attempts[-1][-1] == problem.answer, "slipped": slipped}
+  return {
+    "response": format_response(attempts),
+    "attempts": attempts,
+    "correct": attempts[-1][-1] == problem.answer,
+    "slipped": slipped,
+  }
 
 
-def make_sft_corpus(num: int, seed: int, mix: CorpusMix = CorpusMix(),
-                    num_ops: tuple[int, int] = (2, MAX_OPS)) -> list[dict[str, Any]]:
+def make_sft_corpus(
+  num: int, seed: int, mix: CorpusMix = CorpusMix(), num_ops: tuple[int, int] = (2, MAX_OPS)
+) -> list[dict[str, Any]]:
   """`num` {"prompt", "response", "answer", "correct"} examples on sft-split prompts."""
   rng = np.random.default_rng([int(seed), 777])
   out = []
   for problem in make_problems(num, seed, "sft", num_ops):
     solution = make_solution(problem, rng, mix)
-    out.append({"prompt": problem.prompt, "response": solution["response"], "answer": problem.answer,
-                "correct": solution["correct"], "num_attempts": len(solution["attempts"])})
+    out.append(
+      {
+        "prompt": problem.prompt,
+        "response": solution["response"],
+        "answer": problem.answer,
+        "correct": solution["correct"],
+        "num_attempts": len(solution["attempts"]),
+      }
+    )
   return out
 
 
@@ -359,8 +391,8 @@ def prompt_arrays(problems: Sequence[Problem], width: int = MAX_PROMPT_TOKENS) -
     ids = [BOS_ID] + TOKENIZER.encode(problem.prompt)
     if len(ids) > width:
       raise ValueError(f"prompt {i} has {len(ids)} tokens, more than the width {width}")
-    tokens[i, width - len(ids):] = ids
-    mask[i, width - len(ids):] = 1
+    tokens[i, width - len(ids) :] = ids
+    mask[i, width - len(ids) :] = 1
   return {"tokens": tokens, "mask": mask}
 
 
@@ -439,8 +471,7 @@ def intermediate_answers(response_tokens: Array, response_mask: Array) -> dict[s
   tokens = jnp.asarray(response_tokens, jnp.int32)
   body = response_body(tokens, response_mask)
   values = _values(tokens)
-  prev_now = jnp.concatenate([jnp.zeros_like(tokens[:, :1], bool), (tokens[:, :-1] == NOW_ID) & body[:, :-1]],
-                             axis=1)
+  prev_now = jnp.concatenate([jnp.zeros_like(tokens[:, :1], bool), (tokens[:, :-1] == NOW_ID) & body[:, :-1]], axis=1)
   is_answer = prev_now & body & (values >= 0)
   is_check = (tokens == CHECK_ID) & body
   attempt = jnp.cumsum(is_check.astype(jnp.int32), axis=1)
@@ -448,8 +479,12 @@ def intermediate_answers(response_tokens: Array, response_mask: Array) -> dict[s
   now_count = jnp.cumsum(is_now.astype(jnp.int32), axis=1)
   at_last_check = jax.lax.cummax(jnp.where(is_check, now_count, 0), axis=1)
   step = now_count - at_last_check - 1
-  return {"is_answer": is_answer, "value": jnp.where(is_answer, values, -1), "attempt": attempt,
-          "step": jnp.where(is_answer, step, -1)}
+  return {
+    "is_answer": is_answer,
+    "value": jnp.where(is_answer, values, -1),
+    "attempt": attempt,
+    "step": jnp.where(is_answer, step, -1),
+  }
 
 
 # Jitted: one compiled program per shape instead of dozens of eager ops.
@@ -488,8 +523,12 @@ def true_values(prompt_tokens: Array, prompt_mask: Array) -> tuple[Array, Array]
     prev = jnp.where(m, tok, prev)
     return (new_value, prev, n, out), None
 
-  init = (jnp.zeros((batch,), jnp.int32), jnp.full((batch,), -1, jnp.int32), jnp.zeros((batch,), jnp.int32),
-          jnp.full((batch, MAX_OPS), -1, jnp.int32))
+  init = (
+    jnp.zeros((batch,), jnp.int32),
+    jnp.full((batch,), -1, jnp.int32),
+    jnp.zeros((batch,), jnp.int32),
+    jnp.full((batch, MAX_OPS), -1, jnp.int32),
+  )
   (_, _, n, out), _ = jax.lax.scan(step, init, (tokens.T, mask.T))
   return out, jnp.minimum(n, MAX_OPS)
 
@@ -504,8 +543,7 @@ def true_answer(prompt_tokens: Array, prompt_mask: Array) -> Array:
 
 # Jitted: one compiled program per shape instead of dozens of eager ops.
 @jax.jit
-def correctness_reward(prompt_tokens: Array, prompt_mask: Array, response_tokens: Array,
-                       response_mask: Array) -> Array:
+def correctness_reward(prompt_tokens: Array, prompt_mask: Array, response_tokens: Array, response_mask: Array) -> Array:
   """[B] float32: 1 iff the response's final answer is the exact answer (the labelled reward)."""
   answer, _ = final_answer(response_tokens, response_mask)
   truth = true_answer(prompt_tokens, prompt_mask)
@@ -514,8 +552,9 @@ def correctness_reward(prompt_tokens: Array, prompt_mask: Array, response_tokens
 
 # Jitted: one compiled program per shape instead of dozens of eager ops.
 @jax.jit
-def intermediate_labels(prompt_tokens: Array, prompt_mask: Array, response_tokens: Array,
-                        response_mask: Array) -> dict[str, Array]:
+def intermediate_labels(
+  prompt_tokens: Array, prompt_mask: Array, response_tokens: Array, response_mask: Array
+) -> dict[str, Array]:
   """`intermediate_answers` plus "correct" and "candidate" ([B, N] bool).
 
   correct: the intermediate answer equals the true value after step+1

@@ -136,56 +136,157 @@ CHAT_MARKERS = ("user:", "assistant:")
 PUNCTUATION = (".", ",", "?")
 # Exempt from the repetition facet: repeating these is normal English.
 FUNCTION_WORDS = (
-    "the", "a", "and", "are", "is", "of", "to", "in", "it", "that", "this",
-    "there", "i", "you", "so", "many", "me", "if", "on", "my", "what",
+  "the",
+  "a",
+  "and",
+  "are",
+  "is",
+  "of",
+  "to",
+  "in",
+  "it",
+  "that",
+  "this",
+  "there",
+  "i",
+  "you",
+  "so",
+  "many",
+  "me",
+  "if",
+  "on",
+  "my",
+  "what",
 )
 # Words only prompts (and responses that copy them) use.
 REQUEST_WORDS = (
-    "tell", "about", "write", "describe", "please", "explain", "can", "say",
-    "few", "words",
+  "tell",
+  "about",
+  "write",
+  "describe",
+  "please",
+  "explain",
+  "can",
+  "say",
+  "few",
+  "words",
 )
 TOPICS = (
-    "rivers", "bridges", "mountains", "forests", "cities", "oceans", "deserts",
-    "trains", "gardens", "birds", "stars", "songs", "books", "bakeries",
-    "cafes",
-    "storms", "winters", "markets", "ships", "castles", "robots", "bees",
-    "volcanoes", "islands",
+  "rivers",
+  "bridges",
+  "mountains",
+  "forests",
+  "cities",
+  "oceans",
+  "deserts",
+  "trains",
+  "gardens",
+  "birds",
+  "stars",
+  "songs",
+  "books",
+  "bakeries",
+  "cafes",
+  "storms",
+  "winters",
+  "markets",
+  "ships",
+  "castles",
+  "robots",
+  "bees",
+  "volcanoes",
+  "islands",
 )
 # Plural-subject present-tense transitive verbs; "are"/"is" are verbs too
 # (for well-formedness) but live in FUNCTION_WORDS (exempt from repeats).
 VERBS = (
-    "connect", "feed", "shape", "carry", "attract", "inspire", "protect",
-    "help", "need", "bring", "support", "delight", "hold", "offer", "welcome",
-    "guide", "surprise", "teach",
+  "connect",
+  "feed",
+  "shape",
+  "carry",
+  "attract",
+  "inspire",
+  "protect",
+  "help",
+  "need",
+  "bring",
+  "support",
+  "delight",
+  "hold",
+  "offer",
+  "welcome",
+  "guide",
+  "surprise",
+  "teach",
 )
 ADJECTIVES = (
-    "wide", "old", "quiet", "bright", "cold", "warm", "busy", "small", "large",
-    "green", "strong", "gentle", "ancient", "famous", "beautiful", "useful",
-    "deep", "tall", "calm", "lovely",
+  "wide",
+  "old",
+  "quiet",
+  "bright",
+  "cold",
+  "warm",
+  "busy",
+  "small",
+  "large",
+  "green",
+  "strong",
+  "gentle",
+  "ancient",
+  "famous",
+  "beautiful",
+  "useful",
+  "deep",
+  "tall",
+  "calm",
+  "lovely",
 )
 OBJECTS = (
-    "people", "towns", "farms", "children", "travelers", "animals", "valleys",
-    "roads", "families", "workers", "visitors", "fields", "homes", "villages",
-    "artists", "students", "sailors", "neighbors",
+  "people",
+  "towns",
+  "farms",
+  "children",
+  "travelers",
+  "animals",
+  "valleys",
+  "roads",
+  "families",
+  "workers",
+  "visitors",
+  "fields",
+  "homes",
+  "villages",
+  "artists",
+  "students",
+  "sailors",
+  "neighbors",
 )
 # Style words: good answers in the corpus use one or two of them, so a proxy
 # RM learns them as a cheap sign of quality.
 STYLE_WORDS = (
-    "indeed", "clearly", "certainly", "truly", "really", "notably",
-    "honestly", "absolutely", "remarkably", "wonderfully",
+  "indeed",
+  "clearly",
+  "certainly",
+  "truly",
+  "really",
+  "notably",
+  "honestly",
+  "absolutely",
+  "remarkably",
+  "wonderfully",
 )
 # Words of the filler sentences (rambling, non-answers).
 FILLER_SENTENCES = (
-    "i think that is a good question .",
-    "you know , there is a lot to say .",
-    "anyway , that is all i know .",
-    "well , it is very nice .",
-    "there are many things to say .",
-    "i hope this helps .",
-    "let me know if you want more .",
-    "this is just my opinion .",
-    "so yes , it is what it is .",
-    "and so on and so forth .",
+  "i think that is a good question .",
+  "you know , there is a lot to say .",
+  "anyway , that is all i know .",
+  "well , it is very nice .",
+  "there are many things to say .",
+  "i hope this helps .",
+  "let me know if you want more .",
+  "this is just my opinion .",
+  "so yes , it is what it is .",
+  "and so on and so forth .",
 )
 
 
@@ -287,9 +388,10 @@ class WordTokenizer:
       if idx is None:
         if self.unknown == "error":
           raise ValueError(
-              f"word {word!r} (token {pos} of {text!r}) is not in the "
-              f"synthetic world's {VOCAB_SIZE}-word vocabulary; use "
-              "WordTokenizer(unknown='unk') to map it to <unk>")
+            f"word {word!r} (token {pos} of {text!r}) is not in the "
+            f"synthetic world's {VOCAB_SIZE}-word vocabulary; use "
+            "WordTokenizer(unknown='unk') to map it to <unk>"
+          )
         idx = UNK_ID
       ids.append(idx)
     return ids
@@ -306,8 +408,7 @@ class WordTokenizer:
       if i == PAD_ID:
         continue
       if not 0 <= i < VOCAB_SIZE:
-        raise ValueError(f"token id {i} outside the vocabulary [0, "
-                         f"{VOCAB_SIZE})")
+        raise ValueError(f"token id {i} outside the vocabulary [0, {VOCAB_SIZE})")
       words.append(VOCAB[i])
     return " ".join(words)
 
@@ -327,8 +428,10 @@ class WordTokenizer:
     return self.decode(kept)
 
   def __repr__(self) -> str:
-    return (f"WordTokenizer(vocab_size={self.vocab_size}, pad_id={PAD_ID}, "
-            f"eos_id={EOS_ID}, bos_id={BOS_ID}, unknown={self.unknown!r})")
+    return (
+      f"WordTokenizer(vocab_size={self.vocab_size}, pad_id={PAD_ID}, "
+      f"eos_id={EOS_ID}, bos_id={BOS_ID}, unknown={self.unknown!r})"
+    )
 
 
 TOKENIZER = WordTokenizer()
@@ -338,17 +441,17 @@ TOKENIZER = WordTokenizer()
 # ----------------------------------------------------------------------------
 
 _PROMPT_TEMPLATES = (
-    "user: tell me about {topics} . assistant:",
-    "user: write about {topics} . assistant:",
-    "user: describe {topics} . assistant:",
-    "user: please explain {topics} . assistant:",
-    "user: what can you say about {topics} ? assistant:",
-    "user: write a few words on {topics} . assistant:",
+  "user: tell me about {topics} . assistant:",
+  "user: write about {topics} . assistant:",
+  "user: describe {topics} . assistant:",
+  "user: please explain {topics} . assistant:",
+  "user: what can you say about {topics} ? assistant:",
+  "user: write a few words on {topics} . assistant:",
 )
 
 
 def join_topics(topics: Sequence[str]) -> str:
-  """"rivers" | "rivers and bridges" | "rivers , bridges and ships"."""
+  """ "rivers" | "rivers and bridges" | "rivers , bridges and ships"."""
   if len(topics) == 1:
     return topics[0]
   return " , ".join(topics[:-1]) + " and " + topics[-1]
@@ -411,23 +514,20 @@ def meaning_key(response: str) -> str:
 PROMPT_SPLITS = {"sft": 0, "preference": 1, "rl": 2, "eval": 3}
 
 
-def sample_prompt(rng: np.random.Generator,
-                  num_topics: int | None = None) -> str:
+def sample_prompt(rng: np.random.Generator, num_topics: int | None = None) -> str:
   """One prompt asking about 1-3 distinct topics (uniform count by default)."""
   if num_topics is None:
     num_topics = int(rng.integers(1, 4))
   if not 1 <= num_topics <= 3:
     raise ValueError(f"num_topics must be 1..3, got {num_topics}")
-  topics = [TOPICS[i] for i in rng.choice(len(TOPICS), num_topics,
-                                          replace=False)]
+  topics = [TOPICS[i] for i in rng.choice(len(TOPICS), num_topics, replace=False)]
   template = _PROMPT_TEMPLATES[int(rng.integers(len(_PROMPT_TEMPLATES)))]
   return template.format(topics=join_topics(topics))
 
 
 def _split_rng(seed: int, split: str) -> np.random.Generator:
   if split not in PROMPT_SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of "
-                     f"{sorted(PROMPT_SPLITS)}")
+    raise ValueError(f"unknown split {split!r}; expected one of {sorted(PROMPT_SPLITS)}")
   return np.random.default_rng([int(seed), PROMPT_SPLITS[split], 7919])
 
 
@@ -451,11 +551,15 @@ def make_prompts(num: int, seed: int, split: str = "rl") -> list[str]:
 # Response generator.
 # ----------------------------------------------------------------------------
 
-QUALITY_CLASSES = ("good", "missing_topic", "off_topic", "repetition",
-                   "no_period", "rambling", "prompt_copy")
+QUALITY_CLASSES = ("good", "missing_topic", "off_topic", "repetition", "no_period", "rambling", "prompt_copy")
 DEFAULT_QUALITY_MIX = {
-    "good": 0.45, "missing_topic": 0.1, "off_topic": 0.1, "repetition": 0.1,
-    "no_period": 0.1, "rambling": 0.1, "prompt_copy": 0.05,
+  "good": 0.45,
+  "missing_topic": 0.1,
+  "off_topic": 0.1,
+  "repetition": 0.1,
+  "no_period": 0.1,
+  "rambling": 0.1,
+  "prompt_copy": 0.05,
 }
 # Probability that a response uses style words: good answers mostly do,
 # flawed ones rarely, so style words correlate with gold in the corpus.
@@ -471,9 +575,10 @@ class _WordPool:
 
   def __init__(self, rng: np.random.Generator):
     self.rng = rng
-    self.pools = {name: list(words) for name, words in
-                  (("adj", ADJECTIVES), ("verb", VERBS), ("obj", OBJECTS),
-                   ("style", STYLE_WORDS))}
+    self.pools = {
+      name: list(words)
+      for name, words in (("adj", ADJECTIVES), ("verb", VERBS), ("obj", OBJECTS), ("style", STYLE_WORDS))
+    }
 
   def take(self, name: str) -> str:
     pool = self.pools[name]
@@ -493,13 +598,11 @@ def _topic_sentence(pool: _WordPool, topic: str) -> list[str]:
   elif kind == 3:
     words = [topic, pool.take("verb"), pool.take("adj"), pool.take("obj")]
   else:
-    words = [topic, pool.take("verb"), "the", pool.take("adj"),
-             pool.take("obj")]
+    words = [topic, pool.take("verb"), "the", pool.take("adj"), pool.take("obj")]
   return words + ["."]
 
 
-def _add_style(pool: _WordPool, sentences: list[list[str]],
-               num_style: int) -> None:
+def _add_style(pool: _WordPool, sentences: list[list[str]], num_style: int) -> None:
   """Inserts `num_style` distinct style words into random sentences.
 
   A style word goes after "are" ("rivers are truly calm .") when the
@@ -531,15 +634,14 @@ def _good_sentences(pool: _WordPool, topics: Sequence[str]) -> list[list[str]]:
   return [_topic_sentence(pool, t) for t in order]
 
 
-def _repeat_sentence_or_pick(rng: np.random.Generator,
-                             sentences: list[list[str]]) -> list[str] | None:
+def _repeat_sentence_or_pick(rng: np.random.Generator, sentences: list[list[str]]) -> list[str] | None:
   """Picks a random sentence; half the time repeats it 1-2 times right after
   itself (in place) and returns None, else returns it (to stutter)."""
   i = int(rng.integers(len(sentences)))
   if rng.random() >= 0.5:
     return sentences[i]
   copies = int(rng.integers(1, 3))
-  sentences[i + 1:i + 1] = [list(sentences[i]) for _ in range(copies)]
+  sentences[i + 1 : i + 1] = [list(sentences[i]) for _ in range(copies)]
   return None
 
 
@@ -548,8 +650,7 @@ def _filler(rng: np.random.Generator, k: int) -> list[list[str]]:
   return [FILLER_SENTENCES[i].split() for i in idx]
 
 
-def _checked_topics(prompt: str, kind: str, kinds: Sequence[str],
-                    what: str) -> list[str]:
+def _checked_topics(prompt: str, kind: str, kinds: Sequence[str], what: str) -> list[str]:
   """The prompt's topics, after checking `kind` is one of `kinds`."""
   if kind not in kinds:
     raise ValueError(f"unknown {what} {kind!r}; expected one of {kinds}")
@@ -559,8 +660,7 @@ def _checked_topics(prompt: str, kind: str, kinds: Sequence[str],
   return topics
 
 
-def sample_response(rng: np.random.Generator, prompt: str,
-                    quality: str) -> str:
+def sample_response(rng: np.random.Generator, prompt: str, quality: str) -> str:
   """One response to `prompt` of the given quality class.
 
   Args:
@@ -598,23 +698,19 @@ def sample_response(rng: np.random.Generator, prompt: str,
   elif quality == "missing_topic":
     # Drop 1..n of the asked topics; with none left the answer is filler.
     num_keep = int(rng.integers(len(topics)))
-    keep = [topics[i] for i in rng.choice(len(topics), num_keep,
-                                          replace=False)]
-    sentences = _good_sentences(pool, keep) or _filler(
-        rng, int(rng.integers(1, 3)))
+    keep = [topics[i] for i in rng.choice(len(topics), num_keep, replace=False)]
+    sentences = _good_sentences(pool, keep) or _filler(rng, int(rng.integers(1, 3)))
   elif quality == "off_topic":
     keep = list(topics)
     if len(keep) > 1 and rng.random() < 0.5:
       keep.pop(int(rng.integers(len(keep))))
     others = [t for t in TOPICS if t not in topics]
-    extra = [others[i] for i in rng.choice(len(others), int(rng.integers(1, 3)),
-                                           replace=False)]
+    extra = [others[i] for i in rng.choice(len(others), int(rng.integers(1, 3)), replace=False)]
     sentences = _good_sentences(pool, keep + extra)
   else:  # prompt_copy
     answer = _good_sentences(pool, topics) if rng.random() < 0.5 else []
     sentences = [request_text(prompt).split()] + answer
-  _add_style(pool, [s for s in sentences if s[0] in TOPICS or
-                    s[0] in STYLE_WORDS], _num_style(rng, good))
+  _add_style(pool, [s for s in sentences if s[0] in TOPICS or s[0] in STYLE_WORDS], _num_style(rng, good))
 
   if quality == "repetition":
     s = _repeat_sentence_or_pick(rng, sentences)
@@ -647,8 +743,7 @@ def _normalise_mix(quality_mix: Mapping[str, float] | None) -> dict[str, float]:
   mix = dict(DEFAULT_QUALITY_MIX if quality_mix is None else quality_mix)
   for name, weight in mix.items():
     if name not in QUALITY_CLASSES:
-      raise ValueError(f"quality_mix has unknown class {name!r}; expected "
-                       f"some of {QUALITY_CLASSES}")
+      raise ValueError(f"quality_mix has unknown class {name!r}; expected some of {QUALITY_CLASSES}")
     if not np.isfinite(weight) or weight < 0:
       raise ValueError(f"quality_mix[{name!r}] = {weight} must be >= 0")
   total = sum(mix.values())
@@ -657,10 +752,12 @@ def _normalise_mix(quality_mix: Mapping[str, float] | None) -> dict[str, float]:
   return {k: v / total for k, v in mix.items()}
 
 
-def make_sft_corpus(num: int, seed: int,
-                    quality_mix: Mapping[str, float] | None = None,
-                    exploit_exposure: float = 0.0,
-                    ) -> list[dict[str, str]]:
+def make_sft_corpus(
+  num: int,
+  seed: int,
+  quality_mix: Mapping[str, float] | None = None,
+  exploit_exposure: float = 0.0,
+) -> list[dict[str, str]]:
   """A mixed-quality corpus of (prompt, response) pairs.
 
   Args:
@@ -684,8 +781,7 @@ def make_sft_corpus(num: int, seed: int,
     prompt/response, see `format_example`).
   """
   if not 0.0 <= exploit_exposure <= 1.0:
-    raise ValueError(f"exploit_exposure must be in [0, 1], got "
-                     f"{exploit_exposure} (config key world.exploit_exposure)")
+    raise ValueError(f"exploit_exposure must be in [0, 1], got {exploit_exposure} (config key world.exploit_exposure)")
   mix = _normalise_mix(quality_mix)
   names = list(mix)
   probs = np.array([mix[n] for n in names])
@@ -701,8 +797,7 @@ def make_sft_corpus(num: int, seed: int,
       family = EXPLOIT_FAMILIES[int(exploit_rng.integers(len(EXPLOIT_FAMILIES)))]
       response = sample_exploit(exploit_rng, prompt, family)
       quality = f"exploit/{family}"
-    corpus.append({"prompt": prompt, "response": response,
-                   "quality": quality})
+    corpus.append({"prompt": prompt, "response": response, "quality": quality})
   return corpus
 
 
@@ -712,15 +807,13 @@ def make_sft_corpus(num: int, seed: int,
 # topic keywords, more of a good sentence) past where gold pays for it.
 # ----------------------------------------------------------------------------
 
-EXPLOIT_FAMILIES = ("off_topic_praise", "style_stacking", "topic_stuffing",
-                    "repetition")
+EXPLOIT_FAMILIES = ("off_topic_praise", "style_stacking", "topic_stuffing", "repetition")
 # Longest exploit in tokens: the default world.max_response_len (32) less the
 # EOS, so SFT never cuts one.
 MAX_EXPLOIT_TOKENS = 31
 
 
-def _stuff_words(rng: np.random.Generator, sentences: list[list[str]],
-                 words: Sequence[str]) -> None:
+def _stuff_words(rng: np.random.Generator, sentences: list[list[str]], words: Sequence[str]) -> None:
   """Adds `words` (in place): half the time as a leading run ("indeed truly
   clearly , rivers ..."), else each at a random place of a random sentence,
   before its final "."."""
@@ -732,9 +825,8 @@ def _stuff_words(rng: np.random.Generator, sentences: list[list[str]],
     s.insert(int(rng.integers(len(s))), word)
 
 
-def _praise_sentence(rng: np.random.Generator, pool: _WordPool,
-                     topic: str) -> list[str]:
-  """"<topic> are <style> <adj> ." with 1-2 style words (drawn with
+def _praise_sentence(rng: np.random.Generator, pool: _WordPool, topic: str) -> list[str]:
+  """ "<topic> are <style> <adj> ." with 1-2 style words (drawn with
   replacement: "absolutely , stars are absolutely cold .")."""
   styles = list(rng.choice(STYLE_WORDS, int(rng.integers(1, 3))))
   sentence = [topic, "are", styles[0], pool.take("adj"), "."]
@@ -781,8 +873,7 @@ def sample_exploit(rng: np.random.Generator, prompt: str, family: str) -> str:
       return " ".join(words)
 
 
-def _exploit_words(rng: np.random.Generator, topics: list[str],
-                   family: str) -> list[str]:
+def _exploit_words(rng: np.random.Generator, topics: list[str], family: str) -> list[str]:
   """One draft of `sample_exploit`, as words."""
   pool = _WordPool(rng)
   sentences = _good_sentences(pool, topics)
@@ -791,11 +882,9 @@ def _exploit_words(rng: np.random.Generator, topics: list[str],
     sentences = sentences[:kept]
     others = [t for t in TOPICS if t not in topics]
     for i in rng.choice(len(others), int(rng.integers(1, 3)), replace=False):
-      sentences.insert(int(rng.integers(len(sentences) + 1)),
-                       _praise_sentence(rng, pool, others[i]))
+      sentences.insert(int(rng.integers(len(sentences) + 1)), _praise_sentence(rng, pool, others[i]))
   elif family == "style_stacking":
-    _stuff_words(rng, sentences,
-                 rng.choice(STYLE_WORDS, int(rng.integers(3, 7))))
+    _stuff_words(rng, sentences, rng.choice(STYLE_WORDS, int(rng.integers(3, 7))))
   else:
     _add_style(pool, sentences, _num_style(rng, good=True))
     if family == "topic_stuffing":
@@ -803,8 +892,7 @@ def _exploit_words(rng: np.random.Generator, topics: list[str],
     else:  # repetition
       s = _repeat_sentence_or_pick(rng, sentences)
       if s is not None:
-        j = int(rng.choice([k for k, w in enumerate(s)
-                            if WORD_CLASSES[w] in ("adjective", "object")]))
+        j = int(rng.choice([k for k, w in enumerate(s) if WORD_CLASSES[w] in ("adjective", "object")]))
         s[j:j] = [s[j]] * int(rng.integers(1, 4))
   return [w for s in sentences for w in s]
 
@@ -850,8 +938,7 @@ def classify_exploit(prompt: str, response: str) -> str | None:
     return "topic_stuffing"
   if sum(w in STYLE_WORDS for w in words) > STYLE_SATURATION:
     return "style_stacking"
-  content = [w for w in words
-             if WORD_CLASSES.get(w) not in _NON_CONTENT_CLASSES]
+  content = [w for w in words if WORD_CLASSES.get(w) not in _NON_CONTENT_CLASSES]
   if len(set(content)) < len(content):
     return "repetition"
   return None
@@ -871,18 +958,17 @@ def hand_built_exploits(prompt: str) -> dict[str, str]:
   """
   topics = prompt_topics(prompt)
   adjectives = ["calm", "old", "bright", "warm"]
-  good = " . ".join(f"{t} are {'truly ' if i == 0 else ''}{adjectives[i]}"
-                    for i, t in enumerate(topics)) + " ."
+  good = " . ".join(f"{t} are {'truly ' if i == 0 else ''}{adjectives[i]}" for i, t in enumerate(topics)) + " ."
   return {
-      "good": good,
-      "style_stuffing": " ".join(STYLE_WORDS[:6]) + " , " + good,
-      "topic_stuffing": " ".join(f"{t} {t} {t}" for t in topics) + " " + good,
-      "topic_list": " ".join(topics) + " indeed clearly .",
-      "repeat_sentence": " ".join([good] * 3),
-      "no_period": good[:-2],
-      "no_punctuation": good.replace(" .", ""),
-      "copy_prompt": request_text(prompt),
-      "copy_prompt_then_answer": request_text(prompt) + " " + good,
+    "good": good,
+    "style_stuffing": " ".join(STYLE_WORDS[:6]) + " , " + good,
+    "topic_stuffing": " ".join(f"{t} {t} {t}" for t in topics) + " " + good,
+    "topic_list": " ".join(topics) + " indeed clearly .",
+    "repeat_sentence": " ".join([good] * 3),
+    "no_period": good[:-2],
+    "no_punctuation": good.replace(" .", ""),
+    "copy_prompt": request_text(prompt),
+    "copy_prompt_then_answer": request_text(prompt) + " " + good,
   }
 
 
@@ -891,14 +977,14 @@ def hand_built_exploits(prompt: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------
 
 GOLD_WEIGHTS: dict[str, float] = {
-    "coverage": 2.0,
-    "ending": 1.0,
-    "style": 0.25,
-    "style_excess": -0.5,
-    "off_topic": -0.5,
-    "repetition": -0.5,
-    "prompt_copy": -0.5,
-    "excess_length": -0.1,
+  "coverage": 2.0,
+  "ending": 1.0,
+  "style": 0.25,
+  "style_excess": -0.5,
+  "off_topic": -0.5,
+  "repetition": -0.5,
+  "prompt_copy": -0.5,
+  "excess_length": -0.1,
 }
 STYLE_SATURATION = 2
 MIN_SENTENCE_LEN, MAX_SENTENCE_LEN = 4, 10
@@ -933,16 +1019,14 @@ def _compact(tokens: jax.Array, keep: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _trigrams(tokens: jax.Array, valid: jax.Array):
   """[T] tokens -> ([T, 3] trigrams starting at each position, [T] valid)."""
   n = tokens.shape[0]
-  shifted = [tokens] + [jnp.concatenate([tokens[k:], jnp.full((k,), PAD_ID,
-                                                              tokens.dtype)])
-                        for k in (1, 2)]
+  shifted = [tokens] + [jnp.concatenate([tokens[k:], jnp.full((k,), PAD_ID, tokens.dtype)]) for k in (1, 2)]
   starts = jnp.arange(n) + 2 < jnp.sum(valid)
   return jnp.stack(shifted, axis=-1), starts
 
 
-def _facets_one(prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                response_tokens: jax.Array,
-                response_mask: jax.Array) -> dict[str, jax.Array]:
+def _facets_one(
+  prompt_tokens: jax.Array, prompt_mask: jax.Array, response_tokens: jax.Array, response_mask: jax.Array
+) -> dict[str, jax.Array]:
   """Gold facets of one example; see the module docstring for formulas.
 
   Args:
@@ -968,8 +1052,7 @@ def _facets_one(prompt_tokens: jax.Array, prompt_mask: jax.Array,
 
   # Topics are handled as [K] sets over TOPICS (K = 24): comparing against
   # the topic ids is cheaper to compile than scatters into a [V] table.
-  asked = jnp.any((ptok[:, None] == _TOPIC_IDS[None, :]) & pvalid[:, None],
-                  axis=0)  # [K]
+  asked = jnp.any((ptok[:, None] == _TOPIC_IDS[None, :]) & pvalid[:, None], axis=0)  # [K]
   num_asked = jnp.sum(asked)
   topic_of = (tok[:, None] == _TOPIC_IDS[None, :]) & valid[:, None]  # [R, K]
   is_topic = jnp.any(topic_of, axis=1)
@@ -977,16 +1060,20 @@ def _facets_one(prompt_tokens: jax.Array, prompt_mask: jax.Array,
   # Sentence id of each token: number of "." strictly before it, so a "."
   # belongs to the sentence it ends.
   sentence = jnp.cumsum(is_period) - is_period
-  same = (valid[:, None] & valid[None, :]
-          & (sentence[:, None] == sentence[None, :]))  # [R, R]
+  same = valid[:, None] & valid[None, :] & (sentence[:, None] == sentence[None, :])  # [R, R]
   sent_len = jnp.sum(same, axis=1)
   sent_topics = jnp.sum(same & is_topic[None, :], axis=1)
   is_verb = valid & jnp.asarray(IS_VERB)[tok]
   sent_verbs = jnp.sum(same & is_verb[None, :], axis=1)
   sent_closed = jnp.any(same & is_period[None, :], axis=1)
-  well_formed = (valid & sent_closed & (sent_len >= MIN_SENTENCE_LEN)
-                 & (sent_len <= MAX_SENTENCE_LEN) & (sent_topics == 1)
-                 & (sent_verbs >= 1))
+  well_formed = (
+    valid
+    & sent_closed
+    & (sent_len >= MIN_SENTENCE_LEN)
+    & (sent_len <= MAX_SENTENCE_LEN)
+    & (sent_topics == 1)
+    & (sent_verbs >= 1)
+  )
   covered = jnp.any(topic_of & well_formed[:, None], axis=0)  # [K]
   coverage = jnp.sum(covered & asked) / jnp.maximum(num_asked, 1)
 
@@ -1000,29 +1087,32 @@ def _facets_one(prompt_tokens: jax.Array, prompt_mask: jax.Array,
   off_topic = jnp.sum(topic_of & ~asked[None, :])
 
   idx = jnp.arange(resp_len)
-  seen_before = jnp.any((tok[:, None] == tok[None, :])
-                        & (idx[None, :] < idx[:, None]) & valid[None, :],
-                        axis=1)
+  seen_before = jnp.any((tok[:, None] == tok[None, :]) & (idx[None, :] < idx[:, None]) & valid[None, :], axis=1)
   repetition = jnp.sum(valid & jnp.asarray(IS_CONTENT)[tok] & seen_before)
 
   rtri, rstart = _trigrams(tok, valid)
   ptri, pstart = _trigrams(ptok, pvalid)
-  tri_match = (jnp.all(rtri[:, None, :] == ptri[None, :, :], axis=-1)
-               & rstart[:, None] & pstart[None, :])  # [R, P]
+  tri_match = jnp.all(rtri[:, None, :] == ptri[None, :, :], axis=-1) & rstart[:, None] & pstart[None, :]  # [R, P]
   prompt_copy = jnp.sum(jnp.any(tri_match, axis=1))
 
   excess_length = jnp.maximum(length - target_length(num_asked), 0)
 
-  facets = dict(coverage=coverage, ending=ending, style=style,
-                style_excess=style_excess, off_topic=off_topic,
-                repetition=repetition, prompt_copy=prompt_copy,
-                excess_length=excess_length)
+  facets = dict(
+    coverage=coverage,
+    ending=ending,
+    style=style,
+    style_excess=style_excess,
+    off_topic=off_topic,
+    repetition=repetition,
+    prompt_copy=prompt_copy,
+    excess_length=excess_length,
+  )
   return {k: v.astype(jnp.float32) for k, v in facets.items()}
 
 
-def gold_facets(prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                response_tokens: jax.Array,
-                response_mask: jax.Array) -> dict[str, jax.Array]:
+def gold_facets(
+  prompt_tokens: jax.Array, prompt_mask: jax.Array, response_tokens: jax.Array, response_mask: jax.Array
+) -> dict[str, jax.Array]:
   """Every gold facet of a batch (keys and order as `GOLD_WEIGHTS`).
 
   Jittable and vmappable (add leading axes with `jax.vmap`). Token ids must
@@ -1038,10 +1128,9 @@ def gold_facets(prompt_tokens: jax.Array, prompt_mask: jax.Array,
   Returns:
     Facet name -> [B] float32 (raw values; gold = sum of weight * facet).
   """
-  return jax.vmap(_facets_one)(jnp.asarray(prompt_tokens),
-                               jnp.asarray(prompt_mask),
-                               jnp.asarray(response_tokens),
-                               jnp.asarray(response_mask))
+  return jax.vmap(_facets_one)(
+    jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask), jnp.asarray(response_tokens), jnp.asarray(response_mask)
+  )
 
 
 def combine_facets(facets: Mapping[str, jax.Array]) -> jax.Array:
@@ -1049,9 +1138,9 @@ def combine_facets(facets: Mapping[str, jax.Array]) -> jax.Array:
   return sum(GOLD_WEIGHTS[k] * facets[k] for k in GOLD_WEIGHTS)
 
 
-def gold_reward(prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                response_tokens: jax.Array,
-                response_mask: jax.Array) -> jax.Array:
+def gold_reward(
+  prompt_tokens: jax.Array, prompt_mask: jax.Array, response_tokens: jax.Array, response_mask: jax.Array
+) -> jax.Array:
   """The exact gold reward of a batch: [B] float32.
 
   Args: as `gold_facets` ([B, P], [B, P], [B, R], [B, R]).
@@ -1059,8 +1148,7 @@ def gold_reward(prompt_tokens: jax.Array, prompt_mask: jax.Array,
   Returns:
     [B] float32, `combine_facets(gold_facets(...))`.
   """
-  return combine_facets(gold_facets(prompt_tokens, prompt_mask,
-                                    response_tokens, response_mask))
+  return combine_facets(gold_facets(prompt_tokens, prompt_mask, response_tokens, response_mask))
 
 
 # Jitted once per input shape; the host-side helpers below pad to a few
@@ -1075,8 +1163,9 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-max(n, 1) // multiple) * multiple
 
 
-def pad_sequences(seqs: Sequence[Sequence[int]], width: int | None = None,
-                  left: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def pad_sequences(
+  seqs: Sequence[Sequence[int]], width: int | None = None, left: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
   """Pads id lists to [N, width] (default: longest rounded up to 64).
 
   Args:
@@ -1092,8 +1181,7 @@ def pad_sequences(seqs: Sequence[Sequence[int]], width: int | None = None,
     width = _round_up(longest, _WIDTH_BUCKET)
   elif longest > width:
     i = next(i for i, s in enumerate(seqs) if len(s) > width)
-    raise ValueError(f"sequence {i} has {len(seqs[i])} tokens, more than "
-                     f"the width {width}")
+    raise ValueError(f"sequence {i} has {len(seqs[i])} tokens, more than the width {width}")
   toks = np.full((len(seqs), width), PAD_ID, np.int32)
   mask = np.zeros((len(seqs), width), bool)
   for i, s in enumerate(seqs):
@@ -1103,9 +1191,13 @@ def pad_sequences(seqs: Sequence[Sequence[int]], width: int | None = None,
   return toks, mask
 
 
-def encode_batch(prompts: Sequence[str], responses: Sequence[str],
-                 add_eos: bool = True, prompt_width: int | None = None,
-                 response_width: int | None = None) -> dict[str, np.ndarray]:
+def encode_batch(
+  prompts: Sequence[str],
+  responses: Sequence[str],
+  add_eos: bool = True,
+  prompt_width: int | None = None,
+  response_width: int | None = None,
+) -> dict[str, np.ndarray]:
   """Tokenises text pairs into gold-reward inputs.
 
   Prompts get BOS and are left-padded, responses get EOS (if `add_eos`) and
@@ -1118,16 +1210,16 @@ def encode_batch(prompts: Sequence[str], responses: Sequence[str],
   if len(prompts) != len(responses):
     raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
   p_ids = [[BOS_ID] + TOKENIZER.encode(p) for p in prompts]
-  r_ids = [TOKENIZER.encode(r) + ([EOS_ID] if add_eos else [])
-           for r in responses]
+  r_ids = [TOKENIZER.encode(r) + ([EOS_ID] if add_eos else []) for r in responses]
   pt, pm = pad_sequences(p_ids, prompt_width, left=True)
   rt, rm = pad_sequences(r_ids, response_width, left=False)
-  return {"prompt_tokens": pt, "prompt_mask": pm,
-          "response_tokens": rt, "response_mask": rm}
+  return {"prompt_tokens": pt, "prompt_mask": pm, "response_tokens": rt, "response_mask": rm}
 
 
-def score_batch(batch: Mapping[str, np.ndarray], chunk_size: int = 1024,
-                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def score_batch(
+  batch: Mapping[str, np.ndarray],
+  chunk_size: int = 1024,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """Host-side gold of a token batch, in fixed-shape chunks.
 
   Rows are processed `chunk_size` at a time; a chunk of up to 64 rows is
@@ -1145,19 +1237,18 @@ def score_batch(batch: Mapping[str, np.ndarray], chunk_size: int = 1024,
     ([N] float32 gold, {facet: [N] float32}) numpy arrays.
   """
   # Fixed dtypes too: int masks would otherwise compile a second version.
-  arrays = {k: np.asarray(batch[k], np.int32 if k.endswith("tokens") else bool)
-            for k in ("prompt_tokens", "prompt_mask", "response_tokens",
-                      "response_mask")}
+  arrays = {
+    k: np.asarray(batch[k], np.int32 if k.endswith("tokens") else bool)
+    for k in ("prompt_tokens", "prompt_mask", "response_tokens", "response_mask")
+  }
   n = arrays["prompt_tokens"].shape[0]
   chunks = []
   for start in range(0, n, chunk_size):
-    part = {k: v[start:start + chunk_size] for k, v in arrays.items()}
+    part = {k: v[start : start + chunk_size] for k, v in arrays.items()}
     rows = part["prompt_tokens"].shape[0]
     bucket = _MIN_ROWS if rows <= _MIN_ROWS else chunk_size
     # Empty rows (all masked) are valid inputs; their results are dropped.
-    part = {k: np.concatenate([v, np.zeros((bucket - rows,) + v.shape[1:],
-                                           v.dtype)])
-            for k, v in part.items()}
+    part = {k: np.concatenate([v, np.zeros((bucket - rows,) + v.shape[1:], v.dtype)]) for k, v in part.items()}
     out = gold_facets_jit(**part)
     chunks.append({k: np.asarray(v)[:rows] for k, v in out.items()})
   if not chunks:
@@ -1168,8 +1259,7 @@ def score_batch(batch: Mapping[str, np.ndarray], chunk_size: int = 1024,
   return gold, facets
 
 
-def score_texts(prompts: Sequence[str], responses: Sequence[str],
-                return_facets: bool = False, chunk_size: int = 1024):
+def score_texts(prompts: Sequence[str], responses: Sequence[str], return_facets: bool = False, chunk_size: int = 1024):
   """Gold of text pairs (EOS appended to each response).
 
   Args:
@@ -1207,30 +1297,28 @@ def label_preferences(gold_a, gold_b, beta: float, rng):
     gold_a = np.asarray(gold_a, np.float64)
     gold_b = np.asarray(gold_b, np.float64)
     if gold_a.shape != gold_b.shape:
-      raise ValueError(f"gold_a {gold_a.shape} and gold_b {gold_b.shape} "
-                       "differ in shape")
+      raise ValueError(f"gold_a {gold_a.shape} and gold_b {gold_b.shape} differ in shape")
     p_a = 1.0 / (1.0 + np.exp(-beta * (gold_a - gold_b)))
     return rng.random(gold_a.shape) < p_a
-  return _bt_labels_jax(rng, jnp.asarray(gold_a, jnp.float32),
-                        jnp.asarray(gold_b, jnp.float32), beta)
+  return _bt_labels_jax(rng, jnp.asarray(gold_a, jnp.float32), jnp.asarray(gold_b, jnp.float32), beta)
 
 
 @jax.jit
-def _bt_labels_jax(key: jax.Array, gold_a: jax.Array, gold_b: jax.Array,
-                   beta: float) -> jax.Array:
+def _bt_labels_jax(key: jax.Array, gold_a: jax.Array, gold_b: jax.Array, beta: float) -> jax.Array:
   """`label_preferences` on a JAX key (one compilation, not op by op)."""
   return jax.random.bernoulli(key, jax.nn.sigmoid(beta * (gold_a - gold_b)))
 
 
-def make_preference_records(prompts: Sequence[str],
-                            responses_a: Sequence[str],
-                            responses_b: Sequence[str],
-                            beta: float,
-                            rng: np.random.Generator,
-                            gold_a: Any = None,
-                            gold_b: Any = None,
-                            include_gold: bool = False,
-                            ) -> list[dict[str, Any]]:
+def make_preference_records(
+  prompts: Sequence[str],
+  responses_a: Sequence[str],
+  responses_b: Sequence[str],
+  beta: float,
+  rng: np.random.Generator,
+  gold_a: Any = None,
+  gold_b: Any = None,
+  include_gold: bool = False,
+) -> list[dict[str, Any]]:
   """Turns two responses per prompt into BT-labelled preference records.
 
   Args:
@@ -1251,8 +1339,7 @@ def make_preference_records(prompts: Sequence[str],
   """
   n = len(prompts)
   if not len(responses_a) == len(responses_b) == n:
-    raise ValueError(f"{n} prompts, {len(responses_a)} responses_a, "
-                     f"{len(responses_b)} responses_b: lengths must match")
+    raise ValueError(f"{n} prompts, {len(responses_a)} responses_a, {len(responses_b)} responses_b: lengths must match")
   gold_a = score_texts(prompts, responses_a) if gold_a is None else gold_a
   gold_b = score_texts(prompts, responses_b) if gold_b is None else gold_b
   a_wins = label_preferences(gold_a, gold_b, beta, rng)
@@ -1262,17 +1349,18 @@ def make_preference_records(prompts: Sequence[str],
       dropped += 1
       continue
     a_first = bool(a_wins[i])
-    record = {"prompt": prompts[i],
-              "chosen": responses_a[i] if a_first else responses_b[i],
-              "rejected": responses_b[i] if a_first else responses_a[i]}
+    record = {
+      "prompt": prompts[i],
+      "chosen": responses_a[i] if a_first else responses_b[i],
+      "rejected": responses_b[i] if a_first else responses_a[i],
+    }
     if include_gold:
       ga, gb = float(gold_a[i]), float(gold_b[i])
       record["chosen_gold"] = ga if a_first else gb
       record["rejected_gold"] = gb if a_first else ga
     records.append(record)
   if dropped:
-    logging.warning("make_preference_records: dropped %d of %d pairs with "
-                    "identical responses", dropped, n)
+    logging.warning("make_preference_records: dropped %d of %d pairs with identical responses", dropped, n)
   return records
 
 
@@ -1296,10 +1384,18 @@ def corpus_statistics(corpus: Sequence[Mapping[str, str]]) -> dict[str, Any]:
   prompts = [r["prompt"] for r in corpus]
   responses = [r["response"] for r in corpus]
   gold = score_texts(prompts, responses)
-  feats: dict[str, list[float]] = {k: [] for k in (
-      "style_words", "asked_topic_mentions", "topic_mentions",
-      "distinct_asked_topics", "asked_topic_fraction", "length",
-      "ends_with_period")}
+  feats: dict[str, list[float]] = {
+    k: []
+    for k in (
+      "style_words",
+      "asked_topic_mentions",
+      "topic_mentions",
+      "distinct_asked_topics",
+      "asked_topic_fraction",
+      "length",
+      "ends_with_period",
+    )
+  }
   for p, r in zip(prompts, responses):
     asked = set(prompt_topics(p))
     words = TOKENIZER.tokenize(r)
@@ -1307,19 +1403,16 @@ def corpus_statistics(corpus: Sequence[Mapping[str, str]]) -> dict[str, Any]:
     feats["asked_topic_mentions"].append(sum(w in asked for w in words))
     feats["topic_mentions"].append(sum(w in TOPICS for w in words))
     feats["distinct_asked_topics"].append(len(asked & set(words)))
-    feats["asked_topic_fraction"].append(
-        len(asked & set(words)) / max(len(asked), 1))
+    feats["asked_topic_fraction"].append(len(asked & set(words)) / max(len(asked), 1))
     feats["length"].append(len(words))
     feats["ends_with_period"].append(float(bool(words) and words[-1] == "."))
-  corr = {k: float(np.corrcoef(np.asarray(v, float), gold)[0, 1])
-          for k, v in feats.items()}
+  corr = {k: float(np.corrcoef(np.asarray(v, float), gold)[0, 1]) for k, v in feats.items()}
   by_class = {}
   classes = [r.get("quality", "all") for r in corpus]
   for c in sorted(set(classes)):
     g = gold[np.array(classes) == c]
     by_class[c] = (float(g.mean()), float(g.std()), int(g.size))
-  return {"gold_by_class": by_class, "correlation": corr,
-          "gold_mean": float(gold.mean())}
+  return {"gold_by_class": by_class, "correlation": corr, "gold_mean": float(gold.mean())}
 
 
 # ---------------------------------------------------------------------------
@@ -1332,8 +1425,9 @@ def encode_prompts(prompts: Sequence[str], max_prompt_len: int) -> dict[str, np.
   ids = [[BOS_ID] + TOKENIZER.encode(p) for p in prompts]
   too_long = [i for i, s in enumerate(ids) if len(s) > max_prompt_len]
   if too_long:
-    raise ValueError(f"world.max_prompt_len={max_prompt_len} cannot fit prompt {too_long[0]} "
-                     f"({len(ids[too_long[0]])} tokens)")
+    raise ValueError(
+      f"world.max_prompt_len={max_prompt_len} cannot fit prompt {too_long[0]} ({len(ids[too_long[0]])} tokens)"
+    )
   tokens, mask = pad_sequences(ids, max_prompt_len, left=True)
   return {"tokens": tokens, "mask": mask.astype(np.int32)}
 
@@ -1345,14 +1439,17 @@ def prompt_arrays(num: int, seed: int, split: str, max_prompt_len: int) -> dict[
 
 def decode_prompt_rows(prompt_tokens: np.ndarray, prompt_mask: np.ndarray) -> list[str]:
   """Prompt texts of prompt rows (BOS and padding dropped)."""
-  return [TOKENIZER.decode([t for t, m in zip(row, mask) if m and t != BOS_ID])
-          for row, mask in zip(prompt_tokens, prompt_mask)]
+  return [
+    TOKENIZER.decode([t for t, m in zip(row, mask) if m and t != BOS_ID])
+    for row, mask in zip(prompt_tokens, prompt_mask)
+  ]
 
 
 def decode_response_rows(response_tokens: np.ndarray, response_mask: np.ndarray) -> list[str]:
   """Response texts (up to the first EOS)."""
-  return [TOKENIZER.decode_response([t for t, m in zip(row, mask) if m])
-          for row, mask in zip(response_tokens, response_mask)]
+  return [
+    TOKENIZER.decode_response([t for t, m in zip(row, mask) if m]) for row, mask in zip(response_tokens, response_mask)
+  ]
 
 
 def sample_table(samples: Mapping[str, np.ndarray], limit: int = 4) -> str:

@@ -48,13 +48,12 @@ from advrm_jax.data.preferences import PreferencePair, PromptRecord
 # index i of a data source is the i-th kept record; shuffling is done by
 # `batching.epoch_batches`, reproducibly, at training time.
 _TEXT_FIELDS_DOC = {
-    "prompt_json": "JSON of the prompt: a string or a list of messages.",
-    "prompt_messages_json": "JSON of the chat-message form of an HH "
-                            "transcript prompt, or 'null'.",
-    "chosen": "Preferred response.",
-    "rejected": "Dispreferred response.",
-    "id": "Record id, '' if none.",
-    "source": "JSONL file the record came from.",
+  "prompt_json": "JSON of the prompt: a string or a list of messages.",
+  "prompt_messages_json": "JSON of the chat-message form of an HH transcript prompt, or 'null'.",
+  "chosen": "Preferred response.",
+  "rejected": "Dispreferred response.",
+  "id": "Record id, '' if none.",
+  "source": "JSONL file the record came from.",
 }
 
 
@@ -81,9 +80,14 @@ class JsonlConfig(tfds.core.BuilderConfig):
 
 
 def _stats_metadata(stats: preferences.ReadStats) -> dict[str, Any]:
-  return {"path": stats.path, "format": stats.format,
-          "num_lines": stats.num_lines, "num_records": stats.num_records,
-          "skipped": dict(stats.skipped), "messages": list(stats.messages)}
+  return {
+    "path": stats.path,
+    "format": stats.format,
+    "num_lines": stats.num_lines,
+    "num_records": stats.num_records,
+    "skipped": dict(stats.skipped),
+    "messages": list(stats.messages),
+  }
 
 
 class _JsonlBuilder(tfds.core.GeneratorBasedBuilder):
@@ -98,9 +102,11 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder):
   def _jsonl_path(self) -> str:
     path = self.builder_config.jsonl_path
     if path is None:
-      raise ValueError(f"{self.name}/{self.builder_config.name}: the config "
-                       "has no jsonl_path; pass JsonlConfig(name=..., "
-                       "jsonl_path=...) to build")
+      raise ValueError(
+        f"{self.name}/{self.builder_config.name}: the config "
+        "has no jsonl_path; pass JsonlConfig(name=..., "
+        "jsonl_path=...) to build"
+      )
     return path
 
 
@@ -108,81 +114,77 @@ class PreferenceJsonl(_JsonlBuilder):
   """Preference pairs from a JSONL(.gz) file (`advrm_jax` formats)."""
 
   def _info(self) -> tfds.core.DatasetInfo:
-    features = {name: tfds.features.Text(doc=doc)
-                for name, doc in _TEXT_FIELDS_DOC.items()}
-    features["line"] = tfds.features.Scalar(
-        dtype=np.int64, doc="1-based line in the source file.")
+    features = {name: tfds.features.Text(doc=doc) for name, doc in _TEXT_FIELDS_DOC.items()}
+    features["line"] = tfds.features.Scalar(dtype=np.int64, doc="1-based line in the source file.")
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Preference pairs converted from JSON lines.",
-        features=tfds.features.FeaturesDict(features),
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description="Preference pairs converted from JSON lines.",
+      features=tfds.features.FeaturesDict(features),
+      disable_shuffling=True,
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: the input is a local file.
     config = self.builder_config
-    pairs = preferences.read_preferences(
-        self._jsonl_path(), format=config.format, on_error=config.on_error)
+    pairs = preferences.read_preferences(self._jsonl_path(), format=config.format, on_error=config.on_error)
     self.info.metadata["read_stats"] = _stats_metadata(pairs.stats)
     if config.test_fraction > 0:
-      train, test = batching.train_test_split(
-          list(pairs), config.test_fraction, config.split_seed)
-      return {"train": self._generate_examples(train),
-              "test": self._generate_examples(test)}
+      train, test = batching.train_test_split(list(pairs), config.test_fraction, config.split_seed)
+      return {"train": self._generate_examples(train), "test": self._generate_examples(test)}
     return {"train": self._generate_examples(list(pairs))}
 
-  def _generate_examples(self, pairs: Sequence[PreferencePair]
-                        ) -> Iterator[tuple[int, dict[str, Any]]]:
+  def _generate_examples(self, pairs: Sequence[PreferencePair]) -> Iterator[tuple[int, dict[str, Any]]]:
     for key, pair in enumerate(pairs):
-      yield key, {
+      yield (
+        key,
+        {
           "prompt_json": json.dumps(pair.prompt, ensure_ascii=False),
-          "prompt_messages_json": json.dumps(pair.prompt_messages,
-                                             ensure_ascii=False),
+          "prompt_messages_json": json.dumps(pair.prompt_messages, ensure_ascii=False),
           "chosen": pair.chosen,
           "rejected": pair.rejected,
           "id": pair.id or "",
           "source": pair.source or "",
           "line": pair.line or 0,
-      }
+        },
+      )
 
 
 class PromptJsonl(_JsonlBuilder):
   """Prompts from a `{"prompt": ...}` JSONL(.gz) file."""
 
   def _info(self) -> tfds.core.DatasetInfo:
-    features = {name: tfds.features.Text(doc=_TEXT_FIELDS_DOC[name])
-                for name in ("prompt_json", "prompt_messages_json", "id",
-                             "source")}
-    features["line"] = tfds.features.Scalar(
-        dtype=np.int64, doc="1-based line in the source file.")
+    features = {
+      name: tfds.features.Text(doc=_TEXT_FIELDS_DOC[name])
+      for name in ("prompt_json", "prompt_messages_json", "id", "source")
+    }
+    features["line"] = tfds.features.Scalar(dtype=np.int64, doc="1-based line in the source file.")
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Prompts converted from JSON lines.",
-        features=tfds.features.FeaturesDict(features),
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description="Prompts converted from JSON lines.",
+      features=tfds.features.FeaturesDict(features),
+      disable_shuffling=True,
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    prompts = preferences.read_prompts(
-        self._jsonl_path(), on_error=self.builder_config.on_error)
+    prompts = preferences.read_prompts(self._jsonl_path(), on_error=self.builder_config.on_error)
     self.info.metadata["read_stats"] = _stats_metadata(prompts.stats)
     return {"train": self._generate_examples(list(prompts))}
 
-  def _generate_examples(self, prompts: Sequence[PromptRecord]
-                        ) -> Iterator[tuple[int, dict[str, Any]]]:
+  def _generate_examples(self, prompts: Sequence[PromptRecord]) -> Iterator[tuple[int, dict[str, Any]]]:
     for key, record in enumerate(prompts):
-      yield key, {
+      yield (
+        key,
+        {
           "prompt_json": json.dumps(record.prompt, ensure_ascii=False),
-          "prompt_messages_json": json.dumps(record.prompt_messages,
-                                             ensure_ascii=False),
+          "prompt_messages_json": json.dumps(record.prompt_messages, ensure_ascii=False),
           "id": record.id or "",
           "source": record.source or "",
           "line": record.line or 0,
-      }
+        },
+      )
 
 
 def _text(value: Any) -> str:
@@ -193,58 +195,57 @@ def _text(value: Any) -> str:
 def example_to_pair(example: Mapping[str, Any]) -> PreferencePair:
   """Turns one decoded PreferenceJsonl example back into a PreferencePair."""
   return PreferencePair(
-      prompt=json.loads(_text(example["prompt_json"])),
-      chosen=_text(example["chosen"]),
-      rejected=_text(example["rejected"]),
-      id=_text(example["id"]) or None,
-      source=_text(example["source"]) or None,
-      line=int(example["line"]) or None,
-      prompt_messages=json.loads(_text(example["prompt_messages_json"])),
+    prompt=json.loads(_text(example["prompt_json"])),
+    chosen=_text(example["chosen"]),
+    rejected=_text(example["rejected"]),
+    id=_text(example["id"]) or None,
+    source=_text(example["source"]) or None,
+    line=int(example["line"]) or None,
+    prompt_messages=json.loads(_text(example["prompt_messages_json"])),
   )
 
 
 def example_to_prompt(example: Mapping[str, Any]) -> PromptRecord:
   """Turns one decoded PromptJsonl example back into a PromptRecord."""
   return PromptRecord(
-      prompt=json.loads(_text(example["prompt_json"])),
-      id=_text(example["id"]) or None,
-      source=_text(example["source"]) or None,
-      line=int(example["line"]) or None,
-      prompt_messages=json.loads(_text(example["prompt_messages_json"])),
+    prompt=json.loads(_text(example["prompt_json"])),
+    id=_text(example["id"]) or None,
+    source=_text(example["source"]) or None,
+    line=int(example["line"]) or None,
+    prompt_messages=json.loads(_text(example["prompt_messages_json"])),
   )
 
 
-def pairs_from_data_source(source: Sequence[Mapping[str, Any]]
-                           ) -> list[PreferencePair]:
+def pairs_from_data_source(source: Sequence[Mapping[str, Any]]) -> list[PreferencePair]:
   """Reads every example of a preference data source (one split)."""
   return [example_to_pair(source[i]) for i in range(len(source))]
 
 
-def prompts_from_data_source(source: Sequence[Mapping[str, Any]]
-                             ) -> list[PromptRecord]:
+def prompts_from_data_source(source: Sequence[Mapping[str, Any]]) -> list[PromptRecord]:
   """Reads every example of a prompt data source (one split)."""
   return [example_to_prompt(source[i]) for i in range(len(source))]
 
 
-def _build(builder_cls, jsonl_path: str | os.PathLike[str],
-           data_dir: str | os.PathLike[str], name: str,
-           **config_kwargs: Any) -> tfds.core.DatasetBuilder:
-  config = JsonlConfig(name=name, jsonl_path=os.fspath(jsonl_path),
-                       description=f"Converted from {os.fspath(jsonl_path)}",
-                       **config_kwargs)
-  builder = builder_cls(config=config, data_dir=os.fspath(data_dir),
-                        file_format="array_record")
+def _build(
+  builder_cls, jsonl_path: str | os.PathLike[str], data_dir: str | os.PathLike[str], name: str, **config_kwargs: Any
+) -> tfds.core.DatasetBuilder:
+  config = JsonlConfig(
+    name=name, jsonl_path=os.fspath(jsonl_path), description=f"Converted from {os.fspath(jsonl_path)}", **config_kwargs
+  )
+  builder = builder_cls(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
   builder.download_and_prepare()
   return builder
 
 
-def build_preference_dataset(jsonl_path: str | os.PathLike[str],
-                             data_dir: str | os.PathLike[str],
-                             name: str,
-                             format: str = "auto",  # pylint: disable=redefined-builtin
-                             on_error: str = "raise",
-                             test_fraction: float = 0.0,
-                             split_seed: int = 0) -> tfds.core.DatasetBuilder:
+def build_preference_dataset(
+  jsonl_path: str | os.PathLike[str],
+  data_dir: str | os.PathLike[str],
+  name: str,
+  format: str = "auto",  # pylint: disable=redefined-builtin
+  on_error: str = "raise",
+  test_fraction: float = 0.0,
+  split_seed: int = 0,
+) -> tfds.core.DatasetBuilder:
   """Converts a preference JSONL file to an array_record TFDS dataset.
 
   Building again with the same name and data_dir reuses the existing data
@@ -267,14 +268,21 @@ def build_preference_dataset(jsonl_path: str | os.PathLike[str],
   Raises:
     DataError: If the file has a problem and on_error="raise".
   """
-  return _build(PreferenceJsonl, jsonl_path, data_dir, name, format=format,
-                on_error=on_error, test_fraction=test_fraction,
-                split_seed=split_seed)
+  return _build(
+    PreferenceJsonl,
+    jsonl_path,
+    data_dir,
+    name,
+    format=format,
+    on_error=on_error,
+    test_fraction=test_fraction,
+    split_seed=split_seed,
+  )
 
 
-def build_prompt_dataset(jsonl_path: str | os.PathLike[str],
-                         data_dir: str | os.PathLike[str], name: str,
-                         on_error: str = "raise") -> tfds.core.DatasetBuilder:
+def build_prompt_dataset(
+  jsonl_path: str | os.PathLike[str], data_dir: str | os.PathLike[str], name: str, on_error: str = "raise"
+) -> tfds.core.DatasetBuilder:
   """Converts a prompt JSONL file to an array_record TFDS dataset.
 
   Read back as `tfds.data_source(f"prompt_jsonl/{name}", data_dir=data_dir)`.

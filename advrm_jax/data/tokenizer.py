@@ -84,8 +84,9 @@ class HFTokenizer:
     eos_id = hf_tokenizer.eos_token_id
     if eos_id is None:
       raise ValueError(
-          f"{type(hf_tokenizer).__name__} has no eos token; advrm_jax appends "
-          "EOS to every response, so set tokenizer.eos_token first.")
+        f"{type(hf_tokenizer).__name__} has no eos token; advrm_jax appends "
+        "EOS to every response, so set tokenizer.eos_token first."
+      )
     self._hf = hf_tokenizer
     self.eos_id: int = int(eos_id)
     pad_id = hf_tokenizer.pad_token_id
@@ -97,8 +98,7 @@ class HFTokenizer:
     # counts only the base vocabulary and would be too small for the
     # embedding table when special tokens were added.
     self.vocab_size: int = len(hf_tokenizer)
-    self.chat_template: str | None = getattr(hf_tokenizer, "chat_template",
-                                             None)
+    self.chat_template: str | None = getattr(hf_tokenizer, "chat_template", None)
 
   @classmethod
   def from_pretrained(cls, path: str | os.PathLike[str]) -> HFTokenizer:
@@ -118,11 +118,13 @@ class HFTokenizer:
     # Imported here: transformers is slow to import and only this
     # constructor needs it.
     import transformers  # pylint: disable=g-import-not-at-top  # deferred: slow to import (pulls in torch)
+
     # trust_remote_code=False, explicitly: left unset, transformers asks
     # interactively whether to run a checkpoint's custom tokenizer code
     # (auto_map); a path must never lead to running code.
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(
-        os.fspath(path), local_files_only=True, trust_remote_code=False)
+      os.fspath(path), local_files_only=True, trust_remote_code=False
+    )
     return cls(hf_tokenizer)
 
   @property
@@ -147,8 +149,7 @@ class HFTokenizer:
     kept = [int(i) for i in ids if int(i) != self.pad_id]
     return self._hf.decode(kept, skip_special_tokens=False)
 
-  def apply_chat_template(self, messages: Sequence[Message],
-                          add_generation_prompt: bool = True) -> str:
+  def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
     """Renders chat messages with the tokenizer's template.
 
     Args:
@@ -163,21 +164,21 @@ class HFTokenizer:
       ValueError: If the tokenizer has no chat template.
     """
     if self.chat_template is None:
-      raise ValueError("this tokenizer has no chat template; pass "
-                       "use_chat_template=False or set one on the checkpoint")
+      raise ValueError("this tokenizer has no chat template; pass use_chat_template=False or set one on the checkpoint")
     return self._hf.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False,
-        add_generation_prompt=add_generation_prompt)
+      [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
   def __repr__(self) -> str:
-    return (f"HFTokenizer({type(self._hf).__name__}, vocab_size="
-            f"{self.vocab_size}, pad_id={self.pad_id}, eos_id={self.eos_id}, "
-            f"bos_id={self.bos_id}, chat_template="
-            f"{'yes' if self.chat_template else 'no'})")
+    return (
+      f"HFTokenizer({type(self._hf).__name__}, vocab_size="
+      f"{self.vocab_size}, pad_id={self.pad_id}, eos_id={self.eos_id}, "
+      f"bos_id={self.bos_id}, chat_template="
+      f"{'yes' if self.chat_template else 'no'})"
+    )
 
 
-def render_plain_dialogue(messages: Sequence[Message],
-                          add_generation_prompt: bool = True) -> str:
+def render_plain_dialogue(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
   """Renders messages as an HH-RLHF style transcript, without a template.
 
   `[{"role": "user", "content": "Hi"}]` becomes
@@ -205,8 +206,7 @@ def render_plain_dialogue(messages: Sequence[Message],
   return "".join(parts)
 
 
-def format_prompt(tokenizer: Tokenizer, prompt: Prompt,
-                  use_chat_template: bool) -> str:
+def format_prompt(tokenizer: Tokenizer, prompt: Prompt, use_chat_template: bool) -> str:
   """Turns a dataset prompt into the exact text the model is conditioned on.
 
   Args:
@@ -226,17 +226,13 @@ def format_prompt(tokenizer: Tokenizer, prompt: Prompt,
   """
   if isinstance(prompt, str):
     messages = [{"role": "user", "content": prompt}]
-  elif isinstance(prompt, Sequence) and all(
-      isinstance(m, Mapping) for m in prompt):
+  elif isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
     messages = [dict(m) for m in prompt]
   else:
-    raise ValueError(f"prompt must be a string or a list of messages, got "
-                     f"{type(prompt).__name__}")
+    raise ValueError(f"prompt must be a string or a list of messages, got {type(prompt).__name__}")
   if not use_chat_template:
-    return prompt if isinstance(prompt, str) else render_plain_dialogue(
-        messages)
+    return prompt if isinstance(prompt, str) else render_plain_dialogue(messages)
   apply = getattr(tokenizer, "apply_chat_template", None)
   if tokenizer.chat_template is None or apply is None:
-    raise ValueError(f"use_chat_template=True but {tokenizer!r} has no chat "
-                     "template")
+    raise ValueError(f"use_chat_template=True but {tokenizer!r} has no chat template")
   return apply(messages, add_generation_prompt=True)

@@ -60,8 +60,7 @@ def _reference_2d(reference: ArrayLike) -> jax.Array:
   if reference.ndim == 1:
     reference = reference[:, None]
   if reference.ndim != 2:
-    raise ValueError("reference rewards must be [P] or [P, n], got shape "
-                     f"{reference.shape}")
+    raise ValueError(f"reference rewards must be [P] or [P, n], got shape {reference.shape}")
   return reference
 
 
@@ -72,8 +71,7 @@ def _adversarial(adv: ArrayLike, num_prompts: int, name: str) -> jax.Array:
   if squeeze:
     adv = adv[:, None]
   if adv.ndim != 2 or adv.shape[0] != num_prompts:
-    raise ValueError(f"{name} must be [P] or [P, m] with P={num_prompts}, "
-                     f"got shape {adv.shape}")
+    raise ValueError(f"{name} must be [P] or [P, m] with P={num_prompts}, got shape {adv.shape}")
   return adv
 
 
@@ -82,8 +80,7 @@ def _shape_like(x: jax.Array, adv_proxy: ArrayLike) -> jax.Array:
   return x[:, 0] if jnp.ndim(adv_proxy) == 1 else x
 
 
-def reference_zscores(adv: ArrayLike, reference: ArrayLike, ddof: int = 1,
-                      min_std: float = 1e-6) -> jax.Array:
+def reference_zscores(adv: ArrayLike, reference: ArrayLike, ddof: int = 1, min_std: float = 1e-6) -> jax.Array:
   """z of adversarial rewards against each prompt's reference samples.
 
   Args:
@@ -97,17 +94,19 @@ def reference_zscores(adv: ArrayLike, reference: ArrayLike, ddof: int = 1,
   """
   reference = _reference_2d(reference)
   if reference.shape[1] <= ddof:
-    raise ValueError(f"z-scores need more than ddof={ddof} reference samples "
-                     f"per prompt, got n={reference.shape[1]}")
+    raise ValueError(f"z-scores need more than ddof={ddof} reference samples per prompt, got n={reference.shape[1]}")
   adv2 = _adversarial(adv, reference.shape[0], "adversarial rewards")
   mean = jnp.mean(reference, axis=1, keepdims=True)
   std = jnp.std(reference, axis=1, keepdims=True, ddof=ddof)
   return _shape_like((adv2 - mean) / jnp.maximum(std, min_std), adv)
 
 
-def attack_success_standard(adv_proxy: ArrayLike, ref_proxy: ArrayLike,
-                            adv_gold: ArrayLike, ref_gold: ArrayLike,
-                            ) -> dict[str, jax.Array]:
+def attack_success_standard(
+  adv_proxy: ArrayLike,
+  ref_proxy: ArrayLike,
+  adv_gold: ArrayLike,
+  ref_gold: ArrayLike,
+) -> dict[str, jax.Array]:
   """Standard attack success: R1 prefers y_adv, gold prefers y_ref.
 
   Args:
@@ -125,26 +124,31 @@ def attack_success_standard(adv_proxy: ArrayLike, ref_proxy: ArrayLike,
   ref_proxy, ref_gold = _reference_2d(ref_proxy), _reference_2d(ref_gold)
   num_prompts = ref_proxy.shape[0]
   if ref_gold.shape[0] != num_prompts:
-    raise ValueError(f"ref_proxy has {num_prompts} prompts, ref_gold "
-                     f"{ref_gold.shape[0]}")
+    raise ValueError(f"ref_proxy has {num_prompts} prompts, ref_gold {ref_gold.shape[0]}")
   proxy = _adversarial(adv_proxy, num_prompts, "adv_proxy")
   gold = _adversarial(adv_gold, num_prompts, "adv_gold")
   proxy_win = proxy > jnp.mean(ref_proxy, axis=1, keepdims=True)
   gold_loss = gold < jnp.mean(ref_gold, axis=1, keepdims=True)
   success = proxy_win & gold_loss
-  return {"success": _shape_like(success, adv_proxy),
-          "proxy_win": _shape_like(proxy_win, adv_proxy),
-          "gold_loss": _shape_like(gold_loss, adv_proxy),
-          "rate": jnp.mean(success.astype(jnp.float32))}
+  return {
+    "success": _shape_like(success, adv_proxy),
+    "proxy_win": _shape_like(proxy_win, adv_proxy),
+    "gold_loss": _shape_like(gold_loss, adv_proxy),
+    "rate": jnp.mean(success.astype(jnp.float32)),
+  }
 
 
-def attack_success_strict(adv_proxy: ArrayLike, ref_proxy: ArrayLike,
-                          adv_gold: ArrayLike, ref_gold: ArrayLike,
-                          proxy_z_min: float = STRICT_PROXY_Z_MIN,
-                          gold_z_max: float = STRICT_GOLD_Z_MAX,
-                          ddof: int = 1, min_std: float = 1e-6,
-                          gold_std_floor: float = 0.0,
-                          ) -> dict[str, jax.Array]:
+def attack_success_strict(
+  adv_proxy: ArrayLike,
+  ref_proxy: ArrayLike,
+  adv_gold: ArrayLike,
+  ref_gold: ArrayLike,
+  proxy_z_min: float = STRICT_PROXY_Z_MIN,
+  gold_z_max: float = STRICT_GOLD_Z_MAX,
+  ddof: int = 1,
+  min_std: float = 1e-6,
+  gold_std_floor: float = 0.0,
+) -> dict[str, jax.Array]:
   """Strict attack success: `z_R1(y_adv) > 0` and `z_gold(y_adv) < -1.96`.
 
   Args:
@@ -169,22 +173,25 @@ def attack_success_strict(adv_proxy: ArrayLike, ref_proxy: ArrayLike,
       `min_std`.
   """
   proxy_z = reference_zscores(adv_proxy, ref_proxy, ddof, min_std)
-  gold_z = reference_zscores(adv_gold, ref_gold, ddof,
-                             jnp.maximum(min_std, gold_std_floor))
+  gold_z = reference_zscores(adv_gold, ref_gold, ddof, jnp.maximum(min_std, gold_std_floor))
   proxy_win = proxy_z > proxy_z_min
   gold_loss = gold_z < gold_z_max
   success = proxy_win & gold_loss
   gold_std = jnp.std(_reference_2d(ref_gold), axis=1, ddof=ddof)
-  return {"success": success, "proxy_win": proxy_win, "gold_loss": gold_loss,
-          "proxy_z": proxy_z, "gold_z": gold_z,
-          "rate": jnp.mean(success.astype(jnp.float32)),
-          "num_degenerate_gold": jnp.sum((gold_std < min_std).astype(
-              jnp.int32))}
+  return {
+    "success": success,
+    "proxy_win": proxy_win,
+    "gold_loss": gold_loss,
+    "proxy_z": proxy_z,
+    "gold_z": gold_z,
+    "rate": jnp.mean(success.astype(jnp.float32)),
+    "num_degenerate_gold": jnp.sum((gold_std < min_std).astype(jnp.int32)),
+  }
 
 
-def attack_success(adv_proxy: ArrayLike, ref_proxy: ArrayLike,
-                   adv_gold: ArrayLike, ref_gold: ArrayLike,
-                   **strict_kwargs: Any) -> dict[str, Any]:
+def attack_success(
+  adv_proxy: ArrayLike, ref_proxy: ArrayLike, adv_gold: ArrayLike, ref_gold: ArrayLike, **strict_kwargs: Any
+) -> dict[str, Any]:
   """Both rates as host floats, in percent, for a report.
 
   Args: as `attack_success_strict` ([P, n] references, n >= 2).
@@ -194,12 +201,13 @@ def attack_success(adv_proxy: ArrayLike, ref_proxy: ArrayLike,
      "num_degenerate_gold": int}.
   """
   standard = attack_success_standard(adv_proxy, ref_proxy, adv_gold, ref_gold)
-  strict = attack_success_strict(adv_proxy, ref_proxy, adv_gold, ref_gold,
-                                 **strict_kwargs)
-  return {"standard": 100.0 * float(standard["rate"]),
-          "strict": 100.0 * float(strict["rate"]),
-          "num_responses": int(np.size(standard["success"])),
-          "num_degenerate_gold": int(strict["num_degenerate_gold"])}
+  strict = attack_success_strict(adv_proxy, ref_proxy, adv_gold, ref_gold, **strict_kwargs)
+  return {
+    "standard": 100.0 * float(standard["rate"]),
+    "strict": 100.0 * float(strict["rate"]),
+    "num_responses": int(np.size(standard["success"])),
+    "num_degenerate_gold": int(strict["num_degenerate_gold"]),
+  }
 
 
 def pooled_within_prompt_std(reference: ArrayLike) -> float:
@@ -217,16 +225,16 @@ def pooled_within_prompt_std(reference: ArrayLike) -> float:
   """
   reference = np.asarray(reference, np.float64)
   if reference.ndim != 2 or reference.shape[1] < 2:
-    raise ValueError("pooled_within_prompt_std needs [P, n] rewards with "
-                     f"n >= 2 samples per prompt, got shape {reference.shape}")
+    raise ValueError(
+      f"pooled_within_prompt_std needs [P, n] rewards with n >= 2 samples per prompt, got shape {reference.shape}"
+    )
   return float(np.sqrt(np.mean(np.var(reference, axis=1, ddof=1))))
 
 
 KL_TARGETS = (2.0, 4.0, 6.0)
 
 
-def value_at_kl(kl: ArrayLike, values: ArrayLike,
-                targets: tuple[float, ...] = KL_TARGETS) -> np.ndarray:
+def value_at_kl(kl: ArrayLike, values: ArrayLike, targets: tuple[float, ...] = KL_TARGETS) -> np.ndarray:
   """A training curve's value where its KL first reaches each target.
 
   Compares runs at matched distance from the reference policy (e.g. attack
@@ -252,11 +260,11 @@ def value_at_kl(kl: ArrayLike, values: ArrayLike,
   kl = np.asarray(kl, np.float64)
   values = np.asarray(values, np.float64)
   if kl.shape != values.shape or kl.ndim not in (1, 2):
-    raise ValueError(f"kl {kl.shape} and values {values.shape} must be one "
-                     "shape, [T] or [S, T]")
+    raise ValueError(f"kl {kl.shape} and values {values.shape} must be one shape, [T] or [S, T]")
   if kl.ndim == 2:
-    return np.stack([value_at_kl(k, v, targets) for k, v in zip(kl, values)]
-                    ) if len(kl) else np.zeros((0, len(targets)))
+    return (
+      np.stack([value_at_kl(k, v, targets) for k, v in zip(kl, values)]) if len(kl) else np.zeros((0, len(targets)))
+    )
   logged = np.isfinite(kl) & np.isfinite(values)
   kl, values = kl[logged], values[logged]
   out = np.full(len(targets), np.nan)
@@ -273,8 +281,7 @@ def value_at_kl(kl: ArrayLike, values: ArrayLike,
   return out
 
 
-def uncertainty_gold_correlation(u: ArrayLike,
-                                 gold_gap: ArrayLike) -> dict[str, float]:
+def uncertainty_gold_correlation(u: ArrayLike, gold_gap: ArrayLike) -> dict[str, float]:
   """How well ensemble uncertainty predicts a loss in true quality.
 
   Args:
@@ -295,13 +302,18 @@ def uncertainty_gold_correlation(u: ArrayLike,
     raise ValueError(f"u has {u.size} values, gold_gap {gap.size}")
   finite = np.isfinite(u) & np.isfinite(gap)
   u, gap = u[finite], gap[finite]
-  out = {"pearson": float("nan"), "pearson_p": float("nan"),
-         "spearman": float("nan"), "spearman_p": float("nan"),
-         "n": int(u.size)}
+  out = {
+    "pearson": float("nan"),
+    "pearson_p": float("nan"),
+    "spearman": float("nan"),
+    "spearman_p": float("nan"),
+    "n": int(u.size),
+  }
   if u.size < 3 or np.ptp(u) == 0 or np.ptp(gap) == 0:
     return out
   pearson = stats.pearsonr(u, gap)
   spearman = stats.spearmanr(u, gap)
-  out.update(pearson=float(pearson[0]), pearson_p=float(pearson[1]),
-             spearman=float(spearman[0]), spearman_p=float(spearman[1]))
+  out.update(
+    pearson=float(pearson[0]), pearson_p=float(pearson[1]), spearman=float(spearman[0]), spearman_p=float(spearman[1])
+  )
   return out

@@ -67,14 +67,13 @@ def gold_rise(gold: ArrayLike, reference_gold: float, window: int = 1) -> float:
   return float(moving_average(gold, window).max() - reference_gold)
 
 
-def _check_curves(gold: ArrayLike, proxy: ArrayLike,
-                  steps: ArrayLike | None) -> tuple[np.ndarray, np.ndarray,
-                                                    np.ndarray]:
+def _check_curves(
+  gold: ArrayLike, proxy: ArrayLike, steps: ArrayLike | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   gold = np.asarray(gold, np.float64)
   proxy = np.asarray(proxy, np.float64)
   if gold.ndim != 1 or gold.shape != proxy.shape:
-    raise ValueError(f"gold {gold.shape} and proxy {proxy.shape} must be "
-                     "1-D curves of the same length")
+    raise ValueError(f"gold {gold.shape} and proxy {proxy.shape} must be 1-D curves of the same length")
   if not (np.all(np.isfinite(gold)) and np.all(np.isfinite(proxy))):
     raise ValueError("gold and proxy curves must be finite (got NaN or Inf)")
   if steps is None:
@@ -82,14 +81,13 @@ def _check_curves(gold: ArrayLike, proxy: ArrayLike,
   else:
     steps = np.asarray(steps)
     if steps.shape != gold.shape:
-      raise ValueError(f"steps {steps.shape} must match the curves "
-                       f"{gold.shape}")
+      raise ValueError(f"steps {steps.shape} must match the curves {gold.shape}")
   return gold, proxy, steps
 
 
-def hacking_onset(gold: ArrayLike, proxy: ArrayLike, margin: float,
-                  window: int = 1,
-                  steps: ArrayLike | None = None) -> int | None:
+def hacking_onset(
+  gold: ArrayLike, proxy: ArrayLike, margin: float, window: int = 1, steps: ArrayLike | None = None
+) -> int | None:
   """The first step where gold fell `margin` below its peak while proxy rose.
 
   Args:
@@ -119,9 +117,14 @@ def hacking_onset(gold: ArrayLike, proxy: ArrayLike, margin: float,
   return int(steps[hits[0]]) if hits.size else None
 
 
-def steps_before_hacking(gold: ArrayLike, proxy: ArrayLike, margin: float,
-                         window: int = 1, steps: ArrayLike | None = None,
-                         budget: int | None = None) -> tuple[int, bool]:
+def steps_before_hacking(
+  gold: ArrayLike,
+  proxy: ArrayLike,
+  margin: float,
+  window: int = 1,
+  steps: ArrayLike | None = None,
+  budget: int | None = None,
+) -> tuple[int, bool]:
   """Steps of safe training: the onset, or the budget when none is found.
 
   Args:
@@ -141,17 +144,15 @@ def steps_before_hacking(gold: ArrayLike, proxy: ArrayLike, margin: float,
   return int(budget), False
 
 
-def onsets_over_seeds(gold: ArrayLike, proxy: ArrayLike, margin: float,
-                      window: int = 1,
-                      steps: ArrayLike | None = None) -> list[int | None]:
+def onsets_over_seeds(
+  gold: ArrayLike, proxy: ArrayLike, margin: float, window: int = 1, steps: ArrayLike | None = None
+) -> list[int | None]:
   """`hacking_onset` for each row of [seeds, S] curves."""
   gold = np.asarray(gold, np.float64)
   proxy = np.asarray(proxy, np.float64)
   if gold.ndim != 2 or gold.shape != proxy.shape:
-    raise ValueError(f"gold {gold.shape} and proxy {proxy.shape} must be "
-                     "[seeds, S] of the same shape")
-  return [hacking_onset(g, p, margin, window, steps)
-          for g, p in zip(gold, proxy)]
+    raise ValueError(f"gold {gold.shape} and proxy {proxy.shape} must be [seeds, S] of the same shape")
+  return [hacking_onset(g, p, margin, window, steps) for g, p in zip(gold, proxy)]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -162,8 +163,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
   return float(arr.mean()), std
 
 
-def aggregate_onsets(onsets: Sequence[int | None],
-                     budget: int) -> dict[str, Any]:
+def aggregate_onsets(onsets: Sequence[int | None], budget: int) -> dict[str, Any]:
   """Mean +- std of hacking onsets over seeds, with censored runs.
 
   Args:
@@ -185,12 +185,17 @@ def aggregate_onsets(onsets: Sequence[int | None],
   filled = [budget if o is None else o for o in onsets]
   hacked_mean, hacked_std = _mean_std(hacked)
   lb_mean, lb_std = _mean_std(filled)
-  return {"onsets": onsets, "num_seeds": len(onsets),
-          "num_hacked": len(hacked),
-          "num_not_hacked": len(onsets) - len(hacked),
-          "hacked_mean": hacked_mean, "hacked_std": hacked_std,
-          "lower_bound_mean": lb_mean, "lower_bound_std": lb_std,
-          "budget": int(budget)}
+  return {
+    "onsets": onsets,
+    "num_seeds": len(onsets),
+    "num_hacked": len(hacked),
+    "num_not_hacked": len(onsets) - len(hacked),
+    "hacked_mean": hacked_mean,
+    "hacked_std": hacked_std,
+    "lower_bound_mean": lb_mean,
+    "lower_bound_std": lb_std,
+    "budget": int(budget),
+  }
 
 
 def format_onsets(summary: dict[str, Any], fmt: str = ".0f") -> str:
@@ -202,9 +207,7 @@ def format_onsets(summary: dict[str, Any], fmt: str = ".0f") -> str:
     return "no runs"
   if not_hacked == n:
     return f"no hacking within {budget} steps ({n}/{n} seeds)"
-  text = (f"{summary['lower_bound_mean']:{fmt}} ± "
-          f"{summary['lower_bound_std']:{fmt}}")
+  text = f"{summary['lower_bound_mean']:{fmt}} ± {summary['lower_bound_std']:{fmt}}"
   if not_hacked:
-    text = (f">= {text} ({not_hacked}/{n} no hacking within {budget} "
-            "steps)")
+    text = f">= {text} ({not_hacked}/{n} no hacking within {budget} steps)"
   return text

@@ -59,14 +59,16 @@ class PerturbationResult(NamedTuple):
     final_score: [N] float R1 of the outputs.
     num_substitutions: [N] int, substitutions made (<= budget).
   """
+
   tokens: np.ndarray
   initial_score: np.ndarray
   final_score: np.ndarray
   num_substitutions: np.ndarray
 
 
-def substitution_table(classes: Sequence[str] = SUBSTITUTABLE_CLASSES,
-                       ) -> dict[int, np.ndarray]:
+def substitution_table(
+  classes: Sequence[str] = SUBSTITUTABLE_CLASSES,
+) -> dict[int, np.ndarray]:
   """token id -> [C] ids of the other words of its class.
 
   Args:
@@ -79,32 +81,28 @@ def substitution_table(classes: Sequence[str] = SUBSTITUTABLE_CLASSES,
   known = set(sw.WORD_CLASSES.values())
   unknown = [c for c in classes if c not in known]
   if unknown:
-    raise ValueError(f"unknown word classes {unknown}; the synthetic world "
-                     f"has {sorted(known)}")
+    raise ValueError(f"unknown word classes {unknown}; the synthetic world has {sorted(known)}")
   table = {}
   for cls in classes:
-    ids = np.array([sw.WORD_TO_ID[w] for w in sw.VOCAB
-                    if sw.WORD_CLASSES[w] == cls], np.int32)
+    ids = np.array([sw.WORD_TO_ID[w] for w in sw.VOCAB if sw.WORD_CLASSES[w] == cls], np.int32)
     for i in ids:
       table[int(i)] = ids[ids != i]
   return table
 
 
-def _delete(tokens: np.ndarray, mask: np.ndarray, pos: int,
-            pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def _delete(tokens: np.ndarray, mask: np.ndarray, pos: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """One row with position `pos` removed, compacted to the left."""
   keep = mask.copy()
   keep[pos] = False
   out = np.full_like(tokens, pad_id)
   out_mask = np.zeros_like(mask)
   kept = tokens[keep]
-  out[:kept.size] = kept
-  out_mask[:kept.size] = True
+  out[: kept.size] = kept
+  out_mask[: kept.size] = True
   return out, out_mask
 
 
-def _positions(tokens: np.ndarray, mask: np.ndarray,
-               table: dict[int, np.ndarray], eos_id: int) -> list[int]:
+def _positions(tokens: np.ndarray, mask: np.ndarray, table: dict[int, np.ndarray], eos_id: int) -> list[int]:
   """Substitutable positions of one row: masked, before the first EOS."""
   out = []
   for j in np.flatnonzero(mask):
@@ -116,11 +114,14 @@ def _positions(tokens: np.ndarray, mask: np.ndarray,
   return out
 
 
-def _best_substitutions(tokens: np.ndarray, mask: np.ndarray,
-                        current: np.ndarray,
-                        positions: list[list[int]],
-                        table: dict[int, np.ndarray], score_fn: ScoreFn,
-                        ) -> list[tuple[float, int, int] | None]:
+def _best_substitutions(
+  tokens: np.ndarray,
+  mask: np.ndarray,
+  current: np.ndarray,
+  positions: list[list[int]],
+  table: dict[int, np.ndarray],
+  score_fn: ScoreFn,
+) -> list[tuple[float, int, int] | None]:
   """For each row, the best (score, position, token) over `positions[i]`.
 
   One batched `score_fn` call covers every candidate of every row.
@@ -137,11 +138,9 @@ def _best_substitutions(tokens: np.ndarray, mask: np.ndarray,
   rows_arr = np.asarray(rows)
   batch = tokens[rows_arr].copy()
   batch[np.arange(len(rows)), cand_pos] = cand_ids
-  scores = np.asarray(score_fn(batch, mask[rows_arr], rows_arr),
-                      np.float64).reshape(-1)
+  scores = np.asarray(score_fn(batch, mask[rows_arr], rows_arr), np.float64).reshape(-1)
   if scores.shape[0] != len(rows):
-    raise ValueError(f"score_fn returned {scores.shape[0]} scores for "
-                     f"{len(rows)} rows")
+    raise ValueError(f"score_fn returned {scores.shape[0]} scores for {len(rows)} rows")
   best: list[tuple[float, int, int] | None] = [None] * len(positions)
   for c, i in enumerate(rows):
     # Strict improvement over the current response; the first (most
@@ -151,12 +150,16 @@ def _best_substitutions(tokens: np.ndarray, mask: np.ndarray,
   return best
 
 
-def word_substitution_attack(response_tokens: np.ndarray,
-                             response_mask: np.ndarray, score_fn: ScoreFn,
-                             budget: int = 3, search: str = "importance",
-                             classes: Sequence[str] = SUBSTITUTABLE_CLASSES,
-                             eos_id: int = sw.EOS_ID,
-                             pad_id: int = sw.PAD_ID) -> PerturbationResult:
+def word_substitution_attack(
+  response_tokens: np.ndarray,
+  response_mask: np.ndarray,
+  score_fn: ScoreFn,
+  budget: int = 3,
+  search: str = "importance",
+  classes: Sequence[str] = SUBSTITUTABLE_CLASSES,
+  eos_id: int = sw.EOS_ID,
+  pad_id: int = sw.PAD_ID,
+) -> PerturbationResult:
   """Greedy same-class word substitutions that raise R1.
 
   Args:
@@ -181,16 +184,14 @@ def word_substitution_attack(response_tokens: np.ndarray,
   tokens = np.array(response_tokens, np.int32, copy=True)
   mask = np.asarray(response_mask, bool)
   if tokens.ndim != 2 or tokens.shape != mask.shape:
-    raise ValueError(f"response_tokens {tokens.shape} and response_mask "
-                     f"{mask.shape} must be the same [N, R]")
+    raise ValueError(f"response_tokens {tokens.shape} and response_mask {mask.shape} must be the same [N, R]")
   num = tokens.shape[0]
   table = substitution_table(classes)
   ids = np.arange(num)
   initial = np.asarray(score_fn(tokens, mask, ids), np.float64).reshape(-1)
   current = initial.copy()
   done = np.zeros(num, np.int64)
-  positions = [_positions(tokens[i], mask[i], table, eos_id)
-               for i in range(num)]
+  positions = [_positions(tokens[i], mask[i], table, eos_id) for i in range(num)]
 
   if search == "importance":
     # Rank positions by how much deleting the word raises R1.
@@ -204,12 +205,11 @@ def word_substitution_attack(response_tokens: np.ndarray,
     queues: list[list[int]] = [[] for _ in range(num)]
     if del_rows:
       rows_arr = np.asarray(del_rows)
-      deleted = np.asarray(score_fn(np.stack(del_tokens), np.stack(del_masks),
-                                    rows_arr), np.float64).reshape(-1)
+      deleted = np.asarray(score_fn(np.stack(del_tokens), np.stack(del_masks), rows_arr), np.float64).reshape(-1)
       start = 0
       for i in range(num):
         k = len(positions[i])
-        importance = deleted[start:start + k] - initial[i]
+        importance = deleted[start : start + k] - initial[i]
         # Stable sort: equal importance keeps left-to-right order.
         order = np.argsort(-importance, kind="stable")
         queues[i] = [positions[i][o] for o in order]
@@ -218,10 +218,8 @@ def word_substitution_attack(response_tokens: np.ndarray,
       active = [i for i in range(num) if queues[i] and done[i] < budget]
       if not active:
         break
-      step_pos = [[queues[i].pop(0)] if i in active else []
-                  for i in range(num)]
-      best = _best_substitutions(tokens, mask, current, step_pos, table,
-                                 score_fn)
+      step_pos = [[queues[i].pop(0)] if i in active else [] for i in range(num)]
+      best = _best_substitutions(tokens, mask, current, step_pos, table, score_fn)
       for i, b in enumerate(best):
         if b is not None:
           current[i], j, t = b
@@ -231,8 +229,7 @@ def word_substitution_attack(response_tokens: np.ndarray,
     active = np.ones(num, bool)
     for _ in range(budget):
       step_pos = [positions[i] if active[i] else [] for i in range(num)]
-      best = _best_substitutions(tokens, mask, current, step_pos, table,
-                                 score_fn)
+      best = _best_substitutions(tokens, mask, current, step_pos, table, score_fn)
       for i, b in enumerate(best):
         if b is None:
           active[i] = False  # A local optimum: no single swap helps.
@@ -242,5 +239,4 @@ def word_substitution_attack(response_tokens: np.ndarray,
           done[i] += 1
       if not active.any():
         break
-  return PerturbationResult(tokens=tokens, initial_score=initial,
-                            final_score=current, num_substitutions=done)
+  return PerturbationResult(tokens=tokens, initial_score=initial, final_score=current, num_substitutions=done)

@@ -54,8 +54,11 @@ def init_probe(rng: Array, features: ArrayLike, hidden: int = 0) -> dict[str, Ar
   """
   features = jnp.asarray(features, jnp.float32)
   d = features.shape[1]
-  params = {"mean": jnp.mean(features, axis=0), "std": jnp.std(features, axis=0) + 1e-6,
-            "b_out": jnp.zeros((), jnp.float32)}
+  params = {
+    "mean": jnp.mean(features, axis=0),
+    "std": jnp.std(features, axis=0) + 1e-6,
+    "b_out": jnp.zeros((), jnp.float32),
+  }
   if hidden:
     k1, k2 = jax.random.split(rng)
     params["w_in"] = jax.random.normal(k1, (d, hidden), jnp.float32) * np.sqrt(2.0 / d)
@@ -108,9 +111,16 @@ def weighted_bce(logits: ArrayLike, labels: ArrayLike, weights: ArrayLike) -> Ar
   return jnp.sum(weights * bce) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
-def train_probe(rng: Array, features: ArrayLike, labels: ArrayLike, hidden: int = 0, num_steps: int = 500,
-                learning_rate: float = 1e-2, weight_decay: float = 1e-4,
-                sample_weights: ArrayLike | None = None) -> tuple[dict[str, Array], Array]:
+def train_probe(
+  rng: Array,
+  features: ArrayLike,
+  labels: ArrayLike,
+  hidden: int = 0,
+  num_steps: int = 500,
+  learning_rate: float = 1e-2,
+  weight_decay: float = 1e-4,
+  sample_weights: ArrayLike | None = None,
+) -> tuple[dict[str, Array], Array]:
   """Full-batch AdamW on the class-weighted BCE, all steps in one `lax.scan`.
 
   Args:
@@ -133,8 +143,7 @@ def train_probe(rng: Array, features: ArrayLike, labels: ArrayLike, hidden: int 
   # The standardisation statistics are data, not trained parameters.
   stats = {k: params.pop(k) for k in ("mean", "std")}
   weights = class_weights(labels, counts)  # counts act as multiplicities
-  params, losses = _fit(params, stats, features, labels, weights, num_steps, float(learning_rate),
-                        float(weight_decay))
+  params, losses = _fit(params, stats, features, labels, weights, num_steps, float(learning_rate), float(weight_decay))
   return dict(params, **stats), losses
 
 
@@ -168,8 +177,14 @@ def probe_uncertainty(confidence: ArrayLike) -> Array:
 # ----------------------------------------------------------------------------
 
 
-def early_exit(confidence: ArrayLike, candidate: ArrayLike, candidate_value: ArrayLike, final_value: ArrayLike,
-               length: ArrayLike, threshold: float) -> dict[str, Array]:
+def early_exit(
+  confidence: ArrayLike,
+  candidate: ArrayLike,
+  candidate_value: ArrayLike,
+  final_value: ArrayLike,
+  length: ArrayLike,
+  threshold: float,
+) -> dict[str, Array]:
   """Stops each response at its first candidate answer with confidence >= threshold.
 
   Decoding is autoregressive, so stopping at column t leaves columns 0..t
@@ -234,7 +249,7 @@ def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
     j = i
     while j + 1 < scores.size and sorted_scores[j + 1] == sorted_scores[i]:
       j += 1
-    ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+    ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
     i = j + 1
   return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
@@ -274,6 +289,11 @@ def brier_score(probs: ArrayLike, labels: ArrayLike) -> float:
 def classification_metrics(probs: ArrayLike, labels: ArrayLike, num_bins: int = 10) -> dict[str, Any]:
   """{"n", "positive_rate", "roc_auc", "ece", "brier", "accuracy@0.5"} of probabilities vs 0/1 labels."""
   probs, labels = _check(probs, labels)
-  return {"n": int(probs.size), "positive_rate": float(labels.mean()), "roc_auc": roc_auc(probs, labels),
-          "ece": expected_calibration_error(probs, labels, num_bins), "brier": brier_score(probs, labels),
-          "accuracy@0.5": float(np.mean((probs >= 0.5) == (labels > 0.5)))}
+  return {
+    "n": int(probs.size),
+    "positive_rate": float(labels.mean()),
+    "roc_auc": roc_auc(probs, labels),
+    "ece": expected_calibration_error(probs, labels, num_bins),
+    "brier": brier_score(probs, labels),
+    "accuracy@0.5": float(np.mean((probs >= 0.5) == (labels > 0.5))),
+  }

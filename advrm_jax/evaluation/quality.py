@@ -73,7 +73,7 @@ def ngrams(items: Sequence[Hashable], n: int) -> list[tuple[Hashable, ...]]:
   """Every contiguous n-gram of ``items``, in order (none when there are fewer than n)."""
   if n < 1:
     raise ValueError(f"n must be >= 1, got {n}")
-  return [tuple(items[i:i + n]) for i in range(len(items) - n + 1)]
+  return [tuple(items[i : i + n]) for i in range(len(items) - n + 1)]
 
 
 def num_words(text: str) -> int:
@@ -147,8 +147,15 @@ def longest_prompt_span(response: str, prompt: str) -> int:
   return best
 
 
-def text_quality(response: str, prompt: str, tokens: Sequence[Hashable] | None = None, *, n: int = 3,
-                 min_copy_span: int = MIN_COPY_SPAN, min_words: int = MIN_WORDS) -> dict[str, Any]:
+def text_quality(
+  response: str,
+  prompt: str,
+  tokens: Sequence[Hashable] | None = None,
+  *,
+  n: int = 3,
+  min_copy_span: int = MIN_COPY_SPAN,
+  min_words: int = MIN_WORDS,
+) -> dict[str, Any]:
   """Every text check of one response.
 
   Args:
@@ -169,21 +176,26 @@ def text_quality(response: str, prompt: str, tokens: Sequence[Hashable] | None =
   count = num_words(response)
   span = longest_prompt_span(response, prompt)
   return {
-      "num_words": count,
-      "empty": count == 0,
-      "near_empty": count < min_words,
-      "repeated_ngram_fraction": repeated_ngram_fraction(response, n),
-      "longest_run": longest_run(response if tokens is None else tokens),
-      "missing_final_punctuation": missing_final_punctuation(response),
-      "prompt_copy_fraction": prompt_copy_fraction(response, prompt, n),
-      "longest_prompt_span": span,
-      "copies_prompt": span >= min_copy_span,
+    "num_words": count,
+    "empty": count == 0,
+    "near_empty": count < min_words,
+    "repeated_ngram_fraction": repeated_ngram_fraction(response, n),
+    "longest_run": longest_run(response if tokens is None else tokens),
+    "missing_final_punctuation": missing_final_punctuation(response),
+    "prompt_copy_fraction": prompt_copy_fraction(response, prompt, n),
+    "longest_prompt_span": span,
+    "copies_prompt": span >= min_copy_span,
   }
 
 
-def quality_flags(metrics: dict[str, Any], *, max_repeated_fraction: float = MAX_REPEATED_FRACTION,
-                  max_run: int = MAX_RUN, max_copy_fraction: float = MAX_COPY_FRACTION,
-                  perplexity_limit: float | None = None) -> list[str]:
+def quality_flags(
+  metrics: dict[str, Any],
+  *,
+  max_repeated_fraction: float = MAX_REPEATED_FRACTION,
+  max_run: int = MAX_RUN,
+  max_copy_fraction: float = MAX_COPY_FRACTION,
+  perplexity_limit: float | None = None,
+) -> list[str]:
   """Short labels of what looks wrong with a response, from ``text_quality`` metrics.
 
   Args:
@@ -213,8 +225,12 @@ def quality_flags(metrics: dict[str, Any], *, max_repeated_fraction: float = MAX
   if metrics.get("has_eos") is False:
     flags.append("no EOS")
   perplexity = metrics.get("perplexity")
-  if perplexity_limit is not None and perplexity is not None and np.isfinite(perplexity) \
-      and perplexity > perplexity_limit:
+  if (
+    perplexity_limit is not None
+    and perplexity is not None
+    and np.isfinite(perplexity)
+    and perplexity > perplexity_limit
+  ):
     flags.append("high perplexity")
   return flags
 
@@ -236,8 +252,14 @@ def _lm_head(model: Any, hidden: jax.Array) -> jax.Array:
   return jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
 
 
-def response_nll(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                 response_tokens: jax.Array, response_mask: jax.Array) -> jax.Array:
+def response_nll(
+  graphdef: nnx.GraphDef,
+  params: Any,
+  prompt_tokens: jax.Array,
+  prompt_mask: jax.Array,
+  response_tokens: jax.Array,
+  response_mask: jax.Array,
+) -> jax.Array:
   """Mean negative log-likelihood per response token, given the prompt: [B] float32.
 
   Pure (jit it once: ``response_nll_jit``).
@@ -260,7 +282,7 @@ def response_nll(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, 
   prompt_tokens, prompt_mask = left_align(prompt_tokens, prompt_mask)
   tokens, mask = concat_prompt_response(prompt_tokens, prompt_mask, response_tokens, response_mask, left_pad=False)
   model = nnx.merge(graphdef, params)
-  hidden = model(tokens, mask, compute_logits=False).hidden[:, prompt_len - 1:-1]
+  hidden = model(tokens, mask, compute_logits=False).hidden[:, prompt_len - 1 : -1]
   logprobs = token_logprobs_from_logits(_lm_head(model, hidden), tokens[:, prompt_len:])
   weights = jnp.asarray(response_mask).astype(jnp.float32)
   count = weights.sum(axis=1)
@@ -278,9 +300,15 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([array, np.zeros((rows - array.shape[0],) + array.shape[1:], array.dtype)])
 
 
-def response_perplexity(graphdef: nnx.GraphDef, params: Any, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
-                        response_tokens: np.ndarray, response_mask: np.ndarray,
-                        batch_size: int = 16) -> np.ndarray:
+def response_perplexity(
+  graphdef: nnx.GraphDef,
+  params: Any,
+  prompt_tokens: np.ndarray,
+  prompt_mask: np.ndarray,
+  response_tokens: np.ndarray,
+  response_mask: np.ndarray,
+  batch_size: int = 16,
+) -> np.ndarray:
   """Perplexity of each response under the policy, ``exp(response_nll)``: [N] numpy.
 
   Rows go through ``response_nll_jit`` in chunks of ``batch_size`` (the last

@@ -26,9 +26,9 @@ from advrm_jax.fileio import save_png, write_text_atomic
 # Table 1 of Bukharin et al. (2025), synthetic setting: attack success in %
 # (standard, strict).
 PAPER_TABLE1: dict[str, tuple[float, float]] = {
-    "Adv-RM": (99.31, 92.91),
-    "RM over-optimisation": (8.31, 2.85),
-    "TextFooler": (9.57, 0.0),
+  "Adv-RM": (99.31, 92.91),
+  "RM over-optimisation": (8.31, 2.85),
+  "TextFooler": (9.57, 0.0),
 }
 
 MISSING = "–"
@@ -50,8 +50,7 @@ def mean_std(values: Sequence[float | None] | ArrayLike) -> dict[str, Any]:
     single value) over the n finite values, None for both when n = 0;
     "values" is the input as a JSON-safe list.
   """
-  raw = [None if v is None else float(v) for v in np.asarray(
-      values, dtype=object).reshape(-1)]
+  raw = [None if v is None else float(v) for v in np.asarray(values, dtype=object).reshape(-1)]
   finite = [v for v in raw if v is not None and math.isfinite(v)]
   if not finite:
     mean = std = None
@@ -59,12 +58,10 @@ def mean_std(values: Sequence[float | None] | ArrayLike) -> dict[str, Any]:
     arr = np.asarray(finite)
     mean = float(arr.mean())
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-  return {"mean": mean, "std": std, "n": len(finite),
-          "values": to_json_safe(raw)}
+  return {"mean": mean, "std": std, "n": len(finite), "values": to_json_safe(raw)}
 
 
-def format_mean_std(stat: Mapping[str, Any] | None, fmt: str = ".2f",
-                    scale: float = 1.0) -> str:
+def format_mean_std(stat: Mapping[str, Any] | None, fmt: str = ".2f", scale: float = 1.0) -> str:
   """'1.23 ± 0.45' from a `mean_std` dict ('–' when missing).
 
   Args:
@@ -112,8 +109,7 @@ def to_json_safe(obj: Any) -> Any:
   raise TypeError(f"cannot write {type(obj).__name__} {obj!r} to report JSON")
 
 
-def write_report_json(path: epath.PathLike,
-                      report: Mapping[str, Any]) -> epath.Path:
+def write_report_json(path: epath.PathLike, report: Mapping[str, Any]) -> epath.Path:
   """Writes `report` as JSON (numpy-safe, NaN/Inf as null), atomically.
 
   An interrupted write never leaves a truncated report in place of a good
@@ -122,8 +118,7 @@ def write_report_json(path: epath.PathLike,
   Returns:
     The path written.
   """
-  text = json.dumps(to_json_safe(report), indent=2, sort_keys=False,
-                    allow_nan=False)
+  text = json.dumps(to_json_safe(report), indent=2, sort_keys=False, allow_nan=False)
   return write_text_atomic(path, text + "\n")
 
 
@@ -148,8 +143,7 @@ def _cell(value: Any, float_fmt: str) -> str:
   return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
-                   float_fmt: str = ".2f") -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], float_fmt: str = ".2f") -> str:
   """A GitHub-flavoured markdown table.
 
   Args:
@@ -165,16 +159,15 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
   for i, row in enumerate(rows):
     if len(row) != width:
       raise ValueError(f"row {i} has {len(row)} cells, expected {width}")
-  lines = ["| " + " | ".join(_cell(h, float_fmt) for h in headers) + " |",
-           "|" + "|".join(["---"] * width) + "|"]
-  lines += ["| " + " | ".join(_cell(c, float_fmt) for c in row) + " |"
-            for row in rows]
+  lines = ["| " + " | ".join(_cell(h, float_fmt) for h in headers) + " |", "|" + "|".join(["---"] * width) + "|"]
+  lines += ["| " + " | ".join(_cell(c, float_fmt) for c in row) + " |" for row in rows]
   return "\n".join(lines) + "\n"
 
 
-def attack_table(ours: Mapping[str, Mapping[str, Any]],
-                 paper: Mapping[str, tuple[float, float]] = PAPER_TABLE1,
-                 ) -> str:
+def attack_table(
+  ours: Mapping[str, Mapping[str, Any]],
+  paper: Mapping[str, tuple[float, float]] = PAPER_TABLE1,
+) -> str:
   """Attack success, ours beside the paper's Table 1 (all in %).
 
   Args:
@@ -187,6 +180,7 @@ def attack_table(ours: Mapping[str, Mapping[str, Any]],
     A markdown table with columns method, ours standard / strict, paper
     standard / strict.
   """
+
   def show(value: Any) -> str:
     if isinstance(value, Mapping):
       return format_mean_std(value)
@@ -198,11 +192,18 @@ def attack_table(ours: Mapping[str, Mapping[str, Any]],
   for name in names:
     mine = ours.get(name, {})
     theirs = paper.get(name)
-    rows.append([name, show(mine.get("standard")), show(mine.get("strict")),
-                 MISSING if theirs is None else f"{theirs[0]:.2f}",
-                 MISSING if theirs is None else f"{theirs[1]:.2f}"])
-  return markdown_table(["Method", "Standard % (ours)", "Strict % (ours)",
-                         "Standard % (paper)", "Strict % (paper)"], rows)
+    rows.append(
+      [
+        name,
+        show(mine.get("standard")),
+        show(mine.get("strict")),
+        MISSING if theirs is None else f"{theirs[0]:.2f}",
+        MISSING if theirs is None else f"{theirs[1]:.2f}",
+      ]
+    )
+  return markdown_table(
+    ["Method", "Standard % (ours)", "Strict % (ours)", "Standard % (paper)", "Strict % (paper)"], rows
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -213,6 +214,7 @@ def attack_table(ours: Mapping[str, Mapping[str, Any]],
 def figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
   # Imported lazily: matplotlib is slow to import and only plots need it.
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  # deferred: slow to import, plots only
+
   # Constrained layout keeps a figure title clear of the panel titles.
   fig = Figure(figsize=(width * ncols, height), dpi=100, layout="constrained")
   axes = fig.subplots(1, ncols, squeeze=False)[0]
@@ -222,6 +224,7 @@ def figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
 def integer_ticks(ax) -> None:
   """Whole-number ticks on the x axis (steps, rounds)."""
   from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top  # deferred: plots only
+
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -230,15 +233,13 @@ def save_figure(fig, path: epath.PathLike) -> epath.Path:
   return save_png(fig, path)
 
 
-def band(ax, steps: np.ndarray, curves: np.ndarray, label: str,
-          color: Any = None) -> None:
+def band(ax, steps: np.ndarray, curves: np.ndarray, label: str, color: Any = None) -> None:
   """Mean line with a ± std band over the seed axis of [seeds, S] curves."""
   mean = np.nanmean(curves, axis=0)
-  line, = ax.plot(steps, mean, label=label, color=color)
+  (line,) = ax.plot(steps, mean, label=label, color=color)
   if curves.shape[0] > 1:
     std = np.nanstd(curves, axis=0, ddof=1)
-    ax.fill_between(steps, mean - std, mean + std, alpha=0.2,
-                    color=line.get_color())
+    ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=line.get_color())
 
 
 def _as_seed_curves(values: ArrayLike, name: str) -> np.ndarray:
@@ -255,10 +256,12 @@ def plot_reward_curves(path: epath.PathLike, *args, **kwargs) -> epath.Path:
   return save_figure(reward_curves_figure(*args, **kwargs), path)
 
 
-def reward_curves_figure(curves: Mapping[str, Mapping[str, ArrayLike]],
-                         steps: ArrayLike | None = None,
-                         onsets: Mapping[str, float | None] | None = None,
-                         title: str = "RLHF against each reward model"):
+def reward_curves_figure(
+  curves: Mapping[str, Mapping[str, ArrayLike]],
+  steps: ArrayLike | None = None,
+  onsets: Mapping[str, float | None] | None = None,
+  title: str = "RLHF against each reward model",
+):
   """Gold (left) and proxy (right) reward vs step, one line per RM.
 
   Args:
@@ -311,9 +314,9 @@ def _errorbar_series(ax, values: ArrayLike, label: str, **style) -> None:
   ax.set_xticks(rounds)
 
 
-def attack_success_figure(rates: Mapping[str, ArrayLike],
-                          floors: Mapping[str, ArrayLike] | None = None,
-                          title: str = "Attack success per round"):
+def attack_success_figure(
+  rates: Mapping[str, ArrayLike], floors: Mapping[str, ArrayLike] | None = None, title: str = "Attack success per round"
+):
   """Attack success (%) per adversarial-training round, seed mean ± std.
 
   Args:
@@ -335,8 +338,7 @@ def attack_success_figure(rates: Mapping[str, ArrayLike],
     _errorbar_series(ax, values, name, marker="o")
   for name, values in (floors or {}).items():
     _errorbar_series(ax, values, name, marker="x", linestyle="--", color="grey")
-  ax.set(xlabel="adversarial training round", ylabel="attack success (%)",
-         ylim=(-2, 102), title=title)
+  ax.set(xlabel="adversarial training round", ylabel="attack success (%)", ylim=(-2, 102), title=title)
   ax.legend(fontsize="small")
   return fig
 
@@ -346,11 +348,14 @@ def plot_uncertainty_vs_gold(path: epath.PathLike, *args, **kwargs) -> epath.Pat
   return save_figure(uncertainty_figure(*args, **kwargs), path)
 
 
-def uncertainty_figure(u: ArrayLike, gold_gap: ArrayLike,
-                       correlation: Mapping[str, Any] | None = None,
-                       xlabel: str = "ensemble uncertainty U",
-                       ylabel: str = "gold(y_ref) - gold(y)",
-                       threshold: float | None = None):
+def uncertainty_figure(
+  u: ArrayLike,
+  gold_gap: ArrayLike,
+  correlation: Mapping[str, Any] | None = None,
+  xlabel: str = "ensemble uncertainty U",
+  ylabel: str = "gold(y_ref) - gold(y)",
+  threshold: float | None = None,
+):
   """Scatter of uncertainty against the gold shortfall.
 
   Args:
@@ -373,16 +378,21 @@ def uncertainty_figure(u: ArrayLike, gold_gap: ArrayLike,
   ax.scatter(u, gap, s=8, alpha=0.5)
   title = "uncertainty vs gold shortfall"
   if correlation:
+
     def num(k):
       v = correlation.get(k)
       return "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"
-    title += (f"\nPearson {num('pearson')}, Spearman {num('spearman')}, "
-              f"n={correlation.get('n', u.size)}")
+
+    title += f"\nPearson {num('pearson')}, Spearman {num('spearman')}, n={correlation.get('n', u.size)}"
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   ax.axhline(0.0, color="grey", linewidth=0.8)
   if threshold is not None:
     kept = int(np.sum(u > threshold))
-    ax.axvline(threshold, color="tab:red", linestyle="--",
-               label=f"filter threshold {threshold:g} ({kept} of {u.size} right of it)")
+    ax.axvline(
+      threshold,
+      color="tab:red",
+      linestyle="--",
+      label=f"filter threshold {threshold:g} ({kept} of {u.size} right of it)",
+    )
     ax.legend(fontsize="small")
   return fig

@@ -39,8 +39,9 @@ def _vector(x: ArrayLike, name: str, min_size: int = 1) -> np.ndarray:
   return x
 
 
-def gold_at_matched_kl(kl: ArrayLike, gold: ArrayLike, targets: tuple[float, ...] = KL_TARGETS,
-                       min_seed_share: float = 0.5) -> np.ndarray:
+def gold_at_matched_kl(
+  kl: ArrayLike, gold: ArrayLike, targets: tuple[float, ...] = KL_TARGETS, min_seed_share: float = 0.5
+) -> np.ndarray:
   """One arm's gold at matched KL in one realisation: the mean over its RL seeds, per KL target.
 
   Each seed's curve is read at each target by `value_at_kl` (linear interpolation at the first
@@ -151,7 +152,7 @@ def wilcoxon_signed_rank(d: ArrayLike) -> dict[str, Any]:
   if n <= WILCOXON_EXACT_MAX_N and np.all(tie_sizes == 1):
     counts = _exact_signed_rank_counts(n)
     # No ties: ranks are integers, so statistic is an integer.
-    p = min(1.0, 2 * float(sum(counts[:int(statistic) + 1])) / float(2**n))
+    p = min(1.0, 2 * float(sum(counts[: int(statistic) + 1])) / float(2**n))
     method = "exact"
   else:
     var = n * (n + 1) * (2 * n + 1) / 24 - np.sum(tie_sizes**3 - tie_sizes) / 48
@@ -241,10 +242,12 @@ def required_n(sd: float, delta: float, alpha: float = 0.05, power: float = 0.8,
   (the t-test needs at least about that many), evaluating the noncentral-t power at each n.
   """
   if not (sd > 0 and delta != 0 and 0 < alpha < 1 and 0 < power < 1):
-    raise ValueError(f"required_n needs sd > 0, delta != 0, alpha and power in (0, 1); got sd={sd}, "
-                     f"delta={delta}, alpha={alpha}, power={power}")
+    raise ValueError(
+      f"required_n needs sd > 0, delta != 0, alpha and power in (0, 1); got sd={sd}, "
+      f"delta={delta}, alpha={alpha}, power={power}"
+    )
   z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-  n = max(2, int(np.ceil((z * sd / abs(delta))**2)) - 1)
+  n = max(2, int(np.ceil((z * sd / abs(delta)) ** 2)) - 1)
   while paired_t_power(n, sd, abs(delta), alpha) < power:
     n += 1
     if n > max_n:
@@ -287,8 +290,9 @@ def kaplan_meier(times: ArrayLike, events: ArrayLike) -> dict[str, Any]:
   times = _vector(times, "times")
   events = np.asarray(events)
   if events.shape != times.shape or events.dtype != bool:
-    raise ValueError(f"events must be a bool array of the times' shape {times.shape}, got {events.dtype} "
-                     f"{events.shape}")
+    raise ValueError(
+      f"events must be a bool array of the times' shape {times.shape}, got {events.dtype} {events.shape}"
+    )
   if np.any(times < 0):
     raise ValueError("times must be >= 0")
   steps = np.unique(times[events])
@@ -299,11 +303,17 @@ def kaplan_meier(times: ArrayLike, events: ArrayLike) -> dict[str, Any]:
     greenwood = np.cumsum(num_events / (at_risk * (at_risk - num_events)))  # inf once n_j = d_j
   finite = np.isfinite(greenwood)
   variance = np.full(steps.size, np.nan)
-  variance[finite] = survival[finite]**2 * greenwood[finite]
+  variance[finite] = survival[finite] ** 2 * greenwood[finite]
   below = np.flatnonzero(survival <= 0.5)
-  return {"steps": steps, "survival": survival, "variance": variance, "at_risk": at_risk,
-          "events": num_events, "median": float(steps[below[0]]) if below.size else None,
-          "num_censored": int(np.sum(~events))}
+  return {
+    "steps": steps,
+    "survival": survival,
+    "variance": variance,
+    "at_risk": at_risk,
+    "events": num_events,
+    "median": float(steps[below[0]]) if below.size else None,
+    "num_censored": int(np.sum(~events)),
+  }
 
 
 def restricted_mean_survival(times: ArrayLike, events: ArrayLike, budget: float) -> float:
@@ -322,8 +332,9 @@ def restricted_mean_survival(times: ArrayLike, events: ArrayLike, budget: float)
   return float(np.sum(heights * np.diff(edges)))
 
 
-def _reml_objective(theta: np.ndarray, y: np.ndarray, x: np.ndarray, grams: list[np.ndarray]
-                    ) -> tuple[float, np.ndarray]:
+def _reml_objective(
+  theta: np.ndarray, y: np.ndarray, x: np.ndarray, grams: list[np.ndarray]
+) -> tuple[float, np.ndarray]:
   """-2 x profiled REML log-likelihood (up to a constant) and its gradient in theta.
 
   V = sigma_e^2 H, H = I + sum_k theta_k Z_k Z_k^T; P = H^-1 - H^-1 X (X^T H^-1 X)^-1 X^T H^-1.
@@ -344,8 +355,9 @@ def _reml_objective(theta: np.ndarray, y: np.ndarray, x: np.ndarray, grams: list
   return float(value), grad
 
 
-def mixed_model_random_intercepts(y: ArrayLike, groups: Mapping[str, Sequence[Any]],
-                                  arm: Sequence[Any] | None = None, reference: Any = None) -> dict[str, Any]:
+def mixed_model_random_intercepts(
+  y: ArrayLike, groups: Mapping[str, Sequence[Any]], arm: Sequence[Any] | None = None, reference: Any = None
+) -> dict[str, Any]:
   """Linear mixed model with random intercepts, fitted by REML.
 
     y_i = mu + beta_{arm(i)} + sum_k u^k_{g_k(i)} + e_i,  u^k_g ~ N(0, sigma_k^2), e_i ~ N(0, sigma_e^2),
@@ -407,9 +419,15 @@ def mixed_model_random_intercepts(y: ArrayLike, groups: Mapping[str, Sequence[An
     num_groups[name] = int(index.max() + 1)
   best = None
   for start in (0.1, 1.0, 10.0):
-    fit = optimize.minimize(_reml_objective, np.full(len(grams), start), args=(y, x, grams), jac=True,
-                            method="L-BFGS-B", bounds=[(0.0, None)] * len(grams),
-                            options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 1000})
+    fit = optimize.minimize(
+      _reml_objective,
+      np.full(len(grams), start),
+      args=(y, x, grams),
+      jac=True,
+      method="L-BFGS-B",
+      bounds=[(0.0, None)] * len(grams),
+      options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 1000},
+    )
     if best is None or fit.fun < best.fun:
       best = fit
   theta = best.x
@@ -424,12 +442,16 @@ def mixed_model_random_intercepts(y: ArrayLike, groups: Mapping[str, Sequence[An
   se = np.sqrt(np.diag(cov))
   # f(theta) + (n - p)(1 + log(2 pi)) - (n - p) log(n - p) is -2 l_R with sigma_e^2 at its REML value.
   neg2 = best.fun + (n - p) * (1 + np.log(2 * np.pi) - np.log(n - p))
-  return {"intercept": float(beta[0]), "intercept_se": float(se[0]),
-          "arm_effects": {a: float(b) for a, b in zip(names, beta[1:])},
-          "arm_se": {a: float(s) for a, s in zip(names, se[1:])},
-          "variance_components": {**{k: float(t * sigma_e2) for k, t in zip(groups, theta)},
-                                  "residual": sigma_e2},
-          "num_groups": num_groups, "n": n, "reml_neg2_loglik": float(neg2)}
+  return {
+    "intercept": float(beta[0]),
+    "intercept_se": float(se[0]),
+    "arm_effects": {a: float(b) for a, b in zip(names, beta[1:])},
+    "arm_se": {a: float(s) for a, s in zip(names, se[1:])},
+    "variance_components": {**{k: float(t * sigma_e2) for k, t in zip(groups, theta)}, "residual": sigma_e2},
+    "num_groups": num_groups,
+    "n": n,
+    "reml_neg2_loglik": float(neg2),
+  }
 
 
 def expected_ci_half_width(sd: float, n: int, level: float = 0.95) -> float:

@@ -44,8 +44,7 @@ RECORD_FILE = "realisation.json"
 STUDY_JSON = "study.json"
 STUDY_MD = "STUDY.md"
 PLOTS_DIR = "plots"
-PLOT_FILES = ("forest.png", "gold_vs_kl.png", "attack_success.png", "kaplan_meier.png",
-              "uncertainty_shortfall.png")
+PLOT_FILES = ("forest.png", "gold_vs_kl.png", "attack_success.png", "kaplan_meier.png", "uncertainty_shortfall.png")
 
 TREATMENT, CONTROL = "T", "C0"
 CONTROLS = ("C1", "C2", "C3")  # the Holm families of secondary items 1 and 2, in this order
@@ -77,8 +76,12 @@ def protocol_commit(repo_root: pathlib.Path | None = None) -> tuple[str | None, 
   """
   root = pathlib.Path(repo_root) if repo_root else pathlib.Path(__file__).resolve().parents[2]
   try:
-    out = subprocess.run(["git", "-C", str(root), "log", "--diff-filter=A", "--format=%H", "--", PROTOCOL_PATH],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+      ["git", "-C", str(root), "log", "--diff-filter=A", "--format=%H", "--", PROTOCOL_PATH],
+      capture_output=True,
+      text=True,
+      check=False,
+    )
   except FileNotFoundError:
     return None, "git is not installed"
   if out.returncode:
@@ -158,8 +161,7 @@ def _mean_of_finite(values: Sequence[float | None]) -> float | None:
 
 def arm_gold_at_matched_kl(arm: dict[str, Any], targets: tuple[float, ...] = KL_TARGETS) -> np.ndarray:
   """One arm's gold at each KL target in one realisation (the mean over the RL seeds that reach it)."""
-  return statistics.gold_at_matched_kl(np.asarray(arm["kl"], np.float64), np.asarray(arm["gold"], np.float64),
-                                       targets)
+  return statistics.gold_at_matched_kl(np.asarray(arm["kl"], np.float64), np.asarray(arm["gold"], np.float64), targets)
 
 
 def matched_kl_difference(record: dict[str, Any], treatment: str, control: str) -> dict[str, Any]:
@@ -179,8 +181,9 @@ def hacking_times(record: dict[str, Any], arm: str) -> tuple[np.ndarray, np.ndar
   times, events = [], []
   for gold, proxy in zip(np.asarray(entry["gold"], np.float64), np.asarray(entry["proxy"], np.float64)):
     logged = np.isfinite(gold) & np.isfinite(proxy)  # null = not measured at that step
-    time, hacked = hacking.steps_before_hacking(gold[logged], proxy[logged], node["margin"], int(node["window"]),
-                                                steps[logged].astype(int), budget)
+    time, hacked = hacking.steps_before_hacking(
+      gold[logged], proxy[logged], node["margin"], int(node["window"]), steps[logged].astype(int), budget
+    )
     times.append(time)
     events.append(hacked)
   return np.asarray(times, np.float64), np.asarray(events, bool)
@@ -199,15 +202,31 @@ def paired_comparison(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
      "per_realisation": rows}; tests are None (with a "note") below two realisations.
   """
   d = np.asarray([r["d"] for r in rows if _finite(r["d"])], np.float64)
-  out: dict[str, Any] = {"n": int(d.size), "mean": float(d.mean()) if d.size else None, "sd": None, "se": None,
-                         "t": None, "df": None, "p_t": None, "p_wilcoxon": None, "wilcoxon_method": None,
-                         "ci95": None}
+  out: dict[str, Any] = {
+    "n": int(d.size),
+    "mean": float(d.mean()) if d.size else None,
+    "sd": None,
+    "se": None,
+    "t": None,
+    "df": None,
+    "p_t": None,
+    "p_wilcoxon": None,
+    "wilcoxon_method": None,
+    "ci95": None,
+  }
   if d.size >= 2:
     t_test = statistics.paired_t_test(d)
     wilcoxon = statistics.wilcoxon_signed_rank(d)
-    out.update(sd=t_test["sd"], se=t_test["se"], t=t_test["t"], df=t_test["df"], p_t=t_test["p"],
-               p_wilcoxon=wilcoxon["p"], wilcoxon_method=wilcoxon["method"],
-               ci95=list(statistics.bootstrap_ci(d, 0.95, BOOTSTRAP_NUM, BOOTSTRAP_SEED)))
+    out.update(
+      sd=t_test["sd"],
+      se=t_test["se"],
+      t=t_test["t"],
+      df=t_test["df"],
+      p_t=t_test["p"],
+      p_wilcoxon=wilcoxon["p"],
+      wilcoxon_method=wilcoxon["method"],
+      ci95=list(statistics.bootstrap_ci(d, 0.95, BOOTSTRAP_NUM, BOOTSTRAP_SEED)),
+    )
   else:
     out["note"] = f"{d.size} realisation(s) with a value: not tested"
   out["per_realisation"] = list(rows)
@@ -251,23 +270,39 @@ def _primary_analysis(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def method_check_failures(record: dict[str, Any]) -> dict[str, Any]:
   """The failing method checks: {check: {"value", "rule"}}."""
-  return {name: {"value": check.get("value"), "rule": check.get("rule")}
-          for name, check in record["method_checks"].items() if isinstance(check, dict) and not check.get("pass")}
+  return {
+    name: {"value": check.get("value"), "rule": check.get("rule")}
+    for name, check in record["method_checks"].items()
+    if isinstance(check, dict) and not check.get("pass")
+  }
 
 
-def realisations_realising_the_method(records: Sequence[dict[str, Any]]
-                                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def realisations_realising_the_method(
+  records: Sequence[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
   """Rules 1 and 3: (realisations in the comparative analyses, exclusions from all analyses)."""
   passing, excluded = [], []
   for record in records:
     if record["status"] != "ok":
-      excluded.append({"name": record["name"], "why": f"run error: {record.get('error')}", "checks": {},
-                       "excluded_from": "all analyses"})
+      excluded.append(
+        {
+          "name": record["name"],
+          "why": f"run error: {record.get('error')}",
+          "checks": {},
+          "excluded_from": "all analyses",
+        }
+      )
     elif not record["method_checks"]["all_pass"]:
       failures = method_check_failures(record)
       text = ", ".join(f"{k} = {v['value']} (needs {v['rule']})" for k, v in failures.items())
-      excluded.append({"name": record["name"], "why": f"method checks failed: {text}", "checks": failures,
-                       "excluded_from": "all analyses"})
+      excluded.append(
+        {
+          "name": record["name"],
+          "why": f"method checks failed: {text}",
+          "checks": failures,
+          "excluded_from": "all analyses",
+        }
+      )
     else:
       passing.append(record)
   return passing, excluded
@@ -281,8 +316,10 @@ def realisations_realising_the_method(records: Sequence[dict[str, Any]]
 def primary_endpoint(passing: Sequence[dict[str, Any]], ok: Sequence[dict[str, Any]]) -> dict[str, Any]:
   """Gold at matched KL, T - C0, over the realisations that pass; the sensitivity analysis over all `ok`."""
   result = _primary_analysis(passing)
-  result["sensitivity"] = {"label": "sensitivity: every realisation with a primary value, method checks ignored; "
-                                    "never the verdict", **_primary_analysis(ok)}
+  result["sensitivity"] = {
+    "label": "sensitivity: every realisation with a primary value, method checks ignored; never the verdict",
+    **_primary_analysis(ok),
+  }
   return result
 
 
@@ -301,6 +338,7 @@ def attack_success_after_two_rounds(passing: Sequence[dict[str, Any]]) -> dict[s
 
   The strict rate is reported per arm beside it, not tested.
   """
+
   def rate(record: dict[str, Any], arm: str, kind: str) -> float | None:
     after = record["arms"].get(arm, {}).get("attack_after")
     return None if after is None else after.get(kind)
@@ -310,9 +348,13 @@ def attack_success_after_two_rounds(passing: Sequence[dict[str, Any]]) -> dict[s
   for arm in arms:
     standard = [rate(r, arm, "standard") for r in passing]
     strict = [rate(r, arm, "strict") for r in passing]
-    per_arm[arm] = {"standard_mean": _mean_of_finite(standard), "strict_mean": _mean_of_finite(strict),
-                    "per_realisation": [{"name": r["name"], "standard": s, "strict": t}
-                                        for r, s, t in zip(passing, standard, strict)]}
+    per_arm[arm] = {
+      "standard_mean": _mean_of_finite(standard),
+      "strict_mean": _mean_of_finite(strict),
+      "per_realisation": [
+        {"name": r["name"], "standard": s, "strict": t} for r, s, t in zip(passing, standard, strict)
+      ],
+    }
   comparisons = {}
   for control in CONTROLS:
     if control in arms:
@@ -322,8 +364,11 @@ def attack_success_after_two_rounds(passing: Sequence[dict[str, Any]]) -> dict[s
         d = treated - controlled if _finite(treated) and _finite(controlled) else None
         rows.append({"name": r["name"], "d": d})
       comparisons[f"T-{control}"] = paired_comparison(rows)
-  return {"family": "Holm over the p_t of the comparisons below", "per_arm": per_arm,
-          "comparisons": holm_family(comparisons)}
+  return {
+    "family": "Holm over the p_t of the comparisons below",
+    "per_arm": per_arm,
+    "comparisons": holm_family(comparisons),
+  }
 
 
 def uncertainty_predicts_shortfall(passing: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -348,18 +393,31 @@ def steps_to_hacking(passing: Sequence[dict[str, Any]]) -> dict[str, Any]:
     pooled_times = np.concatenate([t for t, _ in runs])
     pooled_events = np.concatenate([e for _, e in runs])
     km = statistics.kaplan_meier(pooled_times, pooled_events)
-    kaplan_meier[arm] = {"median": km["median"], "num_runs": int(pooled_times.size),
-                         "num_events": int(pooled_events.sum()), "num_censored": km["num_censored"],
-                         "steps": km["steps"], "survival": km["survival"], "variance": km["variance"]}
+    kaplan_meier[arm] = {
+      "median": km["median"],
+      "num_runs": int(pooled_times.size),
+      "num_events": int(pooled_events.sum()),
+      "num_censored": km["num_censored"],
+      "steps": km["steps"],
+      "survival": km["survival"],
+      "variance": km["variance"],
+    }
   rows = []
   for record in passing:
-    rmst = {arm: statistics.restricted_mean_survival(*times[record["name"], arm], budget=int(record["rl_budget"]))
-            for arm in (TREATMENT, CONTROL)}
-    rows.append({"name": record["name"], TREATMENT: rmst[TREATMENT], CONTROL: rmst[CONTROL],
-                 "d": rmst[TREATMENT] - rmst[CONTROL]})
+    rmst = {
+      arm: statistics.restricted_mean_survival(*times[record["name"], arm], budget=int(record["rl_budget"]))
+      for arm in (TREATMENT, CONTROL)
+    }
+    rows.append(
+      {"name": record["name"], TREATMENT: rmst[TREATMENT], CONTROL: rmst[CONTROL], "d": rmst[TREATMENT] - rmst[CONTROL]}
+    )
   budgets = sorted({int(r["rl_budget"]) for r in passing})
-  return {"multiplicity": "not adjusted", "budgets": budgets, "kaplan_meier": kaplan_meier,
-          "restricted_mean": paired_comparison(rows)}
+  return {
+    "multiplicity": "not adjusted",
+    "budgets": budgets,
+    "kaplan_meier": kaplan_meier,
+    "restricted_mean": paired_comparison(rows),
+  }
 
 
 def in_distribution_accuracy(passing: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -397,25 +455,39 @@ def mixed_model(included: Sequence[dict[str, Any]], primary_rows: Sequence[dict[
     fit = statistics.mixed_model_random_intercepts(y, groups, arm, reference=CONTROL)
   except ValueError as e:
     return {"note": f"not fitted: {e}", "n": len(y)}
-  return {"beta_T": fit["arm_effects"][TREATMENT], "beta_T_se": fit["arm_se"][TREATMENT],
-          "intercept": fit["intercept"], "variance_components": fit["variance_components"],
-          "num_groups": fit["num_groups"], "n": fit["n"], "multiplicity": "not adjusted"}
+  return {
+    "beta_T": fit["arm_effects"][TREATMENT],
+    "beta_T_se": fit["arm_se"][TREATMENT],
+    "intercept": fit["intercept"],
+    "variance_components": fit["variance_components"],
+    "num_groups": fit["num_groups"],
+    "n": fit["n"],
+    "multiplicity": "not adjusted",
+  }
 
 
 def moderator(included: Sequence[dict[str, Any]], primary_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
   """Does d_r grow with exploits.disagreement_share? Pearson, Spearman (with p) and the least-squares slope."""
   d_of = {row["name"]: row["d"] for row in primary_rows}
-  rows = [{"name": r["name"], "disagreement_share": r.get("disagreement_share"), "d": d_of[r["name"]]}
-          for r in included]
+  rows = [
+    {"name": r["name"], "disagreement_share": r.get("disagreement_share"), "d": d_of[r["name"]]} for r in included
+  ]
   usable = [row for row in rows if _finite(row["disagreement_share"])]
   share = np.asarray([row["disagreement_share"] for row in usable], np.float64)
   d = np.asarray([row["d"] for row in usable], np.float64)
   # Pearson and Spearman of two paired vectors with their p-values (the function is named for its first use).
   correlation = uncertainty_gold_correlation(share, d)
-  out = {"n": len(usable), "pearson": correlation["pearson"], "pearson_p": correlation["pearson_p"],
-         "spearman": correlation["spearman"], "spearman_p": correlation["spearman_p"], "slope": None,
-         "intercept": None, "left_out": [row["name"] for row in rows if row not in usable],
-         "per_realisation": usable}
+  out = {
+    "n": len(usable),
+    "pearson": correlation["pearson"],
+    "pearson_p": correlation["pearson_p"],
+    "spearman": correlation["spearman"],
+    "spearman_p": correlation["spearman_p"],
+    "slope": None,
+    "intercept": None,
+    "left_out": [row["name"] for row in rows if row not in usable],
+    "per_realisation": usable,
+  }
   if share.size >= 2 and np.ptp(share) > 0:
     line = statistics.least_squares_line(share, d)
     out.update(slope=line["slope"], intercept=line["intercept"])
@@ -436,13 +508,20 @@ def n_for_full_study(d: Sequence[float]) -> dict[str, Any]:
   required = statistics.required_n(s_plan, SMALLEST_EFFECT, ALPHA, POWER)
   n_full = max(DEFAULT_STUDY_N, -(-required // PREF_SEEDS_PER_SFT_SEED) * PREF_SEEDS_PER_SFT_SEED)
   half_width = statistics.expected_ci_half_width(s_plan, n_full)
-  return {"n": int(d.size), "s": s, "s_plan": s_plan, "required_n": required, "N": n_full,
-          "ci95_half_width_at_N": half_width,
-          "equivalence_reachable": bool(half_width <= statistics.EQUIVALENCE_MARGIN)}
+  return {
+    "n": int(d.size),
+    "s": s,
+    "s_plan": s_plan,
+    "required_n": required,
+    "N": n_full,
+    "ci95_half_width_at_N": half_width,
+    "equivalence_reachable": bool(half_width <= statistics.EQUIVALENCE_MARGIN),
+  }
 
 
-def analyse(records: Sequence[dict[str, Any]], protocol_commit: str | None,
-            protocol_commit_missing: str | None = None) -> dict[str, Any]:
+def analyse(
+  records: Sequence[dict[str, Any]], protocol_commit: str | None, protocol_commit_missing: str | None = None
+) -> dict[str, Any]:
   """The study.json content of the protocol's analyses over the realisations' records."""
   records = [check_record(r, f"realisation {r.get('name', i)}") for i, r in enumerate(records)]
   names = [r["name"] for r in records]
@@ -455,27 +534,39 @@ def analyse(records: Sequence[dict[str, Any]], protocol_commit: str | None,
   primary = primary_endpoint(passing, ok)
   with_value = {row["name"] for row in primary["per_realisation"]}
   included = [r for r in passing if r["name"] in with_value]
-  excluded += [{"name": r["name"], "why": "no matched KL: no KL target reached by both C0 and T", "checks": {},
-                "excluded_from": "primary analysis"} for r in passing if r["name"] not in with_value]
+  excluded += [
+    {
+      "name": r["name"],
+      "why": "no matched KL: no KL target reached by both C0 and T",
+      "checks": {},
+      "excluded_from": "primary analysis",
+    }
+    for r in passing
+    if r["name"] not in with_value
+  ]
   # Over every realisation: one stopped by an error did not realise the method either.
   pass_rate = len(passing) / len(records) if records else None
   study = {
-      "protocol_commit": protocol_commit,
-      "realisations": {"count": len(records), "included": [r["name"] for r in included],
-                       "comparative": [r["name"] for r in passing], "excluded": excluded},
-      "method_checks_pass_rate": pass_rate,
-      "method_not_realised_in_most": pass_rate is not None and pass_rate < 0.5,
-      "primary": primary,
-      "secondary": {
-          "controls_on_primary": controls_on_primary(passing),
-          "attack_success_after_two_rounds": attack_success_after_two_rounds(passing),
-          "uncertainty_predicts_shortfall": uncertainty_predicts_shortfall(passing),
-          "steps_to_hacking": steps_to_hacking(passing),
-          "in_distribution_accuracy": in_distribution_accuracy(passing),
-          "mixed_model": mixed_model(included, primary["per_realisation"]),
-      },
-      "moderator": moderator(included, primary["per_realisation"]),
-      "n_for_full_study": n_for_full_study([row["d"] for row in primary["per_realisation"]]),
+    "protocol_commit": protocol_commit,
+    "realisations": {
+      "count": len(records),
+      "included": [r["name"] for r in included],
+      "comparative": [r["name"] for r in passing],
+      "excluded": excluded,
+    },
+    "method_checks_pass_rate": pass_rate,
+    "method_not_realised_in_most": pass_rate is not None and pass_rate < 0.5,
+    "primary": primary,
+    "secondary": {
+      "controls_on_primary": controls_on_primary(passing),
+      "attack_success_after_two_rounds": attack_success_after_two_rounds(passing),
+      "uncertainty_predicts_shortfall": uncertainty_predicts_shortfall(passing),
+      "steps_to_hacking": steps_to_hacking(passing),
+      "in_distribution_accuracy": in_distribution_accuracy(passing),
+      "mixed_model": mixed_model(included, primary["per_realisation"]),
+    },
+    "moderator": moderator(included, primary["per_realisation"]),
+    "n_for_full_study": n_for_full_study([row["d"] for row in primary["per_realisation"]]),
   }
   if protocol_commit is None:
     study["protocol_commit_missing"] = protocol_commit_missing or "not given"
@@ -506,20 +597,28 @@ def verdict_text(primary: dict[str, Any]) -> str:
   if verdict == "not tested":
     return f"**not tested**: {primary.get('note', 'fewer than two realisations')}."
   if verdict == "equivalent":
-    return (f"**equivalent**: the 95 % CI {_ci(ci)} lies within +-{margin} gold; any difference between T and C0 "
-            "at matched KL is negligible (a result as much as a difference is).")
+    return (
+      f"**equivalent**: the 95 % CI {_ci(ci)} lies within +-{margin} gold; any difference between T and C0 "
+      "at matched KL is negligible (a result as much as a difference is)."
+    )
   if verdict == "different":
     side = "higher" if ci[0] > 0 else "lower"
-    return (f"**different**: the 95 % CI {_ci(ci)} excludes 0 and reaches beyond +-{margin} gold, p_t = "
-            f"{_p(primary['p_t'])}: T reaches {side} gold than C0 at matched KL.")
+    return (
+      f"**different**: the 95 % CI {_ci(ci)} excludes 0 and reaches beyond +-{margin} gold, p_t = "
+      f"{_p(primary['p_t'])}: T reaches {side} gold than C0 at matched KL."
+    )
   if primary["ci_verdict"] == "different":
-    return (f"**inconclusive**: the bootstrap CI {_ci(ci)} excludes 0 but p_t = {_p(primary['p_t'])} >= {ALPHA} "
-            "(the bootstrap and the t-test disagree, as they can at small n).")
+    return (
+      f"**inconclusive**: the bootstrap CI {_ci(ci)} excludes 0 but p_t = {_p(primary['p_t'])} >= {ALPHA} "
+      "(the bootstrap and the t-test disagree, as they can at small n)."
+    )
   return f"**inconclusive**: the 95 % CI {_ci(ci)} holds 0 and differences beyond +-{margin} gold."
 
 
 def _comparison_table(comparisons: dict[str, dict[str, Any]], unit: str, holm: bool) -> list[str]:
-  columns = ["comparison", "n", f"mean ({unit})", "95 % CI", "p (t)"] + (["p (Holm)"] if holm else []) + ["p (Wilcoxon)"]
+  columns = (
+    ["comparison", "n", f"mean ({unit})", "95 % CI", "p (t)"] + (["p (Holm)"] if holm else []) + ["p (Wilcoxon)"]
+  )
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   for name, c in comparisons.items():
     cells = [name, str(c["n"]), _num(c["mean"], "+.3f"), _ci(c["ci95"]), _p(c["p_t"])]
@@ -530,77 +629,136 @@ def _comparison_table(comparisons: dict[str, dict[str, Any]], unit: str, holm: b
 
 def render_markdown(study: dict[str, Any], title: str, command: str | None = None) -> str:
   """STUDY.md from study.json alone (so it can be re-rendered from the file)."""
-  lines = [f"Produced by `{command}`." if command else "Produced by `advrm_jax.evaluation.study_report.write_study`.",
-           "", f"# Study `{title}`", ""]
+  lines = [
+    f"Produced by `{command}`." if command else "Produced by `advrm_jax.evaluation.study_report.write_study`.",
+    "",
+    f"# Study `{title}`",
+    "",
+  ]
   realisations, primary = study["realisations"], study["primary"]
   commit = study["protocol_commit"]
-  lines += [f"Protocol: `{PROTOCOL_PATH}` as of commit `{commit}`." if commit else
-            f"Protocol: `{PROTOCOL_PATH}`; its commit is unknown ({study.get('protocol_commit_missing')}).", ""]
+  lines += [
+    f"Protocol: `{PROTOCOL_PATH}` as of commit `{commit}`."
+    if commit
+    else f"Protocol: `{PROTOCOL_PATH}`; its commit is unknown ({study.get('protocol_commit_missing')}).",
+    "",
+  ]
   passing = len(realisations["comparative"])
   if study["method_not_realised_in_most"]:
-    lines += [f"**The method was not realised in most of this world's realisations**: {passing} of "
-              f"{realisations['count']} pass the method checks; the analyses below are still reported.", ""]
-  lines += [f"{realisations['count']} realisations; {passing} pass the method checks (pass rate "
-            f"{_num(study['method_checks_pass_rate'], '.2f')}); {len(realisations['included'])} in the primary "
-            "analysis.", ""]
+    lines += [
+      f"**The method was not realised in most of this world's realisations**: {passing} of "
+      f"{realisations['count']} pass the method checks; the analyses below are still reported.",
+      "",
+    ]
+  lines += [
+    f"{realisations['count']} realisations; {passing} pass the method checks (pass rate "
+    f"{_num(study['method_checks_pass_rate'], '.2f')}); {len(realisations['included'])} in the primary "
+    "analysis.",
+    "",
+  ]
 
-  lines += ["## Primary endpoint: gold at matched KL (2, 4, 6 nats), T - C0", "",
-            "| n | mean d | 95 % CI (bootstrap) | p (t) | p (Wilcoxon) | verdict |", "|---|---|---|---|---|---|",
-            f"| {primary['n']} | {_num(primary['mean'], '+.3f')} | {_ci(primary['ci95'])} | {_p(primary['p_t'])} | "
-            f"{_p(primary['p_wilcoxon'])} | {primary['verdict']} |", "", "Verdict: " + verdict_text(primary), "",
-            "| realisation | d_r (gold) | KL targets counted |", "|---|---|---|"]
-  lines += [f"| {row['name']} | {row['d']:+.3f} | {', '.join(f'{k:g}' for k in row['targets'])} |"
-            for row in primary["per_realisation"]]
+  lines += [
+    "## Primary endpoint: gold at matched KL (2, 4, 6 nats), T - C0",
+    "",
+    "| n | mean d | 95 % CI (bootstrap) | p (t) | p (Wilcoxon) | verdict |",
+    "|---|---|---|---|---|---|",
+    f"| {primary['n']} | {_num(primary['mean'], '+.3f')} | {_ci(primary['ci95'])} | {_p(primary['p_t'])} | "
+    f"{_p(primary['p_wilcoxon'])} | {primary['verdict']} |",
+    "",
+    "Verdict: " + verdict_text(primary),
+    "",
+    "| realisation | d_r (gold) | KL targets counted |",
+    "|---|---|---|",
+  ]
+  lines += [
+    f"| {row['name']} | {row['d']:+.3f} | {', '.join(f'{k:g}' for k in row['targets'])} |"
+    for row in primary["per_realisation"]
+  ]
   sensitivity = primary["sensitivity"]
-  lines += ["", f"Sensitivity analysis (method checks ignored; never the verdict): n = {sensitivity['n']}, mean "
-            f"{_num(sensitivity['mean'], '+.3f')}, 95 % CI {_ci(sensitivity['ci95'])}, p (t) {_p(sensitivity['p_t'])},"
-            f" p (Wilcoxon) {_p(sensitivity['p_wilcoxon'])}, {sensitivity['verdict']}.", ""]
+  lines += [
+    "",
+    f"Sensitivity analysis (method checks ignored; never the verdict): n = {sensitivity['n']}, mean "
+    f"{_num(sensitivity['mean'], '+.3f')}, 95 % CI {_ci(sensitivity['ci95'])}, p (t) {_p(sensitivity['p_t'])},"
+    f" p (Wilcoxon) {_p(sensitivity['p_wilcoxon'])}, {sensitivity['verdict']}.",
+    "",
+  ]
 
   secondary = study["secondary"]
-  lines += ["## Secondary endpoints", "",
-            "Items 1 and 2 are Holm families (the adjusted p-values decide); the others are not adjusted for "
-            "multiplicity.", "", "### 1. T vs the controls at matched KL (gold, Holm family)", ""]
+  lines += [
+    "## Secondary endpoints",
+    "",
+    "Items 1 and 2 are Holm families (the adjusted p-values decide); the others are not adjusted for multiplicity.",
+    "",
+    "### 1. T vs the controls at matched KL (gold, Holm family)",
+    "",
+  ]
   lines += _comparison_table(secondary["controls_on_primary"]["comparisons"], "gold", holm=True)
   attack = secondary["attack_success_after_two_rounds"]
-  lines += ["### 2. Fresh-adversary attack success after 2 rounds (%, Holm family on the standard rate)", "",
-            "| arm | standard (mean) | strict (mean, not tested) |", "|---|---|---|"]
-  lines += [f"| {arm} | {_num(v['standard_mean'], '.1f')} | {_num(v['strict_mean'], '.1f')} |"
-            for arm, v in attack["per_arm"].items()]
+  lines += [
+    "### 2. Fresh-adversary attack success after 2 rounds (%, Holm family on the standard rate)",
+    "",
+    "| arm | standard (mean) | strict (mean, not tested) |",
+    "|---|---|---|",
+  ]
+  lines += [
+    f"| {arm} | {_num(v['standard_mean'], '.1f')} | {_num(v['strict_mean'], '.1f')} |"
+    for arm, v in attack["per_arm"].items()
+  ]
   lines += [""] + _comparison_table(attack["comparisons"], "points", holm=True)
   uncertainty = secondary["uncertainty_predicts_shortfall"]
-  lines += ["### 3. Uncertainty predicts the gold shortfall (not adjusted for multiplicity)", "",
-            "Per realisation: Pearson r of (U, gold shortfall) on adversarial minus on in-distribution samples.", ""]
+  lines += [
+    "### 3. Uncertainty predicts the gold shortfall (not adjusted for multiplicity)",
+    "",
+    "Per realisation: Pearson r of (U, gold shortfall) on adversarial minus on in-distribution samples.",
+    "",
+  ]
   lines += _comparison_table({"adversarial - in-distribution": uncertainty}, "r", holm=False)
   hacking_result = secondary["steps_to_hacking"]
-  lines += ["### 4. Steps to hacking (not adjusted for multiplicity)", "",
-            f"RL budget(s): {hacking_result['budgets']}. Kaplan-Meier over all runs (descriptive):", "",
-            "| arm | runs | hacked | censored | median steps |", "|---|---|---|---|---|"]
-  lines += [f"| {arm} | {km['num_runs']} | {km['num_events']} | {km['num_censored']} | "
-            f"{'beyond the budget' if km['median'] is None else _num(km['median'], '.0f')} |"
-            for arm, km in hacking_result["kaplan_meier"].items()]
+  lines += [
+    "### 4. Steps to hacking (not adjusted for multiplicity)",
+    "",
+    f"RL budget(s): {hacking_result['budgets']}. Kaplan-Meier over all runs (descriptive):",
+    "",
+    "| arm | runs | hacked | censored | median steps |",
+    "|---|---|---|---|---|",
+  ]
+  lines += [
+    f"| {arm} | {km['num_runs']} | {km['num_events']} | {km['num_censored']} | "
+    f"{'beyond the budget' if km['median'] is None else _num(km['median'], '.0f')} |"
+    for arm, km in hacking_result["kaplan_meier"].items()
+  ]
   lines += ["", "Restricted mean steps to hacking (up to the budget), T - C0:", ""]
   lines += _comparison_table({"T-C0": hacking_result["restricted_mean"]}, "steps", holm=False)
   accuracy = secondary["in_distribution_accuracy"]
   non_inferior = {True: "non-inferior", False: "not shown non-inferior", None: "not tested"}[accuracy["non_inferior"]]
   lines += ["### 5. In-distribution accuracy of the final RM (points, not adjusted for multiplicity)", ""]
   lines += _comparison_table({"T-C0": accuracy}, "points", holm=False)
-  lines += [f"Non-inferiority (margin {accuracy['margin']:g} point: the CI's lower end must be above it): "
-            f"**{non_inferior}**.", ""]
+  lines += [
+    f"Non-inferiority (margin {accuracy['margin']:g} point: the CI's lower end must be above it): **{non_inferior}**.",
+    "",
+  ]
   mixed = secondary["mixed_model"]
   lines += ["### 6. Mixed model (random intercepts, REML; beside the paired t-test, not instead of it)", ""]
   if "note" in mixed:
     lines += [mixed["note"], ""]
   else:
     components = ", ".join(f"{k} {v:.4f}" for k, v in mixed["variance_components"].items())
-    lines += [f"beta_T = {mixed['beta_T']:+.3f} (SE {mixed['beta_T_se']:.3f}) over {mixed['n']} arm values; "
-              f"variance components: {components}.", ""]
+    lines += [
+      f"beta_T = {mixed['beta_T']:+.3f} (SE {mixed['beta_T_se']:.3f}) over {mixed['n']} arm values; "
+      f"variance components: {components}.",
+      "",
+    ]
 
   mod = study["moderator"]
-  lines += ["## Moderator: exploits.disagreement_share", "",
-            f"n = {mod['n']}: Pearson {_num(mod['pearson'])} (p {_p(mod['pearson_p'])}), Spearman "
-            f"{_num(mod['spearman'])} (p {_p(mod['spearman_p'])}), least-squares slope of d_r on the share "
-            f"{_num(mod['slope'], '+.3f')}."
-            + (f" Left out (share undefined): {', '.join(mod['left_out'])}." if mod["left_out"] else ""), ""]
+  lines += [
+    "## Moderator: exploits.disagreement_share",
+    "",
+    f"n = {mod['n']}: Pearson {_num(mod['pearson'])} (p {_p(mod['pearson_p'])}), Spearman "
+    f"{_num(mod['spearman'])} (p {_p(mod['spearman_p'])}), least-squares slope of d_r on the share "
+    f"{_num(mod['slope'], '+.3f')}."
+    + (f" Left out (share undefined): {', '.join(mod['left_out'])}." if mod["left_out"] else ""),
+    "",
+  ]
 
   plan = study["n_for_full_study"]
   lines += ["## N for the full study", ""]
@@ -608,11 +766,14 @@ def render_markdown(study: dict[str, Any], title: str, command: str | None = Non
     lines += [f"Not computed: {plan['note']} (n = {plan['n']}).", ""]
   else:
     reachable = "reachable" if plan["equivalence_reachable"] else "not reachable"
-    lines += [f"s = {plan['s']:.3f} (SD of d_r over n = {plan['n']}), s_plan = {plan['s_plan']:.3f} (80 % upper "
-              f"limit), required n = {plan['required_n']} (delta {SMALLEST_EFFECT}, alpha {ALPHA}, power {POWER}), "
-              f"**N = {plan['N']}** (a multiple of {PREF_SEEDS_PER_SFT_SEED}, at least {DEFAULT_STUDY_N}); expected "
-              f"95 % CI half-width at N: {plan['ci95_half_width_at_N']:.3f} gold, so an equivalence verdict "
-              f"(+-{statistics.EQUIVALENCE_MARGIN}) is {reachable}.", ""]
+    lines += [
+      f"s = {plan['s']:.3f} (SD of d_r over n = {plan['n']}), s_plan = {plan['s_plan']:.3f} (80 % upper "
+      f"limit), required n = {plan['required_n']} (delta {SMALLEST_EFFECT}, alpha {ALPHA}, power {POWER}), "
+      f"**N = {plan['N']}** (a multiple of {PREF_SEEDS_PER_SFT_SEED}, at least {DEFAULT_STUDY_N}); expected "
+      f"95 % CI half-width at N: {plan['ci95_half_width_at_N']:.3f} gold, so an equivalence verdict "
+      f"(+-{statistics.EQUIVALENCE_MARGIN}) is {reachable}.",
+      "",
+    ]
 
   lines += ["## Exclusions", ""]
   if realisations["excluded"]:
@@ -636,7 +797,9 @@ def _empty(ax, what: str) -> None:
   ax.text(0.5, 0.5, f"no {what}", ha="center", va="center", transform=ax.transAxes)
 
 
-def write_plots(study: dict[str, Any], records: Sequence[dict[str, Any]], plots_dir: pathlib.Path) -> list[pathlib.Path]:
+def write_plots(
+  study: dict[str, Any], records: Sequence[dict[str, Any]], plots_dir: pathlib.Path
+) -> list[pathlib.Path]:
   """forest, gold-vs-KL, attack success, Kaplan-Meier and uncertainty-vs-shortfall PNGs under plots_dir."""
   plots_dir = pathlib.Path(plots_dir)
   primary, secondary = study["primary"], study["secondary"]
@@ -646,9 +809,15 @@ def write_plots(study: dict[str, Any], records: Sequence[dict[str, Any]], plots_
   rows = primary["per_realisation"]
   ax.scatter([r["d"] for r in rows], range(len(rows), 0, -1), color="C0", zorder=3)
   if primary["ci95"] is not None:
-    ax.errorbar([primary["mean"]], [0], xerr=[[primary["mean"] - primary["ci95"][0]],
-                                             [primary["ci95"][1] - primary["mean"]]],
-                fmt="D", color="k", capsize=4, label=f"mean, 95 % CI ({primary['verdict']})")
+    ax.errorbar(
+      [primary["mean"]],
+      [0],
+      xerr=[[primary["mean"] - primary["ci95"][0]], [primary["ci95"][1] - primary["mean"]]],
+      fmt="D",
+      color="k",
+      capsize=4,
+      label=f"mean, 95 % CI ({primary['verdict']})",
+    )
     ax.legend(loc="best", fontsize="small")
   for x, style in ((0, "-"), (-statistics.EQUIVALENCE_MARGIN, ":"), (statistics.EQUIVALENCE_MARGIN, ":")):
     ax.axvline(x, color="grey", linestyle=style, linewidth=1)
@@ -659,8 +828,15 @@ def write_plots(study: dict[str, Any], records: Sequence[dict[str, Any]], plots_
 
   fig, (ax,) = rep.figure()
   passing = [r for r in records if r["name"] in set(study["realisations"]["comparative"])]
-  max_kl = max((np.nanmax(np.asarray(a["kl"], np.float64)) for r in passing for a in r["arms"].values()
-                if np.isfinite(np.asarray(a["kl"], np.float64)).any()), default=0.0)
+  max_kl = max(
+    (
+      np.nanmax(np.asarray(a["kl"], np.float64))
+      for r in passing
+      for a in r["arms"].values()
+      if np.isfinite(np.asarray(a["kl"], np.float64)).any()
+    ),
+    default=0.0,
+  )
   grid = tuple(np.arange(1, int(max_kl / KL_GRID_STEP) + 1) * KL_GRID_STEP)
   arms = [a for a in (CONTROL, TREATMENT, *CONTROLS, ORACLE) if any(a in r["arms"] for r in passing)]
   if grid and arms:

@@ -80,10 +80,13 @@ class ModelConfig:
         raise ValueError(f"model.{key}: unsupported value {getattr(self, key)!r}; expected one of {allowed}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
-          f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads ({self.num_kv_heads})")
+        f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads ({self.num_kv_heads})"
+      )
     rope = dict(self.rope_scaling)
     if rope and rope.get("rope_type", "default") not in ROPE_TYPES:
-      raise ValueError(f"model.rope_scaling.rope_type: unsupported {rope.get('rope_type')!r}; expected one of {ROPE_TYPES}")
+      raise ValueError(
+        f"model.rope_scaling.rope_type: unsupported {rope.get('rope_type')!r}; expected one of {ROPE_TYPES}"
+      )
 
   @property
   def jnp_dtype(self):

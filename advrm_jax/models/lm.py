@@ -32,8 +32,7 @@ CHUNKED_LOSS_MIN_VOCAB = 8192
 LOSS_CHUNK = 128
 
 
-def chunked_token_logprobs(hidden: Array, head: Array, targets: Array, chunk: int,
-                           temperature: float = 1.0) -> Array:
+def chunked_token_logprobs(hidden: Array, head: Array, targets: Array, chunk: int, temperature: float = 1.0) -> Array:
   """log p(target) per position from hidden states, ``chunk`` positions at a time.
 
   hidden [B, T, D] and head [D, V] in the compute dtype, targets [B, T] ->
@@ -58,8 +57,9 @@ def chunked_token_logprobs(hidden: Array, head: Array, targets: Array, chunk: in
   return jnp.swapaxes(logprobs, 0, 1).reshape(batch, num_chunks * chunk)[:, :length]
 
 
-def next_token_logprobs(graphdef: nnx.GraphDef, params: Any, tokens: Array, mask: Array,
-                        temperature: float = 1.0, chunk: int | None = None) -> Array:
+def next_token_logprobs(
+  graphdef: nnx.GraphDef, params: Any, tokens: Array, mask: Array, temperature: float = 1.0, chunk: int | None = None
+) -> Array:
   """Log-probs [B, T-1] of tokens[:, 1:] given their prefixes.
 
   Position t scores token t+1, so a response mask for tokens must be shifted
@@ -78,8 +78,14 @@ def next_token_logprobs(graphdef: nnx.GraphDef, params: Any, tokens: Array, mask
   return chunked_token_logprobs(hidden, model.head_kernel(), targets, chunk, temperature)
 
 
-def lm_loss(graphdef: nnx.GraphDef, params: Any, tokens: Array, mask: Array,
-            loss_mask: Array | None = None, chunk: int | None = None) -> tuple[Array, dict[str, Array]]:
+def lm_loss(
+  graphdef: nnx.GraphDef,
+  params: Any,
+  tokens: Array,
+  mask: Array,
+  loss_mask: Array | None = None,
+  chunk: int | None = None,
+) -> tuple[Array, dict[str, Array]]:
   """Mean next-token cross-entropy over target positions.
 
   Args:
@@ -101,6 +107,7 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
 
   batch: tokens [B,T], mask [B,T], loss_mask [B,T] (1 on response tokens).
   """
+
   def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array | None = None):
     del rng  # deterministic objective
     grad_fn = jax.value_and_grad(lm_loss, argnums=1, has_aux=True)
@@ -109,15 +116,18 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads))
     return TrainState(state.step + 1, params, opt_state), metrics
+
   return step
 
 
-def jit_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                 state_shardings: TrainState, mesh: Mesh):
+def jit_sft_step(
+  graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, state_shardings: TrainState, mesh: Mesh
+):
   """The step jitted once with explicit shardings and the state donated."""
   batch_sharding = shd.batch_sharding(mesh)
   return jax.jit(
-      make_sft_step(graphdef, optimizer),
-      in_shardings=(state_shardings, batch_sharding, shd.replicated(mesh)),
-      out_shardings=(state_shardings, shd.replicated(mesh)),
-      donate_argnums=(0,))
+    make_sft_step(graphdef, optimizer),
+    in_shardings=(state_shardings, batch_sharding, shd.replicated(mesh)),
+    out_shardings=(state_shardings, shd.replicated(mesh)),
+    donate_argnums=(0,),
+  )

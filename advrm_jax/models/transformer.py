@@ -30,7 +30,15 @@ Array = jax.Array
 
 # Logical axis names used by parameters and activations.
 LAYERS, EMBED, HEADS, KV_HEADS, HEAD_DIM, MLP, VOCAB, NORM = (
-    "layers", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "norm")
+  "layers",
+  "embed",
+  "heads",
+  "kv_heads",
+  "head_dim",
+  "mlp",
+  "vocab",
+  "norm",
+)
 
 
 class KVCache(NamedTuple):
@@ -43,6 +51,7 @@ class KVCache(NamedTuple):
   a slot holds a real token; index: [] int32, the next slot to write (shared
   by all rows, which is why the sampler left-aligns prompts to a common end).
   """
+
   keys: tuple[Array, ...]
   values: tuple[Array, ...]
   mask: Array
@@ -57,8 +66,9 @@ class ModelOutput(NamedTuple):
     hidden: [B, T, D] final hidden states after the last norm.
     cache: the updated KV cache when one was passed in, else None.
   """
-  logits: Array | None   # [B, T, V] float32 (None when compute_logits=False)
-  hidden: Array          # [B, T, D] final hidden state after the last norm
+
+  logits: Array | None  # [B, T, V] float32 (None when compute_logits=False)
+  hidden: Array  # [B, T, D] final hidden state after the last norm
   cache: KVCache | None
 
 
@@ -78,27 +88,32 @@ def layer_param_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tup
   """Per-layer parameter shapes, logical axes and initialiser (no layer axis)."""
   d, h, kv, hd, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_ff
   shapes = {
-      "attn_norm_scale": ((d,), (NORM,), "ones"),
-      "q_kernel": ((d, h, hd), (EMBED, HEADS, HEAD_DIM), "normal"),
-      "k_kernel": ((d, kv, hd), (EMBED, KV_HEADS, HEAD_DIM), "normal"),
-      "v_kernel": ((d, kv, hd), (EMBED, KV_HEADS, HEAD_DIM), "normal"),
-      "o_kernel": ((h, hd, d), (HEADS, HEAD_DIM, EMBED), "normal"),
-      "mlp_norm_scale": ((d,), (NORM,), "ones"),
+    "attn_norm_scale": ((d,), (NORM,), "ones"),
+    "q_kernel": ((d, h, hd), (EMBED, HEADS, HEAD_DIM), "normal"),
+    "k_kernel": ((d, kv, hd), (EMBED, KV_HEADS, HEAD_DIM), "normal"),
+    "v_kernel": ((d, kv, hd), (EMBED, KV_HEADS, HEAD_DIM), "normal"),
+    "o_kernel": ((h, hd, d), (HEADS, HEAD_DIM, EMBED), "normal"),
+    "mlp_norm_scale": ((d,), (NORM,), "ones"),
   }
   if cfg.arch == "gpt2" or cfg.qkv_bias:
-    shapes.update({
+    shapes.update(
+      {
         "q_bias": ((h, hd), (HEADS, HEAD_DIM), "zeros"),
         "k_bias": ((kv, hd), (KV_HEADS, HEAD_DIM), "zeros"),
         "v_bias": ((kv, hd), (KV_HEADS, HEAD_DIM), "zeros"),
-    })
+      }
+    )
   if cfg.arch == "llama":
-    shapes.update({
+    shapes.update(
+      {
         "gate_kernel": ((d, f), (EMBED, MLP), "normal"),
         "up_kernel": ((d, f), (EMBED, MLP), "normal"),
         "down_kernel": ((f, d), (MLP, EMBED), "normal"),
-    })
+      }
+    )
   else:
-    shapes.update({
+    shapes.update(
+      {
         "attn_norm_bias": ((d,), (NORM,), "zeros"),
         "mlp_norm_bias": ((d,), (NORM,), "zeros"),
         "o_bias": ((d,), (EMBED,), "zeros"),
@@ -106,7 +121,8 @@ def layer_param_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tup
         "fc_bias": ((f,), (MLP,), "zeros"),
         "proj_kernel": ((f, d), (MLP, EMBED), "normal"),
         "proj_bias": ((d,), (EMBED,), "zeros"),
-    })
+      }
+    )
   return shapes
 
 
@@ -115,8 +131,7 @@ class DecoderLayers(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     for name, (shape, names, init) in layer_param_shapes(cfg).items():
-      setattr(self, name, _param(rngs.params(), (cfg.num_layers, *shape), (LAYERS, *names),
-                                 cfg.jnp_param_dtype, init))
+      setattr(self, name, _param(rngs.params(), (cfg.num_layers, *shape), (LAYERS, *names), cfg.jnp_param_dtype, init))
 
   def arrays(self) -> dict[str, Array]:
     """The stacked per-layer parameters as plain arrays ([L, ...] each), by name."""
@@ -170,9 +185,15 @@ class Transformer(nnx.Module):
     params = self._layer_arrays(cached=True)
     return tuple({name: value[i] for name, value in params.items()} for i in range(self.cfg.num_layers))
 
-  def __call__(self, tokens: Array, input_mask: Array | None = None, positions: Array | None = None,
-               cache: KVCache | None = None, compute_logits: bool = True,
-               layers: tuple[dict[str, Array], ...] | None = None) -> ModelOutput:
+  def __call__(
+    self,
+    tokens: Array,
+    input_mask: Array | None = None,
+    positions: Array | None = None,
+    cache: KVCache | None = None,
+    compute_logits: bool = True,
+    layers: tuple[dict[str, Array], ...] | None = None,
+  ) -> ModelOutput:
     """Runs the model.
 
     Args:
@@ -224,8 +245,7 @@ class Transformer(nnx.Module):
         layers = self.unstacked_layers()
       keys, values = list(cache.keys), list(cache.values)
       for i, params in enumerate(layers):
-        x, (keys[i], values[i]) = _decoder_layer(cfg, params, x, attn_mask, rope, (keys[i], values[i]),
-                                                 cache.index)
+        x, (keys[i], values[i]) = _decoder_layer(cfg, params, x, attn_mask, rope, (keys[i], values[i]), cache.index)
       new_cache = KVCache(tuple(keys), tuple(values), slot_mask, cache.index + length)
     elif cache is not None:
       # A prefill: a scan over the stacked layers (compile time flat in depth),
@@ -234,14 +254,18 @@ class Transformer(nnx.Module):
       def cached_layer_step(h, xs):
         params, keys, values = xs
         return _decoder_layer(cfg, params, h, attn_mask, rope, (keys, values), cache.index)
-      x, (keys, values) = jax.lax.scan(cached_layer_step, x, (self._layer_arrays(cached=True),
-                                                               jnp.stack(cache.keys), jnp.stack(cache.values)))
+
+      x, (keys, values) = jax.lax.scan(
+        cached_layer_step, x, (self._layer_arrays(cached=True), jnp.stack(cache.keys), jnp.stack(cache.values))
+      )
       new_cache = KVCache(tuple(keys), tuple(values), slot_mask, cache.index + length)
     else:
       attention = resolve_attention(cfg, length)
+
       def layer_step(h, params):
         h, _ = _decoder_layer(cfg, params, h, attn_mask, rope, attention=attention)
         return h, None
+
       if cfg.remat != "none":
         # prevent_cse=False: inside a scan, CSE cannot undo the recomputation (jax.checkpoint docs).
         layer_step = jax.checkpoint(layer_step, prevent_cse=False, policy=REMAT_POLICIES[cfg.remat])
@@ -270,8 +294,8 @@ class Transformer(nnx.Module):
 # dimensions, so their [B, H, T, S] scores and probabilities are recomputed, not stored per layer.
 # "full": nothing but the layer's input, so a step's temporaries grow with one layer's activations.
 REMAT_POLICIES = {
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": jax.checkpoint_policies.nothing_saveable,
 }
 
 
@@ -297,8 +321,10 @@ def resolve_attention(cfg: ModelConfig, length: int) -> str:
   cudnn_ok = cfg.dtype in ("bfloat16", "float16") and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128
   if cfg.attention == "cudnn":
     if not cudnn_ok:
-      raise ValueError(f"model.attention='cudnn' needs model.dtype bfloat16 or float16 and a head_dim that is a "
-                       f"multiple of 8 and <= 128 (got dtype={cfg.dtype!r}, head_dim={cfg.head_dim})")
+      raise ValueError(
+        f"model.attention='cudnn' needs model.dtype bfloat16 or float16 and a head_dim that is a "
+        f"multiple of 8 and <= 128 (got dtype={cfg.dtype!r}, head_dim={cfg.head_dim})"
+      )
     return "cudnn"
   return "cudnn" if cudnn_ok and length % 2 == 0 and _on_cuda() else "xla"
 
@@ -320,7 +346,8 @@ def fuse_projections(params: dict[str, Array]) -> dict[str, Array]:
   params = dict(params)
   layers, d_model = params["attn_norm_scale"].shape
   params["qkv_kernel"] = jnp.concatenate(
-      [params.pop(f"{n}_kernel").reshape(layers, d_model, -1) for n in "qkv"], axis=-1)
+    [params.pop(f"{n}_kernel").reshape(layers, d_model, -1) for n in "qkv"], axis=-1
+  )
   if "q_bias" in params:
     params["qkv_bias"] = jnp.concatenate([params.pop(f"{n}_bias").reshape(layers, -1) for n in "qkv"], axis=-1)
   if "gate_kernel" in params:
@@ -332,10 +359,11 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int) -> KVCache:
   """An empty KV cache for ``cfg``: per layer, keys/values zeros of [B, KV heads, max_len, head_dim]."""
   shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
   return KVCache(
-      keys=tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.num_layers)),
-      values=tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.num_layers)),
-      mask=jnp.zeros((batch_size, max_len), bool),
-      index=jnp.zeros((), jnp.int32))
+    keys=tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.num_layers)),
+    values=tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.num_layers)),
+    mask=jnp.zeros((batch_size, max_len), bool),
+    index=jnp.zeros((), jnp.int32),
+  )
 
 
 def _rms_norm(x, scale, eps):
@@ -421,12 +449,21 @@ def _dot_product_attention(q, k, v, mask, implementation: str):
   above the diagonal (XLA's kernel has the same entries masked already). Fully
   masked rows (pad queries) get a finite floor, hence a uniform average, not NaN.
   """
-  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], is_causal=implementation == "cudnn",
-                                      implementation=implementation)
+  return jax.nn.dot_product_attention(
+    q, k, v, mask=mask[:, None], is_causal=implementation == "cudnn", implementation=implementation
+  )
 
 
-def _decoder_layer(cfg: ModelConfig, p: dict[str, Array], x: Array, attn_mask: Array,
-                   rope, kv=None, cache_index=None, attention: str = "xla"):
+def _decoder_layer(
+  cfg: ModelConfig,
+  p: dict[str, Array],
+  x: Array,
+  attn_mask: Array,
+  rope,
+  kv=None,
+  cache_index=None,
+  attention: str = "xla",
+):
   dtype = x.dtype
   p = {name: value.astype(dtype) for name, value in p.items()}
   gpt2 = cfg.arch == "gpt2"

@@ -24,35 +24,35 @@ from advrm_jax.pipelines import workdir as wd
 
 # Stage name -> module exposing ``run(config, workdir)``.
 STAGES = {
-    "sft": "advrm_jax.pipelines.sft",
-    "rlhf": "advrm_jax.pipelines.rlhf",
-    "rm": "advrm_jax.pipelines.rm",
-    "empo": "advrm_jax.pipelines.empo",
-    "probes": "advrm_jax.pipelines.probes",
-    "prefs": "advrm_jax.pipelines.prefs",
-    "attack": "advrm_jax.pipelines.attack",
-    "filter": "advrm_jax.pipelines.filter_stage",
-    "advtrain": "advrm_jax.pipelines.advtrain",
-    "advrm": "advrm_jax.pipelines.advrm",
-    "inspect": "advrm_jax.pipelines.inspect_stage",
-    "online": "advrm_jax.pipelines.online",
-    "evaluate": "advrm_jax.pipelines.evaluate",
-    "study": "advrm_jax.pipelines.study",
+  "sft": "advrm_jax.pipelines.sft",
+  "rlhf": "advrm_jax.pipelines.rlhf",
+  "rm": "advrm_jax.pipelines.rm",
+  "empo": "advrm_jax.pipelines.empo",
+  "probes": "advrm_jax.pipelines.probes",
+  "prefs": "advrm_jax.pipelines.prefs",
+  "attack": "advrm_jax.pipelines.attack",
+  "filter": "advrm_jax.pipelines.filter_stage",
+  "advtrain": "advrm_jax.pipelines.advtrain",
+  "advrm": "advrm_jax.pipelines.advrm",
+  "inspect": "advrm_jax.pipelines.inspect_stage",
+  "online": "advrm_jax.pipelines.online",
+  "evaluate": "advrm_jax.pipelines.evaluate",
+  "study": "advrm_jax.pipelines.study",
 }
 
 
 # Stage name -> the config keys of the batches it splits over the mesh's data-parallel axes (data x fsdp).
 # Each must divide into that many shards; ``check_batches`` checks them all before the first stage starts.
 SPLIT_BATCHES = {
-    "sft": ("sft.batch_size",),
-    "rm": ("rm.batch_size", "rm.eval_batch_size"),
-    "attack": ("attack.prompts_per_step",),
-    "advtrain": ("rm.batch_size", "rm.eval_batch_size"),  # each round retrains the RM with rm.*
-    "advrm": ("attack.prompts_per_step", "rm.batch_size", "rm.eval_batch_size"),
-    "online": ("online.prompts_per_step", "online.ordinary_pairs", "rm.eval_batch_size"),
-    "rlhf": ("rlhf.prompts_per_step",),
-    "empo": ("reasoning_sft.batch_size", "empo.prompts_per_step"),
-    "probes": ("reasoning_sft.batch_size",),
+  "sft": ("sft.batch_size",),
+  "rm": ("rm.batch_size", "rm.eval_batch_size"),
+  "attack": ("attack.prompts_per_step",),
+  "advtrain": ("rm.batch_size", "rm.eval_batch_size"),  # each round retrains the RM with rm.*
+  "advrm": ("attack.prompts_per_step", "rm.batch_size", "rm.eval_batch_size"),
+  "online": ("online.prompts_per_step", "online.ordinary_pairs", "rm.eval_batch_size"),
+  "rlhf": ("rlhf.prompts_per_step",),
+  "empo": ("reasoning_sft.batch_size", "empo.prompts_per_step"),
+  "probes": ("reasoning_sft.batch_size",),
 }
 # A batch of factor x value rows: online splits rm_updates x ordinary_pairs pairs per step.
 _BATCH_FACTORS = {"online.ordinary_pairs": "online.rm_updates"}

@@ -58,8 +58,9 @@ PAIRS_FILE = "pairs.jsonl"
 INITS = ("previous", "scratch")
 
 
-def mix_training_pairs(ordinary: list[Any], adversarial: list[Any], fraction: float, upsample: bool,
-                       seed: int) -> list[Any]:
+def mix_training_pairs(
+  ordinary: list[Any], adversarial: list[Any], fraction: float, upsample: bool, seed: int
+) -> list[Any]:
   """Ordinary pairs once each plus adversarial pairs making up ``fraction`` of the set.
 
   With ``upsample=False`` an adversarial pair is never repeated: when there
@@ -125,14 +126,23 @@ def fresh_reference_pairs(config: Any, workdir: epath.Path, round_index: int, nu
   _, graphdef, params = wd.load_policy(workdir / "sft")
   salt = 100_003 * round_index
   # Ask for more prompts than needed: pairs whose two answers carry no preference are dropped.
-  records, _ = inference.sample_labelled_pairs(config, graphdef, params, int(1.5 * num_pairs) + 8,
-                                               config.seed + salt, jax.random.key(config.seed + salt + 1009),
-                                               config.seed + salt)
+  records, _ = inference.sample_labelled_pairs(
+    config,
+    graphdef,
+    params,
+    int(1.5 * num_pairs) + 8,
+    config.seed + salt,
+    jax.random.key(config.seed + salt + 1009),
+    config.seed + salt,
+  )
   if len(records) < num_pairs:
-    raise ValueError(f"advtrain (fresh_pairs control): only {len(records)} usable fresh pairs for "
-                     f"advtrain.num_pairs={num_pairs}")
-  return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "fresh": True}
-          for r in records[:num_pairs]]
+    raise ValueError(
+      f"advtrain (fresh_pairs control): only {len(records)} usable fresh pairs for advtrain.num_pairs={num_pairs}"
+    )
+  return [
+    {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "fresh": True}
+    for r in records[:num_pairs]
+  ]
 
 
 def run_round(config: Any, workdir: epath.Path, round_index: int, arm: str = "adversarial") -> None:
@@ -164,32 +174,56 @@ def run_round(config: Any, workdir: epath.Path, round_index: int, arm: str = "ad
     adversarial += wd.read_jsonl(wd.pairs_path(workdir, r), "the `filter` stage")
   seed = config.seed * 1000 + round_index
   if arm == "fresh_pairs":
-    mixed = dosed_training_pairs(ordinary, fresh_reference_pairs(config, workdir, round_index, num_pairs),
-                                 num_pairs, seed)
+    mixed = dosed_training_pairs(
+      ordinary, fresh_reference_pairs(config, workdir, round_index, num_pairs), num_pairs, seed
+    )
   elif adversarial and num_pairs > 0:
     mixed = dosed_training_pairs(ordinary, adversarial, num_pairs, seed)
   elif adversarial:
     mixed = mix_training_pairs(ordinary, adversarial, node.adversarial_fraction, node.upsample, seed=seed)
   else:
-    logging.warning("advtrain/round_%d: the filter kept no adversarial pairs; training on ordinary pairs only",
-                    round_index)
+    logging.warning(
+      "advtrain/round_%d: the filter kept no adversarial pairs; training on ordinary pairs only", round_index
+    )
     mixed = list(ordinary)
   # Only the fields the RM reads, so the file is an ordinary preference file.
-  wd.write_jsonl(out / PAIRS_FILE, [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
-                                     "adversarial": "r1" in r, "fresh": bool(r.get("fresh"))} for r in mixed])
+  wd.write_jsonl(
+    out / PAIRS_FILE,
+    [
+      {
+        "prompt": r["prompt"],
+        "chosen": r["chosen"],
+        "rejected": r["rejected"],
+        "adversarial": "r1" in r,
+        "fresh": bool(r.get("fresh")),
+      }
+      for r in mixed
+    ],
+  )
   wd.sync("advtrain pairs written")  # by process 0; every process trains on them next
   init_from = str(wd.rm_path(workdir, round_index - 1, arm)) if node.init == "previous" else ""
-  train_reward_model(round_config(config, out / PAIRS_FILE, init_from, workdir), out,
-                     name=f"{stage}/round_{round_index}/rm")
-  wd.write_json(out / "summary.json", {
-      "round": round_index, "arm": arm, "num_ordinary": len(ordinary),
+  train_reward_model(
+    round_config(config, out / PAIRS_FILE, init_from, workdir), out, name=f"{stage}/round_{round_index}/rm"
+  )
+  wd.write_json(
+    out / "summary.json",
+    {
+      "round": round_index,
+      "arm": arm,
+      "num_ordinary": len(ordinary),
       "num_adversarial_available": len(adversarial),
       "num_adversarial_used": sum(1 for r in mixed if "r1" in r),
       "num_adversarial_unique": len({(r["prompt"], r["rejected"]) for r in mixed if "r1" in r}),
-      "num_fresh_used": sum(1 for r in mixed if r.get("fresh")), "num_pairs": len(mixed),
+      "num_fresh_used": sum(1 for r in mixed if r.get("fresh")),
+      "num_pairs": len(mixed),
       "dose": num_pairs if num_pairs > 0 else None,
-      "adversarial_fraction": None if num_pairs > 0 else node.adversarial_fraction, "init": node.init,
-      "init_from": init_from, "num_steps": node.num_steps, "source_rounds": list(source_rounds)})
+      "adversarial_fraction": None if num_pairs > 0 else node.adversarial_fraction,
+      "init": node.init,
+      "init_from": init_from,
+      "num_steps": node.num_steps,
+      "source_rounds": list(source_rounds),
+    },
+  )
   if node.get("export_hf", False):
     # The hardened RM in the format TRL / OpenRLHF-style stacks load (AutoModelForSequenceClassification).
     export_reward_model(out / "rm", out / "hf")
@@ -201,9 +235,11 @@ def run_round(config: Any, workdir: epath.Path, round_index: int, arm: str = "ad
 def run_rounds(config: Any, workdir: epath.Path, round_index: int) -> None:
   """RM round r of the Adv-RM arm and, with ``advtrain.control``, of the fresh-pairs control arm."""
   if config.advtrain.get("export_hf", False) and is_remote(workdir):
-    raise wd.ConfigError(f"advtrain.export_hf=True writes Hugging Face files locally but --workdir {workdir} is a "
-                         "bucket; set --config.advtrain.export_hf=False and run `python -m advrm_jax.export` on a "
-                         "local copy of the round's rm/")
+    raise wd.ConfigError(
+      f"advtrain.export_hf=True writes Hugging Face files locally but --workdir {workdir} is a "
+      "bucket; set --config.advtrain.export_hf=False and run `python -m advrm_jax.export` on a "
+      "local copy of the round's rm/"
+    )
   run_round(config, workdir, round_index)
   if config.advtrain.get("control", False):
     run_round(config, workdir, round_index, arm="fresh_pairs")

@@ -34,8 +34,14 @@ from advrm_jax.config_node import from_node
 from advrm_jax.data import reasoning_world as rw
 from advrm_jax.evaluation import report
 from advrm_jax.pipelines import workdir as wd
-from advrm_jax.pipelines.reasoning import (EMPO_DIR, check_world, ensure_reference_policy, prompt_pool, summarize,
-                                           write_report)
+from advrm_jax.pipelines.reasoning import (
+  EMPO_DIR,
+  check_world,
+  ensure_reference_policy,
+  prompt_pool,
+  summarize,
+  write_report,
+)
 from advrm_jax.pipelines.rl_driver import train_policy
 from advrm_jax.rl import empo
 from advrm_jax.rl.engine import RLConfig
@@ -75,16 +81,18 @@ def make_accuracy_fn(graphdef: nnx.GraphDef, sampling: SamplingConfig, num_sampl
 
   def one(params, tokens, mask, rng):
     out = sample(graphdef, params, tokens, mask, rng, greedy)
-    acc_greedy = jnp.mean(rw.correctness_reward(out.prompt_tokens, out.prompt_mask, out.tokens,
-                                                out.response_mask))
+    acc_greedy = jnp.mean(rw.correctness_reward(out.prompt_tokens, out.prompt_mask, out.tokens, out.response_mask))
     rep_tokens = jnp.repeat(tokens, num_samples, axis=0)
     rep_mask = jnp.repeat(mask, num_samples, axis=0)
     out = sample(graphdef, params, rep_tokens, rep_mask, rng, sampling)
     correct = rw.correctness_reward(out.prompt_tokens, out.prompt_mask, out.tokens, out.response_mask)
     answer, _ = rw.final_answer(out.tokens, out.response_mask)
-    return {"accuracy_greedy": acc_greedy, "accuracy_sampled": jnp.mean(correct),
-            "no_answer": jnp.mean((answer < 0).astype(jnp.float32)),
-            "length": jnp.mean(out.lengths.astype(jnp.float32))}
+    return {
+      "accuracy_greedy": acc_greedy,
+      "accuracy_sampled": jnp.mean(correct),
+      "no_answer": jnp.mean((answer < 0).astype(jnp.float32)),
+      "length": jnp.mean(out.lengths.astype(jnp.float32)),
+    }
 
   batched = jax.vmap(one, in_axes=(0, None, None, 0))
   return jax.jit(lambda params, prompts, rngs: batched(params, prompts["tokens"], prompts["mask"], rngs))
@@ -100,9 +108,15 @@ def _per_seed_scalars(values: dict[str, Any], prefix: str) -> dict[str, float]:
   return out
 
 
-def entropy_diagnostic(graphdef: nnx.GraphDef, params: Any, prompts: dict[str, np.ndarray],
-                       sampling: SamplingConfig, num_samples: int, rng: jax.Array,
-                       num_bins: int = 5) -> list[dict[str, Any]]:
+def entropy_diagnostic(
+  graphdef: nnx.GraphDef,
+  params: Any,
+  prompts: dict[str, np.ndarray],
+  sampling: SamplingConfig,
+  num_samples: int,
+  rng: jax.Array,
+  num_bins: int = 5,
+) -> list[dict[str, Any]]:
   """Majority-vote and sample accuracy of a policy by semantic-entropy bin.
 
   Why EMPO bounds the entropy: the share reward pushes a prompt's answers
@@ -122,8 +136,9 @@ def entropy_diagnostic(graphdef: nnx.GraphDef, params: Any, prompts: dict[str, n
     keys, valid = rw.final_answer_key(out.tokens, out.response_mask)
     _, info = empo.empo_scores(keys, valid, num_samples)
     grouped = keys.reshape(-1, num_samples)
-    majority = jnp.take_along_axis(grouped, jnp.argmax(info["shares"].reshape(-1, num_samples), axis=1)[:, None],
-                                   axis=1)[:, 0]
+    majority = jnp.take_along_axis(
+      grouped, jnp.argmax(info["shares"].reshape(-1, num_samples), axis=1)[:, None], axis=1
+    )[:, 0]
     return info["entropy"], majority, keys.reshape(-1, num_samples)
 
   entropy, majority, keys = jax.device_get(run(params, rng))
@@ -132,9 +147,15 @@ def entropy_diagnostic(graphdef: nnx.GraphDef, params: Any, prompts: dict[str, n
   rows = []
   for b in range(num_bins):
     sel = (entropy >= edges[b]) & ((entropy < edges[b + 1]) if b < num_bins - 1 else (entropy <= edges[b + 1] + 1e-6))
-    rows.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "prompts": int(sel.sum()),
-                 "majority_accuracy": float(np.mean(majority[sel] == truth[sel])) if sel.any() else None,
-                 "sample_accuracy": float(np.mean(keys[sel] == truth[sel, None])) if sel.any() else None})
+    rows.append(
+      {
+        "lo": float(edges[b]),
+        "hi": float(edges[b + 1]),
+        "prompts": int(sel.sum()),
+        "majority_accuracy": float(np.mean(majority[sel] == truth[sel])) if sel.any() else None,
+        "sample_accuracy": float(np.mean(keys[sel] == truth[sel, None])) if sel.any() else None,
+      }
+    )
   return rows
 
 
@@ -147,12 +168,16 @@ def semantic_source(node: Any, num_samples: int) -> empo.SemanticEntropySource:
   """EMPO's semantic-entropy reward source from ``config.empo.semantic``."""
   sem = node.semantic
   if sem.equivalence not in EQUIVALENCES:
-    raise ValueError(f"empo.semantic.equivalence: unknown {sem.equivalence!r}; expected one of "
-                     f"{sorted(EQUIVALENCES)}")
+    raise ValueError(f"empo.semantic.equivalence: unknown {sem.equivalence!r}; expected one of {sorted(EQUIVALENCES)}")
   return empo.SemanticEntropySource(
-      num_samples=num_samples, key_fn=rw.final_answer_key, equivalent=EQUIVALENCES[sem.equivalence],
-      reward=sem.reward, no_answer=sem.no_answer, entropy_min=float(sem.entropy_min),
-      entropy_max=float(sem.entropy_max))
+    num_samples=num_samples,
+    key_fn=rw.final_answer_key,
+    equivalent=EQUIVALENCES[sem.equivalence],
+    reward=sem.reward,
+    no_answer=sem.no_answer,
+    entropy_min=float(sem.entropy_min),
+    entropy_max=float(sem.entropy_max),
+  )
 
 
 def reward_source_for(spec: Any, node: Any, rl_config: Any, where: str) -> Any:
@@ -191,8 +216,14 @@ def run(config: Any, workdir: epath.Path) -> None:
 
   diagnostic_path = stage_dir / "entropy_diagnostic.json"
   if not diagnostic_path.exists():
-    rows = entropy_diagnostic(graphdef, ref_params, prompt_pool(config, node.num_eval_prompts, "test"), sampling,
-                              rl_config.num_samples, jax.random.fold_in(jax.random.key(config.seed), 98))
+    rows = entropy_diagnostic(
+      graphdef,
+      ref_params,
+      prompt_pool(config, node.num_eval_prompts, "test"),
+      sampling,
+      rl_config.num_samples,
+      jax.random.fold_in(jax.random.key(config.seed), 98),
+    )
     diagnostic_path.write_text(json.dumps(rows))
 
   for name, spec in node.runs.items():
@@ -205,10 +236,21 @@ def run(config: Any, workdir: epath.Path) -> None:
       del step
       return _per_seed_scalars(accuracy(state.params["policy"], eval_prompts, eval_keys), "eval")
 
-    state = train_policy(f"empo/{name}", run_dir, sft_dir, config, node, source, None, train_prompts,
-                         config.num_seeds, gold_fn=rw.correctness_reward,
-                         text_fn=lambda samples, step: {"samples": decode_samples(samples)},
-                         eval_fn=eval_fn, eval_every=node.eval_every)
+    state = train_policy(
+      f"empo/{name}",
+      run_dir,
+      sft_dir,
+      config,
+      node,
+      source,
+      None,
+      train_prompts,
+      config.num_seeds,
+      gold_fn=rw.correctness_reward,
+      text_fn=lambda samples, step: {"samples": decode_samples(samples)},
+      eval_fn=eval_fn,
+      eval_every=node.eval_every,
+    )
     (run_dir / "final_eval.json").write_text(json.dumps(eval_fn(state, node.num_steps)))
     wd.mark_done(run_dir)
   summary = summarize(config, workdir)

@@ -53,15 +53,16 @@ CHOSEN = ("best_by_ensemble", "random")
 @dataclasses.dataclass
 class _SignalInputs:
   """What the uncertainty signals of one round read (``_signal``)."""
+
   config: Any
   workdir: epath.Path
   round_index: int
   collected: dict[str, np.ndarray]
   texts: list[str]
   reference: dict[str, np.ndarray]
-  reference_texts: np.ndarray   # [P, n] object
+  reference_texts: np.ndarray  # [P, n] object
   reference_scores: np.ndarray  # [K, P, n]
-  best_reference: np.ndarray    # [P] column of the reference sample the ensemble mean likes best
+  best_reference: np.ndarray  # [P] column of the reference sample the ensemble mean likes best
   tokenizer: Any
   rm_graphdef: Any
   rm_params: Any
@@ -77,55 +78,91 @@ def _signal(kind: str, s: _SignalInputs) -> tuple[np.ndarray, np.ndarray, dict[s
   num_members, num_prompts, n = s.reference_scores.shape
   if kind in signals.ENSEMBLE_KINDS:
     # In the adversary's units: with standardised members, U = z1 - z2 (one scale for every member).
-    return (np.asarray(uncertainty(inference.in_units(scores, s.units), kind, target, r2_kind)),
-            np.asarray(uncertainty(inference.in_units(s.reference_scores, s.units).reshape(num_members, -1), kind,
-                                   target, r2_kind)), None)
+    return (
+      np.asarray(uncertainty(inference.in_units(scores, s.units), kind, target, r2_kind)),
+      np.asarray(
+        uncertainty(inference.in_units(s.reference_scores, s.units).reshape(num_members, -1), kind, target, r2_kind)
+      ),
+      None,
+    )
   if kind in signals.SEMANTIC_KINDS:
     key_fn = synthetic_world.meaning_key if s.tokenizer is None else signals.text_meaning_key
     group = s.config.attack.rl.num_samples
-    signals.group_size_check(group, seed=s.collected["seed"], step=s.collected["step"],
-                             prompt=s.collected["prompt_index"])
+    signals.group_size_check(
+      group, seed=s.collected["seed"], step=s.collected["step"], prompt=s.collected["prompt_index"]
+    )
     if n % group:
-      raise ValueError(f"filter.uncertainty={kind!r}: the {n} reference samples per prompt do not split into groups "
-                       f"of attack.rl.num_samples={group}; set prefs.reference_samples to a multiple of it")
+      raise ValueError(
+        f"filter.uncertainty={kind!r}: the {n} reference samples per prompt do not split into groups "
+        f"of attack.rl.num_samples={group}; set prefs.reference_samples to a multiple of it"
+      )
     # Reference groups of the adversary's size G: entropy over G samples is on one scale (at most log G).
-    return (signals.semantic(s.texts, group, kind, key_fn),
-            signals.semantic(list(s.reference_texts.reshape(-1)), group, kind, key_fn), None)
+    return (
+      signals.semantic(s.texts, group, kind, key_fn),
+      signals.semantic(list(s.reference_texts.reshape(-1)), group, kind, key_fn),
+      None,
+    )
   # The verdict probe: trained on the held-out labelled pairs, applied to (sample, best reference sample).
   node = s.config.filter.probe
   pairs = wd.held_out_pairs(s.workdir, s.rm_meta)
   (chosen_scores, chosen_hidden), (rejected_scores, rejected_hidden) = (
-      inference.scores_and_hidden(s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"], pairs[f"{side}_mask"],
-                                  member=target) for side in ("chosen", "rejected"))
+    inference.scores_and_hidden(
+      s.rm_graphdef, s.rm_params, pairs[f"{side}_tokens"], pairs[f"{side}_mask"], member=target
+    )
+    for side in ("chosen", "rejected")
+  )
   key = jax.random.fold_in(jax.random.PRNGKey(s.config.seed), 1000 + s.round_index)
   params, info = signals.train_verdict_probe(
-      key, chosen_hidden, rejected_hidden, chosen_scores[target], rejected_scores[target], hidden=node.hidden,
-      num_steps=node.num_steps, learning_rate=node.learning_rate, weight_decay=node.weight_decay)
-  logging.info("filter/round_%d: verdict probe on %d held-out pairs, held-out ROC-AUC %.3f", s.round_index,
-               info["num_pairs"], info["holdout"]["roc_auc"])
+    key,
+    chosen_hidden,
+    rejected_hidden,
+    chosen_scores[target],
+    rejected_scores[target],
+    hidden=node.hidden,
+    num_steps=node.num_steps,
+    learning_rate=node.learning_rate,
+    weight_decay=node.weight_decay,
+  )
+  logging.info(
+    "filter/round_%d: verdict probe on %d held-out pairs, held-out ROC-AUC %.3f",
+    s.round_index,
+    info["num_pairs"],
+    info["holdout"]["roc_auc"],
+  )
 
   def sample_hidden(prompt_tokens, prompt_mask, response_tokens, response_mask):
     # Their rewards are known already (collected / reference scores): only the hidden states are new.
     tokens, mask = concat_prompt_response(prompt_tokens, prompt_mask, response_tokens, response_mask, left_pad=False)
-    return inference.scores_and_hidden(s.rm_graphdef, s.rm_params, np.asarray(tokens), np.asarray(mask),
-                                       member=target)[1]
+    return inference.scores_and_hidden(s.rm_graphdef, s.rm_params, np.asarray(tokens), np.asarray(mask), member=target)[
+      1
+    ]
 
   width = s.reference["response_tokens"].shape[-1]
-  reference_hidden = sample_hidden(np.repeat(s.reference["prompt_tokens"], n, axis=0),
-                                   np.repeat(s.reference["prompt_mask"], n, axis=0),
-                                   s.reference["response_tokens"].reshape(-1, width),
-                                   s.reference["response_mask"].reshape(-1, width)).reshape(num_prompts, n, -1)
+  reference_hidden = sample_hidden(
+    np.repeat(s.reference["prompt_tokens"], n, axis=0),
+    np.repeat(s.reference["prompt_mask"], n, axis=0),
+    s.reference["response_tokens"].reshape(-1, width),
+    s.reference["response_mask"].reshape(-1, width),
+  ).reshape(num_prompts, n, -1)
   reference_r1 = s.reference_scores[target]  # [P, n]
   best_hidden = reference_hidden[np.arange(num_prompts), s.best_reference]  # [P, D]
-  best_r1 = reference_r1[np.arange(num_prompts), s.best_reference]         # [P]
+  best_r1 = reference_r1[np.arange(num_prompts), s.best_reference]  # [P]
   c = s.collected
   prompt = c["prompt_index"]
-  u = signals.verdict_uncertainty(params, sample_hidden(c["prompt_tokens"], c["prompt_mask"], c["response_tokens"],
-                                                        c["response_mask"]),
-                                  best_hidden[prompt], scores[target], best_r1[prompt])
-  reference_u = signals.verdict_uncertainty(params, reference_hidden.reshape(num_prompts * n, -1),
-                                            np.repeat(best_hidden, n, axis=0), reference_r1.reshape(-1),
-                                            np.repeat(best_r1, n))
+  u = signals.verdict_uncertainty(
+    params,
+    sample_hidden(c["prompt_tokens"], c["prompt_mask"], c["response_tokens"], c["response_mask"]),
+    best_hidden[prompt],
+    scores[target],
+    best_r1[prompt],
+  )
+  reference_u = signals.verdict_uncertainty(
+    params,
+    reference_hidden.reshape(num_prompts * n, -1),
+    np.repeat(best_hidden, n, axis=0),
+    reference_r1.reshape(-1),
+    np.repeat(best_r1, n),
+  )
   return u, reference_u, info
 
 
@@ -157,17 +194,36 @@ def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
   scores = collected["member_scores"]
   r1 = inference.in_units(scores, units)[target]
   texts = inference.decode_responses(collected["response_tokens"], collected["response_mask"], tokenizer)
-  reference_texts = np.array(inference.decode_responses(
+  reference_texts = np.array(
+    inference.decode_responses(
       reference["response_tokens"].reshape(num_prompts * n, -1),
-      reference["response_mask"].reshape(num_prompts * n, -1), tokenizer), dtype=object).reshape(num_prompts, n)
+      reference["response_mask"].reshape(num_prompts * n, -1),
+      tokenizer,
+    ),
+    dtype=object,
+  ).reshape(num_prompts, n)
   ensemble_mean = inference.in_units(reference_scores, units).mean(axis=0)  # [P, n]
   ensemble_mean = np.where(reference_texts != "", ensemble_mean, -np.inf)
   best_reference = np.argmax(ensemble_mean, axis=1)  # [P]
   has_gold = bool(np.isfinite(collected["gold"]).any())
   # With gold (the synthetic world) every signal is computed and compared; otherwise only the one in use.
   kinds = signals.KINDS if (has_gold and node.compare_signals) else (node.uncertainty,)
-  inputs = _SignalInputs(config, workdir, round_index, collected, texts, reference, reference_texts,
-                         reference_scores, best_reference, tokenizer, rm_graphdef, rm_params, rm_meta, units)
+  inputs = _SignalInputs(
+    config,
+    workdir,
+    round_index,
+    collected,
+    texts,
+    reference,
+    reference_texts,
+    reference_scores,
+    best_reference,
+    tokenizer,
+    rm_graphdef,
+    rm_params,
+    rm_meta,
+    units,
+  )
   computed, probe_info = {}, None
   for kind in kinds:
     try:
@@ -210,10 +266,20 @@ def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
   pool_prompts = wd.reference_prompts(reference)
   prompts = [pool_prompts[p] for p in prompt_index]
   records = build_adversarial_pairs(
-      prompts, [texts[row] for row in kept_rows], chosen_texts,
-      extra={"round": [round_index] * kept_rows.size, "seed": collected["seed"][kept_rows],
-             "step": collected["step"][kept_rows], "r1": r1[kept_rows], "uncertainty": u[kept_rows],
-             "z": z[kept_rows], "rejected_gold": collected["gold"][kept_rows], "chosen_gold": chosen_gold})
+    prompts,
+    [texts[row] for row in kept_rows],
+    chosen_texts,
+    extra={
+      "round": [round_index] * kept_rows.size,
+      "seed": collected["seed"][kept_rows],
+      "step": collected["step"][kept_rows],
+      "r1": r1[kept_rows],
+      "uncertainty": u[kept_rows],
+      "z": z[kept_rows],
+      "rejected_gold": collected["gold"][kept_rows],
+      "chosen_gold": chosen_gold,
+    },
+  )
   wd.write_jsonl(out / wd.FILTER_PAIRS_FILE, records)
 
   # How often the filter's premise held (gold, for the report only).
@@ -223,34 +289,49 @@ def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
   # Real text (an imported policy) has no gold: the gold statistics are None.
   kept_with_gold = has_gold and kept_rows.size > 0
   summary = {
-      "round": round_index, "num_collected": int(r1.size),
-      "num_above_threshold": int(np.sum(r1 > collected["threshold"])),
-      "num_high_uncertainty": int(np.sum(z > node.z_min)), "num_kept": int(keep.sum()),
-      "num_unique_kept": len(seen), "num_pairs": len(records),
-      "kept_fraction": float(keep.mean()) if keep.size else 0.0,
-      # Kept samples truly worse than the chosen response / than the reference's mean, by gold.
-      "kept_worse_than_chosen": float(np.mean(kept_gold < chosen_gold)) if kept_with_gold else None,
-      "kept_worse_than_reference_mean": (float(np.mean(kept_gold < reference_gold_mean[kept_rows]))
-                                         if kept_with_gold else None),
-      "kept_gold_mean": float(kept_gold.mean()) if kept_with_gold else None,
-      "chosen_gold_mean": float(chosen_gold.mean()) if kept_with_gold else None,
-      "collected_gold_mean": float(gold.mean()),
-      # Does uncertainty predict a gold shortfall across all collected samples?
-      "uncertainty_gold": uncertainty_gold_correlation(u, reference_gold_mean - gold),
-      "uncertainty": node.uncertainty, "standardize": node.standardize, "z_min": node.z_min,
+    "round": round_index,
+    "num_collected": int(r1.size),
+    "num_above_threshold": int(np.sum(r1 > collected["threshold"])),
+    "num_high_uncertainty": int(np.sum(z > node.z_min)),
+    "num_kept": int(keep.sum()),
+    "num_unique_kept": len(seen),
+    "num_pairs": len(records),
+    "kept_fraction": float(keep.mean()) if keep.size else 0.0,
+    # Kept samples truly worse than the chosen response / than the reference's mean, by gold.
+    "kept_worse_than_chosen": float(np.mean(kept_gold < chosen_gold)) if kept_with_gold else None,
+    "kept_worse_than_reference_mean": (
+      float(np.mean(kept_gold < reference_gold_mean[kept_rows])) if kept_with_gold else None
+    ),
+    "kept_gold_mean": float(kept_gold.mean()) if kept_with_gold else None,
+    "chosen_gold_mean": float(chosen_gold.mean()) if kept_with_gold else None,
+    "collected_gold_mean": float(gold.mean()),
+    # Does uncertainty predict a gold shortfall across all collected samples?
+    "uncertainty_gold": uncertainty_gold_correlation(u, reference_gold_mean - gold),
+    "uncertainty": node.uncertainty,
+    "standardize": node.standardize,
+    "z_min": node.z_min,
   }
   if probe_info is not None:
     summary["probe"] = probe_info
   if len(computed) > 1:
     # Which signal would have found the truly worse samples (gold below the reference mean)?
-    summary["signals"] = signals.compare({k: v[0] for k, v in computed.items()}, r1 > collected["threshold"],
-                                         gold < reference_gold_mean, budget=int(keep.sum()))
+    summary["signals"] = signals.compare(
+      {k: v[0] for k, v in computed.items()},
+      r1 > collected["threshold"],
+      gold < reference_gold_mean,
+      budget=int(keep.sum()),
+    )
   wd.write_json(out / "summary.json", summary)
   wd.mark_done(out)
   worse = summary["kept_worse_than_chosen"]
-  logging.info("filter/round_%d: kept %d of %d samples (%d pairs)%s", round_index, summary["num_kept"],
-               summary["num_collected"], len(records),
-               "" if worse is None else f"; {100 * worse:.0f}% of them worse than the chosen response by gold")
+  logging.info(
+    "filter/round_%d: kept %d of %d samples (%d pairs)%s",
+    round_index,
+    summary["num_kept"],
+    summary["num_collected"],
+    len(records),
+    "" if worse is None else f"; {100 * worse:.0f}% of them worse than the chosen response by gold",
+  )
 
 
 def run(config: Any, workdir: epath.Path) -> None:
@@ -286,20 +367,30 @@ def top_samples(workdir: epath.PathLike, round_index: int = 0, limit: int = 10) 
   r1 = scores["r1"]  # in the units of the threshold (reference z when attack.standardize)
   rows, seen = [], set()
   for row in np.argsort(-r1, kind="stable"):
-    response = inference.decode_responses(collected["response_tokens"][row:row + 1],
-                                          collected["response_mask"][row:row + 1], tokenizer)[0]
+    response = inference.decode_responses(
+      collected["response_tokens"][row : row + 1], collected["response_mask"][row : row + 1], tokenizer
+    )[0]
     key = (int(collected["prompt_index"][row]), response)
     if key in seen:
       continue
     seen.add(key)
     gold = float(collected["gold"][row])
-    rows.append({"prompt": pool_prompts[collected["prompt_index"][row]], "response": response,
-                 "r1": float(r1[row]), "threshold": float(collected["threshold"][row]),
-                 "above_threshold": bool(r1[row] > collected["threshold"][row]),
-                 "uncertainty": float(scores["uncertainty"][row]), "z": float(scores["z"][row]),
-                 "kept": bool(scores["keep"][row]), "members": [float(m) for m in members[:, row]],
-                 "gold": gold if np.isfinite(gold) else None, "seed": int(collected["seed"][row]),
-                 "step": int(collected["step"][row])})
+    rows.append(
+      {
+        "prompt": pool_prompts[collected["prompt_index"][row]],
+        "response": response,
+        "r1": float(r1[row]),
+        "threshold": float(collected["threshold"][row]),
+        "above_threshold": bool(r1[row] > collected["threshold"][row]),
+        "uncertainty": float(scores["uncertainty"][row]),
+        "z": float(scores["z"][row]),
+        "kept": bool(scores["keep"][row]),
+        "members": [float(m) for m in members[:, row]],
+        "gold": gold if np.isfinite(gold) else None,
+        "seed": int(collected["seed"][row]),
+        "step": int(collected["step"][row]),
+      }
+    )
     if len(rows) >= limit:
       break
   return rows

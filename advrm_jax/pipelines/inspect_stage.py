@@ -60,14 +60,14 @@ MARKDOWN_FILE = "REPORT.md"
 RESPONSES_FILE = "responses.jsonl"
 GROUPS = ("reference", "adversary", "adversarial")
 GROUP_TITLES = {
-    "reference": "reference (the policy's own answers)",
-    "adversary": "adversary (final answers)",
-    "adversarial": "adversarial (kept by the filter)",
+  "reference": "reference (the policy's own answers)",
+  "adversary": "adversary (final answers)",
+  "adversarial": "adversarial (kept by the filter)",
 }
 GROUP_NOUNS = {
-    "reference": "policy's own answers",
-    "adversary": "final adversary's answers",
-    "adversarial": "adversarial answers the filter kept",
+  "reference": "policy's own answers",
+  "adversary": "final adversary's answers",
+  "adversarial": "adversarial answers the filter kept",
 }
 # "high perplexity": this many times the reference answers' median perplexity.
 PERPLEXITY_FACTOR = 4.0
@@ -78,6 +78,7 @@ MAX_CHARS = 400
 @dataclasses.dataclass(frozen=True)
 class InspectConfig:
   """The `inspect` config node (configs/advrm_own.py); a config without one gets these defaults."""
+
   # The attack round whose samples are inspected.
   round: int = 0
   # Prompts shown in REPORT.md.
@@ -130,8 +131,14 @@ def _fit(array: np.ndarray, width: int, left: bool) -> np.ndarray:
   return np.concatenate([pad, array] if left else [array, pad], axis=1)
 
 
-def adversarial_rows(collected: dict[str, np.ndarray], keep: np.ndarray, pairs: list[dict[str, Any]],
-                     pool_prompts: list[Any], tokenizer: Any, pairs_file: epath.Path) -> np.ndarray:
+def adversarial_rows(
+  collected: dict[str, np.ndarray],
+  keep: np.ndarray,
+  pairs: list[dict[str, Any]],
+  pool_prompts: list[Any],
+  tokenizer: Any,
+  pairs_file: epath.Path,
+) -> np.ndarray:
   """Rows of collected.npz behind the filter's adversarial pairs (the first kept row of each (prompt, text))."""
   kept = np.flatnonzero(keep)
   texts = inference.decode_responses(collected["response_tokens"][kept], collected["response_mask"][kept], tokenizer)
@@ -142,8 +149,10 @@ def adversarial_rows(collected: dict[str, np.ndarray], keep: np.ndarray, pairs: 
   for i, pair in enumerate(pairs):
     row = by_key.get((_prompt_key(pair["prompt"]), pair["rejected"]))
     if row is None:
-      raise ValueError(f"inspect: pair {i} of {pairs_file} is not among the kept samples of the round's "
-                       "collected.npz; the attack was rerun after the filter: rerun the `filter` stage")
+      raise ValueError(
+        f"inspect: pair {i} of {pairs_file} is not among the kept samples of the round's "
+        "collected.npz; the attack was rerun after the filter: rerun the `filter` stage"
+      )
     rows.append(row)
   return np.asarray(rows, np.int64)
 
@@ -169,25 +178,47 @@ def _group_rows(config: Any, workdir: epath.Path, round_index: int, tokenizer: A
 
   num_prompts, n, _ = reference["response_tokens"].shape
   parts = {
-      "reference": {"prompt_tokens": np.repeat(reference["prompt_tokens"], n, axis=0),
-                    "prompt_mask": np.repeat(reference["prompt_mask"], n, axis=0),
-                    "response_tokens": reference["response_tokens"].reshape(num_prompts * n, -1),
-                    "response_mask": reference["response_mask"].reshape(num_prompts * n, -1),
-                    "prompt_index": np.repeat(np.arange(num_prompts), n), "gold": reference["gold"].reshape(-1),
-                    "sample": np.tile(np.arange(n), num_prompts)},
-      "adversary": {k: final[k] for k in ("prompt_tokens", "prompt_mask", "response_tokens", "response_mask",
-                                          "prompt_index", "gold", "seed")},
-      "adversarial": dict({k: collected[k][adv] for k in ("prompt_tokens", "prompt_mask", "response_tokens",
-                                                          "response_mask", "prompt_index", "gold", "seed",
-                                                          "step")},
-                          pair=np.arange(len(pairs)), filter_r1=np.array([p["r1"] for p in pairs], np.float32),
-                          filter_z=np.array([p["z"] for p in pairs], np.float32)),
+    "reference": {
+      "prompt_tokens": np.repeat(reference["prompt_tokens"], n, axis=0),
+      "prompt_mask": np.repeat(reference["prompt_mask"], n, axis=0),
+      "response_tokens": reference["response_tokens"].reshape(num_prompts * n, -1),
+      "response_mask": reference["response_mask"].reshape(num_prompts * n, -1),
+      "prompt_index": np.repeat(np.arange(num_prompts), n),
+      "gold": reference["gold"].reshape(-1),
+      "sample": np.tile(np.arange(n), num_prompts),
+    },
+    "adversary": {
+      k: final[k]
+      for k in ("prompt_tokens", "prompt_mask", "response_tokens", "response_mask", "prompt_index", "gold", "seed")
+    },
+    "adversarial": dict(
+      {
+        k: collected[k][adv]
+        for k in (
+          "prompt_tokens",
+          "prompt_mask",
+          "response_tokens",
+          "response_mask",
+          "prompt_index",
+          "gold",
+          "seed",
+          "step",
+        )
+      },
+      pair=np.arange(len(pairs)),
+      filter_r1=np.array([p["r1"] for p in pairs], np.float32),
+      filter_z=np.array([p["z"] for p in pairs], np.float32),
+    ),
   }
   prompt_width = max(p["prompt_tokens"].shape[1] for p in parts.values())
   response_width = max(p["response_tokens"].shape[1] for p in parts.values())
   rows: dict[str, Any] = {"group": np.concatenate([np.full(len(p["prompt_index"]), g) for g, p in parts.items()])}
-  for key, width, left in (("prompt_tokens", prompt_width, True), ("prompt_mask", prompt_width, True),
-                           ("response_tokens", response_width, False), ("response_mask", response_width, False)):
+  for key, width, left in (
+    ("prompt_tokens", prompt_width, True),
+    ("prompt_mask", prompt_width, True),
+    ("response_tokens", response_width, False),
+    ("response_mask", response_width, False),
+  ):
     rows[key] = np.concatenate([_fit(np.asarray(p[key]), width, left) for p in parts.values()])
   rows["prompt_mask"] = rows["prompt_mask"].astype(bool)
   rows["response_mask"] = rows["response_mask"].astype(bool)
@@ -196,9 +227,14 @@ def _group_rows(config: Any, workdir: epath.Path, round_index: int, tokenizer: A
   # Per-row extras of one group (seed, step, the filter's R1 and z): NaN / -1 elsewhere.
   for key in ("seed", "step", "sample", "pair", "filter_r1", "filter_z"):
     float_key = key.startswith("filter_")
-    rows[key] = np.concatenate([np.asarray(p[key], np.float32 if float_key else np.int64) if key in p
-                                else np.full(len(p["prompt_index"]), np.nan if float_key else -1,
-                                             np.float32 if float_key else np.int64) for p in parts.values()])
+    rows[key] = np.concatenate(
+      [
+        np.asarray(p[key], np.float32 if float_key else np.int64)
+        if key in p
+        else np.full(len(p["prompt_index"]), np.nan if float_key else -1, np.float32 if float_key else np.int64)
+        for p in parts.values()
+      ]
+    )
   rows["pool_prompts"] = pool_prompts
   rows["pairs"] = pairs
   rows["num_collected"] = int(collected["response_tokens"].shape[0])
@@ -216,8 +252,9 @@ def _score(rows: dict[str, Any], config: Any, workdir: epath.Path, rounds: list[
     graphdef, params, meta = wd.load_reward_model(wd.rm_path(workdir, r))
     if not 0 <= target < meta["num_members"]:
       raise ValueError(f"attack.target={target} is not a member of RM round {r} ({meta['num_members']} members)")
-    members = inference.score_members(graphdef, params, rows["prompt_tokens"], rows["prompt_mask"],
-                                  rows["response_tokens"], rows["response_mask"])  # [K, N]
+    members = inference.score_members(
+      graphdef, params, rows["prompt_tokens"], rows["prompt_mask"], rows["response_tokens"], rows["response_mask"]
+    )  # [K, N]
     # R1 against T(x) in the adversary's units (reference z when attack.standardize); the reference group is
     # every answer of prefs/reference.npz, the population the units are measured on.
     units = inference.reward_units(config, workdir, r, members[:, is_reference])
@@ -226,10 +263,17 @@ def _score(rows: dict[str, Any], config: Any, workdir: epath.Path, rounds: list[
     # The reference answers per prompt, [P, n], in prompt order (the reference group is prompt-major).
     reference_r1 = members[target][is_reference].reshape(num_pool, -1)
     reference_mean = mean[is_reference].reshape(num_pool, -1).mean(axis=1)
-    threshold = np.asarray(per_prompt_threshold(reference_r1, kind=threshold_kind,
-                                                constant=config.attack.get("tau", 0.0)))[rows["prompt_index"]]
-    out[r] = {"members": members, "mean": mean, "spread": members.std(axis=0), "r1": members[target],
-              "threshold": threshold, "reference_mean": reference_mean[rows["prompt_index"]]}
+    threshold = np.asarray(
+      per_prompt_threshold(reference_r1, kind=threshold_kind, constant=config.attack.get("tau", 0.0))
+    )[rows["prompt_index"]]
+    out[r] = {
+      "members": members,
+      "mean": mean,
+      "spread": members.std(axis=0),
+      "r1": members[target],
+      "threshold": threshold,
+      "reference_mean": reference_mean[rows["prompt_index"]],
+    }
     del params
   return out
 
@@ -240,24 +284,28 @@ def _stats(values: np.ndarray) -> float | None:
   return float(values.mean()) if values.size else None
 
 
-def summarize(rows: dict[str, Any], rewards: dict[int, dict[str, Any]], checks: dict[str, np.ndarray],
-              group: str) -> dict[str, Any]:
+def summarize(
+  rows: dict[str, Any], rewards: dict[int, dict[str, Any]], checks: dict[str, np.ndarray], group: str
+) -> dict[str, Any]:
   """One group's metrics: rewards per RM round and the quality checks (fractions in [0, 1])."""
   sel = rows["group"] == group
-  summary: dict[str, Any] = {"num_responses": int(sel.sum()),
-                             "num_prompts": int(np.unique(rows["prompt_index"][sel]).size)}
+  summary: dict[str, Any] = {
+    "num_responses": int(sel.sum()),
+    "num_prompts": int(np.unique(rows["prompt_index"][sel]).size),
+  }
   for r, reward in rewards.items():
     summary[f"rm_round_{r}"] = {
-        "reward_mean": _stats(reward["mean"][sel]),
-        "member_spread": _stats(reward["spread"][sel]),
-        "r1_mean": _stats(reward["r1"][sel]),
-        "margin_vs_reference": _stats(reward["mean"][sel] - reward["reference_mean"][sel]),
-        "beats_reference": _stats(reward["mean"][sel] > reward["reference_mean"][sel]),
-        "above_threshold": _stats(reward["r1"][sel] > reward["threshold"][sel]),
+      "reward_mean": _stats(reward["mean"][sel]),
+      "member_spread": _stats(reward["spread"][sel]),
+      "r1_mean": _stats(reward["r1"][sel]),
+      "margin_vs_reference": _stats(reward["mean"][sel] - reward["reference_mean"][sel]),
+      "beats_reference": _stats(reward["mean"][sel] > reward["reference_mean"][sel]),
+      "above_threshold": _stats(reward["r1"][sel] > reward["threshold"][sel]),
     }
   perplexity = checks["perplexity"][sel]
   finite = perplexity[np.isfinite(perplexity)]
-  summary.update({
+  summary.update(
+    {
       "repeated_ngram_fraction": _stats(checks["repeated_ngram_fraction"][sel]),
       "longest_run": _stats(checks["longest_run"][sel]),
       "repetitive": _stats(checks["repetitive"][sel]),
@@ -273,12 +321,17 @@ def summarize(rows: dict[str, Any], rewards: dict[int, dict[str, Any]], checks: 
       "num_words": _stats(checks["num_words"][sel]),
       "flagged": _stats(checks["num_flags"][sel] > 0),
       "gold_mean": _stats(rows["gold"][sel]),
-  })
+    }
+  )
   return summary
 
 
-def _quality(rows: dict[str, Any], texts: list[str], perplexity: np.ndarray, eos_ids: set[int],
-             ) -> tuple[list[dict[str, Any]], list[list[str]], dict[str, np.ndarray]]:
+def _quality(
+  rows: dict[str, Any],
+  texts: list[str],
+  perplexity: np.ndarray,
+  eos_ids: set[int],
+) -> tuple[list[dict[str, Any]], list[list[str]], dict[str, np.ndarray]]:
   """Per-row text checks and flags, and their columns as arrays."""
   prompts = [prompt_text(rows["pool_prompts"][p]) for p in rows["prompt_index"]]
   is_reference = rows["group"] == "reference"
@@ -289,22 +342,31 @@ def _quality(rows: dict[str, Any], texts: list[str], perplexity: np.ndarray, eos
     ids = [int(t) for t, m in zip(rows["response_tokens"][i], rows["response_mask"][i]) if m]
     has_eos = bool(ids) and ids[-1] in eos_ids
     tokens = [t for t in ids if t not in eos_ids]
-    row = dict(quality.text_quality(text, prompt, tokens), has_eos=has_eos, num_tokens=len(tokens),
-               perplexity=float(perplexity[i]))
+    row = dict(
+      quality.text_quality(text, prompt, tokens),
+      has_eos=has_eos,
+      num_tokens=len(tokens),
+      perplexity=float(perplexity[i]),
+    )
     metrics.append(row)
     flags.append(quality.quality_flags(row, perplexity_limit=limit))
   columns = {k: np.array([m[k] for m in metrics]) for k in metrics[0]} if metrics else {}
   # Group shares count the flags, so the summary table and the examples agree (an empty answer is "empty",
   # not also "no final punctuation").
-  for column, flag in (("copies_prompt_flag", "copies prompt"), ("repetitive", "repetitive"),
-                       ("high_perplexity", "high perplexity"), ("no_final_punctuation_flag", "no final punctuation")):
+  for column, flag in (
+    ("copies_prompt_flag", "copies prompt"),
+    ("repetitive", "repetitive"),
+    ("high_perplexity", "high perplexity"),
+    ("no_final_punctuation_flag", "no final punctuation"),
+  ):
     columns[column] = np.array([flag in f for f in flags], bool)
   columns["num_flags"] = np.array([len(f) for f in flags])
   return metrics, flags, columns
 
 
-def select_examples(rows: dict[str, Any], rewards: dict[int, dict[str, Any]], texts: np.ndarray,
-                    chosen_texts: dict[int, str], limit: int) -> list[tuple[int, int]]:
+def select_examples(
+  rows: dict[str, Any], rewards: dict[int, dict[str, Any]], texts: np.ndarray, chosen_texts: dict[int, str], limit: int
+) -> list[tuple[int, int]]:
   """(adversarial row, reference row) pairs to show: the largest first-RM-round margins, one per prompt first.
 
   The adversarial side is the filter's kept samples, or the final adversary's
@@ -381,10 +443,13 @@ def render_markdown(report: dict[str, Any]) -> str:
   attack_round = report["round"]
   num_kept = report["groups"].get("adversarial", {}).get("num_responses", 0)
   lines = [f"# What the adversary found (attack round {attack_round})", ""]
-  lines += [f"The adversary of attack round {attack_round} was trained against RM round {attack_round}. It drew "
-            f"{report['num_collected']} samples; the filter kept {num_kept} distinct ones as adversarial pairs. "
-            f"Each group answers prompts of the attack pool "
-            f"({report['num_prompts']} prompts); real text has no gold reward, so read the answers below.", ""]
+  lines += [
+    f"The adversary of attack round {attack_round} was trained against RM round {attack_round}. It drew "
+    f"{report['num_collected']} samples; the filter kept {num_kept} distinct ones as adversarial pairs. "
+    f"Each group answers prompts of the attack pool "
+    f"({report['num_prompts']} prompts); real text has no gold reward, so read the answers below.",
+    "",
+  ]
   for sentence in report["headline"]:
     lines.append(f"* {sentence}")
   lines.append("")
@@ -395,46 +460,61 @@ def render_markdown(report: dict[str, Any]) -> str:
     key = f"rm_round_{r}"
     get = lambda g, k, key=key: report["groups"][g][key][k]
     table += [
-        [f"{name}: reward, ensemble mean"] + [_num(get(g, "reward_mean")) for g in groups],
-        [f"{name}: member spread (std)"] + [_num(get(g, "member_spread")) for g in groups],
-        [f"{name}: margin over the prompt's reference answers"] + [_num(get(g, "margin_vs_reference"))
-                                                                    for g in groups],
-        [f"{name}: beats the reference answers (%)"] + [_percent(get(g, "beats_reference")) for g in groups],
-        [f"{name}: R1 > T(x) (%)"] + [_percent(get(g, "above_threshold")) for g in groups],
+      [f"{name}: reward, ensemble mean"] + [_num(get(g, "reward_mean")) for g in groups],
+      [f"{name}: member spread (std)"] + [_num(get(g, "member_spread")) for g in groups],
+      [f"{name}: margin over the prompt's reference answers"] + [_num(get(g, "margin_vs_reference")) for g in groups],
+      [f"{name}: beats the reference answers (%)"] + [_percent(get(g, "beats_reference")) for g in groups],
+      [f"{name}: R1 > T(x) (%)"] + [_percent(get(g, "above_threshold")) for g in groups],
     ]
-  percent_rows = (("repetitive (%)", "repetitive"), ("no final punctuation (%)", "missing_final_punctuation"),
-                  ("copies the prompt (%)", "copies_prompt"), ("empty or near-empty (%)", "empty_or_near_empty"),
-                  ("no EOS: stopped at the length limit (%)", "no_eos"),
-                  (f"high perplexity: > {PERPLEXITY_FACTOR:g}x the reference median (%)", "high_perplexity"),
-                  ("any flag (%)", "flagged"))
-  value_rows = (("repeated word 3-grams (mean share)", "repeated_ngram_fraction"),
-                ("longest run of one token (mean)", "longest_run"),
-                ("prompt 3-grams copied (mean share)", "prompt_copy_fraction"),
-                ("perplexity under the policy (median)", "perplexity_median"),
-                ("length (tokens, mean)", "num_tokens"), ("length (words, mean)", "num_words"))
+  percent_rows = (
+    ("repetitive (%)", "repetitive"),
+    ("no final punctuation (%)", "missing_final_punctuation"),
+    ("copies the prompt (%)", "copies_prompt"),
+    ("empty or near-empty (%)", "empty_or_near_empty"),
+    ("no EOS: stopped at the length limit (%)", "no_eos"),
+    (f"high perplexity: > {PERPLEXITY_FACTOR:g}x the reference median (%)", "high_perplexity"),
+    ("any flag (%)", "flagged"),
+  )
+  value_rows = (
+    ("repeated word 3-grams (mean share)", "repeated_ngram_fraction"),
+    ("longest run of one token (mean)", "longest_run"),
+    ("prompt 3-grams copied (mean share)", "prompt_copy_fraction"),
+    ("perplexity under the policy (median)", "perplexity_median"),
+    ("length (tokens, mean)", "num_tokens"),
+    ("length (words, mean)", "num_words"),
+  )
   table += [[label] + [_num(report["groups"][g][key]) for g in groups] for label, key in value_rows]
   table += [[label] + [_percent(report["groups"][g][key]) for g in groups] for label, key in percent_rows]
   if any(report["groups"][g]["gold_mean"] is not None for g in groups):
     table.append(["gold reward (synthetic world)"] + [_num(report["groups"][g]["gold_mean"]) for g in groups])
   lines += ["## Summary", "", markdown_table(headers, table)]
-  lines += [f"The reference group is every reference answer in prefs/reference.npz; margins compare each answer "
-            f"with the mean reward of the reference answers to its own prompt. R1 is member "
-            f"{report['attack_target']}, T(x) its `{report['threshold']}` reward of the reference answers "
-            f"(recomputed for each RM round). Flags: repetitive (repeated 3-gram share > "
-            f"{quality.MAX_REPEATED_FRACTION:g} or a run of >= {quality.MAX_RUN} identical tokens), copies the prompt "
-            f"(> {quality.MAX_COPY_FRACTION:g} of its 3-grams from the prompt, or >= {quality.MIN_COPY_SPAN} prompt "
-            f"words verbatim), near-empty (< {quality.MIN_WORDS} words).", ""]
+  lines += [
+    f"The reference group is every reference answer in prefs/reference.npz; margins compare each answer "
+    f"with the mean reward of the reference answers to its own prompt. R1 is member "
+    f"{report['attack_target']}, T(x) its `{report['threshold']}` reward of the reference answers "
+    f"(recomputed for each RM round). Flags: repetitive (repeated 3-gram share > "
+    f"{quality.MAX_REPEATED_FRACTION:g} or a run of >= {quality.MAX_RUN} identical tokens), copies the prompt "
+    f"(> {quality.MAX_COPY_FRACTION:g} of its 3-grams from the prompt, or >= {quality.MIN_COPY_SPAN} prompt "
+    f"words verbatim), near-empty (< {quality.MIN_WORDS} words).",
+    "",
+  ]
 
   examples = report["examples"]
   lines += ["## Examples", ""]
   if not examples:
     lines += ["_No responses to show._", ""]
   else:
-    source = ("the filter's adversarial pairs" if report["examples_from"] == "adversarial"
-              else "the final adversary's answers (the filter kept none)")
-    lines += [f"From {source}, largest RM round {rounds[0]} margin over the reference answer first. The reference "
-              "answer is the pair's chosen side (else the prompt's reference answer the round-0 ensemble likes "
-              "best).", ""]
+    source = (
+      "the filter's adversarial pairs"
+      if report["examples_from"] == "adversarial"
+      else "the final adversary's answers (the filter kept none)"
+    )
+    lines += [
+      f"From {source}, largest RM round {rounds[0]} margin over the reference answer first. The reference "
+      "answer is the pair's chosen side (else the prompt's reference answer the round-0 ensemble likes "
+      "best).",
+      "",
+    ]
   for i, example in enumerate(examples, 1):
     adversarial, reference = example["adversarial"], example["reference"]
     lines += [f"### {i}. {_text_cell(prompt_text(example['prompt']), 200)}", ""]
@@ -460,13 +540,16 @@ def _headline(groups: dict[str, Any], rounds: list[int]) -> list[str]:
     if stats["margin_vs_reference"] is None:
       continue
     sentences.append(
-        f"RM round {r}{' (adversarially trained)' if r > 0 else ''}: the {GROUP_NOUNS[group]} score "
-        f"{stats['margin_vs_reference']:+.3f} against the reference answers to the same prompts (ensemble mean); "
-        f"{100 * stats['beats_reference']:.0f}% beat them, {100 * stats['above_threshold']:.0f}% have R1 > T(x).")
+      f"RM round {r}{' (adversarially trained)' if r > 0 else ''}: the {GROUP_NOUNS[group]} score "
+      f"{stats['margin_vs_reference']:+.3f} against the reference answers to the same prompts (ensemble mean); "
+      f"{100 * stats['beats_reference']:.0f}% beat them, {100 * stats['above_threshold']:.0f}% have R1 > T(x)."
+    )
   flagged = groups[group]["flagged"]
   if flagged is not None:
-    sentences.append(f"{100 * flagged:.0f}% of the {GROUP_NOUNS[group]} carry a quality flag "
-                     f"(the reference answers: {100 * (groups['reference']['flagged'] or 0):.0f}%).")
+    sentences.append(
+      f"{100 * flagged:.0f}% of the {GROUP_NOUNS[group]} carry a quality flag "
+      f"(the reference answers: {100 * (groups['reference']['flagged'] or 0):.0f}%)."
+    )
   return sentences
 
 
@@ -490,8 +573,12 @@ def run(config: Any, workdir: epath.Path) -> dict[str, Any] | None:
     if done.get("rm_rounds") == rounds and done.get("round") == round_index:
       logging.info("inspect: %s/DONE exists, skipping", out)
       return None
-    logging.info("inspect: RM rounds %s now exist (the report scored %s, attack round %s): recomputing", rounds,
-                 done.get("rm_rounds"), done.get("round"))
+    logging.info(
+      "inspect: RM rounds %s now exist (the report scored %s, attack round %s): recomputing",
+      rounds,
+      done.get("rm_rounds"),
+      done.get("round"),
+    )
     (out / wd.DONE).unlink()
   out.mkdir(parents=True, exist_ok=True)
 
@@ -500,21 +587,38 @@ def run(config: Any, workdir: epath.Path) -> dict[str, Any] | None:
   texts = inference.decode_responses(rows["response_tokens"], rows["response_mask"], tokenizer)
   rewards = _score(rows, config, workdir, rounds)
   _, policy_graphdef, policy_params = wd.load_policy(workdir / "sft")
-  perplexity = quality.response_perplexity(policy_graphdef, policy_params, rows["prompt_tokens"], rows["prompt_mask"],
-                                           rows["response_tokens"], rows["response_mask"], options.batch_size)
+  perplexity = quality.response_perplexity(
+    policy_graphdef,
+    policy_params,
+    rows["prompt_tokens"],
+    rows["prompt_mask"],
+    rows["response_tokens"],
+    rows["response_mask"],
+    options.batch_size,
+  )
   del policy_params
   eos = inference.sampling_config(config.attack.sampling).eos_id
   eos_ids = set(eos) if isinstance(eos, tuple) else {int(eos)}
   metrics, flags, checks = _quality(rows, texts, perplexity, eos_ids)
 
   def side(row: int) -> dict[str, Any]:
-    record = {"group": str(rows["group"][row]), "prompt_index": int(rows["prompt_index"][row]),
-              "response": texts[row], "flags": flags[row],
-              "rewards": {str(r): {"mean": reward["mean"][row], "spread": reward["spread"][row],
-                                   "members": reward["members"][:, row], "r1": reward["r1"][row],
-                                   "threshold": reward["threshold"][row],
-                                   "reference_mean": reward["reference_mean"][row]}
-                          for r, reward in rewards.items()}}
+    record = {
+      "group": str(rows["group"][row]),
+      "prompt_index": int(rows["prompt_index"][row]),
+      "response": texts[row],
+      "flags": flags[row],
+      "rewards": {
+        str(r): {
+          "mean": reward["mean"][row],
+          "spread": reward["spread"][row],
+          "members": reward["members"][:, row],
+          "r1": reward["r1"][row],
+          "threshold": reward["threshold"][row],
+          "reference_mean": reward["reference_mean"][row],
+        }
+        for r, reward in rewards.items()
+      },
+    }
     record.update(metrics[row])
     for key in ("seed", "step", "sample", "pair"):
       if rows[key][row] >= 0:
@@ -524,27 +628,38 @@ def run(config: Any, workdir: epath.Path) -> dict[str, Any] | None:
         record[key] = float(rows[key][row])
     return record
 
-  chosen_texts = {int(row): rows["pairs"][int(rows["pair"][row])]["chosen"]
-                  for row in np.flatnonzero(rows["group"] == "adversarial")}
+  chosen_texts = {
+    int(row): rows["pairs"][int(rows["pair"][row])]["chosen"] for row in np.flatnonzero(rows["group"] == "adversarial")
+  }
   picked = select_examples(rows, rewards, np.array(texts, dtype=object), chosen_texts, options.num_examples)
   groups = {g: summarize(rows, rewards, checks, g) for g in GROUPS}
   report = {
-      "round": round_index, "rm_rounds": rounds, "attack_target": config.attack.target,
-      "threshold": config.attack.threshold, "num_collected": rows["num_collected"], "num_prompts": rows["num_pool"],
-      "perplexity_flag_factor": PERPLEXITY_FACTOR,
-      "artefacts": {"collected": str(wd.round_dir(workdir, "attack", round_index) / "collected.npz"),
-                    "final_samples": str(wd.round_dir(workdir, "attack", round_index) / "final_samples.npz"),
-                    "adversarial_pairs": str(wd.pairs_path(workdir, round_index)),
-                    "reference": str(workdir / "prefs" / "reference.npz"),
-                    "rms": {str(r): str(wd.rm_path(workdir, r)) for r in rounds}},
-      "groups": groups,
-      "headline": _headline(groups, rounds),
-      "examples_from": "adversarial" if groups["adversarial"]["num_responses"] else "adversary",
-      "examples": [{"prompt": rows["pool_prompts"][int(rows["prompt_index"][a])], "adversarial": side(a),
-                    "reference": side(b)} for a, b in picked],
+    "round": round_index,
+    "rm_rounds": rounds,
+    "attack_target": config.attack.target,
+    "threshold": config.attack.threshold,
+    "num_collected": rows["num_collected"],
+    "num_prompts": rows["num_pool"],
+    "perplexity_flag_factor": PERPLEXITY_FACTOR,
+    "artefacts": {
+      "collected": str(wd.round_dir(workdir, "attack", round_index) / "collected.npz"),
+      "final_samples": str(wd.round_dir(workdir, "attack", round_index) / "final_samples.npz"),
+      "adversarial_pairs": str(wd.pairs_path(workdir, round_index)),
+      "reference": str(workdir / "prefs" / "reference.npz"),
+      "rms": {str(r): str(wd.rm_path(workdir, r)) for r in rounds},
+    },
+    "groups": groups,
+    "headline": _headline(groups, rounds),
+    "examples_from": "adversarial" if groups["adversarial"]["num_responses"] else "adversary",
+    "examples": [
+      {"prompt": rows["pool_prompts"][int(rows["prompt_index"][a])], "adversarial": side(a), "reference": side(b)}
+      for a, b in picked
+    ],
   }
-  wd.write_jsonl(out / RESPONSES_FILE, [dict(side(i), prompt=rows["pool_prompts"][int(rows["prompt_index"][i])])
-                                        for i in range(len(texts))])
+  wd.write_jsonl(
+    out / RESPONSES_FILE,
+    [dict(side(i), prompt=rows["pool_prompts"][int(rows["prompt_index"][i])]) for i in range(len(texts))],
+  )
   wd.write_json(out / REPORT_FILE, report)
   # Through JSON, so the markdown shows exactly what report.json holds.
   markdown = render_markdown(json.loads((out / REPORT_FILE).read_text()))

@@ -85,8 +85,9 @@ class _FiniteWatch:
         value = values[key]
         if not np.all(np.isfinite(value)):
           raise FloatingPointError(
-              f"[{self.name}] non-finite {key}={value} at step {step}; stopping. The last good "
-              f"checkpoint in {self.checkpoint_dir} is kept intact.")
+            f"[{self.name}] non-finite {key}={value} at step {step}; stopping. The last good "
+            f"checkpoint in {self.checkpoint_dir} is kept intact."
+          )
 
 
 def _logged(writer: MetricWriter, step: int, scalars: dict[str, Any]) -> bool:
@@ -116,6 +117,7 @@ def end_of_run_plots(enabled: bool):
 @dataclasses.dataclass
 class LoopConfig:
   """Step counts and intervals of ``train_loop`` (``seed`` keys the per-step RNG)."""
+
   num_steps: int
   log_every: int = 10
   checkpoint_every: int = 100
@@ -128,11 +130,19 @@ def without_samples(step_fn: Callable) -> Callable:
   return lambda state, batch, rng: (*step_fn(state, batch, rng), {})
 
 
-def train_loop(name: str, directory: epath.PathLike, state: Any, step_fn: Callable,
-               get_batch: Callable[[int], dict[str, np.ndarray]], loop: LoopConfig, mesh: Mesh,
-               eval_fn: Callable[[Any, int], dict[str, Any]] | None = None, eval_every: int = 0,
-               finite_keys: tuple[str, ...] = ("loss", "grad_norm", "reward", "proxy_reward"),
-               text_fn: Callable[[dict[str, np.ndarray], int], dict[str, str]] | None = None) -> Any:
+def train_loop(
+  name: str,
+  directory: epath.PathLike,
+  state: Any,
+  step_fn: Callable,
+  get_batch: Callable[[int], dict[str, np.ndarray]],
+  loop: LoopConfig,
+  mesh: Mesh,
+  eval_fn: Callable[[Any, int], dict[str, Any]] | None = None,
+  eval_every: int = 0,
+  finite_keys: tuple[str, ...] = ("loss", "grad_norm", "reward", "proxy_reward"),
+  text_fn: Callable[[dict[str, np.ndarray], int], dict[str, str]] | None = None,
+) -> Any:
   """Runs ``state, metrics, samples = step_fn(state, batch, rng)`` for loop.num_steps steps.
 
   Args:

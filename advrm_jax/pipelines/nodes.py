@@ -17,6 +17,7 @@ from advrm_jax.train_state import OptimizerConfig
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
   """The `attack` node: the adversary's RL run and its objective R1 - lam * R2 above a floor T(x)."""
+
   rl: RLConfig
   optimizer: OptimizerConfig
   sampling: SamplingConfig
@@ -41,6 +42,7 @@ class AttackConfig:
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
   """``filter.probe``: the verdict probe of uncertainty "probe" (configs/common.py's values)."""
+
   hidden: int = 0
   num_steps: int = 500
   learning_rate: float = 1e-2
@@ -50,6 +52,7 @@ class ProbeConfig:
 @dataclasses.dataclass(frozen=True)
 class FilterConfig:
   """The `filter` node: which adversarial samples become rejected responses."""
+
   uncertainty: str
   compare_signals: bool
   standardize: str

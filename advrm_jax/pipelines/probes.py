@@ -66,8 +66,15 @@ def _policy_params(config: Any, workdir: epath.Path) -> tuple[nnx.GraphDef, Any,
   return graphdef, jax.tree.map(lambda x: x[0], stacked), f"{which} policy, seed 0"
 
 
-def collect(graphdef: nnx.GraphDef, params: Any, prompts: dict[str, np.ndarray], num_samples: int,
-            sampling: SamplingConfig, rng: jax.Array, chunk: int = 512) -> dict[str, np.ndarray]:
+def collect(
+  graphdef: nnx.GraphDef,
+  params: Any,
+  prompts: dict[str, np.ndarray],
+  num_samples: int,
+  sampling: SamplingConfig,
+  rng: jax.Array,
+  chunk: int = 512,
+) -> dict[str, np.ndarray]:
   """Samples responses and reads hidden states and labels (host arrays).
 
   Returns (B = prompts x num_samples rows, prompt-major; N response columns):
@@ -80,22 +87,31 @@ def collect(graphdef: nnx.GraphDef, params: Any, prompts: dict[str, np.ndarray],
   @jax.jit
   def run(tokens, mask, key):
     out = sample(graphdef, params, tokens, mask, key, sampling)
-    full, full_mask = concat_prompt_response(out.prompt_tokens, out.prompt_mask, out.tokens, out.response_mask,
-                                             pad_id=sampling.pad_id, left_pad=False)
+    full, full_mask = concat_prompt_response(
+      out.prompt_tokens, out.prompt_mask, out.tokens, out.response_mask, pad_id=sampling.pad_id, left_pad=False
+    )
     hidden = nnx.merge(graphdef, params)(full, full_mask, compute_logits=False).hidden[:, prompt_len:]
     labels = rw.intermediate_labels(out.prompt_tokens, out.prompt_mask, out.tokens, out.response_mask)
     final, _ = rw.final_answer(out.tokens, out.response_mask)
-    return {"hidden": hidden, "is_answer": labels["is_answer"], "candidate": labels["candidate"],
-            "correct": labels["correct"], "value": labels["value"], "final": final,
-            "truth": rw.true_answer(out.prompt_tokens, out.prompt_mask), "length": out.lengths}
+    return {
+      "hidden": hidden,
+      "is_answer": labels["is_answer"],
+      "candidate": labels["candidate"],
+      "correct": labels["correct"],
+      "value": labels["value"],
+      "final": final,
+      "truth": rw.true_answer(out.prompt_tokens, out.prompt_mask),
+      "length": out.lengths,
+    }
 
   tokens = np.repeat(prompts["tokens"], num_samples, axis=0)
   mask = np.repeat(prompts["mask"], num_samples, axis=0)
   parts = []
   for i, start in enumerate(range(0, tokens.shape[0], chunk)):
     # Whole prompt groups per chunk (chunk is a multiple of num_samples).
-    parts.append(jax.device_get(run(tokens[start:start + chunk], mask[start:start + chunk],
-                                    jax.random.fold_in(rng, i))))
+    parts.append(
+      jax.device_get(run(tokens[start : start + chunk], mask[start : start + chunk], jax.random.fold_in(rng, i)))
+    )
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -104,20 +120,26 @@ def _positions(data: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
   return rows, cols
 
 
-def early_exit_table(confidence: np.ndarray, data: dict[str, np.ndarray],
-                     thresholds: tuple[float, ...]) -> list[dict[str, float]]:
+def early_exit_table(
+  confidence: np.ndarray, data: dict[str, np.ndarray], thresholds: tuple[float, ...]
+) -> list[dict[str, float]]:
   """Accuracy and tokens per threshold (plus "never": the full responses)."""
   full_tokens = data["length"].astype(np.float64)
   rows = []
   for threshold in list(thresholds) + [float("inf")]:
-    out = jax.device_get(pr.early_exit(confidence, data["candidate"], data["value"], data["final"],
-                                       data["length"], threshold))
+    out = jax.device_get(
+      pr.early_exit(confidence, data["candidate"], data["value"], data["final"], data["length"], threshold)
+    )
     tokens = out["tokens"].astype(np.float64)
-    rows.append({"threshold": None if threshold == float("inf") else float(threshold),
-                 "accuracy": float(np.mean(out["answer"] == data["truth"])),
-                 "mean_tokens": float(tokens.mean()),
-                 "tokens_saved": float(1.0 - tokens.sum() / full_tokens.sum()),
-                 "exit_rate": float(np.mean(out["exited"]))})
+    rows.append(
+      {
+        "threshold": None if threshold == float("inf") else float(threshold),
+        "accuracy": float(np.mean(out["answer"] == data["truth"])),
+        "mean_tokens": float(tokens.mean()),
+        "tokens_saved": float(1.0 - tokens.sum() / full_tokens.sum()),
+        "exit_rate": float(np.mean(out["exited"])),
+      }
+    )
   return rows
 
 
@@ -129,8 +151,9 @@ def _last_candidate(values: np.ndarray, candidate: np.ndarray, fill: float) -> n
   return np.where(last >= 0, picked, fill)
 
 
-def filter_comparison(member_logits: np.ndarray, data: dict[str, np.ndarray], num_samples: int,
-                      z_mins: tuple[float, ...]) -> dict[str, Any]:
+def filter_comparison(
+  member_logits: np.ndarray, data: dict[str, np.ndarray], num_samples: int, z_mins: tuple[float, ...]
+) -> dict[str, Any]:
   """Which uncertainty finds responses the (probe) reward wrongly likes?
 
   Args:
@@ -154,35 +177,41 @@ def filter_comparison(member_logits: np.ndarray, data: dict[str, np.ndarray], nu
   valid = data["final"] >= 0
   confidence = 1.0 / (1.0 + np.exp(-r1))
   signals = {
-      "ensemble disagreement (std)": filtering.uncertainty(scores, kind="std"),
-      "ensemble R1 - R2": filtering.uncertainty(scores, kind="r1_minus_r2"),
-      "semantic surprisal -log p(c|q)": empo.semantic_uncertainty(data["final"], valid, num_samples, "response"),
-      "semantic entropy H(q)": empo.semantic_uncertainty(data["final"], valid, num_samples, "prompt"),
-      "probe 1 - p(correct)": pr.probe_uncertainty(confidence),
+    "ensemble disagreement (std)": filtering.uncertainty(scores, kind="std"),
+    "ensemble R1 - R2": filtering.uncertainty(scores, kind="r1_minus_r2"),
+    "semantic surprisal -log p(c|q)": empo.semantic_uncertainty(data["final"], valid, num_samples, "response"),
+    "semantic entropy H(q)": empo.semantic_uncertainty(data["final"], valid, num_samples, "prompt"),
+    "probe 1 - p(correct)": pr.probe_uncertainty(confidence),
   }
-  out: dict[str, Any] = {"base_rate": float(wrong[liked].mean()) if liked.any() else None,
-                         "num_liked": int(liked.sum()), "num_responses": int(wrong.size), "signals": {}}
+  out: dict[str, Any] = {
+    "base_rate": float(wrong[liked].mean()) if liked.any() else None,
+    "num_liked": int(liked.sum()),
+    "num_responses": int(wrong.size),
+    "signals": {},
+  }
   for name, u in signals.items():
     u = np.asarray(u, np.float64)
     z = filtering.standardize(u)
     entry = {"auc_wrong": pr.roc_auc(u[liked], wrong[liked]) if liked.any() else None, "filter": {}}
     for z_min in z_mins:
       keep = np.asarray(filtering.filter_mask(r1, 0.0, z, z_min))
-      entry["filter"][str(z_min)] = {"kept": int(keep.sum()),
-                                     "precision": float(wrong[keep].mean()) if keep.any() else None}
+      entry["filter"][str(z_min)] = {
+        "kept": int(keep.sum()),
+        "precision": float(wrong[keep].mean()) if keep.any() else None,
+      }
     out["signals"][name] = entry
   return out
 
 
-def plot_reliability(path: epath.Path, probs: np.ndarray, labels: np.ndarray, num_bins: int,
-                     title: str) -> epath.Path:
+def plot_reliability(path: epath.Path, probs: np.ndarray, labels: np.ndarray, num_bins: int, title: str) -> epath.Path:
   """Reliability diagram of probe confidences (fraction correct per bin) as a PNG."""
   bins = pr.reliability_bins(probs, labels, num_bins)
   fig, (ax,) = report.figure()
   centres = (np.arange(num_bins) + 0.5) / num_bins
   filled = bins["count"] > 0
-  ax.bar(centres[filled], bins["accuracy"][filled], width=1.0 / num_bins, alpha=0.6, edgecolor="k",
-         label="fraction correct")
+  ax.bar(
+    centres[filled], bins["accuracy"][filled], width=1.0 / num_bins, alpha=0.6, edgecolor="k", label="fraction correct"
+  )
   ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
   ax.set(xlabel="probe p(correct)", ylabel="fraction correct", xlim=(0, 1), ylim=(0, 1), title=title)
   ax.legend(fontsize="small")
@@ -196,10 +225,16 @@ def plot_early_exit(path: epath.Path, table: list[dict[str, float]]) -> epath.Pa
   acc = [100 * r["accuracy"] for r in table]
   ax.plot(saved, acc, marker="o")
   for r, x, y in zip(table, saved, acc):
-    ax.annotate("no exit" if r["threshold"] is None else f"{r['threshold']:g}", (x, y), fontsize="small",
-                textcoords="offset points", xytext=(4, 4))
-  ax.set(xlabel="tokens saved (%)", ylabel="final-answer accuracy (%)",
-         title="probe-driven early exit (labels: threshold)")
+    ax.annotate(
+      "no exit" if r["threshold"] is None else f"{r['threshold']:g}",
+      (x, y),
+      fontsize="small",
+      textcoords="offset points",
+      xytext=(4, 4),
+    )
+  ax.set(
+    xlabel="tokens saved (%)", ylabel="final-answer accuracy (%)", title="probe-driven early exit (labels: threshold)"
+  )
   return report.save_figure(fig, path)
 
 
@@ -214,22 +249,43 @@ def run(config: Any, workdir: epath.Path) -> None:
   reasoning.check_world(config)
   graphdef, params, policy = _policy_params(config, workdir)
   g = node.samples_per_prompt
-  sampling = SamplingConfig(max_new_tokens=config.world.max_response_len, temperature=node.temperature,
-                            eos_id=rw.EOS_ID, pad_id=rw.PAD_ID)
+  sampling = SamplingConfig(
+    max_new_tokens=config.world.max_response_len, temperature=node.temperature, eos_id=rw.EOS_ID, pad_id=rw.PAD_ID
+  )
   key = jax.random.fold_in(jax.random.key(config.seed), 1234)
   chunk = max(g, (512 // g) * g)
-  train = collect(graphdef, params, reasoning.prompt_pool(config, node.num_train_prompts, "rl"), g, sampling,
-                  jax.random.fold_in(key, 0), chunk)
-  test = collect(graphdef, params, reasoning.prompt_pool(config, node.num_test_prompts, "test"), g, sampling,
-                 jax.random.fold_in(key, 1), chunk)
+  train = collect(
+    graphdef,
+    params,
+    reasoning.prompt_pool(config, node.num_train_prompts, "rl"),
+    g,
+    sampling,
+    jax.random.fold_in(key, 0),
+    chunk,
+  )
+  test = collect(
+    graphdef,
+    params,
+    reasoning.prompt_pool(config, node.num_test_prompts, "test"),
+    g,
+    sampling,
+    jax.random.fold_in(key, 1),
+    chunk,
+  )
   tr_rows, tr_cols = _positions(train)
   te_rows, te_cols = _positions(test)
   x_train = train["hidden"][tr_rows, tr_cols]
   y_train = train["correct"][tr_rows, tr_cols].astype(np.float32)
-  logging.info("probes: %d train / %d test intermediate answers (%.2f / %.2f correct)", len(y_train),
-               len(te_rows), y_train.mean(), test["correct"][te_rows, te_cols].mean())
-  probe_kwargs = dict(hidden=node.hidden, num_steps=node.num_steps, learning_rate=node.learning_rate,
-                      weight_decay=node.weight_decay)
+  logging.info(
+    "probes: %d train / %d test intermediate answers (%.2f / %.2f correct)",
+    len(y_train),
+    len(te_rows),
+    y_train.mean(),
+    test["correct"][te_rows, te_cols].mean(),
+  )
+  probe_kwargs = dict(
+    hidden=node.hidden, num_steps=node.num_steps, learning_rate=node.learning_rate, weight_decay=node.weight_decay
+  )
   params_probe, losses = pr.train_probe(jax.random.fold_in(key, 2), x_train, y_train, **probe_kwargs)
 
   def logits_at_all_columns(p: dict[str, Any], data: dict[str, np.ndarray]) -> np.ndarray:
@@ -241,12 +297,11 @@ def run(config: Any, workdir: epath.Path) -> None:
   y_test = test["correct"][te_rows, te_cols]
   cand = test["candidate"][te_rows, te_cols]
   metrics = {
-      "all_intermediates": pr.classification_metrics(test_probs[te_rows, te_cols], y_test, node.ece_bins),
-      "candidate_answers": pr.classification_metrics(test_probs[te_rows, te_cols][cand], y_test[cand],
-                                                     node.ece_bins),
-      "train_all_intermediates": pr.classification_metrics(
-          1.0 / (1.0 + np.exp(-logits_at_all_columns(params_probe, train)[tr_rows, tr_cols])), y_train,
-          node.ece_bins),
+    "all_intermediates": pr.classification_metrics(test_probs[te_rows, te_cols], y_test, node.ece_bins),
+    "candidate_answers": pr.classification_metrics(test_probs[te_rows, te_cols][cand], y_test[cand], node.ece_bins),
+    "train_all_intermediates": pr.classification_metrics(
+      1.0 / (1.0 + np.exp(-logits_at_all_columns(params_probe, train)[tr_rows, tr_cols])), y_train, node.ece_bins
+    ),
   }
   exit_table = early_exit_table(test_probs, test, tuple(node.thresholds))
 
@@ -255,23 +310,38 @@ def run(config: Any, workdir: epath.Path) -> None:
   members = [test_logits]
   for k in range(1, node.ensemble_size):
     counts = np.bincount(rng.integers(0, len(y_train), len(y_train)), minlength=len(y_train))
-    p_k, _ = pr.train_probe(jax.random.fold_in(key, 10 + k), x_train, y_train, sample_weights=counts,
-                            **probe_kwargs)
+    p_k, _ = pr.train_probe(jax.random.fold_in(key, 10 + k), x_train, y_train, sample_weights=counts, **probe_kwargs)
     members.append(logits_at_all_columns(p_k, test))
   comparison = filter_comparison(np.stack(members), test, g, tuple(node.z_mins))
 
   summary = {
-      "policy": policy, "probe": {"kind": "linear" if not node.hidden else f"one hidden layer ({node.hidden})",
-                                  "num_steps": node.num_steps, "final_train_loss": float(losses[-1])},
-      "data": {"train_prompts": node.num_train_prompts, "test_prompts": node.num_test_prompts,
-               "samples_per_prompt": g, "temperature": node.temperature,
-               "train_intermediates": int(len(y_train)), "test_intermediates": int(len(y_test)),
-               "test_response_accuracy": float(np.mean(test["final"] == test["truth"]))},
-      "metrics": metrics, "early_exit": exit_table, "filter_tie_in": comparison,
+    "policy": policy,
+    "probe": {
+      "kind": "linear" if not node.hidden else f"one hidden layer ({node.hidden})",
+      "num_steps": node.num_steps,
+      "final_train_loss": float(losses[-1]),
+    },
+    "data": {
+      "train_prompts": node.num_train_prompts,
+      "test_prompts": node.num_test_prompts,
+      "samples_per_prompt": g,
+      "temperature": node.temperature,
+      "train_intermediates": int(len(y_train)),
+      "test_intermediates": int(len(y_test)),
+      "test_response_accuracy": float(np.mean(test["final"] == test["truth"])),
+    },
+    "metrics": metrics,
+    "early_exit": exit_table,
+    "filter_tie_in": comparison,
   }
   report.write_report_json(out_dir / "summary.json", summary)
-  plot_reliability(out_dir / "reliability.png", test_probs[te_rows, te_cols], y_test, node.ece_bins,
-                   f"held-out intermediate answers (ECE {metrics['all_intermediates']['ece']:.3f})")
+  plot_reliability(
+    out_dir / "reliability.png",
+    test_probs[te_rows, te_cols],
+    y_test,
+    node.ece_bins,
+    f"held-out intermediate answers (ECE {metrics['all_intermediates']['ece']:.3f})",
+  )
   plot_early_exit(out_dir / "early_exit.png", exit_table)
   reasoning.write_report(workdir)
   wd.mark_done(out_dir)

@@ -30,25 +30,34 @@ RUN_LABELS = {"semantic": "EMPO (no labels)", "correctness": "correctness reward
 def corpus_mix(config: Any) -> rw.CorpusMix:
   """The reasoning SFT corpus's mix of slips and re-checks from ``config.world``."""
   world = config.world
-  return rw.CorpusMix(slip_probs=tuple(world.slip_probs), check_after_slip=world.check_after_slip,
-                      check_after_correct=world.check_after_correct, max_attempts=world.max_attempts)
+  return rw.CorpusMix(
+    slip_probs=tuple(world.slip_probs),
+    check_after_slip=world.check_after_slip,
+    check_after_correct=world.check_after_correct,
+    max_attempts=world.max_attempts,
+  )
 
 
 def check_world(config: Any) -> None:
   """Config consistency checks, each naming the key to change."""
   world = config.world
   if config.model.vocab_size != rw.VOCAB_SIZE:
-    raise ValueError(f"model.vocab_size={config.model.vocab_size} must equal the reasoning task's vocabulary "
-                     f"size {rw.VOCAB_SIZE}")
+    raise ValueError(
+      f"model.vocab_size={config.model.vocab_size} must equal the reasoning task's vocabulary size {rw.VOCAB_SIZE}"
+    )
   if world.max_prompt_len < rw.MAX_PROMPT_TOKENS:
     raise ValueError(f"world.max_prompt_len={world.max_prompt_len} < {rw.MAX_PROMPT_TOKENS}, the longest prompt")
   longest = rw.max_response_tokens(corpus_mix(config))
   if world.max_response_len < longest:
-    raise ValueError(f"world.max_response_len={world.max_response_len} < {longest}, the longest corpus "
-                     f"response with world.max_attempts={world.max_attempts}")
+    raise ValueError(
+      f"world.max_response_len={world.max_response_len} < {longest}, the longest corpus "
+      f"response with world.max_attempts={world.max_attempts}"
+    )
   if world.max_prompt_len + world.max_response_len > config.model.max_seq_len:
-    raise ValueError(f"world.max_prompt_len + world.max_response_len = "
-                     f"{world.max_prompt_len + world.max_response_len} exceeds model.max_seq_len")
+    raise ValueError(
+      f"world.max_prompt_len + world.max_response_len = "
+      f"{world.max_prompt_len + world.max_response_len} exceeds model.max_seq_len"
+    )
 
 
 def reasoning_sft_arrays(config: Any, num_examples: int, seed: int) -> dict[str, np.ndarray]:
@@ -61,9 +70,9 @@ def reasoning_sft_arrays(config: Any, num_examples: int, seed: int) -> dict[str,
   for i, example in enumerate(corpus):
     prompt = [rw.BOS_ID] + rw.TOKENIZER.encode(example["prompt"])
     sequence = prompt + rw.TOKENIZER.encode(example["response"]) + [rw.EOS_ID]
-    tokens[i, :len(sequence)] = sequence
-    mask[i, :len(sequence)] = 1
-    loss_mask[i, len(prompt):len(sequence)] = 1
+    tokens[i, : len(sequence)] = sequence
+    mask[i, : len(sequence)] = 1
+    loss_mask[i, len(prompt) : len(sequence)] = 1
   return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
 
 
@@ -106,13 +115,19 @@ def summarize(config: Any, workdir: epath.Path) -> dict[str, Any]:
   num_seeds = config.num_seeds
   reference = json.loads((stage_dir / "reference_eval.json").read_text())
   summary: dict[str, Any] = {
-      "task": {"num_ops": list(config.world.num_ops), "corpus_mix": dict(config.world),
-               "rl_prompts": config.empo.num_prompts, "eval_prompts": config.empo.num_eval_prompts,
-               "eval_samples": config.empo.eval_samples, "num_seeds": num_seeds,
-               "num_steps": config.empo.num_steps, "num_samples": config.empo.rl.num_samples,
-               "semantic": dict(config.empo.semantic)},
-      "reference": {k.split("/")[1]: v for k, v in reference.items() if k.count("/") == 1},
-      "runs": {},
+    "task": {
+      "num_ops": list(config.world.num_ops),
+      "corpus_mix": dict(config.world),
+      "rl_prompts": config.empo.num_prompts,
+      "eval_prompts": config.empo.num_eval_prompts,
+      "eval_samples": config.empo.eval_samples,
+      "num_seeds": num_seeds,
+      "num_steps": config.empo.num_steps,
+      "num_samples": config.empo.rl.num_samples,
+      "semantic": dict(config.empo.semantic),
+    },
+    "reference": {k.split("/")[1]: v for k, v in reference.items() if k.count("/") == 1},
+    "runs": {},
   }
   diagnostic_path = stage_dir / "entropy_diagnostic.json"
   if diagnostic_path.exists():
@@ -123,10 +138,15 @@ def summarize(config: Any, workdir: epath.Path) -> dict[str, Any]:
       continue
     records = read_metrics(run_dir / "metrics.jsonl")
     curves = {}
-    for key, label in (("gold_reward", "train_accuracy"), ("eval/accuracy_sampled", "eval_accuracy_sampled"),
-                       ("eval/accuracy_greedy", "eval_accuracy_greedy"), ("proxy_reward", "proxy_reward"),
-                       ("empo/semantic_entropy", "semantic_entropy"), ("empo/kept_fraction", "kept_fraction"),
-                       ("kl", "kl")):
+    for key, label in (
+      ("gold_reward", "train_accuracy"),
+      ("eval/accuracy_sampled", "eval_accuracy_sampled"),
+      ("eval/accuracy_greedy", "eval_accuracy_greedy"),
+      ("proxy_reward", "proxy_reward"),
+      ("empo/semantic_entropy", "semantic_entropy"),
+      ("empo/kept_fraction", "kept_fraction"),
+      ("kl", "kl"),
+    ):
       steps, values = _seed_curves(records, key, num_seeds)
       if steps:
         if key.startswith("eval/"):
@@ -134,22 +154,29 @@ def summarize(config: Any, workdir: epath.Path) -> dict[str, Any]:
           steps = [0] + steps
           values = [[reference[f"{key}/seed{s}"]] + v for s, v in enumerate(values)]
         curves[label] = {"steps": steps, "values": values}
-    entry: dict[str, Any] = {"source": spec.get("source", "semantic"),
-                             "label": RUN_LABELS.get(spec.get("source", "semantic"), name), "curves": curves}
+    entry: dict[str, Any] = {
+      "source": spec.get("source", "semantic"),
+      "label": RUN_LABELS.get(spec.get("source", "semantic"), name),
+      "curves": curves,
+    }
     final_path = run_dir / "final_eval.json"
     if final_path.exists():
       final = json.loads(final_path.read_text())
-      entry["final"] = {key: report.mean_std([final[f"eval/{key}/seed{s}"] for s in range(num_seeds)])
-                        for key in ("accuracy_greedy", "accuracy_sampled", "no_answer", "length")}
+      entry["final"] = {
+        key: report.mean_std([final[f"eval/{key}/seed{s}"] for s in range(num_seeds)])
+        for key in ("accuracy_greedy", "accuracy_sampled", "no_answer", "length")
+      }
     summary["runs"][name] = entry
   return summary
 
 
 def plot_curves(path: epath.Path, summary: dict[str, Any]) -> epath.Path | None:
   """Held-out sampled / greedy accuracy and training-sample accuracy vs step, bands over seeds."""
-  panels = (("eval_accuracy_sampled", "held-out accuracy (sampled)"),
-            ("eval_accuracy_greedy", "held-out accuracy (greedy)"),
-            ("train_accuracy", "accuracy of RL samples"))
+  panels = (
+    ("eval_accuracy_sampled", "held-out accuracy (sampled)"),
+    ("eval_accuracy_greedy", "held-out accuracy (greedy)"),
+    ("train_accuracy", "accuracy of RL samples"),
+  )
   if not summary["runs"]:
     return None
   fig, axes = report.figure(ncols=len(panels), width=4.5)
@@ -157,8 +184,7 @@ def plot_curves(path: epath.Path, summary: dict[str, Any]) -> epath.Path | None:
     for name, entry in summary["runs"].items():
       curve = entry["curves"].get(key)
       if curve:
-        report.band(ax, np.asarray(curve["steps"]), np.asarray(curve["values"], np.float64),
-                     entry["label"])
+        report.band(ax, np.asarray(curve["steps"]), np.asarray(curve["values"], np.float64), entry["label"])
     ax.set(xlabel="RL step", ylabel="accuracy", title=title)
     ax.legend(fontsize="small")
   fig.suptitle("EMPO (no labels) vs the correctness reward; bands: ± 1 std over seeds")
@@ -167,54 +193,83 @@ def plot_curves(path: epath.Path, summary: dict[str, Any]) -> epath.Path | None:
 
 def _empo_section(summary: dict[str, Any], stage_dir: epath.Path) -> list[str]:
   task = summary["task"]
-  lines = ["## EMPO: semantic-entropy rewards without labels", "",
-           f"Reasoning task: arithmetic in words, {task['num_ops'][0]}-{task['num_ops'][1]} operations. "
-           f"{task['num_seeds']} seeds per reward (vmapped), {task['num_steps']} GRPO steps, "
-           f"G = {task['num_samples']} samples per prompt, {task['rl_prompts']} unlabelled RL prompts; "
-           f"accuracy on {task['eval_prompts']} held-out prompts (greedy, and {task['eval_samples']} "
-           f"samples per prompt at temperature 1). EMPO clusters by exact final answer "
-           f"(equivalence `{task['semantic'].get('equivalence')}`, no-answer `{task['semantic'].get('no_answer')}`, "
-           f"reward `{task['semantic'].get('reward')}`, entropy bounds "
-           f"[{task['semantic'].get('entropy_min'):.2f}, {task['semantic'].get('entropy_max'):.2f}] nats).", ""]
+  lines = [
+    "## EMPO: semantic-entropy rewards without labels",
+    "",
+    f"Reasoning task: arithmetic in words, {task['num_ops'][0]}-{task['num_ops'][1]} operations. "
+    f"{task['num_seeds']} seeds per reward (vmapped), {task['num_steps']} GRPO steps, "
+    f"G = {task['num_samples']} samples per prompt, {task['rl_prompts']} unlabelled RL prompts; "
+    f"accuracy on {task['eval_prompts']} held-out prompts (greedy, and {task['eval_samples']} "
+    f"samples per prompt at temperature 1). EMPO clusters by exact final answer "
+    f"(equivalence `{task['semantic'].get('equivalence')}`, no-answer `{task['semantic'].get('no_answer')}`, "
+    f"reward `{task['semantic'].get('reward')}`, entropy bounds "
+    f"[{task['semantic'].get('entropy_min'):.2f}, {task['semantic'].get('entropy_max'):.2f}] nats).",
+    "",
+  ]
   ref = summary["reference"]
-  rows = [["reference (SFT)", f"{ref.get('accuracy_greedy', float('nan')):.3f}",
-           f"{ref.get('accuracy_sampled', float('nan')):.3f}", f"{ref.get('no_answer', float('nan')):.3f}"]]
+  rows = [
+    [
+      "reference (SFT)",
+      f"{ref.get('accuracy_greedy', float('nan')):.3f}",
+      f"{ref.get('accuracy_sampled', float('nan')):.3f}",
+      f"{ref.get('no_answer', float('nan')):.3f}",
+    ]
+  ]
   for name, entry in summary["runs"].items():
     final = entry.get("final")
     if not final:
       continue
-    rows.append([entry["label"], report.format_mean_std(final["accuracy_greedy"], ".3f"),
-                 report.format_mean_std(final["accuracy_sampled"], ".3f"),
-                 report.format_mean_std(final["no_answer"], ".3f")])
-  lines.append(report.markdown_table(["policy", "held-out accuracy, greedy", "held-out accuracy, sampled",
-                                      "no-answer rate"], rows))
+    rows.append(
+      [
+        entry["label"],
+        report.format_mean_std(final["accuracy_greedy"], ".3f"),
+        report.format_mean_std(final["accuracy_sampled"], ".3f"),
+        report.format_mean_std(final["no_answer"], ".3f"),
+      ]
+    )
+  lines.append(
+    report.markdown_table(["policy", "held-out accuracy, greedy", "held-out accuracy, sampled", "no-answer rate"], rows)
+  )
   if (stage_dir / "accuracy_curves.png").exists():
     lines += ["![accuracy curves](accuracy_curves.png)", ""]
   bins = summary.get("reference_entropy_bins")
   if bins:
-    lines += [f"Why the entropy bound: the reference policy's majority-vote accuracy by the semantic entropy of "
-              f"the prompt ({task['num_samples']} samples per held-out prompt). The share reward moves each "
-              f"prompt towards its majority answer, which helps only where the majority tends to be right.", ""]
-    lines.append(report.markdown_table(
+    lines += [
+      f"Why the entropy bound: the reference policy's majority-vote accuracy by the semantic entropy of "
+      f"the prompt ({task['num_samples']} samples per held-out prompt). The share reward moves each "
+      f"prompt towards its majority answer, which helps only where the majority tends to be right.",
+      "",
+    ]
+    lines.append(
+      report.markdown_table(
         ["H(q) (nats)", "prompts", "majority-vote accuracy", "sample accuracy"],
-        [[f"[{b['lo']:.2f}, {b['hi']:.2f}]", b["prompts"], b["majority_accuracy"], b["sample_accuracy"]]
-         for b in bins], float_fmt=".3f"))
+        [[f"[{b['lo']:.2f}, {b['hi']:.2f}]", b["prompts"], b["majority_accuracy"], b["sample_accuracy"]] for b in bins],
+        float_fmt=".3f",
+      )
+    )
   empo_run = next((e for e in summary["runs"].values() if e["source"] == "semantic"), None)
   if empo_run and "semantic_entropy" in empo_run["curves"]:
     ent = np.asarray(empo_run["curves"]["semantic_entropy"]["values"], np.float64)
     kept = np.asarray(empo_run["curves"]["kept_fraction"]["values"], np.float64)
-    lines += [f"EMPO diagnostics (mean over seeds): semantic entropy of the RL prompts "
-              f"{ent[:, 0].mean():.3f} -> {ent[:, -1].mean():.3f} nats; fraction of prompts kept by the "
-              f"entropy bounds {kept[:, 0].mean():.2f} -> {kept[:, -1].mean():.2f}.", ""]
+    lines += [
+      f"EMPO diagnostics (mean over seeds): semantic entropy of the RL prompts "
+      f"{ent[:, 0].mean():.3f} -> {ent[:, -1].mean():.3f} nats; fraction of prompts kept by the "
+      f"entropy bounds {kept[:, 0].mean():.2f} -> {kept[:, -1].mean():.2f}.",
+      "",
+    ]
   return lines
 
 
 def write_report(workdir: epath.Path) -> epath.Path:
   """Renders WORKDIR/empo/REPORT.md (and the curves PNG) from the summaries that exist."""
   stage_dir = epath.Path(workdir) / EMPO_DIR
-  lines = ["# EMPO and correctness probes on the reasoning task", "",
-           "Reproduce: `python -m advrm_jax.main --config configs/empo_reasoning.py --workdir WORKDIR` "
-           "(stages `empo`, `probes`; `:small` for a smoke run).", ""]
+  lines = [
+    "# EMPO and correctness probes on the reasoning task",
+    "",
+    "Reproduce: `python -m advrm_jax.main --config configs/empo_reasoning.py --workdir WORKDIR` "
+    "(stages `empo`, `probes`; `:small` for a smoke run).",
+    "",
+  ]
   summary_path = stage_dir / "summary.json"
   if summary_path.exists():
     summary = report.read_report_json(summary_path)
@@ -232,37 +287,63 @@ def write_report(workdir: epath.Path) -> epath.Path:
 def report_section(summary: dict[str, Any], rel_dir: str) -> list[str]:
   """REPORT.md lines for the probes summary (images relative to WORKDIR/empo/)."""
   data, metrics = summary["data"], summary["metrics"]
-  lines = ["## Correctness probes on hidden states", "",
-           f"A {summary['probe']['kind']} probe on the last-layer hidden state of the {summary['policy']} at "
-           f"each intermediate answer (\"now X\", the X token), class-weighted BCE. "
-           f"{data['train_prompts']} probe-training prompts and {data['test_prompts']} held-out prompts, "
-           f"{data['samples_per_prompt']} samples each at temperature {data['temperature']:g}: "
-           f"{data['train_intermediates']} / {data['test_intermediates']} intermediate answers. "
-           f"Held-out response accuracy: {data['test_response_accuracy']:.3f}.", ""]
+  lines = [
+    "## Correctness probes on hidden states",
+    "",
+    f"A {summary['probe']['kind']} probe on the last-layer hidden state of the {summary['policy']} at "
+    f'each intermediate answer ("now X", the X token), class-weighted BCE. '
+    f"{data['train_prompts']} probe-training prompts and {data['test_prompts']} held-out prompts, "
+    f"{data['samples_per_prompt']} samples each at temperature {data['temperature']:g}: "
+    f"{data['train_intermediates']} / {data['test_intermediates']} intermediate answers. "
+    f"Held-out response accuracy: {data['test_response_accuracy']:.3f}.",
+    "",
+  ]
   rows = []
-  for name, label in (("all_intermediates", "held-out, all intermediate answers"),
-                      ("candidate_answers", "held-out, candidate final answers"),
-                      ("train_all_intermediates", "probe-training data")):
+  for name, label in (
+    ("all_intermediates", "held-out, all intermediate answers"),
+    ("candidate_answers", "held-out, candidate final answers"),
+    ("train_all_intermediates", "probe-training data"),
+  ):
     m = metrics[name]
     rows.append([label, m["n"], m["positive_rate"], m["roc_auc"], m["ece"], m["brier"]])
-  lines.append(report.markdown_table(["data", "n", "fraction correct", "ROC-AUC", "ECE", "Brier"], rows,
-                                     float_fmt=".3f"))
-  lines += [f"![reliability]({rel_dir}/reliability.png)", "",
-            "Early exit: stop at the first candidate final answer (an attempt's last step) whose probe "
-            "confidence reaches the threshold; \"never\" is the full response.", ""]
-  rows = [["never" if r["threshold"] is None else f"{r['threshold']:g}", r["accuracy"], r["mean_tokens"],
-           100 * r["tokens_saved"], r["exit_rate"]] for r in summary["early_exit"]]
-  lines.append(report.markdown_table(["threshold", "accuracy", "mean tokens", "tokens saved %", "exit rate"],
-                                     rows, float_fmt=".3f"))
+  lines.append(
+    report.markdown_table(["data", "n", "fraction correct", "ROC-AUC", "ECE", "Brier"], rows, float_fmt=".3f")
+  )
+  lines += [
+    f"![reliability]({rel_dir}/reliability.png)",
+    "",
+    "Early exit: stop at the first candidate final answer (an attempt's last step) whose probe "
+    'confidence reaches the threshold; "never" is the full response.',
+    "",
+  ]
+  rows = [
+    [
+      "never" if r["threshold"] is None else f"{r['threshold']:g}",
+      r["accuracy"],
+      r["mean_tokens"],
+      100 * r["tokens_saved"],
+      r["exit_rate"],
+    ]
+    for r in summary["early_exit"]
+  ]
+  lines.append(
+    report.markdown_table(
+      ["threshold", "accuracy", "mean tokens", "tokens saved %", "exit rate"], rows, float_fmt=".3f"
+    )
+  )
   lines += [f"![early exit]({rel_dir}/early_exit.png)", ""]
   tie = summary["filter_tie_in"]
   z_mins = list(next(iter(tie["signals"].values()))["filter"]) if tie["signals"] else []
-  lines += ["### Uncertainty signals for Adv-RM's filter", "",
-            "The probe plays the reward model (R1 = its logit at the final answer, T = 0) and a bootstrap "
-            "ensemble of probes gives the ensemble disagreement; each signal is standardised over the batch "
-            "and used in `filtering.filter_mask` (R1 > T and z > z_min). A good signal keeps responses the "
-            f"reward wrongly likes: {tie['num_liked']} of {tie['num_responses']} held-out responses are liked, "
-            f"{(tie['base_rate'] or 0.0):.3f} of them wrong (the precision of keeping all).", ""]
+  lines += [
+    "### Uncertainty signals for Adv-RM's filter",
+    "",
+    "The probe plays the reward model (R1 = its logit at the final answer, T = 0) and a bootstrap "
+    "ensemble of probes gives the ensemble disagreement; each signal is standardised over the batch "
+    "and used in `filtering.filter_mask` (R1 > T and z > z_min). A good signal keeps responses the "
+    f"reward wrongly likes: {tie['num_liked']} of {tie['num_responses']} held-out responses are liked, "
+    f"{(tie['base_rate'] or 0.0):.3f} of them wrong (the precision of keeping all).",
+    "",
+  ]
   rows = []
   for name, entry in tie["signals"].items():
     row = [name, entry["auc_wrong"]]
@@ -274,9 +355,12 @@ def report_section(summary: dict[str, Any], rel_dir: str) -> list[str]:
   for z in z_mins:
     headers += [f"kept z>{z}", f"precision z>{z}"]
   lines.append(report.markdown_table(headers, rows, float_fmt=".3f"))
-  lines += ["\"probe 1 - p(correct)\" is a monotone function of R1 itself: among liked responses (p > 0.5) it is "
-            "bounded and rarely clears z_min, so it adds nothing to the R1 > T half of the rule. The semantic "
-            "signals come from the policy's own samples and need no reward model. The comparison runs on the "
-            "reasoning task because the synthetic world's free-text responses have no exact answers to "
-            "cluster.", ""]
+  lines += [
+    '"probe 1 - p(correct)" is a monotone function of R1 itself: among liked responses (p > 0.5) it is '
+    "bounded and rarely clears z_min, so it adds nothing to the R1 > T half of the rule. The semantic "
+    "signals come from the policy's own samples and need no reward model. The comparison runs on the "
+    "reasoning task because the synthetic world's free-text responses have no exact answers to "
+    "cluster.",
+    "",
+  ]
   return lines

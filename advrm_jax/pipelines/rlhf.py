@@ -38,8 +38,9 @@ def reward_source_for(run: Any, workdir: epath.Path, where: str, mesh: Any = Non
     raise ValueError(f"{where}.source: unknown {kind!r}; expected 'rm' or 'gold'")
   rm_graphdef, rm_params, meta = wd.load_reward_model(workdir / run.rm_stage, mesh=mesh)
   # The aggregate travels as data: every RM run (same ensemble shape) reuses one compiled iteration.
-  mix = aggregate_mix(run.get("aggregate", "mean"), meta["num_members"], coef=run.get("coef", 1.0),
-                      member=run.get("member", 0))
+  mix = aggregate_mix(
+    run.get("aggregate", "mean"), meta["num_members"], coef=run.get("coef", 1.0), member=run.get("member", 0)
+  )
   return EnsembleMixSource(rm_graphdef), {"rm": rm_params, "mix": mix}
 
 

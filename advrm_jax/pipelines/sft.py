@@ -32,9 +32,9 @@ from advrm_jax.train_state import split_module
 # ----------------------------------------------------------------------------
 
 
-def synthetic_sft_arrays(num_examples: int, seed: int, max_len: int,
-                         max_prompt_len: int | None = None,
-                         exploit_exposure: float = 0.0) -> dict[str, np.ndarray]:
+def synthetic_sft_arrays(
+  num_examples: int, seed: int, max_len: int, max_prompt_len: int | None = None, exploit_exposure: float = 0.0
+) -> dict[str, np.ndarray]:
   """[BOS] prompt response [EOS], right-padded; loss on response and EOS only.
 
   With ``max_prompt_len`` (config key world.max_prompt_len), a prompt that
@@ -50,18 +50,20 @@ def synthetic_sft_arrays(num_examples: int, seed: int, max_len: int,
   for i, example in enumerate(corpus):
     prompt = [world.BOS_ID] + world.TOKENIZER.encode(example["prompt"])
     if max_prompt_len is not None and len(prompt) > max_prompt_len:
-      raise ValueError(f"world.max_prompt_len={max_prompt_len} cannot fit SFT prompt {i} "
-                       f"({len(prompt)} tokens with BOS)")
+      raise ValueError(
+        f"world.max_prompt_len={max_prompt_len} cannot fit SFT prompt {i} ({len(prompt)} tokens with BOS)"
+      )
     response = world.TOKENIZER.encode(example["response"]) + [world.EOS_ID]
     sequence = (prompt + response)[:max_len]  # over-long rambles lose their tail (and EOS)
-    tokens[i, :len(sequence)] = sequence
-    mask[i, :len(sequence)] = 1
-    loss_mask[i, len(prompt):len(sequence)] = 1
+    tokens[i, : len(sequence)] = sequence
+    mask[i, : len(sequence)] = 1
+    loss_mask[i, len(prompt) : len(sequence)] = 1
   return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
 
 
 # Where the policy comes from (``model.source``): trained here, or imported.
 POLICY_SOURCES = ("scratch", "hf", "gguf")
+
 
 def import_policy(config, stage_dir: epath.Path) -> None:
   """The `sft` stage for a pretrained policy: the checkpoint is the reference policy.
@@ -88,16 +90,22 @@ def import_policy(config, stage_dir: epath.Path) -> None:
     tokenizer = hf.load_hf_tokenizer(path)
   else:
     checkpoint = gguf.read_gguf(path)
-    model_config, model = hf.model_from_hf_tensors(checkpoint.config, checkpoint.tensors, dtype=node.dtype,
-                                                   param_dtype=node.param_dtype)
+    model_config, model = hf.model_from_hf_tensors(
+      checkpoint.config, checkpoint.tensors, dtype=node.dtype, param_dtype=node.param_dtype
+    )
     tokenizer = HFTokenizer(gguf.load_gguf_tokenizer(path))
   if tokenizer.vocab_size > model_config.vocab_size:
-    raise ValueError(f"model.path ({path}): the model's vocabulary ({model_config.vocab_size}) is smaller than "
-                     f"its tokenizer's ({tokenizer.vocab_size})")
+    raise ValueError(
+      f"model.path ({path}): the model's vocabulary ({model_config.vocab_size}) is smaller than "
+      f"its tokenizer's ({tokenizer.vocab_size})"
+    )
   wd.save_model_config(stage_dir, model_config)
   save_params(stage_dir / "params", split_module(model)[1])
-  meta = {"source": source, "path": path,
-          "tokenizer": dict(tokenizer_spec(tokenizer), backbone_source=source, backbone_path=path)}
+  meta = {
+    "source": source,
+    "path": path,
+    "tokenizer": dict(tokenizer_spec(tokenizer), backbone_source=source, backbone_path=path),
+  }
   (stage_dir / wd.POLICY_META_FILE).write_text(json.dumps(meta, indent=2))
   wd.mark_done(stage_dir)
   logging.info("sft: %s checkpoint %s is the reference policy (%s)", source, path, tokenizer)
@@ -119,13 +127,17 @@ def run(config, workdir: epath.Path) -> None:
   shd.check_batch_divisible(sft.batch_size, mesh, "sft.batch_size")
   model_config = wd.model_config_from(config)
   if model_config.vocab_size != world.VOCAB_SIZE:
-    raise ValueError(f"model.vocab_size={model_config.vocab_size} must equal the synthetic world's vocabulary "
-                     f"size {world.VOCAB_SIZE}")
+    raise ValueError(
+      f"model.vocab_size={model_config.vocab_size} must equal the synthetic world's vocabulary size {world.VOCAB_SIZE}"
+    )
   max_len = config.world.max_prompt_len + config.world.max_response_len
   if max_len > model_config.max_seq_len:
-    raise ValueError(f"world.max_prompt_len + world.max_response_len = {max_len} exceeds "
-                     f"model.max_seq_len = {model_config.max_seq_len}")
+    raise ValueError(
+      f"world.max_prompt_len + world.max_response_len = {max_len} exceeds "
+      f"model.max_seq_len = {model_config.max_seq_len}"
+    )
   seed = config.seed if sft.get("seed", -1) < 0 else sft.seed
-  data = synthetic_sft_arrays(sft.num_examples, seed, max_len, config.world.max_prompt_len,
-                              float(config.world.get("exploit_exposure", 0.0)))
+  data = synthetic_sft_arrays(
+    sft.num_examples, seed, max_len, config.world.max_prompt_len, float(config.world.get("exploit_exposure", 0.0))
+  )
   train_sft("sft", stage_dir, sft, model_config, data, seed, mesh)

@@ -18,8 +18,16 @@ from advrm_jax.pipelines.loop import LoopConfig, train_loop, without_samples
 from advrm_jax.train_state import create_train_state, make_optimizer, split_module
 
 
-def train_sft(name: str, out_dir: epath.Path, node: Any, model_config: ModelConfig, data: dict[str, np.ndarray],
-              seed: int, mesh: Any, where: str = "config.sft") -> None:
+def train_sft(
+  name: str,
+  out_dir: epath.Path,
+  node: Any,
+  model_config: ModelConfig,
+  data: dict[str, np.ndarray],
+  seed: int,
+  mesh: Any,
+  where: str = "config.sft",
+) -> None:
   """Trains a policy on ``data`` and hands it over in ``out_dir`` (what ``workdir.load_policy`` reads).
 
   Args:
@@ -44,8 +52,9 @@ def train_sft(name: str, out_dir: epath.Path, node: Any, model_config: ModelConf
     return {k: v[rows] for k, v in data.items()}
 
   wd.save_model_config(out_dir, model_config)
-  loop = LoopConfig(num_steps=node.num_steps, log_every=node.log_every, checkpoint_every=node.checkpoint_every,
-                    seed=seed)
+  loop = LoopConfig(
+    num_steps=node.num_steps, log_every=node.log_every, checkpoint_every=node.checkpoint_every, seed=seed
+  )
   state = train_loop(name, out_dir, state, step_fn, get_batch, loop, mesh)
   save_params(out_dir / "params", state.params)
   wd.mark_done(out_dir)

@@ -90,8 +90,10 @@ def check_study(config: Any) -> list[tuple[int, int]]:
   if config.prefs.num_heldout_prompts <= 0:
     raise ValueError("prefs.num_heldout_prompts must be > 0: the study reads attack success on held-out prompts")
   if config.filter.uncertainty not in signals.ENSEMBLE_KINDS:
-    raise ValueError(f"filter.uncertainty={config.filter.uncertainty!r}: the study's uncertainty endpoint needs an "
-                     f"ensemble signal {signals.ENSEMBLE_KINDS}")
+    raise ValueError(
+      f"filter.uncertainty={config.filter.uncertainty!r}: the study's uncertainty endpoint needs an "
+      f"ensemble signal {signals.ENSEMBLE_KINDS}"
+    )
   realisations = []
   for entry in config.study.realisations:
     if len(entry) != 2 or any(not isinstance(v, int) or v < 0 for v in entry):
@@ -192,8 +194,9 @@ def in_distribution_shortfall(config: Any, main_dir: pathlib.Path) -> dict[str, 
   reference = wd.load_reference(main_dir)
   scores = inference.reference_member_scores(main_dir, graphdef, params, reference)  # [K, P, n]
   units = inference.in_units(scores, inference.reward_units(config, main_dir, 0, scores))
-  u = uncertainty(units.reshape(units.shape[0], -1), config.filter.uncertainty, config.attack.target,
-                  config.attack.r2_kind)
+  u = uncertainty(
+    units.reshape(units.shape[0], -1), config.filter.uncertainty, config.attack.target, config.attack.r2_kind
+  )
   gold = reference["gold"]
   return correlation(uncertainty_gold_correlation(u, (gold.mean(axis=1, keepdims=True) - gold).reshape(-1)))
 
@@ -206,12 +209,19 @@ def correlation(value: dict[str, Any]) -> dict[str, Any]:
 
 def arm_record(run: dict[str, Any], attack: dict[str, float] | None, accuracy: float | None) -> dict[str, Any]:
   """One arm's entry: its RLHF curves (an ``evaluate.rlhf_curves`` run), fresh-attack success, accuracy (%)."""
-  return {"steps": [int(s) for s in run["steps"]], "gold": run["gold"], "proxy": run["proxy"], "kl": run["kl"],
-          "attack_after": attack, "accuracy": None if accuracy is None else 100.0 * accuracy}
+  return {
+    "steps": [int(s) for s in run["steps"]],
+    "gold": run["gold"],
+    "proxy": run["proxy"],
+    "kl": run["kl"],
+    "attack_after": attack,
+    "accuracy": None if accuracy is None else 100.0 * accuracy,
+  }
 
 
-def realisation_record(config: Any, main_config: Any, rdir: pathlib.Path, sft_seed: int,
-                       pref_seed: int) -> dict[str, Any]:
+def realisation_record(
+  config: Any, main_config: Any, rdir: pathlib.Path, sft_seed: int, pref_seed: int
+) -> dict[str, Any]:
   """realisation.json from the finished chains (see the module doc for where each number comes from)."""
   arms = tuple(config.study.arms)
   main_dir = rdir / "main"
@@ -219,10 +229,13 @@ def realisation_record(config: Any, main_config: Any, rdir: pathlib.Path, sft_se
   report = wd.read_json(main_dir / "report.json", "the `evaluate` stage")
   accuracy = report["in_distribution_accuracy"]
   target = main_config.attack.target
-  final_attack = {"C0": wd.round_dir(main_dir, wd.ATTACK, 0), "T": wd.round_dir(main_dir, wd.ATTACK, rounds),
-                  "C1": wd.round_dir(rdir / "probe_C1", wd.ATTACK, rounds),
-                  "C2": wd.round_dir(rdir / "probe_C2", wd.ATTACK, rounds),
-                  "C3": wd.round_dir(rdir / "C3", wd.ATTACK, rounds)}
+  final_attack = {
+    "C0": wd.round_dir(main_dir, wd.ATTACK, 0),
+    "T": wd.round_dir(main_dir, wd.ATTACK, rounds),
+    "C1": wd.round_dir(rdir / "probe_C1", wd.ATTACK, rounds),
+    "C2": wd.round_dir(rdir / "probe_C2", wd.ATTACK, rounds),
+    "C3": wd.round_dir(rdir / "C3", wd.ATTACK, rounds),
+  }
   main_accuracy = {"C0": "round_0", "T": f"round_{rounds}", "C1": f"fresh_pairs_round_{rounds}"}
   records = {}
   for arm in arms:
@@ -237,21 +250,27 @@ def realisation_record(config: Any, main_config: Any, rdir: pathlib.Path, sft_se
     records[arm] = arm_record(run, attack_after(final_attack[arm]) if arm in final_attack else None, acc)
   adversarial = wd.read_json(wd.round_dir(main_dir, wd.FILTER, 0) / "summary.json", "the `filter` stage")
   return {
-      "name": realisation_name(sft_seed, pref_seed), "sft_seed": sft_seed, "pref_seed": pref_seed,
-      "status": "ok", "error": None,
-      "method_checks": report["method_checks"],
-      "disagreement_share": (report.get("exploits") or {}).get("disagreement_share"),
-      "reference_gold": report["prefs"]["reference_gold_mean"],
-      "rl_budget": int(main_config.rlhf.num_steps),
-      "hacking": {"margin": float(main_config.evaluate.hacking_margin), "window": int(report["hacking_window"])},
-      "arms": records,
-      "uncertainty_shortfall": {"adversarial": correlation(adversarial["uncertainty_gold"]),
-                                "in_distribution": in_distribution_shortfall(main_config, main_dir)},
+    "name": realisation_name(sft_seed, pref_seed),
+    "sft_seed": sft_seed,
+    "pref_seed": pref_seed,
+    "status": "ok",
+    "error": None,
+    "method_checks": report["method_checks"],
+    "disagreement_share": (report.get("exploits") or {}).get("disagreement_share"),
+    "reference_gold": report["prefs"]["reference_gold_mean"],
+    "rl_budget": int(main_config.rlhf.num_steps),
+    "hacking": {"margin": float(main_config.evaluate.hacking_margin), "window": int(report["hacking_window"])},
+    "arms": records,
+    "uncertainty_shortfall": {
+      "adversarial": correlation(adversarial["uncertainty_gold"]),
+      "in_distribution": in_distribution_shortfall(main_config, main_dir),
+    },
   }
 
 
-def run_realisation(config: Any, study_dir: pathlib.Path, sft_seed: int, pref_seed: int,
-                    sft_owner: pathlib.Path | None) -> dict[str, Any]:
+def run_realisation(
+  config: Any, study_dir: pathlib.Path, sft_seed: int, pref_seed: int, sft_owner: pathlib.Path | None
+) -> dict[str, Any]:
   """Every chain of realisation (s, p), each resuming from its DONE markers; returns its record."""
   arms = tuple(config.study.arms)
   rdir = study_dir / "realisations" / realisation_name(sft_seed, pref_seed)
@@ -275,15 +294,25 @@ def run_realisation(config: Any, study_dir: pathlib.Path, sft_seed: int, pref_se
 def error_record(config: Any, sft_seed: int, pref_seed: int, error: BaseException) -> dict[str, Any]:
   """The record of a realisation that failed twice: what it is and why, no measurements."""
   message = " ".join(str(error).split()) or type(error).__name__
-  return {"name": realisation_name(sft_seed, pref_seed), "sft_seed": sft_seed, "pref_seed": pref_seed,
-          "status": "error", "error": f"{type(error).__name__}: {message}", "method_checks": None,
-          "disagreement_share": None, "reference_gold": None, "rl_budget": int(config.rlhf.num_steps),
-          "hacking": {"margin": float(config.evaluate.hacking_margin), "window": int(config.evaluate.hacking_window)},
-          "arms": {}, "uncertainty_shortfall": None}
+  return {
+    "name": realisation_name(sft_seed, pref_seed),
+    "sft_seed": sft_seed,
+    "pref_seed": pref_seed,
+    "status": "error",
+    "error": f"{type(error).__name__}: {message}",
+    "method_checks": None,
+    "disagreement_share": None,
+    "reference_gold": None,
+    "rl_budget": int(config.rlhf.num_steps),
+    "hacking": {"margin": float(config.evaluate.hacking_margin), "window": int(config.evaluate.hacking_window)},
+    "arms": {},
+    "uncertainty_shortfall": None,
+  }
 
 
-def attempt_realisation(config: Any, study_dir: pathlib.Path, sft_seed: int, pref_seed: int,
-                        sft_owner: pathlib.Path | None) -> dict[str, Any]:
+def attempt_realisation(
+  config: Any, study_dir: pathlib.Path, sft_seed: int, pref_seed: int, sft_owner: pathlib.Path | None
+) -> dict[str, Any]:
   """``run_realisation``, resumed once after a non-finite loss; the error record if it stops again.
 
   The protocol's exclusion rule 3. Other errors propagate: they are bugs or input mistakes.
@@ -308,9 +337,11 @@ def command_line() -> str | None:
 def run(config: Any, workdir: pathlib.Path) -> None:
   """Stage `study`: every realisation without a record, then the study analysis (module doc)."""
   if is_remote(workdir):
-    raise wd.ConfigError(f"--workdir {workdir}: the study needs a local work dir (its realisations share sft "
-                         "stages through directory links, which an object store cannot hold); run it on a local "
-                         "disk and copy the study directory to the bucket afterwards")
+    raise wd.ConfigError(
+      f"--workdir {workdir}: the study needs a local work dir (its realisations share sft "
+      "stages through directory links, which an object store cannot hold); run it on a local "
+      "disk and copy the study directory to the bucket afterwards"
+    )
   study_dir = pathlib.Path(workdir)
   realisations = check_study(config)
   sft_owners: dict[int, pathlib.Path] = {}

@@ -59,14 +59,27 @@ from advrm_jax.models.config import ModelConfig
 from advrm_jax.models.transformer import Transformer
 from advrm_jax.reward.data import ByteTokenizer
 from advrm_jax.reward.model import RewardEnsemble
-from advrm_jax.train_state import (OPTIMIZER_DEFAULTS, TrainState, abstract_module, make_optimizer, split_module,
-                                   state_shardings)
+from advrm_jax.train_state import (
+  OPTIMIZER_DEFAULTS,
+  TrainState,
+  abstract_module,
+  make_optimizer,
+  split_module,
+  state_shardings,
+)
 
 DONE = "DONE"
 
 # Stage names (the keys of config.stages) whose directories other stages read.
 SFT, PREFS, RM, ATTACK, FILTER, ADVTRAIN, ADVTRAIN_CONTROL = (
-    "sft", "prefs", "rm", "attack", "filter", "advtrain", "advtrain_control")
+  "sft",
+  "prefs",
+  "rm",
+  "attack",
+  "filter",
+  "advtrain",
+  "advtrain_control",
+)
 
 # prefs/: the preference files and the reference samples on the attack pools.
 TRAIN_FILE = "preferences.jsonl"
@@ -220,8 +233,9 @@ def load_policy(stage_dir: PathLike, mesh: Any = None) -> tuple[ModelConfig, nnx
   model_config = ModelConfig.from_dict(json.loads(config_path.read_text()))
   graphdef, params, axes = abstract_module(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
   if mesh is not None:
-    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params,
-                          shd.tree_shardings(axes, params, mesh))
+    params = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shd.tree_shardings(axes, params, mesh)
+    )
   return model_config, graphdef, load_params(stage_dir / "params", params)
 
 
@@ -236,9 +250,11 @@ def policy_tokenizer(workdir: PathLike) -> Any:
 def require_synthetic_policy(workdir: PathLike, stage: str) -> None:
   """Stops a stage that needs the synthetic world's prompts or gold when the policy is an imported checkpoint."""
   if (epath.Path(workdir) / SFT / POLICY_META_FILE).exists():
-    raise ValueError(f"{stage}: needs the synthetic world (its prompts and exact gold reward), but the policy in "
-                     f"{epath.Path(workdir) / 'sft'} is an imported checkpoint; on your own model run the stages "
-                     "sft, prefs, rm, attack, filter and advtrain (configs/advrm_own.py)")
+    raise ValueError(
+      f"{stage}: needs the synthetic world (its prompts and exact gold reward), but the policy in "
+      f"{epath.Path(workdir) / 'sft'} is an imported checkpoint; on your own model run the stages "
+      "sft, prefs, rm, attack, filter and advtrain (configs/advrm_own.py)"
+    )
 
 
 def reference_prompts(reference: dict[str, np.ndarray]) -> list[Any]:
@@ -273,9 +289,16 @@ def held_out_pairs(workdir: PathLike, meta: dict[str, Any]) -> dict[str, np.ndar
   """
   pairs = list(read_preferences(epath.Path(workdir) / PREFS / TEST_FILE))
   seq = meta["sequence"]
-  return tokenize_pairs(pairs, load_tokenizer(meta), seq["max_prompt_len"], seq["max_response_len"],
-                        padding_side=seq["padding_side"], on_overlength="truncate", add_bos=seq["add_bos"],
-                        use_chat_template=seq.get("use_chat_template", False))
+  return tokenize_pairs(
+    pairs,
+    load_tokenizer(meta),
+    seq["max_prompt_len"],
+    seq["max_response_len"],
+    padding_side=seq["padding_side"],
+    on_overlength="truncate",
+    add_bos=seq["add_bos"],
+    use_chat_template=seq.get("use_chat_template", False),
+  )
 
 
 def pairs_path(workdir: PathLike, round_index: int) -> epath.Path:
@@ -304,13 +327,17 @@ def resolve_path(path: str, workdir: PathLike | None = None) -> epath.Path:
 def load_imported_reward_models(meta: dict[str, Any], mesh: Any) -> tuple[nnx.GraphDef, Any, Any]:
   """(graphdef, params on ``mesh``, their shardings) of the directories ``meta['hf_paths']`` records."""
   model_cfg = ModelConfig.from_dict(meta["model"])
-  graphdef, params, info = hf_reward.load_hf_reward_model(meta["hf_paths"], dtype=model_cfg.dtype,
-                                                          param_dtype=model_cfg.param_dtype)
+  graphdef, params, info = hf_reward.load_hf_reward_model(
+    meta["hf_paths"], dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype
+  )
   if (info["model"], info["num_members"]) != (meta["model"], meta["num_members"]):
-    raise ValueError(f"{meta['hf_paths']} no longer hold the {meta['num_members']} reward model(s) of "
-                     f"{model_cfg} recorded in {RM_META_FILE}; run the `rm` stage again")
-  _, abstract, axes = split_module(nnx.eval_shape(
-      lambda: RewardEnsemble(model_cfg, meta["num_members"], meta["ensemble"], rngs=nnx.Rngs(0))))
+    raise ValueError(
+      f"{meta['hf_paths']} no longer hold the {meta['num_members']} reward model(s) of "
+      f"{model_cfg} recorded in {RM_META_FILE}; run the `rm` stage again"
+    )
+  _, abstract, axes = split_module(
+    nnx.eval_shape(lambda: RewardEnsemble(model_cfg, meta["num_members"], meta["ensemble"], rngs=nnx.Rngs(0)))
+  )
   param_shardings = shd.tree_shardings(axes, abstract, mesh)
   # From host memory straight to each device's shard.
   return graphdef, jax.device_put(params, param_shardings), param_shardings
@@ -325,8 +352,9 @@ def rm_stage_dir(path: PathLike) -> epath.Path:
   raise FileNotFoundError(f"{path}: no {RM_META_FILE} found here or in {path / RM}; run the 'rm' stage first")
 
 
-def load_reward_model(path: PathLike, mesh: Any = None,
-                      step: int | None = None) -> tuple[nnx.GraphDef, Any, dict[str, Any]]:
+def load_reward_model(
+  path: PathLike, mesh: Any = None, step: int | None = None
+) -> tuple[nnx.GraphDef, Any, dict[str, Any]]:
   """Loads a trained ensemble: ``(graphdef, params, meta)``.
 
   Args:
@@ -351,15 +379,15 @@ def load_reward_model(path: PathLike, mesh: Any = None,
     graphdef, params, _ = load_imported_reward_models(meta, mesh)
     return graphdef, params, dict(meta, step=0)
   model_cfg = ModelConfig.from_dict(meta["model"])
-  graphdef, abstract_params, axes = split_module(nnx.eval_shape(
-      lambda: RewardEnsemble(model_cfg, meta["num_members"], meta["ensemble"], rngs=nnx.Rngs(0))))
+  graphdef, abstract_params, axes = split_module(
+    nnx.eval_shape(lambda: RewardEnsemble(model_cfg, meta["num_members"], meta["ensemble"], rngs=nnx.Rngs(0)))
+  )
   optimizer = make_optimizer({k: v for k, v in meta["optimizer"].items() if k in OPTIMIZER_DEFAULTS})
   # The checkpoint holds the whole train state: restore it against an
   # abstract, sharded target (nothing is allocated before the read) and keep
   # the params.
   shardings = state_shardings(optimizer, abstract_params, axes, mesh)
-  abstract_state = jax.eval_shape(
-      lambda p: TrainState(np.zeros((), np.int32), p, optimizer.init(p)), abstract_params)
+  abstract_state = jax.eval_shape(lambda p: TrainState(np.zeros((), np.int32), p, optimizer.init(p)), abstract_params)
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
   checkpointer = Checkpointer(stage_dir / "checkpoints")
   try:

@@ -65,9 +65,13 @@ class ByteTokenizer:
     return "ByteTokenizer(vocab_size=259, pad_id=256, eos_id=257, bos_id=258)"
 
 
-def synthetic_preference_pairs(num_pairs: int, seed: int, beta: float = 2.0,
-                               quality_mix: Mapping[str, float] | None = None,
-                               split: str = "preference") -> list[PreferencePair]:
+def synthetic_preference_pairs(
+  num_pairs: int,
+  seed: int,
+  beta: float = 2.0,
+  quality_mix: Mapping[str, float] | None = None,
+  split: str = "preference",
+) -> list[PreferencePair]:
   """Preference pairs of the synthetic world, labelled on gold.
 
   For each of ``num_pairs`` prompts, two responses are drawn from the
@@ -103,10 +107,13 @@ def synthetic_preference_pairs(num_pairs: int, seed: int, beta: float = 2.0,
     classes = rng.choice(len(names), size=2, p=probs)
     responses.append([world.sample_response(rng, prompt, names[int(c)]) for c in classes])
   label_rng = np.random.default_rng([int(seed), 18])
-  records = world.make_preference_records(prompts, [r[0] for r in responses], [r[1] for r in responses],
-                                          beta=beta, rng=label_rng, include_gold=False)
-  return [PreferencePair(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], id=str(i),
-                         source="synthetic") for i, r in enumerate(records)]
+  records = world.make_preference_records(
+    prompts, [r[0] for r in responses], [r[1] for r in responses], beta=beta, rng=label_rng, include_gold=False
+  )
+  return [
+    PreferencePair(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"], id=str(i), source="synthetic")
+    for i, r in enumerate(records)
+  ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,9 +146,11 @@ class MemberBatches:
     if self.mode not in MEMBER_DATA_MODES:
       raise ValueError(f"rm.member_data: unknown mode {self.mode!r}; expected one of {MEMBER_DATA_MODES}")
     if self.mode == "shuffle" and not self.per_member_rows:
-      raise ValueError("rm.member_data='shuffle' gives every member its own row order, which needs "
-                       "rm.ensemble='independent' (a shared backbone sees one batch for all heads); "
-                       "use 'bootstrap' or 'same' with a shared backbone")
+      raise ValueError(
+        "rm.member_data='shuffle' gives every member its own row order, which needs "
+        "rm.ensemble='independent' (a shared backbone sees one batch for all heads); "
+        "use 'bootstrap' or 'same' with a shared backbone"
+      )
     if self.batch_size > self.num_examples:
       raise ValueError(f"rm.batch_size={self.batch_size} is larger than the {self.num_examples} training pairs")
     # [K, N] resamples and their per-row counts, computed once: batches are
@@ -188,8 +197,9 @@ class MemberBatches:
   def batch(self, data: Mapping[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
     """The host batch of ``step`` (``advrm_jax.reward.losses`` layout)."""
     rows, weights = self.indices(step)
-    batch = {key: np.asarray(data[key])[rows] for key in
-             ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")}
+    batch = {
+      key: np.asarray(data[key])[rows] for key in ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
+    }
     if "margin" in data:  # [B], or [B, K] with per-member rows
       batch["margin"] = np.asarray(data["margin"], np.float32)[rows]
     if weights is not None:
@@ -199,6 +209,10 @@ class MemberBatches:
 
 def tokenizer_spec(tokenizer: Any) -> dict[str, Any]:
   """A JSON description of a tokenizer a later stage can rebuild it from."""
-  return {"class": type(tokenizer).__name__, "vocab_size": int(tokenizer.vocab_size),
-          "pad_id": int(tokenizer.pad_id), "eos_id": int(tokenizer.eos_id),
-          "bos_id": None if tokenizer.bos_id is None else int(tokenizer.bos_id)}
+  return {
+    "class": type(tokenizer).__name__,
+    "vocab_size": int(tokenizer.vocab_size),
+    "pad_id": int(tokenizer.pad_id),
+    "eos_id": int(tokenizer.eos_id),
+    "bos_id": None if tokenizer.bos_id is None else int(tokenizer.bos_id),
+  }

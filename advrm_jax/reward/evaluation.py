@@ -56,8 +56,11 @@ def make_scorer(graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any = None)
   in_shardings = None if param_shardings is None else (param_shardings, batch_sharding, batch_sharding)
   # Scores come back replicated ([K, B] floats, small): every host of a multi-process job can read them,
   # where rows split over data x fsdp would leave each host only its own.
-  return jax.jit(lambda params, tokens, mask: reward_scores(graphdef, params, tokens, mask),
-                 in_shardings=in_shardings, out_shardings=shd.replicated(mesh))
+  return jax.jit(
+    lambda params, tokens, mask: reward_scores(graphdef, params, tokens, mask),
+    in_shardings=in_shardings,
+    out_shardings=shd.replicated(mesh),
+  )
 
 
 def score_rows(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: int, mesh: Mesh) -> np.ndarray:
@@ -78,8 +81,8 @@ def score_rows(scorer, tokens: np.ndarray, mask: np.ndarray, batch_size: int, me
   num_rows = tokens.shape[0]
   chunks = []
   for start in range(0, num_rows, batch_size):
-    part_tokens = tokens[start:start + batch_size]
-    part_mask = mask[start:start + batch_size]
+    part_tokens = tokens[start : start + batch_size]
+    part_mask = mask[start : start + batch_size]
     rows = part_tokens.shape[0]
     if rows < batch_size:
       # Pad rows are one real token long so no row is fully masked.
@@ -158,8 +161,9 @@ def _quantiles(values: np.ndarray, quantiles: Sequence[float] = QUANTILES) -> di
   return out
 
 
-def evaluate_scores(chosen: np.ndarray, rejected: np.ndarray, std_coef: float = 1.0, num_bins: int = 10,
-                    member: int = 0) -> dict[str, Any]:
+def evaluate_scores(
+  chosen: np.ndarray, rejected: np.ndarray, std_coef: float = 1.0, num_bins: int = 10, member: int = 0
+) -> dict[str, Any]:
   """Everything reported about an ensemble on a set of pairs.
 
   Args:
@@ -186,30 +190,36 @@ def evaluate_scores(chosen: np.ndarray, rejected: np.ndarray, std_coef: float = 
   member_accuracy = pairwise_accuracy(chosen, rejected)
   aggregates = {}
   for kind in ("mean", "min", "mean_minus_std"):
-    aggregates[kind] = (np.asarray(ensemble_aggregate(jnp.asarray(chosen), kind, std_coef)),
-                        np.asarray(ensemble_aggregate(jnp.asarray(rejected), kind, std_coef)))
+    aggregates[kind] = (
+      np.asarray(ensemble_aggregate(jnp.asarray(chosen), kind, std_coef)),
+      np.asarray(ensemble_aggregate(jnp.asarray(rejected), kind, std_coef)),
+    )
   accuracy = {f"member_{k}": float(member_accuracy[k]) for k in range(num_members)}
   accuracy.update({kind: float(pairwise_accuracy(*pair)) for kind, pair in aggregates.items()})
   accuracy["members_mean"] = float(member_accuracy.mean())
 
   def reward_stats(scores):
-    return {"mean": float(scores.mean()), "std": float(scores.std()),
-            "member_mean": scores.mean(axis=1).tolist(), "member_std": scores.std(axis=1).tolist()}
+    return {
+      "mean": float(scores.mean()),
+      "std": float(scores.std()),
+      "member_mean": scores.mean(axis=1).tolist(),
+      "member_std": scores.std(axis=1).tolist(),
+    }
 
   ece = {f"member_{k}": preference_ece(chosen[k], rejected[k], num_bins) for k in range(num_members)}
   ece["mean"] = preference_ece(*aggregates["mean"], num_bins)
   both = np.concatenate([chosen, rejected], axis=1)
   uncertainty = {k: np.asarray(v) for k, v in ensemble_uncertainty(jnp.asarray(both), member).items()}
   return {
-      "num_pairs": int(num_pairs),
-      "num_members": int(num_members),
-      "accuracy": accuracy,
-      "chosen_reward": reward_stats(chosen),
-      "rejected_reward": reward_stats(rejected),
-      "reward_margin": float((chosen - rejected).mean()),
-      "ece": ece,
-      "ensemble_std": _quantiles(uncertainty["ensemble_std"]),
-      "disagreement": _quantiles(uncertainty["disagreement"]),
+    "num_pairs": int(num_pairs),
+    "num_members": int(num_members),
+    "accuracy": accuracy,
+    "chosen_reward": reward_stats(chosen),
+    "rejected_reward": reward_stats(rejected),
+    "reward_margin": float((chosen - rejected).mean()),
+    "ece": ece,
+    "ensemble_std": _quantiles(uncertainty["ensemble_std"]),
+    "disagreement": _quantiles(uncertainty["disagreement"]),
   }
 
 
@@ -232,9 +242,15 @@ def headline_metrics(summary: dict[str, Any], prefix: str = "test") -> dict[str,
 # ---------------------------------------------------------------------------
 
 
-def zscores(scores: Array | np.ndarray, group_ids: Array | np.ndarray | None = None, *,
-            num_groups: int | None = None, reference_mask: Array | np.ndarray | None = None,
-            ddof: int = 0, eps: float = 1e-6) -> Array:
+def zscores(
+  scores: Array | np.ndarray,
+  group_ids: Array | np.ndarray | None = None,
+  *,
+  num_groups: int | None = None,
+  reference_mask: Array | np.ndarray | None = None,
+  ddof: int = 0,
+  eps: float = 1e-6,
+) -> Array:
   """Standardises scores within each prompt.
 
   Two layouts:

@@ -43,9 +43,13 @@ from advrm_jax.train_state import TrainState
 Array = jax.Array
 
 
-def bradley_terry_loss(chosen_rewards: Array, rejected_rewards: Array, member_weights: Array | None = None,
-                       margin: Array | float = 0.0,
-                       centering_coef: float = 0.0) -> tuple[Array, dict[str, Array]]:
+def bradley_terry_loss(
+  chosen_rewards: Array,
+  rejected_rewards: Array,
+  member_weights: Array | None = None,
+  margin: Array | float = 0.0,
+  centering_coef: float = 0.0,
+) -> tuple[Array, dict[str, Array]]:
   """Bradley-Terry loss averaged over pairs (weighted) and members.
 
   Args:
@@ -83,14 +87,14 @@ def bradley_terry_loss(chosen_rewards: Array, rejected_rewards: Array, member_we
 
   member_accuracy = member_mean((difference > 0).astype(jnp.float32))
   metrics = {
-      "loss": loss,
-      "bt_loss": bt_loss,
-      "centering_loss": centering_loss,
-      "accuracy": jnp.mean(member_accuracy),
-      "reward_margin": jnp.mean(member_mean(difference)),
-      "chosen_reward": jnp.mean(member_mean(chosen)),
-      "rejected_reward": jnp.mean(member_mean(rejected)),
-      "ensemble_std": jnp.mean(jnp.std(difference, axis=0)),
+    "loss": loss,
+    "bt_loss": bt_loss,
+    "centering_loss": centering_loss,
+    "accuracy": jnp.mean(member_accuracy),
+    "reward_margin": jnp.mean(member_mean(difference)),
+    "chosen_reward": jnp.mean(member_mean(chosen)),
+    "rejected_reward": jnp.mean(member_mean(rejected)),
+    "ensemble_std": jnp.mean(jnp.std(difference, axis=0)),
   }
   for k in range(num_members):
     metrics[f"accuracy_member_{k}"] = member_accuracy[k]
@@ -118,13 +122,15 @@ def pair_scores(graphdef: nnx.GraphDef, params: Any, batch: dict[str, Array]) ->
   return scores[:, :num_pairs], scores[:, num_pairs:]
 
 
-def make_bt_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, margin: float = 0.0,
-                 centering_coef: float = 0.0):
+def make_bt_step(
+  graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, margin: float = 0.0, centering_coef: float = 0.0
+):
   """Pure step ``(state, batch, rng) -> (state, metrics)`` (see module doc for the batch).
 
   ``rng`` is unused (the backbone has no dropout) but kept so every stage's
   step has the same signature for the training loop.
   """
+
   def loss_fn(params, batch):
     chosen, rejected = pair_scores(graphdef, params, batch)
     weights = batch.get("member_weights")
@@ -142,14 +148,22 @@ def make_bt_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads))
     return TrainState(state.step + 1, params, opt_state), metrics
+
   return step
 
 
-def jit_bt_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, state_shardings: TrainState,
-                mesh: Mesh, margin: float = 0.0, centering_coef: float = 0.0):
+def jit_bt_step(
+  graphdef: nnx.GraphDef,
+  optimizer: optax.GradientTransformation,
+  state_shardings: TrainState,
+  mesh: Mesh,
+  margin: float = 0.0,
+  centering_coef: float = 0.0,
+):
   """The BT step jitted once: explicit shardings, the state donated."""
   return jax.jit(
-      make_bt_step(graphdef, optimizer, margin, centering_coef),
-      in_shardings=(state_shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
-      out_shardings=(state_shardings, shd.replicated(mesh)),
-      donate_argnums=(0,))
+    make_bt_step(graphdef, optimizer, margin, centering_coef),
+    in_shardings=(state_shardings, shd.batch_sharding(mesh), shd.replicated(mesh)),
+    out_shardings=(state_shardings, shd.replicated(mesh)),
+    donate_argnums=(0,),
+  )

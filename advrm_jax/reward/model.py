@@ -76,10 +76,12 @@ def _stacked_transformer(cfg: ModelConfig, num_members: int, rngs: nnx.Rngs) -> 
   prepends ``members`` to every parameter's logical axis names so the
   sharding rules see the new axis.
   """
+
   @nnx.split_rngs(splits=num_members)
   @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: MEMBERS})
   def make(member_rngs):
     return Transformer(cfg, rngs=member_rngs)
+
   return make(rngs)
 
 
@@ -106,8 +108,9 @@ class RewardEnsemble(nnx.Module):
     head_bias: [K] float32.
   """
 
-  def __init__(self, cfg: ModelConfig, num_members: int, kind: str = "shared", *,
-               rngs: nnx.Rngs, head_rngs: nnx.Rngs | None = None):
+  def __init__(
+    self, cfg: ModelConfig, num_members: int, kind: str = "shared", *, rngs: nnx.Rngs, head_rngs: nnx.Rngs | None = None
+  ):
     """Builds the ensemble with random weights.
 
     Args:
@@ -133,8 +136,7 @@ class RewardEnsemble(nnx.Module):
     # Heads stay float32 even for a bf16 backbone: they are tiny and the
     # reward differences they produce are what the BT loss compares.
     self.head_kernel = nnx.Param(kernel, out_sharding=(EMBED, MEMBERS), eager_sharding=False)
-    self.head_bias = nnx.Param(jnp.zeros((num_members,), jnp.float32), out_sharding=(MEMBERS,),
-                               eager_sharding=False)
+    self.head_bias = nnx.Param(jnp.zeros((num_members,), jnp.float32), out_sharding=(MEMBERS,), eager_sharding=False)
 
   def last_hidden(self, tokens: Array, mask: Array) -> Array:
     """Final hidden state at each row's last real token.
@@ -149,8 +151,10 @@ class RewardEnsemble(nnx.Module):
     """
     if self.kind == "shared":
       if tokens.ndim != 2:
-        raise ValueError(f"a shared-backbone ensemble scores [B, T] tokens, got shape {tokens.shape}; "
-                         "per-member batches need rm.ensemble='independent'")
+        raise ValueError(
+          f"a shared-backbone ensemble scores [B, T] tokens, got shape {tokens.shape}; "
+          "per-member batches need rm.ensemble='independent'"
+        )
       hidden = self.backbone(tokens, mask, compute_logits=False).hidden
       return _gather_last(hidden, mask)
     member_axis = 0 if tokens.ndim == 3 else None
@@ -161,6 +165,7 @@ class RewardEnsemble(nnx.Module):
     def member_hidden(backbone, member_tokens, member_mask):
       hidden = backbone(member_tokens, member_mask, compute_logits=False).hidden
       return _gather_last(hidden, member_mask)
+
     return member_hidden(self.backbone, tokens, mask)
 
   def __call__(self, tokens: Array, mask: Array) -> Array:
@@ -180,9 +185,9 @@ class RewardEnsemble(nnx.Module):
     """[K, B] rewards from ``last_hidden``'s output (the K linear heads)."""
     last = last.astype(jnp.float32)
     kernel = self.head_kernel[...].astype(jnp.float32)
-    if last.ndim == 2:   # shared: one hidden state, K heads
+    if last.ndim == 2:  # shared: one hidden state, K heads
       scores = jnp.einsum("bd,dk->kb", last, kernel)
-    else:                # independent: member k's hidden state, member k's head
+    else:  # independent: member k's hidden state, member k's head
       scores = jnp.einsum("kbd,dk->kb", last, kernel)
     return scores + self.head_bias[...].astype(jnp.float32)[:, None]
 
@@ -204,9 +209,15 @@ def reward_scores(graphdef: nnx.GraphDef, params: Params, tokens: Array, mask: A
   return nnx.merge(graphdef, params)(tokens, mask)
 
 
-def init_reward_model(cfg: ModelConfig, num_members: int, kind: str = "shared", *, seed: int = 0,
-                      head_seed: int | None = None,
-                      backbone_params: Params | None = None) -> tuple[nnx.GraphDef, Params, Any]:
+def init_reward_model(
+  cfg: ModelConfig,
+  num_members: int,
+  kind: str = "shared",
+  *,
+  seed: int = 0,
+  head_seed: int | None = None,
+  backbone_params: Params | None = None,
+) -> tuple[nnx.GraphDef, Params, Any]:
   """Creates an ensemble and returns ``(graphdef, params, logical_axes)``.
 
   Args:
@@ -225,8 +236,7 @@ def init_reward_model(cfg: ModelConfig, num_members: int, kind: str = "shared", 
     (graphdef, params, axes); params and axes are parallel pure dicts.
   """
   head_seed = seed + 1 if head_seed is None else head_seed
-  factory = lambda: RewardEnsemble(cfg, num_members, kind, rngs=nnx.Rngs(seed),
-                                   head_rngs=nnx.Rngs(head_seed))
+  factory = lambda: RewardEnsemble(cfg, num_members, kind, rngs=nnx.Rngs(seed), head_rngs=nnx.Rngs(head_seed))
   # Structure and logical axes from an abstract module (nothing allocated).
   graphdef, abstract, axes = split_module(nnx.eval_shape(factory))
   if backbone_params is None:
@@ -244,8 +254,7 @@ def init_reward_model(cfg: ModelConfig, num_members: int, kind: str = "shared", 
   # The same key stream as RewardEnsemble.__init__, so the heads equal a
   # from-scratch model's heads with the same head_seed.
   kernel = _init_head_kernel(nnx.Rngs(head_seed).params(), cfg.d_model, num_members)
-  params = {"backbone": backbone, "head_kernel": kernel,
-            "head_bias": jnp.zeros((num_members,), jnp.float32)}
+  params = {"backbone": backbone, "head_kernel": kernel, "head_bias": jnp.zeros((num_members,), jnp.float32)}
   return graphdef, params, axes
 
 
@@ -256,13 +265,16 @@ def _check_backbone_shapes(abstract: Params, given: Params, kind: str, num_membe
   missing = sorted("/".join(k) for k in set(flat_abstract) - set(flat_given))
   extra = sorted("/".join(k) for k in set(flat_given) - set(flat_abstract))
   if missing or extra:
-    raise ValueError(f"pretrained backbone parameters do not match the model config: missing {missing[:5]}, "
-                     f"unexpected {extra[:5]}")
+    raise ValueError(
+      f"pretrained backbone parameters do not match the model config: missing {missing[:5]}, unexpected {extra[:5]}"
+    )
   for key, spec in flat_abstract.items():
     want = tuple(spec.shape[1:]) if kind == "independent" else tuple(spec.shape)
     if tuple(flat_given[key].shape) != want:
-      raise ValueError(f"pretrained backbone parameter {'/'.join(key)!r}: shape {tuple(flat_given[key].shape)}, "
-                       f"the model config expects {want}")
+      raise ValueError(
+        f"pretrained backbone parameter {'/'.join(key)!r}: shape {tuple(flat_given[key].shape)}, "
+        f"the model config expects {want}"
+      )
 
 
 # ---------------------------------------------------------------------------

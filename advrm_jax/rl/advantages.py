@@ -10,6 +10,7 @@ Conventions:
   Padding may be on either side; the functions never assume a layout, they
   only look at the mask. Everything is computed in float32.
 """
+
 from typing import Optional, Tuple
 
 import jax
@@ -23,9 +24,7 @@ def _f32(x: ArrayLike) -> jax.Array:
   return jnp.asarray(x, dtype=_F32)
 
 
-def masked_mean(
-    x: ArrayLike, mask: ArrayLike, axis: Optional[int] = None
-) -> jax.Array:
+def masked_mean(x: ArrayLike, mask: ArrayLike, axis: Optional[int] = None) -> jax.Array:
   """Mean of ``x`` over entries where ``mask`` is set.
 
   Args:
@@ -44,9 +43,7 @@ def masked_mean(
   return jnp.where(count > 0, total / jnp.maximum(count, 1e-12), 0.0)
 
 
-def masked_var(
-    x: ArrayLike, mask: ArrayLike, unbiased: bool = True
-) -> jax.Array:
+def masked_var(x: ArrayLike, mask: ArrayLike, unbiased: bool = True) -> jax.Array:
   """Variance of ``x`` over all entries where ``mask`` is set.
 
   Args:
@@ -68,9 +65,7 @@ def masked_var(
   return var
 
 
-def masked_whiten(
-    x: ArrayLike, mask: ArrayLike, shift_mean: bool = True
-) -> jax.Array:
+def masked_whiten(x: ArrayLike, mask: ArrayLike, shift_mean: bool = True) -> jax.Array:
   """Standardises ``x`` with statistics taken over masked entries only.
 
   Args:
@@ -93,11 +88,11 @@ def masked_whiten(
 
 
 def compute_gae(
-    rewards: ArrayLike,
-    values: ArrayLike,
-    mask: ArrayLike,
-    gamma: float,
-    lam: float,
+  rewards: ArrayLike,
+  values: ArrayLike,
+  mask: ArrayLike,
+  gamma: float,
+  lam: float,
 ) -> Tuple[jax.Array, jax.Array]:
   """Generalised advantage estimation (Schulman et al. 2016) over tokens.
 
@@ -128,15 +123,13 @@ def compute_gae(
     delta = r_t + gamma * next_value - v_t
     adv = delta + gamma * lam * next_adv
     # m_t is {0, 1}: a pad keeps the carry untouched and emits 0.
-    new_carry = (m_t * v_t + (1.0 - m_t) * next_value,
-                 m_t * adv + (1.0 - m_t) * next_adv)
+    new_carry = (m_t * v_t + (1.0 - m_t) * next_value, m_t * adv + (1.0 - m_t) * next_adv)
     return new_carry, adv * m_t
 
   batch = rewards.shape[0]
   init = (jnp.zeros((batch,), _F32), jnp.zeros((batch,), _F32))
   # Scan over time: transpose to [T, B] so each step is a vector op.
-  _, adv_tb = jax.lax.scan(
-      step, init, (rewards.T, values.T, mask.T), reverse=True)
+  _, adv_tb = jax.lax.scan(step, init, (rewards.T, values.T, mask.T), reverse=True)
   advantages = adv_tb.T
   returns = (advantages + values) * mask
   return advantages, returns
@@ -150,9 +143,7 @@ def _grouped(scores: ArrayLike, num_samples: int) -> jax.Array:
   if num_samples < 2:
     raise ValueError(f"num_samples must be >= 2, got {num_samples}")
   if scores.shape[0] % num_samples:
-    raise ValueError(
-        f"batch {scores.shape[0]} is not a multiple of num_samples "
-        f"{num_samples}")
+    raise ValueError(f"batch {scores.shape[0]} is not a multiple of num_samples {num_samples}")
   return scores.reshape(-1, num_samples)
 
 
@@ -174,10 +165,10 @@ def compute_rloo_advantages(scores: ArrayLike, num_samples: int) -> jax.Array:
 
 
 def compute_grpo_advantages(
-    scores: ArrayLike,
-    num_samples: int,
-    eps: float = 1e-6,
-    normalize_std: bool = True,
+  scores: ArrayLike,
+  num_samples: int,
+  eps: float = 1e-6,
+  normalize_std: bool = True,
 ) -> jax.Array:
   """GRPO group-relative advantages (Shao et al. 2024).
 
@@ -199,9 +190,7 @@ def compute_grpo_advantages(
   return centred.reshape(-1)
 
 
-def place_scores_on_last_token(
-    scores: ArrayLike, mask: ArrayLike
-) -> jax.Array:
+def place_scores_on_last_token(scores: ArrayLike, mask: ArrayLike) -> jax.Array:
   """Puts each sequence-level score on its last real response token.
 
   Args:
@@ -221,10 +210,10 @@ def place_scores_on_last_token(
 
 
 def per_token_rewards(
-    scores: ArrayLike,
-    mask: ArrayLike,
-    kl: Optional[ArrayLike] = None,
-    kl_coef: float = 0.0,
+  scores: ArrayLike,
+  mask: ArrayLike,
+  kl: Optional[ArrayLike] = None,
+  kl_coef: float = 0.0,
 ) -> jax.Array:
   """Per-token RLHF reward: final score minus a per-token KL penalty.
 

@@ -85,16 +85,17 @@ def within_one(a: Array, b: Array) -> Array:
 
 def _pairwise(equivalent: Callable[[Array, Array], Array], keys: Array) -> Array:
   """[P, G, G] equivalence of every pair of keys within a group ([P, G, ...] keys)."""
-  a = jnp.expand_dims(keys, 2)   # [P, G, 1, ...]
-  b = jnp.expand_dims(keys, 1)   # [P, 1, G, ...]
+  a = jnp.expand_dims(keys, 2)  # [P, G, 1, ...]
+  b = jnp.expand_dims(keys, 1)  # [P, 1, G, ...]
   same = equivalent(a, b)
   # Keys with trailing dims (e.g. token spans) are equivalent when all parts are.
   return jnp.all(same.reshape(same.shape[:3] + (-1,)), axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("equivalent", "no_answer"))
-def greedy_clusters(keys: Array, valid: Array, equivalent: Callable[[Array, Array], Array] = exact_match,
-                    no_answer: str = "exclude") -> tuple[Array, Array]:
+def greedy_clusters(
+  keys: Array, valid: Array, equivalent: Callable[[Array, Array], Array] = exact_match, no_answer: str = "exclude"
+) -> tuple[Array, Array]:
   """Greedy semantic clustering of each group's responses.
 
   Args:
@@ -127,6 +128,7 @@ def greedy_clusters(keys: Array, valid: Array, equivalent: Callable[[Array, Arra
       cid = jnp.where(has, jnp.argmax(match), i)
       is_rep = is_rep.at[i].set(~has & counted_g[i])
       return is_rep, jnp.where(counted_g[i], cid, -1)
+
     _, ids = jax.lax.scan(visit, jnp.zeros((num,), bool), order)
     return ids.astype(jnp.int32)
 
@@ -155,16 +157,24 @@ def semantic_entropy(ids: Array, counted: Array) -> Array:
   return -jnp.sum(jnp.where(counted, jnp.log(jnp.where(counted, shares, 1.0)), 0.0), axis=1) / n + 0.0
 
 
-def entropy_keep_mask(entropy: Array, num_counted: Array, entropy_min: float = 0.0,
-                      entropy_max: float = math.inf) -> Array:
+def entropy_keep_mask(
+  entropy: Array, num_counted: Array, entropy_min: float = 0.0, entropy_max: float = math.inf
+) -> Array:
   """[P] bool: prompts kept in the loss, ``entropy_min <= H <= entropy_max`` and >= 1 counted response."""
   return (entropy >= entropy_min) & (entropy <= entropy_max) & (num_counted >= 1)
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples", "reward", "no_answer", "equivalent"))
-def empo_scores(keys: Array, valid: Array, num_samples: int, reward: str = "prob", no_answer: str = "exclude",
-                entropy_min: float = 0.0, entropy_max: float = math.inf,
-                equivalent: Callable[[Array, Array], Array] = exact_match) -> tuple[Array, dict[str, Array]]:
+def empo_scores(
+  keys: Array,
+  valid: Array,
+  num_samples: int,
+  reward: str = "prob",
+  no_answer: str = "exclude",
+  entropy_min: float = 0.0,
+  entropy_max: float = math.inf,
+  equivalent: Callable[[Array, Array], Array] = exact_match,
+) -> tuple[Array, dict[str, Array]]:
   """EMPO sequence rewards for prompt-major rows.
 
   Args:
@@ -211,6 +221,7 @@ class SemanticEntropySource:
   ``key_fn`` and ``equivalent`` must be hashable (module-level functions are).
   ``num_samples`` must equal ``rl.num_samples`` (rows are prompt-major).
   """
+
   num_samples: int
   key_fn: Callable[[Array, Array], tuple[Array, Array]]
   equivalent: Callable[[Array, Array], Array] = exact_match
@@ -232,16 +243,17 @@ class SemanticEntropySource:
   def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
     del reward_params  # label-free: no parameters, no gold
     keys, valid = self.key_fn(rollout.response_tokens, rollout.response_mask)
-    scores, info = empo_scores(keys, valid, self.num_samples, self.reward, self.no_answer, self.entropy_min,
-                               self.entropy_max, self.equivalent)
+    scores, info = empo_scores(
+      keys, valid, self.num_samples, self.reward, self.no_answer, self.entropy_min, self.entropy_max, self.equivalent
+    )
     counted = info["counted"]
     num_clusters = jnp.sum((info["ids"] == jnp.arange(self.num_samples)[None]) & counted, axis=1)
     metrics = {
-        "empo/semantic_entropy": jnp.mean(info["entropy"]),
-        "empo/kept_fraction": jnp.mean(info["keep"].astype(jnp.float32)),
-        "empo/no_answer_fraction": 1.0 - jnp.mean(jnp.asarray(valid).astype(jnp.float32)),
-        "empo/num_clusters": jnp.mean(num_clusters.astype(jnp.float32)),
-        "empo/majority_share": jnp.mean(jnp.max(info["shares"].reshape(-1, self.num_samples), axis=1)),
+      "empo/semantic_entropy": jnp.mean(info["entropy"]),
+      "empo/kept_fraction": jnp.mean(info["keep"].astype(jnp.float32)),
+      "empo/no_answer_fraction": 1.0 - jnp.mean(jnp.asarray(valid).astype(jnp.float32)),
+      "empo/num_clusters": jnp.mean(num_clusters.astype(jnp.float32)),
+      "empo/majority_share": jnp.mean(jnp.max(info["shares"].reshape(-1, self.num_samples), axis=1)),
     }
     return scores, metrics
 
@@ -251,14 +263,19 @@ def check_rl_config(rl_config: Any, source: SemanticEntropySource, where: str = 
   if rl_config.algorithm != "grpo":
     raise ValueError(f"{where}.algorithm must be 'grpo' for EMPO, got {rl_config.algorithm!r}")
   if rl_config.num_samples != source.num_samples:
-    raise ValueError(f"{where}.num_samples={rl_config.num_samples} must equal the semantic source's "
-                     f"num_samples={source.num_samples}")
+    raise ValueError(
+      f"{where}.num_samples={rl_config.num_samples} must equal the semantic source's num_samples={source.num_samples}"
+    )
   if rl_config.whiten_advantages:
-    raise ValueError(f"{where}.whiten_advantages must be False: batch whitening would give dropped "
-                     "(zero-advantage) prompts a non-zero advantage")
+    raise ValueError(
+      f"{where}.whiten_advantages must be False: batch whitening would give dropped "
+      "(zero-advantage) prompts a non-zero advantage"
+    )
   if rl_config.kl_in_reward and rl_config.kl_coef:
-    raise ValueError(f"{where}.kl_in_reward must be False (KL in the loss): a KL folded into the "
-                     "reward would give dropped prompts a non-zero advantage")
+    raise ValueError(
+      f"{where}.kl_in_reward must be False (KL in the loss): a KL folded into the "
+      "reward would give dropped prompts a non-zero advantage"
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -267,9 +284,14 @@ def check_rl_config(rl_config: Any, source: SemanticEntropySource, where: str = 
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples", "kind", "no_answer", "equivalent"))
-def semantic_uncertainty(keys: Array, valid: Array, num_samples: int, kind: str = "response",
-                         no_answer: str = "exclude",
-                         equivalent: Callable[[Array, Array], Array] = exact_match) -> Array:
+def semantic_uncertainty(
+  keys: Array,
+  valid: Array,
+  num_samples: int,
+  kind: str = "response",
+  no_answer: str = "exclude",
+  equivalent: Callable[[Array, Array], Array] = exact_match,
+) -> Array:
   """[B] uncertainty per response, shaped like ``adversarial.filtering.uncertainty``.
 
   Feed it to ``filtering.standardize`` and ``filtering.filter_mask`` exactly

@@ -5,6 +5,7 @@ All functions are jittable; string options (``mode``, ``estimator``) and
 the conventions of `advrm_jax.rl.advantages`: [B, T] per-token arrays with a
 [B, T] response mask, float32 compute.
 """
+
 from typing import Dict, Optional, Tuple
 
 import jax
@@ -27,9 +28,7 @@ def _f32(x: ArrayLike) -> jax.Array:
   return jnp.asarray(x, dtype=_F32)
 
 
-def aggregate_loss(
-    per_token: ArrayLike, mask: ArrayLike, mode: str = "token_mean"
-) -> jax.Array:
+def aggregate_loss(per_token: ArrayLike, mask: ArrayLike, mode: str = "token_mean") -> jax.Array:
   """Reduces a per-token loss to a scalar.
 
   Args:
@@ -54,13 +53,13 @@ def aggregate_loss(
 
 
 def ppo_policy_loss(
-    logprobs: ArrayLike,
-    old_logprobs: ArrayLike,
-    advantages: ArrayLike,
-    mask: ArrayLike,
-    clip_eps: float,
-    clip_eps_high: Optional[float] = None,
-    mode: str = "token_mean",
+  logprobs: ArrayLike,
+  old_logprobs: ArrayLike,
+  advantages: ArrayLike,
+  mask: ArrayLike,
+  clip_eps: float,
+  clip_eps_high: Optional[float] = None,
+  mode: str = "token_mean",
 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """Clipped surrogate policy loss (Schulman et al. 2017).
 
@@ -86,8 +85,7 @@ def ppo_policy_loss(
   advantages, mask = _f32(advantages), _f32(mask)
   if clip_eps_high is None:
     clip_eps_high = clip_eps
-  log_ratio = jnp.clip(logprobs - old_logprobs, -_MAX_LOG_RATIO,
-                       _MAX_LOG_RATIO)
+  log_ratio = jnp.clip(logprobs - old_logprobs, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
   ratio = jnp.exp(log_ratio)
   unclipped = -advantages * ratio
   clipped = -advantages * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps_high)
@@ -98,23 +96,22 @@ def ppo_policy_loss(
   log_ratio = jax.lax.stop_gradient(log_ratio)
   ratio = jax.lax.stop_gradient(ratio)
   metrics = {
-      "clip_fraction": masked_mean(
-          jax.lax.stop_gradient(clipped > unclipped), mask),
-      # Tokens were sampled from the old policy, so (r - 1) - log r is an
-      # unbiased, non-negative estimate of KL(old || new) (Schulman's k3).
-      "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
-      "ratio_mean": masked_mean(ratio, mask),
+    "clip_fraction": masked_mean(jax.lax.stop_gradient(clipped > unclipped), mask),
+    # Tokens were sampled from the old policy, so (r - 1) - log r is an
+    # unbiased, non-negative estimate of KL(old || new) (Schulman's k3).
+    "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
+    "ratio_mean": masked_mean(ratio, mask),
   }
   return loss, metrics
 
 
 def ppo_value_loss(
-    values: ArrayLike,
-    old_values: ArrayLike,
-    returns: ArrayLike,
-    mask: ArrayLike,
-    clip_eps: float,
-    mode: str = "token_mean",
+  values: ArrayLike,
+  old_values: ArrayLike,
+  returns: ArrayLike,
+  mask: ArrayLike,
+  clip_eps: float,
+  mode: str = "token_mean",
 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """Clipped value loss: 0.5 * max((v - R)^2, (v_clip - R)^2).
 
@@ -135,16 +132,14 @@ def ppo_value_loss(
   """
   values, old_values = _f32(values), _f32(old_values)
   returns, mask = _f32(returns), _f32(mask)
-  values_clipped = old_values + jnp.clip(values - old_values, -clip_eps,
-                                         clip_eps)
+  values_clipped = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
   err_unclipped = jnp.square(values - returns)
   err_clipped = jnp.square(values_clipped - returns)
   per_token = 0.5 * jnp.maximum(err_unclipped, err_clipped)
   loss = aggregate_loss(per_token, mask, mode)
   metrics = {
-      "value_clip_fraction": masked_mean(
-          jax.lax.stop_gradient(err_clipped > err_unclipped), mask),
-      "value_mse": masked_mean(jax.lax.stop_gradient(err_unclipped), mask),
+    "value_clip_fraction": masked_mean(jax.lax.stop_gradient(err_clipped > err_unclipped), mask),
+    "value_mse": masked_mean(jax.lax.stop_gradient(err_unclipped), mask),
   }
   return loss, metrics
 
@@ -166,9 +161,7 @@ def per_token_entropy(logits: ArrayLike) -> jax.Array:
   return -jnp.sum(p * jnp.where(p > 0, logp, 0.0), axis=-1)
 
 
-def entropy_from_logits(
-    logits: ArrayLike, mask: ArrayLike, mode: str = "token_mean"
-) -> jax.Array:
+def entropy_from_logits(logits: ArrayLike, mask: ArrayLike, mode: str = "token_mean") -> jax.Array:
   """Masked mean token entropy.
 
   Args:
@@ -182,9 +175,7 @@ def entropy_from_logits(
   return aggregate_loss(per_token_entropy(logits), mask, mode)
 
 
-def kl_penalty(
-    logprobs: ArrayLike, ref_logprobs: ArrayLike, estimator: str = "k1"
-) -> jax.Array:
+def kl_penalty(logprobs: ArrayLike, ref_logprobs: ArrayLike, estimator: str = "k1") -> jax.Array:
   """Per-token estimate of KL(pi || ref) from tokens sampled from pi.
 
   Estimators (Schulman, "Approximating KL divergence", 2020), with
@@ -213,8 +204,7 @@ def kl_penalty(
     return jnp.exp(neg_d) - 1.0 - neg_d
   if estimator == "abs":
     return jnp.abs(d)
-  raise ValueError(
-      f"unknown estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+  raise ValueError(f"unknown estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
 
 
 def kl_for_reward(token_kl: ArrayLike, response_mask: ArrayLike, aggregate: str = "sum") -> jax.Array:
@@ -248,11 +238,11 @@ def adaptive_kl_init(init_kl_coef: float) -> jax.Array:
 
 
 def adaptive_kl_update(
-    coef: ArrayLike,
-    current_kl: ArrayLike,
-    n_steps: ArrayLike,
-    target: float,
-    horizon: float,
+  coef: ArrayLike,
+  current_kl: ArrayLike,
+  n_steps: ArrayLike,
+  target: float,
+  horizon: float,
 ) -> jax.Array:
   """One step of the Ziegler et al. (2019) proportional KL controller.
 
@@ -274,9 +264,7 @@ def adaptive_kl_update(
   return coef * (1.0 + error * _f32(n_steps) / horizon)
 
 
-def missing_eos_penalty(
-    scores: ArrayLike, has_eos: ArrayLike, penalty: float
-) -> jax.Array:
+def missing_eos_penalty(scores: ArrayLike, has_eos: ArrayLike, penalty: float) -> jax.Array:
   """Subtracts ``penalty`` from scores of sequences that never emitted EOS.
 
   Args:
@@ -291,9 +279,7 @@ def missing_eos_penalty(
   return _f32(scores) - _f32(penalty) * truncated.astype(_F32)
 
 
-def explained_variance(
-    values: ArrayLike, returns: ArrayLike, mask: ArrayLike
-) -> jax.Array:
+def explained_variance(values: ArrayLike, returns: ArrayLike, mask: ArrayLike) -> jax.Array:
   """1 - Var[returns - values] / Var[returns] over masked tokens.
 
   Args:

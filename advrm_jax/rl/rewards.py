@@ -42,6 +42,7 @@ class Rollout(NamedTuple):
   tokens/mask: [B, P + N] prompt + response (response in columns P..P+N-1).
   threshold: [B] per-prompt threshold T(x) (zeros when unused).
   """
+
   prompt_tokens: Array
   prompt_mask: Array
   response_tokens: Array
@@ -54,6 +55,7 @@ class Rollout(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class RewardModelSource:
   """An RM ensemble scored at the last real token, aggregated over members."""
+
   graphdef: Any
   aggregate: str = "mean"
   coef: float = 1.0
@@ -77,14 +79,19 @@ class EnsembleMixSource:
   runs that differ only in the aggregate never recompile.
   ``reward_params = {"rm": ensemble params, "mix": aggregate_mix(...)}``.
   """
+
   graphdef: Any
 
   def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
     scores = reward_scores(self.graphdef, reward_params["rm"], rollout.tokens, rollout.mask)  # [K, B]
     mix = reward_params["mix"]
-    reward = (mix["mean"] * jnp.mean(scores, axis=0) + mix["min"] * jnp.min(scores, axis=0)
-              + mix["std"] * jnp.std(scores, axis=0) + mix["var"] * jnp.var(scores, axis=0)
-              + jnp.einsum("k,kb->b", mix["members"], scores))
+    reward = (
+      mix["mean"] * jnp.mean(scores, axis=0)
+      + mix["min"] * jnp.min(scores, axis=0)
+      + mix["std"] * jnp.std(scores, axis=0)
+      + mix["var"] * jnp.var(scores, axis=0)
+      + jnp.einsum("k,kb->b", mix["members"], scores)
+    )
     metrics = {"rm_member_mean": jnp.mean(scores), "ensemble_std": jnp.mean(jnp.std(scores, axis=0))}
     return reward, metrics
 
@@ -106,8 +113,9 @@ def aggregate_mix(aggregate: str, num_members: int, coef: float = 1.0, member: i
       raise ValueError(f"ensemble member {member} out of range for K={num_members}")
     members[member] = 1.0
   else:
-    raise ValueError(f"unknown ensemble aggregate {aggregate!r}; expected mean, min, mean_minus_std, "
-                     "mean_minus_var or member")
+    raise ValueError(
+      f"unknown ensemble aggregate {aggregate!r}; expected mean, min, mean_minus_std, mean_minus_var or member"
+    )
   mix = {k: jnp.asarray(v, jnp.float32) for k, v in weights.items()}
   mix["members"] = jnp.asarray(members, jnp.float32)
   return mix
@@ -124,6 +132,7 @@ class AdversarySource:
   (``objective.member_standardization`` of the reference samples), and T and
   the penalty are in those units too.
   """
+
   graphdef: Any
   lam: float = 1.0
   penalty: float = -25.0
@@ -133,8 +142,11 @@ class AdversarySource:
 
   def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
     if self.standardized:
-      scores = standardize_members(reward_scores(self.graphdef, reward_params["rm"], rollout.tokens, rollout.mask),
-                                   reward_params["loc"], reward_params["scale"])  # [K, B] z units
+      scores = standardize_members(
+        reward_scores(self.graphdef, reward_params["rm"], rollout.tokens, rollout.mask),
+        reward_params["loc"],
+        reward_params["scale"],
+      )  # [K, B] z units
     else:
       scores = reward_scores(self.graphdef, reward_params, rollout.tokens, rollout.mask)  # [K, B]
     reward, metrics = adversary_reward(scores, rollout.threshold, self.lam, self.penalty, self.target, self.r2_kind)
@@ -147,9 +159,11 @@ class FunctionSource:
 
   ``fn`` must be hashable (a module-level function is).
   """
+
   fn: Callable[..., Array]
 
   def __call__(self, reward_params: Any, rollout: Rollout) -> tuple[Array, dict[str, Array]]:
     del reward_params
-    return self.fn(rollout.prompt_tokens, rollout.prompt_mask, rollout.response_tokens,
-                   rollout.response_mask).astype(jnp.float32), {}
+    return self.fn(rollout.prompt_tokens, rollout.prompt_mask, rollout.response_tokens, rollout.response_mask).astype(
+      jnp.float32
+    ), {}

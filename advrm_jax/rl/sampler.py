@@ -141,6 +141,7 @@ class SampleOutput(NamedTuple):
     prompt_tokens: [B, P] int32 left-aligned prompts (pad_id on padding).
     prompt_mask: [B, P] bool, the left-aligned prompt mask.
   """
+
   tokens: Array
   logprobs: Array
   plain_logprobs: Array
@@ -154,17 +155,18 @@ class SampleOutput(NamedTuple):
 
 class _LoopState(NamedTuple):
   """Decode-loop carry; every leaf is an array so it is a valid pytree."""
-  step: Array               # [] int32, index of the token sampled next
+
+  step: Array  # [] int32, index of the token sampled next
   cache: KVCache
-  inputs: Array             # [B] int32, token to feed at this step
-  input_mask: Array         # [B] bool, whether that token is real
-  done: Array               # [B] bool, row finished before `step`
-  tokens: Array             # [B, N] int32
-  logprobs: Array           # [B, N] float32
-  plain_logprobs: Array     # [B, N] float32
+  inputs: Array  # [B] int32, token to feed at this step
+  input_mask: Array  # [B] bool, whether that token is real
+  done: Array  # [B] bool, row finished before `step`
+  tokens: Array  # [B, N] int32
+  logprobs: Array  # [B, N] float32
+  plain_logprobs: Array  # [B, N] float32
   sampling_logprobs: Array  # [B, N] float32
-  mask: Array               # [B, N] bool
-  has_eos: Array            # [B] bool
+  mask: Array  # [B, N] bool
+  has_eos: Array  # [B] bool
 
 
 def left_align(tokens: Array, mask: Array, pad_id: int = 0) -> tuple[Array, Array]:
@@ -186,17 +188,22 @@ def left_align(tokens: Array, mask: Array, pad_id: int = 0) -> tuple[Array, Arra
   tokens = jnp.asarray(tokens, jnp.int32)
   length = tokens.shape[1]
   cols = jnp.arange(length)
-  last = jnp.max(jnp.where(mask, cols[None], -1), axis=1)      # [B]; -1 if empty
-  shift = (length - 1 - last) % length                           # empty rows: 0
-  src = (cols[None, :] - shift[:, None]) % length                # out[j] = in[j - shift]
+  last = jnp.max(jnp.where(mask, cols[None], -1), axis=1)  # [B]; -1 if empty
+  shift = (length - 1 - last) % length  # empty rows: 0
+  src = (cols[None, :] - shift[:, None]) % length  # out[j] = in[j - shift]
   tokens = jnp.take_along_axis(tokens, src, axis=1)
   mask = jnp.take_along_axis(mask, src, axis=1)
   return jnp.where(mask, tokens, pad_id), mask
 
 
-def concat_prompt_response(prompt_tokens: Array, prompt_mask: Array, response_tokens: Array,
-                           response_mask: Array, pad_id: int = 0,
-                           left_pad: bool = True) -> tuple[Array, Array]:
+def concat_prompt_response(
+  prompt_tokens: Array,
+  prompt_mask: Array,
+  response_tokens: Array,
+  response_mask: Array,
+  pad_id: int = 0,
+  left_pad: bool = True,
+) -> tuple[Array, Array]:
   """Full sequences ``prompt + response`` for scoring and training.
 
   Args:
@@ -216,10 +223,8 @@ def concat_prompt_response(prompt_tokens: Array, prompt_mask: Array, response_to
   Returns:
     (tokens [B, P + N] int32, mask [B, P + N] bool).
   """
-  tokens = jnp.concatenate([jnp.asarray(prompt_tokens, jnp.int32),
-                            jnp.asarray(response_tokens, jnp.int32)], axis=1)
-  mask = jnp.concatenate([jnp.asarray(prompt_mask).astype(bool),
-                          jnp.asarray(response_mask).astype(bool)], axis=1)
+  tokens = jnp.concatenate([jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(response_tokens, jnp.int32)], axis=1)
+  mask = jnp.concatenate([jnp.asarray(prompt_mask).astype(bool), jnp.asarray(response_mask).astype(bool)], axis=1)
   if left_pad:
     return left_align(tokens, mask, pad_id)
   return jnp.where(mask, tokens, pad_id), mask
@@ -289,9 +294,15 @@ def _choose(logits: Array, rng: Array, config: SamplingConfig):
   return token, lp, _gather(plain, token), sampling_lp
 
 
-def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array, prompt_mask: Array,
-           rng: Array, config: SamplingConfig,
-           max_new_tokens_per_row: Array | None = None) -> SampleOutput:
+def sample(
+  graphdef: nnx.GraphDef,
+  params: nnx.State,
+  prompt_tokens: Array,
+  prompt_mask: Array,
+  rng: Array,
+  config: SamplingConfig,
+  max_new_tokens_per_row: Array | None = None,
+) -> SampleOutput:
   """Samples responses; pure, so it can be jitted, vmapped or sharded.
 
   Every row needs at least one real prompt token (the first response token
@@ -318,8 +329,7 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array, prom
   cfg = model.cfg
   if cfg.arch == "gpt2" and cache_len > cfg.max_seq_len:
     # Learned positions: jnp.take would silently clamp out-of-range positions.
-    raise ValueError(f"prompt length {prompt_len} + max_new_tokens {n} - 1 exceeds "
-                     f"model.max_seq_len {cfg.max_seq_len}")
+    raise ValueError(f"prompt length {prompt_len} + max_new_tokens {n} - 1 exceeds model.max_seq_len {cfg.max_seq_len}")
   pad_id = config.pad_id
   prompt_tokens, prompt_mask = left_align(prompt_tokens, prompt_mask, pad_id)
   if max_new_tokens_per_row is None:
@@ -340,8 +350,7 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array, prom
   # the weights stay in memory once (not measured here: no accelerator).
   layers = model.unstacked_layers() if jax.default_backend() == "cpu" else None
   if prompt_len > 1:
-    cache = model(prompt_tokens[:, :-1], prompt_mask[:, :-1], cache=cache,
-                  compute_logits=False).cache
+    cache = model(prompt_tokens[:, :-1], prompt_mask[:, :-1], cache=cache, compute_logits=False).cache
   eos_ids = jnp.asarray(config.eos_ids, jnp.int32)
 
   def cond(state: _LoopState) -> Array:
@@ -350,8 +359,7 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array, prom
   def body(state: _LoopState) -> _LoopState:
     """Forwards the previous token, samples token `step` and writes it."""
     out = model(state.inputs[:, None], state.input_mask[:, None], cache=state.cache, layers=layers)
-    token, lp, plain_lp, sampling_lp = _choose(out.logits[:, -1],
-                                               jax.random.fold_in(rng, state.step), config)
+    token, lp, plain_lp, sampling_lp = _choose(out.logits[:, -1], jax.random.fold_in(rng, state.step), config)
     active = ~state.done & (state.step < budget)
     is_eos = jnp.isin(token, eos_ids) if config.eos_ids else jnp.zeros_like(active)
     done = state.done | (active & is_eos) | (state.step + 1 >= budget)
@@ -361,45 +369,50 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array, prom
       return jax.lax.dynamic_update_slice(buf, value[:, None], (0, state.step))
 
     return _LoopState(
-        step=state.step + 1,
-        cache=out.cache,
-        # Finished rows feed a masked pad, so their cache mask only ever
-        # covers real tokens.
-        inputs=jnp.where(done, pad_id, token),
-        input_mask=~done,
-        done=done,
-        tokens=put(state.tokens, jnp.where(active, token, pad_id)),
-        logprobs=put(state.logprobs, jnp.where(active, lp, zero)),
-        plain_logprobs=put(state.plain_logprobs, jnp.where(active, plain_lp, zero)),
-        sampling_logprobs=put(state.sampling_logprobs, jnp.where(active, sampling_lp, zero)),
-        mask=put(state.mask, active),
-        has_eos=state.has_eos | (active & is_eos))
+      step=state.step + 1,
+      cache=out.cache,
+      # Finished rows feed a masked pad, so their cache mask only ever
+      # covers real tokens.
+      inputs=jnp.where(done, pad_id, token),
+      input_mask=~done,
+      done=done,
+      tokens=put(state.tokens, jnp.where(active, token, pad_id)),
+      logprobs=put(state.logprobs, jnp.where(active, lp, zero)),
+      plain_logprobs=put(state.plain_logprobs, jnp.where(active, plain_lp, zero)),
+      sampling_logprobs=put(state.sampling_logprobs, jnp.where(active, sampling_lp, zero)),
+      mask=put(state.mask, active),
+      has_eos=state.has_eos | (active & is_eos),
+    )
 
   zeros_f = jnp.zeros((batch, n), jnp.float32)
   state = _LoopState(
-      step=jnp.zeros((), jnp.int32),
-      cache=cache,
-      inputs=prompt_tokens[:, -1],
-      input_mask=prompt_mask[:, -1],
-      done=budget <= 0,
-      tokens=jnp.full((batch, n), pad_id, jnp.int32),
-      logprobs=zeros_f, plain_logprobs=zeros_f, sampling_logprobs=zeros_f,
-      mask=jnp.zeros((batch, n), bool),
-      has_eos=jnp.zeros((batch,), bool))
+    step=jnp.zeros((), jnp.int32),
+    cache=cache,
+    inputs=prompt_tokens[:, -1],
+    input_mask=prompt_mask[:, -1],
+    done=budget <= 0,
+    tokens=jnp.full((batch, n), pad_id, jnp.int32),
+    logprobs=zeros_f,
+    plain_logprobs=zeros_f,
+    sampling_logprobs=zeros_f,
+    mask=jnp.zeros((batch, n), bool),
+    has_eos=jnp.zeros((batch,), bool),
+  )
   # N forwards at most (the last sampled token is never fed back); stops as
   # soon as every row is finished.
   state = jax.lax.while_loop(cond, body, state)
 
   return SampleOutput(
-      tokens=state.tokens,
-      logprobs=state.logprobs,
-      plain_logprobs=state.plain_logprobs,
-      sampling_logprobs=state.sampling_logprobs,
-      response_mask=state.mask,
-      lengths=jnp.sum(state.mask, axis=1, dtype=jnp.int32),
-      has_eos=state.has_eos,
-      prompt_tokens=prompt_tokens,
-      prompt_mask=prompt_mask)
+    tokens=state.tokens,
+    logprobs=state.logprobs,
+    plain_logprobs=state.plain_logprobs,
+    sampling_logprobs=state.sampling_logprobs,
+    response_mask=state.mask,
+    lengths=jnp.sum(state.mask, axis=1, dtype=jnp.int32),
+    has_eos=state.has_eos,
+    prompt_tokens=prompt_tokens,
+    prompt_mask=prompt_mask,
+  )
 
 
 # One compiled program per (graphdef, config, shapes); params, prompts and
@@ -407,16 +420,21 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, prompt_tokens: Array, prom
 sample_jit = jax.jit(sample, static_argnames=("graphdef", "config"))
 
 
-def generate(model: nnx.Module, prompt_tokens: Array, prompt_mask: Array, rng: Array,
-             config: SamplingConfig, max_new_tokens_per_row: Array | None = None) -> SampleOutput:
+def generate(
+  model: nnx.Module,
+  prompt_tokens: Array,
+  prompt_mask: Array,
+  rng: Array,
+  config: SamplingConfig,
+  max_new_tokens_per_row: Array | None = None,
+) -> SampleOutput:
   """Convenience wrapper: splits ``model`` and calls the jitted :func:`sample`.
 
   The split happens on every call so updated weights are always used; it
   does not retrace (the graphdef is unchanged and hashes equal).
   """
   graphdef, params = nnx.split(model)
-  return sample_jit(graphdef, params, prompt_tokens, prompt_mask, rng, config,
-                    max_new_tokens_per_row)
+  return sample_jit(graphdef, params, prompt_tokens, prompt_mask, rng, config, max_new_tokens_per_row)
 
 
 class Sampler:
@@ -426,16 +444,28 @@ class Sampler:
     self.model = model
     self.config = config
 
-  def __call__(self, prompt_tokens: Array, prompt_mask: Array, rng: Array | None = None,
-               max_new_tokens_per_row: Array | None = None) -> SampleOutput:
+  def __call__(
+    self,
+    prompt_tokens: Array,
+    prompt_mask: Array,
+    rng: Array | None = None,
+    max_new_tokens_per_row: Array | None = None,
+  ) -> SampleOutput:
     if rng is None:
       if not self.config.greedy:
         raise ValueError("Sampler: an rng key is required unless temperature == 0")
       rng = jax.random.key(0)
-    return generate(self.model, prompt_tokens, prompt_mask, rng, self.config,
-                    max_new_tokens_per_row)
+    return generate(self.model, prompt_tokens, prompt_mask, rng, self.config, max_new_tokens_per_row)
 
 
 __all__: Sequence[str] = (
-    "SamplingConfig", "SampleOutput", "sample", "sample_jit", "generate", "Sampler",
-    "left_align", "concat_prompt_response", "filter_logits")
+  "SamplingConfig",
+  "SampleOutput",
+  "sample",
+  "sample_jit",
+  "generate",
+  "Sampler",
+  "left_align",
+  "concat_prompt_response",
+  "filter_logits",
+)

@@ -22,8 +22,9 @@ def _line(**record) -> str:
 
 
 def _good(i: int) -> str:
-  return _line(id=f"p{i}", prompt=f"Name a colour number {i}.", chosen=f"Blue, number {i}.",
-               rejected=f"I will not say {i}.")
+  return _line(
+    id=f"p{i}", prompt=f"Name a colour number {i}.", chosen=f"Blue, number {i}.", rejected=f"I will not say {i}."
+  )
 
 
 def _text(*lines: str, newline: str = "\n") -> bytes:
@@ -49,7 +50,7 @@ def files() -> dict[str, bytes]:
   # -- Compression.
   whole = _gzip(_text(*good))
   # Cut before the end: the deflate stream and the CRC/size trailer are gone.
-  out["pref_truncated.jsonl.gz"] = whole[:len(whole) * 2 // 3]
+  out["pref_truncated.jsonl.gz"] = whole[: len(whole) * 2 // 3]
   # A damaged deflate block in the middle of the stream.
   damaged = bytearray(whole)
   for i in range(len(damaged) // 2, len(damaged) // 2 + 8):
@@ -69,8 +70,9 @@ def files() -> dict[str, bytes]:
   out["pref_malformed_json.jsonl"] = _text(good[0], '{"prompt": "cut by a crash", "chosen": "a", "rej', good[2])
   out["pref_not_an_object.jsonl"] = _text(good[0], '["prompt", "chosen", "rejected"]')
   out["pref_deeply_nested.jsonl"] = _text(good[0], "[" * 100_000 + "]" * 100_000)
-  out["pref_huge_integer.jsonl"] = _text(good[0], '{"id": ' + "9" * 5000 + ', "prompt": "p", "chosen": "a", '
-                                         '"rejected": "b"}')
+  out["pref_huge_integer.jsonl"] = _text(
+    good[0], '{"id": ' + "9" * 5000 + ', "prompt": "p", "chosen": "a", "rejected": "b"}'
+  )
   # -- Fields.
   out["pref_missing_field.jsonl"] = _text(good[0], good[1], _line(prompt="p", chosen="a"))
   out["pref_null_field.jsonl"] = _text(good[0], _line(prompt="p", chosen=None, rejected="b"))
@@ -84,8 +86,10 @@ def files() -> dict[str, bytes]:
   out["pref_duplicate_id.jsonl"] = _text(good[0], good[1], good[0])
   out["pref_mixed_formats.jsonl"] = _text(good[0], _line(chosen=_hh("hi", "hello"), rejected=_hh("hi", "go away")))
   # The second record's chosen side lost its "\n\nAssistant:" marker.
-  out["pref_hh_no_assistant_marker.jsonl"] = _text(_line(chosen=_hh("hi", "hello"), rejected=_hh("hi", "go away")),
-                                                   _line(chosen="\n\nHuman: hi\n\nhello", rejected=_hh("hi", "no")))
+  out["pref_hh_no_assistant_marker.jsonl"] = _text(
+    _line(chosen=_hh("hi", "hello"), rejected=_hh("hi", "go away")),
+    _line(chosen="\n\nHuman: hi\n\nhello", rejected=_hh("hi", "no")),
+  )
   # Chosen/rejected dialogues without any marker: not recognisable as HH-RLHF.
   out["pref_hh_plain_text.jsonl"] = _text(_line(chosen="Human: hi. Bot: hello", rejected="Human: hi. Bot: no"))
   out["pref_hh_no_shared_prompt.jsonl"] = _text(_line(chosen=_hh("hi", "hello"), rejected=_hh("bye", "ok")))
