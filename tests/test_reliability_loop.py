@@ -242,6 +242,26 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, straight):
   assert _metrics(tmp_path) == _metrics(straight_dir)
 
 
+def test_sigterm_during_a_steps_logging_still_checkpoints_the_step_it_reports(tmp_path):
+  # The signal lands after the loop has decided not to save step 1 (it is off the checkpoint grid), while
+  # that step's sample table is written: the loop must not then report "preempted after step 1" without a
+  # checkpoint of it (the race test_reliability_resume once hit: a SIGTERM, exit 0, and no checkpoint at
+  # all). It preempts after the next step instead, and that step is on disk.
+  def text_fn(samples, step):
+    if step == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return {}
+
+  step_fn = lambda state, batch, rng: (*_Recorder()(state, batch, rng)[:2], {"x": batch["x"]})
+  with pytest.raises(Preempted) as info:
+    train_loop(
+      "test", tmp_path, _initial_state(), step_fn, _get_batch, _loop(checkpoint_every=100), _mesh(), text_fn=text_fn
+    )
+  checkpointer = Checkpointer(tmp_path / "checkpoints")
+  assert checkpointer.all_steps() == [info.value.step] == [2]
+  checkpointer.close()
+
+
 # grad_norm: the step's loss is still finite (it is computed before the
 # update), but the NaN gradient has already poisoned the parameters.
 @pytest.mark.parametrize(

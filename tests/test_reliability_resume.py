@@ -156,6 +156,46 @@ class Launch:
       time.sleep(0.002)
     raise TimeoutError(f"condition not reached in {timeout}s; log: {self.log}")
 
+  def kill_while(self, condition, timeout: float = 900) -> bool:
+    """SIGKILLs the run at a moment when ``condition()`` holds; False if the run ended first.
+
+    A condition on the file system (a half-written checkpoint) can stop holding
+    between the check and the signal's delivery: orbax may finish the write in
+    that gap. So the run is frozen with SIGSTOP, the condition checked again
+    while nothing moves, and the run killed only if it still holds (else thawed
+    to try at the next write).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      if self.proc.poll() is not None:
+        return False
+      if condition():
+        self.proc.send_signal(signal.SIGSTOP)
+        _wait_stopped(self.proc.pid)
+        if condition():
+          self.proc.send_signal(signal.SIGKILL)
+          return True
+        self.proc.send_signal(signal.SIGCONT)
+      time.sleep(0.002)
+    raise TimeoutError(f"condition not reached in {timeout}s; log: {self.log}")
+
+
+def _wait_stopped(pid: int, timeout: float = 10) -> None:
+  """Until /proc says every thread of ``pid`` is stopped (SIGSTOP's delivery is asynchronous)."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    states = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+      try:
+        # The state follows the parenthesised command name, which may hold spaces.
+        states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+      except (FileNotFoundError, ProcessLookupError):
+        continue
+    if states and all(state in "tTZX" for state in states):
+      return
+    time.sleep(0.001)
+  raise TimeoutError(f"process {pid} did not stop within {timeout}s of SIGSTOP")
+
 
 def _progress_reached(launch: Launch, name: str, step: int):
   pattern = re.compile(rf"^\[{re.escape(name)}\] step (\d+)/", re.M)
@@ -323,7 +363,7 @@ def _kill_at_random_step(env, workdir, name, progress_name, rng, events, overrid
 def _kill_mid_write(env, workdir, name, stage_dir, events, overrides):
   writing = WritingCheckpoint(stage_dir)
   launch = _launch(env, workdir, overrides, name)
-  assert launch.interrupt_when(writing, signal.SIGKILL), f"no checkpoint write seen: {launch.text()[-3000:]}"
+  assert launch.kill_while(writing), f"no checkpoint write seen: {launch.text()[-3000:]}"
   assert launch.wait() == -signal.SIGKILL
   # The half-written directory is still there: the kill did land mid-write.
   assert writing.new(), "the kill was meant to land during a checkpoint write"

@@ -185,7 +185,10 @@ def train_loop(
         watch.add(done, metrics)
         log = done % loop.log_every == 0 or done == loop.num_steps
         evaluate = eval_fn is not None and eval_every and done % eval_every == 0 and done != loop.num_steps
-        save = done % loop.checkpoint_every == 0 or sigterm.raised
+        # Read once: a SIGTERM landing later in this step (during the logging below) must not raise
+        # Preempted without the checkpoint the message promises; the next step sees it instead.
+        preempted = sigterm.raised
+        save = done % loop.checkpoint_every == 0 or preempted
         if not (log or evaluate or save):
           continue  # nothing read from the device: the next step is dispatched at once
         watch.check()
@@ -198,7 +201,7 @@ def train_loop(
           # checkpoint, which the resumed run drops (truncate_after); the reverse order would lose rows for good.
           writer.flush()
           checkpointer.save(done, state, {"step": done}, force=True)
-        if sigterm.raised:
+        if preempted:
           raise Preempted(done)
     if eval_fn is not None:
       # Also when resumed at the last step: a run killed between its final
