@@ -8,13 +8,13 @@ multi-host TPU/GPU job: the same SPMD program, the same global mesh, the same
 cross-process collectives, only slower.
 
   python -m launch.multihost --num_processes=2 --devices_per_process=4 -- \
-      python launch/multihost_worker.py --out=/tmp/mh
+      python -m advrm_jax.main --config configs/synthetic.py:small --workdir /tmp/mh --config.distributed=True
 
 Each child sees
 
 * ``JAX_COORDINATOR_ADDRESS=localhost:<port>`` (read by JAX itself),
-* ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` (not read by JAX: call
-  ``initialize_from_env()`` below, which passes them explicitly),
+* ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` (not read by JAX: ``advrm_jax.main``
+  passes them to ``jax.distributed.initialize`` under ``--config.distributed=True``),
 * ``JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo`` (a JAX config option, read from
   the environment at import),
 * ``XLA_FLAGS=--xla_force_host_platform_device_count=<devices_per_process>``
@@ -79,30 +79,6 @@ def process_env(
   if platform is not None:
     env["JAX_PLATFORMS"] = platform
   return env
-
-
-def initialize_from_env(timeout_seconds: int = 300) -> tuple[int, int]:
-  """Joins the job described by the launcher's variables; returns (process_id, num_processes).
-
-  Call it in the child before any other JAX work. Without the launcher's
-  variables (a plain single-process run) it does nothing and returns (0, 1).
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-
-  if ENV_NUM_PROCESSES not in os.environ:
-    return 0, 1
-  # Normally taken from the environment at import; set again in case jax was
-  # imported before the variable existed (harmless when it already is gloo).
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  num_processes = int(os.environ[ENV_NUM_PROCESSES])
-  process_id = int(os.environ[ENV_PROCESS_ID])
-  jax.distributed.initialize(
-    coordinator_address=os.environ[ENV_COORDINATOR],
-    num_processes=num_processes,
-    process_id=process_id,
-    initialization_timeout=timeout_seconds,
-  )
-  return process_id, num_processes
 
 
 def launch(
