@@ -5,7 +5,8 @@ error naming the key's path from the config root, with the known keys and a
 close match (``config.attack.lamda: unknown key; known: lam, penalty, ...;
 did you mean 'lam'?``), so a typo in a config file or an override never falls
 back to a default. A field without a default is required; a field whose type
-is itself such a dataclass is built from the sub-node, with its own path.
+is itself such a dataclass (or such a dataclass ``| None``) is built from the
+sub-node, with its own path.
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def _field_types(cls: type) -> dict[str, Any]:
   return typing.get_type_hints(cls)
 
 
+def _node_class(field_type: Any) -> type | None:
+  """The dataclass a field of type ``X`` or ``X | None`` is built from (None: the field holds a plain value)."""
+  if dataclasses.is_dataclass(field_type):
+    return field_type
+  args = typing.get_args(field_type)
+  if len(args) == 2 and type(None) in args:
+    inner = args[0] if args[1] is type(None) else args[1]
+    if dataclasses.is_dataclass(inner):
+      return inner
+  return None
+
+
 def _plain(value: Any) -> Any:
   """Lists as tuples, so a frozen node holds only hashable values (config overrides and JSON give lists)."""
   return tuple(value) if isinstance(value, list) else value
@@ -81,8 +94,9 @@ def from_node(cls: type[T], node: Mapping[str, Any] | T | None, where: str, **ov
     raise ConfigError(f"{', '.join(f'{where}.{name}' for name in missing)}: required key(s) missing")
   types = _field_types(cls)
   for name, value in values.items():
-    if dataclasses.is_dataclass(types[name]) and not isinstance(value, types[name]):
-      values[name] = from_node(types[name], value, f"{where}.{name}")
+    node_class = _node_class(types[name])
+    if node_class is not None and value is not None and not isinstance(value, node_class):
+      values[name] = from_node(node_class, value, f"{where}.{name}")
     else:
       values[name] = _plain(value)
   values.update(overrides)

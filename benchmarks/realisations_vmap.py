@@ -63,6 +63,7 @@ from advrm_jax.data.batching import step_rows  # pylint: disable=wrong-import-po
 from advrm_jax.models.transformer import Transformer  # pylint: disable=wrong-import-position
 from advrm_jax.pipelines import workdir as wd  # pylint: disable=wrong-import-position
 from advrm_jax.pipelines.rl_driver import make_seeds_step  # pylint: disable=wrong-import-position
+from advrm_jax.pipelines.nodes import PreferenceDataConfig  # pylint: disable=wrong-import-position
 from advrm_jax.pipelines.rm_training import tokenize  # pylint: disable=wrong-import-position
 from advrm_jax.reward.data import MemberBatches, synthetic_preference_pairs  # pylint: disable=wrong-import-position
 from advrm_jax.reward.losses import jit_bt_step, make_bt_step  # pylint: disable=wrong-import-position
@@ -174,7 +175,7 @@ def bt_bench(config, count: int, num_pairs: int) -> Bench:
   for r, params in enumerate(rm_params):
     state, shardings = create_train_state(params, axes, optimizer, mesh)
     pairs = synthetic_preference_pairs(num_pairs, seed=config.seed + r, beta=config.prefs.beta)
-    data = tokenize(config, pairs, tokenizer, "train")
+    data = tokenize(from_node(PreferenceDataConfig, config.data, "config.data"), pairs, tokenizer, "train")
     batches = MemberBatches(
       data["chosen_tokens"].shape[0],
       rm.batch_size,

@@ -11,7 +11,15 @@ import pytest
 from advrm_jax.config_node import ConfigError, check_keys, from_node
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.pipelines.inspect_stage import InspectConfig
-from advrm_jax.pipelines.nodes import AttackConfig, FilterConfig, ProbeConfig
+from advrm_jax.pipelines.nodes import (
+  AttackConfig,
+  FilterConfig,
+  PreferenceDataConfig,
+  ProbeConfig,
+  RMConfig,
+  SyntheticPairsConfig,
+  reward_model_nodes,
+)
 from advrm_jax.pipelines.online import OnlineStageConfig
 from advrm_jax.rl.engine import RLConfig
 from advrm_jax.train_state import OPTIMIZER_DEFAULTS, OptimizerConfig, make_optimizer
@@ -30,6 +38,7 @@ class Outer:
   steps: int
   inner: Inner = Inner()
   shape: tuple = ()
+  extra: Inner | None = None
 
 
 def test_unknown_key_names_its_path_the_known_keys_and_a_close_match():
@@ -55,6 +64,11 @@ def test_nested_nodes_are_built_with_their_own_path_and_required_keys_are_named(
     from_node(Outer, node, "config.stage")
   with pytest.raises(ConfigError, match=r"^config.stage.steps: required key\(s\) missing$"):
     from_node(Outer, {}, "config.stage")
+  # An optional sub-node: absent or None stays None, given it is built and checked with its path.
+  assert built.extra is None and from_node(Outer, {"steps": 1, "extra": None}, "x").extra is None
+  assert from_node(Outer, {"steps": 1, "extra": {"lam": 2.0}}, "x").extra == Inner(lam=2.0)
+  with pytest.raises(ConfigError, match=r"^x.extra.lamda: unknown key"):
+    from_node(Outer, {"steps": 1, "extra": {"lamda": 2.0}}, "x")
   # An instance passes through; overrides apply after the node's values.
   assert from_node(Outer, built, "config.stage") is built
   assert from_node(Outer, node.to_dict() | {"inner": {}}, "x", steps=7).steps == 7
@@ -174,3 +188,38 @@ def test_attack_and_filter_nodes_of_both_adversarial_configs_are_typed(config_fi
   config.filter.probe.hiden = 8
   with pytest.raises(ConfigError, match=r"^config.filter.probe.hiden: unknown key; .*did you mean 'hidden'\?$"):
     from_node(FilterConfig, config.filter, "config.filter")
+
+
+@pytest.mark.parametrize("config_file,arg", [("synthetic.py", "small"), ("rm_hh.py", "small,synthetic")])
+def test_rm_and_data_nodes_are_typed_and_every_nested_key_is_checked(config_file, arg):
+  config = runpy.run_path(str(REPO / "configs" / config_file))["get_config"](arg)
+  rm, data = reward_model_nodes(config)
+  assert isinstance(rm, RMConfig) and isinstance(rm.optimizer, OptimizerConfig) and rm.paths == ()
+  assert isinstance(data, PreferenceDataConfig)
+  # rm_hh.py has the synthetic world's generator node; synthetic.py reads the `prefs` stage's file.
+  expected = SyntheticPairsConfig(**config.data.synthetic) if config_file == "rm_hh.py" else None
+  assert data.synthetic == expected
+  # The optimizer as configs/common.py wrote it (every OptimizerConfig field), total_steps tied to num_steps.
+  assert dataclasses.asdict(rm.optimizer) == dict(config.rm.optimizer) and rm.optimizer.total_steps == rm.num_steps
+  # The backbone's model is a copy: changing the config afterwards does not change the node.
+  config.rm.backbone.model.d_model = 999
+  assert rm.backbone.model["d_model"] != 999
+  for node, key, where in (
+    (config.rm, "learning_rate", "config.rm"),
+    (config.rm.backbone, "pth", "config.rm.backbone"),
+    (config.rm.eval, "bins", "config.rm.eval"),
+    (config.data, "max_prompt_length", "config.data"),
+  ):
+    with config.unlocked():
+      setattr(node, key, 1)
+    with pytest.raises(ConfigError, match=rf"^{where}.{key}: unknown key; known: "):
+      reward_model_nodes(config)
+    del node[key]
+  if data.synthetic is not None:
+    config.data.synthetic.num_pair = 3
+    with pytest.raises(ConfigError, match=r"^config.data.synthetic.num_pair: unknown key; .*'num_pairs'\?$"):
+      reward_model_nodes(config)
+    del config.data.synthetic["num_pair"]
+  config.rm.keep_checkpoints = 0
+  with pytest.raises(ConfigError, match=r"^rm.keep_checkpoints must be >= 1, got 0$"):
+    reward_model_nodes(config)

@@ -323,7 +323,9 @@ def _advrm_own_config(paths, num_steps=2):
 
 
 def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
+  from advrm_jax import sharding as shd  # pylint: disable=import-outside-toplevel
   from advrm_jax.pipelines import advtrain, rm as rm_stage  # pylint: disable=import-outside-toplevel
+  from advrm_jax.pipelines.rm_training import train_reward_model  # pylint: disable=import-outside-toplevel
   from advrm_jax.data.batching import tokenize_pairs  # pylint: disable=import-outside-toplevel
   from advrm_jax.data.preferences import read_preferences  # pylint: disable=import-outside-toplevel
 
@@ -381,8 +383,8 @@ def test_rm_paths_are_rm_round_0_and_export_back(tmp_path, score_fn):
 
   # An advtrain round continues the imported RM (not rm.backbone's checkpoint); its export is what it scores.
   round_dir = tmp_path / "round_1"
-  round_cfg = advtrain.round_config(config, workdir / "prefs" / "preferences.jsonl", str(workdir / "rm"), workdir)
-  rm_stage.run(round_cfg, round_dir)
+  rm, data = advtrain.round_config(config, workdir / "prefs" / "preferences.jsonl", str(workdir / "rm"), workdir)
+  train_reward_model(rm, data, round_dir, mesh=shd.make_mesh(tuple(config.mesh.shape)), seed=config.seed)
   graphdef1, params1, meta1 = wd.load_reward_model(round_dir)
   assert "hf_paths" not in meta1 and (meta1["ensemble"], meta1["num_members"]) == ("independent", 2)
   assert not np.allclose(np.asarray(params1["head_kernel"]), np.asarray(params["head_kernel"]))  # it trained

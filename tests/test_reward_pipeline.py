@@ -15,6 +15,7 @@ import pytest
 from advrm_jax.pipelines import rm_training
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines import rm as rm_stage
+from advrm_jax.pipelines.nodes import reward_model_nodes
 from advrm_jax.reward.data import MemberBatches
 from advrm_jax.reward.model import reward_scores
 
@@ -46,12 +47,13 @@ def _tiny_synthetic_config(num_steps=6):
 def test_config_without_arguments_reads_the_bundled_example():
   """`configs/rm_hh.py` with no options and no data.path has data in a fresh clone (not a file beside it)."""
   config = _config(None)
-  pairs, info = rm_training.load_pairs(config)
+  _, data = reward_model_nodes(config)
+  pairs, info = rm_training.load_pairs(data)
   assert pathlib.Path(info["path"]) == REPO / "advrm_jax" / "data" / "examples" / "hh_example.jsonl"
   assert (info["format"], info["num_used"]) == ("hh_rlhf", 64)
   # 16 topics x 4 variants; every prompt is a transcript that ends with the assistant's turn.
   assert all(p.prompt.endswith("\n\nAssistant:") and p.prompt_messages for p in pairs)
-  train, test = rm_training.split_pairs(pairs, config.data)
+  train, test = rm_training.split_pairs(pairs, data)
   assert (len(train), len(test)) == (58, 6)  # round(0.1 * 64) = 6 held-out pairs, one per prompt
 
 
@@ -161,13 +163,14 @@ def test_hf_checkpoint_backbone_is_loaded_into_every_member(tmp_path):
   config = _config("hf,small")
   config.rm.backbone.path = str(tmp_path / "hf")
   config.rm.tokenizer = "byte"
-  tokenizer = rm_training.build_tokenizer(config, "hf", config.rm.backbone.path)
-  loaded_cfg, params = rm_training.build_backbone(config, tokenizer, sequence_width=81)
+  rm, _ = reward_model_nodes(config)
+  tokenizer = rm_training.build_tokenizer(rm.tokenizer, config.data.source, "hf", rm.backbone.path)
+  loaded_cfg, params = rm_training.build_backbone(rm, tokenizer, sequence_width=81)
   assert loaded_cfg.d_model == 32 and loaded_cfg.vocab_size == 300
   np.testing.assert_allclose(params["embed"], np.asarray(model.embed[...]))
   # A sequence longer than the checkpoint's max_seq_len names the keys.
   with pytest.raises(wd.ConfigError, match="data.max_prompt_len"):
-    rm_training.build_backbone(config, tokenizer, sequence_width=257)
+    rm_training.build_backbone(rm, tokenizer, sequence_width=257)
 
 
 @pytest.mark.slow  # reads the 135M-parameter SmolLM2 GGUF and compiles a 30-layer forward.
@@ -181,8 +184,9 @@ def test_gguf_backbone_scores_a_pair():
   from advrm_jax.reward.model import init_reward_model
 
   config = _config("gguf")
-  tokenizer = rm_training.build_tokenizer(config, "gguf", str(path))
-  cfg, backbone = rm_training.build_backbone(config, tokenizer, sequence_width=385)
+  rm, _ = reward_model_nodes(config)
+  tokenizer = rm_training.build_tokenizer(rm.tokenizer, config.data.source, "gguf", str(path))
+  cfg, backbone = rm_training.build_backbone(rm, tokenizer, sequence_width=385)
   assert cfg.num_layers == 30 and cfg.d_model == 576
   graphdef, params, _ = init_reward_model(cfg, 2, "shared", backbone_params=backbone)
   ids = tokenizer.encode("The capital of France is Paris.") + [tokenizer.eos_id]

@@ -1,5 +1,6 @@
 """The glue of the Adv-RM stages (prefs, attack, filter, advtrain, evaluate) on hand-made inputs."""
 
+import dataclasses
 import importlib.util
 import pathlib
 
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 
 from advrm_jax import inference
+from advrm_jax.config_node import ConfigError
 from advrm_jax.pipelines import workdir as wd
-from advrm_jax.pipelines import advtrain, attack, evaluate
+from advrm_jax.pipelines import advtrain, attack, evaluate, nodes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,13 +76,34 @@ def test_preference_records_drop_empty_and_identical_pairs():
 
 def test_round_config_continues_from_the_previous_round(tmp_path):
   config = _config()
-  round_cfg = advtrain.round_config(config, tmp_path / "pairs.jsonl", "/w/rm", pathlib.Path("/w"))
-  assert round_cfg.rm.backbone.path == "/w/sft"  # the run's work dir, not the round's
-  assert round_cfg.data.path == str(tmp_path / "pairs.jsonl") and round_cfg.rm.init_from == "/w/rm"
-  assert round_cfg.rm.num_steps == config.advtrain.num_steps
-  assert round_cfg.rm.optimizer.total_steps == config.advtrain.num_steps  # the schedule follows
-  assert round_cfg.rm.optimizer.learning_rate == config.advtrain.learning_rate
+  config.advtrain.learning_rate = 1e-3  # :small trains rounds at rm's own rate; make it differ
+  rm, data = advtrain.round_config(config, tmp_path / "pairs.jsonl", "/w/rm", pathlib.Path("/w"))
+  assert rm.backbone.path == "/w/sft"  # the run's work dir, not the round's
+  assert data.path == str(tmp_path / "pairs.jsonl") and rm.init_from == "/w/rm"
+  assert rm.num_steps == 10 and rm.optimizer.total_steps == 10  # advtrain.num_steps; the schedule follows
+  # The round's learning rate; rm's warm-up of 2 steps capped at a tenth of the round's 10 steps.
+  assert (rm.optimizer.learning_rate, rm.optimizer.warmup_steps) == (1e-3, 1)
   assert config.rm.init_from == "" and config.data.path.startswith("{workdir}")  # the original is untouched
+
+
+def test_round_config_differs_from_the_rm_stage_only_in_the_round_fields(tmp_path):
+  config = _config()
+  config.advtrain.learning_rate = 1e-3
+  stage_rm, stage_data = nodes.reward_model_nodes(config)  # what the `rm` stage trains with
+  rm, data = advtrain.round_config(config, tmp_path / "pairs.jsonl", "/w/rm", pathlib.Path("/w"))
+
+  def changed(a, b):
+    return sorted(f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name))
+
+  assert changed(rm, stage_rm) == ["backbone", "init_from", "num_steps", "optimizer"]
+  assert changed(rm.backbone, stage_rm.backbone) == ["path"]
+  assert changed(rm.optimizer, stage_rm.optimizer) == ["learning_rate", "total_steps", "warmup_steps"]
+  assert changed(data, stage_data) == ["path"]
+  # Imported reward models cannot be retrained from scratch: the round refuses, naming the keys.
+  config.rm.paths = ("/my/rm",)
+  config.advtrain.init = "scratch"
+  with pytest.raises(ConfigError, match=r"^rm.paths: advtrain.init='scratch'"):
+    advtrain.round_config(config, tmp_path / "pairs.jsonl", "", pathlib.Path("/w"))
 
 
 def test_round_paths_and_final_link(tmp_path):

@@ -11,8 +11,8 @@ so by default (``advtrain.init = "previous"``) training continues from RM
 round r - 1 for ``advtrain.num_steps`` steps; ``"scratch"`` retrains.
 
 Training itself is the `rm` stage's trainer (``rm_training.train_reward_model``) on that file with
-``rm.init_from`` pointing at the previous round, so the hardened RM has the
-same artefacts and loader as the conventional one.
+``rm.init_from`` pointing at the previous round (``round_config``: the `rm` stage's typed nodes with
+the round's fields replaced), so the hardened RM has the same artefacts and loader as the conventional one.
 
 Artefacts in WORKDIR/advtrain/round_<r>/: pairs.jsonl, rm/ (the ensemble:
 checkpoints, rm_meta.json, eval_summary.json, metrics), summary.json, DONE, and with
@@ -36,7 +36,7 @@ beyond the control is the adversarial pairs' doing, not the extra training's.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 from typing import Any
 
@@ -45,11 +45,13 @@ from etils import epath
 import jax
 
 from advrm_jax import inference
+from advrm_jax import sharding as shd
 from advrm_jax.adversarial.filtering import mix_pairs
 from advrm_jax.export import export_reward_model
 from advrm_jax.fileio import is_remote
 from advrm_jax.pipelines import workdir as wd
-from advrm_jax.pipelines.rm_training import train_reward_model
+from advrm_jax.pipelines.nodes import PreferenceDataConfig, RMConfig, reward_model_nodes
+from advrm_jax.pipelines.rm_training import check_paths_init, train_reward_model
 
 STAGE = wd.ADVTRAIN
 # Arm -> stage directory: Adv-RM's rounds, and the control's (the same schedule with fresh ordinary pairs).
@@ -75,21 +77,26 @@ def mix_training_pairs(
   return mix_pairs(ordinary, adversarial, num_adversarial / total, seed=seed, total=total)
 
 
-def round_config(config: Any, pairs_file: epath.Path, init_from: str, workdir: epath.Path) -> Any:
-  """The `rm` stage's config for one round: its pairs, its start, its budget.
+def round_config(
+  config: Any, pairs_file: epath.Path, init_from: str, workdir: epath.Path
+) -> tuple[RMConfig, PreferenceDataConfig]:
+  """The `rm` stage's typed nodes for one round: its pairs, its start, its budget; nothing else differs.
 
-  The rm stage runs with the round's dir as its work dir, so ``{workdir}``
+  The trainer runs with the round's dir as its work dir, so ``{workdir}``
   in the backbone path is resolved to the run's work dir here.
   """
   node = config.advtrain
-  round_cfg = copy.deepcopy(config)
-  round_cfg.rm.backbone.path = config.rm.backbone.path.replace("{workdir}", str(workdir))
-  round_cfg.data.path = str(pairs_file)
-  round_cfg.rm.init_from = init_from
-  round_cfg.rm.num_steps = node.num_steps  # the schedule's total_steps follows (a config reference)
-  round_cfg.rm.optimizer.learning_rate = node.learning_rate
-  round_cfg.rm.optimizer.warmup_steps = min(round_cfg.rm.optimizer.warmup_steps, node.num_steps // 10)
-  return round_cfg
+  rm, data = reward_model_nodes(config)
+  check_paths_init(rm, node.init)
+  optimizer = dataclasses.replace(
+    rm.optimizer,
+    learning_rate=node.learning_rate,
+    warmup_steps=min(rm.optimizer.warmup_steps, node.num_steps // 10),
+    total_steps=node.num_steps,  # the schedule's length follows rm.num_steps (configs/common.py)
+  )
+  backbone = dataclasses.replace(rm.backbone, path=rm.backbone.path.replace("{workdir}", str(workdir)))
+  rm = dataclasses.replace(rm, backbone=backbone, init_from=init_from, num_steps=node.num_steps, optimizer=optimizer)
+  return rm, dataclasses.replace(data, path=str(pairs_file))
 
 
 def link_final(workdir: epath.Path, round_index: int, stage: str = STAGE) -> None:
@@ -202,9 +209,9 @@ def run_round(config: Any, workdir: epath.Path, round_index: int, arm: str = "ad
   )
   wd.sync("advtrain pairs written")  # by process 0; every process trains on them next
   init_from = str(wd.rm_path(workdir, round_index - 1, arm)) if node.init == "previous" else ""
-  train_reward_model(
-    round_config(config, out / PAIRS_FILE, init_from, workdir), out, name=f"{stage}/round_{round_index}/rm"
-  )
+  rm, data = round_config(config, out / PAIRS_FILE, init_from, workdir)
+  mesh = shd.make_mesh(tuple(config.mesh.shape))
+  train_reward_model(rm, data, out, mesh=mesh, seed=config.seed, name=f"{stage}/round_{round_index}/rm")
   wd.write_json(
     out / "summary.json",
     {

@@ -26,7 +26,6 @@ fresh adversary), summary.json, DONE.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -48,6 +47,7 @@ from advrm_jax.data.batching import step_rows
 from advrm_jax.pipelines import rm_training
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.loop import LoopConfig, train_loop
+from advrm_jax.pipelines.nodes import PreferenceDataConfig
 from advrm_jax.pipelines.rl_driver import policy_state_shardings, train_policy
 from advrm_jax.reward import evaluation
 from advrm_jax.rl.engine import RLConfig, init_policy_params, init_rl_state
@@ -133,10 +133,9 @@ def compute_budget(config: Any) -> dict[str, Any]:
 
 def _ordinary_pairs(config: Any, workdir: epath.Path, tokenizer: Any, path: epath.Path) -> dict[str, np.ndarray]:
   """A preference JSONL file tokenized the way the `rm` stage does."""
-  cfg = copy.deepcopy(config)
-  cfg.data.source, cfg.data.path, cfg.data.max_pairs = "jsonl", str(path), 0
-  pairs, _ = rm_training.load_pairs(cfg, workdir)
-  return rm_training.tokenize(cfg, pairs, tokenizer, path.name)
+  data = from_node(PreferenceDataConfig, config.data, "config.data", source="jsonl", path=str(path), max_pairs=0)
+  pairs, _ = rm_training.load_pairs(data, workdir)
+  return rm_training.tokenize(data, pairs, tokenizer, path.name)
 
 
 def pair_accuracy(

@@ -28,23 +28,26 @@ with ``advrm_jax.reward.model.reward_scores``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from typing import Any
 
 from absl import logging
 from etils import epath
+from jax.sharding import Mesh
 import numpy as np
 
 from advrm_jax import sharding as shd
 from advrm_jax.checkpoints import gguf, hf, hf_reward
-from advrm_jax.config_node import ConfigError, check_keys
+from advrm_jax.config_node import ConfigError
 from advrm_jax.data import synthetic_world as world
 from advrm_jax.data.batching import tokenize_pairs, train_test_split
 from advrm_jax.data.preferences import read_preferences
 from advrm_jax.models.config import ModelConfig
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.loop import LoopConfig, train_loop, without_samples
+from advrm_jax.pipelines.nodes import BackboneConfig, PreferenceDataConfig, RMConfig
 from advrm_jax.reward import evaluation
 from advrm_jax.reward.data import MemberBatches, synthetic_preference_pairs, tokenizer_spec
 from advrm_jax.reward.losses import jit_bt_step
@@ -54,50 +57,6 @@ from advrm_jax.train_state import TrainState, create_train_state, make_optimizer
 STAGE = wd.RM
 SUMMARY_FILE = "eval_summary.json"
 
-# Keys each config node may hold; anything else is a typo and an error.
-RM_KEYS = (
-  "ensemble",
-  "num_members",
-  "member_data",
-  "data_seed",
-  "init_seed",
-  "head_seed",
-  "backbone",
-  "tokenizer",
-  "batch_size",
-  "margin",
-  "centering_coef",
-  "optimizer",
-  "num_steps",
-  "log_every",
-  "checkpoint_every",
-  "keep_checkpoints",
-  "eval_every",
-  "eval_batch_size",
-  "eval_train_pairs",
-  "eval",
-  "init_from",
-  "paths",
-)
-BACKBONE_KEYS = ("source", "path", "dtype", "param_dtype", "model")
-DATA_KEYS = (
-  "source",
-  "path",
-  "format",
-  "on_error",
-  "max_pairs",
-  "test_fraction",
-  "split_seed",
-  "max_prompt_len",
-  "max_response_len",
-  "padding_side",
-  "on_overlength",
-  "use_chat_template",
-  "add_bos",
-  "synthetic",
-)
-SYNTHETIC_KEYS = ("num_pairs", "beta", "seed")
-EVAL_KEYS = ("std_coef", "ece_bins")
 TOKENIZERS = ("auto", "byte", "word", "backbone")
 BACKBONE_SOURCES = ("scratch", "hf", "gguf", "policy")
 
@@ -107,13 +66,12 @@ BACKBONE_SOURCES = ("scratch", "hf", "gguf", "policy")
 # ---------------------------------------------------------------------------
 
 
-def build_tokenizer(config: Any, backbone_source: str, backbone_path: str) -> Any:
-  """The tokenizer named by ``config.rm.tokenizer`` (see configs/rm_hh.py)."""
-  choice = config.rm.tokenizer
+def build_tokenizer(choice: str, data_source: str, backbone_source: str, backbone_path: str) -> Any:
+  """The tokenizer named by ``rm.tokenizer`` (``choice``, see configs/rm_hh.py) for ``data.source`` pairs."""
   if choice not in TOKENIZERS:
     raise ConfigError(f"rm.tokenizer: unknown tokenizer {choice!r}; expected one of {TOKENIZERS}")
   if choice == "auto":
-    if config.data.source == "synthetic":
+    if data_source == "synthetic":
       choice = "word"
     elif backbone_source in ("hf", "gguf"):
       choice = "backbone"
@@ -128,8 +86,8 @@ def build_tokenizer(config: Any, backbone_source: str, backbone_path: str) -> An
   )
 
 
-def _backbone_path(config: Any, workdir: epath.PathLike | None = None) -> str:
-  source, path = config.rm.backbone.source, config.rm.backbone.path
+def _backbone_path(backbone: BackboneConfig, workdir: epath.PathLike | None = None) -> str:
+  source, path = backbone.source, backbone.path
   if source == "gguf" and not path:
     return str(gguf.find_smollm2_gguf())
   if source in ("hf", "gguf", "policy"):
@@ -142,8 +100,18 @@ def _backbone_path(config: Any, workdir: epath.PathLike | None = None) -> str:
   return path
 
 
+def _tokenizer(rm: RMConfig, data: PreferenceDataConfig, workdir: epath.PathLike) -> tuple[Any, dict[str, Any]]:
+  """The tokenizer of ``rm.tokenizer`` and ``rm.backbone``, and its description for ``rm_meta.json``."""
+  backbone_path = _backbone_path(rm.backbone, workdir)
+  tokenizer = build_tokenizer(rm.tokenizer, data.source, rm.backbone.source, backbone_path)
+  meta = dict(
+    tokenizer_spec(tokenizer), kind=rm.tokenizer, backbone_source=rm.backbone.source, backbone_path=backbone_path
+  )
+  return tokenizer, meta
+
+
 def build_backbone(
-  config: Any, tokenizer: Any, sequence_width: int, workdir: epath.PathLike | None = None
+  rm: RMConfig, tokenizer: Any, sequence_width: int, workdir: epath.PathLike | None = None
 ) -> tuple[ModelConfig, Any]:
   """Backbone config and pretrained params (None for a from-scratch backbone).
 
@@ -154,11 +122,13 @@ def build_backbone(
   Raises ConfigError naming the key when the model cannot hold the data
   (vocabulary or sequence length too small).
   """
-  node = config.rm.backbone
+  node = rm.backbone
   source = node.source
   if source not in BACKBONE_SOURCES:
     raise ConfigError(f"rm.backbone.source: unknown source {source!r}; expected one of {BACKBONE_SOURCES}")
   if source == "scratch":
+    if node.model is None:
+      raise ConfigError("rm.backbone.model: required for rm.backbone.source='scratch' (ModelConfig fields)")
     values = dict(node.model)
     if not values.get("vocab_size"):
       values["vocab_size"] = tokenizer.vocab_size  # 0 means "the tokenizer's"
@@ -172,7 +142,7 @@ def build_backbone(
     params = None
     vocab_key, length_key = "rm.backbone.model.vocab_size", "rm.backbone.model.max_seq_len"
   else:
-    path = _backbone_path(config, workdir)
+    path = _backbone_path(node, workdir)
     if source == "policy":
       cfg, _, params = wd.load_policy(path)
     else:
@@ -183,7 +153,7 @@ def build_backbone(
         cfg, model = hf.model_from_hf_tensors(ckpt.config, ckpt.tensors, dtype=node.dtype, param_dtype=node.param_dtype)
       params = split_module(model)[1]
     vocab_key = length_key = f"rm.backbone.path ({path})"
-  _check_fits(cfg, tokenizer, sequence_width, vocab_key, length_key, f"rm.tokenizer={config.rm.tokenizer!r}")
+  _check_fits(cfg, tokenizer, sequence_width, vocab_key, length_key, f"rm.tokenizer={rm.tokenizer!r}")
   return cfg, params
 
 
@@ -208,12 +178,12 @@ def _check_fits(
 # ---------------------------------------------------------------------------
 
 
-def load_pairs(config: Any, workdir: epath.PathLike | None = None) -> tuple[list[Any], dict[str, Any]]:
-  """Preference pairs from ``config.data`` and a JSON-ready description."""
-  data = config.data
+def load_pairs(data: PreferenceDataConfig, workdir: epath.PathLike | None = None) -> tuple[list[Any], dict[str, Any]]:
+  """Preference pairs of the ``data`` node and a JSON-ready description."""
   if data.source == "synthetic":
     syn = data.synthetic
-    check_keys(syn.keys(), SYNTHETIC_KEYS, "config.data.synthetic")
+    if syn is None:
+      raise ConfigError("data.synthetic: required for data.source='synthetic' (num_pairs, beta, seed)")
     pairs = synthetic_preference_pairs(syn.num_pairs, syn.seed, syn.beta)
     info = {"source": "synthetic", "num_pairs": len(pairs), "beta": syn.beta, "seed": syn.seed}
   elif data.source == "jsonl":
@@ -253,7 +223,7 @@ def load_pairs(config: Any, workdir: epath.PathLike | None = None) -> tuple[list
   return pairs, info
 
 
-def split_pairs(pairs: list[Any], data: Any) -> tuple[list[Any], list[Any]]:
+def split_pairs(pairs: list[Any], data: PreferenceDataConfig) -> tuple[list[Any], list[Any]]:
   """Train/test split by prompt; warns when the test split comes out empty, refuses an empty train split."""
   train, test = train_test_split(pairs, data.test_fraction, data.split_seed)
   where = data.path if data.source == "jsonl" else "data.synthetic"
@@ -273,9 +243,8 @@ def split_pairs(pairs: list[Any], data: Any) -> tuple[list[Any], list[Any]]:
   return train, test
 
 
-def tokenize(config: Any, pairs: list[Any], tokenizer: Any, what: str) -> dict[str, np.ndarray]:
-  """Tokenises pairs with the ``config.data`` sequence options; logs how many were skipped as over-long."""
-  data = config.data
+def tokenize(data: PreferenceDataConfig, pairs: list[Any], tokenizer: Any, what: str) -> dict[str, np.ndarray]:
+  """Tokenises pairs with the ``data`` node's sequence options; logs how many were skipped as over-long."""
   out = tokenize_pairs(
     pairs,
     tokenizer,
@@ -299,95 +268,82 @@ def tokenize(config: Any, pairs: list[Any], tokenizer: Any, what: str) -> dict[s
 # ---------------------------------------------------------------------------
 
 
-def _check_config(config: Any) -> None:
-  check_keys(config.rm.keys(), RM_KEYS, "config.rm")
-  check_keys(config.rm.backbone.keys(), BACKBONE_KEYS, "config.rm.backbone")
-  check_keys(config.rm.eval.keys(), EVAL_KEYS, "config.rm.eval")
-  check_keys(config.data.keys(), DATA_KEYS, "config.data")
-  for key in (
-    "num_members",
-    "batch_size",
-    "num_steps",
-    "log_every",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "eval_batch_size",
-  ):
-    if config.rm[key] < 1:
-      raise ConfigError(f"rm.{key} must be >= 1, got {config.rm[key]}")
-
-
-def _check_chat_template(config: Any, tokenizer: Any) -> None:
-  if config.data.use_chat_template and getattr(tokenizer, "chat_template", None) is None:
+def _check_chat_template(rm: RMConfig, data: PreferenceDataConfig, tokenizer: Any) -> None:
+  if data.use_chat_template and getattr(tokenizer, "chat_template", None) is None:
     # Checked before the weights are loaded, rather than at the first pair the tokenizer cannot render.
     raise ConfigError(
       f"data.use_chat_template=True but the tokenizer ({tokenizer!r}, rm.tokenizer="
-      f"{config.rm.tokenizer!r}) has no chat template; set --config.data.use_chat_template=False"
+      f"{rm.tokenizer!r}) has no chat template; set --config.data.use_chat_template=False"
     )
 
 
-def _sequence_meta(data_config: Any) -> dict[str, Any]:
+def _sequence_meta(data: PreferenceDataConfig) -> dict[str, Any]:
   """How rows are laid out, for the stages that tokenise text for this RM."""
   return {
-    "max_prompt_len": data_config.max_prompt_len,
-    "max_response_len": data_config.max_response_len,
-    "padding_side": data_config.padding_side,
-    "add_bos": data_config.add_bos,
-    "use_chat_template": data_config.use_chat_template,
+    "max_prompt_len": data.max_prompt_len,
+    "max_response_len": data.max_response_len,
+    "padding_side": data.padding_side,
+    "add_bos": data.add_bos,
+    "use_chat_template": data.use_chat_template,
   }
 
 
-def _evaluate(score_fn: Any, params: Any, data: dict[str, np.ndarray], rm_config: Any, mesh: Any) -> dict[str, Any]:
+def _evaluate(score_fn: Any, params: Any, data: dict[str, np.ndarray], rm: RMConfig, mesh: Mesh) -> dict[str, Any]:
   """``evaluation.evaluate_scores`` of tokenised pairs."""
   scorer = functools.partial(score_fn, params)
-  chosen, rejected = evaluation.score_pairs(scorer, data, rm_config.eval_batch_size, mesh)
-  return evaluation.evaluate_scores(
-    chosen, rejected, std_coef=rm_config.eval.std_coef, num_bins=rm_config.eval.ece_bins
-  )
+  chosen, rejected = evaluation.score_pairs(scorer, data, rm.eval_batch_size, mesh)
+  return evaluation.evaluate_scores(chosen, rejected, std_coef=rm.eval.std_coef, num_bins=rm.eval.ece_bins)
 
 
-def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) -> dict[str, Any]:
-  """Trains and evaluates the RM ensemble; returns the evaluation summary.
+def check_paths_init(rm: RMConfig, advtrain_init: str | None) -> None:
+  """Refuses ``rm.paths`` (imported reward models) with ``advtrain.init = "scratch"`` (None: no advtrain node).
 
-  ``name`` labels the progress lines and plots (``advtrain/round_1/rm`` when
-  an adversarial-training round runs this stage).
+  The `rm` stage checks it before round 0 and each `advtrain` round before it trains: a scratch round
+  of imported models would otherwise import them again instead of training.
   """
-  _check_config(config)
-  rm_config, data_config = config.rm, config.data
+  if rm.paths and advtrain_init == "scratch":
+    raise ConfigError(
+      "rm.paths: advtrain.init='scratch' would retrain your reward models from nothing; use "
+      "advtrain.init='previous' (continue from them)"
+    )
+
+
+def train_reward_model(
+  rm: RMConfig, data: PreferenceDataConfig, workdir: epath.PathLike, *, mesh: Mesh, seed: int, name: str = STAGE
+) -> dict[str, Any]:
+  """Trains and evaluates the RM ensemble in ``workdir``/rm; returns the evaluation summary.
+
+  The `rm` stage calls it with ``nodes.reward_model_nodes(config)``, an `advtrain` round with those nodes
+  ``dataclasses.replace``d (its pairs, start and budget). ``seed`` is the run's (``config.seed``, the
+  training loop's); ``name`` labels the progress lines and plots (``advtrain/round_1/rm`` in a round).
+  With ``rm.paths`` and no ``rm.init_from`` nothing is trained: the directories are RM round 0.
+  """
   stage_dir = epath.Path(workdir) / STAGE
   stage_dir.mkdir(parents=True, exist_ok=True)
-  mesh = shd.make_mesh(tuple(config.mesh.shape))
-  shd.check_batch_divisible(rm_config.batch_size, mesh, "rm.batch_size")
-  shd.check_batch_divisible(rm_config.eval_batch_size, mesh, "rm.eval_batch_size")
+  shd.check_batch_divisible(rm.batch_size, mesh, "rm.batch_size")
+  shd.check_batch_divisible(rm.eval_batch_size, mesh, "rm.eval_batch_size")
 
-  if rm_config.get("paths") and not rm_config.init_from:
-    return _import_reward_models(config, workdir, stage_dir, mesh)
-  if rm_config.get("paths"):
+  if rm.paths and not rm.init_from:
+    return _import_reward_models(rm, data, workdir, stage_dir, mesh)
+  if rm.paths:
     # A later round of imported reward models (advtrain: rm.init_from = the previous round): their
     # architecture, ensemble and tokenizer, not rm.backbone's.
-    init_stage = wd.rm_stage_dir(wd.resolve_path(rm_config.init_from, workdir))
+    init_stage = wd.rm_stage_dir(wd.resolve_path(rm.init_from, workdir))
     init_meta = json.loads((init_stage / wd.RM_META_FILE).read_text())
     tokenizer, tokenizer_meta = wd.load_tokenizer(init_meta), init_meta["tokenizer"]
     model_cfg, backbone_params = ModelConfig.from_dict(init_meta["model"]), None
     kind, num_members = init_meta["ensemble"], init_meta["num_members"]
   else:
-    backbone_path = _backbone_path(config, workdir)
-    tokenizer = build_tokenizer(config, rm_config.backbone.source, backbone_path)
-    tokenizer_meta = dict(
-      tokenizer_spec(tokenizer),
-      kind=rm_config.tokenizer,
-      backbone_source=rm_config.backbone.source,
-      backbone_path=backbone_path,
-    )
-    _check_chat_template(config, tokenizer)  # before the backbone is loaded
-    width = data_config.max_prompt_len + data_config.max_response_len + 1
-    model_cfg, backbone_params = build_backbone(config, tokenizer, width, workdir)
-    kind, num_members = rm_config.ensemble, rm_config.num_members
+    tokenizer, tokenizer_meta = _tokenizer(rm, data, workdir)
+    _check_chat_template(rm, data, tokenizer)  # before the backbone is loaded
+    width = data.max_prompt_len + data.max_response_len + 1
+    model_cfg, backbone_params = build_backbone(rm, tokenizer, width, workdir)
+    kind, num_members = rm.ensemble, rm.num_members
 
-  pairs, data_info = load_pairs(config, workdir)
-  train_pairs, test_pairs = split_pairs(pairs, data_config)
-  train_data = tokenize(config, train_pairs, tokenizer, "train")
-  test_data = tokenize(config, test_pairs, tokenizer, "test") if test_pairs else None
+  pairs, data_info = load_pairs(data, workdir)
+  train_pairs, test_pairs = split_pairs(pairs, data)
+  train_data = tokenize(data, train_pairs, tokenizer, "train")
+  test_data = tokenize(data, test_pairs, tokenizer, "test") if test_pairs else None
   num_train = train_data["chosen_tokens"].shape[0]
   data_info.update(num_train=num_train, num_test=0 if test_data is None else test_data["chosen_tokens"].shape[0])
   logging.info(
@@ -398,15 +354,15 @@ def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) 
     model_cfg,
     num_members,
     kind,
-    seed=rm_config.init_seed,
-    head_seed=rm_config.head_seed,
+    seed=rm.init_seed,
+    head_seed=rm.head_seed,
     backbone_params=backbone_params,
   )
   del backbone_params
-  if rm_config.get("init_from"):
+  if rm.init_from:
     # Continue from a trained ensemble (e.g. the previous adversarial-training
     # round) instead of a fresh initialisation; the optimizer starts afresh.
-    init_dir = wd.resolve_path(rm_config.init_from, workdir)
+    init_dir = wd.resolve_path(rm.init_from, workdir)
     # Read straight into this run's shards (a multi-process job cannot move one process's copy to the mesh).
     init_graphdef, params, init_meta = wd.load_reward_model(init_dir, mesh=mesh)
     same_backbone = init_meta["model"] == json.loads(json.dumps(model_cfg.to_dict()))
@@ -418,20 +374,19 @@ def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) 
       )
     del init_graphdef
     data_info["init_from"] = str(init_dir)
-  optimizer_values = dict(rm_config.optimizer)
-  optimizer = make_optimizer(optimizer_values, "config.rm.optimizer")
+  optimizer = make_optimizer(rm.optimizer)
   state, shardings = create_train_state(params, axes, optimizer, mesh)
   del params
   step_fn = without_samples(
-    jit_bt_step(graphdef, optimizer, shardings, mesh, margin=rm_config.margin, centering_coef=rm_config.centering_coef)
+    jit_bt_step(graphdef, optimizer, shardings, mesh, margin=rm.margin, centering_coef=rm.centering_coef)
   )
   batches = MemberBatches(
     num_train,
-    rm_config.batch_size,
+    rm.batch_size,
     num_members,
-    mode=rm_config.member_data,
+    mode=rm.member_data,
     per_member_rows=kind == "independent",
-    seed=rm_config.data_seed,
+    seed=rm.data_seed,
   )
 
   wd.write_json(
@@ -441,9 +396,9 @@ def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) 
       "ensemble": kind,
       "num_members": num_members,
       "tokenizer": tokenizer_meta,
-      "sequence": _sequence_meta(data_config),
-      "optimizer": optimizer_values,
-      "num_steps": rm_config.num_steps,
+      "sequence": _sequence_meta(data),
+      "optimizer": dataclasses.asdict(rm.optimizer),
+      "num_steps": rm.num_steps,
       "data": data_info,
     },
     sort_keys=True,
@@ -452,8 +407,8 @@ def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) 
   score_fn = evaluation.make_scorer(graphdef, mesh, shardings.params)
   last_eval: dict[int, dict[str, Any]] = {}
 
-  def evaluate(params, data):
-    return _evaluate(score_fn, params, data, rm_config, mesh)
+  def evaluate(params, pairs_data):
+    return _evaluate(score_fn, params, pairs_data, rm, mesh)
 
   def eval_fn(state: TrainState, step: int) -> dict[str, float]:
     if test_data is None:
@@ -463,11 +418,11 @@ def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) 
     return evaluation.headline_metrics(summary, "test")
 
   loop = LoopConfig(
-    num_steps=rm_config.num_steps,
-    log_every=rm_config.log_every,
-    checkpoint_every=rm_config.checkpoint_every,
-    keep_checkpoints=rm_config.keep_checkpoints,
-    seed=config.seed,
+    num_steps=rm.num_steps,
+    log_every=rm.log_every,
+    checkpoint_every=rm.checkpoint_every,
+    keep_checkpoints=rm.keep_checkpoints,
+    seed=seed,
   )
   state = train_loop(
     name,
@@ -478,19 +433,24 @@ def train_reward_model(config: Any, workdir: epath.PathLike, name: str = STAGE) 
     loop,
     mesh,
     eval_fn=eval_fn,
-    eval_every=rm_config.eval_every,
+    eval_every=rm.eval_every,
   )
 
-  train_subset = {k: v[: rm_config.eval_train_pairs] for k, v in train_data.items()}
-  summary = {
-    "step": rm_config.num_steps,
-    "test": last_eval.get(rm_config.num_steps),
-    "test_gold_accuracy": _gold_accuracy(test_pairs, test_data) if data_config.source == "synthetic" else None,
-    "train_subset": evaluate(state.params, train_subset) if rm_config.eval_train_pairs else None,
-    "data": data_info,
-    "ensemble": kind,
-    "num_members": num_members,
-  }
+  train_subset = {k: v[: rm.eval_train_pairs] for k, v in train_data.items()}
+  return _write_summary(
+    stage_dir,
+    step=rm.num_steps,
+    test=last_eval.get(rm.num_steps),
+    test_gold_accuracy=_gold_accuracy(test_pairs, test_data) if data.source == "synthetic" else None,
+    train_subset=evaluate(state.params, train_subset) if rm.eval_train_pairs else None,
+    data=data_info,
+    ensemble=kind,
+    num_members=num_members,
+  )
+
+
+def _write_summary(stage_dir: epath.Path, **summary: Any) -> dict[str, Any]:
+  """Writes ``eval_summary.json`` (trained or imported ensemble), logs its test accuracy, returns it."""
   wd.write_json(stage_dir / SUMMARY_FILE, summary, sort_keys=True)
   if summary["test"] is not None:
     logging.info(
@@ -521,7 +481,9 @@ def _gold_accuracy(pairs: list[Any], data: dict[str, np.ndarray] | None) -> floa
 # ---------------------------------------------------------------------------
 
 
-def _import_reward_models(config: Any, workdir: epath.PathLike, stage_dir: epath.Path, mesh: Any) -> dict[str, Any]:
+def _import_reward_models(
+  rm: RMConfig, data: PreferenceDataConfig, workdir: epath.PathLike, stage_dir: epath.Path, mesh: Mesh
+) -> dict[str, Any]:
   """RM round 0 = the ``*ForSequenceClassification`` directories of ``rm.paths``, one member each.
 
   Nothing is trained or copied: ``rm_meta.json`` records the directories
@@ -530,17 +492,9 @@ def _import_reward_models(config: Any, workdir: epath.PathLike, stage_dir: epath
   imported ensemble does on your pairs. The tokenizer is the first
   directory's that has tokenizer files, else ``rm.backbone``'s (the policy's).
   """
-  rm_config, data_config = config.rm, config.data
-  if config.get("advtrain") is not None and config.advtrain.get("init") == "scratch":
-    raise ConfigError(
-      "rm.paths: advtrain.init='scratch' would retrain your reward models from nothing; use "
-      "advtrain.init='previous' (continue from them)"
-    )
-  paths = [wd.resolve_path(str(p), workdir) for p in rm_config.paths]
+  paths = [wd.resolve_path(str(p), workdir) for p in rm.paths]
   try:
-    model_cfg = hf_reward.reward_model_config(
-      paths[0], dtype=rm_config.backbone.dtype, param_dtype=rm_config.backbone.param_dtype
-    )
+    model_cfg = hf_reward.reward_model_config(paths[0], dtype=rm.backbone.dtype, param_dtype=rm.backbone.param_dtype)
   except (FileNotFoundError, ValueError) as e:
     raise ConfigError(f"rm.paths: {e}") from None
   tokenizer_dir = next(
@@ -552,14 +506,7 @@ def _import_reward_models(config: Any, workdir: epath.PathLike, stage_dir: epath
       tokenizer_spec(tokenizer), kind="backbone", backbone_source="hf", backbone_path=str(tokenizer_dir)
     )
   else:
-    backbone_path = _backbone_path(config, workdir)
-    tokenizer = build_tokenizer(config, rm_config.backbone.source, backbone_path)
-    tokenizer_meta = dict(
-      tokenizer_spec(tokenizer),
-      kind=rm_config.tokenizer,
-      backbone_source=rm_config.backbone.source,
-      backbone_path=backbone_path,
-    )
+    tokenizer, tokenizer_meta = _tokenizer(rm, data, workdir)
   where = f"rm.paths ({tokenizer_dir or paths[0]})"
   policy = wd.policy_tokenizer(workdir)
   if policy is not None and (policy.vocab_size, policy.eos_id) != (tokenizer.vocab_size, tokenizer.eos_id):
@@ -568,27 +515,27 @@ def _import_reward_models(config: Any, workdir: epath.PathLike, stage_dir: epath
       f"{tokenizer.eos_id}) is not the policy's in {epath.Path(workdir) / 'sft'} (vocab_size "
       f"{policy.vocab_size}, eos_id {policy.eos_id}); the RM must read the tokens the adversary writes"
     )
-  _check_chat_template(config, tokenizer)
+  _check_chat_template(rm, data, tokenizer)
   _check_fits(
     model_cfg,
     tokenizer,
-    data_config.max_prompt_len + data_config.max_response_len + 1,
+    data.max_prompt_len + data.max_response_len + 1,
     where,
     where,
     f"from {tokenizer_meta['backbone_path']}",
   )
 
-  pairs, data_info = load_pairs(config, workdir)
-  _, test_pairs = train_test_split(pairs, data_config.test_fraction, data_config.split_seed)
-  test_data = tokenize(config, test_pairs, tokenizer, "test") if test_pairs else None
+  pairs, data_info = load_pairs(data, workdir)
+  _, test_pairs = train_test_split(pairs, data.test_fraction, data.split_seed)
+  test_data = tokenize(data, test_pairs, tokenizer, "test") if test_pairs else None
   data_info.update(num_train=0, num_test=0 if test_data is None else test_data["chosen_tokens"].shape[0])
   meta = {
     "model": model_cfg.to_dict(),
     "ensemble": "shared" if len(paths) == 1 else "independent",
     "num_members": len(paths),
     "tokenizer": tokenizer_meta,
-    "sequence": _sequence_meta(data_config),
-    "optimizer": dict(rm_config.optimizer),
+    "sequence": _sequence_meta(data),
+    "optimizer": dataclasses.asdict(rm.optimizer),
     "num_steps": 0,
     "data": data_info,
     "hf_paths": [str(p.resolve()) for p in paths],
@@ -598,29 +545,18 @@ def _import_reward_models(config: Any, workdir: epath.PathLike, stage_dir: epath
   except (FileNotFoundError, ValueError) as e:
     raise ConfigError(f"rm.paths: {e}") from None
   wd.write_json(stage_dir / wd.RM_META_FILE, meta, sort_keys=True)
-  summary = {
-    "step": 0,
-    "imported": meta["hf_paths"],
-    "test": None
-    if test_data is None
-    else _evaluate(evaluation.make_scorer(graphdef, mesh, param_shardings), params, test_data, rm_config, mesh),
-    "test_gold_accuracy": None,
-    "train_subset": None,
-    "data": data_info,
-    "ensemble": meta["ensemble"],
-    "num_members": meta["num_members"],
-  }
-  wd.write_json(stage_dir / SUMMARY_FILE, summary, sort_keys=True)
   logging.info("rm: imported %d reward model(s) from %s", len(paths), ", ".join(meta["hf_paths"]))
-  if summary["test"] is not None:
-    logging.info(
-      "rm: test accuracy mean-aggregate %.3f, members %s",
-      summary["test"]["accuracy"]["mean"],
-      [round(v, 3) for k, v in summary["test"]["accuracy"].items() if k.startswith("member_")],
-    )
-  return summary
-
-
-# ---------------------------------------------------------------------------
-# Loading a trained RM (for later stages).
-# ---------------------------------------------------------------------------
+  test = None
+  if test_data is not None:
+    test = _evaluate(evaluation.make_scorer(graphdef, mesh, param_shardings), params, test_data, rm, mesh)
+  return _write_summary(
+    stage_dir,
+    step=0,
+    imported=meta["hf_paths"],
+    test=test,
+    test_gold_accuracy=None,
+    train_subset=None,
+    data=data_info,
+    ensemble=meta["ensemble"],
+    num_members=meta["num_members"],
+  )
