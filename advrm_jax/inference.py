@@ -27,7 +27,7 @@ from advrm_jax.data import synthetic_world as world
 from advrm_jax.evaluation.attack import attack_success
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.reward.model import reward_scores
-from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample
+from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample, sample_jit
 
 
 def sampling_config(node: Any) -> SamplingConfig:
@@ -49,7 +49,6 @@ def _sample_seeds(graphdef, params, prompt_tokens, prompt_mask, rngs, config):
 
 
 # Outputs replicated on the params' mesh: every host of a multi-process job reads the samples whole.
-_sample_jit = shd.jit_host_readable(sample, static_argnames=("graphdef", "config"))
 _sample_seeds_jit = shd.jit_host_readable(_sample_seeds, static_argnames=("graphdef", "config"))
 
 
@@ -114,7 +113,7 @@ def sample_responses(
       placed = shd.shard_batch({"tokens": tokens, "mask": mask}, mesh)  # each process its own rows
       out = on_mesh(params, placed["tokens"], placed["mask"], keys)
     elif num_seeds is None:
-      out = _sample_jit(graphdef, params, tokens, mask, key, sampling)
+      out = sample_jit(graphdef, params, tokens, mask, key, sampling)
     else:
       out = _sample_seeds_jit(graphdef, params, tokens, mask, keys, sampling)
     out = jax.device_get(out)
