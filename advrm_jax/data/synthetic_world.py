@@ -126,6 +126,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advrm_jax.data import tables
+
 # ----------------------------------------------------------------------------
 # Vocabulary.
 # ----------------------------------------------------------------------------
@@ -1454,12 +1456,11 @@ def decode_response_rows(response_tokens: np.ndarray, response_mask: np.ndarray)
 
 def sample_table(samples: Mapping[str, np.ndarray], limit: int = 4) -> str:
   """A markdown table of an RL step's sample responses (the ``text_fn`` of RL runs on the world)."""
-  rows = ["| prompt | response | proxy |", "|---|---|---|"]
-  prompts = samples["prompt_tokens"].reshape(-1, samples["prompt_tokens"].shape[-1])
-  responses = samples["response_tokens"].reshape(-1, samples["response_tokens"].shape[-1])
-  proxy = samples["proxy_reward"].reshape(-1)
-  for p, r, s in list(zip(prompts, responses, proxy))[:limit]:
-    prompt = TOKENIZER.decode([t for t in p if t != BOS_ID])
-    response = TOKENIZER.decode_response(list(r))
-    rows.append(f"| {prompt} | {response} | {float(s):.2f} |")
-  return "\n".join(rows)
+  # No masks in the table: the world's decoders drop padding (and BOS, and what follows an EOS) by id.
+  unmasked = lambda rows: np.ones_like(rows, bool)
+  return tables.sample_table(
+    samples,
+    lambda rows: decode_prompt_rows(rows, unmasked(rows)),
+    lambda rows: decode_response_rows(rows, unmasked(rows)),
+    limit=limit,
+  )
