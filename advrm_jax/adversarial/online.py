@@ -60,10 +60,10 @@ from advrm_jax.adversarial.objective import (
   split_target,
   standardize_members,
 )
+from advrm_jax.adversarial.source import adversary_source
 from advrm_jax.reward.losses import make_bt_step
 from advrm_jax.reward.model import reward_scores
 from advrm_jax.rl.engine import IterationOutput, RLConfig, RLState, make_iteration
-from advrm_jax.rl.rewards import AdversarySource
 from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response
 from advrm_jax.train_state import TrainState
 
@@ -185,14 +185,7 @@ def make_online_iteration(
       response_tokens, response_mask) -> [B]``: metrics only (how often the
       kept samples are truly worse than their chosen side), never a signal.
   """
-  source = AdversarySource(
-    rm_graphdef,
-    lam=config.lam,
-    penalty=config.penalty,
-    target=config.target,
-    r2_kind=config.r2_kind,
-    standardized=config.standardized,
-  )
+  source = adversary_source(rm_graphdef, config, config.standardized)
   adversary_step = make_iteration(
     policy_graphdef, policy_optimizer, rl_config, sampling, source, gold_fn=gold_fn, emit_rollout=True
   )
