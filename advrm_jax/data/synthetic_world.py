@@ -127,6 +127,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advrm_jax.data import tables
+from advrm_jax.data.tokenizer import WordDecoding
 
 # ----------------------------------------------------------------------------
 # Vocabulary.
@@ -351,7 +352,7 @@ IS_CONTENT = _class_table(lambda w: WORD_CLASSES[w] not in _NON_CONTENT_CLASSES)
 _TOKEN_RE = re.compile(r"user:|assistant:|<[a-z]+>|[a-z]+|\S")
 
 
-class WordTokenizer:
+class WordTokenizer(WordDecoding):
   """Word-level tokenizer of the synthetic world (`Tokenizer` protocol).
 
   `encode` lower-cases the text and splits it into chat markers ("user:",
@@ -366,6 +367,7 @@ class WordTokenizer:
   `unk_id`.
   """
 
+  vocab: tuple[str, ...] = VOCAB
   vocab_size: int = VOCAB_SIZE
   pad_id: int = PAD_ID
   eos_id: int = EOS_ID
@@ -397,37 +399,6 @@ class WordTokenizer:
         idx = UNK_ID
       ids.append(idx)
     return ids
-
-  def decode(self, ids: Sequence[int]) -> str:
-    """Returns the words of `ids` joined by spaces, skipping padding ids.
-
-    Raises:
-      ValueError: If an id is outside [0, vocab_size).
-    """
-    words = []
-    for i in ids:
-      i = int(i)
-      if i == PAD_ID:
-        continue
-      if not 0 <= i < VOCAB_SIZE:
-        raise ValueError(f"token id {i} outside the vocabulary [0, {VOCAB_SIZE})")
-      words.append(VOCAB[i])
-    return " ".join(words)
-
-  def decode_response(self, ids: Sequence[int]) -> str:
-    """Decodes a sampled response: stops at the first EOS, drops padding/BOS.
-
-    Use this to turn policy samples into preference-record text (the
-    batching layer appends EOS again when the record is tokenised).
-    """
-    kept = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i not in (PAD_ID, BOS_ID):
-        kept.append(i)
-    return self.decode(kept)
 
   def __repr__(self) -> str:
     return (
