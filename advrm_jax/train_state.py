@@ -148,3 +148,13 @@ def create_train_state(
     out_shardings=shardings,
   )
   return init(params), shardings
+
+
+def apply_gradients(
+  state: TrainState, grads: Any, metrics: dict[str, jax.Array], optimizer: optax.GradientTransformation
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update of ``state`` by ``grads`` (the tail of every gradient step); ``metrics`` gain
+  the gradients' global norm as ``grad_norm``."""
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(state.step + 1, params, opt_state), dict(metrics, grad_norm=optax.global_norm(grads))
