@@ -309,28 +309,16 @@ def make_online_iteration(
       pairs = dict(pairs)
       if config.adversarial_pairs:
         items, valid = filtering.buffer_sample(buffer, sample_rng, config.adversarial_pairs)
-        adv_chosen = concat_prompt_response(
-          items["prompt_tokens"],
-          items["prompt_mask"],
-          items["reference_tokens"],
-          items["reference_mask"],
-          pad_id=sampling.pad_id,
-          left_pad=False,
-        )
-        adv_rejected = concat_prompt_response(
-          items["prompt_tokens"],
-          items["prompt_mask"],
-          items["adversarial_tokens"],
-          items["adversarial_mask"],
-          pad_id=sampling.pad_id,
-          left_pad=False,
-        )
-        extra = {
-          "chosen_tokens": adv_chosen[0],
-          "chosen_mask": adv_chosen[1],
-          "rejected_tokens": adv_rejected[0],
-          "rejected_mask": adv_rejected[1],
-        }
+        extra = {}  # the reference sample is the chosen side, the adversarial sample the rejected one
+        for side, drawn in (("chosen", "reference"), ("rejected", "adversarial")):
+          extra[f"{side}_tokens"], extra[f"{side}_mask"] = concat_prompt_response(
+            items["prompt_tokens"],
+            items["prompt_mask"],
+            items[f"{drawn}_tokens"],
+            items[f"{drawn}_mask"],
+            pad_id=sampling.pad_id,
+            left_pad=False,
+          )
         for key, value in extra.items():
           pairs[key] = jnp.concatenate([pairs[key], _pad_width(value.astype(pairs[key].dtype), pair_width)])
         # Empty-buffer draws hold padding: weight 0 keeps them out of the loss.
