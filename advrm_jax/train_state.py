@@ -32,6 +32,7 @@ class TrainState:
   opt_state: Any
 
 
+# Shaped like models.config.ModelConfig only as two frozen config dataclasses (fields with defaults) are.
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """An ``optimizer`` config node: AdamW with gradient clipping, warm-up and a decay schedule."""

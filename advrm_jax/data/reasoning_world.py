@@ -143,6 +143,7 @@ class ReasoningTokenizer(WordDecoding):
   (never adds BOS/EOS); an unknown word raises ValueError naming it.
   """
 
+  # The Tokenizer protocol's members from this world's vocabulary (synthetic_world.WordTokenizer sets its own).
   vocab: tuple[str, ...] = VOCAB
   vocab_size: int = VOCAB_SIZE
   pad_id: int = PAD_ID
@@ -433,7 +434,7 @@ def final_answer_key(response_tokens: Array, response_mask: Array) -> tuple[Arra
   return value, value >= 0
 
 
-# Jitted: one compiled program per shape instead of dozens of eager ops.
+# Jitted like final_answer above, and documented the same way on purpose: each reads on its own.
 @jax.jit
 def intermediate_answers(response_tokens: Array, response_mask: Array) -> dict[str, Array]:
   """Intermediate answers ("now X") at their response columns.

@@ -108,6 +108,7 @@ def _per_seed_scalars(values: dict[str, Any], prefix: str) -> dict[str, float]:
   return out
 
 
+# probes.collect's signature in shape only: both take a policy, its prompts, sampling and samples per prompt.
 def entropy_diagnostic(
   graphdef: nnx.GraphDef,
   params: Any,

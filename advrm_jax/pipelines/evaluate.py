@@ -631,6 +631,7 @@ def write_markdown(path: epath.Path, report: dict[str, Any]) -> None:
     "one realisation (one SFT model, one preference set, one RM round 0): the seeds vary only the RL.",
     "",
   ]
+  # Each section's table built in place like the method checks' above: the rows differ, markdown_table is shared.
   lines += ["## Targets", ""]
   lines.append(
     rep.markdown_table(

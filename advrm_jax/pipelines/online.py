@@ -186,6 +186,7 @@ def fresh_attack(
   )
   prompts, source, source_params = attack_inputs(rm_graphdef, rm_params, node, reference, threshold, units)
   num_seeds = config.num_seeds
+  # The attack stage's call of the one RL driver (pipelines/attack.py), here against the final online RM.
   state = train_policy(
     "online/attack",
     out,
