@@ -272,7 +272,7 @@ def attack(
   ``tau`` (the floor of threshold "constant") and ``fields`` (snapshot_every, standardize) are the
   synthetic world's further keys.
   """
-  node = ml_collections.ConfigDict()  # key by key, each commented (as backbone's): docs/configs.md reads them
+  node = ml_collections.ConfigDict()
   # RLConfig fields (advrm_jax/rl/engine.py).
   node.rl = rl
   # AdamW for the adversary.

@@ -423,7 +423,7 @@ def sample(
 sample_jit = shd.jit_host_readable(sample, static_argnames=("graphdef", "config"))
 
 
-# `sample`'s arguments with the module in place of (graphdef, params): the eager convenience form of it.
+# `sample`'s arguments with the module in place of (graphdef, params), by design: a convenience form of it.
 def generate(
   model: nnx.Module,
   prompt_tokens: Array,
