@@ -24,10 +24,11 @@ from advrm_jax.adversarial.filtering import standardize, uncertainty
 from advrm_jax.adversarial.objective import member_standardization as member_stats
 from advrm_jax.adversarial.objective import standardize_members
 from advrm_jax.data import synthetic_world as world
+from advrm_jax.data import tables
 from advrm_jax.evaluation.attack import attack_success
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.reward.model import reward_scores
-from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample
+from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response, sample, sample_jit
 
 
 def sampling_config(node: Any) -> SamplingConfig:
@@ -49,7 +50,6 @@ def _sample_seeds(graphdef, params, prompt_tokens, prompt_mask, rngs, config):
 
 
 # Outputs replicated on the params' mesh: every host of a multi-process job reads the samples whole.
-_sample_jit = shd.jit_host_readable(sample, static_argnames=("graphdef", "config"))
 _sample_seeds_jit = shd.jit_host_readable(_sample_seeds, static_argnames=("graphdef", "config"))
 
 
@@ -114,7 +114,7 @@ def sample_responses(
       placed = shd.shard_batch({"tokens": tokens, "mask": mask}, mesh)  # each process its own rows
       out = on_mesh(params, placed["tokens"], placed["mask"], keys)
     elif num_seeds is None:
-      out = _sample_jit(graphdef, params, tokens, mask, key, sampling)
+      out = sample_jit(graphdef, params, tokens, mask, key, sampling)
     else:
       out = _sample_seeds_jit(graphdef, params, tokens, mask, keys, sampling)
     out = jax.device_get(out)
@@ -262,17 +262,14 @@ def sample_table(samples: dict[str, np.ndarray], tokenizer: Any, limit: int = 4)
   The ``text_fn`` of RL runs on an imported policy (``rl_driver.train_policy``
   defaults to the synthetic world's decoder).
   """
-  prompts = samples["prompt_tokens"].reshape(-1, samples["prompt_tokens"].shape[-1])[:limit]
-  responses = samples["response_tokens"].reshape(-1, samples["response_tokens"].shape[-1])[:limit]
-  proxy = samples["proxy_reward"].reshape(-1)[:limit]
-  # Sample tables carry no masks: padding is the tokenizer's pad id.
-  prompt_texts = decode_prompts(prompts, prompts != tokenizer.pad_id, tokenizer)
-  response_texts = decode_responses(responses, np.ones_like(responses, bool), tokenizer)
-  clean = lambda text: text.replace("|", "\\|").replace("\n", " ")
-  rows = ["| prompt | response | proxy |", "|---|---|---|"]
-  for prompt, response, score in zip(prompt_texts, response_texts, proxy):
-    rows.append(f"| {clean(prompt)} | {clean(response)} | {float(score):.2f} |")
-  return "\n".join(rows)
+  # Sample tables carry no masks: padding is the tokenizer's pad id. Free text is escaped for its cell.
+  clean = lambda texts: [text.replace("|", "\\|").replace("\n", " ") for text in texts]
+  return tables.sample_table(
+    samples,
+    lambda rows: clean(decode_prompts(rows, rows != tokenizer.pad_id, tokenizer)),
+    lambda rows: clean(decode_responses(rows, np.ones_like(rows, bool), tokenizer)),
+    limit=limit,
+  )
 
 
 def member_standardization(

@@ -230,10 +230,16 @@ def jit_host_readable(fn: Callable, static_argnames: Sequence[str]) -> Callable:
   def on_mesh(mesh: Mesh) -> Callable:
     return jax.jit(fn, static_argnames=static_argnames, out_shardings=replicated(mesh))
 
-  def call(graphdef, params, *args, **kwargs):
+  def jitted(params: Any) -> Callable:
     mesh = mesh_of(params)
-    return (plain if mesh is None else on_mesh(mesh))(graphdef, params, *args, **kwargs)
+    return plain if mesh is None else on_mesh(mesh)
 
+  def call(graphdef, params, *args, **kwargs):
+    return jitted(params)(graphdef, params, *args, **kwargs)
+
+  # The jitted program for given params, for what a jitted function offers beside a call (``_cache_size``).
+  call.jitted = jitted
+  call.lower = lambda graphdef, params, *args, **kwargs: jitted(params).lower(graphdef, params, *args, **kwargs)
   return call
 
 

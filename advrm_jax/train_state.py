@@ -32,6 +32,7 @@ class TrainState:
   opt_state: Any
 
 
+# Shaped like models.config.ModelConfig only as two frozen config dataclasses (fields with defaults) are.
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """An ``optimizer`` config node: AdamW with gradient clipping, warm-up and a decay schedule."""
@@ -148,3 +149,13 @@ def create_train_state(
     out_shardings=shardings,
   )
   return init(params), shardings
+
+
+def apply_gradients(
+  state: TrainState, grads: Any, metrics: dict[str, jax.Array], optimizer: optax.GradientTransformation
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update of ``state`` by ``grads`` (the tail of every gradient step); ``metrics`` gain
+  the gradients' global norm as ``grad_norm``."""
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(state.step + 1, params, opt_state), dict(metrics, grad_norm=optax.global_norm(grads))

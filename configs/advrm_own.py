@@ -151,7 +151,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
       ),
     ),
-    batch_size=8 if small else 16,
+    batch_size=8 if small else 16,  # small / full run lengths a key, as every config states its own
     num_steps=4 if small else 500,
     # Pretrained backbones want a small learning rate.
     learning_rate=1e-3 if small else 1e-5,
@@ -227,7 +227,7 @@ def _reduce_for_cpu(config: ml_collections.ConfigDict) -> None:
   config.rm.log_every = 5
   config.rm.checkpoint_every = 20
   config.rm.eval_batch_size = 16
-  config.attack.num_steps = 30
+  config.attack.num_steps = 30  # key by key like the rm's above: the fast variant lists every value it changes
   config.attack.prompts_per_step = 2
   config.attack.optimizer.learning_rate = 5e-5
   config.attack.log_every = 5

@@ -43,6 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (data, fsdp, tensor) mesh; -1 takes all remaining devices.
   config.mesh = common.mesh()
 
+  # Laid out like configs/synthetic.py's top sections (mesh, model, world) on purpose: each config reads on its own.
+
   # The policy backbone: a small Llama trained from scratch on the task.
   config.model = common.scratch_llama(
     # Only "scratch": the `empo` stage always trains its reference policy from scratch and does not read this key.
@@ -82,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
 
   # Stage `empo`: EMPO vs the supervised correctness reward, num_seeds each.
-  config.empo = ml_collections.ConfigDict()
+  config.empo = ml_collections.ConfigDict()  # its run keys set one by one, as reasoning_sft's above
   # Unlabelled RL prompt pool (the "rl" split) and held-out accuracy prompts ("test" split).
   config.empo.num_prompts = 64 if small else 2048
   config.empo.num_eval_prompts = 16 if small else 256

@@ -105,7 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       source=backbone_source,
       path="",
       model=ml_collections.ConfigDict(
-        dict(
+        dict(  # this file's own RM shape, as advrm_own.py states its own: each config reads on its own
           arch="llama",
           vocab_size=0,
           d_model=32 if small else 128,
@@ -119,7 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
       ),
     ),
-    batch_size=8 if small else 32,
+    batch_size=8 if small else 32,  # small / full a key, like the shape above: each config reads on its own
     num_steps=8 if small else 1000,
     learning_rate=1e-3 if small else 1e-4,
     warmup_steps=0 if small else 50,

@@ -60,10 +60,10 @@ from advrm_jax.adversarial.objective import (
   split_target,
   standardize_members,
 )
+from advrm_jax.adversarial.source import adversary_source
 from advrm_jax.reward.losses import make_bt_step
 from advrm_jax.reward.model import reward_scores
 from advrm_jax.rl.engine import IterationOutput, RLConfig, RLState, make_iteration
-from advrm_jax.rl.rewards import AdversarySource
 from advrm_jax.rl.sampler import SamplingConfig, concat_prompt_response
 from advrm_jax.train_state import TrainState
 
@@ -185,14 +185,7 @@ def make_online_iteration(
       response_tokens, response_mask) -> [B]``: metrics only (how often the
       kept samples are truly worse than their chosen side), never a signal.
   """
-  source = AdversarySource(
-    rm_graphdef,
-    lam=config.lam,
-    penalty=config.penalty,
-    target=config.target,
-    r2_kind=config.r2_kind,
-    standardized=config.standardized,
-  )
+  source = adversary_source(rm_graphdef, config, config.standardized)
   adversary_step = make_iteration(
     policy_graphdef, policy_optimizer, rl_config, sampling, source, gold_fn=gold_fn, emit_rollout=True
   )
@@ -316,28 +309,16 @@ def make_online_iteration(
       pairs = dict(pairs)
       if config.adversarial_pairs:
         items, valid = filtering.buffer_sample(buffer, sample_rng, config.adversarial_pairs)
-        adv_chosen = concat_prompt_response(
-          items["prompt_tokens"],
-          items["prompt_mask"],
-          items["reference_tokens"],
-          items["reference_mask"],
-          pad_id=sampling.pad_id,
-          left_pad=False,
-        )
-        adv_rejected = concat_prompt_response(
-          items["prompt_tokens"],
-          items["prompt_mask"],
-          items["adversarial_tokens"],
-          items["adversarial_mask"],
-          pad_id=sampling.pad_id,
-          left_pad=False,
-        )
-        extra = {
-          "chosen_tokens": adv_chosen[0],
-          "chosen_mask": adv_chosen[1],
-          "rejected_tokens": adv_rejected[0],
-          "rejected_mask": adv_rejected[1],
-        }
+        extra = {}  # the reference sample is the chosen side, the adversarial sample the rejected one
+        for side, drawn in (("chosen", "reference"), ("rejected", "adversarial")):
+          extra[f"{side}_tokens"], extra[f"{side}_mask"] = concat_prompt_response(
+            items["prompt_tokens"],
+            items["prompt_mask"],
+            items[f"{drawn}_tokens"],
+            items[f"{drawn}_mask"],
+            pad_id=sampling.pad_id,
+            left_pad=False,
+          )
         for key, value in extra.items():
           pairs[key] = jnp.concatenate([pairs[key], _pad_width(value.astype(pairs[key].dtype), pair_width)])
         # Empty-buffer draws hold padding: weight 0 keeps them out of the loss.

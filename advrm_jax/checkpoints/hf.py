@@ -233,6 +233,7 @@ def model_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> Mode
       raise ValueError("pretraining_tp: only 1 is supported")
     rope_theta, rope_scaling = _rope_from_hf(hf_config)
     default_max = 32768 if model_type == "qwen2" else 2048
+    # The gpt2 branch's ModelConfig fields, read from the llama/qwen2 config keys (other names and defaults).
     values = dict(
       arch="llama",
       vocab_size=int(_require(hf_config, "vocab_size")),

@@ -153,6 +153,8 @@ class PreferencePair:
     return format_location(self.source, self.line)
 
 
+# PreferencePair's provenance fields and `location` again, on purpose: a shared base class would put these
+# defaulted fields before PreferencePair's required chosen/rejected, which dataclasses refuse.
 @dataclasses.dataclass(frozen=True)
 class PromptRecord:
   """One prompt of a prompt dataset (for RL rollouts or attacks).

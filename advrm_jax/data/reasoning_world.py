@@ -68,6 +68,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advrm_jax.data.tokenizer import WordDecoding
+
 Array = jax.Array
 
 # ----------------------------------------------------------------------------
@@ -134,13 +136,15 @@ def number_id(value: int) -> int:
 _TOKEN_RE = re.compile(r"<[a-z]+>|[a-z]+|\S")
 
 
-class ReasoningTokenizer:
+class ReasoningTokenizer(WordDecoding):
   """Word-level tokenizer of the reasoning task (`Tokenizer` protocol).
 
   `encode` lower-cases and splits into words and single punctuation marks
   (never adds BOS/EOS); an unknown word raises ValueError naming it.
   """
 
+  # The Tokenizer protocol's members from this world's vocabulary (synthetic_world.WordTokenizer sets its own).
+  vocab: tuple[str, ...] = VOCAB
   vocab_size: int = VOCAB_SIZE
   pad_id: int = PAD_ID
   eos_id: int = EOS_ID
@@ -158,29 +162,6 @@ class ReasoningTokenizer:
         )
       ids.append(WORD_TO_ID[word])
     return ids
-
-  def decode(self, ids: Sequence[int]) -> str:
-    """Words of `ids` joined by spaces, padding skipped."""
-    words = []
-    for i in ids:
-      i = int(i)
-      if i == PAD_ID:
-        continue
-      if not 0 <= i < VOCAB_SIZE:
-        raise ValueError(f"token id {i} outside the vocabulary [0, {VOCAB_SIZE})")
-      words.append(VOCAB[i])
-    return " ".join(words)
-
-  def decode_response(self, ids: Sequence[int]) -> str:
-    """A sampled response up to its first EOS, padding and BOS dropped."""
-    kept = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i not in (PAD_ID, BOS_ID):
-        kept.append(i)
-    return self.decode(kept)
 
 
 TOKENIZER = ReasoningTokenizer()
@@ -453,7 +434,7 @@ def final_answer_key(response_tokens: Array, response_mask: Array) -> tuple[Arra
   return value, value >= 0
 
 
-# Jitted: one compiled program per shape instead of dozens of eager ops.
+# Jitted like final_answer above, and documented the same way on purpose: each reads on its own.
 @jax.jit
 def intermediate_answers(response_tokens: Array, response_mask: Array) -> dict[str, Array]:
   """Intermediate answers ("now X") at their response columns.

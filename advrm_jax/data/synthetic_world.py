@@ -126,6 +126,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advrm_jax.data import tables
+from advrm_jax.data.tokenizer import WordDecoding
+
 # ----------------------------------------------------------------------------
 # Vocabulary.
 # ----------------------------------------------------------------------------
@@ -349,7 +352,7 @@ IS_CONTENT = _class_table(lambda w: WORD_CLASSES[w] not in _NON_CONTENT_CLASSES)
 _TOKEN_RE = re.compile(r"user:|assistant:|<[a-z]+>|[a-z]+|\S")
 
 
-class WordTokenizer:
+class WordTokenizer(WordDecoding):
   """Word-level tokenizer of the synthetic world (`Tokenizer` protocol).
 
   `encode` lower-cases the text and splits it into chat markers ("user:",
@@ -364,6 +367,7 @@ class WordTokenizer:
   `unk_id`.
   """
 
+  vocab: tuple[str, ...] = VOCAB
   vocab_size: int = VOCAB_SIZE
   pad_id: int = PAD_ID
   eos_id: int = EOS_ID
@@ -395,37 +399,6 @@ class WordTokenizer:
         idx = UNK_ID
       ids.append(idx)
     return ids
-
-  def decode(self, ids: Sequence[int]) -> str:
-    """Returns the words of `ids` joined by spaces, skipping padding ids.
-
-    Raises:
-      ValueError: If an id is outside [0, vocab_size).
-    """
-    words = []
-    for i in ids:
-      i = int(i)
-      if i == PAD_ID:
-        continue
-      if not 0 <= i < VOCAB_SIZE:
-        raise ValueError(f"token id {i} outside the vocabulary [0, {VOCAB_SIZE})")
-      words.append(VOCAB[i])
-    return " ".join(words)
-
-  def decode_response(self, ids: Sequence[int]) -> str:
-    """Decodes a sampled response: stops at the first EOS, drops padding/BOS.
-
-    Use this to turn policy samples into preference-record text (the
-    batching layer appends EOS again when the record is tokenised).
-    """
-    kept = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i not in (PAD_ID, BOS_ID):
-        kept.append(i)
-    return self.decode(kept)
 
   def __repr__(self) -> str:
     return (
@@ -1454,12 +1427,11 @@ def decode_response_rows(response_tokens: np.ndarray, response_mask: np.ndarray)
 
 def sample_table(samples: Mapping[str, np.ndarray], limit: int = 4) -> str:
   """A markdown table of an RL step's sample responses (the ``text_fn`` of RL runs on the world)."""
-  rows = ["| prompt | response | proxy |", "|---|---|---|"]
-  prompts = samples["prompt_tokens"].reshape(-1, samples["prompt_tokens"].shape[-1])
-  responses = samples["response_tokens"].reshape(-1, samples["response_tokens"].shape[-1])
-  proxy = samples["proxy_reward"].reshape(-1)
-  for p, r, s in list(zip(prompts, responses, proxy))[:limit]:
-    prompt = TOKENIZER.decode([t for t in p if t != BOS_ID])
-    response = TOKENIZER.decode_response(list(r))
-    rows.append(f"| {prompt} | {response} | {float(s):.2f} |")
-  return "\n".join(rows)
+  # No masks in the table: the world's decoders drop padding (and BOS, and what follows an EOS) by id.
+  unmasked = lambda rows: np.ones_like(rows, bool)
+  return tables.sample_table(
+    samples,
+    lambda rows: decode_prompt_rows(rows, unmasked(rows)),
+    lambda rows: decode_response_rows(rows, unmasked(rows)),
+    limit=limit,
+  )

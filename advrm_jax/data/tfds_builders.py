@@ -109,20 +109,24 @@ class _JsonlBuilder(tfds.core.GeneratorBasedBuilder):
       )
     return path
 
+  def _dataset_info(self, description: str, features: dict[str, Any]) -> tfds.core.DatasetInfo:
+    """The builder's DatasetInfo: ``features`` and the record's source line, unshuffled, with metadata."""
+    features["line"] = tfds.features.Scalar(dtype=np.int64, doc="1-based line in the source file.")
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=description,
+      features=tfds.features.FeaturesDict(features),
+      disable_shuffling=True,
+      metadata=tfds.core.MetadataDict(),
+    )
+
 
 class PreferenceJsonl(_JsonlBuilder):
   """Preference pairs from a JSONL(.gz) file (`advrm_jax` formats)."""
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {name: tfds.features.Text(doc=doc) for name, doc in _TEXT_FIELDS_DOC.items()}
-    features["line"] = tfds.features.Scalar(dtype=np.int64, doc="1-based line in the source file.")
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description="Preference pairs converted from JSON lines.",
-      features=tfds.features.FeaturesDict(features),
-      disable_shuffling=True,
-      metadata=tfds.core.MetadataDict(),
-    )
+    return self._dataset_info("Preference pairs converted from JSON lines.", features)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: the input is a local file.
@@ -158,14 +162,7 @@ class PromptJsonl(_JsonlBuilder):
       name: tfds.features.Text(doc=_TEXT_FIELDS_DOC[name])
       for name in ("prompt_json", "prompt_messages_json", "id", "source")
     }
-    features["line"] = tfds.features.Scalar(dtype=np.int64, doc="1-based line in the source file.")
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description="Prompts converted from JSON lines.",
-      features=tfds.features.FeaturesDict(features),
-      disable_shuffling=True,
-      metadata=tfds.core.MetadataDict(),
-    )
+    return self._dataset_info("Prompts converted from JSON lines.", features)
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -173,6 +170,7 @@ class PromptJsonl(_JsonlBuilder):
     self.info.metadata["read_stats"] = _stats_metadata(prompts.stats)
     return {"train": self._generate_examples(list(prompts))}
 
+  # PreferenceJsonl's example less chosen/rejected, spelled out: each builder's example reads on its own.
   def _generate_examples(self, prompts: Sequence[PromptRecord]) -> Iterator[tuple[int, dict[str, Any]]]:
     for key, record in enumerate(prompts):
       yield (

@@ -61,6 +61,52 @@ class Tokenizer(Protocol):
     ...
 
 
+class WordDecoding:
+  """`decode` and `decode_response` of a word-level tokenizer whose ids index `vocab` (the worlds' tokenizers).
+
+  A subclass sets `vocab` and the `Tokenizer` ids (`vocab_size`, `pad_id`, `eos_id`, `bos_id`).
+  """
+
+  vocab: Sequence[str]
+  vocab_size: int
+  pad_id: int
+  eos_id: int
+  bos_id: int | None
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Returns the words of `ids` joined by spaces, skipping padding ids.
+
+    Raises:
+      ValueError: If an id is outside [0, vocab_size).
+    """
+    vocab, pad_id, vocab_size = self.vocab, self.pad_id, self.vocab_size  # locals: a hot loop when decoding samples
+    words = []
+    for i in ids:
+      i = int(i)
+      if i == pad_id:
+        continue
+      if not 0 <= i < vocab_size:
+        raise ValueError(f"token id {i} outside the vocabulary [0, {vocab_size})")
+      words.append(vocab[i])
+    return " ".join(words)
+
+  def decode_response(self, ids: Sequence[int]) -> str:
+    """Decodes a sampled response: stops at the first EOS, drops padding/BOS.
+
+    Use this to turn policy samples into preference-record text (the
+    batching layer appends EOS again when the record is tokenised).
+    """
+    eos_id, dropped = self.eos_id, (self.pad_id, self.bos_id)
+    kept = []
+    for i in ids:
+      i = int(i)
+      if i == eos_id:
+        break
+      if i not in dropped:
+        kept.append(i)
+    return self.decode(kept)
+
+
 class HFTokenizer:
   """A transformers tokenizer behind the `Tokenizer` interface.
 

@@ -11,7 +11,7 @@ import optax
 from jax.sharding import Mesh
 
 from advrm_jax import sharding as shd
-from advrm_jax.train_state import TrainState
+from advrm_jax.train_state import TrainState, apply_gradients
 
 Array = jax.Array
 
@@ -112,10 +112,7 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
     del rng  # deterministic objective
     grad_fn = jax.value_and_grad(lm_loss, argnums=1, has_aux=True)
     (_, metrics), grads = grad_fn(graphdef, state.params, batch["tokens"], batch["mask"], batch["loss_mask"])
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return apply_gradients(state, grads, metrics, optimizer)
 
   return step
 

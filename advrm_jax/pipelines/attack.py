@@ -42,13 +42,13 @@ import numpy as np
 from advrm_jax import inference
 from advrm_jax import sharding as shd
 from advrm_jax.adversarial.objective import per_prompt_threshold, split_target
+from advrm_jax.adversarial.source import attack_inputs
 from advrm_jax.config_node import from_node
 from advrm_jax.evaluation.attack import pooled_within_prompt_std
 from advrm_jax.metrics import read_metrics
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.nodes import AttackConfig
 from advrm_jax.pipelines.rl_driver import train_policy
-from advrm_jax.rl.rewards import AdversarySource
 
 STAGE = wd.ATTACK
 
@@ -153,20 +153,7 @@ def run_round(config: Any, workdir: epath.Path, round_index: int) -> None:
   reference_units = inference.in_units(reference_scores, units)
   reference_r1 = reference_scores[node.target]
   threshold = attack_threshold(node, reference_units[node.target])
-  prompts = {
-    "tokens": reference["prompt_tokens"],
-    "mask": reference["prompt_mask"].astype(np.int32),
-    "threshold": threshold,
-  }
-  source = AdversarySource(
-    rm_graphdef,
-    lam=node.lam,
-    penalty=node.penalty,
-    target=node.target,
-    r2_kind=node.r2_kind,
-    standardized=units is not None,
-  )
-  source_params = rm_params if units is None else {"rm": rm_params, "loc": units["loc"], "scale": units["scale"]}
+  prompts, source, source_params = attack_inputs(rm_graphdef, rm_params, node, reference, threshold, units)
   num_seeds = config.num_seeds
   collector = RolloutCollector(out / "rollouts")
   policy_text = (

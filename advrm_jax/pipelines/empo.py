@@ -32,6 +32,7 @@ import numpy as np
 
 from advrm_jax.config_node import from_node
 from advrm_jax.data import reasoning_world as rw
+from advrm_jax.data import tables
 from advrm_jax.evaluation import report
 from advrm_jax.pipelines import workdir as wd
 from advrm_jax.pipelines.reasoning import (
@@ -54,14 +55,13 @@ EQUIVALENCES = {"exact": empo.exact_match, "within_one": empo.within_one}
 
 def decode_samples(samples: dict[str, np.ndarray], limit: int = 4) -> str:
   """A markdown table of sampled responses (reasoning tokenizer)."""
-  prompts = samples["prompt_tokens"].reshape(-1, samples["prompt_tokens"].shape[-1])
-  responses = samples["response_tokens"].reshape(-1, samples["response_tokens"].shape[-1])
-  proxy = samples["proxy_reward"].reshape(-1)
-  rows = ["| prompt | response | reward |", "|---|---|---|"]
-  for p, r, s in list(zip(prompts, responses, proxy))[:limit]:
-    prompt = rw.TOKENIZER.decode([t for t in p if t != rw.BOS_ID])
-    rows.append(f"| {prompt} | {rw.TOKENIZER.decode_response(list(r))} | {float(s):.2f} |")
-  return "\n".join(rows)
+  return tables.sample_table(
+    samples,
+    lambda rows: [rw.TOKENIZER.decode([t for t in row if t != rw.BOS_ID]) for row in rows],
+    lambda rows: [rw.TOKENIZER.decode_response(list(row)) for row in rows],
+    reward_column="reward",
+    limit=limit,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -108,6 +108,7 @@ def _per_seed_scalars(values: dict[str, Any], prefix: str) -> dict[str, float]:
   return out
 
 
+# probes.collect's signature in shape only: both take a policy, its prompts, sampling and samples per prompt.
 def entropy_diagnostic(
   graphdef: nnx.GraphDef,
   params: Any,

@@ -631,6 +631,7 @@ def write_markdown(path: epath.Path, report: dict[str, Any]) -> None:
     "one realisation (one SFT model, one preference set, one RM round 0): the seeds vary only the RL.",
     "",
   ]
+  # Each section's table built in place like the method checks' above: the rows differ, markdown_table is shared.
   lines += ["## Targets", ""]
   lines.append(
     rep.markdown_table(
@@ -755,7 +756,9 @@ def write_markdown(path: epath.Path, report: dict[str, Any]) -> None:
   matched = report.get("matched_kl")
   if matched:
     lines += ["## At matched KL", ""]
-    header = ["Run"] + [f"gold at {k:g} nats" for k in matched["kl"]] + ["Final KL"]
+    # The three tables at matched KL: a first column, one column a KL budget, a last column.
+    at_kl = lambda first, value, last: [first] + [f"{value} at {k:g} nats" for k in matched["kl"]] + [last]
+    header = at_kl("Run", "gold", "Final KL")
     rows = [
       [name] + [_fmt(v) for v in values] + [_fmt(matched["final_kl"]["rlhf"].get(name))]
       for name, values in matched["rlhf_gold"].items()
@@ -766,11 +769,7 @@ def write_markdown(path: epath.Path, report: dict[str, Any]) -> None:
       for r, values in matched["adversary_standard_success"].items()
     ]
     if rows:
-      lines.append(
-        rep.markdown_table(
-          ["Adversary"] + [f"standard success % at {k:g} nats" for k in matched["kl"]] + ["Final KL"], rows
-        )
-      )
+      lines.append(rep.markdown_table(at_kl("Adversary", "standard success %", "Final KL"), rows))
     lines += [
       "Gold: the mean over a run's seeds of the value where each seed's KL to the reference first reached "
       "the budget (– : fewer than half of the seeds reached it). Adversary: the same on its seed-mean curve "
@@ -787,11 +786,7 @@ def write_markdown(path: epath.Path, report: dict[str, Any]) -> None:
         for name, snap in snapshots.items()
         for kind in ("standard", "strict")
       ]
-      lines.append(
-        rep.markdown_table(
-          ["Snapshots vs RM round 0"] + [f"success % at {k:g} nats" for k in matched["kl"]] + ["Snapshot steps"], rows
-        )
-      )
+      lines.append(rep.markdown_table(at_kl("Snapshots vs RM round 0", "success %", "Snapshot steps"), rows))
       lines += [
         "The round-0 adversary's and conventional RLHF's saved policies answer the evaluation prompts; "
         "each seed's success-vs-KL curve is read where it first reaches the budget, averaged over the seeds "

@@ -40,6 +40,7 @@ from advrm_jax import inference
 from advrm_jax import sharding as shd
 from advrm_jax.adversarial import online
 from advrm_jax.adversarial.objective import member_standardization, per_prompt_threshold
+from advrm_jax.adversarial.source import attack_inputs
 from advrm_jax.checkpoints.orbax_io import Checkpointer
 from advrm_jax.config_node import ConfigError, from_node
 from advrm_jax.data import synthetic_world as world
@@ -51,7 +52,6 @@ from advrm_jax.pipelines.nodes import PreferenceDataConfig
 from advrm_jax.pipelines.rl_driver import policy_state_shardings, train_policy
 from advrm_jax.reward import evaluation
 from advrm_jax.rl.engine import RLConfig, init_policy_params, init_rl_state
-from advrm_jax.rl.rewards import AdversarySource
 from advrm_jax.rl.sampler import SamplingConfig
 from advrm_jax.train_state import OptimizerConfig, TrainState, make_optimizer, opt_state_shardings
 
@@ -183,21 +183,9 @@ def fresh_attack(
     ),
     np.float32,
   )
-  prompts = {
-    "tokens": reference["prompt_tokens"],
-    "mask": reference["prompt_mask"].astype(np.int32),
-    "threshold": threshold,
-  }
-  source = AdversarySource(
-    rm_graphdef,
-    lam=node.lam,
-    penalty=node.penalty,
-    target=node.target,
-    r2_kind=node.r2_kind,
-    standardized=units is not None,
-  )
-  source_params = rm_params if units is None else {"rm": rm_params, **units}
+  prompts, source, source_params = attack_inputs(rm_graphdef, rm_params, node, reference, threshold, units)
   num_seeds = config.num_seeds
+  # The attack stage's call of the one RL driver (pipelines/attack.py), here against the final online RM.
   state = train_policy(
     "online/attack",
     out,

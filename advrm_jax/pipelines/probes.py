@@ -254,23 +254,9 @@ def run(config: Any, workdir: epath.Path) -> None:
   )
   key = jax.random.fold_in(jax.random.key(config.seed), 1234)
   chunk = max(g, (512 // g) * g)
-  train = collect(
-    graphdef,
-    params,
-    reasoning.prompt_pool(config, node.num_train_prompts, "rl"),
-    g,
-    sampling,
-    jax.random.fold_in(key, 0),
-    chunk,
-  )
-  test = collect(
-    graphdef,
-    params,
-    reasoning.prompt_pool(config, node.num_test_prompts, "test"),
-    g,
-    sampling,
-    jax.random.fold_in(key, 1),
-    chunk,
+  train, test = (
+    collect(graphdef, params, reasoning.prompt_pool(config, num, pool), g, sampling, jax.random.fold_in(key, i), chunk)
+    for i, (num, pool) in enumerate(((node.num_train_prompts, "rl"), (node.num_test_prompts, "test")))
   )
   tr_rows, tr_cols = _positions(train)
   te_rows, te_cols = _positions(test)

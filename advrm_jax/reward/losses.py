@@ -38,7 +38,7 @@ from jax.sharding import Mesh
 
 from advrm_jax import sharding as shd
 from advrm_jax.reward.model import reward_scores
-from advrm_jax.train_state import TrainState
+from advrm_jax.train_state import TrainState, apply_gradients
 
 Array = jax.Array
 
@@ -144,10 +144,7 @@ def make_bt_step(
   def step(state: TrainState, batch: dict[str, Array], rng: Array):
     del rng
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return apply_gradients(state, grads, metrics, optimizer)
 
   return step
 

@@ -283,6 +283,7 @@ def check_rl_config(rl_config: Any, source: SemanticEntropySource, where: str = 
 # ----------------------------------------------------------------------------
 
 
+# empo_scores' arguments by design: the same clusters of the same keys, read as an uncertainty instead of a reward.
 @functools.partial(jax.jit, static_argnames=("num_samples", "kind", "no_answer", "equivalent"))
 def semantic_uncertainty(
   keys: Array,

@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advrm_jax import sharding as shd
 from advrm_jax.models.transformer import KVCache
 from advrm_jax.models.transformer import init_cache
 
@@ -415,11 +416,14 @@ def sample(
   )
 
 
-# One compiled program per (graphdef, config, shapes); params, prompts and
-# rng are traced, so new weights or prompts never retrace.
-sample_jit = jax.jit(sample, static_argnames=("graphdef", "config"))
+# One compiled program per (mesh, graphdef, config, shapes); params, prompts and
+# rng are traced, so new weights or prompts never retrace. Outputs replicated on
+# the params' mesh (params on none: a plain jit), so every host of a
+# multi-process job reads the samples whole; every caller shares this one jit.
+sample_jit = shd.jit_host_readable(sample, static_argnames=("graphdef", "config"))
 
 
+# `sample`'s arguments with the module in place of (graphdef, params), by design: a convenience form of it.
 def generate(
   model: nnx.Module,
   prompt_tokens: Array,
