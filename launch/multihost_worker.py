@@ -15,7 +15,10 @@ themselves, gathered to every host).
 
 Host data enters the mesh through ``jax.make_array_from_callback``, which
 works whether or not every device is addressable from this process (a plain
-``device_put`` of a host array does not, in general, span processes).
+``device_put`` of a host array does not, in general, span processes). Batches
+enter as the stages' do: each process builds only its own rows
+(``sharding.process_share``) and ``sharding.place_process_batch`` assembles the
+global batch; the RM part checks that it equals the batch one process builds.
 """
 
 from __future__ import annotations
@@ -146,13 +149,15 @@ def run_rm(mesh, steps: int = 2):
   )
   data = toy_pairs(16)
   batches = MemberBatches(16, 8, 2, mode="bootstrap", seed=0)
-  losses, metrics = [], {}
+  losses, metrics, batches_equal = [], {}, []
   for i in range(steps):
-    batch = batches.batch(data, i)
-    batch = to_global(batch, jax.tree.map(lambda _: shd.batch_sharding(mesh), batch))
+    batch = shd.place_process_batch(batches.batch(data, i, shd.process_share(mesh)), mesh)
+    whole = batches.batch(data, i)
+    batches_equal.append(all(np.array_equal(x, whole[k]) for k, x in to_host(batch, mesh).items()))
     state, metrics = step(state, batch, jax.random.key(i))
     losses.append(float(metrics["loss"]))
-  return {"losses": losses, "metrics": {k: float(v) for k, v in metrics.items()}}, to_host(state.params, mesh)
+  result = {"losses": losses, "metrics": {k: float(v) for k, v in metrics.items()}, "batches_equal": batches_equal}
+  return result, to_host(state.params, mesh)
 
 
 def target_count(prompt_tokens, prompt_mask, response_tokens, response_mask):
@@ -185,7 +190,7 @@ def run_rl(mesh):
   mask = np.ones((8, 4), np.int32)
   mask[::2, 0] = 0  # some left padding
   prompts = {"tokens": tokens * mask, "mask": mask}
-  prompts = to_global(prompts, jax.tree.map(lambda _: shd.batch_sharding(mesh), prompts))
+  prompts = shd.place_process_batch(shd.process_share(mesh)(prompts), mesh)
   key = to_global(jax.random.key_data(jax.random.key(3)), shd.replicated(mesh))
   state, out = step(
     state, to_global(jax.tree.map(np.asarray, params), ref_sh), None, prompts, jax.random.wrap_key_data(key)

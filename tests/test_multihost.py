@@ -50,6 +50,8 @@ def test_two_processes_match_one_process(tmp_path):
   b = json.loads((two / "results.json").read_text())
   assert (a["process_count"], a["local_devices"], a["global_devices"]) == (1, 8, 8)
   assert (b["process_count"], b["local_devices"], b["global_devices"]) == (2, 4, 8)
+  # Each process built only its own rows; the global batches assembled from them are the whole batches.
+  assert a["rm"]["batches_equal"] == b["rm"]["batches_equal"] == [True, True]
   np.testing.assert_allclose(b["rm"]["losses"], a["rm"]["losses"], atol=1e-5, rtol=0)
   for part in ("rm", "rl"):
     for key, value in a[part]["metrics"].items():
