@@ -185,7 +185,14 @@ def rows_of_process(device_processes: np.ndarray, process_index: int, num_rows: 
 
 
 def _device_processes(mesh: Mesh) -> np.ndarray:
-  return np.vectorize(lambda device: device.process_index, otypes=[int])(mesh.devices)
+  """The process index of each device of ``mesh`` (its layout), after checking this process has one."""
+  device_processes = np.vectorize(lambda device: device.process_index, otypes=[int])(mesh.devices)
+  if not (device_processes == jax.process_index()).any():
+    raise ShardingError(
+      f"mesh.shape {tuple(mesh.devices.shape)} uses {mesh.devices.size} of {jax.device_count()} devices, none of "
+      f"process {jax.process_index()}'s: set mesh.shape to cover every process's devices"
+    )
+  return device_processes
 
 
 def process_share(mesh: Mesh) -> Callable[[Any], Any]:
@@ -208,13 +215,12 @@ def process_share(mesh: Mesh) -> Callable[[Any], Any]:
 
 def place_process_batch(local_batch: Any, mesh: Mesh) -> Any:
   """The global batch on ``mesh`` (split along ``BATCH_AXES``) from this process's rows (``process_share``'s)."""
-  device_processes = _device_processes(mesh)
-  held = (device_processes == jax.process_index()).any(axis=2)
-  scale = held.size // held.sum()  # global rows per local row
+  held = (_device_processes(mesh) == jax.process_index()).any(axis=2)  # [data, fsdp] row blocks held
 
   def place(x):
     x = np.asarray(x)
-    return jax.make_array_from_process_local_data(batch_sharding(mesh), x, (x.shape[0] * scale, *x.shape[1:]))
+    rows = x.shape[0] // held.sum() * held.size
+    return jax.make_array_from_process_local_data(batch_sharding(mesh), x, (rows, *x.shape[1:]))
 
   return jax.tree.map(place, local_batch)
 
