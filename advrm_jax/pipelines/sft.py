@@ -9,7 +9,6 @@ same layout, plus ``policy_meta.json`` naming its tokenizer, so the `prefs`,
 
 from __future__ import annotations
 
-
 from absl import logging
 from etils import epath
 import numpy as np
