@@ -69,6 +69,10 @@ def export_reward_model(
   tokenizer = wd.load_tokenizer(meta)
   hf_tokenizer = tokenizer if hasattr(tokenizer, "hf_tokenizer") else None
   out_dir = pathlib.Path(out_dir)
+  if not wd.writes_artefacts():
+    # In a multi-process job every process restores the RM (orbax's restore waits for all of them) and
+    # process 0 alone writes the member directories; the caller's barrier (``mark_done``) follows.
+    return [out_dir / MEMBER_DIR.format(k=k) for k in range(meta["num_members"])]
   return [
     save_hf_reward_member(
       out_dir / MEMBER_DIR.format(k=k),

@@ -162,21 +162,73 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, key: str, factor: int = 1
     )
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Places a host batch (tree of numpy arrays) split along its first axis.
+def rows_of_process(device_processes: np.ndarray, process_index: int, num_rows: int) -> np.ndarray:
+  """The global rows of a batch split along ``BATCH_AXES`` that one process's devices hold, in order.
 
-  Each process transfers only the rows of its own devices
-  (``jax.make_array_from_callback`` asks for addressable shards only), so in
-  a multi-process job no host places, or needs, another host's rows; with
-  one process it is a plain sharded ``device_put``.
+  Args:
+    device_processes: [data, fsdp, tensor] process index of each mesh device (``mesh.devices``' layout).
+    process_index: the process asked about.
+    num_rows: rows of the global batch (divisible by data x fsdp; callers check it, naming their key).
+
+  Returns:
+    int64 row indices, increasing: the row blocks (one per (data, fsdp) position, data-major as
+    ``P(("data", "fsdp"))`` lays them out) on which any of the process's devices sits, concatenated. This is
+    the order ``jax.make_array_from_process_local_data`` reads a process's local rows in.
   """
-  sharding = batch_sharding(mesh)
+  data, fsdp = device_processes.shape[:2]
+  blocks = data * fsdp
+  if num_rows % blocks:
+    raise ShardingError(f"a batch of {num_rows} rows does not split over the data-parallel mesh size {blocks}")
+  held = np.flatnonzero((device_processes == process_index).any(axis=2).reshape(blocks))
+  size = num_rows // blocks
+  return (held[:, None] * size + np.arange(size)).reshape(-1)
+
+
+def _device_processes(mesh: Mesh) -> np.ndarray:
+  """The process index of each device of ``mesh`` (its layout), after checking this process has one."""
+  device_processes = np.vectorize(lambda device: device.process_index, otypes=[int])(mesh.devices)
+  if not (device_processes == jax.process_index()).any():
+    raise ShardingError(
+      f"mesh.shape {tuple(mesh.devices.shape)} uses {mesh.devices.size} of {jax.device_count()} devices, none of "
+      f"process {jax.process_index()}'s: set mesh.shape to cover every process's devices"
+    )
+  return device_processes
+
+
+def process_share(mesh: Mesh) -> Callable[[Any], Any]:
+  """``share(tree)``: this process's rows of host arrays whose leading axis is a global batch on ``mesh``.
+
+  A stage's ``get_batch(step, share)`` computes the step's global row indices (cheap) and builds only
+  ``share(indices)``'s rows, so no host gathers rows another host's devices hold; ``place_process_batch``
+  then assembles the global batch, the same rows in the same order on any number of processes. With one
+  process (or when every process holds the whole batch) ``share`` returns its input unchanged.
+  """
+  device_processes, me = _device_processes(mesh), jax.process_index()
+  if (device_processes == me).any(axis=2).all():
+    return lambda tree: tree
+
+  def share(tree):
+    return jax.tree.map(lambda x: np.asarray(x)[rows_of_process(device_processes, me, np.shape(x)[0])], tree)
+
+  return share
+
+
+def place_process_batch(local_batch: Any, mesh: Mesh) -> Any:
+  """The global batch on ``mesh`` (split along ``BATCH_AXES``) from this process's rows (``process_share``'s)."""
+  held = (_device_processes(mesh) == jax.process_index()).any(axis=2)  # [data, fsdp] row blocks held
 
   def place(x):
     x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    rows = x.shape[0] // held.sum() * held.size
+    return jax.make_array_from_process_local_data(batch_sharding(mesh), x, (rows, *x.shape[1:]))
 
-  return jax.tree.map(place, batch)
+  return jax.tree.map(place, local_batch)
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places a host batch (tree of numpy arrays, the whole global batch on every host) split along its first
+  axis: each process transfers only its own rows (``process_share``), as a stage's batches are placed."""
+  return place_process_batch(process_share(mesh)(batch), mesh)
 
 
 def is_sharded(array: jax.Array) -> bool:

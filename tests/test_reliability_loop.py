@@ -6,7 +6,7 @@ batch term) so each property is checked in milliseconds, independent of any
 model:
 
 * resume: the RNG a step receives is ``fold_in(key(seed), step)`` and its
-  batch is ``get_batch(step)``, so a run interrupted anywhere and resumed
+  batch is ``get_batch(step, share)``, so a run interrupted anywhere and resumed
   replays exactly the uninterrupted run's RNG and data stream, and ends with
   bitwise-equal state and equal metrics;
 * SIGTERM: a checkpoint of the step in flight, then ``Preempted`` (exit code
@@ -53,10 +53,10 @@ def _initial_state():
   return {"w": jnp.zeros((4,), jnp.float32), "count": jnp.zeros((), jnp.int32)}
 
 
-def _get_batch(step: int) -> dict[str, np.ndarray]:
-  # Depends only on the step (as every stage's get_batch must).
+def _get_batch(step: int, share) -> dict[str, np.ndarray]:
+  # Depends only on the step (as every stage's get_batch must); one process: share keeps every row.
   rng = np.random.default_rng(1000 + step)
-  return {"x": rng.normal(size=(2, 4)).astype(np.float32), "step": np.full((2,), step, np.int32)}
+  return share({"x": rng.normal(size=(2, 4)).astype(np.float32), "step": np.full((2,), step, np.int32)})
 
 
 class _Recorder:
@@ -123,10 +123,10 @@ def straight(tmp_path_factory):
 
 
 def _crash_at(step_to_fail: int):
-  def get_batch(step):
+  def get_batch(step, share):
     if step == step_to_fail:
       raise _Interrupted(f"crash before step {step}")
-    return _get_batch(step)
+    return _get_batch(step, share)
 
   return get_batch
 
@@ -444,7 +444,8 @@ class _SlowStep:
     self.last_loss = metrics["loss"]
     return state, metrics, {}
 
-  def get_batch(self, step: int) -> dict[str, np.ndarray]:
+  def get_batch(self, step: int, share=None) -> dict[str, np.ndarray]:
+    del share  # one process, one device: the whole batch
     if self.last_loss is not None:
       self.ready_before[step] = self.last_loss.is_ready()
     return {"x": np.full((256, 256), 1e-3 * step, np.float32), "step": np.full((1,), step, np.int32)}

@@ -220,8 +220,8 @@ def _logging_loop(directory, get_batch=None):
     w = state["w"] * 0.5 + jnp.mean(batch["x"])
     return {"w": w}, {"loss": jnp.sum(w**2)}, {"x": batch["x"]}
 
-  def batch_of(step):
-    return {"x": np.full((1, 2), 0.25 * step, np.float32)}
+  def batch_of(step, share):
+    return share({"x": np.full((1, 2), 0.25 * step, np.float32)})
 
   def text_fn(samples, step):
     del step
@@ -256,10 +256,10 @@ def test_remote_logs_are_written_at_checkpoints_and_equal_the_local_files(bucket
 
   # Crashed before step 11: the rows of steps 9, 10 (after the step-8 checkpoint) are written as the loop
   # ends, as a local log has them; the resumed run drops and logs them again, like a local one.
-  def crash_at_10(step):
+  def crash_at_10(step, share):
     if step == 10:
       raise RuntimeError("crash before step 11")
-    return {"x": np.full((1, 2), 0.25 * step, np.float32)}
+    return share({"x": np.full((1, 2), 0.25 * step, np.float32)})
 
   with pytest.raises(RuntimeError, match="crash before step 11"):
     _logging_loop(f"{BUCKET}/resumed", crash_at_10)

@@ -105,10 +105,10 @@ def test_resumed_run_ends_with_the_uninterrupted_parameters(tmp_path, monkeypatc
   # later) are on disk; the rerun must continue from there.
   original = MemberBatches.batch
 
-  def crashing_batch(self, data, step):
+  def crashing_batch(self, data, step, share):
     if step == 3:
       raise RuntimeError("simulated crash")
-    return original(self, data, step)
+    return original(self, data, step, share)
 
   monkeypatch.setattr(MemberBatches, "batch", crashing_batch)
   with pytest.raises(RuntimeError, match="simulated crash"):

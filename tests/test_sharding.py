@@ -95,3 +95,54 @@ def test_jit_host_readable_replicates_outputs_on_the_params_mesh():
   host = readable(2.0, weights, ones)  # params on no mesh: a plain jit
   assert shd.mesh_of(weights) is None
   np.testing.assert_array_equal(np.asarray(host), expected)
+
+
+# Process index of each device of a (data, fsdp, tensor) mesh, and the global rows of an 8-row batch each
+# process holds, worked by hand: the batch splits into data x fsdp blocks, data-major (P(("data", "fsdp"))),
+# and a process holds a block when any of its devices sits on it (tensor-axis devices share their block).
+HAND_WORKED_LAYOUTS = [
+  # make_mesh((2, 2, 2)) over 2 processes x 4 devices: process 0 is data row 0 -> blocks 0, 1 of 2 rows.
+  ([[[0, 0], [0, 0]], [[1, 1], [1, 1]]], {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}),
+  # (1, 2, 4): the processes split fsdp -> one block of 4 rows each.
+  ([[[0, 0, 0, 0], [1, 1, 1, 1]]], {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}),
+  # (1, 1, 8): tensor parallelism only -> one block, every process holds the whole batch.
+  ([[[0, 0, 0, 0, 1, 1, 1, 1]]], {0: list(range(8)), 1: list(range(8))}),
+  # (4, 1, 2) with processes interleaved along data: blocks 0, 2 and 1, 3 (not contiguous).
+  ([[[0, 0]], [[1, 1]], [[0, 0]], [[1, 1]]], {0: [0, 1, 4, 5], 1: [2, 3, 6, 7]}),
+  # (2, 2, 2) whose tensor pairs span processes 0|1 and 2|3: both of a pair hold the same two blocks.
+  ([[[0, 1], [0, 1]], [[2, 3], [2, 3]]], {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [4, 5, 6, 7], 3: [4, 5, 6, 7]}),
+  # (2, 2, 1) over 4 processes of one device: one 2-row block each.
+  ([[[0], [1]], [[2], [3]]], {0: [0, 1], 1: [2, 3], 2: [4, 5], 3: [6, 7]}),
+]
+
+
+@pytest.mark.parametrize("layout, expected", HAND_WORKED_LAYOUTS)
+def test_rows_of_process_hand_worked_layouts(layout, expected):
+  device_processes = np.asarray(layout)
+  for process, rows in expected.items():
+    np.testing.assert_array_equal(shd.rows_of_process(device_processes, process, 8), rows)
+  # The same rows as jax's own layout of the batch sharding: the union of the slices the process's devices
+  # get on a real mesh of that shape (the devices standing in for the processes' devices).
+  mesh = shd.make_mesh(device_processes.shape)
+  slices = shd.batch_sharding(mesh).devices_indices_map((8,))
+  for process, rows in expected.items():
+    devices = mesh.devices[device_processes == process]
+    held = sorted({row for device in devices for row in range(8)[slices[device][0]]})
+    assert held == rows, process
+
+
+def test_rows_of_process_rejects_a_batch_that_does_not_split():
+  with pytest.raises(shd.ShardingError, match="6 rows does not split over the data-parallel mesh size 4"):
+    shd.rows_of_process(np.zeros((2, 2, 2), int), 0, 6)
+
+
+def test_one_process_places_the_whole_batch_split_as_before():
+  mesh = shd.make_mesh((2, 2, 2))
+  batch = {"rows": np.arange(8 * 3).reshape(8, 3), "weights": np.arange(8.0)}
+  share = shd.process_share(mesh)
+  assert share(batch) is batch  # one process holds every row: nothing copied
+  placed = shd.place_process_batch(share(batch), mesh)
+  for key, value in batch.items():
+    np.testing.assert_array_equal(np.asarray(placed[key]), value)
+    assert placed[key].sharding.spec == P(("data", "fsdp"))
+    assert placed[key].addressable_shards[0].data.shape[0] == 2  # 8 rows over data x fsdp = 4

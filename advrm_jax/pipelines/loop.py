@@ -135,7 +135,7 @@ def train_loop(
   directory: epath.PathLike,
   state: Any,
   step_fn: Callable,
-  get_batch: Callable[[int], dict[str, np.ndarray]],
+  get_batch: Callable[[int, Callable[[Any], Any]], dict[str, np.ndarray]],
   loop: LoopConfig,
   mesh: Mesh,
   eval_fn: Callable[[Any, int], dict[str, Any]] | None = None,
@@ -152,7 +152,9 @@ def train_loop(
     step_fn: the jitted pure step: the new state, its metrics (scalars, the
       only values written to metrics.jsonl) and its sample arrays for
       ``text_fn`` (``{}`` for stages without sample tables).
-    get_batch: host batch for a step (must depend only on the step).
+    get_batch: ``get_batch(step, share)``, this process's rows of the step's batch (must depend only on
+      the step): ``share(x)`` picks them from any array whose leading axis is the global batch, e.g. the
+      step's global row indices (``sharding.process_share``), so each host builds only its own share.
     loop: step counts and intervals.
     mesh: the device mesh batches are placed on.
     eval_fn: optional ``(state, step) -> scalars`` run every ``eval_every``
@@ -176,10 +178,11 @@ def train_loop(
   writer.truncate_after(start)
   seed_key = jax.random.key(loop.seed)
   watch = _FiniteWatch(name, finite_keys, directory / "checkpoints")
+  share = shd.process_share(mesh)
   try:
     with _SigtermFlag() as sigterm:
       for step in range(start, loop.num_steps):
-        batch = shd.shard_batch(get_batch(step), mesh)
+        batch = shd.place_process_batch(get_batch(step, share), mesh)
         state, metrics, samples = step_fn(state, batch, jax.random.fold_in(seed_key, step))
         done = step + 1
         watch.add(done, metrics)

@@ -341,10 +341,10 @@ def run(config: Any, workdir: epath.Path) -> None:
     )
   pair_keys = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
 
-  def get_batch(step: int) -> dict[str, np.ndarray]:
-    # Depends only on the step, so a resumed run replays the same batches.
-    rows = step_rows(num_prompts, node.prompts_per_step, config.seed + 17, step)
-    pair_rows = step_rows(num_pairs, pairs_per_step, config.seed + 29, step)
+  def get_batch(step: int, share) -> dict[str, np.ndarray]:
+    # Depends only on the step, so a resumed run replays the same batches; this process's rows only.
+    rows = share(step_rows(num_prompts, node.prompts_per_step, config.seed + 17, step))
+    pair_rows = share(step_rows(num_pairs, pairs_per_step, config.seed + 29, step))
     batch = {
       "prompt_tokens": reference["prompt_tokens"][rows],
       "prompt_mask": reference["prompt_mask"][rows].astype(np.int32),

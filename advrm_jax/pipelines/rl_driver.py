@@ -210,8 +210,8 @@ def train_policy(
   if num_prompts < per_step:
     raise ValueError(f"{name}.prompts_per_step={per_step} exceeds the {num_prompts} prompts available")
 
-  def get_batch(step: int) -> dict[str, np.ndarray]:
-    rows = step_rows(num_prompts, per_step, config.seed + 17, step)
+  def get_batch(step: int, share) -> dict[str, np.ndarray]:
+    rows = share(step_rows(num_prompts, per_step, config.seed + 17, step))
     return {k: v[rows] for k, v in prompts.items()}
 
   loop = LoopConfig(

@@ -9,8 +9,6 @@ same layout, plus ``policy_meta.json`` naming its tokenizer, so the `prefs`,
 
 from __future__ import annotations
 
-import json
-
 from absl import logging
 from etils import epath
 import numpy as np
@@ -106,7 +104,7 @@ def import_policy(config, stage_dir: epath.Path) -> None:
     "path": path,
     "tokenizer": dict(tokenizer_spec(tokenizer), backbone_source=source, backbone_path=path),
   }
-  (stage_dir / wd.POLICY_META_FILE).write_text(json.dumps(meta, indent=2))
+  wd.write_json(stage_dir / wd.POLICY_META_FILE, meta)  # process 0; mark_done's barrier precedes any reader
   wd.mark_done(stage_dir)
   logging.info("sft: %s checkpoint %s is the reference policy (%s)", source, path, tokenizer)
 

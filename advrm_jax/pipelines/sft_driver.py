@@ -47,8 +47,8 @@ def train_sft(
   step_fn = without_samples(jit_sft_step(graphdef, optimizer, shardings, mesh))
   num_examples = data["tokens"].shape[0]
 
-  def get_batch(step: int) -> dict[str, np.ndarray]:
-    rows = step_rows(num_examples, node.batch_size, seed, step)
+  def get_batch(step: int, share) -> dict[str, np.ndarray]:
+    rows = share(step_rows(num_examples, node.batch_size, seed, step))
     return {k: v[rows] for k, v in data.items()}
 
   wd.save_model_config(out_dir, model_config)

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -194,9 +194,12 @@ class MemberBatches:
       columns.append(member_rows)
     return np.stack(columns, axis=1), None
 
-  def batch(self, data: Mapping[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
-    """The host batch of ``step`` (``advrm_jax.reward.losses`` layout)."""
-    rows, weights = self.indices(step)
+  def batch(
+    self, data: Mapping[str, np.ndarray], step: int, share: Callable[[Any], Any] = lambda rows: rows
+  ) -> dict[str, np.ndarray]:
+    """The host batch of ``step`` (``advrm_jax.reward.losses`` layout); with ``share`` (train_loop's), only
+    this process's rows of it."""
+    rows, weights = share(self.indices(step))
     batch = {
       key: np.asarray(data[key])[rows] for key in ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
     }
