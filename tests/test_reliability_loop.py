@@ -414,7 +414,7 @@ def test_checkpoint_of_a_different_model_names_the_parameter(tmp_path, straight)
 
 
 class _SlowStep:
-  """A jitted step that keeps the device busy (~tens of ms), so an unread step is still running when the host moves on.
+  """A jitted step that keeps the device busy (~0.1 s), so an unread step is still running when the host moves on.
 
   ``get_batch`` records, for each step, whether the previous step's loss was
   already computed when the loop asked for the next batch: with asynchronous
@@ -430,7 +430,7 @@ class _SlowStep:
     def step(state, batch, rng):
       del rng
       w = state["w"]
-      for _ in range(12):
+      for _ in range(48):  # heavy enough that a loaded host still asks for the next batch first
         w = jnp.tanh(w @ w.T) / 256.0 + batch["x"]
       loss = jnp.sum(w**2)
       if self.poison_step is not None:
