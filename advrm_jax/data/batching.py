@@ -203,6 +203,7 @@ def tokenize_pairs(
   return out
 
 
+# tokenize_pairs' options, by design: one `data` node configures both (duplicates pairs the signatures).
 def tokenize_prompts(
   prompts: Sequence[PromptRecord | PreferencePair | Prompt],
   tokenizer: Tokenizer,
