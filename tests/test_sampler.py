@@ -200,6 +200,20 @@ def test_greedy_matches_no_cache_reference(model):
   np.testing.assert_array_equal(out_right.sampling_logprobs, 0.0)
 
 
+def test_layer_slicing_is_the_callers_choice_and_gives_the_same_tokens(model):
+  # Per-layer weights sliced once before the decode loop ("once", what "auto" picks on CPU) or sliced in
+  # place at every step ("in_loop", what it picks on TPU/GPU): two programs, the no-cache reference's tokens.
+  (left, lmask), _ = _prompts()
+  reference = greedy_reference(model, left, lmask, N_NEW)
+  assert S.resolve_layer_slicing(S.SamplingConfig()) == ("once" if jax.default_backend() == "cpu" else "in_loop")
+  for slicing in ("once", "in_loop"):
+    config = S.SamplingConfig(max_new_tokens=N_NEW, temperature=0.0, pad_id=PAD, layer_slicing=slicing)
+    assert S.resolve_layer_slicing(config) == slicing
+    np.testing.assert_array_equal(S.generate(model, left, lmask, jax.random.key(0), config).tokens, reference)
+  with pytest.raises(ValueError, match=r"sampling.layer_slicing must be one of .*got 'fused'"):
+    S.SamplingConfig(layer_slicing="fused")
+
+
 def test_cached_forward_in_pieces_equals_the_full_forward(model):
   # A prefill into an empty cache, a second prefill into a partly filled one
   # (the scan over stacked layers) and one-token decode steps (the per-layer

@@ -66,6 +66,9 @@ from advrm_jax.models.transformer import init_cache
 Array = jax.Array
 
 
+LAYER_SLICINGS = ("auto", "once", "in_loop")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   """Static sampling options (frozen, so hashable: a static jit argument).
@@ -81,6 +84,11 @@ class SamplingConfig:
     eos_id: token id(s) that end a response (an int or a tuple of ints, e.g.
       Llama-3's end-of-text and end-of-turn); None means never stop early.
     pad_id: id written after a row has finished and used for prompt padding.
+    layer_slicing: how the decode loop reads the stacked layer weights. "once": per-layer weights sliced
+      before the loop (a second copy of the weights while sampling; XLA:CPU would otherwise copy every
+      slice at every step); "in_loop": sliced in place at each step (the weights stay in memory once;
+      TPU/GPU compilers fuse the slices into the matmuls that read them); "auto": "once" on CPU,
+      "in_loop" elsewhere (``resolve_layer_slicing``). The same tokens either way.
   """
 
   max_new_tokens: int = 32
@@ -89,8 +97,11 @@ class SamplingConfig:
   top_p: float = 1.0
   eos_id: int | tuple[int, ...] | None = None
   pad_id: int = 0
+  layer_slicing: str = "auto"
 
   def __post_init__(self):
+    if self.layer_slicing not in LAYER_SLICINGS:
+      raise ValueError(f"sampling.layer_slicing must be one of {LAYER_SLICINGS}, got {self.layer_slicing!r}")
     if self.max_new_tokens < 1:
       raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.temperature < 0:
@@ -122,6 +133,13 @@ class SamplingConfig:
   def replace(self, **changes) -> "SamplingConfig":
     """A copy with the given fields changed (validated again)."""
     return dataclasses.replace(self, **changes)
+
+
+def resolve_layer_slicing(config: SamplingConfig) -> str:
+  """``config.layer_slicing``, "auto" decided by the backend: in Python at trace time, never from a traced value."""
+  if config.layer_slicing != "auto":
+    return config.layer_slicing
+  return "once" if jax.default_backend() == "cpu" else "in_loop"
 
 
 class SampleOutput(NamedTuple):
@@ -349,7 +367,7 @@ def sample(
   # they would be copied at every step). TPU/GPU compilers fuse such slices
   # into the matmuls that read them, so there the loop slices in place and
   # the weights stay in memory once (not measured here: no accelerator).
-  layers = model.unstacked_layers() if jax.default_backend() == "cpu" else None
+  layers = model.unstacked_layers() if resolve_layer_slicing(config) == "once" else None
   if prompt_len > 1:
     cache = model(prompt_tokens[:, :-1], prompt_mask[:, :-1], cache=cache, compute_logits=False).cache
   eos_ids = jnp.asarray(config.eos_ids, jnp.int32)
@@ -463,10 +481,12 @@ class Sampler:
 
 
 __all__: Sequence[str] = (
+  "LAYER_SLICINGS",
   "SamplingConfig",
   "SampleOutput",
   "sample",
   "sample_jit",
+  "resolve_layer_slicing",
   "generate",
   "Sampler",
   "left_align",
