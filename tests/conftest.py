@@ -21,6 +21,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One OpenMP thread for torch (and numpy's BLAS), here and in every subprocess: CI's two xdist workers share
+# two cores, and torch's spinning OpenMP threads beside a JAX process slowed the gguf greedy test 4x (24 s
+# against 9.5 s with one thread, next to a busy JAX process; 6 s alone).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 _OWN_COMPILE_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_COMPILE_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="advrm_jax_test_xla_cache_")
