@@ -184,6 +184,8 @@ def rows_of_process(device_processes: np.ndarray, process_index: int, num_rows: 
   return (held[:, None] * size + np.arange(size)).reshape(-1)
 
 
+# Cached per mesh: place_process_batch asks at every training step, and a pod's mesh has thousands of devices.
+@functools.lru_cache(maxsize=16)
 def _device_processes(mesh: Mesh) -> np.ndarray:
   """The process index of each device of ``mesh`` (its layout), after checking this process has one."""
   device_processes = np.vectorize(lambda device: device.process_index, otypes=[int])(mesh.devices)
@@ -192,6 +194,7 @@ def _device_processes(mesh: Mesh) -> np.ndarray:
       f"mesh.shape {tuple(mesh.devices.shape)} uses {mesh.devices.size} of {jax.device_count()} devices, none of "
       f"process {jax.process_index()}'s: set mesh.shape to cover every process's devices"
     )
+  device_processes.setflags(write=False)  # shared by every caller through the cache
   return device_processes
 
 
